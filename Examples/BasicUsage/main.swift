@@ -1,0 +1,56 @@
+// Connects to a Redis server, writes and reads a key, and pipelines a few commands.
+// Run: swift run BasicUsageExample [port] (needs a server on 127.0.0.1; REDIS_USER and REDIS_PASSWORD
+// are used when set).
+import Foundation
+import RedisRotation
+
+/// The README's usage example, verbatim (a unit test checks that the two stay the same).
+func readmeExample() async throws {
+    let connection = try await RedisConnection.connect(
+        configuration: RedisConnectionConfiguration(
+            host: "127.0.0.1",
+            port: 6379,
+            username: "app",
+            password: RedisSecret("from-your-secret-store"),
+            name: "orders-api"
+        )
+    )
+    try await connection.set("greeting", to: "hello", expiration: .seconds(60))
+    let greeting = try await connection.get("greeting", as: String.self)
+
+    // Many commands, one write, results in order; an error reply fails only its own result.
+    let results = try await connection.pipeline([
+        RedisCommand("INCR", "visits"),
+        RedisCommand("GET", "visits"),
+    ])
+    await connection.close()
+    _ = (greeting, results)
+}
+
+let port = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 6379
+let environment = ProcessInfo.processInfo.environment
+
+let connection = try await RedisConnection.connect(
+    configuration: RedisConnectionConfiguration(
+        host: "127.0.0.1",
+        port: port,
+        username: environment["REDIS_USER"],
+        password: environment["REDIS_PASSWORD"].map { RedisSecret($0) },
+        name: "basic-usage-example"
+    )
+)
+
+try await connection.set("example:greeting", to: "hello", expiration: .seconds(60))
+let greeting = try await connection.get("example:greeting", as: String.self)
+print("greeting:", greeting ?? "(missing)")
+
+// Three commands, one write, results in order.
+let results = try await connection.pipeline([
+    RedisCommand("INCR", "example:counter"),
+    RedisCommand("INCR", "example:counter"),
+    RedisCommand("GET", "example:counter"),
+])
+for result in results {
+    print(try result.get())
+}
+await connection.close()

@@ -1,0 +1,154 @@
+import NIOCore
+
+/// The commands written on one connection whose replies have not arrived, in reply order, and the
+/// decisions about them: which waiter a reply belongs to, which deadlines have passed, and when the
+/// connection must close. Pure: no I/O, no clock reads; the shell passes `now` in.
+///
+/// Deadlines: when a command's deadline passes while an older command is still unanswered, only that
+/// command fails (``RedisError/Code/commandTimeout``) and its reply is dropped when it arrives, so the
+/// remaining replies stay matched. When the deadline of the oldest unanswered command passes, the server
+/// is not answering: every waiter fails and the connection must close, since its reply stream can no
+/// longer be trusted.
+///
+/// States: `open` (can move to: closed), `closed` (final).
+struct CommandQueueStateMachine<Promise> {
+    struct Entry {
+        let id: UInt64
+        /// `nil` once the waiter has been failed (deadline or cancellation): the reply is dropped.
+        var promise: Promise?
+        let deadline: NIODeadline
+    }
+
+    private enum State {
+        case open
+        case closed(RedisError)
+    }
+
+    private var state: State = .open
+    private var queue = CircularBuffer<Entry>(initialCapacity: 16)
+    /// The deadline of the timer the shell has scheduled, if any.
+    private var timer: NIODeadline?
+
+    /// Number of commands whose replies have not arrived (including dropped ones).
+    var outstandingCount: Int { self.queue.count }
+
+    var isOpen: Bool {
+        if case .open = self.state { return true }
+        return false
+    }
+
+    enum EnqueueAction {
+        /// Write the commands; if `scheduleTimer` is set, (re)schedule the timer for it.
+        case write(scheduleTimer: NIODeadline?)
+        /// The connection is closed: fail these waiters with the error; write nothing.
+        case fail(RedisError)
+    }
+
+    /// Commands are about to be written, in this order.
+    mutating func commandsEnqueued(_ entries: [Entry]) -> EnqueueAction {
+        guard case .open = self.state else {
+            guard case .closed(let error) = self.state else { fatalError("unreachable") }
+            return .fail(error)
+        }
+        var earliest: NIODeadline?
+        for entry in entries {
+            self.queue.append(entry)
+            if earliest.map({ entry.deadline < $0 }) ?? true { earliest = entry.deadline }
+        }
+        guard let earliest else { return .write(scheduleTimer: nil) }
+        if let timer = self.timer, timer <= earliest { return .write(scheduleTimer: nil) }
+        self.timer = earliest
+        return .write(scheduleTimer: earliest)
+    }
+
+    enum ReplyAction {
+        /// Complete this waiter with the reply.
+        case succeed(Promise)
+        /// The waiter already failed (deadline or cancellation): drop the reply.
+        case drop
+        /// A reply for no command: the stream is out of sync. Close with this error.
+        case close(RedisError)
+    }
+
+    /// A complete reply arrived.
+    mutating func replyReceived() -> ReplyAction {
+        guard case .open = self.state else { return .drop }
+        guard let entry = self.queue.popFirst() else {
+            return .close(RedisError(code: .protocolError, message: "the server sent a reply to no command"))
+        }
+        if let promise = entry.promise { return .succeed(promise) }
+        return .drop
+    }
+
+    struct TimerAction {
+        /// Fail each waiter with its error.
+        var fail: [(Promise, RedisError)] = []
+        /// Close the connection.
+        var close = false
+        /// Schedule the timer for this deadline.
+        var scheduleTimer: NIODeadline?
+    }
+
+    /// The timer scheduled for the earliest deadline fired.
+    mutating func timerFired(now: NIODeadline) -> TimerAction {
+        self.timer = nil
+        var action = TimerAction()
+        guard case .open = self.state, let head = self.queue.first else { return action }
+
+        if head.deadline <= now {
+            let cause = RedisError(
+                code: .connectionClosed,
+                message: "the connection was closed because the server did not answer an earlier command in time"
+            )
+            for entry in self.queue {
+                guard let promise = entry.promise else { continue }
+                action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
+            }
+            self.queue.removeAll()
+            self.state = .closed(cause)
+            action.close = true
+            return action
+        }
+
+        var next: NIODeadline?
+        for index in self.queue.indices {
+            guard let promise = self.queue[index].promise else { continue }
+            let deadline = self.queue[index].deadline
+            if deadline <= now {
+                action.fail.append((promise, Self.timeoutError))
+                self.queue[index].promise = nil
+            } else if next.map({ deadline < $0 }) ?? true {
+                next = deadline
+            }
+        }
+        self.timer = next
+        action.scheduleTimer = next
+        return action
+    }
+
+    /// The caller stopped waiting for command `id` (its task was cancelled). Returns the waiter to fail,
+    /// if it was still waiting; its reply will be dropped.
+    mutating func commandCancelled(id: UInt64) -> Promise? {
+        guard case .open = self.state else { return nil }
+        guard let index = self.queue.firstIndex(where: { $0.id == id }) else { return nil }
+        defer { self.queue[index].promise = nil }
+        return self.queue[index].promise
+    }
+
+    /// The connection closed, or must close, because of `error`. Returns every waiter, to be failed with
+    /// the error. Later calls return nothing: the first reason wins.
+    mutating func connectionClosed(_ error: RedisError) -> [Promise] {
+        guard case .open = self.state else { return [] }
+        self.state = .closed(error)
+        let promises = self.queue.compactMap(\.promise)
+        self.queue.removeAll()
+        self.timer = nil
+        return promises
+    }
+
+    private static var timeoutError: RedisError {
+        RedisError(code: .commandTimeout, message: "the server did not answer the command within its deadline")
+    }
+}
+
+extension CommandQueueStateMachine.Entry: Sendable where Promise: Sendable {}

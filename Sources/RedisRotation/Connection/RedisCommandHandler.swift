@@ -1,0 +1,140 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import NIOCore
+
+/// Writes commands as they are issued (pipelining) and matches replies to waiters in FIFO order.
+///
+/// Lives on its channel's event loop; the connection reaches it through `NIOLoopBound`. Decisions are
+/// made by a ``CommandQueueStateMachine``; this shell performs them: writes, completes promises,
+/// schedules the deadline timer and closes the channel.
+final class RedisCommandHandler: ChannelInboundHandler {
+    typealias InboundIn = RESPValue
+    typealias OutboundOut = ByteBuffer
+    typealias Entry = CommandQueueStateMachine<EventLoopPromise<RESPValue>>.Entry
+
+    private var queue = CommandQueueStateMachine<EventLoopPromise<RESPValue>>()
+    private var context: ChannelHandlerContext?
+    private var timer: Scheduled<Void>?
+    /// Why the channel is closing, when we know better than "the server closed it".
+    private var closeReason: RedisError?
+    private let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.failAll(self.closeReason ?? Self.closedByServer)
+        self.context = nil
+    }
+
+    /// Writes `payload` (one or more encoded commands) and registers their waiters, in order.
+    func enqueue(_ payload: ByteBuffer, entries: [Entry]) {
+        guard let context = self.context else {
+            let error = self.closeReason ?? Self.closedByServer
+            for entry in entries { entry.promise?.fail(error) }
+            return
+        }
+        switch self.queue.commandsEnqueued(entries) {
+        case .fail(let error):
+            for entry in entries { entry.promise?.fail(error) }
+        case .write(let deadline):
+            if let deadline { self.scheduleTimer(at: deadline, context: context) }
+            context.writeAndFlush(self.wrapOutboundOut(payload), promise: nil)
+        }
+    }
+
+    /// The caller of command `id` stopped waiting.
+    func cancel(id: UInt64) {
+        self.queue.commandCancelled(id: id)?.fail(CancellationError())
+    }
+
+    /// Closes the channel at the caller's request; outstanding commands fail with `connectionClosed`.
+    func close() {
+        if self.closeReason == nil {
+            self.closeReason = RedisError(code: .connectionClosed, message: "the connection was closed by the client")
+        }
+        self.context?.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let value = self.unwrapInboundIn(data)
+        switch self.queue.replyReceived() {
+        case .succeed(let promise):
+            promise.succeed(value)
+        case .drop:
+            break
+        case .close(let error):
+            self.closeWith(error, context: context)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let reason: RedisError
+        if let error = error as? RedisError {
+            reason = error
+        } else if let error = error as? IOError, error.errnoCode == ECONNRESET {
+            reason = RedisError(code: .connectionClosed, message: "the server reset the connection", underlying: error)
+        } else {
+            reason = RedisError(code: .connectionClosed, message: "the connection failed: \(error)", underlying: error)
+        }
+        self.closeWith(reason, context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.failAll(self.closeReason ?? Self.closedByServer)
+        context.fireChannelInactive()
+    }
+
+    private func closeWith(_ error: RedisError, context: ChannelHandlerContext) {
+        if self.closeReason == nil {
+            self.closeReason = error
+            self.logger.debug("closing connection", metadata: [LoggingKeys.error: "\(error)"])
+        }
+        self.failAll(self.closeReason!)
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ error: RedisError) {
+        self.timer?.cancel()
+        self.timer = nil
+        for promise in self.queue.connectionClosed(error) {
+            promise.fail(error)
+        }
+    }
+
+    private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.timerFired()
+        }
+    }
+
+    private func timerFired() {
+        self.timer = nil
+        let action = self.queue.timerFired(now: .now())
+        if action.close {
+            self.closeReason = self.closeReason
+                ?? RedisError(code: .commandTimeout, message: "the server stopped answering; the connection was closed")
+        }
+        for (promise, error) in action.fail {
+            promise.fail(error)
+        }
+        if action.close, let context = self.context {
+            self.logger.debug("server stopped answering: closing connection")
+            context.close(promise: nil)
+        } else if let deadline = action.scheduleTimer, let context = self.context {
+            self.scheduleTimer(at: deadline, context: context)
+        }
+    }
+
+    private static let closedByServer = RedisError(code: .connectionClosed, message: "the server closed the connection")
+}

@@ -1,0 +1,345 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+import Synchronization
+
+/// One connection to a Redis server over SwiftNIO.
+///
+/// Commands are pipelined: each is written as soon as it is issued, and replies are matched to callers
+/// in order, so many tasks may share one connection. Every wait has a deadline: connecting, the
+/// handshake and each command. When the connection closes — by ``close()``, by the server, or by a
+/// reset — every outstanding command fails at once with ``RedisError/Code/connectionClosed``.
+///
+/// ```swift
+/// let connection = try await RedisConnection.connect(
+///     configuration: .init(host: "127.0.0.1", port: 6379, username: "app", password: "secret")
+/// )
+/// try await connection.set("greeting", to: "hello")
+/// let greeting = try await connection.get("greeting", as: String.self)
+/// await connection.close()
+/// ```
+public final class RedisConnection: Sendable {
+    /// A number that identifies this connection in logs, unique within the process.
+    public let id: Int
+    /// The configuration the connection was made with.
+    public let configuration: RedisConnectionConfiguration
+    /// The server's version, as its `HELLO` reply reported it; `nil` on servers without `HELLO`.
+    public let serverVersion: String?
+    /// The connection's id on the server (`CLIENT ID`, `CLIENT KILL ID`); `nil` on servers without `HELLO`.
+    public let clientID: Int?
+
+    private let channel: any Channel
+    private let handler: NIOLoopBound<RedisCommandHandler>
+    private let logger: Logger
+    private static let nextConnectionID = Atomic<Int>(0)
+    private static let nextCommandID = Atomic<UInt64>(0)
+
+    private init(
+        id: Int,
+        configuration: RedisConnectionConfiguration,
+        channel: any Channel,
+        handler: NIOLoopBound<RedisCommandHandler>,
+        serverInfo: HandshakeStateMachine.ServerInfo,
+        logger: Logger
+    ) {
+        self.id = id
+        self.configuration = configuration
+        self.channel = channel
+        self.handler = handler
+        self.serverVersion = serverInfo.version
+        self.clientID = serverInfo.clientID
+        self.logger = logger
+    }
+
+    /// The event loop the connection's I/O runs on.
+    public var eventLoop: any EventLoop { self.channel.eventLoop }
+
+    /// Whether the connection is still open. A closed connection fails every command.
+    public var isActive: Bool { self.channel.isActive }
+
+    /// Connects, authenticates and names the connection, all within the configured deadlines.
+    ///
+    /// - Throws: ``RedisError`` with `connectTimeout`, `connectionFailed`, `handshakeTimeout`,
+    ///   `authenticationFailed` (`WRONGPASS` / `NOAUTH` in ``RedisError/serverErrorPrefix``), `serverError`
+    ///   or `connectionClosed`.
+    public static func connect(
+        configuration: RedisConnectionConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) async throws -> RedisConnection {
+        try configuration.validate()
+        let id = Self.nextConnectionID.add(1, ordering: .relaxed).newValue
+        var logger = logger
+        logger[metadataKey: LoggingKeys.connectionID] = "\(id)"
+        logger.debug(
+            "connecting",
+            metadata: [LoggingKeys.host: "\(configuration.host)", LoggingKeys.port: "\(configuration.port)"]
+        )
+
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: eventLoopGroup)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connectTimeout(TimeAmount(configuration.connectTimeout))
+                .channelInitializer { [logger] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers([
+                            RESPDecoderHandler(limits: configuration.readerLimits),
+                            RedisCommandHandler(logger: logger),
+                        ])
+                    }
+                }
+                .connect(host: configuration.host, port: configuration.port)
+                .get()
+        } catch let error as ChannelError {
+            guard case .connectTimeout = error else {
+                throw RedisError(
+                    code: .connectionFailed,
+                    message: "could not connect to \(configuration.host):\(configuration.port): \(error)",
+                    underlying: error
+                )
+            }
+            throw RedisError(
+                code: .connectTimeout,
+                message: "no TCP connection to \(configuration.host):\(configuration.port) within \(configuration.connectTimeout)",
+                underlying: error
+            )
+        } catch {
+            throw RedisError(
+                code: .connectionFailed,
+                message: "could not connect to \(configuration.host):\(configuration.port): \(error)",
+                underlying: error
+            )
+        }
+
+        let handler = try await channel.eventLoop.submit {
+            NIOLoopBound(
+                try channel.pipeline.syncOperations.handler(type: RedisCommandHandler.self),
+                eventLoop: channel.eventLoop
+            )
+        }.get()
+
+        do {
+            let info = try await Self.handshake(
+                configuration: configuration,
+                handler: handler,
+                logger: logger
+            )
+            logger.debug(
+                "connected",
+                metadata: [
+                    LoggingKeys.serverVersion: "\(info.version ?? "unknown")",
+                    LoggingKeys.clientID: "\(info.clientID.map(String.init) ?? "unknown")",
+                ]
+            )
+            return RedisConnection(
+                id: id,
+                configuration: configuration,
+                channel: channel,
+                handler: handler,
+                serverInfo: info,
+                logger: logger
+            )
+        } catch {
+            channel.eventLoop.execute { handler.value.close() }
+            try? await channel.closeFuture.get()
+            logger.debug("handshake failed", metadata: [LoggingKeys.error: "\(error)"])
+            throw error
+        }
+    }
+
+    /// Sends `command` and returns its reply.
+    ///
+    /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`.
+    /// - Throws: ``RedisError`` with `serverError` for an error reply (the prefix in
+    ///   ``RedisError/serverErrorPrefix``), `commandTimeout`, `connectionClosed` or `protocolError`;
+    ///   `CancellationError` when the task is cancelled (the reply, when it comes, is dropped).
+    @discardableResult
+    public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
+        try Task.checkCancellation()
+        let value = try await self.write(command.encoded, count: 1, timeout: timeout)[0].get()
+        if case .error(let buffer) = value {
+            throw Self.serverError(buffer, command: command)
+        }
+        return value
+    }
+
+    /// Sends a command given as its name and arguments: `send("SET", "key", .bytes(data))`.
+    @discardableResult
+    public func send(_ name: String, _ arguments: RedisArgument...) async throws -> RESPValue {
+        try await self.send(RedisCommand(name, arguments: arguments))
+    }
+
+    /// Sends all `commands` in one write and returns their results in the same order. One command's
+    /// error reply fails only that command's result.
+    ///
+    /// - Parameter timeout: How long each command may wait for its reply; `nil` uses `commandTimeout`.
+    /// - Throws: `CancellationError` when the task is cancelled.
+    public func pipeline(
+        _ commands: [RedisCommand],
+        timeout: Duration? = nil
+    ) async throws -> [Result<RESPValue, RedisError>] {
+        try Task.checkCancellation()
+        guard !commands.isEmpty else { return [] }
+        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
+        for command in commands { payload.writeImmutableBuffer(command.encoded) }
+        let results = try await self.write(payload, count: commands.count, timeout: timeout)
+        return zip(commands, results).map { command, result in
+            result.flatMap { value in
+                if case .error(let buffer) = value { return .failure(Self.serverError(buffer, command: command)) }
+                return .success(value)
+            }
+        }
+    }
+
+    /// Closes the connection. Outstanding commands fail with ``RedisError/Code/connectionClosed``.
+    public func close() async {
+        let handler = self.handler
+        self.channel.eventLoop.execute { handler.value.close() }
+        try? await self.channel.closeFuture.get()
+        self.logger.debug("connection closed")
+    }
+
+    /// Completes when the connection has closed, for whatever reason.
+    public func waitUntilClosed() async {
+        try? await self.channel.closeFuture.get()
+    }
+
+    // MARK: - Internals
+
+    /// Writes `payload`, which holds `count` encoded commands, and waits for their replies.
+    private func write(
+        _ payload: ByteBuffer,
+        count: Int,
+        timeout: Duration?
+    ) async throws -> [Result<RESPValue, RedisError>] {
+        try await Self.exchange(
+            payload,
+            count: count,
+            deadline: NIODeadline.now() + TimeAmount(timeout ?? self.configuration.commandTimeout),
+            handler: self.handler
+        )
+    }
+
+    /// Hands `payload` (`count` encoded commands) to the handler on its event loop and waits for the
+    /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
+    private static func exchange(
+        _ payload: ByteBuffer,
+        count: Int,
+        deadline: NIODeadline,
+        handler: NIOLoopBound<RedisCommandHandler>
+    ) async throws -> [Result<RESPValue, RedisError>] {
+        let eventLoop = handler.eventLoop
+        let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
+        let entries = (0..<count).map { offset in
+            RedisCommandHandler.Entry(
+                id: firstID + UInt64(offset),
+                promise: eventLoop.makePromise(of: RESPValue.self),
+                deadline: deadline
+            )
+        }
+        if eventLoop.inEventLoop {
+            handler.value.enqueue(payload, entries: entries)
+        } else {
+            eventLoop.execute { handler.value.enqueue(payload, entries: entries) }
+        }
+        return try await withTaskCancellationHandler {
+            var results: [Result<RESPValue, RedisError>] = []
+            results.reserveCapacity(count)
+            for entry in entries {
+                do {
+                    results.append(.success(try await entry.promise!.futureResult.get()))
+                } catch let error as RedisError {
+                    results.append(.failure(error))
+                }
+            }
+            return results
+        } onCancel: {
+            eventLoop.execute {
+                for entry in entries { handler.value.cancel(id: entry.id) }
+            }
+        }
+    }
+
+    static func serverError(_ buffer: ByteBuffer, command: RedisCommand) -> RedisError {
+        let text = String(buffer: buffer)
+        let prefix = HandshakeStateMachine.prefix(of: text)
+        return RedisError(
+            code: .serverError,
+            message: "the server answered \(command.name) with an error (\(prefix))",
+            serverErrorPrefix: prefix,
+            serverMessage: command.isSensitive ? nil : text
+        )
+    }
+
+    /// Runs the handshake state machine against the channel.
+    private static func handshake(
+        configuration: RedisConnectionConfiguration,
+        handler: NIOLoopBound<RedisCommandHandler>,
+        logger: Logger
+    ) async throws -> HandshakeStateMachine.ServerInfo {
+        var machine = HandshakeStateMachine(
+            settings: .init(
+                username: configuration.username,
+                hasPassword: configuration.password != nil,
+                name: configuration.name,
+                database: configuration.database
+            )
+        )
+        let deadline = NIODeadline.now() + TimeAmount(configuration.handshakeTimeout)
+        var action = machine.start()
+        while true {
+            switch action {
+            case .succeed(let info):
+                return info
+            case .fail(let error):
+                throw error
+            case .send(let commands):
+                let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
+                var payload = ByteBufferAllocator().buffer(capacity: 256)
+                for command in encoded { payload.writeImmutableBuffer(command.encoded) }
+                let results = try await Self.exchange(payload, count: encoded.count, deadline: deadline, handler: handler)
+                var replies: [RESPValue] = []
+                for result in results {
+                    switch result {
+                    case .success(let reply):
+                        replies.append(reply)
+                    case .failure(let error) where error.code == .commandTimeout:
+                        throw RedisError(
+                            code: .handshakeTimeout,
+                            message: "the server did not complete the handshake within \(configuration.handshakeTimeout)",
+                            underlying: error
+                        )
+                    case .failure(let error):
+                        throw error
+                    }
+                }
+                action = machine.repliesReceived(replies)
+                if case .send = action { logger.debug("server has no HELLO: falling back to AUTH") }
+            }
+        }
+    }
+
+    private static func command(
+        for command: HandshakeStateMachine.Command,
+        configuration: RedisConnectionConfiguration
+    ) -> RedisCommand {
+        switch command {
+        case .hello(let authUsername, let name):
+            var arguments: [RedisArgument] = ["2"]
+            if let authUsername, let password = configuration.password {
+                arguments += ["AUTH", .string(authUsername), .secret(password)]
+            }
+            if let name { arguments += ["SETNAME", .string(name)] }
+            return RedisCommand("HELLO", arguments: arguments)
+        case .auth(let username):
+            let password = RedisArgument.secret(configuration.password ?? RedisSecret(""))
+            if let username { return RedisCommand("AUTH", .string(username), password) }
+            return RedisCommand("AUTH", password)
+        case .setName(let name):
+            return RedisCommand("CLIENT", "SETNAME", .string(name))
+        case .select(let database):
+            return RedisCommand("SELECT", .integer(database))
+        }
+    }
+}

@@ -1,0 +1,69 @@
+/// How to reach and authenticate to one Redis server.
+///
+/// Printing, dumping or reflecting a configuration never shows the password: it is a ``RedisSecret``.
+public struct RedisConnectionConfiguration: Sendable {
+    /// The server's host name or IP address. Default: `127.0.0.1`.
+    public var host: String
+    /// The server's TCP port. Default: 6379.
+    public var port: Int
+    /// The ACL user to authenticate as; `nil` means `default`. Used only with a password.
+    public var username: String?
+    /// The password; `nil` connects without authenticating.
+    public var password: RedisSecret?
+    /// The database to `SELECT` after authenticating; `nil` or 0 keeps database 0.
+    public var database: Int?
+    /// The connection's name on the server (`CLIENT SETNAME`), shown by `CLIENT LIST`. Default: none.
+    public var name: String?
+    /// How long establishing the TCP connection may take. Default: 5 seconds.
+    public var connectTimeout: Duration
+    /// How long the handshake (authentication, name, database) may take once connected. Default: 5 seconds.
+    public var handshakeTimeout: Duration
+    /// How long a command may wait for its reply, unless the call names another deadline.
+    /// Default: 5 seconds.
+    public var commandTimeout: Duration
+    /// Bounds on reply sizes; exceeding one closes the connection with a protocol error.
+    public var readerLimits: RESPReaderLimits
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 6379,
+        username: String? = nil,
+        password: RedisSecret? = nil,
+        database: Int? = nil,
+        name: String? = nil,
+        connectTimeout: Duration = .seconds(5),
+        handshakeTimeout: Duration = .seconds(5),
+        commandTimeout: Duration = .seconds(5),
+        readerLimits: RESPReaderLimits = RESPReaderLimits()
+    ) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.database = database
+        self.name = name
+        self.connectTimeout = connectTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.commandTimeout = commandTimeout
+        self.readerLimits = readerLimits
+    }
+
+    /// Checks what the server would otherwise reject in confusing ways.
+    func validate() throws(RedisError) {
+        guard (1...65535).contains(self.port) else {
+            throw RedisError(code: .invalidArgument, message: "port \(self.port) is not between 1 and 65535")
+        }
+        if let name = self.name, name.isEmpty || name.contains(where: { $0 == " " || $0.isNewline }) {
+            throw RedisError(code: .invalidArgument, message: "a connection name must be non-empty and contain no spaces or newlines")
+        }
+        if let database = self.database, database < 0 {
+            throw RedisError(code: .invalidArgument, message: "database \(database) is negative")
+        }
+        for (label, timeout) in [
+            ("connectTimeout", self.connectTimeout), ("handshakeTimeout", self.handshakeTimeout),
+            ("commandTimeout", self.commandTimeout),
+        ] where timeout <= .zero {
+            throw RedisError(code: .invalidArgument, message: "\(label) must be positive")
+        }
+    }
+}

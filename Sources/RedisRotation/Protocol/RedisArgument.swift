@@ -1,0 +1,73 @@
+public import NIOCore
+
+/// One argument of a Redis command: text, bytes, an integer, or a secret.
+///
+/// Arguments are binary-safe: a bulk string on the wire carries its length, so any byte value works.
+/// Pass a password as ``secret(_:)``: the command is then treated as sensitive and the server's reply
+/// to it is never copied into an error message.
+public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral,
+    ExpressibleByStringInterpolation
+{
+    enum Storage: Sendable, Hashable {
+        case string(String)
+        case bytes(ByteBuffer)
+        case integer(Int64)
+        case secret(RedisSecret)
+    }
+
+    let storage: Storage
+
+    private init(_ storage: Storage) { self.storage = storage }
+
+    /// The UTF-8 bytes of `string`.
+    public static func string(_ string: String) -> RedisArgument { RedisArgument(.string(string)) }
+    /// The readable bytes of `buffer`.
+    public static func bytes(_ buffer: ByteBuffer) -> RedisArgument { RedisArgument(.bytes(buffer)) }
+    /// The given bytes.
+    public static func bytes(_ bytes: some Sequence<UInt8>) -> RedisArgument {
+        RedisArgument(.bytes(ByteBuffer(bytes: bytes)))
+    }
+    /// The decimal text of `value`, as Redis expects integers.
+    public static func integer(_ value: some BinaryInteger) -> RedisArgument {
+        RedisArgument(.integer(Int64(value)))
+    }
+    /// A key, as an argument of a command built by hand.
+    public static func key(_ key: RedisKey) -> RedisArgument { key.argument }
+    /// A secret (a password): its bytes go on the wire and nowhere else.
+    public static func secret(_ secret: RedisSecret) -> RedisArgument { RedisArgument(.secret(secret)) }
+
+    public init(stringLiteral value: String) { self.storage = .string(value) }
+    public init(integerLiteral value: Int64) { self.storage = .integer(value) }
+
+    var isSecret: Bool {
+        if case .secret = self.storage { return true }
+        return false
+    }
+
+    /// The number of bytes the argument occupies on the wire (without framing).
+    var byteCount: Int {
+        switch self.storage {
+        case .string(let string): return string.utf8.count
+        case .bytes(let buffer): return buffer.readableBytes
+        case .integer(let value): return String(value).utf8.count
+        case .secret(let secret): return secret.count
+        }
+    }
+
+    /// Appends the argument's bytes to `buffer`.
+    func write(to buffer: inout ByteBuffer) {
+        switch self.storage {
+        case .string(let string): buffer.writeString(string)
+        case .bytes(let bytes): buffer.writeImmutableBuffer(bytes)
+        case .integer(let value): buffer.writeString(String(value))
+        case .secret(let secret): secret.withUnsafeBytes { _ = buffer.writeBytes($0) }
+        }
+    }
+}
+
+extension RedisArgument: CustomStringConvertible {
+    /// Never the contents: arguments may hold user data or secrets.
+    public var description: String {
+        self.isSecret ? "<redacted>" : "<\(self.byteCount) bytes>"
+    }
+}

@@ -1,0 +1,111 @@
+/// An error thrown by RedisRotation.
+///
+/// Branch on ``code``; ``message`` says what happened and what to do about it, in words that are safe
+/// to log: it never carries a password or any other secret. Two errors are equal when their codes are.
+///
+/// A reply that the server sent as an error (`-WRONGPASS ...`, `-NOAUTH ...`, `-ERR ...`) keeps the
+/// server's prefix in ``serverErrorPrefix`` so that callers, and the rotation logic, can branch on it.
+public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible {
+    /// What kind of failure this is. New codes may be added in any release: do not switch exhaustively.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Hashable, Sendable {
+            case connectionFailed
+            case connectionClosed
+            case connectTimeout
+            case handshakeTimeout
+            case commandTimeout
+            case protocolError
+            case serverError
+            case authenticationFailed
+            case cancelled
+            case invalidArgument
+            case unexpectedReply
+        }
+
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+
+        /// The TCP connection could not be established (refused, unreachable, name not resolved).
+        public static let connectionFailed = Code(.connectionFailed)
+        /// The connection closed (by us, by the server, or by a reset) before the command got its reply.
+        public static let connectionClosed = Code(.connectionClosed)
+        /// The TCP connection was not established within the connect timeout.
+        public static let connectTimeout = Code(.connectTimeout)
+        /// The connection handshake (authentication, name, database) did not finish within its deadline.
+        public static let handshakeTimeout = Code(.handshakeTimeout)
+        /// A command got no reply within its deadline.
+        public static let commandTimeout = Code(.commandTimeout)
+        /// The server sent bytes that are not valid RESP2, or a reply that exceeds a configured limit.
+        /// The connection is closed.
+        public static let protocolError = Code(.protocolError)
+        /// The server answered the command with an error reply; see ``RedisError/serverErrorPrefix``.
+        public static let serverError = Code(.serverError)
+        /// The server rejected the credentials (`WRONGPASS`), or requires authentication and none was
+        /// configured (`NOAUTH`).
+        public static let authenticationFailed = Code(.authenticationFailed)
+        /// The caller cancelled the operation.
+        public static let cancelled = Code(.cancelled)
+        /// An argument or configuration value is not acceptable; nothing was sent.
+        public static let invalidArgument = Code(.invalidArgument)
+        /// The server's reply has a type or shape that the typed command helper did not expect.
+        public static let unexpectedReply = Code(.unexpectedReply)
+
+        public var description: String { self.base.rawValue }
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// A description of the failure that is safe to log (no secrets).
+    public var message: String
+    /// The prefix of the server's error reply (`WRONGPASS`, `NOAUTH`, `NOPERM`, `ERR`, `LOADING`, ...),
+    /// when the server answered with an error.
+    public var serverErrorPrefix: String?
+    /// The whole error reply of the server, when the command carried no secret. The server echoes
+    /// arguments in some messages (`ERR unknown command ..., with args beginning with: ...`), so for a
+    /// command that carried a password this is `nil` and only the prefix is kept.
+    public var serverMessage: String?
+    /// The error that caused this one, if any (an I/O error, for example).
+    public var underlying: (any Error)?
+    /// Where the error was created.
+    public var file: String
+    /// Where the error was created.
+    public var line: Int
+
+    public init(
+        code: Code,
+        message: String,
+        serverErrorPrefix: String? = nil,
+        serverMessage: String? = nil,
+        underlying: (any Error)? = nil,
+        file: String = #fileID,
+        line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.serverErrorPrefix = serverErrorPrefix
+        self.serverMessage = serverMessage
+        self.underlying = underlying
+        self.file = file
+        self.line = line
+    }
+
+    public static func == (lhs: RedisError, rhs: RedisError) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(self.code) }
+
+    /// The code and message; safe to log.
+    public var description: String {
+        if let prefix = self.serverErrorPrefix {
+            return "RedisError(\(self.code), \(prefix)): \(self.message)"
+        }
+        return "RedisError(\(self.code)): \(self.message)"
+    }
+
+    /// The description plus the server's message, the underlying error and the source location.
+    public var debugDescription: String {
+        var text = self.description
+        if let serverMessage = self.serverMessage { text += " [server: \(serverMessage)]" }
+        if let underlying = self.underlying { text += " [underlying: \(String(reflecting: underlying))]" }
+        text += " [\(self.file):\(self.line)]"
+        return text
+    }
+}

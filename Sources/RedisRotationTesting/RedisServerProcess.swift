@@ -1,0 +1,454 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+public import Foundation
+public import RedisRotation
+import Synchronization
+
+/// A real `redis-server` for tests and the demo: started in a temporary folder on a free loopback port
+/// with the ACL users you ask for, and stopped by its PID.
+///
+/// The binary comes from the `REDIS_SERVER` environment variable, else from `PATH`. An administrator
+/// user (``adminUsername``, with a random password) always exists, so the test can reconfigure the
+/// server while it runs. The server's log survives ``stop()`` in ``log``.
+///
+/// Prefer ``withServer(_:_:)``: it stops the server when the body returns or throws.
+public final class RedisServerProcess: Sendable {
+    /// An ACL user the server starts with.
+    public struct User: Sendable {
+        /// The user's name.
+        public var name: String
+        /// The passwords the user accepts (any of them works, as with `ACL SETUSER u >pw`).
+        public var passwords: [RedisSecret]
+        /// ACL rules after the passwords. Default: everything (`~* &* +@all`).
+        public var rules: String
+        /// Whether the user can log in (`on` / `off`).
+        public var isEnabled: Bool
+
+        public init(name: String, passwords: [RedisSecret], rules: String = "~* &* +@all", isEnabled: Bool = true) {
+            self.name = name
+            self.passwords = passwords
+            self.rules = rules
+            self.isEnabled = isEnabled
+        }
+    }
+
+    /// How the server starts.
+    public struct Configuration: Sendable {
+        /// ACL users besides the administrator.
+        public var users: [User]
+        /// The password of the `default` user; `nil` disables `default`, so every connection must
+        /// authenticate. Default: `nil`.
+        public var defaultUserPassword: RedisSecret?
+        /// Extra `redis.conf` lines, such as `"maxclients 100"`.
+        public var extraConfiguration: [String]
+        /// The `redis-server` binary; `nil` means `$REDIS_SERVER`, then `PATH`.
+        public var executablePath: String?
+        /// How long the server may take to answer after it was started. Default: 15 seconds.
+        public var startTimeout: Duration
+
+        public init(
+            users: [User] = [],
+            defaultUserPassword: RedisSecret? = nil,
+            extraConfiguration: [String] = [],
+            executablePath: String? = nil,
+            startTimeout: Duration = .seconds(15)
+        ) {
+            self.users = users
+            self.defaultUserPassword = defaultUserPassword
+            self.extraConfiguration = extraConfiguration
+            self.executablePath = executablePath
+            self.startTimeout = startTimeout
+        }
+    }
+
+    /// The name of the administrator user.
+    public let adminUsername = "rr-admin"
+    /// The administrator's password, random for each server.
+    public let adminPassword: RedisSecret
+    /// The loopback address the server listens on.
+    public let host = "127.0.0.1"
+    /// The TCP port the server listens on.
+    public let port: Int
+    /// The server's process id.
+    public let pid: Int32
+    /// The temporary folder holding the server's configuration, ACL file and log.
+    public let directory: URL
+
+    private let exit: ExitMonitor
+    private let finalLog = Mutex<String?>(nil)
+
+    private init(port: Int, directory: URL, pid: Int32, exit: ExitMonitor, adminPassword: RedisSecret) {
+        self.port = port
+        self.directory = directory
+        self.pid = pid
+        self.exit = exit
+        self.adminPassword = adminPassword
+    }
+
+    deinit {
+        // Safety net for a test that never called stop(): never leave a server behind.
+        if self.exit.exitStatus == nil { Glibc.kill(self.pid, SIGKILL) }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    /// Starts a server and waits until it answers `PING` as the administrator.
+    public static func start(_ configuration: Configuration = Configuration()) async throws -> RedisServerProcess {
+        let executable = try Self.findExecutable(configuration.executablePath)
+        var lastError: (any Error)?
+        // A port found free can be taken before the server binds it: try a few.
+        for _ in 0..<5 {
+            do {
+                return try await Self.startOnce(configuration, executable: executable)
+            } catch let error as StartError where error.mayRetry {
+                lastError = error
+            }
+        }
+        throw lastError!
+    }
+
+    /// Starts a server, runs `body` with it, and stops the server whether `body` returns or throws.
+    /// On failure the server's log is written to standard error.
+    public static func withServer<Result>(
+        _ configuration: Configuration = Configuration(),
+        _ body: (RedisServerProcess) async throws -> Result
+    ) async throws -> Result {
+        let server = try await Self.start(configuration)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            FileHandle.standardError.write(Data("redis-server log (port \(server.port)):\n\(server.log)\n".utf8))
+            throw error
+        }
+    }
+
+    /// A connection configuration for this server as `username` (the administrator when `nil`).
+    public func connectionConfiguration(
+        username: String? = nil,
+        password: RedisSecret? = nil,
+        name: String? = nil
+    ) -> RedisConnectionConfiguration {
+        RedisConnectionConfiguration(
+            host: self.host,
+            port: self.port,
+            username: username ?? self.adminUsername,
+            password: username == nil ? self.adminPassword : password,
+            name: name
+        )
+    }
+
+    /// A new connection as the administrator. Close it when done.
+    public func adminConnection() async throws -> RedisConnection {
+        try await RedisConnection.connect(configuration: self.connectionConfiguration(name: "rr-admin"))
+    }
+
+    /// Whether the server process is still running.
+    public var isRunning: Bool { self.exit.exitStatus == nil }
+
+    /// Sends `signal` to the server (`SIGKILL` to simulate a crash). ``stop()`` still cleans up.
+    public func kill(signal: Int32 = SIGKILL) {
+        if self.isRunning { _ = Glibc.kill(self.pid, signal) }
+    }
+
+    /// Waits until the process has exited, at most `timeout`; returns whether it did.
+    @discardableResult
+    public func waitForExit(timeout: Duration) async -> Bool {
+        await self.exit.wait(timeout: timeout)
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 seconds), keeps its log and removes its folder.
+    public func stop() async {
+        if self.isRunning {
+            _ = Glibc.kill(self.pid, SIGTERM)
+            if await !self.exit.wait(timeout: .seconds(5)) {
+                _ = Glibc.kill(self.pid, SIGKILL)
+                await self.exit.wait(timeout: .seconds(5))
+            }
+        }
+        let log = self.readLog()
+        self.finalLog.withLock { $0 = $0 ?? log }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    /// The server's log so far (after ``stop()``, as it was at the end).
+    public var log: String {
+        if let log = self.finalLog.withLock({ $0 }) { return log }
+        return self.readLog()
+    }
+
+    private func readLog() -> String {
+        Self.readLog(in: self.directory)
+    }
+
+    private static func readLog(in directory: URL) -> String {
+        let files = ["redis.log", "redis.stdout"]
+        return files.compactMap { name in
+            (try? String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8))
+                .flatMap { $0.isEmpty ? nil : "== \(name)\n\($0)" }
+        }.joined(separator: "\n")
+    }
+
+    // MARK: - Starting
+
+    private struct StartError: Error, CustomStringConvertible {
+        var description: String
+        var mayRetry: Bool
+    }
+
+    private static func startOnce(_ configuration: Configuration, executable: String) async throws -> RedisServerProcess {
+        let port = try Self.freeLoopbackPort()
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("redis-rotation-\(port)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let adminPassword = RedisSecret(Self.randomToken())
+
+        do {
+            try Self.writeFiles(configuration, port: port, adminPassword: adminPassword, in: directory)
+            let exit = ExitMonitor()
+            let pid = try Self.spawn(
+                executable,
+                arguments: [directory.appendingPathComponent("redis.conf").path],
+                output: directory.appendingPathComponent("redis.stdout").path
+            )
+            exit.monitor(pid: pid)
+
+            let server = RedisServerProcess(
+                port: port,
+                directory: directory,
+                pid: pid,
+                exit: exit,
+                adminPassword: adminPassword
+            )
+            do {
+                try await server.waitUntilReady(timeout: configuration.startTimeout)
+            } catch {
+                let log = server.readLog()
+                await server.stop()
+                throw StartError(
+                    description: "redis-server on port \(port) did not start: \(error)\n\(log)",
+                    mayRetry: log.contains("Address already in use")
+                )
+            }
+            return server
+        } catch {
+            try? FileManager.default.removeItem(at: directory)
+            throw error
+        }
+    }
+
+    private func waitUntilReady(timeout: Duration) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        var lastError: (any Error)?
+        while clock.now < deadline {
+            guard self.isRunning else {
+                throw StartError(description: "redis-server exited with status \(self.exit.exitStatus ?? -1)", mayRetry: true)
+            }
+            do {
+                var configuration = self.connectionConfiguration(name: "rr-admin")
+                configuration.connectTimeout = .seconds(1)
+                let connection = try await RedisConnection.connect(configuration: configuration)
+                defer { Task { await connection.close() } }
+                try await connection.ping()
+                await connection.close()
+                return
+            } catch {
+                lastError = error
+            }
+            // Not listening yet: the next attempt is a cheap refused connect.
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw StartError(description: "no answer within \(timeout): \(lastError.map { "\($0)" } ?? "")", mayRetry: false)
+    }
+
+    private static func writeFiles(
+        _ configuration: Configuration,
+        port: Int,
+        adminPassword: RedisSecret,
+        in directory: URL
+    ) throws {
+        var acl = ["user \(Self.aclName("rr-admin")) on #\(Self.sha256Hex(adminPassword)) ~* &* +@all"]
+        if let password = configuration.defaultUserPassword {
+            acl.append("user default on #\(Self.sha256Hex(password)) ~* &* +@all")
+        } else {
+            acl.append("user default off resetpass -@all")
+        }
+        for user in configuration.users {
+            let passwords = user.passwords.map { "#\(Self.sha256Hex($0))" }.joined(separator: " ")
+            let state = user.isEnabled ? "on" : "off"
+            let secret = passwords.isEmpty ? "resetpass" : passwords
+            acl.append("user \(Self.aclName(user.name)) \(state) \(secret) \(user.rules)")
+        }
+        try acl.joined(separator: "\n").appending("\n")
+            .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
+
+        let config = [
+            "bind 127.0.0.1",
+            "port \(port)",
+            "daemonize no",
+            "dir \(directory.path)",
+            "logfile \(directory.appendingPathComponent("redis.log").path)",
+            "loglevel notice",
+            "save \"\"",
+            "appendonly no",
+            "aclfile \(directory.appendingPathComponent("users.acl").path)",
+        ] + configuration.extraConfiguration
+        try config.joined(separator: "\n").appending("\n")
+            .write(to: directory.appendingPathComponent("redis.conf"), atomically: true, encoding: .utf8)
+    }
+
+    /// ACL user names are single words in the ACL file.
+    private static func aclName(_ name: String) -> String {
+        precondition(!name.isEmpty && !name.contains(where: \.isWhitespace), "an ACL user name is one word")
+        return name
+    }
+
+    /// Passwords go into the ACL file as SHA-256 hashes (`#<hex>`): no quoting problems and no
+    /// plain-text password on disk.
+    static func sha256Hex(_ secret: RedisSecret) -> String {
+        secret.withUnsafeBytes { bytes in
+            sha256(bytes).map { String(format: "%02x", $0) }.joined()
+        }
+    }
+
+    /// Starts `executable` with `posix_spawn`, output to the file at `output`, stdin from /dev/null.
+    ///
+    /// Not Foundation's `Process`: the child must start with no blocked signals and default handlers.
+    /// Threads of a test runner or an event loop may block SIGTERM, and a child inherits that mask, so
+    /// `redis-server` would ignore the SIGTERM that asks it to stop.
+    private static func spawn(_ executable: String, arguments: [String], output: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for argument in argv { free(argument) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        guard status == 0 else {
+            throw StartError(description: "could not start \(executable): \(String(cString: strerror(status)))", mayRetry: false)
+        }
+        return pid
+    }
+
+    private static func findExecutable(_ explicit: String?) throws -> String {
+        if let explicit { return explicit }
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["REDIS_SERVER"], !path.isEmpty { return path }
+        for directory in (environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") {
+            let candidate = "\(directory)/redis-server"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw StartError(
+            description: "redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server) or set REDIS_SERVER",
+            mayRetry: false
+        )
+    }
+
+    private static func randomToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+
+    /// A loopback port that was free a moment ago.
+    static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw StartError(description: "socket() failed: errno \(errno)", mayRetry: false) }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                bind(fd, socketAddress, length) == 0 && getsockname(fd, socketAddress, &length) == 0
+            }
+        }
+        guard bound else { throw StartError(description: "could not bind a loopback port: errno \(errno)", mayRetry: true) }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// Records the exit of a child process and wakes those waiting for it.
+final class ExitMonitor: Sendable {
+    private struct State {
+        var status: Int32?
+        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        var nextWaiter: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+
+    var exitStatus: Int32? { self.state.withLock { $0.status } }
+
+    /// Reaps `pid` on a thread of its own (a blocking `waitpid`) and records its exit.
+    func monitor(pid: pid_t) {
+        let thread = Thread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            self.exited(status: status)
+        }
+        thread.name = "redis-server \(pid) monitor"
+        thread.start()
+    }
+
+    func exited(status: Int32) {
+        let waiters = self.state.withLock { state in
+            state.status = status
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume(returning: true) }
+    }
+
+    /// Waits for the exit, at most `timeout`; returns whether the process exited.
+    @discardableResult
+    func wait(timeout: Duration) async -> Bool {
+        let id = self.state.withLock { state -> UInt64 in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    let resumeNow = self.state.withLock { state -> Bool in
+                        if state.status != nil { return true }
+                        state.waiters[id] = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume(returning: true) }
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                // Time is up: release the waiter (if still registered) with "not exited".
+                let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+                waiter?.resume(returning: false)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first || self.exitStatus != nil
+        }
+    }
+}

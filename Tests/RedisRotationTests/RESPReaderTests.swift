@@ -1,0 +1,242 @@
+import NIOCore
+import Testing
+
+@testable import RedisRotation
+
+/// A reply as it appears on the wire, with the value it must parse to.
+struct WireSample: Sendable, CustomTestStringConvertible {
+    let name: String
+    let wire: [UInt8]
+    let value: RESPValue
+
+    init(_ name: String, _ wire: String, _ value: RESPValue) {
+        self.name = name
+        self.wire = Array(wire.utf8)
+        self.value = value
+    }
+
+    init(_ name: String, bytes: [UInt8], _ value: RESPValue) {
+        self.name = name
+        self.wire = bytes
+        self.value = value
+    }
+
+    var testDescription: String { self.name }
+}
+
+func buffer(_ string: String) -> ByteBuffer { ByteBuffer(string: string) }
+
+let allByteValues: [UInt8] = Array(0...255)
+
+let wireSamples: [WireSample] = [
+    WireSample("simple string", "+OK\r\n", .simpleString(buffer("OK"))),
+    WireSample("empty simple string", "+\r\n", .simpleString(buffer(""))),
+    WireSample("error", "-WRONGPASS invalid username-password pair\r\n", .error(buffer("WRONGPASS invalid username-password pair"))),
+    WireSample("integer", ":42\r\n", .integer(42)),
+    WireSample("negative integer", ":-7\r\n", .integer(-7)),
+    WireSample("zero", ":0\r\n", .integer(0)),
+    WireSample("largest integer", ":9223372036854775807\r\n", .integer(Int64.max)),
+    WireSample("smallest integer", ":-9223372036854775808\r\n", .integer(Int64.min)),
+    WireSample("bulk string", "$5\r\nhello\r\n", .bulkString(buffer("hello"))),
+    WireSample("empty bulk string", "$0\r\n\r\n", .bulkString(buffer(""))),
+    WireSample("bulk string holding CRLF", "$4\r\n\r\n\r\n\r\n", .bulkString(buffer("\r\n\r\n"))),
+    WireSample("null bulk string", "$-1\r\n", .null),
+    WireSample("null array", "*-1\r\n", .null),
+    WireSample("empty array", "*0\r\n", .array([])),
+    WireSample(
+        "array of every type",
+        "*6\r\n+OK\r\n-ERR no\r\n:1\r\n$3\r\nfoo\r\n$-1\r\n*0\r\n",
+        .array([
+            .simpleString(buffer("OK")), .error(buffer("ERR no")), .integer(1), .bulkString(buffer("foo")), .null,
+            .array([]),
+        ])
+    ),
+    WireSample(
+        "nested arrays",
+        "*3\r\n*2\r\n:1\r\n:2\r\n*0\r\n*1\r\n*-1\r\n",
+        .array([.array([.integer(1), .integer(2)]), .array([]), .array([.null])])
+    ),
+    WireSample(
+        "arrays nested seven deep",
+        "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:7\r\n",
+        .array([.array([.array([.array([.array([.array([.array([.integer(7)])])])])])])])
+    ),
+    WireSample(
+        "every byte value in a bulk string",
+        bytes: Array("$256\r\n".utf8) + allByteValues + Array("\r\n".utf8),
+        .bulkString(ByteBuffer(bytes: allByteValues))
+    ),
+]
+
+@Suite("RESP reader (hiredis)")
+struct RESPReaderTests {
+    @Test("parses each reply type when fed whole", arguments: wireSamples)
+    func parsesWhole(sample: WireSample) throws {
+        let reader = RESPReader()
+        try reader.feed(ByteBuffer(bytes: sample.wire))
+        #expect(try reader.next() == sample.value)
+        #expect(try reader.next() == nil)
+    }
+
+    @Test("parses each reply fed one byte at a time", arguments: wireSamples)
+    func parsesByteByByte(sample: WireSample) throws {
+        let reader = RESPReader()
+        var values: [RESPValue] = []
+        for (index, byte) in sample.wire.enumerated() {
+            try reader.feed(ByteBuffer(bytes: [byte]))
+            while let value = try reader.next() {
+                values.append(value)
+                #expect(index == sample.wire.count - 1, "a reply completed before its last byte")
+            }
+        }
+        #expect(values == [sample.value])
+    }
+
+    @Test("parses a stream of every reply in random splits")
+    func parsesRandomSplits() throws {
+        let stream = wireSamples.flatMap(\.wire)
+        var generator = SplitMix64(seed: 0x5EED)
+        for _ in 0..<300 {
+            let reader = RESPReader()
+            var values: [RESPValue] = []
+            var position = 0
+            while position < stream.count {
+                let length = Int.random(in: 1...max(1, min(64, stream.count - position)), using: &generator)
+                try reader.feed(ByteBuffer(bytes: stream[position..<position + length]))
+                position += length
+                while let value = try reader.next() { values.append(value) }
+            }
+            #expect(values == wireSamples.map(\.value))
+        }
+    }
+
+    @Test("a 1 MiB bulk string fed in 1000-byte pieces")
+    func parsesLargeBulkInPieces() throws {
+        var generator = SplitMix64(seed: 7)
+        let payload = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let wire = Array("$\(payload.count)\r\n".utf8) + payload + Array("\r\n".utf8)
+        let reader = RESPReader()
+        var values: [RESPValue] = []
+        var position = 0
+        while position < wire.count {
+            let end = min(wire.count, position + 1000)
+            try reader.feed(ByteBuffer(bytes: wire[position..<end]))
+            position = end
+            while let value = try reader.next() { values.append(value) }
+        }
+        #expect(values == [.bulkString(ByteBuffer(bytes: payload))])
+    }
+
+    static let malformed: [(String, String)] = [
+        ("unknown type byte", "?foo\r\n"),
+        ("letters in a bulk length", "$abc\r\n"),
+        ("bulk length below -1", "$-2\r\n"),
+        ("letters in an integer", ":12a\r\n"),
+        ("letters in an array length", "*x\r\n"),
+        ("array length below -1", "*-5\r\n"),
+        ("bulk string without CRLF after its bytes", "$3\r\nfooXY"),
+        ("arrays nested deeper than hiredis allows", String(repeating: "*1\r\n", count: 9) + ":1\r\n"),
+    ]
+
+    @Test("malformed input is a protocol error", arguments: malformed)
+    func malformedInput(name: String, wire: String) throws {
+        let reader = RESPReader()
+        let error = #expect(throws: RedisError.self) {
+            try reader.feed(buffer(wire))
+            while try reader.next() != nil {}
+        }
+        #expect(error?.code == .protocolError)
+        // The stream is out of sync: the reader keeps failing.
+        #expect(throws: RedisError.self) { try reader.next() }
+        #expect(throws: RedisError.self) { try reader.feed(buffer("+OK\r\n")) }
+    }
+
+    @Test("a bulk string over the limit fails as soon as its header arrives")
+    func bulkLimitOnHeader() throws {
+        let reader = RESPReader(limits: RESPReaderLimits(maximumBulkLength: 1024))
+        try reader.feed(buffer("$1024\r\n"))
+        #expect(try reader.next() == nil)
+        let reader2 = RESPReader(limits: RESPReaderLimits(maximumBulkLength: 1024))
+        // 1 GiB announced, no payload sent: refused without buffering anything.
+        try reader2.feed(buffer("$1073741824\r\n"))
+        let error = #expect(throws: RedisError.self) { try reader2.next() }
+        #expect(error?.code == .protocolError)
+        #expect(error?.message.contains("limit") == true)
+    }
+
+    @Test("a bulk string over the limit fails when it arrives whole")
+    func bulkLimitWhole() throws {
+        let reader = RESPReader(limits: RESPReaderLimits(maximumBulkLength: 4))
+        try reader.feed(buffer("*2\r\n$4\r\nabcd\r\n$5\r\nabcde\r\n"))
+        let error = #expect(throws: RedisError.self) { try reader.next() }
+        #expect(error?.code == .protocolError)
+    }
+
+    @Test("an array with more elements than the limit fails")
+    func arrayLimit() throws {
+        let reader = RESPReader(limits: RESPReaderLimits(maximumArrayElements: 3))
+        try reader.feed(buffer("*3\r\n:1\r\n:2\r\n:3\r\n"))
+        #expect(try reader.next() == .array([.integer(1), .integer(2), .integer(3)]))
+        // 2^31-1 elements announced: refused before reserving anything.
+        try reader.feed(buffer("*2147483647\r\n"))
+        let error = #expect(throws: RedisError.self) { try reader.next() }
+        #expect(error?.code == .protocolError)
+    }
+
+    @Test("nesting deeper than the limit fails", arguments: 1...6)
+    func nestingLimit(depth: Int) throws {
+        let allowed = String(repeating: "*1\r\n", count: depth) + ":1\r\n"
+        let tooDeep = String(repeating: "*1\r\n", count: depth + 1) + ":1\r\n"
+        let reader = RESPReader(limits: RESPReaderLimits(maximumNestingDepth: depth))
+        try reader.feed(buffer(allowed))
+        #expect(try reader.next() != nil)
+        try reader.feed(buffer(tooDeep))
+        let error = #expect(throws: RedisError.self) { try reader.next() }
+        #expect(error?.code == .protocolError)
+    }
+
+    @Test("a line longer than the limit fails before its end arrives", arguments: ["+", "-", ":"])
+    func lineLimit(type: String) throws {
+        // Within the limit: accepted (integers must also fit in 64 bits).
+        let reader = RESPReader(limits: RESPReaderLimits(maximumLineLength: 64))
+        let fitting = type == ":" ? "-" + String(repeating: "1", count: 18) : String(repeating: "a", count: 64)
+        try reader.feed(buffer(type + fitting + "\r\n"))
+        #expect(try reader.next() != nil)
+        let reader2 = RESPReader(limits: RESPReaderLimits(maximumLineLength: 64))
+        try reader2.feed(buffer(type + String(repeating: "1", count: 100)))
+        let error = #expect(throws: RedisError.self) { try reader2.next() }
+        #expect(error?.code == .protocolError)
+    }
+
+    @Test("a bulk length line that never ends fails")
+    func endlessLengthLine() throws {
+        let reader = RESPReader()
+        try reader.feed(buffer("$" + String(repeating: "9", count: 40)))
+        let error = #expect(throws: RedisError.self) { try reader.next() }
+        #expect(error?.code == .protocolError)
+    }
+
+    @Test("an incomplete reply yields nothing and keeps its bytes")
+    func incompleteReply() throws {
+        let reader = RESPReader()
+        try reader.feed(buffer("*2\r\n$3\r\nfoo\r\n$3\r\nba"))
+        #expect(try reader.next() == nil)
+        try reader.feed(buffer("r\r\n+OK\r\n"))
+        #expect(try reader.next() == .array([.bulkString(buffer("foo")), .bulkString(buffer("bar"))]))
+        #expect(try reader.next() == .simpleString(buffer("OK")))
+        #expect(try reader.next() == nil)
+    }
+}
+
+/// A small deterministic generator, so random splits are the same on every run.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
