@@ -31,10 +31,15 @@ let package = Package(
             providers: [.apt(["libssl-dev"]), .brew(["openssl@3"])]
         ),
         .target(
+            name: "COpenSSLShims",
+            dependencies: ["COpenSSL"]
+        ),
+        .target(
             name: "RedisRotation",
             dependencies: [
                 "CHiredis",
                 "COpenSSL",
+                "COpenSSLShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -46,6 +51,7 @@ let package = Package(
             dependencies: [
                 "RedisRotation",
                 "COpenSSL",
+                "COpenSSLShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -61,7 +67,9 @@ let package = Package(
             name: "RedisRotationTests",
             dependencies: [
                 "RedisRotation",
+                "RedisRotationTesting",
                 "CHiredis",
+                "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],

@@ -20,6 +20,21 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
             case cancelled
             case invalidArgument
             case unexpectedReply
+            case tlsHandshakeTimeout
+            case tlsNotATLSEndpoint
+            case tlsHandshakeFailed
+            case tlsServerCertificateExpired
+            case tlsServerCertificateNotYetValid
+            case tlsUntrustedServerCertificate
+            case tlsHostnameMismatch
+            case tlsClientCertificateRequired
+            case tlsClientCertificateRejected
+            case tlsMalformedPEM
+            case tlsKeyMismatch
+            case tlsClientCertificateExpired
+            case tlsClientCertificateNotYetValid
+            case tlsClientCertificateMissingClientAuth
+            case tlsInvalidConfiguration
         }
 
         private let base: Base
@@ -49,6 +64,37 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         public static let invalidArgument = Code(.invalidArgument)
         /// The server's reply has a type or shape that the typed command helper did not expect.
         public static let unexpectedReply = Code(.unexpectedReply)
+
+        /// No TLS handshake within the handshake deadline: often a TLS client pointed at a plain-text port.
+        public static let tlsHandshakeTimeout = Code(.tlsHandshakeTimeout)
+        /// The server answered, but not with TLS: this is probably its plain-text port.
+        public static let tlsNotATLSEndpoint = Code(.tlsNotATLSEndpoint)
+        /// The TLS handshake failed for another reason; the message carries OpenSSL's.
+        public static let tlsHandshakeFailed = Code(.tlsHandshakeFailed)
+        /// The server's certificate has expired (the message names it and its notAfter).
+        public static let tlsServerCertificateExpired = Code(.tlsServerCertificateExpired)
+        /// The server's certificate is not valid yet: check both clocks.
+        public static let tlsServerCertificateNotYetValid = Code(.tlsServerCertificateNotYetValid)
+        /// The server's certificate was issued by a CA that is not among the trust anchors.
+        public static let tlsUntrustedServerCertificate = Code(.tlsUntrustedServerCertificate)
+        /// The server's certificate is not for the name or IP address we connected to.
+        public static let tlsHostnameMismatch = Code(.tlsHostnameMismatch)
+        /// The server requires a client certificate (mutual TLS) and none is configured.
+        public static let tlsClientCertificateRequired = Code(.tlsClientCertificateRequired)
+        /// The server rejected our client certificate (expired, unknown CA, revoked, ...).
+        public static let tlsClientCertificateRejected = Code(.tlsClientCertificateRejected)
+        /// A PEM file or buffer is empty, truncated or not PEM.
+        public static let tlsMalformedPEM = Code(.tlsMalformedPEM)
+        /// The private key does not belong to the certificate.
+        public static let tlsKeyMismatch = Code(.tlsKeyMismatch)
+        /// Our client certificate has expired.
+        public static let tlsClientCertificateExpired = Code(.tlsClientCertificateExpired)
+        /// Our client certificate is not valid yet.
+        public static let tlsClientCertificateNotYetValid = Code(.tlsClientCertificateNotYetValid)
+        /// Our client certificate has an extended key usage without TLS Web Client Authentication.
+        public static let tlsClientCertificateMissingClientAuth = Code(.tlsClientCertificateMissingClientAuth)
+        /// The TLS configuration cannot work (an empty server name, verification off with a name check, ...).
+        public static let tlsInvalidConfiguration = Code(.tlsInvalidConfiguration)
 
         public var description: String { self.base.rawValue }
     }

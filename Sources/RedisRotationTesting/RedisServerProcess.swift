@@ -35,6 +35,51 @@ public final class RedisServerProcess: Sendable {
         }
     }
 
+    /// TLS for the server (`tls-port`).
+    public struct TLS: Sendable {
+        /// Whether the server asks for client certificates (`tls-auth-clients`).
+        public struct ClientAuthentication: Sendable, Hashable {
+            let value: String
+            /// No client certificate is asked for (`no`).
+            public static let none = ClientAuthentication(value: "no")
+            /// A client certificate from a trusted CA is required (`yes`).
+            public static let required = ClientAuthentication(value: "yes")
+            /// A client certificate is checked when one is sent (`optional`).
+            public static let optional = ClientAuthentication(value: "optional")
+        }
+
+        /// The server's certificate and key.
+        public var certificate: TestCertificate
+        /// The CAs whose client certificates the server accepts (`tls-ca-cert-file`); at least one.
+        public var clientCertificateAuthorities: [TestCertificate]
+        /// Whether client certificates are required. Default: `.none`.
+        public var clientAuthentication: ClientAuthentication
+        /// How the harness itself connects as the administrator (its trust anchors and, with client
+        /// authentication, its identity); unused when ``plainTextPort`` is kept.
+        public var adminTLS: RedisTLSConfiguration
+        /// Whether the plain-text port stays open next to the TLS port (else `port 0`). Default: closed.
+        public var keepPlainTextPort: Bool
+        /// `tls-protocols`, such as `"TLSv1.2"`; `nil` keeps the server's default (1.2 and 1.3).
+        public var protocols: String?
+
+        public init(
+            certificate: TestCertificate,
+            clientCertificateAuthorities: [TestCertificate],
+            clientAuthentication: ClientAuthentication = .none,
+            adminTLS: RedisTLSConfiguration,
+            keepPlainTextPort: Bool = false,
+            protocols: String? = nil
+        ) {
+            precondition(!clientCertificateAuthorities.isEmpty, "redis-server needs at least one CA in tls-ca-cert-file")
+            self.certificate = certificate
+            self.clientCertificateAuthorities = clientCertificateAuthorities
+            self.clientAuthentication = clientAuthentication
+            self.adminTLS = adminTLS
+            self.keepPlainTextPort = keepPlainTextPort
+            self.protocols = protocols
+        }
+    }
+
     /// How the server starts.
     public struct Configuration: Sendable {
         /// ACL users besides the administrator.
@@ -48,19 +93,23 @@ public final class RedisServerProcess: Sendable {
         public var executablePath: String?
         /// How long the server may take to answer after it was started. Default: 15 seconds.
         public var startTimeout: Duration
+        /// TLS; `nil` serves plain TCP only.
+        public var tls: TLS?
 
         public init(
             users: [User] = [],
             defaultUserPassword: RedisSecret? = nil,
             extraConfiguration: [String] = [],
             executablePath: String? = nil,
-            startTimeout: Duration = .seconds(15)
+            startTimeout: Duration = .seconds(15),
+            tls: TLS? = nil
         ) {
             self.users = users
             self.defaultUserPassword = defaultUserPassword
             self.extraConfiguration = extraConfiguration
             self.executablePath = executablePath
             self.startTimeout = startTimeout
+            self.tls = tls
         }
     }
 
@@ -70,8 +119,12 @@ public final class RedisServerProcess: Sendable {
     public let adminPassword: RedisSecret
     /// The loopback address the server listens on.
     public let host = "127.0.0.1"
-    /// The TCP port the server listens on.
+    /// The port clients connect to: the TLS port when the server has TLS, else the plain-text port.
     public let port: Int
+    /// The plain-text port, when the server has one (always without TLS; with TLS only if kept).
+    public let plainTextPort: Int?
+    /// The TLS context the harness's administrator connections use; `nil` when they use plain text.
+    private let adminTLSContext: RedisTLSContext?
     /// The server's process id.
     public let pid: Int32
     /// The temporary folder holding the server's configuration, ACL file and log.
@@ -80,8 +133,18 @@ public final class RedisServerProcess: Sendable {
     private let exit: ExitMonitor
     private let finalLog = Mutex<String?>(nil)
 
-    private init(port: Int, directory: URL, pid: Int32, exit: ExitMonitor, adminPassword: RedisSecret) {
+    private init(
+        port: Int,
+        plainTextPort: Int?,
+        adminTLSContext: RedisTLSContext?,
+        directory: URL,
+        pid: Int32,
+        exit: ExitMonitor,
+        adminPassword: RedisSecret
+    ) {
         self.port = port
+        self.plainTextPort = plainTextPort
+        self.adminTLSContext = adminTLSContext
         self.directory = directory
         self.pid = pid
         self.exit = exit
@@ -127,24 +190,39 @@ public final class RedisServerProcess: Sendable {
         }
     }
 
-    /// A connection configuration for this server as `username` (the administrator when `nil`).
+    /// A connection configuration for this server's ``port`` as `username` (the administrator when `nil`),
+    /// with TLS when `tls` is given.
     public func connectionConfiguration(
         username: String? = nil,
         password: RedisSecret? = nil,
-        name: String? = nil
+        name: String? = nil,
+        tls: RedisConnectionConfiguration.TLS? = nil
     ) -> RedisConnectionConfiguration {
         RedisConnectionConfiguration(
             host: self.host,
             port: self.port,
             username: username ?? self.adminUsername,
             password: username == nil ? self.adminPassword : password,
-            name: name
+            name: name,
+            tls: tls
         )
+    }
+
+    /// How the harness connects as the administrator: the plain-text port when there is one, else TLS
+    /// with the configured admin TLS settings.
+    public func adminConnectionConfiguration() -> RedisConnectionConfiguration {
+        var configuration = self.connectionConfiguration(name: "rr-admin")
+        if let plainTextPort = self.plainTextPort {
+            configuration.port = plainTextPort
+        } else if let context = self.adminTLSContext {
+            configuration.tls = .init(context: context)
+        }
+        return configuration
     }
 
     /// A new connection as the administrator. Close it when done.
     public func adminConnection() async throws -> RedisConnection {
-        try await RedisConnection.connect(configuration: self.connectionConfiguration(name: "rr-admin"))
+        try await RedisConnection.connect(configuration: self.adminConnectionConfiguration())
     }
 
     /// Whether the server process is still running.
@@ -202,13 +280,27 @@ public final class RedisServerProcess: Sendable {
 
     private static func startOnce(_ configuration: Configuration, executable: String) async throws -> RedisServerProcess {
         let port = try Self.freeLoopbackPort()
+        var plainTextPort: Int? = port
+        var tlsPort: Int?
+        var adminTLSContext: RedisTLSContext?
+        if let tls = configuration.tls {
+            tlsPort = try Self.freeLoopbackPort()
+            plainTextPort = tls.keepPlainTextPort ? port : nil
+            if !tls.keepPlainTextPort { adminTLSContext = try RedisTLSContext(configuration: tls.adminTLS) }
+        }
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("redis-rotation-\(port)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let adminPassword = RedisSecret(Self.randomToken())
 
         do {
-            try Self.writeFiles(configuration, port: port, adminPassword: adminPassword, in: directory)
+            try Self.writeFiles(
+                configuration,
+                plainTextPort: plainTextPort,
+                tlsPort: tlsPort,
+                adminPassword: adminPassword,
+                in: directory
+            )
             let exit = ExitMonitor()
             let pid = try Self.spawn(
                 executable,
@@ -218,7 +310,9 @@ public final class RedisServerProcess: Sendable {
             exit.monitor(pid: pid)
 
             let server = RedisServerProcess(
-                port: port,
+                port: tlsPort ?? port,
+                plainTextPort: plainTextPort,
+                adminTLSContext: adminTLSContext,
                 directory: directory,
                 pid: pid,
                 exit: exit,
@@ -250,7 +344,7 @@ public final class RedisServerProcess: Sendable {
                 throw StartError(description: "redis-server exited with status \(self.exit.exitStatus ?? -1)", mayRetry: true)
             }
             do {
-                var configuration = self.connectionConfiguration(name: "rr-admin")
+                var configuration = self.adminConnectionConfiguration()
                 configuration.connectTimeout = .seconds(1)
                 let connection = try await RedisConnection.connect(configuration: configuration)
                 defer { Task { await connection.close() } }
@@ -268,7 +362,8 @@ public final class RedisServerProcess: Sendable {
 
     private static func writeFiles(
         _ configuration: Configuration,
-        port: Int,
+        plainTextPort: Int?,
+        tlsPort: Int?,
         adminPassword: RedisSecret,
         in directory: URL
     ) throws {
@@ -287,9 +382,24 @@ public final class RedisServerProcess: Sendable {
         try acl.joined(separator: "\n").appending("\n")
             .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
 
+        var tlsLines: [String] = []
+        if let tls = configuration.tls, let tlsPort {
+            let server = try tls.certificate.write(to: directory, name: "server")
+            let caFile = directory.appendingPathComponent("client-ca.crt").path
+            try tls.clientCertificateAuthorities.map(\.certificatePEM).joined()
+                .write(toFile: caFile, atomically: true, encoding: .utf8)
+            tlsLines = [
+                "tls-port \(tlsPort)",
+                "tls-cert-file \(server.certificate)",
+                "tls-key-file \(server.privateKey)",
+                "tls-ca-cert-file \(caFile)",
+                "tls-auth-clients \(tls.clientAuthentication.value)",
+            ]
+            if let protocols = tls.protocols { tlsLines.append("tls-protocols \"\(protocols)\"") }
+        }
         let config = [
             "bind 127.0.0.1",
-            "port \(port)",
+            "port \(plainTextPort ?? 0)",
             "daemonize no",
             "dir \(directory.path)",
             "logfile \(directory.appendingPathComponent("redis.log").path)",
@@ -297,7 +407,7 @@ public final class RedisServerProcess: Sendable {
             "save \"\"",
             "appendonly no",
             "aclfile \(directory.appendingPathComponent("users.acl").path)",
-        ] + configuration.extraConfiguration
+        ] + tlsLines + configuration.extraConfiguration
         try config.joined(separator: "\n").appending("\n")
             .write(to: directory.appendingPathComponent("redis.conf"), atomically: true, encoding: .utf8)
     }

@@ -27,6 +27,8 @@ public final class RedisConnection: Sendable {
     public let serverVersion: String?
     /// The connection's id on the server (`CLIENT ID`, `CLIENT KILL ID`); `nil` on servers without `HELLO`.
     public let clientID: Int?
+    /// What the TLS handshake settled on (version, resumption, the server's certificate); `nil` without TLS.
+    public let tlsInfo: RedisTLSConnectionInfo?
 
     private let channel: any Channel
     private let handler: NIOLoopBound<RedisCommandHandler>
@@ -40,6 +42,7 @@ public final class RedisConnection: Sendable {
         channel: any Channel,
         handler: NIOLoopBound<RedisCommandHandler>,
         serverInfo: HandshakeStateMachine.ServerInfo,
+        tlsInfo: RedisTLSConnectionInfo?,
         logger: Logger
     ) {
         self.id = id
@@ -48,6 +51,7 @@ public final class RedisConnection: Sendable {
         self.handler = handler
         self.serverVersion = serverInfo.version
         self.clientID = serverInfo.clientID
+        self.tlsInfo = tlsInfo
         self.logger = logger
     }
 
@@ -76,6 +80,10 @@ public final class RedisConnection: Sendable {
             metadata: [LoggingKeys.host: "\(configuration.host)", LoggingKeys.port: "\(configuration.port)"]
         )
 
+        // The initializer hands its handlers out through this box: when the channel fails early (a TLS
+        // handshake refused at once), the handlers are already gone from the pipeline, but their
+        // recorded failure is what `connect` must report.
+        let handlers = Mutex<(command: NIOLoopBound<RedisCommandHandler>?, tls: NIOLoopBound<TLSClientHandler>?)>((nil, nil))
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)
@@ -83,10 +91,24 @@ public final class RedisConnection: Sendable {
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandlers([
-                            RESPDecoderHandler(limits: configuration.readerLimits),
-                            RedisCommandHandler(logger: logger),
-                        ])
+                        let operations = channel.pipeline.syncOperations
+                        var tlsHandler: TLSClientHandler?
+                        if let tls = configuration.tls {
+                            let handler = TLSClientHandler(
+                                context: tls.context,
+                                serverName: configuration.tlsServerName,
+                                sessionKey: "\(configuration.tlsServerName)@\(configuration.host):\(configuration.port)",
+                                handshakeTimeout: TimeAmount(configuration.handshakeTimeout)
+                            )
+                            try operations.addHandler(handler)
+                            tlsHandler = handler
+                        }
+                        let commandHandler = RedisCommandHandler(logger: logger)
+                        try operations.addHandlers([RESPDecoderHandler(limits: configuration.readerLimits), commandHandler])
+                        let loop = channel.eventLoop
+                        handlers.withLock {
+                            $0 = (NIOLoopBound(commandHandler, eventLoop: loop), tlsHandler.map { NIOLoopBound($0, eventLoop: loop) })
+                        }
                     }
                 }
                 .connect(host: configuration.host, port: configuration.port)
@@ -112,12 +134,10 @@ public final class RedisConnection: Sendable {
             )
         }
 
-        let handler = try await channel.eventLoop.submit {
-            NIOLoopBound(
-                try channel.pipeline.syncOperations.handler(type: RedisCommandHandler.self),
-                eventLoop: channel.eventLoop
-            )
-        }.get()
+        let (commandHandler, tlsHandler) = handlers.withLock { $0 }
+        guard let handler = commandHandler else {
+            preconditionFailure("the channel initializer ran without installing the command handler")
+        }
 
         do {
             let info = try await Self.handshake(
@@ -125,6 +145,12 @@ public final class RedisConnection: Sendable {
                 handler: handler,
                 logger: logger
             )
+            // Ready only now: with TLS 1.3 a server's rejection of our certificate arrives after the TLS
+            // handshake, on the first read, so the handshake's round trip is what proves acceptance.
+            var tlsInfo: RedisTLSConnectionInfo?
+            if let tlsHandler {
+                tlsInfo = try await channel.eventLoop.submit { tlsHandler.value.info }.get()
+            }
             logger.debug(
                 "connected",
                 metadata: [
@@ -138,6 +164,7 @@ public final class RedisConnection: Sendable {
                 channel: channel,
                 handler: handler,
                 serverInfo: info,
+                tlsInfo: tlsInfo,
                 logger: logger
             )
         } catch {

@@ -2,6 +2,20 @@
 ///
 /// Printing, dumping or reflecting a configuration never shows the password: it is a ``RedisSecret``.
 public struct RedisConnectionConfiguration: Sendable {
+    /// TLS for a connection: the shared context and the name to verify.
+    public struct TLS: Sendable {
+        /// The context (trust anchors, client identity, session cache) the connection uses.
+        public var context: RedisTLSContext
+        /// The DNS name or IP address the server's certificate must carry, also sent as SNI when it is a
+        /// DNS name; `nil` uses the connection's ``RedisConnectionConfiguration/host``.
+        public var serverName: String?
+
+        public init(context: RedisTLSContext, serverName: String? = nil) {
+            self.context = context
+            self.serverName = serverName
+        }
+    }
+
     /// The server's host name or IP address. Default: `127.0.0.1`.
     public var host: String
     /// The server's TCP port. Default: 6379.
@@ -23,6 +37,8 @@ public struct RedisConnectionConfiguration: Sendable {
     public var commandTimeout: Duration
     /// Bounds on reply sizes; exceeding one closes the connection with a protocol error.
     public var readerLimits: RESPReaderLimits
+    /// TLS settings; `nil` connects over plain TCP. The TLS handshake counts toward `handshakeTimeout`.
+    public var tls: TLS?
 
     public init(
         host: String = "127.0.0.1",
@@ -34,7 +50,8 @@ public struct RedisConnectionConfiguration: Sendable {
         connectTimeout: Duration = .seconds(5),
         handshakeTimeout: Duration = .seconds(5),
         commandTimeout: Duration = .seconds(5),
-        readerLimits: RESPReaderLimits = RESPReaderLimits()
+        readerLimits: RESPReaderLimits = RESPReaderLimits(),
+        tls: TLS? = nil
     ) {
         self.host = host
         self.port = port
@@ -46,7 +63,11 @@ public struct RedisConnectionConfiguration: Sendable {
         self.handshakeTimeout = handshakeTimeout
         self.commandTimeout = commandTimeout
         self.readerLimits = readerLimits
+        self.tls = tls
     }
+
+    /// The name TLS verifies: the configured server name, else the host.
+    var tlsServerName: String { self.tls?.serverName ?? self.host }
 
     /// Checks what the server would otherwise reject in confusing ways.
     func validate() throws(RedisError) {
@@ -55,6 +76,9 @@ public struct RedisConnectionConfiguration: Sendable {
         }
         if let name = self.name, name.isEmpty || name.contains(where: { $0 == " " || $0.isNewline }) {
             throw RedisError(code: .invalidArgument, message: "a connection name must be non-empty and contain no spaces or newlines")
+        }
+        if self.tls != nil, self.tlsServerName.isEmpty {
+            throw RedisError(code: .tlsInvalidConfiguration, message: "the TLS server name is empty: nothing could be verified")
         }
         if let database = self.database, database < 0 {
             throw RedisError(code: .invalidArgument, message: "database \(database) is negative")

@@ -1,0 +1,204 @@
+import COpenSSL
+import NIOCore
+import NIOEmbedded
+import RedisRotationTesting
+import Testing
+
+@testable import RedisRotation
+
+/// A TLS server made of an OpenSSL `SSL` over memory BIOs, for driving the client handler in an
+/// `EmbeddedChannel` through cases a real server will not produce on demand.
+final class MemoryTLSServer {
+    let ssl: OpaquePointer
+    private let context: OpaquePointer
+
+    init(certificate: TestCertificate) throws {
+        let context = SSL_CTX_new(TLS_server_method())!
+        let pem = Array((certificate.certificatePEM + certificate.privateKeyPEM).utf8)
+        pem.withUnsafeBytes { raw in
+            let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count))
+            let x509 = PEM_read_bio_X509(bio, nil, nil, nil)
+            let key = PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+            SSL_CTX_use_certificate(context, x509)
+            SSL_CTX_use_PrivateKey(context, key)
+            X509_free(x509)
+            EVP_PKEY_free(key)
+            BIO_free(bio)
+        }
+        self.context = context
+        self.ssl = SSL_new(context)!
+        SSL_set_bio(self.ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()))
+        SSL_set_accept_state(self.ssl)
+    }
+
+    deinit {
+        SSL_free(self.ssl)
+        SSL_CTX_free(self.context)
+    }
+
+    func receive(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { _ = BIO_write(SSL_get_rbio(self.ssl), $0.baseAddress, Int32($0.count)) }
+    }
+
+    /// Advances the handshake; returns whether it is complete.
+    @discardableResult
+    func handshake() -> Bool {
+        SSL_do_handshake(self.ssl) == 1
+    }
+
+    func write(_ text: String) {
+        var written = 0
+        let bytes = Array(text.utf8)
+        _ = SSL_write_ex(self.ssl, bytes, bytes.count, &written)
+    }
+
+    /// Decrypted bytes from the client, and whether its close_notify arrived.
+    func read() -> (text: String, closeNotify: Bool) {
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            var count = 0
+            if SSL_read_ex(self.ssl, &buffer, buffer.count, &count) == 1 {
+                result += buffer[0..<count]
+                continue
+            }
+            let closed = SSL_get_error(self.ssl, 0) == SSL_ERROR_ZERO_RETURN
+            ERR_clear_error()
+            return (String(decoding: result, as: UTF8.self), closed)
+        }
+    }
+
+    func shutdown() {
+        _ = SSL_shutdown(self.ssl)
+    }
+
+    /// The ciphertext the server wants to send.
+    func output() -> ByteBuffer {
+        let bio = SSL_get_wbio(self.ssl)!
+        var bytes = [UInt8](repeating: 0, count: Int(BIO_ctrl_pending(bio)))
+        let count = bytes.withUnsafeMutableBytes { BIO_read(bio, $0.baseAddress, Int32($0.count)) }
+        return ByteBuffer(bytes: bytes.prefix(Int(max(0, count))))
+    }
+}
+
+/// Collects the plain text the TLS handler passes on.
+final class PlaintextCollector: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    var received = ""
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.received += String(buffer: self.unwrapInboundIn(data))
+    }
+}
+
+@Suite("TLS client handler (embedded channel)", .timeLimit(.minutes(1)))
+struct TLSClientHandlerTests {
+    let ca: TestCertificateAuthority
+    let server: MemoryTLSServer
+    let channel: EmbeddedChannel
+    let collector = PlaintextCollector()
+
+    init() throws {
+        self.ca = try TestCertificateAuthority()
+        self.server = try MemoryTLSServer(certificate: try self.ca.issueServer())
+        let context = try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [self.ca.certificate.certificateSource]))
+        let handler = TLSClientHandler(context: context, serverName: "localhost", sessionKey: "test", handshakeTimeout: .seconds(5))
+        self.channel = EmbeddedChannel(handlers: [handler, self.collector])
+    }
+
+    /// Moves the client's output to the server and the server's to the client, `split` bytes at a time,
+    /// until neither has anything to say.
+    func pump(split: Int = .max) throws {
+        for _ in 0..<20 {
+            var moved = false
+            while let out = try self.channel.readOutbound(as: ByteBuffer.self) {
+                self.server.receive(out)
+                moved = true
+            }
+            self.server.handshake()
+            var reply = self.server.output()
+            if reply.readableBytes > 0 { moved = true }
+            while reply.readableBytes > 0, let piece = reply.readSlice(length: min(split, reply.readableBytes)) {
+                try self.channel.writeInbound(piece)
+            }
+            if !moved { return }
+        }
+    }
+
+    func connect() throws {
+        try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+    }
+
+    @Test("writes issued before the handshake are held, then delivered; records split into single bytes decrypt")
+    func splitRecords() throws {
+        try self.connect()
+        let written = self.channel.writeAndFlush(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n"))
+        try self.pump(split: 1)
+        try written.wait()
+        #expect(self.server.read().text == "*1\r\n$4\r\nPING\r\n")
+
+        self.server.write("+PONG\r\n")
+        self.server.write(String(repeating: "x", count: 40_000))
+        try self.pump(split: 1)
+        #expect(self.collector.received == "+PONG\r\n" + String(repeating: "x", count: 40_000))
+        try self.channel.throwIfErrorCaught()
+    }
+
+    @Test("a close_notify from the server is answered with ours and closes the channel without an error")
+    func closeNotify() throws {
+        try self.connect()
+        try self.pump()
+        self.server.shutdown()
+        try self.pump()
+        #expect(!self.channel.isActive)
+        try self.channel.throwIfErrorCaught()
+        #expect(self.server.read().closeNotify)
+    }
+
+    @Test("closing the channel sends close_notify first")
+    func clientClose() throws {
+        try self.connect()
+        try self.pump()
+        try self.channel.close().wait()
+        while let out = try self.channel.readOutbound(as: ByteBuffer.self) { self.server.receive(out) }
+        #expect(self.server.read().closeNotify)
+    }
+
+    @Test("garbage from the peer is 'not a TLS endpoint' and closes the channel")
+    func garbage() throws {
+        try self.connect()
+        _ = try self.channel.readOutbound(as: ByteBuffer.self)
+        let error = #expect(throws: RedisError.self) {
+            try self.channel.writeInbound(ByteBuffer(string: "-ERR Protocol error: invalid multibulk length\r\n"))
+        }
+        #expect(error?.code == .tlsNotATLSEndpoint)
+        #expect(!self.channel.isActive)
+    }
+
+    @Test("garbage after the handshake fails the connection")
+    func garbageAfterHandshake() throws {
+        try self.connect()
+        try self.pump()
+        let error = #expect(throws: RedisError.self) {
+            try self.channel.writeInbound(ByteBuffer(bytes: [0x17, 0x03, 0x03, 0x00, 0x20] + [UInt8](repeating: 0xAB, count: 32)))
+        }
+        #expect(error?.code == .protocolError)
+        #expect(!self.channel.isActive)
+    }
+
+    @Test("no handshake within the deadline fails with tlsHandshakeTimeout")
+    func handshakeTimeout() throws {
+        try self.connect()
+        self.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
+        let error = #expect(throws: RedisError.self) { try self.channel.throwIfErrorCaught() }
+        #expect(error?.code == .tlsHandshakeTimeout)
+        #expect(!self.channel.isActive)
+    }
+
+    @Test("an EOF in the middle of the handshake is a handshake failure")
+    func eofDuringHandshake() throws {
+        try self.connect()
+        self.channel.pipeline.fireChannelInactive()
+        let error = #expect(throws: RedisError.self) { try self.channel.throwIfErrorCaught() }
+        #expect(error?.code == .tlsHandshakeFailed)
+    }
+}
