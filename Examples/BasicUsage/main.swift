@@ -27,6 +27,35 @@ func readmeExample() async throws {
     _ = (greeting, results)
 }
 
+/// The README's TLS example, verbatim.
+func readmeTLSExample() async throws {
+    // Built once, validated (complete PEM, matching key, client certificate valid with client-auth EKU),
+    // and shared by every connection; its TLS sessions are reused only by its own connections.
+    let tls = try RedisTLSContext(
+        configuration: RedisTLSConfiguration(
+            trustAnchors: [.file("/etc/redis/tls/ca.crt")],
+            pendingTrustAnchors: [.file("/etc/redis/tls/next-ca.crt")],
+            clientIdentity: RedisTLSClientIdentity(
+                certificateChain: .file("/etc/redis/tls/client.crt"),
+                privateKey: .file("/etc/redis/tls/client.key")
+            )
+        )
+    )
+    let secure = try await RedisConnection.connect(
+        configuration: RedisConnectionConfiguration(
+            host: "redis.internal",
+            port: 6380,
+            username: "app",
+            password: RedisSecret("from-your-secret-store"),
+            tls: .init(context: tls)
+        )
+    )
+    if let server = secure.tlsInfo?.peerCertificate {
+        print("server certificate \(server.subject) expires \(server.notAfter)")
+    }
+    await secure.close()
+}
+
 let port = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 6379
 let environment = ProcessInfo.processInfo.environment
 

@@ -120,6 +120,21 @@ public struct TestCertificate: Sendable {
     /// The unencrypted PKCS#8 private key, PEM.
     public let privateKeyPEM: String
 
+    /// A certificate and key from PEM text.
+    public init(certificatePEM: String, privateKeyPEM: String) {
+        self.certificatePEM = certificatePEM
+        self.privateKeyPEM = privateKeyPEM
+    }
+
+    /// The same key with `authority`'s certificate appended to the certificate: a chain file such as
+    /// redis-server setups often use, which makes the server send its root.
+    public func chained(with authority: TestCertificateAuthority) -> TestCertificate {
+        TestCertificate(
+            certificatePEM: self.certificatePEM + authority.certificate.certificatePEM,
+            privateKeyPEM: self.privateKeyPEM
+        )
+    }
+
     /// Certificate then key, in one PEM (the atomic format for rotation).
     public var combinedPEM: String { self.certificatePEM + self.privateKeyPEM }
 

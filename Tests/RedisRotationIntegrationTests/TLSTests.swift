@@ -61,11 +61,20 @@ struct TLSTests {
         let second = try TLSFixture()
         let bothAsCurrent = try first.context(anchors: [first.ca.certificate.certificateSource, second.ca.certificate.certificateSource])
         let currentAndPending = try first.context(pending: [second.ca.certificate.certificateSource])
-        #expect(bothAsCurrent.trustAnchors.count == 2)
-        #expect(currentAndPending.trustAnchors.count == 2)
+        let bundle = try first.context(
+            anchors: [.pem(first.ca.certificate.certificatePEM + second.ca.certificate.certificatePEM, name: "bundle.pem")]
+        )
+        // The same CA listed twice counts once.
+        let duplicated = try first.context(
+            anchors: [first.ca.certificate.certificateSource, first.ca.certificate.certificateSource],
+            pending: [second.ca.certificate.certificateSource]
+        )
+        for context in [bothAsCurrent, currentAndPending, bundle, duplicated] {
+            #expect(context.trustAnchors.count == 2)
+        }
         for fixture in [first, second] {
             try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
-                for context in [bothAsCurrent, currentAndPending] {
+                for context in [bothAsCurrent, currentAndPending, bundle] {
                     var configuration = fixture.aliceConfiguration(server, context: context)
                     configuration.password = fixture.password
                     let connection = try await RedisConnection.connect(configuration: configuration)
@@ -116,10 +125,14 @@ struct TLSTests {
     func serverCertificateErrors() async throws {
         let fixture = try TLSFixture()
         let now = Date()
+        let untrusted = try TestCertificateAuthority(name: "Untrusted CA")
         let cases: [(TestCertificate, RedisError.Code)] = [
             (try fixture.ca.issueServer(notBefore: now.addingTimeInterval(-86400 * 10), notAfter: now.addingTimeInterval(-86400)), .tlsServerCertificateExpired),
             (try fixture.ca.issueServer(notBefore: now.addingTimeInterval(86400), notAfter: now.addingTimeInterval(86400 * 10)), .tlsServerCertificateNotYetValid),
-            (try TestCertificateAuthority(name: "Untrusted CA").issueServer(), .tlsUntrustedServerCertificate),
+            // Leaf only: X509 error 20 (unable to get local issuer).
+            (try untrusted.issueServer(), .tlsUntrustedServerCertificate),
+            // Leaf and its root, as redis-server setups often send: X509 error 19 (self-signed in chain).
+            (try untrusted.issueServer().chained(with: untrusted), .tlsUntrustedServerCertificate),
         ]
         for (certificate, code) in cases {
             try await RedisServerProcess.withServer(fixture.serverConfiguration(serverCertificate: certificate, keepPlainTextPort: true)) { server in
@@ -128,6 +141,18 @@ struct TLSTests {
                 }
                 #expect(error?.code == code, "\(String(reflecting: error))")
             }
+        }
+    }
+
+    @Test("verification can be switched off only by name, and then an untrusted server is accepted")
+    func insecureMode() async throws {
+        let fixture = try TLSFixture()
+        let stranger = try TestCertificateAuthority(name: "Unknown CA").issueServer(dnsNames: ["elsewhere"], ipAddresses: [])
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(serverCertificate: stranger, keepPlainTextPort: true)) { server in
+            let insecure = try RedisTLSContext(configuration: RedisTLSConfiguration(verification: .insecureNoVerification))
+            let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: insecure))
+            #expect(try await connection.ping() == "PONG")
+            await connection.close()
         }
     }
 
