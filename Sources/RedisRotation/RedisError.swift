@@ -35,6 +35,10 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
             case tlsClientCertificateNotYetValid
             case tlsClientCertificateMissingClientAuth
             case tlsInvalidConfiguration
+            case outcomeUnknown
+            case leaseTimeout
+            case credentialsRejected
+            case clientShutdown
         }
 
         private let base: Base
@@ -96,6 +100,16 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         /// The TLS configuration cannot work (an empty server name, verification off with a name check, ...).
         public static let tlsInvalidConfiguration = Code(.tlsInvalidConfiguration)
 
+        /// The connection was lost while a command that is not idempotent was in flight: it may or may not
+        /// have executed. Idempotent commands are retried instead of failing with this.
+        public static let outcomeUnknown = Code(.outcomeUnknown)
+        /// No pooled connection became available within the lease deadline.
+        public static let leaseTimeout = Code(.leaseTimeout)
+        /// Every candidate credential was rejected by the server (the message lists the versions tried).
+        public static let credentialsRejected = Code(.credentialsRejected)
+        /// The client was shut down (its `run()` ended) before the operation completed.
+        public static let clientShutdown = Code(.clientShutdown)
+
         public var description: String { self.base.rawValue }
     }
 
@@ -112,6 +126,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
     public var serverMessage: String?
     /// The error that caused this one, if any (an I/O error, for example).
     public var underlying: (any Error)?
+    /// Whether the command was never written: the connection was closed before it went out. Such a
+    /// command can be sent again on another connection whatever it does.
+    public var commandWasNotSent: Bool = false
     /// Where the error was created.
     public var file: String
     /// Where the error was created.

@@ -117,7 +117,7 @@ struct HandshakeStateMachine {
 
     /// The error a handshake command's reply means, or `nil` when it succeeded. Messages of replies to
     /// `HELLO`/`AUTH` are not kept: servers may echo the arguments, and those hold the password.
-    private static func failure(of command: Command, reply: RESPValue) -> RedisError? {
+    static func failure(of command: Command, reply: RESPValue) -> RedisError? {
         guard case .error(let buffer) = reply else { return nil }
         let text = String(buffer: buffer)
         let prefix = Self.prefix(of: text)

@@ -39,12 +39,14 @@ final class RedisCommandHandler: ChannelInboundHandler {
     /// Writes `payload` (one or more encoded commands) and registers their waiters, in order.
     func enqueue(_ payload: ByteBuffer, entries: [Entry]) {
         guard let context = self.context else {
-            let error = self.closeReason ?? Self.closedByServer
+            var error = self.closeReason ?? Self.closedByServer
+            error.commandWasNotSent = true
             for entry in entries { entry.promise?.fail(error) }
             return
         }
         switch self.queue.commandsEnqueued(entries) {
-        case .fail(let error):
+        case .fail(var error):
+            error.commandWasNotSent = true
             for entry in entries { entry.promise?.fail(error) }
         case .write(let deadline):
             if let deadline { self.scheduleTimer(at: deadline, context: context) }

@@ -219,6 +219,28 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// Authenticates this open connection again, as `credentials`, and renames it to `name`, without
+    /// reconnecting. On servers with `HELLO` this is one atomic round trip (`HELLO 2 AUTH ... SETNAME
+    /// ...`): a rejected password leaves both the identity and the name as they were, as Redis keeps a
+    /// connection authenticated after a failed `AUTH`.
+    ///
+    /// - Throws: ``RedisError/Code/authenticationFailed`` (`WRONGPASS`) when the server rejects them.
+    public func authenticate(as credentials: RedisCredentials, name: String?) async throws {
+        var configuration = self.configuration
+        configuration.username = credentials.username
+        configuration.password = credentials.password
+        let hasHello = self.serverVersion != nil
+        let step: HandshakeStateMachine.Command =
+            hasHello ? .hello(authUsername: credentials.username, name: name) : .auth(username: credentials.username)
+        let command = Self.command(for: step, configuration: configuration)
+        let reply = try await self.write(command.encoded, count: 1, timeout: self.configuration.handshakeTimeout)[0].get()
+        if let error = HandshakeStateMachine.failure(of: step, reply: reply) { throw error }
+        // Without HELLO, the name changes only once the new identity is in place.
+        if !hasHello, let name {
+            _ = try await self.send(RedisCommand("CLIENT", "SETNAME", .string(name)))
+        }
+    }
+
     /// Closes the connection. Outstanding commands fail with ``RedisError/Code/connectionClosed``.
     public func close() async {
         let handler = self.handler

@@ -1,0 +1,322 @@
+import NIOCore
+
+/// The pool's decisions: which connection serves which lease, when to open, re-authenticate, retire
+/// or close a connection, and when to wake up. Pure: no I/O, no clock reads, no randomness of its own
+/// (time and random numbers come in with the events), so tests drive it with a manual clock.
+///
+/// Connections are leased exclusively: one lease at a time uses a connection. A connection whose
+/// credential version differs from the target re-authenticates in place: at once when idle, on release
+/// when leased (so a transaction within a lease finishes first).
+///
+/// Connection states: `connecting` (can move to: idle, gone), `idle` (can move to: leased,
+/// reauthenticating, closing), `leased` (can move to: idle, reauthenticating, closing, gone),
+/// `reauthenticating` (can move to: idle, closing, gone), `closing` (can move to: gone).
+struct PoolStateMachine {
+    typealias ConnectionID = Int
+    typealias LeaseID = UInt64
+
+    struct Configuration: Hashable {
+        /// Connections kept open even when idle.
+        var minimumConnections = 1
+        /// Connections open at most (including those connecting).
+        var maximumConnections = 16
+        /// Handshakes in progress at most: a pool killed at once reconnects a few at a time.
+        var maximumConcurrentHandshakes = 4
+        /// Idle connections above the minimum close after this long unused.
+        var idleTimeout: TimeAmount = .seconds(60)
+        /// Connections are replaced after this age (jittered by `maximumAgeJitter`); `nil` never.
+        var maximumConnectionAge: TimeAmount? = .minutes(30)
+        /// The fraction of `maximumConnectionAge` by which each connection's age limit is shortened at
+        /// random, so connections opened together do not retire together.
+        var maximumAgeJitter = 0.2
+        /// Delay between connection attempts after failures.
+        var connectBackoff = Backoff(base: .milliseconds(20), cap: .seconds(5))
+    }
+
+    enum Action: Hashable {
+        /// Open connection `id`; report `connectionEstablished` or `connectionFailed`.
+        case createConnection(ConnectionID)
+        /// Hand connection `id` to lease `lease`.
+        case lease(ConnectionID, to: LeaseID)
+        /// Fail lease `lease` (deadline passed, or shutdown).
+        case failLease(LeaseID, RedisError)
+        /// Authenticate connection `id` with the target credentials; report `reauthenticated` or
+        /// `reauthenticationFailed`.
+        case reauthenticate(ConnectionID)
+        /// Close connection `id`; report `connectionClosed`.
+        case closeConnection(ConnectionID)
+        /// Call `timerFired` at this deadline (replaces any earlier request).
+        case scheduleTimer(NIODeadline)
+    }
+
+    enum SlotState: Hashable {
+        case connecting
+        case idle(since: NIODeadline)
+        case leased
+        case reauthenticating
+        case closing
+    }
+
+    struct Slot: Hashable {
+        var state: SlotState
+        var version: String?
+        var retireAt: NIODeadline?
+    }
+
+    private struct Waiter: Hashable {
+        let id: LeaseID
+        let deadline: NIODeadline
+    }
+
+    let configuration: Configuration
+    private(set) var slots: [ConnectionID: Slot] = [:]
+    private var waiters = CircularBuffer<Waiter>()
+    private(set) var targetVersion: String?
+    private var failures = 0
+    private var lastBackoff: TimeAmount?
+    private var nextConnectAt: NIODeadline?
+    private var nextConnectionID: ConnectionID = 0
+    private var scheduledTimer: NIODeadline?
+    private(set) var isShutDown = false
+
+    init(configuration: Configuration) {
+        precondition(configuration.maximumConnections >= 1, "a pool needs room for one connection")
+        precondition(configuration.minimumConnections <= configuration.maximumConnections, "minimum above maximum")
+        precondition(configuration.maximumConcurrentHandshakes >= 1, "at least one handshake at a time")
+        self.configuration = configuration
+    }
+
+    /// Connections by credential version (connecting ones excluded).
+    var connectionsByVersion: [String: Int] {
+        var counts: [String: Int] = [:]
+        for slot in self.slots.values where slot.state != .connecting && slot.state != .closing {
+            counts[slot.version ?? "unknown", default: 0] += 1
+        }
+        return counts
+    }
+
+    var waiterCount: Int { self.waiters.count }
+
+    // MARK: Events
+
+    /// The credentials the pool should use are known, or were promoted to `version`.
+    mutating func targetVersionChanged(_ version: String, now: NIODeadline) -> [Action] {
+        self.targetVersion = version
+        var actions: [Action] = []
+        for (id, slot) in self.slots where slot.version != nil && slot.version != version {
+            if case .idle = slot.state {
+                self.slots[id]!.state = .reauthenticating
+                actions.append(.reauthenticate(id))
+            }
+            // Leased ones re-authenticate on release; connecting ones when established.
+        }
+        return actions + self.rebalance(now: now)
+    }
+
+    mutating func leaseRequested(_ id: LeaseID, deadline: NIODeadline, now: NIODeadline) -> [Action] {
+        guard !self.isShutDown else {
+            return [.failLease(id, RedisError(code: .clientShutdown, message: "the client is shut down"))]
+        }
+        self.waiters.append(Waiter(id: id, deadline: deadline))
+        return self.rebalance(now: now)
+    }
+
+    /// The caller stopped waiting for lease `id`.
+    mutating func leaseCancelled(_ id: LeaseID, now: NIODeadline) -> [Action] {
+        if let index = self.waiters.firstIndex(where: { $0.id == id }) { self.waiters.remove(at: index) }
+        return self.rebalance(now: now)
+    }
+
+    mutating func connectionEstablished(_ id: ConnectionID, version: String, now: NIODeadline, random: Double) -> [Action] {
+        guard self.slots[id]?.state == .connecting else { return [] }
+        self.failures = 0
+        self.lastBackoff = nil
+        self.nextConnectAt = nil
+        var retireAt: NIODeadline?
+        if let age = self.configuration.maximumConnectionAge {
+            let shortening = Double(age.nanoseconds) * self.configuration.maximumAgeJitter * min(max(random, 0), 1)
+            retireAt = now + .nanoseconds(age.nanoseconds - Int64(shortening))
+        }
+        self.slots[id] = Slot(state: .idle(since: now), version: version, retireAt: retireAt)
+        if self.isShutDown {
+            self.slots[id]!.state = .closing
+            return [.closeConnection(id)]
+        }
+        if let target = self.targetVersion, target != version {
+            self.slots[id]!.state = .reauthenticating
+            return [.reauthenticate(id)] + self.rebalance(now: now)
+        }
+        return self.rebalance(now: now)
+    }
+
+    mutating func connectionFailed(_ id: ConnectionID, now: NIODeadline, random: Double) -> [Action] {
+        guard self.slots.removeValue(forKey: id) != nil else { return [] }
+        self.failures += 1
+        let delay = self.configuration.connectBackoff.delay(after: self.lastBackoff, random: random)
+        self.lastBackoff = delay
+        self.nextConnectAt = now + delay
+        return self.rebalance(now: now)
+    }
+
+    /// A lease ended. `reusable` is false when the connection must not serve again (it failed, or a
+    /// transaction was left open).
+    mutating func connectionReleased(_ id: ConnectionID, reusable: Bool, now: NIODeadline) -> [Action] {
+        guard let slot = self.slots[id], slot.state == .leased else { return [] }
+        if !reusable || self.isShutDown {
+            self.slots[id]!.state = .closing
+            return [.closeConnection(id)] + self.rebalance(now: now)
+        }
+        if let retireAt = slot.retireAt, retireAt <= now {
+            self.slots[id]!.state = .closing
+            return [.closeConnection(id)] + self.rebalance(now: now)
+        }
+        if let target = self.targetVersion, slot.version != target {
+            self.slots[id]!.state = .reauthenticating
+            return [.reauthenticate(id)] + self.rebalance(now: now)
+        }
+        self.slots[id]!.state = .idle(since: now)
+        return self.rebalance(now: now)
+    }
+
+    /// Connection `id` closed (asked for, or by the server). It is gone from the pool.
+    mutating func connectionClosed(_ id: ConnectionID, now: NIODeadline) -> [Action] {
+        // A connection that never opened is reported through connectionFailed instead.
+        guard let slot = self.slots[id], slot.state != .connecting else { return [] }
+        self.slots.removeValue(forKey: id)
+        return self.rebalance(now: now)
+    }
+
+    mutating func reauthenticated(_ id: ConnectionID, version: String, now: NIODeadline) -> [Action] {
+        guard self.slots[id]?.state == .reauthenticating else { return [] }
+        self.slots[id]!.version = version
+        if let target = self.targetVersion, target != version {
+            return [.reauthenticate(id)]  // The target moved on while this one was in flight.
+        }
+        self.slots[id]!.state = .idle(since: now)
+        return self.rebalance(now: now)
+    }
+
+    /// Re-authentication failed; the connection keeps its old identity on the server but is replaced.
+    mutating func reauthenticationFailed(_ id: ConnectionID, now: NIODeadline) -> [Action] {
+        guard self.slots[id]?.state == .reauthenticating else { return [] }
+        self.slots[id]!.state = .closing
+        return [.closeConnection(id)] + self.rebalance(now: now)
+    }
+
+    mutating func timerFired(now: NIODeadline) -> [Action] {
+        self.scheduledTimer = nil
+        var actions: [Action] = []
+        // Waiters past their deadline.
+        while let index = self.waiters.firstIndex(where: { $0.deadline <= now }) {
+            let waiter = self.waiters.remove(at: index)
+            actions.append(
+                .failLease(waiter.id, RedisError(code: .leaseTimeout, message: "no connection became available within the lease deadline"))
+            )
+        }
+        // Idle connections past their age, or idle too long above the minimum.
+        var open = self.openCount
+        for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
+            guard case .idle(let since) = slot.state else { continue }
+            let retire = slot.retireAt.map { $0 <= now } ?? false
+            let idleTooLong = open > self.configuration.minimumConnections && since + self.configuration.idleTimeout <= now
+            if retire || idleTooLong {
+                self.slots[id]!.state = .closing
+                actions.append(.closeConnection(id))
+                open -= 1
+            }
+        }
+        return actions + self.rebalance(now: now)
+    }
+
+    /// Stop: fail every waiter, close every connection; later leases fail.
+    mutating func shutdown() -> [Action] {
+        self.isShutDown = true
+        var actions: [Action] = self.waiters.map {
+            .failLease($0.id, RedisError(code: .clientShutdown, message: "the client is shutting down"))
+        }
+        self.waiters.removeAll()
+        for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
+            switch slot.state {
+            case .idle, .reauthenticating:
+                self.slots[id]!.state = .closing
+                actions.append(.closeConnection(id))
+            case .connecting, .leased, .closing:
+                break  // Closed when established or released.
+            }
+        }
+        return actions
+    }
+
+    // MARK: Decisions
+
+    /// Connections that are open or opening (not closing).
+    private var openCount: Int {
+        self.slots.values.filter { $0.state != .closing }.count
+    }
+
+    /// Serves waiters from idle connections, opens connections where demand and limits allow, and
+    /// schedules the next wake-up.
+    private mutating func rebalance(now: NIODeadline) -> [Action] {
+        var actions: [Action] = []
+        guard !self.isShutDown else { return actions }
+
+        // Serve waiters, oldest first, from idle connections on the target version (longest idle first).
+        while !self.waiters.isEmpty, let id = self.idleConnection() {
+            let waiter = self.waiters.removeFirst()
+            self.slots[id]!.state = .leased
+            actions.append(.lease(id, to: waiter.id))
+        }
+
+        // Open connections for the waiters not covered by connections already opening or re-authenticating,
+        // and up to the minimum.
+        let connecting = self.slots.values.filter { $0.state == .connecting }.count
+        let reauthenticating = self.slots.values.filter { $0.state == .reauthenticating }.count
+        let wanted = max(
+            self.waiters.count - connecting - reauthenticating,
+            self.configuration.minimumConnections - self.openCount
+        )
+        if wanted > 0 {
+            if let nextConnectAt = self.nextConnectAt, nextConnectAt > now {
+                // Backing off after failures; the timer opens them later.
+            } else {
+                let room = min(
+                    self.configuration.maximumConnections - self.openCount,
+                    self.configuration.maximumConcurrentHandshakes - connecting
+                )
+                for _ in 0..<max(0, min(wanted, room)) {
+                    let id = self.nextConnectionID
+                    self.nextConnectionID += 1
+                    self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil)
+                    actions.append(.createConnection(id))
+                }
+            }
+        }
+
+        if let deadline = self.nextDeadline(wantMore: wanted > 0), deadline != self.scheduledTimer {
+            self.scheduledTimer = deadline
+            actions.append(.scheduleTimer(deadline))
+        }
+        return actions
+    }
+
+    private func idleConnection() -> ConnectionID? {
+        var best: (id: ConnectionID, since: NIODeadline)?
+        for (id, slot) in self.slots {
+            guard case .idle(let since) = slot.state else { continue }
+            if best == nil || since < best!.since || (since == best!.since && id < best!.id) { best = (id, since) }
+        }
+        return best?.id
+    }
+
+    private func nextDeadline(wantMore: Bool) -> NIODeadline? {
+        var deadlines = self.waiters.map(\.deadline)
+        if wantMore, let nextConnectAt = self.nextConnectAt { deadlines.append(nextConnectAt) }
+        let open = self.openCount
+        for slot in self.slots.values {
+            guard case .idle(let since) = slot.state else { continue }
+            if let retireAt = slot.retireAt { deadlines.append(retireAt) }
+            if open > self.configuration.minimumConnections { deadlines.append(since + self.configuration.idleTimeout) }
+        }
+        return deadlines.min()
+    }
+}

@@ -1,0 +1,335 @@
+import NIOCore
+import Testing
+
+@testable import RedisRotation
+
+@Suite("Pool state machine")
+struct PoolStateMachineTests {
+    typealias Machine = PoolStateMachine
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+
+    func machine(
+        minimum: Int = 0,
+        maximum: Int = 4,
+        handshakes: Int = 4,
+        idleTimeout: TimeAmount = .seconds(60),
+        maximumAge: TimeAmount? = nil
+    ) -> Machine {
+        var configuration = Machine.Configuration()
+        configuration.minimumConnections = minimum
+        configuration.maximumConnections = maximum
+        configuration.maximumConcurrentHandshakes = handshakes
+        configuration.idleTimeout = idleTimeout
+        configuration.maximumConnectionAge = maximumAge
+        configuration.maximumAgeJitter = 0.2
+        configuration.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
+        var machine = Machine(configuration: configuration)
+        _ = machine.targetVersionChanged("v1", now: self.t0)
+        return machine
+    }
+
+    func creates(_ actions: [Machine.Action]) -> [Int] {
+        actions.compactMap { if case .createConnection(let id) = $0 { return id } else { return nil } }
+    }
+
+    func leases(_ actions: [Machine.Action]) -> [Machine.Action] {
+        actions.filter { if case .lease = $0 { return true } else { return false } }
+    }
+
+    @Test("a lease with no connection opens one and is served when it is established")
+    func leaseOpensConnection() {
+        var pool = self.machine()
+        let actions = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        #expect(self.creates(actions) == [0])
+        #expect(actions.contains(.scheduleTimer(self.t0 + .seconds(5))))
+        let established = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(self.leases(established) == [.lease(0, to: 1)])
+        #expect(pool.connectionsByVersion == ["v1": 1])
+    }
+
+    @Test("a released connection serves the next waiter; idle ones are reused before new ones are opened")
+    func reuse() {
+        var pool = self.machine(maximum: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        let second = pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0)
+        #expect(self.creates(second).isEmpty, "the pool is at its maximum")
+        #expect(self.leases(pool.connectionReleased(0, reusable: true, now: self.t0)) == [.lease(0, to: 2)])
+        _ = pool.connectionReleased(0, reusable: true, now: self.t0)
+        let third = pool.leaseRequested(3, deadline: self.t0 + .seconds(5), now: self.t0)
+        #expect(self.leases(third) == [.lease(0, to: 3)])
+        #expect(self.creates(third).isEmpty)
+    }
+
+    @Test("a lease whose deadline passes fails with leaseTimeout")
+    func leaseDeadline() {
+        var pool = self.machine(maximum: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        _ = pool.leaseRequested(2, deadline: self.t0 + .seconds(2), now: self.t0)
+        let actions = pool.timerFired(now: self.t0 + .seconds(2))
+        guard case .failLease(2, let error)? = actions.first else {
+            Issue.record("expected lease 2 to fail, got \(actions)")
+            return
+        }
+        #expect(error.code == .leaseTimeout)
+        #expect(pool.waiterCount == 0)
+    }
+
+    @Test("a cancelled lease leaves the queue")
+    func cancelledLease() {
+        var pool = self.machine(maximum: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.leaseCancelled(1, now: self.t0)
+        let established = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(self.leases(established).isEmpty)
+    }
+
+    @Test("no more handshakes run at once than the cap, however many leases wait")
+    func handshakeCap() {
+        var pool = self.machine(maximum: 10, handshakes: 2)
+        var created: [Int] = []
+        for lease in 1...8 {
+            created += self.creates(pool.leaseRequested(UInt64(lease), deadline: self.t0 + .seconds(5), now: self.t0))
+        }
+        #expect(created == [0, 1])
+        let next = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(self.creates(next) == [2], "one handshake finished, so one more may start")
+    }
+
+    @Test("failed connects back off with growing, capped, jittered delays, then recover")
+    func backoff() {
+        var pool = self.machine(maximum: 4, handshakes: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(60), now: self.t0)
+        var now = self.t0
+        var previousDelay: Int64 = 0
+        var id = 0
+        for attempt in 0..<6 {
+            let failed = pool.connectionFailed(id, now: now, random: 0.99)
+            #expect(self.creates(failed).isEmpty, "attempt \(attempt): no immediate retry")
+            let timer = failed.compactMap { if case .scheduleTimer(let at) = $0 { return at } else { return nil } }.min()
+            let retryAt = try! #require(timer)
+            let delay = (retryAt - now).nanoseconds
+            #expect(delay >= previousDelay, "delays do not shrink while failures go on")
+            #expect(delay <= TimeAmount.seconds(2).nanoseconds, "delays are capped")
+            previousDelay = delay
+            now = retryAt
+            let retry = pool.timerFired(now: now)
+            #expect(self.creates(retry) == [id + 1])
+            id += 1
+        }
+        let established = pool.connectionEstablished(id, version: "v1", now: now, random: 0)
+        #expect(self.leases(established) == [.lease(id, to: 1)])
+    }
+
+    @Test("after promotion idle connections re-authenticate at once, leased ones on release")
+    func reauthScheduling() {
+        var pool = self.machine(maximum: 2)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        _ = pool.connectionEstablished(1, version: "v1", now: self.t0, random: 0)
+        _ = pool.connectionReleased(1, reusable: true, now: self.t0)  // 1 idle, 0 leased
+
+        let promoted = pool.targetVersionChanged("v2", now: self.t0)
+        #expect(promoted.contains(.reauthenticate(1)))
+        #expect(!promoted.contains(.reauthenticate(0)), "a leased connection finishes its lease first")
+
+        // A lease requested meanwhile waits for a connection on the new version.
+        #expect(self.leases(pool.leaseRequested(3, deadline: self.t0 + .seconds(5), now: self.t0)).isEmpty)
+        #expect(self.leases(pool.reauthenticated(1, version: "v2", now: self.t0)) == [.lease(1, to: 3)])
+        #expect(pool.connectionReleased(0, reusable: true, now: self.t0).contains(.reauthenticate(0)))
+        _ = pool.reauthenticated(0, version: "v2", now: self.t0)
+        _ = pool.connectionReleased(1, reusable: true, now: self.t0)
+        #expect(pool.connectionsByVersion == ["v2": 2])
+    }
+
+    @Test("a connection established on an old version re-authenticates before serving")
+    func establishedOnOldVersion() {
+        var pool = self.machine()
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.targetVersionChanged("v2", now: self.t0)
+        let actions = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(actions.contains(.reauthenticate(0)))
+        #expect(self.leases(actions).isEmpty)
+    }
+
+    @Test("a failed re-authentication closes and replaces the connection")
+    func reauthFailure() {
+        var pool = self.machine(minimum: 1)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        _ = pool.targetVersionChanged("v2", now: self.t0)
+        let failed = pool.reauthenticationFailed(0, now: self.t0)
+        #expect(failed.contains(.closeConnection(0)))
+        #expect(self.creates(failed) == [1], "the replacement opens while the old one closes")
+        #expect(self.creates(pool.connectionClosed(0, now: self.t0)).isEmpty)
+    }
+
+    @Test("connections retire at their jittered maximum age and are replaced")
+    func maximumAge() {
+        var pool = self.machine(minimum: 2, maximum: 2, maximumAge: .seconds(100))
+        #expect(pool.slots.count == 2, "the minimum opened as soon as the target version was known")
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)  // retires at 100 s
+        _ = pool.connectionEstablished(1, version: "v1", now: self.t0, random: 1)  // retires at 80 s
+        #expect(!pool.timerFired(now: self.t0 + .seconds(79)).contains(.closeConnection(1)))
+        let at80 = pool.timerFired(now: self.t0 + .seconds(80))
+        #expect(at80.contains(.closeConnection(1)))
+        #expect(!at80.contains(.closeConnection(0)), "jitter spreads retirements")
+        #expect(self.creates(at80) == [2], "replaced while the old one closes")
+        // A leased connection past its age retires on release.
+        _ = pool.leaseRequested(9, deadline: self.t0 + .seconds(200), now: self.t0 + .seconds(90))
+        let released = pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(101))
+        #expect(released.contains(.closeConnection(0)))
+    }
+
+    @Test("idle connections above the minimum close after the idle timeout")
+    func idleTimeout() {
+        var pool = self.machine(minimum: 1, maximum: 3, idleTimeout: .seconds(30))
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        _ = pool.connectionEstablished(1, version: "v1", now: self.t0, random: 0)
+        _ = pool.connectionReleased(0, reusable: true, now: self.t0)
+        _ = pool.connectionReleased(1, reusable: true, now: self.t0 + .seconds(10))
+        let actions = pool.timerFired(now: self.t0 + .seconds(30))
+        #expect(actions.contains(.closeConnection(0)))
+        #expect(!actions.contains(.closeConnection(1)), "the minimum stays")
+    }
+
+    @Test("an unusable connection is closed on release and a forced close is replaced")
+    func brokenConnections() {
+        var pool = self.machine(minimum: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        let released = pool.connectionReleased(0, reusable: false, now: self.t0)
+        #expect(released.contains(.closeConnection(0)))
+        #expect(self.creates(released) == [1])
+        _ = pool.connectionEstablished(1, version: "v1", now: self.t0, random: 0)
+        // Killed by the server while idle: replaced to keep the minimum.
+        #expect(self.creates(pool.connectionClosed(1, now: self.t0)) == [2])
+    }
+
+    @Test("shutdown fails waiters, closes idle connections and refuses new leases")
+    func shutdown() {
+        var pool = self.machine(maximum: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        _ = pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0)
+        let actions = pool.shutdown()
+        #expect(actions.contains { if case .failLease(2, _) = $0 { return true } else { return false } })
+        #expect(pool.connectionReleased(0, reusable: true, now: self.t0) == [.closeConnection(0)])
+        guard case .failLease(3, let error)? = pool.leaseRequested(3, deadline: self.t0 + .seconds(5), now: self.t0).first else {
+            Issue.record("expected failure")
+            return
+        }
+        #expect(error.code == .clientShutdown)
+    }
+}
+
+@Suite("Credential state machine")
+struct CredentialStateMachineTests {
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+    let v1 = RedisCredentials(username: "u", password: "one", version: "v1")
+    let v2 = RedisCredentials(username: "u", password: "two", version: "v2")
+    let v3 = RedisCredentials(username: "u", password: "three", version: "v3")
+
+    func machine() -> CredentialStateMachine {
+        var configuration = CredentialStateMachine.Configuration()
+        configuration.probeBackoff = Backoff(base: .milliseconds(100), cap: .seconds(1))
+        configuration.maximumProbeAttempts = 3
+        configuration.previousGracePeriod = .seconds(60)
+        var machine = CredentialStateMachine(configuration: configuration)
+        _ = machine.sourceReported(self.v1, now: self.t0)
+        return machine
+    }
+
+    @Test("the first credential becomes current without a probe")
+    func first() {
+        let machine = self.machine()
+        #expect(machine.current == self.v1)
+        #expect(machine.candidates == [self.v1])
+    }
+
+    @Test("a new credential is probed and promoted only when the probe succeeds")
+    func probeThenPromote() {
+        var machine = self.machine()
+        #expect(machine.sourceReported(self.v2, now: self.t0) == [.pendingChanged(self.v2), .startProbe(self.v2)])
+        #expect(machine.current == self.v1)
+        #expect(machine.candidates == [self.v1, self.v2])
+        let actions = machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0)
+        #expect(actions.first == .promoted(from: self.v1, to: self.v2))
+        #expect(machine.current == self.v2)
+        #expect(machine.previous == self.v1)
+        #expect(machine.candidates == [self.v2, self.v1])
+        // The previous credential stays a candidate for the grace period only.
+        #expect(machine.timerFired(now: self.t0 + .seconds(60)).contains(.previousDiscarded(self.v1)))
+        #expect(machine.candidates == [self.v2])
+    }
+
+    @Test("a rejected probe retries with backoff, then gives up; traffic keeps the current credential")
+    func rejectedProbe() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        var now = self.t0
+        for attempt in 1...3 {
+            let actions = machine.probeCompleted(self.v2, result: .rejected, now: now, random: 0.5)
+            guard case .probeFailed(_, rejected: true, let retryAt)? = actions.first else {
+                Issue.record("expected probeFailed")
+                return
+            }
+            if attempt == 3 {
+                #expect(retryAt == nil, "bounded: gives up after the last attempt")
+                break
+            }
+            let at = try! #require(retryAt)
+            #expect(at > now)
+            now = at
+            #expect(machine.timerFired(now: now).contains(.startProbe(self.v2)))
+        }
+        #expect(machine.current == self.v1)
+        #expect(machine.timerFired(now: now + .seconds(10)).isEmpty)
+        // An explicit reload tries again.
+        #expect(machine.retryNow() == [.startProbe(self.v2)])
+    }
+
+    @Test("a regular connection that authenticates with the pending credential promotes it")
+    func promotionByConnection() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        #expect(machine.connectionAuthenticated(with: self.v2, now: self.t0).first == .promoted(from: self.v1, to: self.v2))
+        // The probe's late answer changes nothing.
+        #expect(machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0).isEmpty)
+    }
+
+    @Test("a newer credential replaces the pending one; the old probe's result is ignored")
+    func newerPending() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        #expect(machine.sourceReported(self.v3, now: self.t0) == [.pendingChanged(self.v3), .startProbe(self.v3)])
+        #expect(machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0).isEmpty)
+        #expect(machine.current == self.v1)
+        #expect(machine.probeCompleted(self.v3, result: .accepted, now: self.t0, random: 0).first == .promoted(from: self.v1, to: self.v3))
+    }
+
+    @Test("reporting the current credential again (or the same pending one) does nothing")
+    func repeats() {
+        var machine = self.machine()
+        #expect(machine.sourceReported(self.v1, now: self.t0).isEmpty)
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        #expect(machine.sourceReported(self.v2, now: self.t0).isEmpty)
+        // Reverting to current cancels the pending one.
+        #expect(machine.sourceReported(self.v1, now: self.t0).isEmpty)
+        #expect(machine.pending == nil)
+    }
+
+    @Test("an inconclusive probe (server unreachable) retries too")
+    func inconclusive() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        guard case .probeFailed(_, rejected: false, let retryAt?)? = machine.probeCompleted(self.v2, result: .inconclusive, now: self.t0, random: 0).first else {
+            Issue.record("expected a retry")
+            return
+        }
+        #expect(machine.timerFired(now: retryAt).contains(.startProbe(self.v2)))
+    }
+}
