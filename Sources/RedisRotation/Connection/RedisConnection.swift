@@ -33,6 +33,8 @@ public final class RedisConnection: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<RedisCommandHandler>
     private let logger: Logger
+    /// Whether a `MULTI` was sent whose `EXEC` or `DISCARD` has not been answered yet.
+    private let transactionOpen = Atomic<Bool>(false)
     private static let nextConnectionID = Atomic<Int>(0)
     private static let nextCommandID = Atomic<UInt64>(0)
 
@@ -60,6 +62,18 @@ public final class RedisConnection: Sendable {
 
     /// Whether the connection is still open. A closed connection fails every command.
     public var isActive: Bool { self.channel.isActive }
+
+    /// Whether a transaction (`MULTI`) is open on this connection: the pool re-authenticates a
+    /// connection only outside one, and never hands on a connection left inside one.
+    public var isInTransaction: Bool { self.transactionOpen.load(ordering: .relaxed) }
+
+    private func track(_ command: RedisCommand) {
+        switch command.name {
+        case "MULTI": self.transactionOpen.store(true, ordering: .relaxed)
+        case "EXEC", "DISCARD": self.transactionOpen.store(false, ordering: .relaxed)
+        default: break
+        }
+    }
 
     /// Connects, authenticates and names the connection, all within the configured deadlines.
     ///
@@ -185,6 +199,7 @@ public final class RedisConnection: Sendable {
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
         try Task.checkCancellation()
         let value = try await self.write(command.encoded, count: 1, timeout: timeout)[0].get()
+        self.track(command)
         if case .error(let buffer) = value {
             throw Self.serverError(buffer, command: command)
         }
@@ -211,6 +226,7 @@ public final class RedisConnection: Sendable {
         var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
         for command in commands { payload.writeImmutableBuffer(command.encoded) }
         let results = try await self.write(payload, count: commands.count, timeout: timeout)
+        for (command, result) in zip(commands, results) where (try? result.get()) != nil { self.track(command) }
         return zip(commands, results).map { command, result in
             result.flatMap { value in
                 if case .error(let buffer) = value { return .failure(Self.serverError(buffer, command: command)) }

@@ -16,6 +16,20 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// as `AUTH`, `HELLO`, `ACL`, `CONFIG` or `MIGRATE` whose arguments may be credentials). The server's
     /// message in reply to such a command is never kept, since servers echo arguments in errors.
     public let isSensitive: Bool
+    /// Whether sending the command twice has the same effect as once, so that the pooled client may
+    /// resend it when the connection dies before its reply arrives. True for read-only commands; mark
+    /// others with ``idempotent(_:)`` (a plain `SET key value` is, `INCR` is not).
+    public private(set) var isIdempotent: Bool
+
+    /// Commands that only read, so resending them is harmless.
+    static let readOnlyNames: Set<String> = [
+        "GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "GETRANGE", "HGET", "HMGET", "HGETALL",
+        "HEXISTS", "HLEN", "HKEYS", "HVALS", "HSTRLEN", "LRANGE", "LLEN", "LINDEX", "SMEMBERS", "SISMEMBER",
+        "SMISMEMBER", "SCARD", "SRANDMEMBER", "ZRANGE", "ZSCORE", "ZMSCORE", "ZCARD", "ZRANK", "ZREVRANK",
+        "ZCOUNT", "ZRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYSCORE", "PING", "ECHO", "DBSIZE", "TIME",
+        "SCAN", "HSCAN", "SSCAN", "ZSCAN", "KEYS", "RANDOMKEY", "BITCOUNT", "GETBIT", "PFCOUNT",
+        "XRANGE", "XREVRANGE", "XLEN", "GEOPOS", "GEODIST", "OBJECT", "MEMORY", "LPOS", "SUBSTR",
+    ]
 
     /// Commands whose arguments can be credentials even when passed as plain strings.
     private static let sensitiveNames: Set<String> = ["AUTH", "HELLO", "ACL", "CONFIG", "MIGRATE"]
@@ -33,7 +47,15 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.name = name.uppercased()
         self.argumentCount = arguments.count
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
+        self.isIdempotent = Self.readOnlyNames.contains(self.name)
         self.encoded = Self.encode(all, sensitive: self.isSensitive)
+    }
+
+    /// This command, marked as safe (or not) to resend after a lost connection.
+    public func idempotent(_ isIdempotent: Bool = true) -> RedisCommand {
+        var command = self
+        command.isIdempotent = isIdempotent
+        return command
     }
 
     public var description: String {

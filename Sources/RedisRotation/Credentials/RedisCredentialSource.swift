@@ -1,0 +1,291 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Where a client's credentials come from. Each change a source notices becomes the client's pending
+/// credential, which is probed before it is used (see ``RedisClient``).
+public struct RedisCredentialSource: Sendable {
+    enum Kind: Sendable {
+        case fixed(RedisCredentials)
+        case file(FileSettings)
+        case environment(variable: String, username: String, version: String?)
+        case provider(interval: Duration, fetch: @Sendable () async throws -> RedisCredentials)
+    }
+
+    struct FileSettings: Sendable {
+        var path: String
+        var username: String
+        var pollInterval: Duration
+        var debounce: Duration
+    }
+
+    let kind: Kind
+
+    /// Credentials that never change.
+    public static func fixed(_ credentials: RedisCredentials) -> RedisCredentialSource {
+        RedisCredentialSource(kind: .fixed(credentials))
+    }
+
+    /// A file holding the password, re-read when it changes.
+    ///
+    /// The file's directory is watched (inotify) and the file polled as a safety net, so a write in
+    /// place, an atomic rename and a Kubernetes `..data` symlink swap are all noticed. A change is read
+    /// after `debounce` of quiet, twice, and used only if both reads agree. An empty, oversized or
+    /// incomplete file is never used: the last good credential stays and the client emits an event.
+    ///
+    /// The file is either just the password, or lines `password=...` with optional `username=...`,
+    /// `version=...` and `expires=...` (ISO 8601). Write a `version=` line when several processes share
+    /// the file, so that their connection names agree; otherwise versions are `<file name>-1`, `-2`, ...
+    /// in the order this process sees them.
+    ///
+    /// - Parameter username: The user, unless the file names one.
+    public static func file(
+        _ path: String,
+        username: String,
+        pollInterval: Duration = .seconds(10),
+        debounce: Duration = .milliseconds(50)
+    ) -> RedisCredentialSource {
+        RedisCredentialSource(kind: .file(FileSettings(path: path, username: username, pollInterval: pollInterval, debounce: debounce)))
+    }
+
+    /// An environment variable holding the password, read at start and on ``RedisClient/reloadCredentials()``.
+    public static func environment(_ variable: String, username: String, version: String? = nil) -> RedisCredentialSource {
+        RedisCredentialSource(kind: .environment(variable: variable, username: username, version: version))
+    }
+
+    /// An async closure (a vault, a token service) called at start, every `interval`, and on
+    /// ``RedisClient/reloadCredentials()``. A thrown error keeps the last credentials and emits an event.
+    public static func provider(
+        refreshEvery interval: Duration,
+        _ fetch: @escaping @Sendable () async throws -> RedisCredentials
+    ) -> RedisCredentialSource {
+        RedisCredentialSource(kind: .provider(interval: interval, fetch: fetch))
+    }
+
+    /// What the source is, for events and logs (never a secret).
+    var label: String {
+        switch self.kind {
+        case .fixed: return "fixed"
+        case .file(let settings): return "file \(settings.path)"
+        case .environment(let variable, _, _): return "environment variable \(variable)"
+        case .provider: return "provider"
+        }
+    }
+}
+
+/// What a source tells the client.
+enum CredentialSourceReport: Sendable {
+    case credentials(RedisCredentials)
+    /// The source changed, but its content cannot be used; the last good credentials stay.
+    case rejected(reason: String)
+}
+
+/// Runs one source: reads it, watches it, and reports each new value once.
+final class CredentialSourceRunner: Sendable {
+    let source: RedisCredentialSource
+    private let reloads: AsyncStream<Void>
+    private let reloadContinuation: AsyncStream<Void>.Continuation
+    private let versions = VersionCounter()
+    /// The file content the initial credentials came from: what later reads are compared with.
+    private let initialFileBytes = Mutex<[UInt8]?>(nil)
+
+    init(source: RedisCredentialSource) {
+        self.source = source
+        (self.reloads, self.reloadContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Asks the source to look again now.
+    func reload() {
+        self.reloadContinuation.yield()
+    }
+
+    /// The credentials available without waiting (all sources but the provider); throws when the source
+    /// cannot give usable ones, so a client fails fast at creation with a precise error.
+    func initialCredentials() throws(RedisError) -> RedisCredentials? {
+        switch self.source.kind {
+        case .fixed(let credentials):
+            return credentials
+        case .environment(let variable, let username, let version):
+            guard let value = getenv(variable), value.pointee != 0 else {
+                throw RedisError(code: .invalidArgument, message: "the environment variable \(variable) is unset or empty")
+            }
+            return RedisCredentials(
+                username: username,
+                password: RedisSecret(bytes: UnsafeBufferPointer(start: UnsafeRawPointer(value).assumingMemoryBound(to: UInt8.self), count: strlen(value))),
+                version: version ?? self.versions.next(prefix: variable)
+            )
+        case .file(let settings):
+            let bytes: [UInt8]
+            do {
+                bytes = try readFile(settings.path, limit: CredentialFile.maximumSize)
+            } catch {
+                throw RedisError(code: .invalidArgument, message: "cannot read the password file \(settings.path): \(error.message)")
+            }
+            switch CredentialFile.parse(bytes) {
+            case .success(let file):
+                self.initialFileBytes.withLock { $0 = bytes }
+                return self.credentials(from: file, settings: settings)
+            case .failure(let rejection):
+                throw RedisError(code: .invalidArgument, message: "the password file \(settings.path) cannot be used: \(rejection)")
+            }
+        case .provider:
+            return nil
+        }
+    }
+
+    /// Watches the source until the task is cancelled, reporting changes after `initial`.
+    func run(initial: RedisCredentials?, report: @escaping @Sendable (CredentialSourceReport) -> Void) async {
+        switch self.source.kind {
+        case .fixed:
+            for await _ in self.reloads {}
+        case .environment:
+            var last = initial
+            for await _ in self.reloads {
+                do {
+                    if let credentials = try self.initialCredentials(), last.map({ !$0.authenticatesLike(credentials) }) ?? true {
+                        last = credentials
+                        report(.credentials(credentials))
+                    }
+                } catch {
+                    report(.rejected(reason: error.message))
+                }
+            }
+        case .provider(let interval, let fetch):
+            await self.runProvider(interval: interval, fetch: fetch, report: report)
+        case .file(let settings):
+            await self.runFile(settings, initial: initial, report: report)
+        }
+    }
+
+    private func runProvider(
+        interval: Duration,
+        fetch: @escaping @Sendable () async throws -> RedisCredentials,
+        report: @escaping @Sendable (CredentialSourceReport) -> Void
+    ) async {
+        await withTaskGroup(of: Void.self) { group in
+            let (ticks, tick) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            group.addTask {
+                for await _ in self.reloads { tick.yield() }
+            }
+            group.addTask {
+                tick.yield()  // The first fetch, at once.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    tick.yield()
+                }
+            }
+            var last: RedisCredentials?
+            for await _ in ticks {
+                if Task.isCancelled { break }
+                do {
+                    let credentials = try await fetch()
+                    if last.map({ !$0.authenticatesLike(credentials) }) ?? true {
+                        last = credentials
+                        report(.credentials(credentials))
+                    }
+                } catch is CancellationError {
+                    break
+                } catch {
+                    report(.rejected(reason: "the credential provider failed: \(error)"))
+                }
+            }
+            tick.finish()
+            group.cancelAll()
+        }
+    }
+
+    private func runFile(
+        _ settings: RedisCredentialSource.FileSettings,
+        initial: RedisCredentials?,
+        report: @escaping @Sendable (CredentialSourceReport) -> Void
+    ) async {
+        let directory = settings.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let watcher = DirectoryWatcher(directory: directory.isEmpty ? "." : directory)
+        defer { watcher.stop() }
+        var lastBytes = self.initialFileBytes.withLock { $0 } ?? []
+        var lastRejected: [UInt8]?
+        var last = initial
+        defer { lastBytes.withUnsafeMutableBytes { wipe($0) } }
+
+        await withTaskGroup(of: Void.self) { group in
+            let (triggers, trigger) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            group.addTask {
+                for await _ in watcher.changes { trigger.yield() }
+            }
+            group.addTask {
+                for await _ in self.reloads { trigger.yield() }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: settings.pollInterval)
+                    trigger.yield()
+                }
+            }
+            // A change between reading the initial credentials and now counts too.
+            trigger.yield()
+            for await _ in triggers {
+                if Task.isCancelled { break }
+                // Let a burst of writes settle, then read twice; use the content only if both agree.
+                guard let bytes = await self.stableRead(settings) else { continue }
+                if bytes == lastBytes { continue }
+                switch CredentialFile.parse(bytes) {
+                case .success(let file):
+                    lastBytes = bytes
+                    lastRejected = nil
+                    let credentials = self.credentials(from: file, settings: settings)
+                    if last.map({ !$0.authenticatesLike(credentials) || $0.version != credentials.version }) ?? true {
+                        last = credentials
+                        report(.credentials(credentials))
+                    }
+                case .failure(let rejection):
+                    if lastRejected != bytes {
+                        lastRejected = bytes
+                        report(.rejected(reason: "the password file \(settings.path) cannot be used: \(rejection)"))
+                    }
+                }
+            }
+            trigger.finish()
+            group.cancelAll()
+        }
+    }
+
+    /// Reads the file after `debounce` of quiet, twice; `nil` when the reads disagree (still being
+    /// written: the next trigger reads again) or the file cannot be read.
+    private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> [UInt8]? {
+        for _ in 0..<5 {
+            try? await Task.sleep(for: settings.debounce)
+            guard let first = try? readFile(settings.path, limit: CredentialFile.maximumSize) else { return nil }
+            try? await Task.sleep(for: settings.debounce)
+            guard let second = try? readFile(settings.path, limit: CredentialFile.maximumSize) else { return nil }
+            if first == second { return first }
+        }
+        return nil
+    }
+
+    private func credentials(from file: CredentialFile, settings: RedisCredentialSource.FileSettings) -> RedisCredentials {
+        let name = settings.path.split(separator: "/").last.map(String.init) ?? "file"
+        let safeName = String(name.unicodeScalars.filter { (0x21...0x7E).contains($0.value) }.prefix(40))
+        return RedisCredentials(
+            username: file.username ?? settings.username,
+            password: file.password,
+            version: file.version ?? self.versions.next(prefix: safeName.isEmpty ? "file" : safeName),
+            expiresAt: file.expiresAt
+        )
+    }
+}
+
+/// Numbers the versions of a source that does not name them.
+private final class VersionCounter: Sendable {
+    private let counter = Synchronization.Atomic<Int>(0)
+    func next(prefix: String) -> String {
+        "\(prefix)-\(self.counter.add(1, ordering: .relaxed).newValue)"
+    }
+}

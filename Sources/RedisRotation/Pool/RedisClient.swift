@@ -1,0 +1,622 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+public import Logging
+import Metrics
+public import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+import Synchronization
+
+/// The pooled, rotation-aware client: application code calls `get`, `set`, `send` and
+/// `withConnection` while passwords rotate underneath.
+///
+/// **It must be running**: call ``run()`` (or add it to a ServiceLifecycle `ServiceGroup`) for as long
+/// as the client is used. `run()` watches the credential source, opens, re-authenticates and replaces
+/// connections, and probes new credentials; cancelling it closes everything.
+///
+/// How rotation works:
+/// - A new credential from the source is *pending*. A separate probe connection tries it; only when it
+///   authenticates does it become *current* (the old one stays *previous* for a grace period). Until
+///   then traffic continues with the old one and the probe retries with backoff.
+/// - After a promotion every pooled connection switches in place (`HELLO 2 AUTH ... SETNAME ...`):
+///   idle ones at once, leased ones when their lease ends, so a transaction finishes first.
+/// - New connections try the known-good credential first, then the others, each once; a `WRONGPASS` is
+///   not fatal while a candidate remains. Failed connects back off with decorrelated jitter and at most
+///   `maximumConcurrentHandshakes` run at once.
+/// - A connection that dies (EOF, reset, `CLIENT KILL`) is replaced. A command that was never written
+///   goes to another connection; an idempotent one in flight is resent; any other fails with
+///   ``RedisError/Code/outcomeUnknown``, since it may or may not have executed.
+/// - Connection names are `<name>@<version>`, so `CLIENT LIST` shows when no connection uses the old
+///   password any more; ``connectionsByCredentialVersion`` tells the same from the client side.
+public final class RedisClient: Service, RedisCommandExecutor, Sendable {
+    public let configuration: RedisClientConfiguration
+    /// Rotation events. One consumer; events are dropped (oldest first) past 10,000 unread.
+    public let events: AsyncStream<RedisRotationEvent>
+
+    private let eventContinuation: AsyncStream<RedisRotationEvent>.Continuation
+    private let source: CredentialSourceRunner
+    private let initialCredentials: RedisCredentials?
+    private let eventLoopGroup: any EventLoopGroup
+    private let timerLoop: any EventLoop
+    private let logger: Logger
+    private let state: Mutex<State>
+    private let work: AsyncStream<Work>
+    private let workContinuation: AsyncStream<Work>.Continuation
+    private let metrics: ClientMetrics
+
+    private struct State {
+        var pool: PoolStateMachine
+        var credentials: CredentialStateMachine
+        var connections: [PoolStateMachine.ConnectionID: RedisConnection] = [:]
+        var waiters: [PoolStateMachine.LeaseID: CheckedContinuation<Lease, any Error>] = [:]
+        var cancelledLeases: Set<PoolStateMachine.LeaseID> = []
+        var nextLeaseID: PoolStateMachine.LeaseID = 0
+        var poolTimer: (generation: UInt64, task: Scheduled<Void>)?
+        var credentialTimer: (generation: UInt64, task: Scheduled<Void>)?
+        var poolTimerGeneration: UInt64 = 0
+        var credentialTimerGeneration: UInt64 = 0
+        var lastConnectError: RedisError?
+        var runState = RunState.notStarted
+        var versionsSeen: Set<String> = []
+    }
+
+    private enum RunState { case notStarted, running, stopped }
+
+    struct Lease: Sendable {
+        let id: PoolStateMachine.ConnectionID
+        let connection: RedisConnection
+    }
+
+    /// Work that needs I/O; `run()` performs each item in a child task.
+    private enum Work: Sendable {
+        case connect(PoolStateMachine.ConnectionID)
+        case reauthenticate(PoolStateMachine.ConnectionID, RedisConnection, RedisCredentials)
+        case close(PoolStateMachine.ConnectionID, RedisConnection?)
+        case probe(RedisCredentials)
+        /// Waits for the connection to close, whoever closes it, and tells the pool.
+        case watch(PoolStateMachine.ConnectionID, RedisConnection)
+    }
+
+    /// Effects of a decision, performed after the lock is released.
+    private enum Effect {
+        case resume(CheckedContinuation<Lease, any Error>, Result<Lease, any Error>)
+        case work(Work)
+        case schedulePoolTimer(NIODeadline, generation: UInt64)
+        case scheduleCredentialTimer(NIODeadline, generation: UInt64)
+        case event(RedisRotationEvent)
+        case cancelScheduled(Scheduled<Void>)
+    }
+
+    /// Creates a client. Nothing connects until ``run()`` runs.
+    ///
+    /// - Throws: ``RedisError`` when the credential source cannot give credentials now (a missing or
+    ///   empty password file, an unset environment variable): fail fast, with the reason.
+    public init(
+        configuration: RedisClientConfiguration,
+        credentials: RedisCredentialSource,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws {
+        self.configuration = configuration
+        self.source = CredentialSourceRunner(source: credentials)
+        self.initialCredentials = try self.source.initialCredentials()
+        self.eventLoopGroup = eventLoopGroup
+        self.timerLoop = eventLoopGroup.any()
+        self.logger = logger
+        (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        (self.work, self.workContinuation) = AsyncStream.makeStream()
+        self.metrics = ClientMetrics(label: configuration.metricsLabel ?? configuration.name)
+
+        var poolConfiguration = PoolStateMachine.Configuration()
+        poolConfiguration.minimumConnections = configuration.pool.minimumConnections
+        poolConfiguration.maximumConnections = configuration.pool.maximumConnections
+        poolConfiguration.maximumConcurrentHandshakes = configuration.pool.maximumConcurrentHandshakes
+        poolConfiguration.idleTimeout = TimeAmount(configuration.pool.idleTimeout)
+        poolConfiguration.maximumConnectionAge = configuration.pool.maximumConnectionAge.map { TimeAmount($0) }
+        poolConfiguration.maximumAgeJitter = configuration.pool.maximumConnectionAgeJitter
+        poolConfiguration.connectBackoff = Backoff(
+            base: TimeAmount(configuration.pool.reconnectBackoffBase),
+            cap: TimeAmount(configuration.pool.reconnectBackoffCap)
+        )
+        var credentialConfiguration = CredentialStateMachine.Configuration()
+        credentialConfiguration.probeBackoff = Backoff(
+            base: TimeAmount(configuration.rotation.probeBackoffBase),
+            cap: TimeAmount(configuration.rotation.probeBackoffCap)
+        )
+        credentialConfiguration.maximumProbeAttempts = configuration.rotation.maximumProbeAttempts
+        credentialConfiguration.previousGracePeriod = TimeAmount(configuration.rotation.previousGracePeriod)
+        self.state = Mutex(
+            State(
+                pool: PoolStateMachine(configuration: poolConfiguration),
+                credentials: CredentialStateMachine(configuration: credentialConfiguration)
+            )
+        )
+    }
+
+    // MARK: Running
+
+    /// Runs the client until the task is cancelled or a graceful shutdown is requested; then closes
+    /// every connection and fails waiting commands with ``RedisError/Code/clientShutdown``.
+    public func run() async throws {
+        let alreadyRunning = self.state.withLock { state -> Bool in
+            guard case .notStarted = state.runState else { return true }
+            state.runState = .running
+            return false
+        }
+        precondition(!alreadyRunning, "RedisClient.run() may be called once")
+        if let initial = self.initialCredentials { self.sourceReported(.credentials(initial)) }
+
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                await self.source.run(initial: self.initialCredentials) { report in self.sourceReported(report) }
+            }
+            group.addTask {
+                // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
+                await self.waitForShutdownSignal()
+                await self.shutdown()
+            }
+            for await item in self.work {
+                group.addTask { await self.perform(item) }
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func waitForShutdownSignal() async {
+        let (stream, continuation) = AsyncStream<Void>.makeStream()
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                for await _ in stream {}
+            } onCancel: {
+                continuation.finish()
+            }
+        } onGracefulShutdown: {
+            continuation.finish()
+        }
+    }
+
+    private func shutdown() async {
+        let (effects, connections) = self.state.withLock { state -> ([Effect], [RedisConnection]) in
+            state.runState = .stopped
+            state.poolTimer?.task.cancel()
+            state.credentialTimer?.task.cancel()
+            return (self.translate(state.pool.shutdown(), state: &state), Array(state.connections.values))
+        }
+        self.perform(effects)
+        // Every connection closes now: leased ones fail their commands with connectionClosed.
+        for connection in connections { await connection.close() }
+        self.workContinuation.finish()
+        self.eventContinuation.finish()
+    }
+
+    // MARK: Commands
+
+    /// Sends `command` on a pooled connection, with the retry rules described on ``RedisClient``.
+    public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let lease = try await self.lease()
+            do {
+                let value = try await lease.connection.send(command, timeout: timeout)
+                self.release(lease, reusable: true)
+                return value
+            } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply {
+                self.release(lease, reusable: !lease.connection.isInTransaction && lease.connection.isActive)
+                throw error
+            } catch is CancellationError {
+                // The reply will be dropped when it arrives; the connection stays in step.
+                self.release(lease, reusable: lease.connection.isActive)
+                throw CancellationError()
+            } catch let error as RedisError {
+                self.release(lease, reusable: false)
+                let resendable = error.commandWasNotSent || command.isIdempotent
+                if resendable && attempt < self.configuration.maximumCommandAttempts {
+                    self.metrics.retried.increment()
+                    continue
+                }
+                self.metrics.failed.increment()
+                if resendable { throw error }
+                throw RedisError(
+                    code: .outcomeUnknown,
+                    message: "the connection failed while \(command.name) was in flight (\(error.code)): it may or may not have executed",
+                    underlying: error
+                )
+            }
+        }
+    }
+
+    /// Runs `body` with one pooled connection to itself, for sequences that need one connection
+    /// (`WATCH`/`MULTI`/`EXEC`). The connection returns to the pool afterwards; one left inside a
+    /// transaction, or closed, is replaced instead.
+    public func withConnection<Result: Sendable>(
+        _ body: (RedisConnection) async throws -> Result
+    ) async throws -> Result {
+        let lease = try await self.lease()
+        do {
+            let result = try await body(lease.connection)
+            self.release(lease, reusable: lease.connection.isActive && !lease.connection.isInTransaction)
+            return result
+        } catch {
+            self.release(lease, reusable: lease.connection.isActive && !lease.connection.isInTransaction)
+            throw error
+        }
+    }
+
+    /// Asks the credential source to look again now (re-read a file or variable, call the provider),
+    /// and retries a pending credential's probe at once.
+    public func reloadCredentials() {
+        self.source.reload()
+        let actions = self.state.withLock { $0.credentials.retryNow() }
+        self.apply(credentials: actions)
+    }
+
+    /// How many pooled connections are authenticated with each credential version.
+    public var connectionsByCredentialVersion: [String: Int] {
+        self.state.withLock { $0.pool.connectionsByVersion }
+    }
+
+    /// The version of the credentials in use.
+    public var currentCredentialVersion: String? {
+        self.state.withLock { $0.credentials.current?.version }
+    }
+
+    /// The version waiting for a successful probe, if any.
+    public var pendingCredentialVersion: String? {
+        self.state.withLock { $0.credentials.pending?.version }
+    }
+
+    // MARK: Leases
+
+    private func lease() async throws -> Lease {
+        let started = ContinuousClock.now
+        let deadline = NIODeadline.now() + TimeAmount(self.configuration.pool.leaseTimeout)
+        let id = self.state.withLock { state -> PoolStateMachine.LeaseID in
+            state.nextLeaseID += 1
+            return state.nextLeaseID
+        }
+        let lease = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Lease, any Error>) in
+                let effects = self.state.withLock { state -> [Effect] in
+                    if state.cancelledLeases.remove(id) != nil {
+                        return [.resume(continuation, .failure(CancellationError()))]
+                    }
+                    state.waiters[id] = continuation
+                    return self.translate(state.pool.leaseRequested(id, deadline: deadline, now: .now()), state: &state)
+                }
+                self.perform(effects)
+            }
+        } onCancel: {
+            let effects = self.state.withLock { state -> [Effect] in
+                guard let continuation = state.waiters.removeValue(forKey: id) else {
+                    state.cancelledLeases.insert(id)
+                    return []
+                }
+                return [.resume(continuation, .failure(CancellationError()))]
+                    + self.translate(state.pool.leaseCancelled(id, now: .now()), state: &state)
+            }
+            self.perform(effects)
+        }
+        self.metrics.leaseWait.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
+        return lease
+    }
+
+    private func release(_ lease: Lease, reusable: Bool) {
+        let effects = self.state.withLock { state in
+            self.translate(state.pool.connectionReleased(lease.id, reusable: reusable, now: .now()), state: &state)
+        }
+        self.perform(effects)
+    }
+
+    // MARK: Decisions to effects (under the lock)
+
+    private func translate(_ actions: [PoolStateMachine.Action], state: inout State) -> [Effect] {
+        var effects: [Effect] = []
+        for action in actions {
+            switch action {
+            case .createConnection(let id):
+                effects.append(.work(.connect(id)))
+            case .lease(let id, let leaseID):
+                guard let continuation = state.waiters.removeValue(forKey: leaseID), let connection = state.connections[id] else {
+                    // The waiter left; give the connection back.
+                    effects += self.translate(state.pool.connectionReleased(id, reusable: true, now: .now()), state: &state)
+                    continue
+                }
+                effects.append(.resume(continuation, .success(Lease(id: id, connection: connection))))
+            case .failLease(let leaseID, var error):
+                guard let continuation = state.waiters.removeValue(forKey: leaseID) else { continue }
+                if error.code == .leaseTimeout, let cause = state.lastConnectError {
+                    error.message += "; the last connection attempt failed: \(cause.message)"
+                    error.underlying = cause
+                }
+                effects.append(.resume(continuation, .failure(error)))
+            case .reauthenticate(let id):
+                guard let connection = state.connections[id], let credentials = state.credentials.current else {
+                    effects += self.translate(state.pool.reauthenticationFailed(id, now: .now()), state: &state)
+                    continue
+                }
+                effects.append(.work(.reauthenticate(id, connection, credentials)))
+            case .closeConnection(let id):
+                effects.append(.work(.close(id, state.connections[id])))
+            case .scheduleTimer(let deadline):
+                state.poolTimerGeneration += 1
+                if let old = state.poolTimer?.task { effects.append(.cancelScheduled(old)) }
+                state.poolTimer = nil
+                effects.append(.schedulePoolTimer(deadline, generation: state.poolTimerGeneration))
+            }
+        }
+        self.updateGauges(&state)
+        return effects
+    }
+
+    private func translate(credentials actions: [CredentialStateMachine.Action], state: inout State) -> [Effect] {
+        var effects: [Effect] = []
+        for action in actions {
+            switch action {
+            case .startProbe(let credentials):
+                effects.append(.work(.probe(credentials)))
+            case .pendingChanged(let credentials):
+                effects.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, credentialVersion: credentials.version)))
+            case .promoted(let old, let new):
+                effects.append(
+                    .event(RedisRotationEvent(kind: .promoted, credentialVersion: new.version, detail: "previous version: \(old?.version ?? "none")"))
+                )
+                effects += self.translate(state.pool.targetVersionChanged(new.version, now: .now()), state: &state)
+            case .probeFailed(let credentials, let rejected, let retryAt):
+                let when = retryAt.map { "retrying in \(($0 - .now()).nanoseconds / 1_000_000) ms" } ?? "giving up until the source changes or a reload"
+                effects.append(
+                    .event(
+                        RedisRotationEvent(
+                            kind: .probeFailed,
+                            credentialVersion: credentials.version,
+                            detail: "\(rejected ? "the server rejected the credentials (WRONGPASS)" : "the probe could not connect"); \(when)"
+                        )
+                    )
+                )
+            case .previousDiscarded(let credentials):
+                effects.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
+            case .scheduleTimer(let deadline):
+                state.credentialTimerGeneration += 1
+                if let old = state.credentialTimer?.task { effects.append(.cancelScheduled(old)) }
+                state.credentialTimer = nil
+                effects.append(.scheduleCredentialTimer(deadline, generation: state.credentialTimerGeneration))
+            }
+        }
+        return effects
+    }
+
+    private func updateGauges(_ state: inout State) {
+        let counts = state.pool.connectionsByVersion
+        state.versionsSeen.formUnion(counts.keys)
+        for version in state.versionsSeen {
+            self.metrics.connections(version: version).record(counts[version] ?? 0)
+        }
+    }
+
+    // MARK: Effects (outside the lock)
+
+    private func apply(pool actions: [PoolStateMachine.Action]) {
+        let effects = self.state.withLock { self.translate(actions, state: &$0) }
+        self.perform(effects)
+    }
+
+    private func apply(credentials actions: [CredentialStateMachine.Action]) {
+        let effects = self.state.withLock { self.translate(credentials: actions, state: &$0) }
+        self.perform(effects)
+    }
+
+    private func perform(_ effects: [Effect]) {
+        for effect in effects {
+            switch effect {
+            case .resume(let continuation, let result):
+                continuation.resume(with: result)
+            case .work(let item):
+                self.workContinuation.yield(item)
+            case .event(let event):
+                self.logger.debug("rotation event", metadata: ["redis_event": "\(event)"])
+                self.eventContinuation.yield(event)
+            case .cancelScheduled(let task):
+                task.cancel()
+            case .schedulePoolTimer(let deadline, let generation):
+                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.poolTimerFired(generation) }
+                self.state.withLock { state in
+                    if state.poolTimerGeneration == generation { state.poolTimer = (generation, task) } else { task.cancel() }
+                }
+            case .scheduleCredentialTimer(let deadline, let generation):
+                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.credentialTimerFired(generation) }
+                self.state.withLock { state in
+                    if state.credentialTimerGeneration == generation { state.credentialTimer = (generation, task) } else { task.cancel() }
+                }
+            }
+        }
+    }
+
+    private func poolTimerFired(_ generation: UInt64) {
+        let effects = self.state.withLock { state -> [Effect] in
+            // A timer replaced after it was scheduled (its generation is old) does nothing.
+            guard state.poolTimerGeneration == generation else { return [] }
+            state.poolTimer = nil
+            return self.translate(state.pool.timerFired(now: .now()), state: &state)
+        }
+        self.perform(effects)
+    }
+
+    private func credentialTimerFired(_ generation: UInt64) {
+        let effects = self.state.withLock { state -> [Effect] in
+            guard state.credentialTimerGeneration == generation else { return [] }
+            state.credentialTimer = nil
+            return self.translate(credentials: state.credentials.timerFired(now: .now()), state: &state)
+        }
+        self.perform(effects)
+    }
+
+    private func sourceReported(_ report: CredentialSourceReport) {
+        switch report {
+        case .credentials(let credentials):
+            let effects = self.state.withLock { state -> [Effect] in
+                let first = state.credentials.current == nil
+                var effects = self.translate(credentials: state.credentials.sourceReported(credentials, now: .now()), state: &state)
+                if first {
+                    effects += self.translate(state.pool.targetVersionChanged(credentials.version, now: .now()), state: &state)
+                }
+                return effects
+            }
+            self.perform(effects)
+        case .rejected(let reason):
+            self.logger.warning("credential source rejected", metadata: [LoggingKeys.error: "\(reason)"])
+            self.perform([.event(RedisRotationEvent(kind: .credentialSourceRejected, detail: reason))])
+        }
+    }
+
+    // MARK: Work
+
+    private func perform(_ item: Work) async {
+        switch item {
+        case .connect(let id):
+            await self.connect(id)
+        case .reauthenticate(let id, let connection, let credentials):
+            do {
+                try await connection.authenticate(as: credentials, name: self.configuration.connectionName(version: credentials.version))
+                self.metrics.reauthentications.increment()
+                self.perform([.event(RedisRotationEvent(kind: .connectionReauthenticated, credentialVersion: credentials.version, connectionID: id))])
+                self.apply(pool: self.state.withLock { $0.pool.reauthenticated(id, version: credentials.version, now: .now()) })
+            } catch {
+                self.logger.debug("re-authentication failed", metadata: [LoggingKeys.error: "\(error)"])
+                self.apply(pool: self.state.withLock { $0.pool.reauthenticationFailed(id, now: .now()) })
+            }
+        case .close(let id, let connection):
+            await connection?.close()
+            self.connectionGone(id, reason: "closed by the pool")
+        case .probe(let credentials):
+            await self.probe(credentials)
+        case .watch(let id, let connection):
+            await connection.waitUntilClosed()
+            self.connectionGone(id, reason: "the connection closed")
+        }
+    }
+
+    private func connect(_ id: PoolStateMachine.ConnectionID) async {
+        let candidates = self.state.withLock { $0.credentials.candidates }
+        let started = ContinuousClock.now
+        var rejected: [String] = []
+        var failure: RedisError?
+        for candidate in candidates {
+            do {
+                let connection = try await RedisConnection.connect(
+                    configuration: self.configuration.connectionConfiguration(for: candidate),
+                    eventLoopGroup: self.eventLoopGroup,
+                    logger: self.logger
+                )
+                self.metrics.handshake.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
+                self.metrics.connects.increment()
+                let effects = self.state.withLock { state -> [Effect] in
+                    guard state.runState == .running else { return [] }
+                    state.connections[id] = connection
+                    state.lastConnectError = nil
+                    let promoted = state.credentials.connectionAuthenticated(with: candidate, now: .now())
+                    var effects = self.translate(credentials: promoted, state: &state)
+                    effects += self.translate(
+                        state.pool.connectionEstablished(id, version: candidate.version, now: .now(), random: Double.random(in: 0..<1)),
+                        state: &state
+                    )
+                    return effects
+                }
+                if effects.isEmpty && self.state.withLock({ $0.runState != .running }) {
+                    await connection.close()
+                    return
+                }
+                self.perform(effects + [.work(.watch(id, connection))])
+                return
+            } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
+                rejected.append(candidate.version)
+                self.perform([
+                    .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: candidate.version, detail: "WRONGPASS when opening connection \(id)"))
+                ])
+            } catch let error as RedisError {
+                failure = error
+                break
+            } catch {
+                failure = RedisError(code: .connectionFailed, message: "\(error)", underlying: error)
+                break
+            }
+        }
+        let error = failure ?? RedisError(
+            code: .credentialsRejected,
+            message: candidates.isEmpty
+                ? "no credentials yet: the credential source has not delivered any"
+                : "all \(candidates.count) candidate credential\(candidates.count == 1 ? "" : "s") for user \(candidates[0].username) were rejected; versions tried: \(rejected.joined(separator: ", "))"
+        )
+        self.logger.debug("connect failed", metadata: [LoggingKeys.error: "\(error)"])
+        let effects = self.state.withLock { state -> [Effect] in
+            state.lastConnectError = error
+            return self.translate(state.pool.connectionFailed(id, now: .now(), random: Double.random(in: 0..<1)), state: &state)
+        }
+        self.perform(effects)
+    }
+
+    private func connectionGone(_ id: PoolStateMachine.ConnectionID, reason: String) {
+        let effects = self.state.withLock { state -> [Effect] in
+            guard state.connections.removeValue(forKey: id) != nil else { return [] }
+            var effects = self.translate(state.pool.connectionClosed(id, now: .now()), state: &state)
+            if state.runState == .running {
+                effects.append(.event(RedisRotationEvent(kind: .connectionReplaced, connectionID: id, detail: reason)))
+            }
+            return effects
+        }
+        self.perform(effects)
+    }
+
+    private func probe(_ credentials: RedisCredentials) async {
+        let result: CredentialStateMachine.ProbeResult
+        do {
+            let connection = try await RedisConnection.connect(
+                configuration: self.configuration.connectionConfiguration(for: credentials, suffix: "-probe"),
+                eventLoopGroup: self.eventLoopGroup,
+                logger: self.logger
+            )
+            await connection.close()
+            result = .accepted
+            self.perform([.event(RedisRotationEvent(kind: .probeSucceeded, credentialVersion: credentials.version))])
+        } catch let error as RedisError where error.code == .authenticationFailed {
+            result = .rejected
+        } catch {
+            result = .inconclusive
+        }
+        let effects = self.state.withLock { state in
+            self.translate(
+                credentials: state.credentials.probeCompleted(credentials, result: result, now: .now(), random: Double.random(in: 0..<1)),
+                state: &state
+            )
+        }
+        self.perform(effects)
+    }
+}
+
+/// This client's metrics, labelled with its name.
+private struct ClientMetrics: Sendable {
+    let label: String
+    let connects: Counter
+    let reauthentications: Counter
+    let retried: Counter
+    let failed: Counter
+    let handshake: Metrics.Timer
+    let leaseWait: Metrics.Timer
+
+    init(label: String) {
+        self.label = label
+        let dimensions = [("client", label)]
+        self.connects = Counter(label: "redis_rotation_connects", dimensions: dimensions)
+        self.reauthentications = Counter(label: "redis_rotation_reauthentications", dimensions: dimensions)
+        self.retried = Counter(label: "redis_rotation_commands_retried", dimensions: dimensions)
+        self.failed = Counter(label: "redis_rotation_commands_failed", dimensions: dimensions)
+        self.handshake = Metrics.Timer(label: "redis_rotation_handshake_duration", dimensions: dimensions)
+        self.leaseWait = Metrics.Timer(label: "redis_rotation_lease_wait", dimensions: dimensions)
+    }
+
+    func connections(version: String) -> Gauge {
+        Gauge(label: "redis_rotation_connections", dimensions: [("client", self.label), ("credential_version", version)])
+    }
+}

@@ -1,0 +1,152 @@
+/// How a ``RedisClient`` reaches its server, sizes its pool, and rotates credentials.
+public struct RedisClientConfiguration: Sendable {
+    /// Pool sizing and connection lifetimes.
+    public struct Pool: Sendable, Hashable {
+        /// Connections kept open even when idle. Default: 1.
+        public var minimumConnections: Int
+        /// Connections open at most. Default: 16.
+        public var maximumConnections: Int
+        /// Connection handshakes in progress at most: a pool killed at once reconnects a few at a time.
+        /// Default: 4.
+        public var maximumConcurrentHandshakes: Int
+        /// Idle connections above the minimum close after this long. Default: 60 seconds.
+        public var idleTimeout: Duration
+        /// Connections are replaced after this age, shortened at random by up to
+        /// `maximumConnectionAgeJitter` of it; `nil` keeps them. Default: 30 minutes.
+        public var maximumConnectionAge: Duration?
+        /// See `maximumConnectionAge`. Default: 0.2.
+        public var maximumConnectionAgeJitter: Double
+        /// How long a command waits for a free connection. Default: 5 seconds.
+        public var leaseTimeout: Duration
+        /// First and largest pause between connection attempts after failures (decorrelated jitter).
+        /// Defaults: 20 ms and 5 seconds.
+        public var reconnectBackoffBase: Duration
+        public var reconnectBackoffCap: Duration
+
+        public init(
+            minimumConnections: Int = 1,
+            maximumConnections: Int = 16,
+            maximumConcurrentHandshakes: Int = 4,
+            idleTimeout: Duration = .seconds(60),
+            maximumConnectionAge: Duration? = .seconds(30 * 60),
+            maximumConnectionAgeJitter: Double = 0.2,
+            leaseTimeout: Duration = .seconds(5),
+            reconnectBackoffBase: Duration = .milliseconds(20),
+            reconnectBackoffCap: Duration = .seconds(5)
+        ) {
+            precondition(maximumConnections >= 1 && minimumConnections >= 0 && minimumConnections <= maximumConnections)
+            precondition(maximumConcurrentHandshakes >= 1)
+            precondition((0...1).contains(maximumConnectionAgeJitter))
+            self.minimumConnections = minimumConnections
+            self.maximumConnections = maximumConnections
+            self.maximumConcurrentHandshakes = maximumConcurrentHandshakes
+            self.idleTimeout = idleTimeout
+            self.maximumConnectionAge = maximumConnectionAge
+            self.maximumConnectionAgeJitter = maximumConnectionAgeJitter
+            self.leaseTimeout = leaseTimeout
+            self.reconnectBackoffBase = reconnectBackoffBase
+            self.reconnectBackoffCap = reconnectBackoffCap
+        }
+    }
+
+    /// Credential rotation.
+    public struct Rotation: Sendable, Hashable {
+        /// First and largest pause between probes of a pending credential. Defaults: 250 ms, 30 s.
+        public var probeBackoffBase: Duration
+        public var probeBackoffCap: Duration
+        /// Probes of one pending credential before giving up until it changes (or a reload). Default: 12.
+        public var maximumProbeAttempts: Int
+        /// How long the previous credential stays a candidate after a promotion. Default: 10 minutes.
+        public var previousGracePeriod: Duration
+
+        public init(
+            probeBackoffBase: Duration = .milliseconds(250),
+            probeBackoffCap: Duration = .seconds(30),
+            maximumProbeAttempts: Int = 12,
+            previousGracePeriod: Duration = .seconds(600)
+        ) {
+            self.probeBackoffBase = probeBackoffBase
+            self.probeBackoffCap = probeBackoffCap
+            self.maximumProbeAttempts = maximumProbeAttempts
+            self.previousGracePeriod = previousGracePeriod
+        }
+    }
+
+    /// The server's host name or IP address. Default: `127.0.0.1`.
+    public var host: String
+    /// The server's port. Default: 6379.
+    public var port: Int
+    /// The database to `SELECT`; `nil` keeps 0.
+    public var database: Int?
+    /// The prefix of connection names: each connection is named `<name>@<credential version>` on the
+    /// server (`CLIENT LIST`), so an operator sees which password every connection uses. Default:
+    /// `redis-rotation`.
+    public var name: String
+    /// TLS; `nil` for plain TCP.
+    public var tls: RedisConnectionConfiguration.TLS?
+    /// Deadlines for establishing a connection, its handshake, and each command.
+    public var connectTimeout: Duration
+    public var handshakeTimeout: Duration
+    public var commandTimeout: Duration
+    /// How many times a command is tried when connections die under it (idempotent commands, and any
+    /// command that was never written). Default: 3.
+    public var maximumCommandAttempts: Int
+    /// Bounds on reply sizes.
+    public var readerLimits: RESPReaderLimits
+    public var pool: Pool
+    public var rotation: Rotation
+    /// The `client` label of this client's metrics. Default: the connection name prefix.
+    public var metricsLabel: String?
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 6379,
+        database: Int? = nil,
+        name: String = "redis-rotation",
+        tls: RedisConnectionConfiguration.TLS? = nil,
+        connectTimeout: Duration = .seconds(5),
+        handshakeTimeout: Duration = .seconds(5),
+        commandTimeout: Duration = .seconds(5),
+        maximumCommandAttempts: Int = 3,
+        readerLimits: RESPReaderLimits = RESPReaderLimits(),
+        pool: Pool = Pool(),
+        rotation: Rotation = Rotation(),
+        metricsLabel: String? = nil
+    ) {
+        precondition(maximumCommandAttempts >= 1)
+        self.host = host
+        self.port = port
+        self.database = database
+        self.name = name
+        self.tls = tls
+        self.connectTimeout = connectTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.commandTimeout = commandTimeout
+        self.maximumCommandAttempts = maximumCommandAttempts
+        self.readerLimits = readerLimits
+        self.pool = pool
+        self.rotation = rotation
+        self.metricsLabel = metricsLabel
+    }
+
+    /// The configuration of one connection authenticated with `credentials`.
+    func connectionConfiguration(for credentials: RedisCredentials, suffix: String = "") -> RedisConnectionConfiguration {
+        RedisConnectionConfiguration(
+            host: self.host,
+            port: self.port,
+            username: credentials.username,
+            password: credentials.password,
+            database: self.database,
+            name: self.connectionName(version: credentials.version) + suffix,
+            connectTimeout: self.connectTimeout,
+            handshakeTimeout: self.handshakeTimeout,
+            commandTimeout: self.commandTimeout,
+            readerLimits: self.readerLimits,
+            tls: self.tls
+        )
+    }
+
+    func connectionName(version: String) -> String {
+        "\(self.name)@\(version)"
+    }
+}

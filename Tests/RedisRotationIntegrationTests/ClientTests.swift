@@ -1,0 +1,194 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+@Suite("Rotation-aware client against a real redis-server", .timeLimit(.minutes(3)))
+struct ClientTests {
+    func configuration(_ server: RedisServerProcess, maximumConnections: Int = 8) -> RedisClientConfiguration {
+        RedisClientConfiguration(
+            host: server.host,
+            port: server.port,
+            name: "test",
+            pool: .init(minimumConnections: 2, maximumConnections: maximumConnections, maximumConnectionAge: nil, leaseTimeout: .seconds(10)),
+            rotation: .init(probeBackoffBase: .milliseconds(50), probeBackoffCap: .milliseconds(400), maximumProbeAttempts: 6)
+        )
+    }
+
+    /// A server where `alice` has password `one`, a password file holding it as version v1.
+    func withRotationSetup(
+        _ body: @Sendable (RedisServerProcess, String, RedisSecret) async throws -> Void
+    ) async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            try await body(server, file, old)
+        }
+    }
+
+    @Test("commands through the pool from many tasks, with typed helpers and withConnection")
+    func basicTraffic() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                async let report = runTraffic(client: client, tasks: 32, prefix: "basic", stop: stop)
+                await stop.waitForProgress(2000, "through the pool")
+                stop.stop()
+                let result = await report
+                #expect(result.failedIdempotent.isEmpty && result.failedOther.isEmpty && result.outcomeUnknown == 0, "\(result)")
+                #expect(try await client.get("basic:counter", as: Int.self) == result.incrementsAcknowledged)
+
+                let value = try await client.withConnection { connection in
+                    try await connection.send(RedisCommand("MULTI"))
+                    try await connection.send(RedisCommand("INCR", "basic:tx"))
+                    return try await connection.send(RedisCommand("EXEC"))
+                }
+                #expect(value.array?.first?.int == 1)
+                #expect(client.currentCredentialVersion == "v1")
+                #expect(client.connectionsByCredentialVersion.keys.sorted() == ["v1"])
+            }
+        }
+    }
+
+    @Test("the rotation flow under 32 tasks: add, publish, remove, kill; nothing fails, every connection ends on the new version")
+    func rotationFlow() async throws {
+        try await self.withRotationSetup { server, file, old in
+            let new = makePassword()
+            let client = try RedisClient(configuration: self.configuration(server, maximumConnections: 12), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 32, prefix: "flow", stop: stop) }
+                await stop.waitForProgress(200, "before the rotation")
+                let before = try await server.clients(of: "alice").filter { $0["name"]?.hasPrefix("test@") == true }
+                #expect(!before.isEmpty)
+                #expect(before.allSatisfy { $0["name"] == "test@v1" })
+
+                // 1. The operator adds the new password; 2. the secret manager publishes it.
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("the client promoted v2 and every connection re-authenticated") {
+                    client.currentCredentialVersion == "v2" && client.connectionsByCredentialVersion.keys.sorted() == ["v2"]
+                }
+                // Re-authentication happened in place: the connections seen before are still there, renamed.
+                let after = try await server.clients(of: "alice")
+                let afterByID = Dictionary(after.map { ($0["id"] ?? "", $0) }, uniquingKeysWith: { first, _ in first })
+                for connection in before {
+                    #expect(afterByID[connection["id"] ?? ""]?["name"] == "test@v2", "connection \(connection["id"] ?? "?") was not re-authenticated in place")
+                }
+
+                // 3. The operator removes the old password and kills the user's connections.
+                try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: old))"))
+                try await server.admin("CLIENT", "KILL", "USER", "alice")
+                await stop.waitForProgress(500, "after the kill")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty, "\(report)")
+                #expect(report.failedOther.isEmpty, "\(report)")
+
+                // Everything is on v2, on both sides.
+                #expect(client.connectionsByCredentialVersion.keys.sorted() == ["v2"])
+                let names = try await server.clients(of: "alice").compactMap { $0["name"] }.filter { !$0.hasSuffix("-probe") }
+                #expect(!names.isEmpty && names.allSatisfy { $0 == "test@v2" }, "\(names)")
+                // INCRs in flight at the kill may or may not have executed; the counter says which.
+                let counter = try await client.get("flow:counter", as: Int.self) ?? 0
+                #expect(counter >= report.incrementsAcknowledged && counter <= report.incrementsAcknowledged + report.outcomeUnknown)
+            }
+        }
+    }
+
+    @Test("a password that reaches the client before the server is promoted once the server learns it")
+    func clientLearnsFirst() async throws {
+        try await self.withRotationSetup { server, file, _ in
+            let new = makePassword()
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "early", stop: stop) }
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("v2 is pending") { client.pendingCredentialVersion == "v2" }
+                // A rejected probe, and traffic flowing on v1 meanwhile.
+                for await event in client.events where event.kind == .probeFailed { break }
+                await stop.waitForProgress(100, "while v2 is pending")
+                #expect(client.currentCredentialVersion == "v1", "not promoted while the server does not know it")
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                await eventually("v2 promoted") {
+                    client.currentCredentialVersion == "v2" && client.connectionsByCredentialVersion.keys.sorted() == ["v2"]
+                }
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty && report.outcomeUnknown == 0, "\(report)")
+            }
+        }
+    }
+
+    @Test("a wrong password in the file: traffic goes on, rejections are reported, failed AUTHs stay bounded")
+    func wrongPasswordInFile() async throws {
+        try await self.withRotationSetup { server, file, _ in
+            try await server.admin("ACL", "LOG", "RESET")
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "wrong", stop: stop) }
+                try writeAtomically("password=definitely-wrong\nversion=v2\n", to: file)
+                var probeFailures = 0
+                for await event in client.events where event.kind == .probeFailed {
+                    probeFailures += 1
+                    if event.detail.contains("giving up") { break }
+                }
+                #expect(probeFailures == 6)
+                await stop.waitForProgress(200, "after the probes gave up")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty && report.outcomeUnknown == 0, "\(report)")
+                #expect(client.currentCredentialVersion == "v1")
+                // The server saw exactly the probes, no storm of attempts.
+                let log = try await server.admin("ACL", "LOG", "128").array ?? []
+                let authFailures = log.reduce(0) { count, entry in
+                    let fields = entry.array ?? []
+                    var reason: String?
+                    var entries = 1
+                    var index = 0
+                    while index + 1 < fields.count {
+                        if fields[index].string == "reason" { reason = fields[index + 1].string }
+                        if fields[index].string == "count" { entries = fields[index + 1].int ?? 1 }
+                        index += 2
+                    }
+                    return reason == "auth" ? count + entries : count
+                }
+                #expect(authFailures <= 6, "ACL LOG shows \(authFailures) failed AUTHs")
+            }
+        }
+    }
+
+    @Test("the whole pool killed five times under load: idempotent commands never fail")
+    func repeatedKills() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 32, prefix: "kills", stop: stop) }
+                for _ in 0..<5 {
+                    await stop.waitForProgress(200, "before a kill")
+                    try await server.admin("CLIENT", "KILL", "USER", "alice")
+                }
+                await stop.waitForProgress(200, "after the last kill")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty, "\(report)")
+                #expect(report.failedOther.isEmpty, "only the may-have-executed code is allowed: \(report)")
+                let counter = try await client.get("kills:counter", as: Int.self) ?? 0
+                #expect(counter >= report.incrementsAcknowledged && counter <= report.incrementsAcknowledged + report.outcomeUnknown)
+            }
+        }
+    }
+}
