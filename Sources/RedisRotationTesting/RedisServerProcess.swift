@@ -125,12 +125,15 @@ public final class RedisServerProcess: Sendable {
     public let plainTextPort: Int?
     /// The TLS context the harness's administrator connections use; `nil` when they use plain text.
     private let adminTLSContext: RedisTLSContext?
-    /// The server's process id.
-    public let pid: Int32
+    /// The server's process id (a new one after ``restart()``).
+    public var pid: Int32 { self.process.withLock { $0.pid } }
     /// The temporary folder holding the server's configuration, ACL file and log.
     public let directory: URL
 
-    private let exit: ExitMonitor
+    /// The running process and its exit monitor; replaced by ``restart()``.
+    private let process: Mutex<(pid: Int32, exit: ExitMonitor)>
+    private var exit: ExitMonitor { self.process.withLock { $0.exit } }
+    private let executable: String
     private let finalLog = Mutex<String?>(nil)
 
     private init(
@@ -140,14 +143,15 @@ public final class RedisServerProcess: Sendable {
         directory: URL,
         pid: Int32,
         exit: ExitMonitor,
+        executable: String,
         adminPassword: RedisSecret
     ) {
         self.port = port
         self.plainTextPort = plainTextPort
         self.adminTLSContext = adminTLSContext
         self.directory = directory
-        self.pid = pid
-        self.exit = exit
+        self.process = Mutex((pid, exit))
+        self.executable = executable
         self.adminPassword = adminPassword
     }
 
@@ -253,6 +257,28 @@ public final class RedisServerProcess: Sendable {
         try? FileManager.default.removeItem(at: self.directory)
     }
 
+    /// Stops the server and starts it again with the same configuration, port and folder (data is not
+    /// kept: persistence is off), then waits until it answers. Clients see their connections close and
+    /// must reconnect.
+    public func restart(timeout: Duration = .seconds(15)) async throws {
+        if self.isRunning {
+            _ = Glibc.kill(self.pid, SIGTERM)
+            if await !self.exit.wait(timeout: .seconds(5)) {
+                _ = Glibc.kill(self.pid, SIGKILL)
+                await self.exit.wait(timeout: .seconds(5))
+            }
+        }
+        let exit = ExitMonitor()
+        let pid = try Self.spawn(
+            self.executable,
+            arguments: [self.directory.appendingPathComponent("redis.conf").path],
+            output: self.directory.appendingPathComponent("redis.stdout").path
+        )
+        exit.monitor(pid: pid)
+        self.process.withLock { $0 = (pid, exit) }
+        try await self.waitUntilReady(timeout: timeout)
+    }
+
     /// The server's log so far (after ``stop()``, as it was at the end).
     public var log: String {
         if let log = self.finalLog.withLock({ $0 }) { return log }
@@ -316,6 +342,7 @@ public final class RedisServerProcess: Sendable {
                 directory: directory,
                 pid: pid,
                 exit: exit,
+                executable: executable,
                 adminPassword: adminPassword
             )
             do {

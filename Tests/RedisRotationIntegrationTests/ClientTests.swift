@@ -192,3 +192,90 @@ struct ClientTests {
         }
     }
 }
+
+@Suite("Rotation-aware client: recovery", .timeLimit(.minutes(3)))
+struct ClientRecoveryTests {
+    func configuration(_ server: RedisServerProcess) -> RedisClientConfiguration {
+        RedisClientConfiguration(
+            host: server.host,
+            port: server.port,
+            name: "test",
+            pool: .init(minimumConnections: 2, maximumConnections: 8, maximumConnectionAge: nil, leaseTimeout: .seconds(20)),
+            rotation: .init(probeBackoffBase: .milliseconds(50), probeBackoffCap: .milliseconds(400), maximumProbeAttempts: 6)
+        )
+    }
+
+    @Test("a server restarted on the same port: the client recovers by itself")
+    func serverRestart() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "restart", stop: stop) }
+                await stop.waitForProgress(200, "before the restart")
+                try await server.restart()
+                await stop.waitForProgress(200, "after the restart")
+                stop.stop()
+                let report = await traffic.value
+                // Reads and idempotent writes may fail only while the server is down longer than their retry
+                // budget allows; afterwards everything flows again.
+                #expect(report.failedOther.isEmpty, "\(report)")
+                #expect(try await client.ping() == "PONG")
+                #expect(client.connectionsByCredentialVersion.keys.sorted() == ["v1"])
+            }
+        }
+    }
+
+    @Test("a WRONGPASS on the known-good credential is not fatal while another candidate remains")
+    func candidateFallback() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let new = makePassword()
+            var configuration = self.configuration(server)
+            // No probe retries: only a regular connection can find out that v2 works.
+            configuration.rotation = .init(probeBackoffBase: .seconds(60), probeBackoffCap: .seconds(60), maximumProbeAttempts: 1)
+            let client = try RedisClient(configuration: configuration, credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "fallback", stop: stop) }
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("v2 is pending") { client.pendingCredentialVersion == "v2" }
+                for await event in client.events where event.kind == .probeFailed { break }
+                // The server swaps the passwords at once and drops every connection.
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"), .string("<\(text(of: old))"))
+                try await server.admin("CLIENT", "KILL", "USER", "alice")
+                await eventually("connections came back on v2") {
+                    client.currentCredentialVersion == "v2" && client.connectionsByCredentialVersion.keys.sorted() == ["v2"]
+                }
+                await stop.waitForProgress(200, "after the swap")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty, "\(report)")
+            }
+        }
+    }
+
+    @Test("credentials the server rejects outright fail leases with the reason, naming the versions tried")
+    func allCandidatesRejected() async throws {
+        try await withAliceServer(password: makePassword()) { server in
+            var configuration = self.configuration(server)
+            configuration.pool.leaseTimeout = .milliseconds(500)
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: "wrong", version: "v7"))
+            )
+            try await withRunningClient(client) { client in
+                let error = await #expect(throws: RedisError.self) { try await client.ping() }
+                #expect(error?.code == .leaseTimeout)
+                #expect((error?.underlying as? RedisError)?.code == .credentialsRejected)
+                #expect(error?.message.contains("versions tried: v7") == true)
+            }
+        }
+    }
+}

@@ -23,6 +23,7 @@ struct PoolStateMachineTests {
         configuration.maximumConnectionAge = maximumAge
         configuration.maximumAgeJitter = 0.2
         configuration.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
+        configuration.healthCheckInterval = nil
         var machine = Machine(configuration: configuration)
         _ = machine.targetVersionChanged("v1", now: self.t0)
         return machine
@@ -180,6 +181,29 @@ struct PoolStateMachineTests {
         _ = pool.leaseRequested(9, deadline: self.t0 + .seconds(200), now: self.t0 + .seconds(90))
         let released = pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(101))
         #expect(released.contains(.closeConnection(0)))
+    }
+
+    @Test("idle connections are health-checked after the interval and closed when the check fails")
+    func healthChecks() {
+        var configuration = Machine.Configuration()
+        configuration.minimumConnections = 1
+        configuration.maximumConnections = 1
+        configuration.maximumConnectionAge = nil
+        configuration.healthCheckInterval = .seconds(10)
+        var pool = Machine(configuration: configuration)
+        _ = pool.targetVersionChanged("v1", now: self.t0)
+        let established = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(established.contains(.scheduleTimer(self.t0 + .seconds(10))))
+        #expect(pool.timerFired(now: self.t0 + .seconds(10)).contains(.healthCheck(0)))
+        // While checked, the connection serves nobody.
+        #expect(self.leases(pool.leaseRequested(1, deadline: self.t0 + .seconds(20), now: self.t0 + .seconds(10))).isEmpty)
+        // A passing check hands it on; a failing one replaces it.
+        #expect(self.leases(pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(10))) == [.lease(0, to: 1)])
+        _ = pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(11))
+        #expect(pool.timerFired(now: self.t0 + .seconds(21)).contains(.healthCheck(0)))
+        let failed = pool.connectionReleased(0, reusable: false, now: self.t0 + .seconds(21))
+        #expect(failed.contains(.closeConnection(0)))
+        #expect(self.creates(failed) == [1])
     }
 
     @Test("idle connections above the minimum close after the idle timeout")

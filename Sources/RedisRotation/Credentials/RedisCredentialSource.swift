@@ -125,7 +125,7 @@ final class CredentialSourceRunner: Sendable {
         case .file(let settings):
             let bytes: [UInt8]
             do {
-                bytes = try readFile(settings.path, limit: CredentialFile.maximumSize)
+                bytes = try readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true)
             } catch {
                 throw RedisError(code: .invalidArgument, message: "cannot read the password file \(settings.path): \(error.message)")
             }
@@ -262,9 +262,9 @@ final class CredentialSourceRunner: Sendable {
     private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> [UInt8]? {
         for _ in 0..<5 {
             try? await Task.sleep(for: settings.debounce)
-            guard let first = try? readFile(settings.path, limit: CredentialFile.maximumSize) else { return nil }
+            guard let first = try? readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) else { return nil }
             try? await Task.sleep(for: settings.debounce)
-            guard let second = try? readFile(settings.path, limit: CredentialFile.maximumSize) else { return nil }
+            guard let second = try? readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) else { return nil }
             if first == second { return first }
         }
         return nil

@@ -31,6 +31,9 @@ struct PoolStateMachine {
         var maximumAgeJitter = 0.2
         /// Delay between connection attempts after failures.
         var connectBackoff = Backoff(base: .milliseconds(20), cap: .seconds(5))
+        /// Idle connections are checked (`PING`) after this long unused; `nil` never. Catches peers that
+        /// vanished without closing the connection.
+        var healthCheckInterval: TimeAmount? = .seconds(30)
     }
 
     enum Action: Hashable {
@@ -45,6 +48,9 @@ struct PoolStateMachine {
         case reauthenticate(ConnectionID)
         /// Close connection `id`; report `connectionClosed`.
         case closeConnection(ConnectionID)
+        /// Check idle connection `id` (it is leased to the pool meanwhile); report `connectionReleased`,
+        /// reusable when the check passed.
+        case healthCheck(ConnectionID)
         /// Call `timerFired` at this deadline (replaces any earlier request).
         case scheduleTimer(NIODeadline)
     }
@@ -223,6 +229,9 @@ struct PoolStateMachine {
                 self.slots[id]!.state = .closing
                 actions.append(.closeConnection(id))
                 open -= 1
+            } else if let interval = self.configuration.healthCheckInterval, since + interval <= now {
+                self.slots[id]!.state = .leased
+                actions.append(.healthCheck(id))
             }
         }
         return actions + self.rebalance(now: now)
@@ -316,6 +325,7 @@ struct PoolStateMachine {
             guard case .idle(let since) = slot.state else { continue }
             if let retireAt = slot.retireAt { deadlines.append(retireAt) }
             if open > self.configuration.minimumConnections { deadlines.append(since + self.configuration.idleTimeout) }
+            if let interval = self.configuration.healthCheckInterval { deadlines.append(since + interval) }
         }
         return deadlines.min()
     }

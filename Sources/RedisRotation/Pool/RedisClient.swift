@@ -78,6 +78,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case probe(RedisCredentials)
         /// Waits for the connection to close, whoever closes it, and tells the pool.
         case watch(PoolStateMachine.ConnectionID, RedisConnection)
+        /// PINGs an idle connection.
+        case healthCheck(PoolStateMachine.ConnectionID, RedisConnection)
     }
 
     /// Effects of a decision, performed after the lock is released.
@@ -117,6 +119,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         poolConfiguration.idleTimeout = TimeAmount(configuration.pool.idleTimeout)
         poolConfiguration.maximumConnectionAge = configuration.pool.maximumConnectionAge.map { TimeAmount($0) }
         poolConfiguration.maximumAgeJitter = configuration.pool.maximumConnectionAgeJitter
+        poolConfiguration.healthCheckInterval = configuration.pool.healthCheckInterval.map { TimeAmount($0) }
         poolConfiguration.connectBackoff = Backoff(
             base: TimeAmount(configuration.pool.reconnectBackoffBase),
             cap: TimeAmount(configuration.pool.reconnectBackoffCap)
@@ -341,6 +344,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 effects.append(.work(.reauthenticate(id, connection, credentials)))
             case .closeConnection(let id):
                 effects.append(.work(.close(id, state.connections[id])))
+            case .healthCheck(let id):
+                if let connection = state.connections[id] {
+                    effects.append(.work(.healthCheck(id, connection)))
+                } else {
+                    effects += self.translate(state.pool.connectionReleased(id, reusable: false, now: .now()), state: &state)
+                }
             case .scheduleTimer(let deadline):
                 state.poolTimerGeneration += 1
                 if let old = state.poolTimer?.task { effects.append(.cancelScheduled(old)) }
@@ -495,6 +504,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case .watch(let id, let connection):
             await connection.waitUntilClosed()
             self.connectionGone(id, reason: "the connection closed")
+        case .healthCheck(let id, let connection):
+            let healthy = (try? await connection.ping()) != nil
+            if !healthy { self.logger.debug("health check failed", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
+            self.release(Lease(id: id, connection: connection), reusable: healthy)
         }
     }
 
@@ -595,9 +608,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     }
 }
 
-/// This client's metrics, labelled with its name.
+/// This client's metrics, labelled with its name. The factory is the one in effect when the client was
+/// created (the global one, or a task-local one from `withMetricsFactory`), also for gauges made later.
 private struct ClientMetrics: Sendable {
     let label: String
+    let factory: any MetricsFactory
     let connects: Counter
     let reauthentications: Counter
     let retried: Counter
@@ -606,17 +621,23 @@ private struct ClientMetrics: Sendable {
     let leaseWait: Metrics.Timer
 
     init(label: String) {
+        let factory = MetricsSystem.factory
         self.label = label
+        self.factory = factory
         let dimensions = [("client", label)]
-        self.connects = Counter(label: "redis_rotation_connects", dimensions: dimensions)
-        self.reauthentications = Counter(label: "redis_rotation_reauthentications", dimensions: dimensions)
-        self.retried = Counter(label: "redis_rotation_commands_retried", dimensions: dimensions)
-        self.failed = Counter(label: "redis_rotation_commands_failed", dimensions: dimensions)
-        self.handshake = Metrics.Timer(label: "redis_rotation_handshake_duration", dimensions: dimensions)
-        self.leaseWait = Metrics.Timer(label: "redis_rotation_lease_wait", dimensions: dimensions)
+        self.connects = Counter(label: "redis_rotation_connects", dimensions: dimensions, factory: factory)
+        self.reauthentications = Counter(label: "redis_rotation_reauthentications", dimensions: dimensions, factory: factory)
+        self.retried = Counter(label: "redis_rotation_commands_retried", dimensions: dimensions, factory: factory)
+        self.failed = Counter(label: "redis_rotation_commands_failed", dimensions: dimensions, factory: factory)
+        self.handshake = Metrics.Timer(label: "redis_rotation_handshake_duration", dimensions: dimensions, factory: factory)
+        self.leaseWait = Metrics.Timer(label: "redis_rotation_lease_wait", dimensions: dimensions, factory: factory)
     }
 
     func connections(version: String) -> Gauge {
-        Gauge(label: "redis_rotation_connections", dimensions: [("client", self.label), ("credential_version", version)])
+        Gauge(
+            label: "redis_rotation_connections",
+            dimensions: [("client", self.label), ("credential_version", version)],
+            factory: self.factory
+        )
     }
 }

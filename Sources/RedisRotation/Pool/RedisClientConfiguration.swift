@@ -22,6 +22,8 @@ public struct RedisClientConfiguration: Sendable {
         /// Defaults: 20 ms and 5 seconds.
         public var reconnectBackoffBase: Duration
         public var reconnectBackoffCap: Duration
+        /// Idle connections are checked with `PING` after this long unused; `nil` never. Default: 30 s.
+        public var healthCheckInterval: Duration?
 
         public init(
             minimumConnections: Int = 1,
@@ -32,7 +34,8 @@ public struct RedisClientConfiguration: Sendable {
             maximumConnectionAgeJitter: Double = 0.2,
             leaseTimeout: Duration = .seconds(5),
             reconnectBackoffBase: Duration = .milliseconds(20),
-            reconnectBackoffCap: Duration = .seconds(5)
+            reconnectBackoffCap: Duration = .seconds(5),
+            healthCheckInterval: Duration? = .seconds(30)
         ) {
             precondition(maximumConnections >= 1 && minimumConnections >= 0 && minimumConnections <= maximumConnections)
             precondition(maximumConcurrentHandshakes >= 1)
@@ -46,6 +49,7 @@ public struct RedisClientConfiguration: Sendable {
             self.leaseTimeout = leaseTimeout
             self.reconnectBackoffBase = reconnectBackoffBase
             self.reconnectBackoffCap = reconnectBackoffCap
+            self.healthCheckInterval = healthCheckInterval
         }
     }
 

@@ -9,8 +9,9 @@ struct FileReadError: Error {
 }
 
 /// Reads a whole file with POSIX calls, bounded to `limit` bytes (secrets and certificates are small;
-/// anything larger is not what we were asked to read).
-func readFile(_ path: String, limit: Int = 16 * 1024 * 1024) throws(FileReadError) -> [UInt8] {
+/// anything larger is not what we were asked to read). With `truncating`, a larger file gives its first
+/// `limit + 1` bytes instead of an error, so that the caller can say "oversized" itself.
+func readFile(_ path: String, limit: Int = 16 * 1024 * 1024, truncating: Bool = false) throws(FileReadError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw FileReadError(message: String(cString: strerror(errno))) }
     defer { close(fd) }
@@ -24,7 +25,10 @@ func readFile(_ path: String, limit: Int = 16 * 1024 * 1024) throws(FileReadErro
         }
         if count == 0 { break }
         result.append(contentsOf: chunk[0..<count])
-        if result.count > limit { throw FileReadError(message: "larger than \(limit) bytes") }
+        if result.count > limit {
+            if truncating { return Array(result.prefix(limit + 1)) }
+            throw FileReadError(message: "larger than \(limit) bytes")
+        }
     }
     return result
 }
