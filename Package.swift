@@ -63,7 +63,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "BasicUsageExample",
-            dependencies: ["RedisRotation"],
+            dependencies: [
+                "RedisRotation",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             path: "Examples/BasicUsage",
             swiftSettings: strictSettings
         ),

@@ -2,7 +2,30 @@
 // Run: swift run BasicUsageExample [port] (needs a server on 127.0.0.1; REDIS_USER and REDIS_PASSWORD
 // are used when set).
 import Foundation
+import Logging
 import RedisRotation
+import ServiceLifecycle
+
+/// The README's pooled-client example, verbatim.
+func readmeClientExample() async throws {
+    let client = try RedisClient(
+        configuration: RedisClientConfiguration(host: "127.0.0.1", port: 6379, name: "orders-api"),
+        credentials: .file("/run/secrets/redis-password", username: "app")
+    )
+    // The client works only while run() runs: here in a ServiceGroup next to the application's services.
+    let services = ServiceGroup(services: [client], logger: Logger(label: "orders-api"))
+    Task { try await services.run() }
+
+    try await client.set("greeting", to: "hello", expiration: .seconds(60))
+    let greeting = try await client.get("greeting", as: String.self)
+    // INCR is not idempotent: if the connection dies while it is in flight it fails with
+    // outcomeUnknown instead of being resent. SET of a fixed value can be resent safely:
+    try await client.send(RedisCommand("SET", "last-seen", "now").idempotent())
+    for await event in client.events {
+        print(event)  // credentialSourceChanged, probeSucceeded, promoted, connectionReauthenticated, ...
+    }
+    _ = greeting
+}
 
 /// The README's usage example, verbatim (a unit test checks that the two stay the same).
 func readmeExample() async throws {

@@ -271,10 +271,62 @@ struct ClientRecoveryTests {
                 credentials: .fixed(RedisCredentials(username: "alice", password: "wrong", version: "v7"))
             )
             try await withRunningClient(client) { client in
-                let error = await #expect(throws: RedisError.self) { try await client.ping() }
-                #expect(error?.code == .leaseTimeout)
-                #expect((error?.underlying as? RedisError)?.code == .credentialsRejected)
-                #expect(error?.message.contains("versions tried: v7") == true)
+                for await event in client.events where event.kind == .credentialRejected {
+                    #expect(event.credentialVersion == "v7")
+                    break
+                }
+                // Once a connect attempt has failed, waiting commands are told why.
+                var last: RedisError?
+                await eventually("a lease failure names the rejected versions") {
+                    do {
+                        try await client.ping()
+                        return false
+                    } catch {
+                        last = error as? RedisError
+                        return (last?.underlying as? RedisError)?.code == .credentialsRejected
+                    }
+                }
+                #expect(last?.code == .leaseTimeout)
+                #expect(last?.message.contains("versions tried: v7") == true)
+            }
+        }
+    }
+}
+
+@Suite("Rotation-aware client over TLS", .timeLimit(.minutes(2)))
+struct ClientTLSTests {
+    @Test("the pool rotates a password over mutual TLS, re-authenticating in place")
+    func rotationOverMutualTLS() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(clientAuthentication: .required)) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: fixture.password))\nversion=v1\n", to: file)
+            let context = try fixture.context(identity: try fixture.ca.issueClient(commonName: "pool").identity)
+            let client = try RedisClient(
+                configuration: RedisClientConfiguration(
+                    host: server.host,
+                    port: server.port,
+                    name: "tls-pool",
+                    tls: .init(context: context),
+                    pool: .init(minimumConnections: 2, maximumConnections: 6, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
+                ),
+                credentials: .file(file, username: "alice")
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 16, prefix: "tls", stop: stop) }
+                await stop.waitForProgress(200, "over TLS")
+                let new = makePassword()
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("every connection on v2") {
+                    client.currentCredentialVersion == "v2" && client.connectionsByCredentialVersion.keys.sorted() == ["v2"]
+                }
+                try await server.admin("CLIENT", "KILL", "USER", "alice")
+                await stop.waitForProgress(200, "after the kill")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty, "\(report)")
             }
         }
     }

@@ -288,13 +288,14 @@ struct ConnectionTests {
             )
             let key = uniqueKey("list")
             let blocked = Task {
-                try await connection.send(RedisCommand("BLPOP", key.argumentForTests, "1"))
+                try await connection.send(RedisCommand("BLPOP", key.argumentForTests, "0"))
             }
             // Cancel once the server has the BLPOP: a PING issued after it is answered only after it.
             try await server.waitForBlockedClients(1)
             blocked.cancel()
             await #expect(throws: CancellationError.self) { try await blocked.value }
-            // The BLPOP's (null) reply is dropped; the PING gets its own.
+            // Unblock it: the BLPOP's reply is dropped; the PING gets its own.
+            try await server.admin("LPUSH", .key(key), "wake")
             #expect(try await connection.ping() == "PONG")
             #expect(try await connection.send(RedisCommand("ECHO", "after"), as: String.self) == "after")
             await connection.close()

@@ -205,7 +205,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             let lease = try await self.lease()
             do {
                 let value = try await lease.connection.send(command, timeout: timeout)
-                self.release(lease, reusable: true)
+                // A MULTI sent outside withConnection leaves the connection in a transaction: never hand it on.
+                self.release(lease, reusable: !lease.connection.isInTransaction)
                 return value
             } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply {
                 self.release(lease, reusable: !lease.connection.isInTransaction && lease.connection.isActive)
