@@ -67,6 +67,8 @@ struct PoolStateMachine {
         var state: SlotState
         var version: String?
         var retireAt: NIODeadline?
+        /// The TLS context generation the connection was made with; `nil` without TLS.
+        var generation: UInt64? = nil
     }
 
     private struct Waiter: Hashable {
@@ -78,6 +80,8 @@ struct PoolStateMachine {
     private(set) var slots: [ConnectionID: Slot] = [:]
     private var waiters = CircularBuffer<Waiter>()
     private(set) var targetVersion: String?
+    private(set) var targetGeneration: UInt64?
+    private var generationWindow: TimeAmount = .zero
     private var failures = 0
     private var lastBackoff: TimeAmount?
     private var nextConnectAt: NIODeadline?
@@ -102,6 +106,35 @@ struct PoolStateMachine {
     }
 
     var waiterCount: Int { self.waiters.count }
+
+    /// Connections by TLS context generation (connecting and closing ones excluded).
+    var connectionsByGeneration: [UInt64: Int] {
+        var counts: [UInt64: Int] = [:]
+        for slot in self.slots.values where slot.state != .connecting && slot.state != .closing {
+            if let generation = slot.generation { counts[generation, default: 0] += 1 }
+        }
+        return counts
+    }
+
+    /// A new TLS context generation is in use for new connections. Connections of older generations are
+    /// retired one after another, spread over `window` (idle ones then close, leased ones on release),
+    /// and replaced with connections of the new generation: never all at once, never failing a command.
+    mutating func tlsGenerationChanged(_ generation: UInt64, window: TimeAmount, now: NIODeadline, random: Double) -> [Action] {
+        self.targetGeneration = generation
+        self.generationWindow = window
+        let old = self.slots.filter { $0.value.state != .connecting && $0.value.state != .closing && $0.value.generation != generation }
+            .keys.sorted()
+        for (index, id) in old.enumerated() {
+            let fraction = (Double(index) + min(max(random, 0), 0.999)) / Double(old.count)
+            self.retire(id, by: now + .nanoseconds(Int64(Double(window.nanoseconds) * fraction)))
+        }
+        return self.timerFired(now: now)
+    }
+
+    private mutating func retire(_ id: ConnectionID, by deadline: NIODeadline) {
+        guard let current = self.slots[id] else { return }
+        self.slots[id]!.retireAt = current.retireAt.map { min($0, deadline) } ?? deadline
+    }
 
     // MARK: Events
 
@@ -133,7 +166,18 @@ struct PoolStateMachine {
         return self.rebalance(now: now)
     }
 
-    mutating func connectionEstablished(_ id: ConnectionID, version: String, now: NIODeadline, random: Double) -> [Action] {
+    /// - Parameters:
+    ///   - generation: The TLS context generation the connection was made with.
+    ///   - replaceBy: When the connection must be gone at the latest (its own or the server's
+    ///     certificate expires soon after).
+    mutating func connectionEstablished(
+        _ id: ConnectionID,
+        version: String,
+        generation: UInt64? = nil,
+        replaceBy: NIODeadline? = nil,
+        now: NIODeadline,
+        random: Double
+    ) -> [Action] {
         guard self.slots[id]?.state == .connecting else { return [] }
         self.failures = 0
         self.lastBackoff = nil
@@ -143,7 +187,12 @@ struct PoolStateMachine {
             let shortening = Double(age.nanoseconds) * self.configuration.maximumAgeJitter * min(max(random, 0), 1)
             retireAt = now + .nanoseconds(age.nanoseconds - Int64(shortening))
         }
-        self.slots[id] = Slot(state: .idle(since: now), version: version, retireAt: retireAt)
+        self.slots[id] = Slot(state: .idle(since: now), version: version, retireAt: retireAt, generation: generation)
+        if let replaceBy { self.retire(id, by: replaceBy) }
+        if let target = self.targetGeneration, let generation, generation != target {
+            // Opened with the previous generation while it changed: retire it within the window too.
+            self.retire(id, by: now + .nanoseconds(Int64(Double(self.generationWindow.nanoseconds) * min(max(random, 0), 1))))
+        }
         if self.isShutDown {
             self.slots[id]!.state = .closing
             return [.closeConnection(id)]

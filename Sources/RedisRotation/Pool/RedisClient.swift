@@ -46,6 +46,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
     private let metrics: ClientMetrics
+    private let tlsWatcher: TLSMaterialWatcher?
+    private let initialTLSSnapshot: [String: [UInt8]]
 
     private struct State {
         var pool: PoolStateMachine
@@ -61,6 +63,14 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var lastConnectError: RedisError?
         var runState = RunState.notStarted
         var versionsSeen: Set<String> = []
+        var tlsContext: RedisTLSContext?
+        var generationsSeen: Set<UInt64> = []
+        /// Whether connections of an older TLS generation are still being replaced.
+        var rolling = false
+        var expiry: ExpiryMonitor
+        var expiryTimer: (generation: UInt64, task: Scheduled<Void>)?
+        var expiryTimerGeneration: UInt64 = 0
+        var expiryItemsSeen: Set<String> = []
     }
 
     private enum RunState { case notStarted, running, stopped }
@@ -88,6 +98,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case work(Work)
         case schedulePoolTimer(NIODeadline, generation: UInt64)
         case scheduleCredentialTimer(NIODeadline, generation: UInt64)
+        case scheduleExpiryTimer(NIODeadline, generation: UInt64)
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
     }
@@ -111,6 +122,22 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
         (self.work, self.workContinuation) = AsyncStream.makeStream()
         self.metrics = ClientMetrics(label: configuration.metricsLabel ?? configuration.name)
+        var tlsContext: RedisTLSContext?
+        switch configuration.tls?.mode {
+        case .fixed(let context):
+            tlsContext = context
+            self.tlsWatcher = nil
+            self.initialTLSSnapshot = [:]
+        case .reloading(let tlsConfiguration, let pollInterval, let debounce):
+            let watcher = TLSMaterialWatcher(configuration: tlsConfiguration, pollInterval: pollInterval, debounce: debounce)
+            let (context, snapshot) = try watcher.initialContext()
+            tlsContext = context
+            self.tlsWatcher = watcher
+            self.initialTLSSnapshot = snapshot
+        case nil:
+            self.tlsWatcher = nil
+            self.initialTLSSnapshot = [:]
+        }
 
         var poolConfiguration = PoolStateMachine.Configuration()
         poolConfiguration.minimumConnections = configuration.pool.minimumConnections
@@ -131,11 +158,25 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         )
         credentialConfiguration.maximumProbeAttempts = configuration.rotation.maximumProbeAttempts
         credentialConfiguration.previousGracePeriod = TimeAmount(configuration.rotation.previousGracePeriod)
-        self.state = Mutex(
-            State(
-                pool: PoolStateMachine(configuration: poolConfiguration),
-                credentials: CredentialStateMachine(configuration: credentialConfiguration)
-            )
+        var state = State(
+            pool: PoolStateMachine(configuration: poolConfiguration),
+            credentials: CredentialStateMachine(configuration: credentialConfiguration),
+            tlsContext: tlsContext,
+            expiry: ExpiryMonitor(thresholds: configuration.expiry.warningThresholds.map { TimeInterval(TimeAmount($0).nanoseconds) / 1e9 })
+        )
+        if let tlsContext { Self.watchExpiry(of: tlsContext, in: &state.expiry) }
+        self.state = Mutex(state)
+    }
+
+    /// Puts the client certificate and trust anchors of `context` under the expiry monitor.
+    private static func watchExpiry(of context: RedisTLSContext, in monitor: inout ExpiryMonitor) {
+        monitor.setItems(
+            context.clientCertificateChain.prefix(1).map { .init(name: "client certificate \($0.subject)", expiresAt: $0.notAfter) },
+            group: "client certificate"
+        )
+        monitor.setItems(
+            context.trustAnchors.map { .init(name: "trust anchor \($0.subject)", expiresAt: $0.notAfter) },
+            group: "trust anchor"
         )
     }
 
@@ -156,6 +197,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             group.addTask {
                 await self.source.run(initial: self.initialCredentials) { report in self.sourceReported(report) }
             }
+            if let watcher = self.tlsWatcher {
+                group.addTask {
+                    await watcher.run(initial: self.initialTLSSnapshot) { report in self.tlsReported(report) }
+                }
+            }
+            self.evaluateExpiry()
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
                 await self.waitForShutdownSignal()
@@ -186,6 +233,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             state.runState = .stopped
             state.poolTimer?.task.cancel()
             state.credentialTimer?.task.cancel()
+            state.expiryTimer?.task.cancel()
             return (self.translate(state.pool.shutdown(), state: &state), Array(state.connections.values))
         }
         self.perform(effects)
@@ -251,9 +299,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     }
 
     /// Asks the credential source to look again now (re-read a file or variable, call the provider),
-    /// and retries a pending credential's probe at once.
+    /// retries a pending credential's probe at once, and re-reads reloading TLS files.
     public func reloadCredentials() {
         self.source.reload()
+        self.tlsWatcher?.reload()
         let actions = self.state.withLock { $0.credentials.retryNow() }
         self.apply(credentials: actions)
     }
@@ -266,6 +315,16 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// The version of the credentials in use.
     public var currentCredentialVersion: String? {
         self.state.withLock { $0.credentials.current?.version }
+    }
+
+    /// How many pooled connections use each TLS context generation.
+    public var connectionsByTLSGeneration: [UInt64: Int] {
+        self.state.withLock { $0.pool.connectionsByGeneration }
+    }
+
+    /// The TLS context new connections use (the newest valid generation); `nil` without TLS.
+    public var currentTLSContext: RedisTLSContext? {
+        self.state.withLock { $0.tlsContext }
     }
 
     /// The version waiting for a successful probe, if any.
@@ -359,6 +418,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             }
         }
         self.updateGauges(&state)
+        if state.rolling, let target = state.tlsContext?.generation,
+            state.pool.connectionsByGeneration.keys.allSatisfy({ $0 == target })
+        {
+            state.rolling = false
+            effects.append(.event(RedisRotationEvent(kind: .tlsGenerationRolled, detail: "every connection uses TLS generation \(target)")))
+        }
         return effects
     }
 
@@ -371,6 +436,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             case .pendingChanged(let credentials):
                 effects.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, credentialVersion: credentials.version)))
             case .promoted(let old, let new):
+                state.expiry.setItems(
+                    new.expiresAt.map { [.init(name: "credential \(new.username) version \(new.version)", expiresAt: $0)] } ?? [],
+                    group: "credential"
+                )
+                effects += self.expiryEffects(&state)
                 effects.append(
                     .event(RedisRotationEvent(kind: .promoted, credentialVersion: new.version, detail: "previous version: \(old?.version ?? "none")"))
                 )
@@ -404,6 +474,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         for version in state.versionsSeen {
             self.metrics.connections(version: version).record(counts[version] ?? 0)
         }
+        let generations = state.pool.connectionsByGeneration
+        state.generationsSeen.formUnion(generations.keys)
+        for generation in state.generationsSeen {
+            self.metrics.connections(generation: generation).record(generations[generation] ?? 0)
+        }
     }
 
     // MARK: Effects (outside the lock)
@@ -434,6 +509,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 let task = self.timerLoop.scheduleTask(deadline: deadline) { self.poolTimerFired(generation) }
                 self.state.withLock { state in
                     if state.poolTimerGeneration == generation { state.poolTimer = (generation, task) } else { task.cancel() }
+                }
+            case .scheduleExpiryTimer(let deadline, let generation):
+                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.evaluateExpiry(timer: generation) }
+                self.state.withLock { state in
+                    if state.expiryTimerGeneration == generation { state.expiryTimer = (generation, task) } else { task.cancel() }
                 }
             case .scheduleCredentialTimer(let deadline, let generation):
                 let task = self.timerLoop.scheduleTask(deadline: deadline) { self.credentialTimerFired(generation) }
@@ -471,6 +551,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 var effects = self.translate(credentials: state.credentials.sourceReported(credentials, now: .now()), state: &state)
                 if first {
                     effects += self.translate(state.pool.targetVersionChanged(credentials.version, now: .now()), state: &state)
+                    if let expiresAt = credentials.expiresAt {
+                        state.expiry.setItems(
+                            [.init(name: "credential \(credentials.username) version \(credentials.version)", expiresAt: expiresAt)],
+                            group: "credential"
+                        )
+                        effects += self.expiryEffects(&state)
+                    }
                 }
                 return effects
             }
@@ -479,6 +566,79 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             self.logger.warning("credential source rejected", metadata: [LoggingKeys.error: "\(reason)"])
             self.perform([.event(RedisRotationEvent(kind: .credentialSourceRejected, detail: reason))])
         }
+    }
+
+    // MARK: TLS reload and expiry
+
+    private func tlsReported(_ report: TLSMaterialReport) {
+        switch report {
+        case .accepted(let context):
+            let effects = self.state.withLock { state -> [Effect] in
+                state.tlsContext = context
+                state.rolling = true
+                Self.watchExpiry(of: context, in: &state.expiry)
+                let leaf = context.clientCertificateChain.first.map { ", client certificate \($0.subject) valid until \($0.notAfter)" } ?? ""
+                var effects: [Effect] = [
+                    .event(RedisRotationEvent(kind: .tlsMaterialReloaded, detail: "TLS generation \(context.generation), \(context.trustAnchors.count) trust anchors\(leaf)"))
+                ]
+                effects += self.translate(
+                    state.pool.tlsGenerationChanged(
+                        context.generation,
+                        window: TimeAmount(self.configuration.tls?.rolloverWindow ?? .seconds(60)),
+                        now: .now(),
+                        random: Double.random(in: 0..<1)
+                    ),
+                    state: &state
+                )
+                return effects + self.expiryEffects(&state)
+            }
+            self.perform(effects)
+        case .rejected(let error):
+            self.logger.warning("TLS material rejected", metadata: [LoggingKeys.error: "\(error)"])
+            self.perform([.event(RedisRotationEvent(kind: .tlsMaterialRejected, detail: "\(error.code): \(error.message)"))])
+        }
+    }
+
+    /// When a connection must be replaced at the latest: shortly before its client certificate or the
+    /// server's certificate expires.
+    private func replacementDeadline(for connection: RedisConnection, context: RedisTLSContext?) -> NIODeadline? {
+        let expiries = [context?.clientCertificateChain.first?.notAfter, connection.tlsInfo?.peerCertificate?.notAfter].compactMap { $0 }
+        guard let earliest = expiries.min() else { return nil }
+        let margin = TimeInterval(TimeAmount(self.configuration.expiry.replaceConnectionsBeforeCertificateExpiry).nanoseconds) / 1e9
+        let seconds = earliest.timeIntervalSinceNow - margin
+        return .now() + .nanoseconds(Int64(max(0, min(seconds, 10 * 365 * 86400)) * 1e9))
+    }
+
+    /// Warnings due now, the gauges of time left, and the next check (at most an hour away).
+    private func expiryEffects(_ state: inout State) -> [Effect] {
+        let now = Date()
+        let (warnings, next) = state.expiry.evaluate(at: now)
+        for (item, seconds) in state.expiry.remaining(at: now) {
+            state.expiryItemsSeen.insert(item.name)
+            self.metrics.secondsUntilExpiry(item: item.name).record(seconds)
+        }
+        var effects: [Effect] = warnings.map { warning in
+            let days = (warning.remaining / 86400 * 10).rounded() / 10
+            let detail = warning.remaining <= 0
+                ? "\(warning.item.name) expired at \(warning.item.expiresAt)"
+                : "\(warning.item.name) expires at \(warning.item.expiresAt), in \(days) days"
+            return .event(RedisRotationEvent(kind: .expiryWarning, detail: detail))
+        }
+        state.expiryTimerGeneration += 1
+        if let old = state.expiryTimer?.task { effects.append(.cancelScheduled(old)) }
+        state.expiryTimer = nil
+        let wait = min(next.map { max(0, $0.timeIntervalSince(now)) } ?? 3600, 3600)
+        effects.append(.scheduleExpiryTimer(.now() + .nanoseconds(Int64(wait * 1e9) + 1_000_000), generation: state.expiryTimerGeneration))
+        return effects
+    }
+
+    private func evaluateExpiry(timer generation: UInt64? = nil) {
+        let effects = self.state.withLock { state -> [Effect] in
+            if let generation, generation != state.expiryTimerGeneration { return [] }
+            guard state.runState == .running else { return [] }
+            return self.expiryEffects(&state)
+        }
+        self.perform(effects)
     }
 
     // MARK: Work
@@ -513,14 +673,14 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     }
 
     private func connect(_ id: PoolStateMachine.ConnectionID) async {
-        let candidates = self.state.withLock { $0.credentials.candidates }
+        let (candidates, tlsContext) = self.state.withLock { ($0.credentials.candidates, $0.tlsContext) }
         let started = ContinuousClock.now
         var rejected: [String] = []
         var failure: RedisError?
         for candidate in candidates {
             do {
                 let connection = try await RedisConnection.connect(
-                    configuration: self.configuration.connectionConfiguration(for: candidate),
+                    configuration: self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext),
                     eventLoopGroup: self.eventLoopGroup,
                     logger: self.logger
                 )
@@ -533,9 +693,23 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     let promoted = state.credentials.connectionAuthenticated(with: candidate, now: .now())
                     var effects = self.translate(credentials: promoted, state: &state)
                     effects += self.translate(
-                        state.pool.connectionEstablished(id, version: candidate.version, now: .now(), random: Double.random(in: 0..<1)),
+                        state.pool.connectionEstablished(
+                            id,
+                            version: candidate.version,
+                            generation: connection.tlsInfo?.contextGeneration,
+                            replaceBy: self.replacementDeadline(for: connection, context: tlsContext),
+                            now: .now(),
+                            random: Double.random(in: 0..<1)
+                        ),
                         state: &state
                     )
+                    if let peer = connection.tlsInfo?.peerCertificate {
+                        state.expiry.setItems(
+                            [.init(name: "server certificate \(peer.subject)", expiresAt: peer.notAfter)],
+                            group: "server certificate \(peer.subject)"
+                        )
+                        effects += self.expiryEffects(&state)
+                    }
                     return effects
                 }
                 if effects.isEmpty && self.state.withLock({ $0.runState != .running }) {
@@ -587,7 +761,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let result: CredentialStateMachine.ProbeResult
         do {
             let connection = try await RedisConnection.connect(
-                configuration: self.configuration.connectionConfiguration(for: credentials, suffix: "-probe"),
+                configuration: self.configuration.connectionConfiguration(
+                    for: credentials,
+                    tlsContext: self.state.withLock { $0.tlsContext },
+                    suffix: "-probe"
+                ),
                 eventLoopGroup: self.eventLoopGroup,
                 logger: self.logger
             )
@@ -632,6 +810,19 @@ private struct ClientMetrics: Sendable {
         self.failed = Counter(label: "redis_rotation_commands_failed", dimensions: dimensions, factory: factory)
         self.handshake = Metrics.Timer(label: "redis_rotation_handshake_duration", dimensions: dimensions, factory: factory)
         self.leaseWait = Metrics.Timer(label: "redis_rotation_lease_wait", dimensions: dimensions, factory: factory)
+    }
+
+    func connections(generation: UInt64) -> Gauge {
+        Gauge(
+            label: "redis_rotation_connections_by_tls_generation",
+            dimensions: [("client", self.label), ("tls_generation", String(generation))],
+            factory: self.factory
+        )
+    }
+
+    /// Seconds until `item` expires; negative once expired.
+    func secondsUntilExpiry(item: String) -> Gauge {
+        Gauge(label: "redis_rotation_seconds_until_expiry", dimensions: [("client", self.label), ("item", item)], factory: self.factory)
     }
 
     func connections(version: String) -> Gauge {

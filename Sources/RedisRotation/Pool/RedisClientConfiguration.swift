@@ -1,5 +1,65 @@
 /// How a ``RedisClient`` reaches its server, sizes its pool, and rotates credentials.
 public struct RedisClientConfiguration: Sendable {
+    /// TLS for the pool: a fixed context, or files that are watched and hot-reloaded.
+    public struct TLS: Sendable {
+        enum Mode: Sendable {
+            case fixed(RedisTLSContext)
+            case reloading(RedisTLSConfiguration, pollInterval: Duration, debounce: Duration)
+        }
+
+        let mode: Mode
+        /// The DNS name or IP address the server's certificate must carry; `nil` uses the host.
+        public var serverName: String?
+        /// With reloading: connections of an older TLS generation are replaced one after another over
+        /// this window after a reload. Default: 60 seconds.
+        public var rolloverWindow: Duration
+
+        /// A fixed context, shared by every connection.
+        public init(context: RedisTLSContext, serverName: String? = nil) {
+            self.mode = .fixed(context)
+            self.serverName = serverName
+            self.rolloverWindow = .seconds(60)
+        }
+
+        /// TLS material from files (`.file` sources in `configuration`), watched (directory watch, poll
+        /// every `pollInterval`, debounce) and reloaded: each valid change becomes a new context
+        /// generation used by new connections at once and by existing ones after a jittered roll-over;
+        /// an invalid change is rejected with an event and the last good generation stays.
+        public static func reloading(
+            _ configuration: RedisTLSConfiguration,
+            serverName: String? = nil,
+            pollInterval: Duration = .seconds(30),
+            debounce: Duration = .milliseconds(100),
+            rolloverWindow: Duration = .seconds(60)
+        ) -> TLS {
+            var tls = TLS(mode: .reloading(configuration, pollInterval: pollInterval, debounce: debounce), serverName: serverName)
+            tls.rolloverWindow = rolloverWindow
+            return tls
+        }
+
+        private init(mode: Mode, serverName: String?) {
+            self.mode = mode
+            self.serverName = serverName
+            self.rolloverWindow = .seconds(60)
+        }
+    }
+
+    /// Expiry warnings and replacement ahead of certificate expiry.
+    public struct Expiry: Sendable, Hashable {
+        /// Warn when this little time is left (and once expired). Default: 30, 7 and 1 days.
+        public var warningThresholds: [Duration]
+        /// Replace a connection this long before its client or server certificate expires. Default: 1 hour.
+        public var replaceConnectionsBeforeCertificateExpiry: Duration
+
+        public init(
+            warningThresholds: [Duration] = [.seconds(30 * 86400), .seconds(7 * 86400), .seconds(86400)],
+            replaceConnectionsBeforeCertificateExpiry: Duration = .seconds(3600)
+        ) {
+            self.warningThresholds = warningThresholds
+            self.replaceConnectionsBeforeCertificateExpiry = replaceConnectionsBeforeCertificateExpiry
+        }
+    }
+
     /// Pool sizing and connection lifetimes.
     public struct Pool: Sendable, Hashable {
         /// Connections kept open even when idle. Default: 1.
@@ -87,7 +147,9 @@ public struct RedisClientConfiguration: Sendable {
     /// `redis-rotation`.
     public var name: String
     /// TLS; `nil` for plain TCP.
-    public var tls: RedisConnectionConfiguration.TLS?
+    public var tls: TLS?
+    /// Expiry warnings and early replacement of connections whose certificates expire.
+    public var expiry: Expiry
     /// Deadlines for establishing a connection, its handshake, and each command.
     public var connectTimeout: Duration
     public var handshakeTimeout: Duration
@@ -107,7 +169,7 @@ public struct RedisClientConfiguration: Sendable {
         port: Int = 6379,
         database: Int? = nil,
         name: String = "redis-rotation",
-        tls: RedisConnectionConfiguration.TLS? = nil,
+        tls: TLS? = nil,
         connectTimeout: Duration = .seconds(5),
         handshakeTimeout: Duration = .seconds(5),
         commandTimeout: Duration = .seconds(5),
@@ -115,6 +177,7 @@ public struct RedisClientConfiguration: Sendable {
         readerLimits: RESPReaderLimits = RESPReaderLimits(),
         pool: Pool = Pool(),
         rotation: Rotation = Rotation(),
+        expiry: Expiry = Expiry(),
         metricsLabel: String? = nil
     ) {
         precondition(maximumCommandAttempts >= 1)
@@ -130,11 +193,16 @@ public struct RedisClientConfiguration: Sendable {
         self.readerLimits = readerLimits
         self.pool = pool
         self.rotation = rotation
+        self.expiry = expiry
         self.metricsLabel = metricsLabel
     }
 
-    /// The configuration of one connection authenticated with `credentials`.
-    func connectionConfiguration(for credentials: RedisCredentials, suffix: String = "") -> RedisConnectionConfiguration {
+    /// The configuration of one connection authenticated with `credentials`, over TLS with `context`.
+    func connectionConfiguration(
+        for credentials: RedisCredentials,
+        tlsContext: RedisTLSContext?,
+        suffix: String = ""
+    ) -> RedisConnectionConfiguration {
         RedisConnectionConfiguration(
             host: self.host,
             port: self.port,
@@ -146,7 +214,7 @@ public struct RedisClientConfiguration: Sendable {
             handshakeTimeout: self.handshakeTimeout,
             commandTimeout: self.commandTimeout,
             readerLimits: self.readerLimits,
-            tls: self.tls
+            tls: tlsContext.map { RedisConnectionConfiguration.TLS(context: $0, serverName: self.tls?.serverName) }
         )
     }
 

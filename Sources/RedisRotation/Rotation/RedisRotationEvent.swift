@@ -31,6 +31,15 @@ public struct RedisRotationEvent: Sendable, Hashable, CustomStringConvertible {
         public static let credentialRejected = Kind("credentialRejected")
         /// The previous credentials' grace period ended.
         public static let previousCredentialDiscarded = Kind("previousCredentialDiscarded")
+        /// Changed TLS files validated and became a new TLS context generation (`detail` names it).
+        public static let tlsMaterialReloaded = Kind("tlsMaterialReloaded")
+        /// Changed TLS files were rejected (malformed PEM, key mismatch, expired or unfit certificate);
+        /// the last good generation stays in use. `detail` has the error code and reason.
+        public static let tlsMaterialRejected = Kind("tlsMaterialRejected")
+        /// Every pooled connection now uses the newest TLS generation.
+        public static let tlsGenerationRolled = Kind("tlsGenerationRolled")
+        /// Something expires within a warning threshold (or has expired): `detail` says what and when.
+        public static let expiryWarning = Kind("expiryWarning")
 
         public var description: String { self.name }
     }
