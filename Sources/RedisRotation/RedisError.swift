@@ -35,6 +35,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
             case tlsClientCertificateNotYetValid
             case tlsClientCertificateMissingClientAuth
             case tlsInvalidConfiguration
+            case tlsClientCertificateChainInvalid
             case outcomeUnknown
             case leaseTimeout
             case credentialsRejected
@@ -97,6 +98,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         public static let tlsClientCertificateNotYetValid = Code(.tlsClientCertificateNotYetValid)
         /// Our client certificate has an extended key usage without TLS Web Client Authentication.
         public static let tlsClientCertificateMissingClientAuth = Code(.tlsClientCertificateMissingClientAuth)
+        /// The client certificate chain does not verify: a certificate in it is not signed by the next one.
+        public static let tlsClientCertificateChainInvalid = Code(.tlsClientCertificateChainInvalid)
         /// The TLS configuration cannot work (an empty server name, verification off with a name check, ...).
         public static let tlsInvalidConfiguration = Code(.tlsInvalidConfiguration)
 

@@ -166,6 +166,12 @@ struct HotReloadTests {
                 }
                 let renewedGeneration = try #require(client.currentTLSContext?.generation)
                 await eventually("no connection keeps the old identity") { client.connectionsByTLSGeneration.keys.sorted() == [renewedGeneration] }
+                var sawRolled = false
+                for await event in client.events where event.kind == .tlsGenerationRolled {
+                    sawRolled = event.detail.contains("\(renewedGeneration)")
+                    if sawRolled { break }
+                }
+                #expect(sawRolled)
 
                 // Now the server drops the old client CA and every connection reconnects.
                 let newOnly = server.directory.appendingPathComponent("client-ca-new.pem").path
@@ -230,6 +236,38 @@ struct HotReloadTests {
                     await stop.waitForProgress(100, "after writing bad material (\(code))")
                 }
                 #expect(client.currentTLSContext?.generation == generation, "the last good generation stays")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty && report.outcomeUnknown == 0, "\(report)")
+            }
+        }
+    }
+
+    @Test("connections are replaced ahead of their client certificate's expiry")
+    func replacedBeforeExpiry() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(clientAuthentication: .required, keepPlainTextPort: true)) { server in
+            // Expires in an hour and four seconds; connections must go an hour before: within four seconds.
+            let expiring = try fixture.ca.issueClient(commonName: "expiring", notAfter: Date().addingTimeInterval(3604))
+            var configuration = self.clientConfiguration(server, tls: .init(context: try fixture.context(identity: expiring.identity)), connections: 2)
+            configuration.pool.minimumConnections = 1
+            configuration.expiry.replaceConnectionsBeforeCertificateExpiry = .seconds(3600)
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: fixture.password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 4, prefix: "expiring", stop: stop) }
+                // A connection opened in the first seconds must be replaced when its deadline comes (one
+                // opened later, already within the margin, is kept: a replacement would get the same
+                // certificate; the expiry warning covers it).
+                var replaced: RedisRotationEvent?
+                for await event in client.events where event.kind == .connectionReplaced {
+                    replaced = event
+                    break
+                }
+                #expect(replaced?.detail == "closed by the pool")
                 stop.stop()
                 let report = await traffic.value
                 #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty && report.outcomeUnknown == 0, "\(report)")

@@ -280,6 +280,20 @@ struct TLSMaterialTests {
         #expect(mismatch.map { $0.debugDescription.contains("PRIVATE KEY") } == false)
     }
 
+    @Test("a chain whose next certificate is not the leaf's issuer is refused; the right one is accepted")
+    func chainVerification() throws {
+        let ca = try TestCertificateAuthority()
+        let other = try TestCertificateAuthority(name: "Other CA")
+        let leaf = try ca.issueClient()
+        let mixed = RedisTLSClientIdentity(certificateChain: .pem(leaf.certificatePEM + other.certificate.certificatePEM, name: "mixed.pem"), privateKey: leaf.identity.privateKey)
+        let error = #expect(throws: RedisError.self) { try RedisTLSContext(configuration: RedisTLSConfiguration(clientIdentity: mixed)) }
+        #expect(error?.code == .tlsClientCertificateChainInvalid)
+        #expect(error?.message.contains("mixed.pem") == true)
+        let right = RedisTLSClientIdentity(certificateChain: .pem(leaf.certificatePEM + ca.certificate.certificatePEM, name: "chain.pem"), privateKey: leaf.identity.privateKey)
+        let context = try RedisTLSContext(configuration: RedisTLSConfiguration(clientIdentity: right))
+        #expect(context.clientCertificateChain.count == 2)
+    }
+
     @Test("a client certificate without any extended key usage is acceptable")
     func noExtendedKeyUsage() throws {
         let ca = try TestCertificateAuthority()

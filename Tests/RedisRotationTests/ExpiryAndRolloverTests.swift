@@ -176,6 +176,28 @@ struct TLSMaterialWatcherTests {
         }
     }
 
+    @Test("promoting pending trust anchors builds a generation that trusts only them")
+    func promotePending() async throws {
+        try self.writeInitial()
+        let next = try TestCertificateAuthority(name: "Next CA")
+        try next.certificate.certificatePEM.write(toFile: self.path("next-ca.pem"), atomically: true, encoding: .utf8)
+        let watcher = TLSMaterialWatcher(
+            configuration: RedisTLSConfiguration(trustAnchors: [.file(self.path("ca.pem"))], pendingTrustAnchors: [.file(self.path("next-ca.pem"))]),
+            pollInterval: .seconds(600),
+            debounce: .milliseconds(20)
+        )
+        let (initial, snapshot) = try watcher.initialContext()
+        #expect(initial.trustAnchors.count == 2)
+        let collector = TLSReportCollector()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await watcher.run(initial: snapshot) { collector.add($0) } }
+            watcher.promotePendingTrustAnchors()
+            await waitFor("a generation with only the next CA") { collector.accepted.count == 1 }
+            #expect(collector.accepted.first?.trustAnchors.map(\.subject) == ["CN=Next CA,O=RedisRotation tests"])
+            group.cancelAll()
+        }
+    }
+
     @Test("bad material is rejected, each with its own code, and the last good generation stays")
     func badMaterial() async throws {
         try self.writeInitial()

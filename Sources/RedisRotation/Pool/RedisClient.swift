@@ -71,6 +71,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var expiryTimer: (generation: UInt64, task: Scheduled<Void>)?
         var expiryTimerGeneration: UInt64 = 0
         var expiryItemsSeen: Set<String> = []
+        /// Connections the pool decided to close (retired, failed, unusable), as opposed to the server.
+        var closingByPool: Set<PoolStateMachine.ConnectionID> = []
     }
 
     private enum RunState { case notStarted, running, stopped }
@@ -317,6 +319,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.state.withLock { $0.credentials.current?.version }
     }
 
+    /// Ends a CA rollover: with reloading TLS, the pending trust anchors become the only ones and a new
+    /// generation is rolled out (the old anchors can also be dropped by rewriting the bundle file).
+    public func promotePendingTrustAnchors() {
+        self.tlsWatcher?.promotePendingTrustAnchors()
+    }
+
     /// How many pooled connections use each TLS context generation.
     public var connectionsByTLSGeneration: [UInt64: Int] {
         self.state.withLock { $0.pool.connectionsByGeneration }
@@ -403,6 +411,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 }
                 effects.append(.work(.reauthenticate(id, connection, credentials)))
             case .closeConnection(let id):
+                state.closingByPool.insert(id)
                 effects.append(.work(.close(id, state.connections[id])))
             case .healthCheck(let id):
                 if let connection = state.connections[id] {
@@ -606,7 +615,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         guard let earliest = expiries.min() else { return nil }
         let margin = TimeInterval(TimeAmount(self.configuration.expiry.replaceConnectionsBeforeCertificateExpiry).nanoseconds) / 1e9
         let seconds = earliest.timeIntervalSinceNow - margin
-        return .now() + .nanoseconds(Int64(max(0, min(seconds, 10 * 365 * 86400)) * 1e9))
+        // Already within the margin: a replacement would get the same certificates (until a reload or a
+        // server change brings new ones), so replacing now would only loop. The expiry warning says so.
+        guard seconds > 0 else { return nil }
+        return .now() + .nanoseconds(Int64(min(seconds, 10 * 365 * 86400) * 1e9))
     }
 
     /// Warnings due now, the gauges of time left, and the next check (at most an hour away).
@@ -659,12 +671,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             }
         case .close(let id, let connection):
             await connection?.close()
-            self.connectionGone(id, reason: "closed by the pool")
+            self.connectionGone(id)
         case .probe(let credentials):
             await self.probe(credentials)
         case .watch(let id, let connection):
             await connection.waitUntilClosed()
-            self.connectionGone(id, reason: "the connection closed")
+            self.connectionGone(id)
         case .healthCheck(let id, let connection):
             let healthy = (try? await connection.ping()) != nil
             if !healthy { self.logger.debug("health check failed", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
@@ -745,9 +757,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.perform(effects)
     }
 
-    private func connectionGone(_ id: PoolStateMachine.ConnectionID, reason: String) {
+    private func connectionGone(_ id: PoolStateMachine.ConnectionID) {
         let effects = self.state.withLock { state -> [Effect] in
             guard state.connections.removeValue(forKey: id) != nil else { return [] }
+            let reason = state.closingByPool.remove(id) != nil ? "closed by the pool" : "closed by the server or the network"
             var effects = self.translate(state.pool.connectionClosed(id, now: .now()), state: &state)
             if state.runState == .running {
                 effects.append(.event(RedisRotationEvent(kind: .connectionReplaced, connectionID: id, detail: reason)))

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
 #else
@@ -124,6 +129,8 @@ public final class RedisTLSContext: Sendable {
             )
         }
 
+        if chain.count > 1 { try Self.verifyChain(chain, source: chainSource.name, now: now) }
+
         OpenSSLErrors.clear()
         guard SSL_CTX_use_certificate(context, leaf.pointer) == 1 else {
             throw RedisError(code: .tlsInvalidConfiguration, message: "OpenSSL refused the client certificate in \(chainSource.name): \(OpenSSLErrors.summary(OpenSSLErrors.drain()))")
@@ -140,6 +147,37 @@ public final class RedisTLSContext: Sendable {
             throw RedisError(code: .tlsKeyMismatch, message: "OpenSSL refused the private key in \(identity.privateKey.name): \(OpenSSLErrors.summary(OpenSSLErrors.drain()))")
         }
         return chain
+    }
+}
+
+extension RedisTLSContext {
+    /// Checks that each certificate of a client chain is signed by the next one (the issuers the chain
+    /// file carries are trusted for this check only), so that a chain file mixed from two renewals is
+    /// refused before a server refuses it.
+    fileprivate static func verifyChain(_ chain: [X509Certificate], source: String, now: Date) throws(RedisError) {
+        guard let store = X509_STORE_new(), let storeContext = X509_STORE_CTX_new() else {
+            throw RedisError(code: .tlsInvalidConfiguration, message: "OpenSSL could not allocate a certificate store")
+        }
+        defer {
+            X509_STORE_CTX_free(storeContext)
+            X509_STORE_free(store)
+        }
+        for issuer in chain.dropFirst() { X509_STORE_add_cert(store, issuer.pointer) }
+        // The chain need not reach a root: its last certificate is trusted as given.
+        X509_STORE_set_flags(store, UInt(X509_V_FLAG_PARTIAL_CHAIN))
+        OpenSSLErrors.clear()
+        guard X509_STORE_CTX_init(storeContext, store, chain[0].pointer, nil) == 1 else {
+            throw RedisError(code: .tlsInvalidConfiguration, message: "OpenSSL could not set up chain verification: \(OpenSSLErrors.summary(OpenSSLErrors.drain()))")
+        }
+        X509_STORE_CTX_set_time(storeContext, 0, time_t(now.timeIntervalSince1970))
+        if X509_verify_cert(storeContext) != 1 {
+            let code = X509_STORE_CTX_get_error(storeContext)
+            _ = OpenSSLErrors.drain()
+            throw RedisError(
+                code: .tlsClientCertificateChainInvalid,
+                message: "the client certificate chain in \(source) does not verify: \(String(cString: X509_verify_cert_error_string(Int(code)))) (check that the chain file holds the issuer of the certificate, not one from another renewal)"
+            )
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -20,7 +21,9 @@ enum TLSMaterialReport: Sendable {
 /// the middle of an update (one file written, the other not yet): it is retried a few times before it
 /// is reported. Building happens in the watcher's task, never on an event loop.
 final class TLSMaterialWatcher: Sendable {
-    let configuration: RedisTLSConfiguration
+    /// What contexts are built from; ``promotePendingTrustAnchors()`` changes it.
+    private let configurationBox: Mutex<RedisTLSConfiguration>
+    var configuration: RedisTLSConfiguration { self.configurationBox.withLock { $0 } }
     private let pollInterval: Duration
     private let debounce: Duration
     private let mismatchRetries: Int
@@ -28,7 +31,7 @@ final class TLSMaterialWatcher: Sendable {
     private let reloadContinuation: AsyncStream<Void>.Continuation
 
     init(configuration: RedisTLSConfiguration, pollInterval: Duration, debounce: Duration, mismatchRetries: Int = 4) {
-        self.configuration = configuration
+        self.configurationBox = Mutex(configuration)
         self.pollInterval = pollInterval
         self.debounce = debounce
         self.mismatchRetries = mismatchRetries
@@ -39,6 +42,24 @@ final class TLSMaterialWatcher: Sendable {
     func reload() {
         self.reloadContinuation.yield()
     }
+
+    /// Ends a CA rollover explicitly: the pending trust anchors become the only ones, and a new
+    /// generation without the old anchors is built at once.
+    func promotePendingTrustAnchors() {
+        let changed = self.configurationBox.withLock { configuration -> Bool in
+            guard !configuration.pendingTrustAnchors.isEmpty else { return false }
+            configuration.trustAnchors = configuration.pendingTrustAnchors
+            configuration.pendingTrustAnchors = []
+            return true
+        }
+        if changed {
+            self.forceRebuild.store(true, ordering: .relaxed)
+            self.reloadContinuation.yield()
+        }
+    }
+
+    /// Set when the configuration changed, so that identical files still produce a new generation.
+    private let forceRebuild = Atomic<Bool>(false)
 
     /// Every file path the configuration reads.
     var paths: [String] {
@@ -131,7 +152,8 @@ final class TLSMaterialWatcher: Sendable {
                 var attempt = 0
                 while !Task.isCancelled {
                     guard let snapshot = await self.consistentSnapshot() else { break }
-                    if snapshot == last || snapshot == lastRejected { break }
+                    let forced = self.forceRebuild.exchange(false, ordering: .relaxed)
+                    if !forced && (snapshot == last || snapshot == lastRejected) { break }
                     do {
                         let context = try RedisTLSContext(configuration: self.configuration(from: snapshot))
                         last = snapshot
