@@ -75,31 +75,38 @@ struct PoolRolloverTests {
         return pool
     }
 
-    @Test("old-generation connections retire one by one across the window and are replaced")
+    @Test("old-generation connections are replaced one by one across the window, make-before-break")
     func spreadOverWindow() {
         var pool = self.pool(connections: 4)
         #expect(pool.connectionsByGeneration == [1: 4])
         let start = pool.tlsGenerationChanged(2, window: .seconds(40), now: self.t0, random: 0.5)
-        #expect(!start.contains { if case .closeConnection = $0 { return true } else { return false } }, "nothing closes at once")
+        #expect(!start.contains { if case .createConnection = $0 { return true } else { return false } }, "nothing moves at once")
         var closedAt: [Int: Int] = [:]
         for second in 1...40 {
-            for action in pool.timerFired(now: self.t0 + .seconds(Int64(second))) {
-                if case .closeConnection(let id) = action { closedAt[id] = second }
+            let now = self.t0 + .seconds(Int64(second))
+            for action in pool.timerFired(now: now) {
+                guard case .createConnection(let replacement) = action else { continue }
+                // The replacement comes up on the new generation; only then does the old one close.
+                for closing in pool.connectionEstablished(replacement, version: "v1", generation: 2, now: now, random: 0) {
+                    if case .closeConnection(let id) = closing { closedAt[id] = second }
+                }
             }
         }
-        #expect(closedAt.count == 4, "every old connection retired within the window")
+        #expect(closedAt.count == 4, "every old connection replaced within the window")
         #expect(Set(closedAt.values).count == 4, "one at a time: \(closedAt)")
+        for id in closedAt.keys { _ = pool.connectionClosed(id, now: self.t0 + .seconds(41)) }
+        #expect(pool.connectionsByGeneration == [2: 4])
     }
 
-    @Test("a leased old-generation connection retires on release, never under a command")
+    @Test("a leased old-generation connection closes only when its lease ends, after its replacement is up")
     func leasedRetiresOnRelease() {
         var pool = self.pool(connections: 1)
         _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(100), now: self.t0)
-        _ = pool.tlsGenerationChanged(2, window: .seconds(10), now: self.t0, random: 0)
-        #expect(!pool.timerFired(now: self.t0 + .seconds(20)).contains(.closeConnection(0)))
-        let released = pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(20))
-        #expect(released.contains(.closeConnection(0)))
-        #expect(released.contains(.createConnection(1)))
+        // Random 0 puts its turn at the start of the window: the replacement opens at once.
+        let changed = pool.tlsGenerationChanged(2, window: .seconds(10), now: self.t0, random: 0)
+        #expect(self.creates(changed) == [1])
+        #expect(!pool.connectionEstablished(1, version: "v1", generation: 2, now: self.t0 + .seconds(20), random: 0).contains(.closeConnection(0)))
+        #expect(pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(21)).contains(.closeConnection(0)))
     }
 
     @Test("a connection whose certificate expires soon is replaced ahead of expiry")
@@ -112,7 +119,13 @@ struct PoolRolloverTests {
         _ = pool.targetVersionChanged("v1", now: self.t0)
         let established = pool.connectionEstablished(0, version: "v1", generation: 1, replaceBy: self.t0 + .seconds(30), now: self.t0, random: 0)
         #expect(established.contains(.scheduleTimer(self.t0 + .seconds(30))))
-        #expect(pool.timerFired(now: self.t0 + .seconds(30)).contains(.closeConnection(0)))
+        let due = pool.timerFired(now: self.t0 + .seconds(30))
+        #expect(self.creates(due) == [1])
+        #expect(pool.connectionEstablished(1, version: "v1", now: self.t0 + .seconds(30), random: 0).contains(.closeConnection(0)))
+    }
+
+    func creates(_ actions: [PoolStateMachine.Action]) -> [Int] {
+        actions.compactMap { if case .createConnection(let id) = $0 { return id } else { return nil } }
     }
 }
 

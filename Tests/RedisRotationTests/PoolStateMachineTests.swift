@@ -166,21 +166,39 @@ struct PoolStateMachineTests {
         #expect(self.creates(pool.connectionClosed(0, now: self.t0)).isEmpty)
     }
 
-    @Test("connections retire at their jittered maximum age and are replaced")
+    @Test("connections retire at their jittered maximum age, make-before-break")
     func maximumAge() {
         var pool = self.machine(minimum: 2, maximum: 2, maximumAge: .seconds(100))
         #expect(pool.slots.count == 2, "the minimum opened as soon as the target version was known")
         _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)  // retires at 100 s
         _ = pool.connectionEstablished(1, version: "v1", now: self.t0, random: 1)  // retires at 80 s
-        #expect(!pool.timerFired(now: self.t0 + .seconds(79)).contains(.closeConnection(1)))
+        #expect(!pool.timerFired(now: self.t0 + .seconds(79)).contains(.createConnection(2)))
         let at80 = pool.timerFired(now: self.t0 + .seconds(80))
-        #expect(at80.contains(.closeConnection(1)))
+        #expect(self.creates(at80) == [2], "the replacement opens first, beyond the maximum for a moment")
+        #expect(!at80.contains(.closeConnection(1)), "the old one keeps serving meanwhile")
         #expect(!at80.contains(.closeConnection(0)), "jitter spreads retirements")
-        #expect(self.creates(at80) == [2], "replaced while the old one closes")
-        // A leased connection past its age retires on release.
+        #expect(pool.connectionEstablished(2, version: "v1", now: self.t0 + .seconds(80), random: 0).contains(.closeConnection(1)))
+
+        // A leased connection past its age gets its replacement while leased and closes on release.
         _ = pool.leaseRequested(9, deadline: self.t0 + .seconds(200), now: self.t0 + .seconds(90))
-        let released = pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(101))
-        #expect(released.contains(.closeConnection(0)))
+        let due = pool.timerFired(now: self.t0 + .seconds(100))
+        let leasedID = pool.slots.first { $0.value.state == .leased }!.key
+        #expect(self.creates(due).count == 1)
+        let replacement = self.creates(due)[0]
+        let established = pool.connectionEstablished(replacement, version: "v1", now: self.t0 + .seconds(100), random: 0)
+        #expect(!established.contains(.closeConnection(leasedID)), "never under a lease")
+        #expect(pool.connectionReleased(leasedID, reusable: true, now: self.t0 + .seconds(101)).contains(.closeConnection(leasedID)))
+    }
+
+    @Test("a retiring connection whose replacement cannot open keeps serving")
+    func retirementWithoutReplacement() {
+        var pool = self.machine(minimum: 1, maximum: 1, maximumAge: .seconds(10))
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        let due = pool.timerFired(now: self.t0 + .seconds(10))
+        let replacement = try! #require(self.creates(due).first)
+        _ = pool.connectionFailed(replacement, now: self.t0 + .seconds(10), random: 0)
+        #expect(self.leases(pool.leaseRequested(1, deadline: self.t0 + .seconds(60), now: self.t0 + .seconds(10))) == [.lease(0, to: 1)])
+        #expect(!pool.connectionReleased(0, reusable: true, now: self.t0 + .seconds(10)).contains(.closeConnection(0)))
     }
 
     @Test("idle connections are health-checked after the interval and closed when the check fails")

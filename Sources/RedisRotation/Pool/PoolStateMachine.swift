@@ -8,6 +8,11 @@ import NIOCore
 /// credential version differs from the target re-authenticates in place: at once when idle, on release
 /// when leased (so a transaction within a lease finishes first).
 ///
+/// Retiring a connection (maximum age, a new TLS generation, a certificate about to expire) is
+/// make-before-break: a replacement opens first while the old connection keeps serving, and the old
+/// one closes once the replacement is up and no lease uses it. If no replacement can be opened (the
+/// server is down), the old connection simply goes on serving.
+///
 /// Connection states: `connecting` (can move to: idle, gone), `idle` (can move to: leased,
 /// reauthenticating, closing), `leased` (can move to: idle, reauthenticating, closing, gone),
 /// `reauthenticating` (can move to: idle, closing, gone), `closing` (can move to: gone).
@@ -69,6 +74,12 @@ struct PoolStateMachine {
         var retireAt: NIODeadline?
         /// The TLS context generation the connection was made with; `nil` without TLS.
         var generation: UInt64? = nil
+        /// For a connection being replaced: the connection opening in its place.
+        var replacement: ConnectionID? = nil
+        /// For a connection opening in place of another: that one.
+        var replaces: ConnectionID? = nil
+        /// The replacement is ready: close this connection as soon as no lease uses it.
+        var closeWhenFree = false
     }
 
     private struct Waiter: Hashable {
@@ -187,25 +198,37 @@ struct PoolStateMachine {
             let shortening = Double(age.nanoseconds) * self.configuration.maximumAgeJitter * min(max(random, 0), 1)
             retireAt = now + .nanoseconds(age.nanoseconds - Int64(shortening))
         }
+        let replaces = self.slots[id]?.replaces
         self.slots[id] = Slot(state: .idle(since: now), version: version, retireAt: retireAt, generation: generation)
         if let replaceBy { self.retire(id, by: replaceBy) }
+        var actions: [Action] = []
+        if let old = replaces, self.slots[old] != nil {
+            self.slots[old]!.replacement = nil
+            if case .idle = self.slots[old]!.state {
+                self.slots[old]!.state = .closing
+                actions.append(.closeConnection(old))
+            } else if self.slots[old]!.state != .closing {
+                self.slots[old]!.closeWhenFree = true
+            }
+        }
         if let target = self.targetGeneration, let generation, generation != target {
             // Opened with the previous generation while it changed: retire it within the window too.
             self.retire(id, by: now + .nanoseconds(Int64(Double(self.generationWindow.nanoseconds) * min(max(random, 0), 1))))
         }
         if self.isShutDown {
             self.slots[id]!.state = .closing
-            return [.closeConnection(id)]
+            return actions + [.closeConnection(id)]
         }
         if let target = self.targetVersion, target != version {
             self.slots[id]!.state = .reauthenticating
-            return [.reauthenticate(id)] + self.rebalance(now: now)
+            return actions + [.reauthenticate(id)] + self.rebalance(now: now)
         }
-        return self.rebalance(now: now)
+        return actions + self.rebalance(now: now)
     }
 
     mutating func connectionFailed(_ id: ConnectionID, now: NIODeadline, random: Double) -> [Action] {
-        guard self.slots.removeValue(forKey: id) != nil else { return [] }
+        guard let slot = self.slots.removeValue(forKey: id) else { return [] }
+        if let old = slot.replaces, self.slots[old] != nil { self.slots[old]!.replacement = nil }
         self.failures += 1
         let delay = self.configuration.connectBackoff.delay(after: self.lastBackoff, random: random)
         self.lastBackoff = delay
@@ -221,7 +244,7 @@ struct PoolStateMachine {
             self.slots[id]!.state = .closing
             return [.closeConnection(id)] + self.rebalance(now: now)
         }
-        if let retireAt = slot.retireAt, retireAt <= now {
+        if slot.closeWhenFree {
             self.slots[id]!.state = .closing
             return [.closeConnection(id)] + self.rebalance(now: now)
         }
@@ -244,6 +267,10 @@ struct PoolStateMachine {
     mutating func reauthenticated(_ id: ConnectionID, version: String, now: NIODeadline) -> [Action] {
         guard self.slots[id]?.state == .reauthenticating else { return [] }
         self.slots[id]!.version = version
+        if self.slots[id]!.closeWhenFree {
+            self.slots[id]!.state = .closing
+            return [.closeConnection(id)] + self.rebalance(now: now)
+        }
         if let target = self.targetVersion, target != version {
             return [.reauthenticate(id)]  // The target moved on while this one was in flight.
         }
@@ -268,13 +295,12 @@ struct PoolStateMachine {
                 .failLease(waiter.id, RedisError(code: .leaseTimeout, message: "no connection became available within the lease deadline"))
             )
         }
-        // Idle connections past their age, or idle too long above the minimum.
-        var open = self.openCount
+        // Idle connections idle too long above the minimum. (Retirement is in `rebalance`.)
+        var open = self.regularOpenCount
         for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
             guard case .idle(let since) = slot.state else { continue }
-            let retire = slot.retireAt.map { $0 <= now } ?? false
             let idleTooLong = open > self.configuration.minimumConnections && since + self.configuration.idleTimeout <= now
-            if retire || idleTooLong {
+            if idleTooLong {
                 self.slots[id]!.state = .closing
                 actions.append(.closeConnection(id))
                 open -= 1
@@ -312,6 +338,12 @@ struct PoolStateMachine {
         self.slots.values.filter { $0.state != .closing }.count
     }
 
+    /// Open or opening connections, not counting replacements still opening: those stand in for a
+    /// connection that is already counted, so they may exceed the maximum by one each for a moment.
+    private var regularOpenCount: Int {
+        self.slots.values.filter { $0.state != .closing && !($0.state == .connecting && $0.replaces != nil) }.count
+    }
+
     /// Serves waiters from idle connections, opens connections where demand and limits allow, and
     /// schedules the next wake-up.
     private mutating func rebalance(now: NIODeadline) -> [Action] {
@@ -331,30 +363,50 @@ struct PoolStateMachine {
         let reauthenticating = self.slots.values.filter { $0.state == .reauthenticating }.count
         let wanted = max(
             self.waiters.count - connecting - reauthenticating,
-            self.configuration.minimumConnections - self.openCount
+            self.configuration.minimumConnections - self.regularOpenCount
         )
-        if wanted > 0 {
-            if let nextConnectAt = self.nextConnectAt, nextConnectAt > now {
-                // Backing off after failures; the timer opens them later.
-            } else {
-                let room = min(
-                    self.configuration.maximumConnections - self.openCount,
-                    self.configuration.maximumConcurrentHandshakes - connecting
-                )
-                for _ in 0..<max(0, min(wanted, room)) {
-                    let id = self.nextConnectionID
-                    self.nextConnectionID += 1
-                    self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil)
-                    actions.append(.createConnection(id))
+        let backingOff = self.nextConnectAt.map { $0 > now } ?? false
+        var handshakes = connecting
+        if wanted > 0 && !backingOff {
+            let room = min(
+                self.configuration.maximumConnections - self.regularOpenCount,
+                self.configuration.maximumConcurrentHandshakes - handshakes
+            )
+            for _ in 0..<max(0, min(wanted, room)) {
+                actions.append(.createConnection(self.openSlot(replacing: nil)))
+                handshakes += 1
+            }
+        }
+
+        // Connections due for retirement get a replacement first; they close once it is up.
+        if !backingOff {
+            for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
+                guard handshakes < self.configuration.maximumConcurrentHandshakes else { break }
+                guard let retireAt = slot.retireAt, retireAt <= now, slot.replacement == nil, !slot.closeWhenFree else { continue }
+                switch slot.state {
+                case .idle, .leased, .reauthenticating:
+                    let replacement = self.openSlot(replacing: id)
+                    self.slots[id]!.replacement = replacement
+                    actions.append(.createConnection(replacement))
+                    handshakes += 1
+                case .connecting, .closing:
+                    continue
                 }
             }
         }
 
-        if let deadline = self.nextDeadline(wantMore: wanted > 0), deadline != self.scheduledTimer {
+        if let deadline = self.nextDeadline(wantMore: wanted > 0, now: now), deadline != self.scheduledTimer {
             self.scheduledTimer = deadline
             actions.append(.scheduleTimer(deadline))
         }
         return actions
+    }
+
+    private mutating func openSlot(replacing old: ConnectionID?) -> ConnectionID {
+        let id = self.nextConnectionID
+        self.nextConnectionID += 1
+        self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil, replaces: old)
+        return id
     }
 
     private func idleConnection() -> ConnectionID? {
@@ -366,13 +418,20 @@ struct PoolStateMachine {
         return best?.id
     }
 
-    private func nextDeadline(wantMore: Bool) -> NIODeadline? {
+    private func nextDeadline(wantMore: Bool, now: NIODeadline) -> NIODeadline? {
         var deadlines = self.waiters.map(\.deadline)
-        if wantMore, let nextConnectAt = self.nextConnectAt { deadlines.append(nextConnectAt) }
-        let open = self.openCount
+        let retirementsWaiting = self.slots.values.contains { slot in
+            slot.replacement == nil && !slot.closeWhenFree && slot.state != .connecting && slot.state != .closing
+                && (slot.retireAt.map { $0 <= now } ?? false)
+        }
+        if wantMore || retirementsWaiting, let nextConnectAt = self.nextConnectAt, nextConnectAt > now { deadlines.append(nextConnectAt) }
+        let open = self.regularOpenCount
         for slot in self.slots.values {
+            // Retirements ahead (of any connection not yet being replaced) wake the pool up.
+            if let retireAt = slot.retireAt, retireAt > now, slot.replacement == nil, slot.state != .connecting, slot.state != .closing {
+                deadlines.append(retireAt)
+            }
             guard case .idle(let since) = slot.state else { continue }
-            if let retireAt = slot.retireAt { deadlines.append(retireAt) }
             if open > self.configuration.minimumConnections { deadlines.append(since + self.configuration.idleTimeout) }
             if let interval = self.configuration.healthCheckInterval { deadlines.append(since + interval) }
         }
