@@ -12,6 +12,7 @@ let package = Package(
     name: "RedisRotation",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "redis-rotation", targets: ["redis-rotation"]),
         .library(name: "RedisRotation", targets: ["RedisRotation"]),
         .library(name: "RedisRotationTesting", targets: ["RedisRotationTesting"]),
     ],
@@ -20,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(
@@ -57,6 +60,17 @@ let package = Package(
                 "COpenSSL",
                 "COpenSSLShims",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "redis-rotation",
+            dependencies: [
+                "RedisRotation",
+                "RedisRotationTesting",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

@@ -46,6 +46,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
     private let metrics: ClientMetrics
+    private let counters = Counters()
     private let tlsWatcher: TLSMaterialWatcher?
     private let initialTLSSnapshot: [String: [UInt8]]
 
@@ -270,9 +271,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 let resendable = error.commandWasNotSent || command.isIdempotent
                 if resendable && attempt < self.configuration.maximumCommandAttempts {
                     self.metrics.retried.increment()
+                    self.counters.commandsRetried.add(1, ordering: .relaxed)
                     continue
                 }
                 self.metrics.failed.increment()
+                self.counters.commandsFailed.add(1, ordering: .relaxed)
                 if resendable { throw error }
                 throw RedisError(
                     code: .outcomeUnknown,
@@ -323,6 +326,16 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// generation is rolled out (the old anchors can also be dropped by rewriting the bundle file).
     public func promotePendingTrustAnchors() {
         self.tlsWatcher?.promotePendingTrustAnchors()
+    }
+
+    /// Totals since the client was created.
+    public var statistics: RedisClientStatistics {
+        RedisClientStatistics(
+            connectionsOpened: self.counters.connectionsOpened.load(ordering: .relaxed),
+            reauthentications: self.counters.reauthentications.load(ordering: .relaxed),
+            commandsRetried: self.counters.commandsRetried.load(ordering: .relaxed),
+            commandsFailed: self.counters.commandsFailed.load(ordering: .relaxed)
+        )
     }
 
     /// How many pooled connections use each TLS context generation.
@@ -663,6 +676,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             do {
                 try await connection.authenticate(as: credentials, name: self.configuration.connectionName(version: credentials.version))
                 self.metrics.reauthentications.increment()
+                self.counters.reauthentications.add(1, ordering: .relaxed)
                 self.perform([.event(RedisRotationEvent(kind: .connectionReauthenticated, credentialVersion: credentials.version, connectionID: id))])
                 self.apply(pool: self.state.withLock { $0.pool.reauthenticated(id, version: credentials.version, now: .now()) })
             } catch {
@@ -698,6 +712,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 )
                 self.metrics.handshake.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
                 self.metrics.connects.increment()
+                self.counters.connectionsOpened.add(1, ordering: .relaxed)
                 let effects = self.state.withLock { state -> [Effect] in
                     guard state.runState == .running else { return [] }
                     state.connections[id] = connection
@@ -798,6 +813,26 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
         self.perform(effects)
     }
+}
+
+/// Running totals since the client was created, for reports and tests (the same figures go to
+/// swift-metrics).
+public struct RedisClientStatistics: Sendable, Hashable {
+    /// Connections opened (the first ones and every replacement).
+    public var connectionsOpened: Int
+    /// Connections re-authenticated in place.
+    public var reauthentications: Int
+    /// Command attempts repeated on another connection.
+    public var commandsRetried: Int
+    /// Commands that failed for connection reasons after their retries (server error replies not counted).
+    public var commandsFailed: Int
+}
+
+private final class Counters: Sendable {
+    let connectionsOpened = Atomic<Int>(0)
+    let reauthentications = Atomic<Int>(0)
+    let commandsRetried = Atomic<Int>(0)
+    let commandsFailed = Atomic<Int>(0)
 }
 
 /// This client's metrics, labelled with its name. The factory is the one in effect when the client was

@@ -1,0 +1,202 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+
+/// `redis-rotation demo`: a private redis-server with TLS and ACL users, a test CA, traffic through the
+/// pooled client with mutual TLS, and the whole rotation flow performed mid-traffic.
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Rotate a password, the server certificate, the CA and the client certificate under live traffic.",
+        discussion: """
+            Starts its own redis-server (TLS, ACL users) in a temporary folder on a free loopback port and
+            stops it and removes the folder on exit, also on Ctrl-C. Exit status 0 only with zero failed
+            commands and zero lost writes.
+            """
+    )
+
+    @Option(help: "Seconds of traffic (the steps are spread over it).") var duration = 40
+    @Option(help: "Concurrent tasks.") var concurrency = 32
+    @Option(help: "Write the HTML timeline here.") var reportHtml = "redis-rotation-demo.html"
+    @Option(help: "Write the JSON report here.") var reportJson: String?
+
+    func validate() throws {
+        guard self.duration >= 20 else { throw ValidationError("--duration must be at least 20 seconds, so that every step fits") }
+        guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be positive") }
+    }
+
+    func run() async throws {
+        let work = Task { try await self.demo() }
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler { work.cancel() }
+        interrupt.resume()
+        defer { interrupt.cancel() }
+        do {
+            try await work.value
+        } catch where work.isCancelled {
+            FileHandle.standardError.write(Data("interrupted: the demo server is stopped and its folder removed\n".utf8))
+            throw ExitCode(130)
+        }
+    }
+
+    private func say(_ text: String) {
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    private func demo() async throws {
+        let rootCA = try TestCertificateAuthority(name: "Demo Root CA 1")
+        let nextCA = try TestCertificateAuthority(name: "Demo Root CA 2")
+        let password = PasswordRotation.randomPassword()
+        let serverConfiguration = RedisServerProcess.Configuration(
+            users: [.init(name: "app", passwords: [RedisSecret(password)])],
+            tls: RedisServerProcess.TLS(
+                certificate: try rootCA.issueServer(commonName: "demo-redis"),
+                clientCertificateAuthorities: [rootCA.certificate],
+                clientAuthentication: .required,
+                adminTLS: RedisTLSConfiguration(trustAnchors: [rootCA.certificate.certificateSource]),
+                keepPlainTextPort: true
+            )
+        )
+        self.say("starting redis-server with TLS and ACL users...")
+        try await RedisServerProcess.withServer(serverConfiguration) { server in
+            let folder = server.directory
+            let passwordFile = folder.appendingPathComponent("app.password").path
+            try CredentialFileText.write(password: password, version: "v1", to: passwordFile)
+            let bundle = folder.appendingPathComponent("trusted-cas.pem").path
+            try rootCA.certificate.certificatePEM.write(toFile: bundle, atomically: true, encoding: .utf8)
+            let identity = try rootCA.issueClient(commonName: "demo-app-1").write(to: folder, name: "client")
+            self.say("redis-server \(server.pid) on 127.0.0.1:\(server.port) (TLS, mutual TLS required), folder \(folder.path)")
+
+            let client = try RedisClient(
+                configuration: RedisClientConfiguration(
+                    host: server.host,
+                    port: server.port,
+                    name: "demo",
+                    tls: .reloading(
+                        RedisTLSConfiguration(
+                            trustAnchors: [.file(bundle)],
+                            clientIdentity: RedisTLSClientIdentity(certificateChain: .file(identity.certificate), privateKey: .file(identity.privateKey))
+                        ),
+                        serverName: "localhost",
+                        pollInterval: .seconds(5),
+                        debounce: .milliseconds(50),
+                        rolloverWindow: .seconds(2)
+                    ),
+                    pool: .init(minimumConnections: 8, maximumConnections: 16, leaseTimeout: .seconds(10))
+                ),
+                credentials: .file(passwordFile, username: "app", pollInterval: .seconds(5))
+            )
+
+            @Sendable func admin(_ command: RedisCommand) async throws {
+                let connection = try await server.adminConnection()
+                defer { Task { await connection.close() } }
+                _ = try await connection.send(command)
+                await connection.close()
+            }
+            @Sendable func waitUntilRolled(_ what: String) async throws {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline {
+                    if let generation = client.currentTLSContext?.generation,
+                        client.connectionsByTLSGeneration.keys.allSatisfy({ $0 == generation })
+                    {
+                        return
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                throw RunFailure(description: "connections did not roll onto \(what) within 30 seconds", exitCode: 1)
+            }
+            @Sendable func waitForGeneration(after generation: UInt64?) async throws {
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline {
+                    if client.currentTLSContext?.generation != generation { return }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                throw RunFailure(description: "the TLS files were not reloaded within 30 seconds", exitCode: 1)
+            }
+            let newPassword = PasswordRotation.randomPassword()
+            let oldPassword = password
+            let d = Double(self.duration)
+            func at(_ fraction: Double) -> Duration { .milliseconds(Int64(d * fraction * 1000)) }
+
+            let steps: [RotationStep] = [
+                RotationStep(name: "1 add a second password (ACL SETUSER app >new)", at: at(0.10)) {
+                    try await admin(RedisCommand("ACL", "SETUSER", "app", .secret(RedisSecret(">" + newPassword))))
+                },
+                RotationStep(name: "2 publish it to the password file (atomic rename)", at: at(0.18)) {
+                    try CredentialFileText.write(password: newPassword, version: "v2", to: passwordFile)
+                    let deadline = ContinuousClock.now + .seconds(30)
+                    while ContinuousClock.now < deadline, client.connectionsByCredentialVersion.keys.sorted() != ["v2"] {
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                },
+                RotationStep(name: "3 remove the old password (ACL SETUSER app <old)", at: at(0.28)) {
+                    try await admin(RedisCommand("ACL", "SETUSER", "app", .secret(RedisSecret("<" + oldPassword))))
+                },
+                RotationStep(name: "4 kill the user's connections (CLIENT KILL USER app)", at: at(0.36)) {
+                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                },
+                RotationStep(name: "5 rotate the server certificate (CONFIG SET tls-cert-file)", at: at(0.46)) {
+                    let files = try rootCA.issueServer(commonName: "demo-redis-renewed").write(to: folder, name: "server-renewed")
+                    try await admin(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(files.certificate), "tls-key-file", .string(files.privateKey)))
+                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                },
+                RotationStep(name: "6 roll the CA over (trust both, switch server, drop old)", at: at(0.56)) {
+                    let before = client.currentTLSContext?.generation
+                    try (rootCA.certificate.certificatePEM + nextCA.certificate.certificatePEM).write(toFile: bundle, atomically: true, encoding: .utf8)
+                    try await waitForGeneration(after: before)
+                    try await waitUntilRolled("the two-CA trust set")
+                    let files = try nextCA.issueServer(commonName: "demo-redis-ca2").write(to: folder, name: "server-ca2")
+                    try await admin(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(files.certificate), "tls-key-file", .string(files.privateKey)))
+                    let both = client.currentTLSContext?.generation
+                    try nextCA.certificate.certificatePEM.write(toFile: bundle, atomically: true, encoding: .utf8)
+                    try await waitForGeneration(after: both)
+                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                },
+                RotationStep(name: "7 renew the client certificate (key first, then certificate)", at: at(0.72)) {
+                    let clientCAs = folder.appendingPathComponent("client-cas.pem").path
+                    try (rootCA.certificate.certificatePEM + nextCA.certificate.certificatePEM).write(toFile: clientCAs, atomically: true, encoding: .utf8)
+                    try await admin(RedisCommand("CONFIG", "SET", "tls-ca-cert-file", .string(clientCAs)))
+                    let before = client.currentTLSContext?.generation
+                    let renewed = try nextCA.issueClient(commonName: "demo-app-2")
+                    try renewed.privateKeyPEM.write(toFile: identity.privateKey, atomically: false, encoding: .utf8)
+                    try await Task.sleep(for: .milliseconds(150))
+                    try renewed.certificatePEM.write(toFile: identity.certificate, atomically: false, encoding: .utf8)
+                    try await waitForGeneration(after: before)
+                    try await waitUntilRolled("the renewed client certificate")
+                    let newOnly = folder.appendingPathComponent("client-ca-2.pem").path
+                    try nextCA.certificate.certificatePEM.write(toFile: newOnly, atomically: true, encoding: .utf8)
+                    try await admin(RedisCommand("CONFIG", "SET", "tls-ca-cert-file", .string(newOnly)))
+                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                },
+                RotationStep(name: "8 steady state on the new material", at: at(0.86)) {},
+            ]
+            let workload = Workload(
+                duration: .seconds(self.duration),
+                concurrency: self.concurrency,
+                rate: 0,
+                readRatio: 0.7,
+                keys: 10_000,
+                valueSize: 64,
+                keyPrefix: "demo",
+                verifyWrites: true
+            )
+            let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true)
+            print("")
+            print(report.text())
+            let failedSteps = report.events.filter { $0.kind == "stepFailed" }
+            for failed in failedSteps { print("step failed: \(failed.detail)") }
+            try report.html(title: "redis-rotation demo").write(toFile: self.reportHtml, atomically: true, encoding: .utf8)
+            print("\ntimeline: \(URL(fileURLWithPath: self.reportHtml).path)")
+            if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
+            print("connections at the end: \(report.connections_by_version.sorted { $0.key < $1.key }.map { "\($0.value) on \($0.key)" }.joined(separator: ", "))")
+            guard report.succeeded && failedSteps.isEmpty else {
+                print("FAILED: \(report.commands.failed) failed commands, \(report.writes?.lost ?? 0) lost writes, \(failedSteps.count) failed steps")
+                throw ExitCode(1)
+            }
+            print("OK: zero failed commands and zero lost writes through the whole rotation")
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import Histogram
+import Synchronization
+
+/// Collects what a load run sees: latencies in HDR histograms (overall, per second, per phase),
+/// failures, write acknowledgements, and the rotation events with their times.
+final class LoadRecorder: Sendable {
+    struct Bucket: Sendable {
+        var ops = 0
+        var failed = 0
+        var histogram = LoadRecorder.makeHistogram()
+    }
+
+    struct Phase: Sendable {
+        var name: String
+        var startedAt: Double
+        var ops = 0
+        var failed = 0
+        var histogram = LoadRecorder.makeHistogram()
+        /// Connections replaced (killed, aged out, rolled over) during the phase.
+        var reconnects = 0
+        /// Connections re-authenticated in place during the phase.
+        var reauthentications = 0
+    }
+
+    struct Event: Sendable {
+        var time: Double
+        var kind: String
+        var detail: String
+    }
+
+    private struct State: Sendable {
+        var seconds: [Bucket] = []
+        var total = LoadRecorder.makeHistogram()
+        var ok = 0
+        var failed = 0
+        var failureSamples: [String] = []
+        var phases: [Phase] = []
+        var events: [Event] = []
+        var reconnects = 0
+        var reauthentications = 0
+    }
+
+    let start = ContinuousClock.now
+    private let state = Mutex(State())
+
+    /// Latencies in microseconds, from 1 µs to 10 minutes, 3 significant digits.
+    static func makeHistogram() -> Histogram<UInt64> {
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
+    }
+
+    /// Seconds since the run started.
+    var elapsed: Double { Self.seconds(ContinuousClock.now - self.start) }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    func record(latency: Duration, ok: Bool, failure: @autoclosure () -> String = "") {
+        let micros = UInt64(max(1, min(600_000_000, Self.seconds(latency) * 1e6)))
+        let second = Int(self.elapsed)
+        let sample = ok ? nil : failure()
+        self.state.withLock { state in
+            while state.seconds.count <= second { state.seconds.append(Bucket()) }
+            if ok {
+                state.ok += 1
+                state.seconds[second].ops += 1
+                _ = state.seconds[second].histogram.record(micros)
+                _ = state.total.record(micros)
+            } else {
+                state.failed += 1
+                state.seconds[second].failed += 1
+                if let sample, state.failureSamples.count < 10 { state.failureSamples.append(sample) }
+            }
+            if !state.phases.isEmpty {
+                let last = state.phases.count - 1
+                if ok {
+                    state.phases[last].ops += 1
+                    _ = state.phases[last].histogram.record(micros)
+                } else {
+                    state.phases[last].failed += 1
+                }
+            }
+        }
+    }
+
+    /// Starts a phase (a rotation step).
+    func beginPhase(_ name: String) {
+        let now = self.elapsed
+        self.state.withLock { state in
+            state.phases.append(Phase(name: name, startedAt: now))
+            state.events.append(Event(time: now, kind: "step", detail: name))
+        }
+    }
+
+    /// Records a client event; replacements and re-authentications are also counted per phase.
+    func event(_ kind: String, _ detail: String) {
+        let now = self.elapsed
+        self.state.withLock { state in
+            state.events.append(Event(time: now, kind: kind, detail: detail))
+            let last = state.phases.count - 1
+            switch kind {
+            case "connectionReplaced":
+                state.reconnects += 1
+                if last >= 0 { state.phases[last].reconnects += 1 }
+            case "connectionReauthenticated":
+                state.reauthentications += 1
+                if last >= 0 { state.phases[last].reauthentications += 1 }
+            default:
+                break
+            }
+        }
+    }
+
+    struct Snapshot: Sendable {
+        var seconds: [Bucket]
+        var total: Histogram<UInt64>
+        var ok: Int
+        var failed: Int
+        var failureSamples: [String]
+        var phases: [Phase]
+        var events: [Event]
+        var reconnects: Int
+        var reauthentications: Int
+    }
+
+    func snapshot() -> Snapshot {
+        self.state.withLock {
+            Snapshot(
+                seconds: $0.seconds,
+                total: $0.total,
+                ok: $0.ok,
+                failed: $0.failed,
+                failureSamples: $0.failureSamples,
+                phases: $0.phases,
+                events: $0.events,
+                reconnects: $0.reconnects,
+                reauthentications: $0.reauthentications
+            )
+        }
+    }
+
+    /// Operations and p99 (µs) of the last complete second, for the progress line.
+    func lastSecond() -> (ops: Int, failed: Int, p99: UInt64) {
+        let second = Int(self.elapsed) - 1
+        return self.state.withLock { state in
+            guard second >= 0, second < state.seconds.count else { return (0, 0, 0) }
+            let bucket = state.seconds[second]
+            return (bucket.ops, bucket.failed, bucket.ops > 0 ? bucket.histogram.valueAtPercentile(99) : 0)
+        }
+    }
+}

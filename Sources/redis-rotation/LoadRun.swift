@@ -1,0 +1,100 @@
+import Foundation
+import RedisRotation
+import Synchronization
+
+/// A step performed during a run (a password rotation, a kill, a certificate change).
+struct RotationStep: Sendable {
+    var name: String
+    /// When, from the start of the traffic.
+    var at: Duration
+    var action: @Sendable () async throws -> Void
+}
+
+/// Failures that end a run before or outside the traffic, with the one line the user sees.
+struct RunFailure: Error, CustomStringConvertible {
+    var description: String
+    /// 1: the run failed (could not connect, wrong password); 2: the configuration is wrong.
+    var exitCode: Int32
+}
+
+enum LoadRun {
+    /// Runs `client`, waits until it answers, drives `workload` while performing `steps`, verifies the
+    /// writes, and returns the report. Prints a progress line every second when `progress` is set.
+    static func execute(
+        client: RedisClient,
+        workload: Workload,
+        steps: [RotationStep],
+        progress: Bool,
+        status: @escaping @Sendable () -> String = { "" }
+    ) async throws -> LoadReport {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.run() }
+            defer { group.cancelAll() }
+
+            // The first command proves the target is reachable and the credentials work.
+            do {
+                try await client.ping()
+            } catch let error as RedisError {
+                let cause = (error.underlying as? RedisError)?.message ?? error.message
+                throw RunFailure(description: "cannot reach the server: \(cause)", exitCode: 1)
+            }
+            let recorder = LoadRecorder()
+            let current = StepName("steady state")
+            recorder.beginPhase("steady state")
+
+            group.addTask {
+                for await event in client.events {
+                    recorder.event("\(event.kind)", "\(event)")
+                }
+            }
+            group.addTask {
+                for step in steps.sorted(by: { $0.at < $1.at }) {
+                    try? await Task.sleep(until: recorder.start + step.at, clock: .continuous)
+                    if Task.isCancelled { return }
+                    recorder.beginPhase(step.name)
+                    current.set(step.name)
+                    do {
+                        try await step.action()
+                    } catch {
+                        recorder.event("stepFailed", "\(step.name): \(error)")
+                    }
+                }
+            }
+            if progress {
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        let second = recorder.lastSecond()
+                        let versions = client.connectionsByCredentialVersion.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
+                        let generations = client.connectionsByTLSGeneration.sorted { $0.key < $1.key }.map { "g\($0.key):\($0.value)" }.joined(separator: ",")
+                        let line = String(
+                            format: "t=%3ds  %6d ops/s  p99 %7.2f ms  failed %d  credentials %@  tls %@  step: %@%@",
+                            Int(recorder.elapsed), second.ops, Double(second.p99) / 1000, recorder.snapshot().failed,
+                            versions.isEmpty ? "-" : versions, generations.isEmpty ? "-" : generations, current.get(), status()
+                        )
+                        FileHandle.standardError.write(Data((line + "\n").utf8))
+                    }
+                }
+            }
+
+            let written = await LoadGenerator.run(workload, client: client, recorder: recorder)
+            let duration = recorder.elapsed
+            let verification = workload.verifyWrites ? try await LoadGenerator.verify(written, client: client) : nil
+            return LoadReport(
+                snapshot: recorder.snapshot(),
+                duration: duration,
+                retried: client.statistics.commandsRetried,
+                connectionsByVersion: client.connectionsByCredentialVersion,
+                writes: verification
+            )
+        }
+    }
+}
+
+/// The name of the step in progress, for the progress line.
+final class StepName: Sendable {
+    private let value: Mutex<String>
+    init(_ name: String) { self.value = Mutex(name) }
+    func set(_ name: String) { self.value.withLock { $0 = name } }
+    func get() -> String { self.value.withLock { $0 } }
+}

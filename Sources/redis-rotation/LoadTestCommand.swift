@@ -1,0 +1,226 @@
+import ArgumentParser
+import Foundation
+import RedisRotation
+
+/// `redis-rotation loadtest`: traffic against a server the user names, with rotation steps performed by
+/// the tool or happening outside it (the password, certificate and CA files are watched).
+struct LoadTestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loadtest",
+        abstract: "Drive GET/SET traffic through the rotation-aware client and report what happened.",
+        discussion: """
+            The password, CA, certificate and key files are watched while the test runs, exactly as the
+            library watches them, so another process can rotate them. Exit status: 0 when no command
+            failed and no write was lost, 1 otherwise, 2 for a usage or configuration error.
+            """
+    )
+
+    @Option(help: "Server host (only loopback is used in this project's tests).") var host = "127.0.0.1"
+    @Option(help: "Server port.") var port = 6379
+    @Flag(help: "Connect with TLS.") var tls = false
+    @Option(help: "PEM file of the CA(s) to trust (with --tls).") var caFile: String?
+    @Option(help: "PEM file of the client certificate for mutual TLS.") var certFile: String?
+    @Option(help: "PEM file of the client key for mutual TLS.") var keyFile: String?
+    @Option(help: "Name the server certificate must carry (default: the host).") var serverName: String?
+    @Option(help: "ACL user.") var user = "default"
+    @Option(help: "File holding the password (plain, or password=/version= lines); watched.") var passwordFile: String
+
+    @Option(help: "Seconds of traffic.") var duration = 30
+    @Option(help: "Concurrent tasks.") var concurrency = 32
+    @Option(help: "Operations per second in total; 0 runs unthrottled (latency then counts from each operation's intended start).") var rate = 0
+    @Option(help: "Fraction of operations that are reads.") var readRatio = 0.8
+    @Option(help: "Keys read and written (without --verify-writes).") var keys = 10_000
+    @Option(help: "Bytes per value written.") var valueSize = 64
+    @Option(help: "Prefix of every key the test touches.") var keyPrefix = "redis-rotation-loadtest"
+    @Flag(help: "Write every value to a new key and count the keys on the server at the end.") var verifyWrites = false
+
+    @Option(name: .customLong("rotate"), help: "A step the tool performs: password@SECONDS or kill@SECONDS (repeatable).")
+    var rotations: [String] = []
+    @Option(help: "ACL user for the rotation steps.") var adminUser: String?
+    @Option(help: "File holding the admin password.") var adminPasswordFile: String?
+
+    @Option(help: "Write the JSON report here.") var reportJson: String?
+    @Option(help: "Write the HTML timeline here.") var reportHtml: String?
+    @Flag(help: "Print a progress line every second.") var progress = false
+
+    func validate() throws {
+        guard (1...65535).contains(self.port) else { throw ValidationError("--port must be between 1 and 65535") }
+        guard self.duration > 0, self.concurrency > 0, self.rate >= 0, self.keys > 0, self.valueSize >= 0 else {
+            throw ValidationError("--duration, --concurrency and --keys must be positive; --rate and --value-size not negative")
+        }
+        guard (0...1).contains(self.readRatio) else { throw ValidationError("--read-ratio must be between 0 and 1") }
+        if !self.tls && (self.caFile != nil || self.certFile != nil || self.keyFile != nil) {
+            throw ValidationError("--ca-file, --cert-file and --key-file need --tls")
+        }
+        if (self.certFile == nil) != (self.keyFile == nil) { throw ValidationError("--cert-file and --key-file go together") }
+        for step in self.rotations {
+            _ = try Self.parseStep(step)
+        }
+        if !self.rotations.isEmpty && (self.adminUser == nil || self.adminPasswordFile == nil) {
+            throw ValidationError("--rotate needs --admin-user and --admin-password-file")
+        }
+        for (flag, path) in [("--password-file", self.passwordFile), ("--ca-file", self.caFile), ("--cert-file", self.certFile), ("--key-file", self.keyFile), ("--admin-password-file", self.adminPasswordFile)] {
+            if let path, !FileManager.default.isReadableFile(atPath: path) {
+                throw ValidationError("\(flag) \(path): no such file, or not readable")
+            }
+        }
+    }
+
+    static func parseStep(_ text: String) throws -> (kind: String, at: Int) {
+        let parts = text.split(separator: "@")
+        guard parts.count == 2, ["password", "kill"].contains(parts[0]), let at = Int(parts[1]), at >= 0 else {
+            throw ValidationError("--rotate \(text): expected password@SECONDS or kill@SECONDS")
+        }
+        return (String(parts[0]), at)
+    }
+
+    func run() async throws {
+        var tlsSettings: RedisClientConfiguration.TLS?
+        if self.tls {
+            let identity = self.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.keyFile!)) }
+            tlsSettings = .reloading(
+                RedisTLSConfiguration(trustAnchors: self.caFile.map { [.file($0)] } ?? [], clientIdentity: identity),
+                serverName: self.serverName,
+                pollInterval: .seconds(5),
+                rolloverWindow: .seconds(5)
+            )
+        }
+        let client: RedisClient
+        do {
+            client = try RedisClient(
+                configuration: RedisClientConfiguration(
+                    host: self.host,
+                    port: self.port,
+                    name: "loadtest",
+                    tls: tlsSettings,
+                    pool: .init(minimumConnections: 1, maximumConnections: max(1, min(self.concurrency, 64)), leaseTimeout: .seconds(10))
+                ),
+                credentials: .file(self.passwordFile, username: self.user, pollInterval: .seconds(5))
+            )
+        } catch let error as RedisError {
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+        let steps = try self.rotationSteps(client: client)
+        let workload = Workload(
+            duration: .seconds(self.duration),
+            concurrency: self.concurrency,
+            rate: self.rate,
+            readRatio: self.readRatio,
+            keys: self.keys,
+            valueSize: self.valueSize,
+            keyPrefix: self.keyPrefix,
+            verifyWrites: self.verifyWrites
+        )
+        let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: self.progress)
+        print(report.text())
+        if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
+        if let path = self.reportHtml {
+            try report.html(title: "redis-rotation loadtest \(self.host):\(self.port)").write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        if !report.succeeded { throw ExitCode(1) }
+    }
+
+    /// The steps of `--rotate`, performed through an admin connection.
+    private func rotationSteps(client: RedisClient) throws -> [RotationStep] {
+        guard !self.rotations.isEmpty, let adminUser = self.adminUser, let adminPasswordFile = self.adminPasswordFile else { return [] }
+        let adminPassword: RedisSecret
+        do {
+            let text = try String(contentsOfFile: adminPasswordFile, encoding: .utf8)
+            adminPassword = RedisSecret(text.hasSuffix("\n") ? String(text.dropLast()) : text)
+        } catch {
+            throw RunFailure(description: "cannot read --admin-password-file \(adminPasswordFile): \(error.localizedDescription)", exitCode: 2)
+        }
+        let target = (host: self.host, port: self.port, user: self.user, passwordFile: self.passwordFile, serverName: self.serverName)
+        @Sendable func admin(_ command: RedisCommand) async throws {
+            let connection = try await RedisConnection.connect(
+                configuration: RedisConnectionConfiguration(
+                    host: target.host,
+                    port: target.port,
+                    username: adminUser,
+                    password: adminPassword,
+                    name: "loadtest-admin",
+                    tls: client.currentTLSContext.map { .init(context: $0, serverName: target.serverName) }
+                )
+            )
+            defer { Task { await connection.close() } }
+            _ = try await connection.send(command)
+            await connection.close()
+        }
+        let counter = StepName("0")
+        return try self.rotations.map { text in
+            let (kind, at) = try Self.parseStep(text)
+            switch kind {
+            case "kill":
+                return RotationStep(name: "kill connections of \(target.user)", at: .seconds(at)) {
+                    try await admin(RedisCommand("CLIENT", "KILL", "USER", .string(target.user)))
+                }
+            default:
+                return RotationStep(name: "rotate password of \(target.user)", at: .seconds(at)) {
+                    try await PasswordRotation.rotate(
+                        user: target.user,
+                        passwordFile: target.passwordFile,
+                        client: client,
+                        counter: counter,
+                        admin: admin
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The password step, shared by `loadtest --rotate password@N` and the demo: add a new password on the
+/// server, publish it to the password file by atomic rename, wait until no connection of the client is
+/// on the old version, then remove the old password.
+enum PasswordRotation {
+    static func rotate(
+        user: String,
+        passwordFile: String,
+        client: RedisClient,
+        counter: StepName,
+        admin: @Sendable (RedisCommand) async throws -> Void
+    ) async throws {
+        let old = try CredentialFileText.password(in: passwordFile)
+        let new = randomPassword()
+        let version = "r\((Int(counter.get()) ?? 0) + 1)-\(Int(Date().timeIntervalSince1970))"
+        counter.set("\((Int(counter.get()) ?? 0) + 1)")
+        try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret(">" + new))))
+        try CredentialFileText.write(password: new, version: version, to: passwordFile)
+        // Bounded wait for the client to move every connection onto the new version.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if client.currentCredentialVersion == version && client.connectionsByCredentialVersion.keys.allSatisfy({ $0 == version }) { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        guard client.currentCredentialVersion == version else {
+            throw RunFailure(description: "the client did not promote the new password within 60 seconds", exitCode: 1)
+        }
+        try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret("<" + old))))
+    }
+
+    static func randomPassword() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+}
+
+/// Reading and writing password files in the keyed format.
+enum CredentialFileText {
+    static func password(in path: String) throws -> String {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        for line in text.split(separator: "\n") where line.hasPrefix("password=") {
+            return String(line.dropFirst("password=".count))
+        }
+        return text.hasSuffix("\n") ? String(text.dropLast()) : text
+    }
+
+    /// Writes by atomic rename, as secret managers do.
+    static func write(password: String, version: String, to path: String) throws {
+        let temporary = path + ".tmp-\(UUID().uuidString.prefix(8))"
+        try "password=\(password)\nversion=\(version)\n".write(toFile: temporary, atomically: false, encoding: .utf8)
+        chmod(temporary, 0o600)
+        guard rename(temporary, path) == 0 else {
+            throw RunFailure(description: "cannot replace \(path): \(String(cString: strerror(errno)))", exitCode: 1)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+/// The `redis-rotation` binary next to the test bundle (SwiftPM builds it with the tests).
+func redisRotationBinary() throws -> String {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("redis-rotation").path,
+        root.appendingPathComponent(".build/debug/redis-rotation").path,
+    ]
+    guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw RedisError(code: .invalidArgument, message: "redis-rotation is not built: run swift build first (looked in \(candidates))")
+    }
+    return path
+}
+
+/// Runs `redis-rotation` with `arguments`; returns its exit status and output (bounded by `timeout`).
+func runTool(_ arguments: [String], timeout: Duration = .seconds(120)) async throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try redisRotationBinary())
+    process.arguments = arguments
+    let output = Pipe()
+    let errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    let finished = StopFlag()
+    process.terminationHandler = { _ in finished.stop() }
+    try process.run()
+    // Drain the pipes on threads of their own while it runs (a blocking read must not occupy the
+    // concurrency pool's few threads), so that it never blocks on a full pipe.
+    async let out = readOnThread(output.fileHandleForReading)
+    async let err = readOnThread(errors.fileHandleForReading)
+    let deadline = ContinuousClock.now + timeout
+    while !finished.isStopped && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    if !finished.isStopped {
+        process.terminate()
+        Issue.record("redis-rotation \(arguments.first ?? "") did not finish within \(timeout)")
+    }
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: await out, as: UTF8.self), String(decoding: await err, as: UTF8.self))
+}
+
+/// Reads `handle` to its end on a dedicated thread.
+func readOnThread(_ handle: FileHandle) async -> Data {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: handle.readDataToEndOfFile()) }.start()
+    }
+}
+
+@Suite("redis-rotation loadtest", .timeLimit(.minutes(3)))
+struct LoadTestCommandTests {
+    @Test("loadtest over TLS while the test rotates the password, kills connections and replaces the server certificate")
+    func rotationUnderLoadtest() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(keepPlainTextPort: true)) { server in
+            let folder = server.directory
+            let passwordFile = folder.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: fixture.password))\nversion=v1\n", to: passwordFile)
+            let caFile = folder.appendingPathComponent("ca.pem").path
+            try fixture.ca.certificate.certificatePEM.write(toFile: caFile, atomically: true, encoding: .utf8)
+            let report = folder.appendingPathComponent("report.json").path
+            let html = folder.appendingPathComponent("report.html").path
+
+            async let run = runTool([
+                "loadtest", "--host", "127.0.0.1", "--port", "\(server.port)", "--tls", "--ca-file", caFile,
+                "--server-name", "localhost", "--user", "alice", "--password-file", passwordFile,
+                "--duration", "8", "--concurrency", "8", "--verify-writes", "--key-prefix", "lt",
+                "--report-json", report, "--report-html", html,
+            ])
+
+            await eventually("the load test's connections are up") {
+                (try? await server.clients(of: "alice").contains { $0["name"] == "loadtest@v1" }) == true
+            }
+            // The password, rotated outside the tool: add, publish, wait until every connection moved, remove.
+            let new = makePassword()
+            try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+            try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: passwordFile)
+            await eventually("every load test connection is on v2") {
+                let names = (try? await server.clients(of: "alice").compactMap { $0["name"] }.filter { $0.hasPrefix("loadtest@") }) ?? []
+                return !names.isEmpty && names.allSatisfy { $0 == "loadtest@v2" }
+            }
+            try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: fixture.password))"))
+            try await server.admin("CLIENT", "KILL", "USER", "alice")
+            // A new server certificate from the same CA, then everyone reconnects.
+            let renewed = try fixture.ca.issueServer(commonName: "renewed").write(to: folder, name: "server-renewed")
+            try await server.admin("CONFIG", "SET", "tls-cert-file", .string(renewed.certificate), "tls-key-file", .string(renewed.privateKey))
+            try await server.admin("CLIENT", "KILL", "USER", "alice")
+
+            let (status, stdout, stderr) = try await run
+            #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
+            let commands = json["commands"] as? [String: Int] ?? [:]
+            let writes = json["writes"] as? [String: Int] ?? [:]
+            #expect(commands["failed"] == 0)
+            #expect((commands["ok"] ?? 0) > 0)
+            #expect(writes["lost"] == 0)
+            for key in ["duration_s", "latency_us", "reconnects", "reauthentications", "events", "timeline"] {
+                #expect(json[key] != nil, "JSON lacks \(key)")
+            }
+            #expect((json["reconnects"] as? Int ?? 0) >= 2, "two kills replace connections")
+            #expect(FileManager.default.fileExists(atPath: html))
+
+            // The keys on the server are exactly the acknowledged writes.
+            let admin = try await server.adminConnection()
+            var cursor = "0"
+            var found = 0
+            repeat {
+                let reply = try await admin.send(RedisCommand("SCAN", .string(cursor), "MATCH", "lt:w:*", "COUNT", "1000"))
+                cursor = reply.array?[0].string ?? "0"
+                found += reply.array?[1].array?.count ?? 0
+            } while cursor != "0"
+            await admin.close()
+            #expect(found == writes["acknowledged"])
+        }
+    }
+
+    @Test("a missing file, a wrong password and a plain-text port given --tls each end with a one-line reason")
+    func failures() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(keepPlainTextPort: true)) { server in
+            let folder = server.directory
+            let missing = try await runTool(["loadtest", "--port", "\(server.port)", "--password-file", "/nonexistent/password", "--duration", "1"])
+            #expect(missing.status == 2)
+            #expect(missing.stderr.contains("/nonexistent/password"), "\(missing.stderr)")
+
+            let wrong = folder.appendingPathComponent("wrong.password").path
+            try "not-the-password\n".write(toFile: wrong, atomically: true, encoding: .utf8)
+            let caFile = folder.appendingPathComponent("ca.pem").path
+            try fixture.ca.certificate.certificatePEM.write(toFile: caFile, atomically: true, encoding: .utf8)
+            let rejected = try await runTool([
+                "loadtest", "--port", "\(server.port)", "--tls", "--ca-file", caFile, "--server-name", "localhost",
+                "--user", "alice", "--password-file", wrong, "--duration", "1",
+            ])
+            #expect(rejected.status == 1)
+            #expect(rejected.stderr.contains("rejected"), "\(rejected.stderr)")
+            #expect(rejected.stderr.split(separator: "\n").count == 1, "one line: \(rejected.stderr)")
+
+            let good = folder.appendingPathComponent("good.password").path
+            try "\(text(of: fixture.password))\n".write(toFile: good, atomically: true, encoding: .utf8)
+            let plain = try await runTool([
+                "loadtest", "--port", "\(try #require(server.plainTextPort))", "--tls", "--ca-file", caFile,
+                "--user", "alice", "--password-file", good, "--duration", "1",
+            ])
+            #expect(plain.status == 1)
+            #expect(plain.stderr.contains("TLS"), "\(plain.stderr)")
+
+            let usage = try await runTool(["loadtest", "--password-file", good, "--read-ratio", "2"])
+            #expect(usage.status == 2)
+        }
+    }
+}
