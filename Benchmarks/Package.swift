@@ -1,0 +1,36 @@
+// swift-tools-version: 6.1
+import Foundation
+import PackageDescription
+
+// A path dependency's identity is its folder's name, which depends on where the repository was cloned.
+let parentPackage = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
+
+// Benchmarks live in their own package so that `swift test` in the main package never builds them.
+// Run: cd Benchmarks && swift package benchmark
+let package = Package(
+    name: "RedisRotationBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(path: ".."),
+        .package(url: "https://github.com/ordo-one/package-benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // The C floor: hiredis and OpenSSL driven directly over a blocking socket, no Swift in between.
+        .target(
+            name: "CFloor",
+            linkerSettings: [.linkedLibrary("hiredis"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        .executableTarget(
+            name: "RedisRotationBenchmarks",
+            dependencies: [
+                "CFloor",
+                .product(name: "RedisRotation", package: parentPackage),
+                .product(name: "RedisRotationTesting", package: parentPackage),
+                .product(name: "Benchmark", package: "package-benchmark"),
+            ],
+            path: "Benchmarks/RedisRotationBenchmarks",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
+    ]
+)
