@@ -207,4 +207,62 @@ let benchmarks: @Sendable () -> Void = {
             group.cancelAll()
         }
     }
+
+    // p99 command latency during a rotation against steady state: each iteration is one GET through a
+    // 64-connection pool while 15 other tasks keep it busy; in the rotating variant a background task
+    // publishes a new credential every 100 ms (alternating the user's two passwords), so promotions and
+    // in-place re-authentications of all 64 connections happen throughout the measurement.
+    func poolLatency(rotating: Bool) {
+        let name = rotating ? "Pool GET latency during continuous rotation (Swift)" : "Pool GET latency, steady state (Swift)"
+        Benchmark(name, configuration: .init(metrics: [.wallClock], timeUnits: .microseconds, warmupIterations: 50, scalingFactor: .one, maxDuration: .seconds(5), maxIterations: 5000)) { benchmark in
+            let fixture = Fixture.shared!
+            let file = fixture.server.directory.appendingPathComponent("latency-\(rotating).password").path
+            try "password=\(fixture.passwordText)\nversion=p0\n".write(toFile: file, atomically: true, encoding: .utf8)
+            let client = try RedisClient(
+                configuration: .init(host: "127.0.0.1", port: fixture.server.plainTextPort!, name: "latency", pool: .init(minimumConnections: 64, maximumConnections: 64)),
+                credentials: .file(file, username: "bench", debounce: .milliseconds(1))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                while client.connectionsByCredentialVersion["p0"] != 64 { try await Task.sleep(for: .milliseconds(5)) }
+                let done = ManagedAtomicFlag()
+                for _ in 0..<15 {
+                    group.addTask {
+                        while !done.isSet { _ = try? await client.get("bench:key") }
+                    }
+                }
+                if rotating {
+                    group.addTask {
+                        var version = 0
+                        while !done.isSet {
+                            version += 1
+                            let password = version % 2 == 1 ? "benchmark-password-2" : fixture.passwordText
+                            try? "password=\(password)\nversion=p\(version)\n".write(toFile: file + ".tmp", atomically: false, encoding: .utf8)
+                            rename(file + ".tmp", file)
+                            client.reloadCredentials()
+                            try? await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                }
+                for _ in benchmark.scaledIterations {
+                    benchmark.startMeasurement()
+                    _ = try await client.get("bench:key")
+                    benchmark.stopMeasurement()
+                }
+                done.set()
+                group.cancelAll()
+            }
+        }
+    }
+    poolLatency(rotating: false)
+    poolLatency(rotating: true)
+}
+
+/// A flag the load tasks poll.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    // Safe because it is only ever set from false to true, under the lock.
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { self.lock.withLock { self.value } }
+    func set() { self.lock.withLock { self.value = true } }
 }
