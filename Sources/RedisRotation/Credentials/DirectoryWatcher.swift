@@ -89,3 +89,39 @@ private final class ReaderContext: @unchecked Sendable {
     }
 }
 #endif
+
+/// Runs `body` with a stream of reasons to re-read watched files: any change in one of `directories`,
+/// an explicit reload, a poll every `pollInterval` (the safety net for file systems without inotify
+/// events), and one at the start. Bursts collapse into one pending trigger.
+func withChangeTriggers(
+    directories: [String],
+    reloads: AsyncStream<Void>,
+    pollInterval: Duration,
+    _ body: (AsyncStream<Void>) async -> Void
+) async {
+    let watchers = Set(directories).map { DirectoryWatcher(directory: $0) }
+    defer { for watcher in watchers { watcher.stop() } }
+    await withTaskGroup(of: Void.self) { group in
+        let (triggers, trigger) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        for watcher in watchers {
+            group.addTask { for await _ in watcher.changes { trigger.yield() } }
+        }
+        group.addTask { for await _ in reloads { trigger.yield() } }
+        group.addTask {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: pollInterval)
+                trigger.yield()
+            }
+        }
+        trigger.yield()
+        await body(triggers)
+        trigger.finish()
+        group.cancelAll()
+    }
+}
+
+/// The directory holding `path` (what a watch must observe to see renames and symlink swaps).
+func parentDirectory(of path: String) -> String {
+    let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+    return parent.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : parent
+}

@@ -207,30 +207,16 @@ final class CredentialSourceRunner: Sendable {
         initial: RedisCredentials?,
         report: @escaping @Sendable (CredentialSourceReport) -> Void
     ) async {
-        let directory = settings.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        let watcher = DirectoryWatcher(directory: directory.isEmpty ? "." : directory)
-        defer { watcher.stop() }
         var lastBytes = self.initialFileBytes.withLock { $0 } ?? []
         var lastRejected: [UInt8]?
         var last = initial
         defer { lastBytes.withUnsafeMutableBytes { wipe($0) } }
 
-        await withTaskGroup(of: Void.self) { group in
-            let (triggers, trigger) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            group.addTask {
-                for await _ in watcher.changes { trigger.yield() }
-            }
-            group.addTask {
-                for await _ in self.reloads { trigger.yield() }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: settings.pollInterval)
-                    trigger.yield()
-                }
-            }
-            // A change between reading the initial credentials and now counts too.
-            trigger.yield()
+        await withChangeTriggers(
+            directories: [parentDirectory(of: settings.path)],
+            reloads: self.reloads,
+            pollInterval: settings.pollInterval
+        ) { triggers in
             for await _ in triggers {
                 if Task.isCancelled { break }
                 // Let a burst of writes settle, then read twice; use the content only if both agree.
@@ -252,8 +238,6 @@ final class CredentialSourceRunner: Sendable {
                     }
                 }
             }
-            trigger.finish()
-            group.cancelAll()
         }
     }
 

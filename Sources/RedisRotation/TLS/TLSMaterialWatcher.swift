@@ -125,28 +125,13 @@ final class TLSMaterialWatcher: Sendable {
 
     /// Watches until cancelled, reporting each distinct change after `initial`.
     func run(initial: [String: [UInt8]], report: @escaping @Sendable (TLSMaterialReport) -> Void) async {
-        let directories = Set(self.paths.map { path -> String in
-            let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            return parent.isEmpty ? "." : parent
-        })
-        let watchers = directories.map { DirectoryWatcher(directory: $0) }
-        defer { for watcher in watchers { watcher.stop() } }
         var last = initial
         var lastRejected: [String: [UInt8]]?
-
-        await withTaskGroup(of: Void.self) { group in
-            let (triggers, trigger) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            for watcher in watchers {
-                group.addTask { for await _ in watcher.changes { trigger.yield() } }
-            }
-            group.addTask { for await _ in self.reloads { trigger.yield() } }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: self.pollInterval)
-                    trigger.yield()
-                }
-            }
-            trigger.yield()
+        await withChangeTriggers(
+            directories: self.paths.map(parentDirectory(of:)),
+            reloads: self.reloads,
+            pollInterval: self.pollInterval
+        ) { triggers in
             for await _ in triggers {
                 if Task.isCancelled { break }
                 var attempt = 0
@@ -171,8 +156,6 @@ final class TLSMaterialWatcher: Sendable {
                     }
                 }
             }
-            trigger.finish()
-            group.cancelAll()
         }
     }
 }
