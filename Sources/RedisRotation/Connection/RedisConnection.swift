@@ -185,6 +185,16 @@ public final class RedisConnection: Sendable {
             channel.eventLoop.execute { handler.value.close() }
             try? await channel.closeFuture.get()
             logger.debug("handshake failed", metadata: [LoggingKeys.error: "\(error)"])
+            // Both deadlines start together; when the TLS handshake never completed, that is what timed out.
+            if let timeout = error as? RedisError, timeout.code == .handshakeTimeout, let tlsHandler,
+                try await channel.eventLoop.submit({ tlsHandler.value.info == nil }).get()
+            {
+                throw RedisError(
+                    code: .tlsHandshakeTimeout,
+                    message: "no TLS handshake with \(configuration.tlsServerName) within \(configuration.handshakeTimeout): is this the server's TLS port (tls-port), and does it answer?",
+                    underlying: timeout
+                )
+            }
             throw error
         }
     }

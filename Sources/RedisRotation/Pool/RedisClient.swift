@@ -57,10 +57,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var waiters: [PoolStateMachine.LeaseID: CheckedContinuation<Lease, any Error>] = [:]
         var cancelledLeases: Set<PoolStateMachine.LeaseID> = []
         var nextLeaseID: PoolStateMachine.LeaseID = 0
-        var poolTimer: (generation: UInt64, task: Scheduled<Void>)?
-        var credentialTimer: (generation: UInt64, task: Scheduled<Void>)?
-        var poolTimerGeneration: UInt64 = 0
-        var credentialTimerGeneration: UInt64 = 0
+        /// The one scheduled timer of each kind, and the generation of its latest request: a timer that
+        /// was replaced after it was scheduled finds its generation outdated and does nothing.
+        var timers: [TimerKind: Scheduled<Void>] = [:]
+        var timerGenerations: [TimerKind: UInt64] = [:]
         var lastConnectError: RedisError?
         var runState = RunState.notStarted
         var versionsSeen: Set<String> = []
@@ -69,14 +69,15 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         /// Whether connections of an older TLS generation are still being replaced.
         var rolling = false
         var expiry: ExpiryMonitor
-        var expiryTimer: (generation: UInt64, task: Scheduled<Void>)?
-        var expiryTimerGeneration: UInt64 = 0
         var expiryItemsSeen: Set<String> = []
         /// Connections the pool decided to close (retired, failed, unusable), as opposed to the server.
         var closingByPool: Set<PoolStateMachine.ConnectionID> = []
     }
 
     private enum RunState { case notStarted, running, stopped }
+
+    /// The deadlines the client keeps: the pool's, the credential machine's, the expiry monitor's.
+    private enum TimerKind: Hashable, Sendable { case pool, credentials, expiry }
 
     struct Lease: Sendable {
         let id: PoolStateMachine.ConnectionID
@@ -99,9 +100,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private enum Effect {
         case resume(CheckedContinuation<Lease, any Error>, Result<Lease, any Error>)
         case work(Work)
-        case schedulePoolTimer(NIODeadline, generation: UInt64)
-        case scheduleCredentialTimer(NIODeadline, generation: UInt64)
-        case scheduleExpiryTimer(NIODeadline, generation: UInt64)
+        case scheduleTimer(TimerKind, NIODeadline, generation: UInt64)
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
     }
@@ -234,10 +233,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private func shutdown() async {
         let (effects, connections) = self.state.withLock { state -> ([Effect], [RedisConnection]) in
             state.runState = .stopped
-            state.poolTimer?.task.cancel()
-            state.credentialTimer?.task.cancel()
-            state.expiryTimer?.task.cancel()
-            return (self.translate(state.pool.shutdown(), state: &state), Array(state.connections.values))
+            let timers = state.timers.values.map { Effect.cancelScheduled($0) }
+            state.timers.removeAll()
+            return (timers + self.translate(state.pool.shutdown(), state: &state), Array(state.connections.values))
         }
         self.perform(effects)
         // Every connection closes now: leased ones fail their commands with connectionClosed.
@@ -433,10 +431,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     effects += self.translate(state.pool.connectionReleased(id, reusable: false, now: .now()), state: &state)
                 }
             case .scheduleTimer(let deadline):
-                state.poolTimerGeneration += 1
-                if let old = state.poolTimer?.task { effects.append(.cancelScheduled(old)) }
-                state.poolTimer = nil
-                effects.append(.schedulePoolTimer(deadline, generation: state.poolTimerGeneration))
+                effects += Self.requestTimer(.pool, at: deadline, state: &state)
             }
         }
         self.updateGauges(&state)
@@ -481,10 +476,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             case .previousDiscarded(let credentials):
                 effects.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
             case .scheduleTimer(let deadline):
-                state.credentialTimerGeneration += 1
-                if let old = state.credentialTimer?.task { effects.append(.cancelScheduled(old)) }
-                state.credentialTimer = nil
-                effects.append(.scheduleCredentialTimer(deadline, generation: state.credentialTimerGeneration))
+                effects += Self.requestTimer(.credentials, at: deadline, state: &state)
             }
         }
         return effects
@@ -527,40 +519,32 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 self.eventContinuation.yield(event)
             case .cancelScheduled(let task):
                 task.cancel()
-            case .schedulePoolTimer(let deadline, let generation):
-                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.poolTimerFired(generation) }
+            case .scheduleTimer(let kind, let deadline, let generation):
+                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.timerFired(kind, generation: generation) }
                 self.state.withLock { state in
-                    if state.poolTimerGeneration == generation { state.poolTimer = (generation, task) } else { task.cancel() }
-                }
-            case .scheduleExpiryTimer(let deadline, let generation):
-                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.evaluateExpiry(timer: generation) }
-                self.state.withLock { state in
-                    if state.expiryTimerGeneration == generation { state.expiryTimer = (generation, task) } else { task.cancel() }
-                }
-            case .scheduleCredentialTimer(let deadline, let generation):
-                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.credentialTimerFired(generation) }
-                self.state.withLock { state in
-                    if state.credentialTimerGeneration == generation { state.credentialTimer = (generation, task) } else { task.cancel() }
+                    if state.timerGenerations[kind] == generation { state.timers[kind] = task } else { task.cancel() }
                 }
             }
         }
     }
 
-    private func poolTimerFired(_ generation: UInt64) {
-        let effects = self.state.withLock { state -> [Effect] in
-            // A timer replaced after it was scheduled (its generation is old) does nothing.
-            guard state.poolTimerGeneration == generation else { return [] }
-            state.poolTimer = nil
-            return self.translate(state.pool.timerFired(now: .now()), state: &state)
-        }
-        self.perform(effects)
+    /// Replaces the timer of `kind` with one at `deadline`; the old one is cancelled after the lock.
+    private static func requestTimer(_ kind: TimerKind, at deadline: NIODeadline, state: inout State) -> [Effect] {
+        let generation = (state.timerGenerations[kind] ?? 0) + 1
+        state.timerGenerations[kind] = generation
+        let cancel = state.timers.removeValue(forKey: kind).map { [Effect.cancelScheduled($0)] } ?? []
+        return cancel + [.scheduleTimer(kind, deadline, generation: generation)]
     }
 
-    private func credentialTimerFired(_ generation: UInt64) {
+    private func timerFired(_ kind: TimerKind, generation: UInt64) {
         let effects = self.state.withLock { state -> [Effect] in
-            guard state.credentialTimerGeneration == generation else { return [] }
-            state.credentialTimer = nil
-            return self.translate(credentials: state.credentials.timerFired(now: .now()), state: &state)
+            guard state.timerGenerations[kind] == generation, state.runState == .running else { return [] }
+            state.timers[kind] = nil
+            switch kind {
+            case .pool: return self.translate(state.pool.timerFired(now: .now()), state: &state)
+            case .credentials: return self.translate(credentials: state.credentials.timerFired(now: .now()), state: &state)
+            case .expiry: return self.expiryEffects(&state)
+            }
         }
         self.perform(effects)
     }
@@ -649,17 +633,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 : "\(warning.item.name) expires at \(warning.item.expiresAt), in \(days) days"
             return .event(RedisRotationEvent(kind: .expiryWarning, detail: detail))
         }
-        state.expiryTimerGeneration += 1
-        if let old = state.expiryTimer?.task { effects.append(.cancelScheduled(old)) }
-        state.expiryTimer = nil
         let wait = min(next.map { max(0, $0.timeIntervalSince(now)) } ?? 3600, 3600)
-        effects.append(.scheduleExpiryTimer(.now() + .nanoseconds(Int64(wait * 1e9) + 1_000_000), generation: state.expiryTimerGeneration))
+        effects += Self.requestTimer(.expiry, at: .now() + .nanoseconds(Int64(wait * 1e9) + 1_000_000), state: &state)
         return effects
     }
 
-    private func evaluateExpiry(timer generation: UInt64? = nil) {
+    private func evaluateExpiry() {
         let effects = self.state.withLock { state -> [Effect] in
-            if let generation, generation != state.expiryTimerGeneration { return [] }
             guard state.runState == .running else { return [] }
             return self.expiryEffects(&state)
         }
