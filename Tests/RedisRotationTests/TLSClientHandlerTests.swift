@@ -91,7 +91,7 @@ final class PlaintextCollector: ChannelInboundHandler {
 }
 
 @Suite("TLS client handler (embedded channel)", .timeLimit(.minutes(1)))
-struct TLSClientHandlerTests {
+final class TLSClientHandlerTests {
     let ca: TestCertificateAuthority
     let server: MemoryTLSServer
     let channel: EmbeddedChannel
@@ -103,6 +103,11 @@ struct TLSClientHandlerTests {
         let context = try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [self.ca.certificate.certificateSource]))
         let handler = TLSClientHandler(context: context, serverName: "localhost", sessionKey: "test", handshakeTimeout: .seconds(5))
         self.channel = EmbeddedChannel(handlers: [handler, self.collector])
+    }
+
+    deinit {
+        // An embedded channel and its pipeline hold each other until the channel closes.
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
     }
 
     /// Moves the client's output to the server and the server's to the client, `split` bytes at a time,
