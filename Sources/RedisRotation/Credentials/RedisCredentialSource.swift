@@ -70,6 +70,14 @@ public struct RedisCredentialSource: Sendable {
         RedisCredentialSource(kind: .provider(interval: interval, fetch: fetch))
     }
 
+    /// Reads the credentials the source holds now, as a client would at creation (the provider source
+    /// has none until it is called, so it gives `nil`). For tools such as `redis-rotation inspect`.
+    ///
+    /// - Throws: ``RedisError`` naming the file or variable when it is missing, empty or unusable.
+    public func currentCredentials() throws(RedisError) -> RedisCredentials? {
+        try CredentialSourceRunner(source: self).initialCredentials()
+    }
+
     /// What the source is, for events and logs (never a secret).
     var label: String {
         switch self.kind {

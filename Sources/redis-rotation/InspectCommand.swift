@@ -1,0 +1,137 @@
+import ArgumentParser
+import Foundation
+import RedisRotation
+
+/// `redis-rotation inspect`: what the configured credentials and certificates are, and what needs
+/// attention before it breaks.
+struct InspectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Show versions, fingerprints and expiry dates of credentials and certificates, with warnings.",
+        discussion: """
+            Warnings: the default user in use, a password file older than the rotation policy, anything
+            expiring within --warn-days (or expired), a CA file entry that is not a CA, a client
+            certificate without the TLS Web Client Authentication extended key usage, a key that does not
+            match its certificate. Exit status: 0 without warnings, 1 with warnings, 2 for a usage or
+            configuration error. Passwords are never printed.
+            """
+    )
+
+    @Option(help: "ACL user of the password file.") var user = "default"
+    @Option(help: "Password file (plain, or password=/version=/expires= lines).") var passwordFile: String?
+    @Option(help: "PEM file of trusted CA(s) (repeatable).") var caFile: [String] = []
+    @Option(help: "PEM file of the client certificate chain.") var certFile: String?
+    @Option(help: "PEM file of the client key.") var keyFile: String?
+    @Option(help: "Warn when something expires within this many days.") var warnDays = 30
+    @Option(help: "Warn when the password file is older than this many days (rotation policy).") var passwordMaxAgeDays = 90
+
+    func validate() throws {
+        if (self.certFile == nil) != (self.keyFile == nil) { throw ValidationError("--cert-file and --key-file go together") }
+        if self.passwordFile == nil && self.caFile.isEmpty && self.certFile == nil {
+            throw ValidationError("name something to inspect: --password-file, --ca-file or --cert-file/--key-file")
+        }
+        guard self.warnDays >= 0, self.passwordMaxAgeDays > 0 else { throw ValidationError("--warn-days and --password-max-age-days must be positive") }
+    }
+
+    func run() async throws {
+        var warnings: [String] = []
+        let now = Date()
+        func days(until date: Date) -> String { String(format: "%.1f days", date.timeIntervalSince(now) / 86400) }
+        func checkExpiry(_ what: String, _ date: Date) {
+            if date <= now {
+                warnings.append("\(what) expired \(String(format: "%.1f", now.timeIntervalSince(date) / 86400)) days ago (\(date))")
+            } else if date.timeIntervalSince(now) <= Double(self.warnDays) * 86400 {
+                warnings.append("\(what) expires in \(days(until: date)) (\(date))")
+            }
+        }
+        func describe(_ certificate: RedisCertificate, indent: String = "  ") {
+            print("\(indent)subject:     \(certificate.subject)")
+            print("\(indent)issuer:      \(certificate.issuer)")
+            if !certificate.dnsNames.isEmpty || !certificate.ipAddresses.isEmpty {
+                print("\(indent)names:       \((certificate.dnsNames + certificate.ipAddresses).joined(separator: ", "))")
+            }
+            print("\(indent)valid:       \(certificate.notBefore) to \(certificate.notAfter) (\(days(until: certificate.notAfter)) left)")
+            print("\(indent)SHA-256:     \(certificate.sha256Fingerprint)")
+            if let usages = certificate.extendedKeyUsages { print("\(indent)key usage:   \(usages.joined(separator: ", "))") }
+        }
+
+        if let path = self.passwordFile {
+            let credentials: RedisCredentials?
+            do {
+                credentials = try RedisCredentialSource.file(path, username: self.user).currentCredentials()
+            } catch {
+                throw RunFailure(description: error.message, exitCode: 2)
+            }
+            guard let credentials else { throw RunFailure(description: "no credentials in \(path)", exitCode: 2) }
+            print("credentials (\(path)):")
+            print("  user:        \(credentials.username)")
+            print("  version:     \(credentials.version)")
+            print("  password:    \(credentials.password.count) bytes (not shown)")
+            if credentials.username == "default" {
+                warnings.append("the default user is in use: give the application an ACL user of its own")
+            }
+            if let expiresAt = credentials.expiresAt {
+                print("  expires:     \(expiresAt) (\(days(until: expiresAt)) left)")
+                checkExpiry("the password (version \(credentials.version))", expiresAt)
+            }
+            if let modified = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date {
+                let age = now.timeIntervalSince(modified) / 86400
+                print("  file age:    \(String(format: "%.1f", age)) days")
+                if age > Double(self.passwordMaxAgeDays) {
+                    warnings.append("the password file is \(Int(age)) days old, beyond the \(self.passwordMaxAgeDays)-day rotation policy")
+                }
+            }
+        }
+
+        for path in self.caFile {
+            let certificates: [RedisCertificate]
+            do {
+                certificates = try RedisCertificate.load(.file(path))
+            } catch {
+                throw RunFailure(description: error.message, exitCode: 2)
+            }
+            print("trust anchors (\(path)): \(certificates.count)")
+            for certificate in certificates {
+                describe(certificate)
+                if !certificate.isCertificateAuthority { warnings.append("\(certificate.subject) in \(path) is not a CA certificate") }
+                checkExpiry("trust anchor \(certificate.subject)", certificate.notAfter)
+                print("")
+            }
+        }
+
+        if let certFile = self.certFile, let keyFile = self.keyFile {
+            let chain: [RedisCertificate]
+            do {
+                chain = try RedisCertificate.load(.file(certFile))
+            } catch {
+                throw RunFailure(description: error.message, exitCode: 2)
+            }
+            print("client certificate (\(certFile)):")
+            describe(chain[0])
+            if !chain[0].allowsClientAuthentication {
+                warnings.append("the client certificate \(chain[0].subject) lacks the TLS Web Client Authentication extended key usage")
+            }
+            checkExpiry("the client certificate \(chain[0].subject)", chain[0].notAfter)
+            for intermediate in chain.dropFirst() { checkExpiry("chain certificate \(intermediate.subject)", intermediate.notAfter) }
+            // The same validation a client performs: key match, validity, EKU, chain.
+            do {
+                _ = try RedisTLSContext(
+                    configuration: RedisTLSConfiguration(clientIdentity: .init(certificateChain: .file(certFile), privateKey: .file(keyFile)))
+                )
+            } catch let error where [.tlsKeyMismatch, .tlsClientCertificateChainInvalid, .tlsMalformedPEM].contains(error.code) {
+                warnings.append(error.message)
+            } catch {
+                // Validity and EKU are already reported above.
+            }
+            print("")
+        }
+
+        if warnings.isEmpty {
+            print("no warnings")
+        } else {
+            print("warnings:")
+            for warning in warnings { print("  - \(warning)") }
+            throw ExitCode(1)
+        }
+    }
+}
