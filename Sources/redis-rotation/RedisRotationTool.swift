@@ -7,7 +7,7 @@ struct RedisRotationTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redis-rotation",
         abstract: "Rotate Redis passwords, certificates and CAs under load without failing a command.",
-        subcommands: [DemoCommand.self, LoadTestCommand.self, InspectCommand.self]
+        subcommands: [DemoCommand.self, LoadTestCommand.self, RotateCommand.self, InspectCommand.self]
     )
 }
 
