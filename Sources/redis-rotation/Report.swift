@@ -82,7 +82,8 @@ struct LoadReport: Codable, Sendable {
         self.reconnects = snapshot.reconnects
         self.reauthentications = snapshot.reauthentications
         self.events = snapshot.events.map { Event(t_s: ($0.time * 1000).rounded() / 1000, kind: $0.kind, detail: $0.detail) }
-        self.timeline = snapshot.seconds.enumerated().map { index, bucket in
+        // Complete seconds only: the last, partial one would show as a drop in throughput.
+        self.timeline = snapshot.seconds.prefix(Int(duration)).enumerated().map { index, bucket in
             Second(t_s: index, ops: bucket.ops, failed: bucket.failed, p99_us: bucket.ops > 0 ? bucket.histogram.valueAtPercentile(99) : 0)
         }
         self.phases = snapshot.phases.map { phase in
@@ -175,7 +176,8 @@ struct LoadReport: Codable, Sendable {
         for event in self.events where event.kind == "step" {
             let position = x(event.t_s)
             marks += String(format: "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' class='step'/>", position, top, position, top + plotHeight)
-            marks += String(format: "<text x='%.1f' y='%.1f' class='label' transform='rotate(-90 %.1f %.1f)'>%@</text>", position + 4, top + 8, position + 4, top + 8, escape(event.detail))
+            // Rotated to read downwards from the top of the plot, so that the label stays inside it.
+            marks += String(format: "<text x='%.1f' y='%.1f' class='label' transform='rotate(90 %.1f %.1f)'>%@</text>", position + 3, top + 4, position + 3, top + 4, escape(shortLabel(event.detail)))
         }
         var failures = ""
         for second in self.timeline where second.failed > 0 {
@@ -217,6 +219,12 @@ struct LoadReport: Codable, Sendable {
             </table></body></html>
             """
     }
+}
+
+/// A step's name without its parenthesised detail, short enough to fit the chart's height.
+func shortLabel(_ text: String) -> String {
+    let head = text.components(separatedBy: " (").first ?? text
+    return head.count > 40 ? String(head.prefix(39)) + "…" : head
 }
 
 func escape(_ text: String) -> String {
