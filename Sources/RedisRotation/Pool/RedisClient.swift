@@ -63,9 +63,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var timerGenerations: [TimerKind: UInt64] = [:]
         var lastConnectError: RedisError?
         var runState = RunState.notStarted
-        var versionsSeen: Set<String> = []
+        /// The connection counts last sent to the gauges (zeros kept, so that a version leaving shows as 0).
+        var recordedVersionCounts: [String: Int] = [:]
         var tlsContext: RedisTLSContext?
-        var generationsSeen: Set<UInt64> = []
+        var recordedGenerationCounts: [UInt64: Int] = [:]
         /// Whether connections of an older TLS generation are still being replaced.
         var rolling = false
         var expiry: ExpiryMonitor
@@ -103,6 +104,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case scheduleTimer(TimerKind, NIODeadline, generation: UInt64)
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
+        case recordConnectionGauges(versions: [String: Int], generations: [UInt64: Int])
     }
 
     /// Creates a client. Nothing connects until ``run()`` runs.
@@ -434,7 +436,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 effects += Self.requestTimer(.pool, at: deadline, state: &state)
             }
         }
-        self.updateGauges(&state)
+        effects += self.gaugeUpdates(&state)
         if state.rolling, let target = state.tlsContext?.generation,
             state.pool.connectionsByGeneration.keys.allSatisfy({ $0 == target })
         {
@@ -482,17 +484,17 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         return effects
     }
 
-    private func updateGauges(_ state: inout State) {
-        let counts = state.pool.connectionsByVersion
-        state.versionsSeen.formUnion(counts.keys)
-        for version in state.versionsSeen {
-            self.metrics.connections(version: version).record(counts[version] ?? 0)
-        }
-        let generations = state.pool.connectionsByGeneration
-        state.generationsSeen.formUnion(generations.keys)
-        for generation in state.generationsSeen {
-            self.metrics.connections(generation: generation).record(generations[generation] ?? 0)
-        }
+    /// The connection gauges to record, when the counts changed since the last time (metric objects are
+    /// touched outside the lock, and not at all on the many leases that change nothing).
+    private func gaugeUpdates(_ state: inout State) -> [Effect] {
+        var versions = state.pool.connectionsByVersion
+        for version in state.recordedVersionCounts.keys where versions[version] == nil { versions[version] = 0 }
+        var generations = state.pool.connectionsByGeneration
+        for generation in state.recordedGenerationCounts.keys where generations[generation] == nil { generations[generation] = 0 }
+        guard versions != state.recordedVersionCounts || generations != state.recordedGenerationCounts else { return [] }
+        state.recordedVersionCounts = versions
+        state.recordedGenerationCounts = generations
+        return [.recordConnectionGauges(versions: versions, generations: generations)]
     }
 
     // MARK: Effects (outside the lock)
@@ -519,6 +521,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 self.eventContinuation.yield(event)
             case .cancelScheduled(let task):
                 task.cancel()
+            case .recordConnectionGauges(let versions, let generations):
+                for (version, count) in versions { self.metrics.connections(version: version).record(count) }
+                for (generation, count) in generations { self.metrics.connections(generation: generation).record(count) }
             case .scheduleTimer(let kind, let deadline, let generation):
                 let task = self.timerLoop.scheduleTask(deadline: deadline) { self.timerFired(kind, generation: generation) }
                 self.state.withLock { state in
