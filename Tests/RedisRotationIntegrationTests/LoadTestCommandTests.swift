@@ -66,7 +66,7 @@ struct LoadTestCommandTests {
             async let run = runTool([
                 "loadtest", "--host", "127.0.0.1", "--port", "\(server.port)", "--tls", "--ca-file", caFile,
                 "--server-name", "localhost", "--user", "alice", "--password-file", passwordFile,
-                "--duration", "8", "--concurrency", "8", "--verify-writes", "--key-prefix", "lt",
+                "--duration", "12", "--concurrency", "8", "--verify-writes", "--key-prefix", "lt",
                 "--report-json", report, "--report-html", html,
             ])
 
