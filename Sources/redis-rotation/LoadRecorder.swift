@@ -139,6 +139,9 @@ final class LoadRecorder: Sendable {
         }
     }
 
+    /// Commands failed so far.
+    var failedCount: Int { self.state.withLock { $0.failed } }
+
     /// Operations and p99 (µs) of the last complete second, for the progress line.
     func lastSecond() -> (ops: Int, failed: Int, p99: UInt64) {
         let second = Int(self.elapsed) - 1

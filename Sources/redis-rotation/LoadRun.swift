@@ -69,7 +69,7 @@ enum LoadRun {
                         let generations = client.connectionsByTLSGeneration.sorted { $0.key < $1.key }.map { "g\($0.key):\($0.value)" }.joined(separator: ",")
                         let line = String(
                             format: "t=%3ds  %6d ops/s  p99 %7.2f ms  failed %d  credentials %@  tls %@  step: %@%@",
-                            Int(recorder.elapsed), second.ops, Double(second.p99) / 1000, recorder.snapshot().failed,
+                            Int(recorder.elapsed), second.ops, Double(second.p99) / 1000, recorder.failedCount,
                             versions.isEmpty ? "-" : versions, generations.isEmpty ? "-" : generations, current.get(), status()
                         )
                         FileHandle.standardError.write(Data((line + "\n").utf8))

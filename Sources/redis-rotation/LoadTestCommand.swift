@@ -146,7 +146,6 @@ struct LoadTestCommand: AsyncParsableCommand {
             _ = try await connection.send(command)
             await connection.close()
         }
-        let counter = StepName("0")
         return try self.rotations.map { text in
             let (kind, at) = try Self.parseStep(text)
             switch kind {
@@ -160,7 +159,6 @@ struct LoadTestCommand: AsyncParsableCommand {
                         user: target.user,
                         passwordFile: target.passwordFile,
                         client: client,
-                        counter: counter,
                         admin: admin
                     )
                 }
@@ -177,13 +175,12 @@ enum PasswordRotation {
         user: String,
         passwordFile: String,
         client: RedisClient,
-        counter: StepName,
         admin: @Sendable (RedisCommand) async throws -> Void
     ) async throws {
         let old = try CredentialFileText.password(in: passwordFile)
         let new = randomPassword()
-        let version = "r\((Int(counter.get()) ?? 0) + 1)-\(Int(Date().timeIntervalSince1970))"
-        counter.set("\((Int(counter.get()) ?? 0) + 1)")
+        // Milliseconds since 1970: distinct for every step of a run, and ordered.
+        let version = "r\(Int(Date().timeIntervalSince1970 * 1000))"
         try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret(">" + new))))
         try CredentialFileText.write(password: new, version: version, to: passwordFile)
         // Bounded wait for the client to move every connection onto the new version.

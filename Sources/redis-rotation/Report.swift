@@ -10,12 +10,6 @@ struct LoadReport: Codable, Sendable {
         var retried: Int
     }
 
-    struct Writes: Codable, Sendable {
-        var acknowledged: Int
-        var found: Int
-        var lost: Int
-    }
-
     struct Latency: Codable, Sendable {
         var p50: UInt64
         var p90: UInt64
@@ -51,7 +45,7 @@ struct LoadReport: Codable, Sendable {
 
     var duration_s: Double
     var commands: Commands
-    var writes: Writes?
+    var writes: WriteVerification?
     var latency_us: Latency
     var reconnects: Int
     var reauthentications: Int
@@ -77,7 +71,7 @@ struct LoadReport: Codable, Sendable {
         }
         self.duration_s = (duration * 1000).rounded() / 1000
         self.commands = Commands(ok: snapshot.ok, failed: snapshot.failed, retried: retried)
-        self.writes = writes.map { Writes(acknowledged: $0.acknowledged, found: $0.found, lost: $0.lost) }
+        self.writes = writes
         self.latency_us = latency(snapshot.total)
         self.reconnects = snapshot.reconnects
         self.reauthentications = snapshot.reauthentications

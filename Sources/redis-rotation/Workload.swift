@@ -17,7 +17,7 @@ struct Workload: Sendable {
 }
 
 /// What the writes of a run left on the server.
-struct WriteVerification: Sendable {
+struct WriteVerification: Codable, Sendable {
     var acknowledged: Int
     var found: Int
     var lost: Int
