@@ -245,13 +245,7 @@ public final class RedisServerProcess: Sendable {
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 seconds), keeps its log and removes its folder.
     public func stop() async {
-        if self.isRunning {
-            _ = Glibc.kill(self.pid, SIGTERM)
-            if await !self.exit.wait(timeout: .seconds(5)) {
-                _ = Glibc.kill(self.pid, SIGKILL)
-                await self.exit.wait(timeout: .seconds(5))
-            }
-        }
+        await self.terminate()
         let log = self.readLog()
         self.finalLog.withLock { $0 = $0 ?? log }
         try? FileManager.default.removeItem(at: self.directory)
@@ -261,22 +255,32 @@ public final class RedisServerProcess: Sendable {
     /// kept: persistence is off), then waits until it answers. Clients see their connections close and
     /// must reconnect.
     public func restart(timeout: Duration = .seconds(15)) async throws {
-        if self.isRunning {
-            _ = Glibc.kill(self.pid, SIGTERM)
-            if await !self.exit.wait(timeout: .seconds(5)) {
-                _ = Glibc.kill(self.pid, SIGKILL)
-                await self.exit.wait(timeout: .seconds(5))
-            }
+        await self.terminate()
+        let launched = try Self.launch(self.executable, in: self.directory)
+        self.process.withLock { $0 = launched }
+        try await self.waitUntilReady(timeout: timeout)
+    }
+
+    /// SIGTERM, then SIGKILL when the server has not exited after 5 seconds.
+    private func terminate() async {
+        guard self.isRunning else { return }
+        _ = Glibc.kill(self.pid, SIGTERM)
+        if await !self.exit.wait(timeout: .seconds(5)) {
+            _ = Glibc.kill(self.pid, SIGKILL)
+            await self.exit.wait(timeout: .seconds(5))
         }
+    }
+
+    /// Starts `redis-server` with the configuration in `directory` and watches for its exit.
+    private static func launch(_ executable: String, in directory: URL) throws -> (pid: Int32, exit: ExitMonitor) {
         let exit = ExitMonitor()
         let pid = try Self.spawn(
-            self.executable,
-            arguments: [self.directory.appendingPathComponent("redis.conf").path],
-            output: self.directory.appendingPathComponent("redis.stdout").path
+            executable,
+            arguments: [directory.appendingPathComponent("redis.conf").path],
+            output: directory.appendingPathComponent("redis.stdout").path
         )
         exit.monitor(pid: pid)
-        self.process.withLock { $0 = (pid, exit) }
-        try await self.waitUntilReady(timeout: timeout)
+        return (pid, exit)
     }
 
     /// The server's log so far (after ``stop()``, as it was at the end).
@@ -327,13 +331,7 @@ public final class RedisServerProcess: Sendable {
                 adminPassword: adminPassword,
                 in: directory
             )
-            let exit = ExitMonitor()
-            let pid = try Self.spawn(
-                executable,
-                arguments: [directory.appendingPathComponent("redis.conf").path],
-                output: directory.appendingPathComponent("redis.stdout").path
-            )
-            exit.monitor(pid: pid)
+            let (pid, exit) = try Self.launch(executable, in: directory)
 
             let server = RedisServerProcess(
                 port: tlsPort ?? port,
