@@ -70,7 +70,6 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         /// Whether connections of an older TLS generation are still being replaced.
         var rolling = false
         var expiry: ExpiryMonitor
-        var expiryItemsSeen: Set<String> = []
         /// Connections the pool decided to close (retired, failed, unusable), as opposed to the server.
         var closingByPool: Set<PoolStateMachine.ConnectionID> = []
     }
@@ -105,6 +104,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
         case recordConnectionGauges(versions: [String: Int], generations: [UInt64: Int])
+        case recordExpiryGauges([(name: String, seconds: Double)])
     }
 
     /// Creates a client. Nothing connects until ``run()`` runs.
@@ -524,6 +524,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             case .recordConnectionGauges(let versions, let generations):
                 for (version, count) in versions { self.metrics.connections(version: version).record(count) }
                 for (generation, count) in generations { self.metrics.connections(generation: generation).record(count) }
+            case .recordExpiryGauges(let items):
+                for item in items { self.metrics.secondsUntilExpiry(item: item.name).record(item.seconds) }
             case .scheduleTimer(let kind, let deadline, let generation):
                 let task = self.timerLoop.scheduleTask(deadline: deadline) { self.timerFired(kind, generation: generation) }
                 self.state.withLock { state in
@@ -627,11 +629,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private func expiryEffects(_ state: inout State) -> [Effect] {
         let now = Date()
         let (warnings, next) = state.expiry.evaluate(at: now)
-        for (item, seconds) in state.expiry.remaining(at: now) {
-            state.expiryItemsSeen.insert(item.name)
-            self.metrics.secondsUntilExpiry(item: item.name).record(seconds)
-        }
-        var effects: [Effect] = warnings.map { warning in
+        let remaining = state.expiry.remaining(at: now).map { (name: $0.item.name, seconds: $0.seconds) }
+        var effects: [Effect] = [.recordExpiryGauges(remaining)]
+        effects += warnings.map { warning in
             let days = (warning.remaining / 86400 * 10).rounded() / 10
             let detail = warning.remaining <= 0
                 ? "\(warning.item.name) expired at \(warning.item.expiresAt)"
