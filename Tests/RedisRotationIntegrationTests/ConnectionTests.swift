@@ -286,19 +286,42 @@ struct ConnectionTests {
             let connection = try await RedisConnection.connect(
                 configuration: server.connectionConfiguration(username: "alice", password: password)
             )
+            let key = uniqueKey("cancelled")
+            try await connection.set(key, to: "value")
+            // With the server stopped, the GET is written but cannot be answered before it is cancelled.
+            server.kill(signal: SIGSTOP)
+            let waiting = Task { try await connection.get(key) }
+            let written = Task { try await connection.send(RedisCommand("ECHO", "after")) }
+            waiting.cancel()
+            await #expect(throws: CancellationError.self) { try await waiting.value }
+            server.kill(signal: SIGCONT)
+            // The GET's reply is dropped; the ECHO written after it gets its own.
+            #expect(try await written.value.string == "after")
+            #expect(try await connection.ping() == "PONG")
+            await connection.close()
+        }
+    }
+
+    @Test("cancelling a blocking command closes the connection, so the element pushed later stays in the list")
+    func blockingCancellation() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await RedisConnection.connect(
+                configuration: server.connectionConfiguration(username: "alice", password: password)
+            )
             let key = uniqueKey("list")
             let blocked = Task {
                 try await connection.send(RedisCommand("BLPOP", key.argumentForTests, "0"))
             }
-            // Cancel once the server has the BLPOP: a PING issued after it is answered only after it.
             try await server.waitForBlockedClients(1)
             blocked.cancel()
             await #expect(throws: CancellationError.self) { try await blocked.value }
-            // Unblock it: the BLPOP's reply is dropped; the PING gets its own.
+            await connection.waitUntilClosed()
+            try await server.waitForBlockedClients(0)
             try await server.admin("LPUSH", .key(key), "wake")
-            #expect(try await connection.ping() == "PONG")
-            #expect(try await connection.send(RedisCommand("ECHO", "after"), as: String.self) == "after")
-            await connection.close()
+            let admin = try await server.adminConnection()
+            #expect(try await admin.send(RedisCommand("LLEN", .key(key))).int == 1)
+            await admin.close()
         }
     }
 

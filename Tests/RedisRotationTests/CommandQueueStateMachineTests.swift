@@ -133,7 +133,7 @@ struct CommandQueueStateMachineTests {
         var machine = Machine()
         _ = self.enqueue(&machine, [self.entry(1, "a", deadlineAfter: 30), self.entry(2, "b", deadlineAfter: 5)])
         _ = machine.timerFired(now: self.start + .seconds(5))  // b fails, a continues
-        #expect(machine.commandCancelled(id: 1) == "a")
+        #expect(machine.commandCancelled(id: 1).fail == "a")
         let action = machine.timerFired(now: self.start + .seconds(31))
         #expect(action.close)
         #expect(action.fail.isEmpty)
@@ -143,9 +143,9 @@ struct CommandQueueStateMachineTests {
     func cancel() {
         var machine = Machine()
         _ = self.enqueue(&machine, [self.entry(1, "a", deadlineAfter: 5), self.entry(2, "b", deadlineAfter: 5)])
-        #expect(machine.commandCancelled(id: 1) == "a")
-        #expect(machine.commandCancelled(id: 1) == nil)
-        #expect(machine.commandCancelled(id: 99) == nil)
+        #expect(machine.commandCancelled(id: 1).fail == "a")
+        #expect(machine.commandCancelled(id: 1).fail == nil)
+        #expect(machine.commandCancelled(id: 99).fail == nil)
         guard case .drop = machine.replyReceived() else {
             Issue.record("expected a drop")
             return
@@ -173,8 +173,45 @@ struct CommandQueueStateMachineTests {
             Issue.record("replies after close are dropped")
             return
         }
-        #expect(machine.commandCancelled(id: 1) == nil)
+        #expect(machine.commandCancelled(id: 1).fail == nil)
         let action = machine.timerFired(now: self.start + .seconds(100))
         #expect(action.fail.isEmpty && !action.close)
+    }
+
+    @Test("cancelling a blocking command closes the connection; cancelling an ordinary one does not")
+    func cancelBlocking() {
+        var machine = Machine()
+        _ = self.enqueue(
+            &machine,
+            [
+                self.entry(1, "get", deadlineAfter: 5),
+                Machine.Entry(id: 2, promise: "blpop", deadline: self.start + .seconds(30), closesIfAbandoned: true),
+            ]
+        )
+        let ordinary = machine.commandCancelled(id: 1)
+        #expect(ordinary.fail == "get" && !ordinary.close)
+        let blocking = machine.commandCancelled(id: 2)
+        #expect(blocking.fail == "blpop" && blocking.close)
+        // Cancelled twice: nothing more to do.
+        let again = machine.commandCancelled(id: 2)
+        #expect(again.fail == nil && !again.close)
+    }
+
+    @Test("a blocking command past its deadline closes the connection even when it is not the oldest")
+    func blockingDeadline() {
+        var machine = Machine()
+        _ = self.enqueue(
+            &machine,
+            [
+                self.entry(1, "slow", deadlineAfter: 30),
+                Machine.Entry(id: 2, promise: "blpop", deadline: self.start + .seconds(5), closesIfAbandoned: true),
+                self.entry(3, "later", deadlineAfter: 30),
+            ]
+        )
+        let action = machine.timerFired(now: self.start + .seconds(5))
+        #expect(action.close)
+        #expect(action.fail.map(\.0) == ["slow", "blpop", "later"])
+        #expect(action.fail.map(\.1.code) == [.connectionClosed, .commandTimeout, .connectionClosed])
+        #expect(!machine.isOpen)
     }
 }

@@ -17,6 +17,16 @@ struct CommandQueueStateMachine<Promise> {
         /// `nil` once the waiter has been failed (deadline or cancellation): the reply is dropped.
         var promise: Promise?
         let deadline: NIODeadline
+        /// A blocking command (`BLPOP`, ...): when its caller stops waiting, the connection closes, so the
+        /// server unblocks it instead of handing the element it pops to nobody.
+        let closesIfAbandoned: Bool
+
+        init(id: UInt64, promise: Promise?, deadline: NIODeadline, closesIfAbandoned: Bool = false) {
+            self.id = id
+            self.promise = promise
+            self.deadline = deadline
+            self.closesIfAbandoned = closesIfAbandoned
+        }
     }
 
     private enum State {
@@ -110,6 +120,23 @@ struct CommandQueueStateMachine<Promise> {
             return action
         }
 
+        let expiredBlocking = self.queue.contains { $0.promise != nil && $0.deadline <= now && $0.closesIfAbandoned }
+        if expiredBlocking {
+            // A blocking command nobody waits for any more must not stay blocked on the server.
+            let cause = RedisError(
+                code: .connectionClosed,
+                message: "the connection was closed because a blocking command on it passed its deadline"
+            )
+            for entry in self.queue {
+                guard let promise = entry.promise else { continue }
+                action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
+            }
+            self.queue.removeAll()
+            self.state = .closed(cause)
+            action.close = true
+            return action
+        }
+
         var next: NIODeadline?
         for index in self.queue.indices {
             guard let promise = self.queue[index].promise else { continue }
@@ -126,13 +153,21 @@ struct CommandQueueStateMachine<Promise> {
         return action
     }
 
-    /// The caller stopped waiting for command `id` (its task was cancelled). Returns the waiter to fail,
-    /// if it was still waiting; its reply will be dropped.
-    mutating func commandCancelled(id: UInt64) -> Promise? {
-        guard case .open = self.state else { return nil }
-        guard let index = self.queue.firstIndex(where: { $0.id == id }) else { return nil }
-        defer { self.queue[index].promise = nil }
-        return self.queue[index].promise
+    struct CancelAction {
+        /// The waiter to fail with `CancellationError`, if it was still waiting.
+        var fail: Promise?
+        /// The command blocks on the server: close the connection (every other waiter fails).
+        var close = false
+    }
+
+    /// The caller stopped waiting for command `id` (its task was cancelled). Its reply will be dropped,
+    /// unless the command blocks: then the connection must close.
+    mutating func commandCancelled(id: UInt64) -> CancelAction {
+        guard case .open = self.state else { return CancelAction() }
+        guard let index = self.queue.firstIndex(where: { $0.id == id }) else { return CancelAction() }
+        let promise = self.queue[index].promise
+        self.queue[index].promise = nil
+        return CancelAction(fail: promise, close: promise != nil && self.queue[index].closesIfAbandoned)
     }
 
     /// The connection closed, or must close, because of `error`. Returns every waiter, to be failed with

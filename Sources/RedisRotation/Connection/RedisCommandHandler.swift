@@ -56,7 +56,14 @@ final class RedisCommandHandler: ChannelInboundHandler {
 
     /// The caller of command `id` stopped waiting.
     func cancel(id: UInt64) {
-        self.queue.commandCancelled(id: id)?.fail(CancellationError())
+        let action = self.queue.commandCancelled(id: id)
+        action.fail?.fail(CancellationError())
+        if action.close, let context = self.context {
+            self.closeWith(
+                RedisError(code: .connectionClosed, message: "the connection was closed because a blocking command on it was cancelled"),
+                context: context
+            )
+        }
     }
 
     /// Closes the channel at the caller's request; outstanding commands fail with `connectionClosed`.

@@ -33,8 +33,8 @@ public final class RedisConnection: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<RedisCommandHandler>
     private let logger: Logger
-    /// Whether a `MULTI` was sent whose `EXEC` or `DISCARD` has not been answered yet.
-    private let transactionOpen = Atomic<Bool>(false)
+    /// Session state as commands are enqueued, and the name the connection has on the server.
+    private let session: Mutex<(state: SessionState, name: String?)>
     private static let nextConnectionID = Atomic<Int>(0)
     private static let nextCommandID = Atomic<UInt64>(0)
 
@@ -55,6 +55,7 @@ public final class RedisConnection: Sendable {
         self.clientID = serverInfo.clientID
         self.tlsInfo = tlsInfo
         self.logger = logger
+        self.session = Mutex((SessionState(), configuration.name))
     }
 
     /// The event loop the connection's I/O runs on.
@@ -63,16 +64,45 @@ public final class RedisConnection: Sendable {
     /// Whether the connection is still open. A closed connection fails every command.
     public var isActive: Bool { self.channel.isActive }
 
-    /// Whether a transaction (`MULTI`) is open on this connection: the pool re-authenticates a
-    /// connection only outside one, and never hands on a connection left inside one.
-    public var isInTransaction: Bool { self.transactionOpen.load(ordering: .relaxed) }
+    /// Whether a transaction (`MULTI`) is open on this connection: a `MULTI` was sent (whether or not
+    /// its reply arrived) and no `EXEC` or `DISCARD` since.
+    public var isInTransaction: Bool { self.session.withLock { $0.state.inTransaction } }
 
-    private func track(_ command: RedisCommand) {
-        switch command.name {
-        case "MULTI": self.transactionOpen.store(true, ordering: .relaxed)
-        case "EXEC", "DISCARD": self.transactionOpen.store(false, ordering: .relaxed)
-        default: break
+    /// What must happen before the pool hands this connection to another user.
+    var releaseDisposition: SessionState.Release {
+        self.session.withLock { $0.state.release }
+    }
+
+    /// Undoes what the last user left on the connection (owed replies, transaction, watches, database,
+    /// name) in one pipeline within `timeout`. Returns whether the connection is clean again; when it is
+    /// not, the caller closes it.
+    func restore(timeout: Duration) async -> Bool {
+        guard case .restore(let steps) = self.releaseDisposition else { return self.releaseDisposition == .reuse }
+        let name = self.session.withLock { $0.name }
+        let commands = steps.map { step -> RedisCommand in
+            switch step {
+            case .discard: return RedisCommand("DISCARD")
+            case .unwatch: return RedisCommand("UNWATCH")
+            case .selectDatabase: return RedisCommand("SELECT", .integer(self.configuration.database ?? 0))
+            case .setName: return RedisCommand("CLIENT", "SETNAME", .string(name ?? ""))
+            case .ping: return RedisCommand("PING")
+            }
         }
+        guard let results = try? await self.write(commands, timeout: timeout, tracked: false) else { return false }
+        for (step, result) in zip(steps, results) {
+            switch (step, result) {
+            case (.discard, .success), (.unwatch, .success(.simpleString)), (.selectDatabase, .success(.simpleString)),
+                (.setName, .success(.simpleString)):
+                // DISCARD may answer "without MULTI" when the MULTI itself failed: no transaction either way.
+                continue
+            case (.ping, .success(.simpleString(let reply))) where String(buffer: reply) == "PONG":
+                continue
+            default:
+                return false
+            }
+        }
+        self.session.withLock { $0.state.restored() }
+        return true
     }
 
     /// Connects, authenticates and names the connection, all within the configured deadlines.
@@ -208,8 +238,7 @@ public final class RedisConnection: Sendable {
     @discardableResult
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
         try Task.checkCancellation()
-        let value = try await self.write(command.encoded, count: 1, timeout: timeout)[0].get()
-        self.track(command)
+        let value = try await self.write([command], timeout: timeout)[0].get()
         if case .error(let buffer) = value {
             throw Self.serverError(buffer, command: command)
         }
@@ -233,10 +262,7 @@ public final class RedisConnection: Sendable {
     ) async throws -> [Result<RESPValue, RedisError>] {
         try Task.checkCancellation()
         guard !commands.isEmpty else { return [] }
-        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
-        for command in commands { payload.writeImmutableBuffer(command.encoded) }
-        let results = try await self.write(payload, count: commands.count, timeout: timeout)
-        for (command, result) in zip(commands, results) where (try? result.get()) != nil { self.track(command) }
+        let results = try await self.write(commands, timeout: timeout)
         return zip(commands, results).map { command, result in
             result.flatMap { value in
                 if case .error(let buffer) = value { return .failure(Self.serverError(buffer, command: command)) }
@@ -259,11 +285,15 @@ public final class RedisConnection: Sendable {
         let step: HandshakeStateMachine.Command =
             hasHello ? .hello(authUsername: credentials.username, name: name) : .auth(username: credentials.username)
         let command = Self.command(for: step, configuration: configuration)
-        let reply = try await self.write(command.encoded, count: 1, timeout: self.configuration.handshakeTimeout)[0].get()
+        let reply = try await self.write([command], timeout: self.configuration.handshakeTimeout, tracked: false)[0].get()
         if let error = HandshakeStateMachine.failure(of: step, reply: reply) { throw error }
         // Without HELLO, the name changes only once the new identity is in place.
         if !hasHello, let name {
-            _ = try await self.send(RedisCommand("CLIENT", "SETNAME", .string(name)))
+            let reply = try await self.write([RedisCommand("CLIENT", "SETNAME", .string(name))], timeout: nil, tracked: false)[0].get()
+            if case .error(let buffer) = reply { throw Self.serverError(buffer, command: RedisCommand("CLIENT", "SETNAME")) }
+        }
+        if hasHello || name != nil {
+            self.session.withLock { $0.name = name ?? $0.name }
         }
     }
 
@@ -282,35 +312,57 @@ public final class RedisConnection: Sendable {
 
     // MARK: - Internals
 
-    /// Writes `payload`, which holds `count` encoded commands, and waits for their replies.
+    /// Writes `commands` in one write and waits for their replies. Their effect on the session is
+    /// recorded before they go out (`tracked`; the client's own re-authentication and restoration are
+    /// not user state), and a reply its caller stops waiting for is recorded as owed.
     private func write(
-        _ payload: ByteBuffer,
-        count: Int,
-        timeout: Duration?
+        _ commands: [RedisCommand],
+        timeout: Duration?,
+        tracked: Bool = true
     ) async throws -> [Result<RESPValue, RedisError>] {
-        try await Self.exchange(
+        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
+        for command in commands { payload.writeImmutableBuffer(command.encoded) }
+        if tracked {
+            self.session.withLock { session in
+                for command in commands { session.state.commandEnqueued(command.sessionEffect) }
+            }
+        }
+        let results = try await Self.exchange(
             payload,
-            count: count,
+            closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
             deadline: NIODeadline.now() + TimeAmount(timeout ?? self.configuration.commandTimeout),
-            handler: self.handler
+            handler: self.handler,
+            abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
+        if results.contains(where: Self.isTimeout) {
+            self.session.withLock { $0.state.replyAbandoned() }
+        }
+        return results
+    }
+
+    private static func isTimeout(_ result: Result<RESPValue, RedisError>) -> Bool {
+        if case .failure(let error) = result { return error.code == .commandTimeout }
+        return false
     }
 
     /// Hands `payload` (`count` encoded commands) to the handler on its event loop and waits for the
     /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
     private static func exchange(
         _ payload: ByteBuffer,
-        count: Int,
+        closesIfAbandoned: [Bool],
         deadline: NIODeadline,
-        handler: NIOLoopBound<RedisCommandHandler>
+        handler: NIOLoopBound<RedisCommandHandler>,
+        abandoned: (@Sendable () -> Void)? = nil
     ) async throws -> [Result<RESPValue, RedisError>] {
         let eventLoop = handler.eventLoop
+        let count = closesIfAbandoned.count
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
-        let entries = (0..<count).map { offset in
+        let entries = closesIfAbandoned.enumerated().map { offset, closes in
             RedisCommandHandler.Entry(
                 id: firstID + UInt64(offset),
                 promise: eventLoop.makePromise(of: RESPValue.self),
-                deadline: deadline
+                deadline: deadline,
+                closesIfAbandoned: closes
             )
         }
         if eventLoop.inEventLoop {
@@ -330,6 +382,7 @@ public final class RedisConnection: Sendable {
             }
             return results
         } onCancel: {
+            abandoned?()
             eventLoop.execute {
                 for entry in entries { handler.value.cancel(id: entry.id) }
             }
@@ -373,7 +426,12 @@ public final class RedisConnection: Sendable {
                 let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
                 var payload = ByteBufferAllocator().buffer(capacity: 256)
                 for command in encoded { payload.writeImmutableBuffer(command.encoded) }
-                let results = try await Self.exchange(payload, count: encoded.count, deadline: deadline, handler: handler)
+                let results = try await Self.exchange(
+                    payload,
+                    closesIfAbandoned: encoded.map { _ in false },
+                    deadline: deadline,
+                    handler: handler
+                )
                 var replies: [RESPValue] = []
                 for result in results {
                     switch result {

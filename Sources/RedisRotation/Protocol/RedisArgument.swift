@@ -44,6 +44,16 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
         return false
     }
 
+    /// The upper-cased text of a short text argument (a subcommand or an option such as `BLOCK`);
+    /// `nil` otherwise. Secrets and long arguments are never looked at.
+    var keyword: String? {
+        switch self.storage {
+        case .string(let string) where string.utf8.count <= 16: return string.uppercased()
+        case .bytes(let buffer) where buffer.readableBytes <= 16: return String(buffer: buffer).uppercased()
+        default: return nil
+        }
+    }
+
     /// The number of bytes the argument occupies on the wire (without framing).
     var byteCount: Int {
         switch self.storage {

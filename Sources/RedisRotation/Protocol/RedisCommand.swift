@@ -20,6 +20,8 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// resend it when the connection dies before its reply arrives. True for read-only commands; mark
     /// others with ``idempotent(_:)`` (a plain `SET key value` is, `INCR` is not).
     public private(set) var isIdempotent: Bool
+    /// What the command does to its connection's session (transaction, database, name, blocking).
+    let sessionEffect: SessionEffect
 
     /// Commands that only read, so resending them is harmless.
     static let readOnlyNames: Set<String> = [
@@ -48,6 +50,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.argumentCount = arguments.count
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
         self.isIdempotent = Self.readOnlyNames.contains(self.name)
+        self.sessionEffect = SessionEffect(name: self.name, keywords: arguments.map(\.keyword))
         self.encoded = Self.encode(all, sensitive: self.isSensitive)
     }
 
