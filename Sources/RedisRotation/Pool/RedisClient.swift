@@ -54,8 +54,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var pool: PoolStateMachine
         var credentials: CredentialStateMachine
         var connections: [PoolStateMachine.ConnectionID: RedisConnection] = [:]
-        var waiters: [PoolStateMachine.LeaseID: CheckedContinuation<Lease, any Error>] = [:]
-        var cancelledLeases: Set<PoolStateMachine.LeaseID> = []
+        /// Every lease request from the moment its ID is handed out until it is granted or failed.
+        var leaseRequests: [PoolStateMachine.LeaseID: LeaseRequest] = [:]
         var nextLeaseID: PoolStateMachine.LeaseID = 0
         /// The one scheduled timer of each kind, and the generation of its latest request: a timer that
         /// was replaced after it was scheduled finds its generation outdated and does nothing.
@@ -76,6 +76,18 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     private enum RunState { case notStarted, running, stopped }
 
+    /// Where a lease request stands. Can move to: `registered` → `waiting` or `cancelledEarly`;
+    /// `cancelledEarly` → gone (failed when its continuation arrives); `waiting` → gone (granted, failed
+    /// or cancelled).
+    private enum LeaseRequest {
+        /// The ID exists; the continuation is not installed yet.
+        case registered
+        /// Cancelled before its continuation was installed.
+        case cancelledEarly
+        /// Waiting for the pool, which knows its deadline too (to requeue it if its connection vanishes).
+        case waiting(CheckedContinuation<Lease, any Error>, deadline: NIODeadline)
+    }
+
     /// The deadlines the client keeps: the pool's, the credential machine's, the expiry monitor's.
     private enum TimerKind: Hashable, Sendable { case pool, credentials, expiry }
 
@@ -94,6 +106,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case watch(PoolStateMachine.ConnectionID, RedisConnection)
         /// PINGs an idle connection.
         case healthCheck(PoolStateMachine.ConnectionID, RedisConnection)
+        /// Undoes what a lease left on the connection (owed replies, transaction, database, name), then
+        /// releases it: reusable if that worked.
+        case restore(PoolStateMachine.ConnectionID, RedisConnection)
     }
 
     /// Effects of a decision, performed after the lock is released.
@@ -249,25 +264,30 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     // MARK: Commands
 
     /// Sends `command` on a pooled connection, with the retry rules described on ``RedisClient``.
+    ///
+    /// Commands that change a connection's session (`MULTI`/`EXEC`/`WATCH`, `SELECT`, `CLIENT SETNAME`,
+    /// `AUTH`, `HELLO`, `RESET`, the `SUBSCRIBE` family, `MONITOR`, `QUIT`) are refused with
+    /// ``RedisError/Code/invalidArgument``: on a pooled connection they would reach the next user.
+    /// Use ``withConnection(_:)`` for transactions.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
         var attempt = 0
         while true {
             attempt += 1
             let lease = try await self.lease()
             do {
                 let value = try await lease.connection.send(command, timeout: timeout)
-                // A MULTI sent outside withConnection leaves the connection in a transaction: never hand it on.
-                self.release(lease, reusable: !lease.connection.isInTransaction)
+                self.finish(lease)
                 return value
             } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply {
-                self.release(lease, reusable: !lease.connection.isInTransaction && lease.connection.isActive)
+                self.finish(lease)
                 throw error
             } catch is CancellationError {
-                // The reply will be dropped when it arrives; the connection stays in step.
-                self.release(lease, reusable: lease.connection.isActive)
+                // The reply is still owed: the connection is restored (or closed) before anyone else gets it.
+                self.finish(lease)
                 throw CancellationError()
             } catch let error as RedisError {
-                self.release(lease, reusable: false)
+                self.finish(lease)
                 let resendable = error.commandWasNotSent || command.isIdempotent
                 if resendable && attempt < self.configuration.maximumCommandAttempts {
                     self.metrics.retried.increment()
@@ -286,19 +306,42 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
+    /// Why `command` has no place on a pooled connection, and what to use instead.
+    private static func refusal(of command: RedisCommand) -> RedisError {
+        let advice: String
+        switch command.sessionEffect {
+        case .beginsTransaction, .endsTransaction, .watches, .unwatches:
+            advice = "a transaction needs one connection for the whole sequence: use withConnection"
+        case .selectsDatabase:
+            advice = "it would move a pooled connection to another database: set RedisClientConfiguration.database"
+        case .renames:
+            advice = "connection names carry the credential version operators rotate by: set RedisClientConfiguration.name"
+        case .irreversible(let name) where name.hasSuffix("SUBSCRIBE"):
+            advice = "subscriptions need a connection of their own, outside the pool"
+        case .irreversible, .none, .blocks:
+            advice = "it changes the connection's identity or protocol state, which a pooled connection must not carry; use a RedisConnection of your own"
+        }
+        return RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: \(advice)")
+    }
+
     /// Runs `body` with one pooled connection to itself, for sequences that need one connection
-    /// (`WATCH`/`MULTI`/`EXEC`). The connection returns to the pool afterwards; one left inside a
-    /// transaction, or closed, is replaced instead.
+    /// (`WATCH`/`MULTI`/`EXEC`).
+    ///
+    /// The connection goes back to the pool exactly as clean as it came: whatever `body` left on it
+    /// (an open transaction, watched keys, another database, another name, replies still owed to
+    /// commands whose callers were cancelled) is undone in one round trip before anyone else gets it,
+    /// or the connection is closed. It is always closed after `AUTH`, `HELLO`, `RESET`, the `SUBSCRIBE`
+    /// family, `MONITOR`, `CLIENT REPLY` or `QUIT`, and after a cancelled blocking command.
     public func withConnection<Result: Sendable>(
         _ body: (RedisConnection) async throws -> Result
     ) async throws -> Result {
         let lease = try await self.lease()
         do {
             let result = try await body(lease.connection)
-            self.release(lease, reusable: lease.connection.isActive && !lease.connection.isInTransaction)
+            self.finish(lease)
             return result
         } catch {
-            self.release(lease, reusable: lease.connection.isActive && !lease.connection.isInTransaction)
+            self.finish(lease)
             throw error
         }
     }
@@ -308,8 +351,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     public func reloadCredentials() {
         self.source.reload()
         self.tlsWatcher?.reload()
-        let actions = self.state.withLock { $0.credentials.retryNow() }
-        self.apply(credentials: actions)
+        self.decide { state in self.translate(credentials: state.credentials.retryNow(), state: &state) }
     }
 
     /// How many pooled connections are authenticated with each credential version.
@@ -360,38 +402,64 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let deadline = NIODeadline.now() + TimeAmount(self.configuration.pool.leaseTimeout)
         let id = self.state.withLock { state -> PoolStateMachine.LeaseID in
             state.nextLeaseID += 1
+            state.leaseRequests[state.nextLeaseID] = .registered
             return state.nextLeaseID
         }
         let lease = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Lease, any Error>) in
-                let effects = self.state.withLock { state -> [Effect] in
-                    if state.cancelledLeases.remove(id) != nil {
+                self.decide { state in
+                    if case .cancelledEarly = state.leaseRequests[id] {
+                        state.leaseRequests[id] = nil
                         return [.resume(continuation, .failure(CancellationError()))]
                     }
-                    state.waiters[id] = continuation
+                    state.leaseRequests[id] = .waiting(continuation, deadline: deadline)
                     return self.translate(state.pool.leaseRequested(id, deadline: deadline, now: .now()), state: &state)
                 }
-                self.perform(effects)
             }
         } onCancel: {
-            let effects = self.state.withLock { state -> [Effect] in
-                guard let continuation = state.waiters.removeValue(forKey: id) else {
-                    state.cancelledLeases.insert(id)
+            self.decide { state in
+                switch state.leaseRequests[id] {
+                case .registered:
+                    state.leaseRequests[id] = .cancelledEarly
                     return []
+                case .waiting(let continuation, _):
+                    state.leaseRequests[id] = nil
+                    return [.resume(continuation, .failure(CancellationError()))]
+                        + self.translate(state.pool.leaseCancelled(id, now: .now()), state: &state)
+                case .cancelledEarly, nil:
+                    return []  // Granted or failed already: the lease's user sees the cancellation next.
                 }
-                return [.resume(continuation, .failure(CancellationError()))]
-                    + self.translate(state.pool.leaseCancelled(id, now: .now()), state: &state)
             }
-            self.perform(effects)
         }
         self.metrics.leaseWait.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
         return lease
     }
 
+    /// Ends a lease: the connection goes back to the pool when it is clean, after a restoration when
+    /// something has to be undone, and is closed when it is dead or cannot be restored.
+    private func finish(_ lease: Lease) {
+        guard lease.connection.isActive else { return self.release(lease, reusable: false) }
+        switch lease.connection.releaseDisposition {
+        case .reuse:
+            self.release(lease, reusable: true)
+        case .close(let reason):
+            self.logger.debug("closing a connection its lease left unrestorable", metadata: [LoggingKeys.error: "\(reason)"])
+            self.release(lease, reusable: false)
+        case .restore:
+            self.perform([.work(.restore(lease.id, lease.connection))])
+        }
+    }
+
     private func release(_ lease: Lease, reusable: Bool) {
-        let effects = self.state.withLock { state in
+        self.decide { state in
             self.translate(state.pool.connectionReleased(lease.id, reusable: reusable, now: .now()), state: &state)
         }
+    }
+
+    /// Decides under the lock (the machines' events and their translation into effects, in one
+    /// acquisition, so no other decision can interleave), then performs the effects after it.
+    private func decide(_ body: (inout State) -> [Effect]) {
+        let effects = self.state.withLock { body(&$0) }
         self.perform(effects)
     }
 
@@ -404,14 +472,22 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             case .createConnection(let id):
                 effects.append(.work(.connect(id)))
             case .lease(let id, let leaseID):
-                guard let continuation = state.waiters.removeValue(forKey: leaseID), let connection = state.connections[id] else {
+                guard case .waiting(let continuation, let deadline) = state.leaseRequests[leaseID] else {
                     // The waiter left; give the connection back.
                     effects += self.translate(state.pool.connectionReleased(id, reusable: true, now: .now()), state: &state)
                     continue
                 }
+                guard let connection = state.connections[id] else {
+                    // The connection is gone although the pool still had it: drop it, and the waiter waits
+                    // on (never dropped).
+                    effects += self.translate(state.pool.connectionReleased(id, reusable: false, now: .now()), state: &state)
+                    effects += self.translate(state.pool.leaseRequested(leaseID, deadline: deadline, now: .now()), state: &state)
+                    continue
+                }
+                state.leaseRequests[leaseID] = nil
                 effects.append(.resume(continuation, .success(Lease(id: id, connection: connection))))
             case .failLease(let leaseID, var error):
-                guard let continuation = state.waiters.removeValue(forKey: leaseID) else { continue }
+                guard case .waiting(let continuation, _) = state.leaseRequests.removeValue(forKey: leaseID) else { continue }
                 if error.code == .leaseTimeout, let cause = state.lastConnectError {
                     error.message += "; the last connection attempt failed: \(cause.message)"
                     error.underlying = cause
@@ -499,16 +575,6 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     // MARK: Effects (outside the lock)
 
-    private func apply(pool actions: [PoolStateMachine.Action]) {
-        let effects = self.state.withLock { self.translate(actions, state: &$0) }
-        self.perform(effects)
-    }
-
-    private func apply(credentials actions: [CredentialStateMachine.Action]) {
-        let effects = self.state.withLock { self.translate(credentials: actions, state: &$0) }
-        self.perform(effects)
-    }
-
     private func perform(_ effects: [Effect]) {
         for effect in effects {
             switch effect {
@@ -528,9 +594,14 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 for item in items { self.metrics.secondsUntilExpiry(item: item.name).record(item.seconds) }
             case .scheduleTimer(let kind, let deadline, let generation):
                 let task = self.timerLoop.scheduleTask(deadline: deadline) { self.timerFired(kind, generation: generation) }
-                self.state.withLock { state in
-                    if state.timerGenerations[kind] == generation { state.timers[kind] = task } else { task.cancel() }
+                // Requests are numbered under the lock in the order they were decided; the newest wins even
+                // when an older one is performed after it.
+                let obsolete = self.state.withLock { state -> Scheduled<Void>? in
+                    guard state.timerGenerations[kind] == generation else { return task }
+                    defer { state.timers[kind] = task }
+                    return state.timers[kind]
                 }
+                obsolete?.cancel()
             }
         }
     }
@@ -663,10 +734,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 self.metrics.reauthentications.increment()
                 self.counters.reauthentications.add(1, ordering: .relaxed)
                 self.perform([.event(RedisRotationEvent(kind: .connectionReauthenticated, credentialVersion: credentials.version, connectionID: id))])
-                self.apply(pool: self.state.withLock { $0.pool.reauthenticated(id, version: credentials.version, now: .now()) })
+                self.decide { state in
+                    self.translate(state.pool.reauthenticated(id, version: credentials.version, now: .now()), state: &state)
+                }
             } catch {
                 self.logger.debug("re-authentication failed", metadata: [LoggingKeys.error: "\(error)"])
-                self.apply(pool: self.state.withLock { $0.pool.reauthenticationFailed(id, now: .now()) })
+                self.decide { state in self.translate(state.pool.reauthenticationFailed(id, now: .now()), state: &state) }
             }
         case .close(let id, let connection):
             await connection?.close()
@@ -680,6 +753,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             let healthy = (try? await connection.ping()) != nil
             if !healthy { self.logger.debug("health check failed", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
             self.release(Lease(id: id, connection: connection), reusable: healthy)
+        case .restore(let id, let connection):
+            let restored = await connection.restore(timeout: self.configuration.commandTimeout)
+            if !restored { self.logger.debug("restoring a connection failed: closing it", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
+            self.release(Lease(id: id, connection: connection), reusable: restored)
         }
     }
 
@@ -759,10 +836,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     private func connectionGone(_ id: PoolStateMachine.ConnectionID) {
         let effects = self.state.withLock { state -> [Effect] in
-            guard state.connections.removeValue(forKey: id) != nil else { return [] }
+            // Reported twice (the close and the watch both end): the pool ignores the second report.
+            let wasOpen = state.connections.removeValue(forKey: id) != nil
             let reason = state.closingByPool.remove(id) != nil ? "closed by the pool" : "closed by the server or the network"
             var effects = self.translate(state.pool.connectionClosed(id, now: .now()), state: &state)
-            if state.runState == .running {
+            if state.runState == .running && wasOpen {
                 effects.append(.event(RedisRotationEvent(kind: .connectionReplaced, connectionID: id, detail: reason)))
             }
             return effects
