@@ -7,4 +7,5 @@ enum LoggingKeys {
     static let clientID = "redis_client_id"
     static let command = "redis_command"
     static let error = "redis_error"
+    static let credentialVersion = "redis_credential_version"
 }

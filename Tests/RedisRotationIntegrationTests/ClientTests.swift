@@ -261,33 +261,75 @@ struct ClientRecoveryTests {
         }
     }
 
-    @Test("credentials the server rejects outright fail leases with the reason, naming the versions tried")
+    @Test("a password rolled back on the server: the rejected one is demoted, traffic serves on the previous one, no reconnect storm")
+    func rollback() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let new = makePassword()
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "rollback", stop: stop) }
+                await stop.waitForProgress(200, "before the rotation")
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("every connection moved to v2") {
+                    client.currentCredentialVersion == "v2" && client.connectionsByCredentialVersion.keys.sorted() == ["v2"]
+                }
+
+                // The operator rolls back: the new password is removed and every connection of the user dropped.
+                // The client still holds v2 as current and v1 as previous.
+                try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: new))"))
+                try await server.admin("ACL", "LOG", "RESET")
+                let openedBefore = client.statistics.connectionsOpened
+                try await server.admin("CLIENT", "KILL", "USER", "alice")
+                await eventually("v2 was demoted") { client.currentCredentialVersion == "v1" }
+                await eventually("every connection serves on v1") { client.connectionsByCredentialVersion.keys.sorted() == ["v1"] }
+                await stop.waitForProgress(3000, "after the rollback")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty, "\(report)")
+
+                // Measured before the fix: thousands of connections and failed logins within seconds.
+                let opened = client.statistics.connectionsOpened - openedBefore
+                #expect(opened <= 16, "\(opened) connections opened after the rollback")
+                let log = try await server.admin("ACL", "LOG")
+                let failedLogins = (log.array ?? []).reduce(0) { total, entry in
+                    let fields = entry.array ?? []
+                    let pairs = stride(from: 0, to: fields.count - 1, by: 2).map { (fields[$0].string ?? "", fields[$0 + 1]) }
+                    let reason = pairs.first { $0.0 == "reason" }?.1.string
+                    return total + (reason == "auth" ? (pairs.first { $0.0 == "count" }?.1.int ?? 0) : 0)
+                }
+                #expect(failedLogins <= 24, "\(failedLogins) failed logins after the rollback")
+                #expect(try await client.ping() == "PONG")
+            }
+        }
+    }
+
+    @Test("credentials the server rejects outright fail commands at once with credentialsRejected, naming the versions tried")
     func allCandidatesRejected() async throws {
         try await withAliceServer(password: makePassword()) { server in
             var configuration = self.configuration(server)
-            configuration.pool.leaseTimeout = .milliseconds(500)
+            // Far beyond the test's time limit: a command that waited for the lease deadline would fail the test.
+            configuration.pool.leaseTimeout = .seconds(600)
             let client = try RedisClient(
                 configuration: configuration,
                 credentials: .fixed(RedisCredentials(username: "alice", password: "wrong", version: "v7"))
             )
             try await withRunningClient(client) { client in
+                // Whether the command arrives before or after the first connect attempt fails, it fails with
+                // the rejection, not with leaseTimeout.
+                for _ in 0..<3 {
+                    let error = await #expect(throws: RedisError.self) { try await client.ping() }
+                    #expect(error?.code == .credentialsRejected)
+                    #expect(error?.message.contains("versions tried: v7") == true, "\(String(describing: error))")
+                }
                 for await event in client.events where event.kind == .credentialRejected {
                     #expect(event.credentialVersion == "v7")
                     break
                 }
-                // Once a connect attempt has failed, waiting commands are told why.
-                var last: RedisError?
-                await eventually("a lease failure names the rejected versions") {
-                    do {
-                        try await client.ping()
-                        return false
-                    } catch {
-                        last = error as? RedisError
-                        return (last?.underlying as? RedisError)?.code == .credentialsRejected
-                    }
-                }
-                #expect(last?.code == .leaseTimeout)
-                #expect(last?.message.contains("versions tried: v7") == true)
             }
         }
     }

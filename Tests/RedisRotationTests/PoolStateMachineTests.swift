@@ -155,15 +155,85 @@ struct PoolStateMachineTests {
         #expect(self.leases(actions).isEmpty)
     }
 
-    @Test("a failed re-authentication closes and replaces the connection")
+    @Test("a failed re-authentication closes the connection and replaces it after a backoff")
     func reauthFailure() {
         var pool = self.machine(minimum: 1)
         _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(pool.targetVersionChanged("v2", now: self.t0) == [.reauthenticate(0)])
+        // random 0: the first delay is the base, 100 ms.
+        #expect(pool.reauthenticationFailed(0, now: self.t0, random: 0) == [.closeConnection(0), .scheduleTimer(self.t0 + .milliseconds(100))])
+        #expect(pool.connectionClosed(0, now: self.t0).isEmpty, "no replacement before the backoff has passed")
+        #expect(pool.timerFired(now: self.t0 + .milliseconds(100)) == [.createConnection(1)])
+    }
+
+    @Test("a connection that goes straight into re-authentication does not reset the backoff; one that re-authenticates does")
+    func backoffNotResetBeforeReauthentication() {
+        var pool = self.machine(minimum: 1, handshakes: 1)
         _ = pool.targetVersionChanged("v2", now: self.t0)
-        let failed = pool.reauthenticationFailed(0, now: self.t0)
-        #expect(failed.contains(.closeConnection(0)))
-        #expect(self.creates(failed) == [1], "the replacement opens while the old one closes")
-        #expect(self.creates(pool.connectionClosed(0, now: self.t0)).isEmpty)
+        // Connection 0 opened at once for the minimum; it fails, the backoff starts near 300 ms.
+        let first = pool.connectionFailed(0, now: self.t0, random: 1)
+        guard case .scheduleTimer(let retry)? = first.last, first.count == 1 else {
+            Issue.record("expected only a timer: \(first)")
+            return
+        }
+        #expect(retry > self.t0 + .milliseconds(299))
+        #expect(pool.timerFired(now: retry) == [.createConnection(1)])
+        // Connection 1 opens with the previous credential (v1), so it must re-authenticate as v2.
+        #expect(pool.connectionEstablished(1, version: "v1", now: retry, random: 0) == [.reauthenticate(1)])
+        // The re-authentication is rejected: the next delay grows from the last one (near 900 ms) instead
+        // of starting again from the base (at most 300 ms).
+        let failed = pool.reauthenticationFailed(1, now: retry, random: 1)
+        guard case .scheduleTimer(let again)? = failed.last, failed.count == 2 else {
+            Issue.record("expected a close and a timer: \(failed)")
+            return
+        }
+        #expect(failed.first == .closeConnection(1))
+        #expect(again > retry + .milliseconds(800))
+        #expect(pool.connectionClosed(1, now: retry).isEmpty)
+        #expect(pool.timerFired(now: again) == [.createConnection(2)])
+        // A connection that opens on the target version resets it: the next failure starts from the base.
+        #expect(pool.connectionEstablished(2, version: "v2", now: again, random: 0).isEmpty)
+        #expect(pool.connectionClosed(2, now: again) == [.createConnection(3)])
+        #expect(pool.connectionFailed(3, now: again, random: 0) == [.scheduleTimer(again + .milliseconds(100))])
+    }
+
+    @Test("a rejected re-authentication whose credentials were demoted keeps the connection serving on its version")
+    func reauthRejectedAndKept() {
+        var pool = self.machine(minimum: 1)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)
+        #expect(pool.targetVersionChanged("v2", now: self.t0) == [.reauthenticate(0)])
+        // The credentials were demoted: v1 is the target again.
+        #expect(pool.targetVersionChanged("v1", now: self.t0).isEmpty)
+        #expect(pool.reauthenticationFailed(0, keepConnection: true, now: self.t0, random: 0).isEmpty)
+        #expect(pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0) == [.lease(0, to: 1)])
+        #expect(pool.connectionsByVersion == ["v1": 1])
+    }
+
+    @Test("when every candidate credential is rejected, waiting and new leases fail at once until the credentials change")
+    func credentialsRejectedFailsFast() {
+        var pool = self.machine(maximum: 2, handshakes: 1)
+        #expect(pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0) == [.createConnection(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0).isEmpty)
+        let rejection = RedisError(code: .credentialsRejected, message: "all 1 candidate credential for user alice were rejected")
+        let failed = pool.connectionFailed(0, error: rejection, now: self.t0, random: 0)
+        #expect(failed == [.failLease(1, rejection), .failLease(2, rejection)], "nothing left that wants a connection")
+        #expect(failed.allSatisfy { if case .failLease(_, let error) = $0 { return error.code == .credentialsRejected } else { return true } })
+        // A new lease fails at once too, while nothing could serve it.
+        #expect(pool.leaseRequested(3, deadline: self.t0 + .seconds(5), now: self.t0) == [.failLease(3, rejection)])
+        // New credentials: the pool tries at once (the lease timer at 5 s is still scheduled), and leases wait again.
+        #expect(pool.targetVersionChanged("v2", now: self.t0 + .milliseconds(10)) == [])
+        #expect(pool.leaseRequested(4, deadline: self.t0 + .seconds(5), now: self.t0 + .milliseconds(10)) == [.createConnection(1)])
+    }
+
+    @Test("a rejection does not fail leases that an open connection will serve")
+    func credentialsRejectedWithOpenConnection() {
+        var pool = self.machine(maximum: 2, handshakes: 1)
+        _ = pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0)
+        _ = pool.connectionEstablished(0, version: "v1", now: self.t0, random: 0)  // leased to 1
+        #expect(pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0) == [.createConnection(1)])
+        let rejection = RedisError(code: .credentialsRejected, message: "rejected")
+        #expect(pool.connectionFailed(1, error: rejection, now: self.t0, random: 0) == [.scheduleTimer(self.t0 + .milliseconds(100))])
+        #expect(pool.connectionReleased(0, reusable: true, now: self.t0) == [.lease(0, to: 2)])
     }
 
     @Test("connections retire at their jittered maximum age, make-before-break")
@@ -338,7 +408,7 @@ struct CredentialStateMachineTests {
     func promotionByConnection() {
         var machine = self.machine()
         _ = machine.sourceReported(self.v2, now: self.t0)
-        #expect(machine.connectionAuthenticated(with: self.v2, now: self.t0).first == .promoted(from: self.v1, to: self.v2))
+        #expect(machine.connectionAuthenticated(with: self.v2, now: self.t0, random: 0).first == .promoted(from: self.v1, to: self.v2))
         // The probe's late answer changes nothing.
         #expect(machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0).isEmpty)
     }
@@ -362,6 +432,36 @@ struct CredentialStateMachineTests {
         // Reverting to current cancels the pending one.
         #expect(machine.sourceReported(self.v1, now: self.t0).isEmpty)
         #expect(machine.pending == nil)
+    }
+
+    @Test("a connection that authenticates with the previous credential demotes the current one, which is probed again later")
+    func demotionOnConnect() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        _ = machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0)
+        #expect(machine.candidates == [self.v2, self.v1])
+        // The operator rolled back: v2 was rejected, v1 accepted.
+        let actions = machine.connectionAuthenticated(with: self.v1, now: self.t0 + .seconds(1), random: 0)
+        #expect(actions == [.demoted(rejected: self.v2, to: self.v1), .scheduleTimer(self.t0 + .seconds(1) + .milliseconds(100))])
+        #expect(machine.current == self.v1 && machine.pending == self.v2 && machine.previous == nil)
+        #expect(machine.candidates == [self.v1, self.v2])
+        // The demoted credential is probed with backoff, not at once; when it works again it is promoted.
+        #expect(machine.timerFired(now: self.t0 + .seconds(1) + .milliseconds(100)) == [.startProbe(self.v2)])
+        #expect(machine.probeCompleted(self.v2, result: .accepted, now: self.t0 + .seconds(2), random: 0).first == .promoted(from: self.v1, to: self.v2))
+    }
+
+    @Test("a rejected re-authentication demotes the current credential only when the connection is on the previous one")
+    func demotionOnReauthentication() {
+        var machine = self.machine()
+        _ = machine.sourceReported(self.v2, now: self.t0)
+        _ = machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0)
+        #expect(machine.reauthenticationRejected(self.v2, keptVersion: "v0", now: self.t0, random: 0).isEmpty)
+        #expect(machine.reauthenticationRejected(self.v1, keptVersion: "v1", now: self.t0, random: 0).isEmpty, "v1 is not current")
+        #expect(
+            machine.reauthenticationRejected(self.v2, keptVersion: "v1", now: self.t0, random: 0)
+                == [.demoted(rejected: self.v2, to: self.v1), .scheduleTimer(self.t0 + .milliseconds(100))]
+        )
+        #expect(machine.current == self.v1)
     }
 
     @Test("an inconclusive probe (server unreachable) retries too")

@@ -99,6 +99,10 @@ struct PoolStateMachine {
     private var nextConnectionID: ConnectionID = 0
     private var scheduledTimer: NIODeadline?
     private(set) var isShutDown = false
+    /// Set when the last connection attempt found every candidate credential rejected, until a
+    /// connection opens or the credentials change: leases then fail at once instead of waiting for their
+    /// deadline, when no open connection could serve them.
+    private(set) var rejection: RedisError?
 
     init(configuration: Configuration) {
         precondition(configuration.maximumConnections >= 1, "a pool needs room for one connection")
@@ -152,6 +156,11 @@ struct PoolStateMachine {
     /// The credentials the pool should use are known, or were promoted to `version`.
     mutating func targetVersionChanged(_ version: String, now: NIODeadline) -> [Action] {
         self.targetVersion = version
+        if self.rejection != nil {
+            // Different credentials may work: try them now rather than after the rejection's backoff.
+            self.rejection = nil
+            self.nextConnectAt = nil
+        }
         var actions: [Action] = []
         for (id, slot) in self.slots where slot.version != nil && slot.version != version {
             if case .idle = slot.state {
@@ -167,8 +176,21 @@ struct PoolStateMachine {
         guard !self.isShutDown else {
             return [.failLease(id, RedisError(code: .clientShutdown, message: "the client is shut down"))]
         }
+        if let rejection = self.rejection, !self.hasUsableConnection {
+            return [.failLease(id, rejection)] + self.rebalance(now: now)
+        }
         self.waiters.append(Waiter(id: id, deadline: deadline))
         return self.rebalance(now: now)
+    }
+
+    /// Whether some open connection could serve a lease now or later (idle, leased, re-authenticating).
+    private var hasUsableConnection: Bool {
+        self.slots.values.contains { slot in
+            switch slot.state {
+            case .idle, .leased, .reauthenticating: return true
+            case .connecting, .closing: return false
+            }
+        }
     }
 
     /// The caller stopped waiting for lease `id`.
@@ -190,9 +212,12 @@ struct PoolStateMachine {
         random: Double
     ) -> [Action] {
         guard self.slots[id]?.state == .connecting else { return [] }
-        self.failures = 0
-        self.lastBackoff = nil
-        self.nextConnectAt = nil
+        self.rejection = nil
+        // A connection that must re-authenticate first has not proven the target credentials: the
+        // backoff is reset only once it serves on them (else a rejected re-authentication loops).
+        if self.targetVersion == nil || self.targetVersion == version {
+            self.resetBackoff()
+        }
         var retireAt: NIODeadline?
         if let age = self.configuration.maximumConnectionAge {
             let shortening = Double(age.nanoseconds) * self.configuration.maximumAgeJitter * min(max(random, 0), 1)
@@ -226,14 +251,35 @@ struct PoolStateMachine {
         return actions + self.rebalance(now: now)
     }
 
-    mutating func connectionFailed(_ id: ConnectionID, now: NIODeadline, random: Double) -> [Action] {
+    /// Opening connection `id` failed with `error`. When every candidate credential was rejected
+    /// (`credentialsRejected`), waiting leases fail at once with that error unless an open connection
+    /// can still serve them, and so do new ones until a connection opens or the credentials change.
+    mutating func connectionFailed(_ id: ConnectionID, error: RedisError? = nil, now: NIODeadline, random: Double) -> [Action] {
         guard let slot = self.slots.removeValue(forKey: id) else { return [] }
         if let old = slot.replaces, self.slots[old] != nil { self.slots[old]!.replacement = nil }
+        self.backOff(now: now, random: random)
+        var actions: [Action] = []
+        if let error, error.code == .credentialsRejected {
+            self.rejection = error
+            if !self.hasUsableConnection {
+                actions = self.waiters.map { .failLease($0.id, error) }
+                self.waiters.removeAll()
+            }
+        }
+        return actions + self.rebalance(now: now)
+    }
+
+    private mutating func backOff(now: NIODeadline, random: Double) {
         self.failures += 1
         let delay = self.configuration.connectBackoff.delay(after: self.lastBackoff, random: random)
         self.lastBackoff = delay
         self.nextConnectAt = now + delay
-        return self.rebalance(now: now)
+    }
+
+    private mutating func resetBackoff() {
+        self.failures = 0
+        self.lastBackoff = nil
+        self.nextConnectAt = nil
     }
 
     /// A lease ended. `reusable` is false when the connection must not serve again (it failed, or a
@@ -267,6 +313,7 @@ struct PoolStateMachine {
     mutating func reauthenticated(_ id: ConnectionID, version: String, now: NIODeadline) -> [Action] {
         guard self.slots[id]?.state == .reauthenticating else { return [] }
         self.slots[id]!.version = version
+        if version == self.targetVersion { self.resetBackoff() }
         if self.slots[id]!.closeWhenFree {
             self.slots[id]!.state = .closing
             return [.closeConnection(id)] + self.rebalance(now: now)
@@ -278,9 +325,20 @@ struct PoolStateMachine {
         return self.rebalance(now: now)
     }
 
-    /// Re-authentication failed; the connection keeps its old identity on the server but is replaced.
-    mutating func reauthenticationFailed(_ id: ConnectionID, now: NIODeadline) -> [Action] {
-        guard self.slots[id]?.state == .reauthenticating else { return [] }
+    /// Re-authentication failed; the connection keeps its old identity on the server. With
+    /// `keepConnection` (its version is the target again: the rejected credentials were demoted) it goes
+    /// on serving; otherwise it is closed and replaced, after a backoff, so a rejection never turns into
+    /// a loop of connect, re-authenticate, close.
+    mutating func reauthenticationFailed(_ id: ConnectionID, keepConnection: Bool = false, now: NIODeadline, random: Double) -> [Action] {
+        guard let slot = self.slots[id], slot.state == .reauthenticating else { return [] }
+        if keepConnection && !slot.closeWhenFree {
+            if let target = self.targetVersion, slot.version != target {
+                return [.reauthenticate(id)]  // The target moved on meanwhile.
+            }
+            self.slots[id]!.state = .idle(since: now)
+            return self.rebalance(now: now)
+        }
+        self.backOff(now: now, random: random)
         self.slots[id]!.state = .closing
         return [.closeConnection(id)] + self.rebalance(now: now)
     }

@@ -495,7 +495,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 effects.append(.resume(continuation, .failure(error)))
             case .reauthenticate(let id):
                 guard let connection = state.connections[id], let credentials = state.credentials.current else {
-                    effects += self.translate(state.pool.reauthenticationFailed(id, now: .now()), state: &state)
+                    effects += self.translate(state.pool.reauthenticationFailed(id, now: .now(), random: Double.random(in: 0..<1)), state: &state)
                     continue
                 }
                 effects.append(.work(.reauthenticate(id, connection, credentials)))
@@ -551,6 +551,21 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                         )
                     )
                 )
+            case .demoted(let rejected, let working):
+                self.logger.warning(
+                    "current credentials rejected while the previous ones work: serving on the previous ones",
+                    metadata: [LoggingKeys.credentialVersion: "\(rejected.version)"]
+                )
+                effects.append(
+                    .event(
+                        RedisRotationEvent(
+                            kind: .credentialDemoted,
+                            credentialVersion: rejected.version,
+                            detail: "the server rejected \(rejected.version) while \(working.version) works: serving on \(working.version), probing \(rejected.version) again with backoff"
+                        )
+                    )
+                )
+                effects += self.translate(state.pool.targetVersionChanged(working.version, now: .now()), state: &state)
             case .previousDiscarded(let credentials):
                 effects.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
             case .scheduleTimer(let deadline):
@@ -739,7 +754,31 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 }
             } catch {
                 self.logger.debug("re-authentication failed", metadata: [LoggingKeys.error: "\(error)"])
-                self.decide { state in self.translate(state.pool.reauthenticationFailed(id, now: .now()), state: &state) }
+                let rejected = (error as? RedisError)?.code == .authenticationFailed
+                self.decide { state in
+                    var effects: [Effect] = []
+                    var demoted = false
+                    if rejected {
+                        effects.append(
+                            .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: credentials.version, detail: "WRONGPASS when re-authenticating connection \(id)"))
+                        )
+                        // The connection is still authenticated as before; if that is the previous version, the
+                        // rejected one is demoted and the connection serves on.
+                        let demotion = state.credentials.reauthenticationRejected(
+                            credentials,
+                            keptVersion: state.pool.slots[id]?.version,
+                            now: .now(),
+                            random: Double.random(in: 0..<1)
+                        )
+                        demoted = !demotion.isEmpty
+                        effects += self.translate(credentials: demotion, state: &state)
+                    }
+                    return effects
+                        + self.translate(
+                            state.pool.reauthenticationFailed(id, keepConnection: demoted, now: .now(), random: Double.random(in: 0..<1)),
+                            state: &state
+                        )
+                }
             }
         case .close(let id, let connection):
             await connection?.close()
@@ -779,7 +818,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     guard state.runState == .running else { return [] }
                     state.connections[id] = connection
                     state.lastConnectError = nil
-                    let promoted = state.credentials.connectionAuthenticated(with: candidate, now: .now())
+                    let promoted = state.credentials.connectionAuthenticated(with: candidate, now: .now(), random: Double.random(in: 0..<1))
                     var effects = self.translate(credentials: promoted, state: &state)
                     effects += self.translate(
                         state.pool.connectionEstablished(
@@ -829,7 +868,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.logger.debug("connect failed", metadata: [LoggingKeys.error: "\(error)"])
         let effects = self.state.withLock { state -> [Effect] in
             state.lastConnectError = error
-            return self.translate(state.pool.connectionFailed(id, now: .now(), random: Double.random(in: 0..<1)), state: &state)
+            return self.translate(state.pool.connectionFailed(id, error: error, now: .now(), random: Double.random(in: 0..<1)), state: &state)
         }
         self.perform(effects)
     }

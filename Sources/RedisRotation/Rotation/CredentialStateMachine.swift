@@ -35,6 +35,9 @@ struct CredentialStateMachine {
         case startProbe(RedisCredentials)
         /// `to` is now current; every connection on another version should re-authenticate.
         case promoted(from: RedisCredentials?, to: RedisCredentials)
+        /// The server rejected the current credentials `rejected` while `to` (the previous ones) still
+        /// work: `to` is current again, `rejected` is pending and probed again with backoff.
+        case demoted(rejected: RedisCredentials, to: RedisCredentials)
         /// The probe of `credentials` failed (`rejected` tells whether the server said WRONGPASS); the next
         /// attempt is at `retryAt`, or never when `nil`.
         case probeFailed(RedisCredentials, rejected: Bool, retryAt: NIODeadline?)
@@ -122,9 +125,12 @@ struct CredentialStateMachine {
         }
     }
 
-    /// A regular connection authenticated with `credentials` (it tried them because others failed).
-    /// Pending credentials that work on the server need no further probe.
-    mutating func connectionAuthenticated(with credentials: RedisCredentials, now: NIODeadline) -> [Action] {
+    /// A regular connection authenticated with `credentials`, the first candidate the server accepted.
+    /// Pending credentials that work on the server need no further probe. Previous credentials that
+    /// work mean the current ones were just rejected (candidates are tried current first): an operator
+    /// rolled the password back, or the server restarted with an ACL that was never saved. The current
+    /// credentials are demoted, so connections stop re-authenticating into a rejection.
+    mutating func connectionAuthenticated(with credentials: RedisCredentials, now: NIODeadline, random: Double) -> [Action] {
         if let current = self.current, credentials.authenticatesLike(current) {
             self.currentVerified = true
             return []
@@ -132,7 +138,25 @@ struct CredentialStateMachine {
         if let pending = self.pending, credentials.authenticatesLike(pending) {
             return self.promote(pending, now: now)
         }
+        if let previous = self.previous, credentials.authenticatesLike(previous), let current = self.current {
+            return self.demote(current, to: previous, now: now, random: random)
+        }
         return []
+    }
+
+    /// The server rejected `credentials` (`WRONGPASS`) when a connection authenticated as version
+    /// `keptVersion` tried to switch to them; the connection keeps its old identity. When those are the
+    /// current credentials and the connection's are the previous ones, the current ones are demoted.
+    mutating func reauthenticationRejected(
+        _ credentials: RedisCredentials,
+        keptVersion: String?,
+        now: NIODeadline,
+        random: Double
+    ) -> [Action] {
+        guard let current = self.current, credentials.authenticatesLike(current),
+            let previous = self.previous, previous.version == keptVersion
+        else { return [] }
+        return self.demote(current, to: previous, now: now, random: random)
     }
 
     /// The deadline of `scheduleTimer` passed.
@@ -173,6 +197,19 @@ struct CredentialStateMachine {
         var actions: [Action] = [.promoted(from: old, to: credentials)]
         if let next = self.nextDeadline() { actions.append(.scheduleTimer(next)) }
         return actions
+    }
+
+    private mutating func demote(_ rejected: RedisCredentials, to working: RedisCredentials, now: NIODeadline, random: Double) -> [Action] {
+        self.current = working
+        self.currentVerified = true
+        self.previous = nil
+        self.previousUntil = nil
+        // Probed again later, with backoff: a roll-forward is noticed, and the ACL log grows by at most the
+        // probe budget.
+        self.pending = rejected
+        let delay = self.configuration.probeBackoff.delay(after: nil, random: random)
+        self.probe = .waiting(rejected, until: now + delay, attempt: 1, lastDelay: delay)
+        return [.demoted(rejected: rejected, to: working), .scheduleTimer(self.nextDeadline()!)]
     }
 
     private func nextDeadline() -> NIODeadline? {

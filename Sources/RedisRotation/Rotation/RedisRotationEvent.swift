@@ -29,6 +29,10 @@ public struct RedisRotationEvent: Sendable, Hashable, CustomStringConvertible {
         public static let connectionReplaced = Kind("connectionReplaced")
         /// The server rejected credentials when a connection was opened (`WRONGPASS`).
         public static let credentialRejected = Kind("credentialRejected")
+        /// The server rejected the current credentials while the previous ones still work (a password
+        /// rolled back, a server restarted with an unsaved ACL): the previous ones are current again and
+        /// the rejected ones are probed with backoff. `credentialVersion` is the rejected version.
+        public static let credentialDemoted = Kind("credentialDemoted")
         /// The previous credentials' grace period ended.
         public static let previousCredentialDiscarded = Kind("previousCredentialDiscarded")
         /// Changed TLS files validated and became a new TLS context generation (`detail` names it).
