@@ -155,6 +155,17 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         self.line = line
     }
 
+    /// Server states in which a command is refused without being run and that pass by themselves:
+    /// loading the dataset, a busy script, a replica without its primary, a cluster slot in
+    /// migration or a cluster that is down.
+    static let transientServerPrefixes: Set<String> = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"]
+
+    /// Whether the server refused the command in a passing state (``transientServerPrefixes``), so the
+    /// command did not run and may be sent again.
+    var isTransientServerState: Bool {
+        self.code == .serverError && self.serverErrorPrefix.map(Self.transientServerPrefixes.contains) == true
+    }
+
     public static func == (lhs: RedisError, rhs: RedisError) -> Bool { lhs.code == rhs.code }
     public func hash(into hasher: inout Hasher) { hasher.combine(self.code) }
 

@@ -230,6 +230,69 @@ struct ClientRecoveryTests {
         }
     }
 
+    @Test("SIGKILL, then a restart that loads the append-only file slowly: commands retry on LOADING, none fails, nothing acknowledged is lost")
+    func loadingAfterCrash() async throws {
+        let password = makePassword()
+        // appendfsync always: with everysec, Redis may postpone the AOF write while replies go out, so a
+        // SIGKILL can lose acknowledged writes on the server's side. key-load-delay (µs per key) makes
+        // loading take about a second; events are processed every KiB, so the server answers -LOADING
+        // meanwhile instead of not answering at all.
+        let persistence = ["appendonly yes", "appendfsync always", "key-load-delay 200", "loading-process-events-interval-bytes 1024"]
+        try await withAliceServer(password: password, extraConfiguration: persistence) { server in
+            let admin = try await server.adminConnection()
+            for batch in 0..<10 {
+                _ = try await admin.pipeline((0..<500).map { RedisCommand("SET", .string("filler:\(batch * 500 + $0)"), .bytes([UInt8](repeating: 1, count: 64))) })
+            }
+            try await admin.send(RedisCommand("BGREWRITEAOF"))
+            await eventually("the AOF rewrite finished") {
+                let info = (try? await admin.send(RedisCommand("INFO", "persistence")).string) ?? ""
+                return info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+            }
+            await admin.close()
+
+            var configuration = self.configuration(server)
+            configuration.commandTimeout = .seconds(15)
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let stop = StopFlag()
+                let traffic = Task { await runTraffic(client: client, tasks: 8, prefix: "loading", stop: stop) }
+                await stop.waitForProgress(200, "before the crash")
+                server.kill(signal: SIGKILL)
+                #expect(await server.waitForExit(timeout: .seconds(5)))
+                let restart = Task { try await server.restart(timeout: .seconds(30)) }
+                // The test is only meaningful if the server did answer LOADING for a while.
+                var sawLoading = false
+                await eventually("the restarted server answered, LOADING first") {
+                    var probe = server.adminConnectionConfiguration()
+                    probe.connectTimeout = .milliseconds(200)
+                    guard let connection = try? await RedisConnection.connect(configuration: probe) else { return false }
+                    defer { Task { await connection.close() } }
+                    do {
+                        try await connection.ping()
+                        return true
+                    } catch let error as RedisError where error.serverErrorPrefix == "LOADING" {
+                        sawLoading = true
+                        return false
+                    } catch {
+                        return false
+                    }
+                }
+                try await restart.value
+                #expect(sawLoading)
+                await stop.waitForProgress(200, "after the restart")
+                stop.stop()
+                let report = await traffic.value
+                #expect(report.failedIdempotent.isEmpty && report.failedOther.isEmpty, "\(report)")
+                let counter = try await client.get("loading:counter", as: Int.self) ?? 0
+                #expect(counter >= report.incrementsAcknowledged, "no acknowledged INCR was lost")
+                #expect(counter <= report.incrementsAcknowledged + report.outcomeUnknown)
+            }
+        }
+    }
+
     @Test("a WRONGPASS on the known-good credential is not fatal while another candidate remains")
     func candidateFallback() async throws {
         let old = makePassword()

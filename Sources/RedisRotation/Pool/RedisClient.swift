@@ -271,7 +271,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Use ``withConnection(_:)`` for transactions.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
+        let clock = ContinuousClock()
+        let deadline = clock.now + (timeout ?? self.configuration.commandTimeout)
         var attempt = 0
+        var transientPause: Duration?
+        // Set once an attempt was written and its connection died before the reply: the command may
+        // have run, so a later failure cannot say that it did not.
+        var mayHaveExecuted = false
         while true {
             attempt += 1
             let lease = try await self.lease()
@@ -279,8 +285,21 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 let value = try await lease.connection.send(command, timeout: timeout)
                 self.finish(lease)
                 return value
-            } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply {
+            } catch let error as RedisError where error.isTransientServerState {
+                // The server refused the command without running it (loading, busy, failing over): any
+                // command may be sent again, within its deadline.
                 self.finish(lease)
+                let pause = Self.transientPause(after: transientPause)
+                transientPause = pause
+                guard clock.now + pause < deadline else {
+                    throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
+                }
+                self.metrics.retried.increment()
+                self.counters.commandsRetried.add(1, ordering: .relaxed)
+                try await Task.sleep(for: pause)
+            } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply || error.code == .invalidArgument {
+                self.finish(lease)
+                if mayHaveExecuted { throw self.failed(command, error, mayHaveExecuted: true) }
                 throw error
             } catch is CancellationError {
                 // The reply is still owed: the connection is restored (or closed) before anyone else gets it.
@@ -288,22 +307,38 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw CancellationError()
             } catch let error as RedisError {
                 self.finish(lease)
+                if !error.commandWasNotSent { mayHaveExecuted = true }
                 let resendable = error.commandWasNotSent || command.isIdempotent
                 if resendable && attempt < self.configuration.maximumCommandAttempts {
                     self.metrics.retried.increment()
                     self.counters.commandsRetried.add(1, ordering: .relaxed)
                     continue
                 }
-                self.metrics.failed.increment()
-                self.counters.commandsFailed.add(1, ordering: .relaxed)
-                if resendable { throw error }
-                throw RedisError(
-                    code: .outcomeUnknown,
-                    message: "the connection failed while \(command.name) was in flight (\(error.code)): it may or may not have executed",
-                    underlying: error
-                )
+                throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
             }
         }
+    }
+
+    /// The error a command fails with after its last attempt: `outcomeUnknown` when an earlier attempt
+    /// may have run (unless the command only reads, so that its running changed nothing).
+    private func failed(_ command: RedisCommand, _ error: RedisError, mayHaveExecuted: Bool) -> RedisError {
+        if error.code != .serverError && error.code != .unexpectedReply {
+            self.metrics.failed.increment()
+            self.counters.commandsFailed.add(1, ordering: .relaxed)
+        }
+        guard mayHaveExecuted && !command.isReadOnly else { return error }
+        return RedisError(
+            code: .outcomeUnknown,
+            message: "\(command.name) failed (\(error.code)\(error.serverErrorPrefix.map { ", \($0)" } ?? "")) after an attempt whose connection died in flight: it may or may not have executed",
+            underlying: error
+        )
+    }
+
+    /// Pauses between attempts on a transient server state: 10 ms doubling to 500 ms, with full jitter
+    /// on the upper half.
+    private static func transientPause(after previous: Duration?) -> Duration {
+        let next = min((previous ?? .milliseconds(5)) * 2, .milliseconds(500))
+        return next / 2 + (next / 2) * Double.random(in: 0..<1)
     }
 
     /// Why `command` has no place on a pooled connection, and what to use instead.

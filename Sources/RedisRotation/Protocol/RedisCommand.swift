@@ -20,6 +20,8 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// resend it when the connection dies before its reply arrives. True for read-only commands; mark
     /// others with ``idempotent(_:)`` (a plain `SET key value` is, `INCR` is not).
     public private(set) var isIdempotent: Bool
+    /// Whether the command only reads: its effect does not depend on how often it ran.
+    var isReadOnly: Bool { Self.readOnlyNames.contains(self.name) }
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
 
