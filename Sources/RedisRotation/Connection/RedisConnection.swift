@@ -204,11 +204,13 @@ public final class RedisConnection: Sendable {
     /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`.
     /// - Throws: ``RedisError`` with `serverError` for an error reply (the prefix in
     ///   ``RedisError/serverErrorPrefix``), `commandTimeout`, `connectionClosed` or `protocolError`;
+    ///   `invalidArgument`, with nothing written, for an argument larger than the server accepts;
     ///   `CancellationError` when the task is cancelled (the reply, when it comes, is dropped).
     @discardableResult
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
         try Task.checkCancellation()
-        let value = try await self.write(command.encoded, count: 1, timeout: timeout)[0].get()
+        let payload = try command.encoded
+        let value = try await self.write(payload, count: 1, timeout: timeout)[0].get()
         self.track(command)
         if case .error(let buffer) = value {
             throw Self.serverError(buffer, command: command)
@@ -226,15 +228,17 @@ public final class RedisConnection: Sendable {
     /// error reply fails only that command's result.
     ///
     /// - Parameter timeout: How long each command may wait for its reply; `nil` uses `commandTimeout`.
-    /// - Throws: `CancellationError` when the task is cancelled.
+    /// - Throws: `CancellationError` when the task is cancelled; `invalidArgument`, with none of the
+    ///   commands written, when one has an argument larger than the server accepts.
     public func pipeline(
         _ commands: [RedisCommand],
         timeout: Duration? = nil
     ) async throws -> [Result<RESPValue, RedisError>] {
         try Task.checkCancellation()
         guard !commands.isEmpty else { return [] }
-        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
-        for command in commands { payload.writeImmutableBuffer(command.encoded) }
+        let encoded = try commands.map { command throws(RedisError) in try command.encoded }
+        var payload = ByteBufferAllocator().buffer(capacity: encoded.reduce(0) { $0 + $1.readableBytes })
+        for bytes in encoded { payload.writeImmutableBuffer(bytes) }
         let results = try await self.write(payload, count: commands.count, timeout: timeout)
         for (command, result) in zip(commands, results) where (try? result.get()) != nil { self.track(command) }
         return zip(commands, results).map { command, result in
@@ -259,7 +263,7 @@ public final class RedisConnection: Sendable {
         let step: HandshakeStateMachine.Command =
             hasHello ? .hello(authUsername: credentials.username, name: name) : .auth(username: credentials.username)
         let command = Self.command(for: step, configuration: configuration)
-        let reply = try await self.write(command.encoded, count: 1, timeout: self.configuration.handshakeTimeout)[0].get()
+        let reply = try await self.write(try command.encoded, count: 1, timeout: self.configuration.handshakeTimeout)[0].get()
         if let error = HandshakeStateMachine.failure(of: step, reply: reply) { throw error }
         // Without HELLO, the name changes only once the new identity is in place.
         if !hasHello, let name {
@@ -372,7 +376,7 @@ public final class RedisConnection: Sendable {
             case .send(let commands):
                 let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
                 var payload = ByteBufferAllocator().buffer(capacity: 256)
-                for command in encoded { payload.writeImmutableBuffer(command.encoded) }
+                for command in encoded { payload.writeImmutableBuffer(try command.encoded) }
                 let results = try await Self.exchange(payload, count: encoded.count, deadline: deadline, handler: handler)
                 var replies: [RESPValue] = []
                 for result in results {

@@ -28,7 +28,9 @@ import Synchronization
 ///   `maximumConcurrentHandshakes` run at once.
 /// - A connection that dies (EOF, reset, `CLIENT KILL`) is replaced. A command that was never written
 ///   goes to another connection; an idempotent one in flight is resent; any other fails with
-///   ``RedisError/Code/outcomeUnknown``, since it may or may not have executed.
+///   ``RedisError/Code/outcomeUnknown``, since it may or may not have executed. A command with an
+///   argument larger than the server accepts fails with ``RedisError/Code/invalidArgument`` before any
+///   connection is leased, and is never retried.
 /// - Connection names are `<name>@<version>`, so `CLIENT LIST` shows when no connection uses the old
 ///   password any more; ``connectionsByCredentialVersion`` tells the same from the client side.
 public final class RedisClient: Service, RedisCommandExecutor, Sendable {
@@ -250,6 +252,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Sends `command` on a pooled connection, with the retry rules described on ``RedisClient``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        // Too large to send: no connection is leased, so none is touched, and no retry can help.
+        if let error = command.encodingError { throw error }
         var attempt = 0
         while true {
             attempt += 1
@@ -259,7 +263,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 // A MULTI sent outside withConnection leaves the connection in a transaction: never hand it on.
                 self.release(lease, reusable: !lease.connection.isInTransaction)
                 return value
-            } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply {
+            } catch let error as RedisError
+                where error.code == .serverError || error.code == .unexpectedReply || error.code == .invalidArgument
+            {
                 self.release(lease, reusable: !lease.connection.isInTransaction && lease.connection.isActive)
                 throw error
             } catch is CancellationError {
