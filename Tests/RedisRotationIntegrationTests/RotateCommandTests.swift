@@ -33,7 +33,8 @@ struct RotateCommandTests {
                 let blocked = try await runTool(common + ["--version", "v2", "--wait", "2"])
                 #expect(blocked.status == 1)
                 #expect(blocked.stderr.contains("other@v1"), "\(blocked.stderr)")
-                #expect(client.currentCredentialVersion == "v2", "the client moved even though another one did not")
+                // The client moves even though another one does not (on a loaded machine, maybe after the wait).
+                await eventually("the client moved to v2") { client.currentCredentialVersion == "v2" }
                 // The old password still works: the straggler is not cut off without --kill-stragglers.
                 let stillOld = try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: old))
                 await stillOld.close()

@@ -158,8 +158,7 @@ struct RESPReaderTests {
         #expect(try reader.next() == nil)
         let reader2 = RESPReader(limits: RESPReaderLimits(maximumBulkLength: 1024))
         // 1 GiB announced, no payload sent: refused without buffering anything.
-        try reader2.feed(buffer("$1073741824\r\n"))
-        let error = #expect(throws: RedisError.self) { try reader2.next() }
+        let error = #expect(throws: RedisError.self) { try feedAndDrain(reader2, buffer("$1073741824\r\n")) }
         #expect(error?.code == .protocolError)
         #expect(error?.message.contains("limit") == true)
     }
@@ -167,8 +166,9 @@ struct RESPReaderTests {
     @Test("a bulk string over the limit fails when it arrives whole")
     func bulkLimitWhole() throws {
         let reader = RESPReader(limits: RESPReaderLimits(maximumBulkLength: 4))
-        try reader.feed(buffer("*2\r\n$4\r\nabcd\r\n$5\r\nabcde\r\n"))
-        let error = #expect(throws: RedisError.self) { try reader.next() }
+        let error = #expect(throws: RedisError.self) {
+            try feedAndDrain(reader, buffer("*2\r\n$4\r\nabcd\r\n$5\r\nabcde\r\n"))
+        }
         #expect(error?.code == .protocolError)
     }
 
@@ -178,8 +178,7 @@ struct RESPReaderTests {
         try reader.feed(buffer("*3\r\n:1\r\n:2\r\n:3\r\n"))
         #expect(try reader.next() == .array([.integer(1), .integer(2), .integer(3)]))
         // 2^31-1 elements announced: refused before reserving anything.
-        try reader.feed(buffer("*2147483647\r\n"))
-        let error = #expect(throws: RedisError.self) { try reader.next() }
+        let error = #expect(throws: RedisError.self) { try feedAndDrain(reader, buffer("*2147483647\r\n")) }
         #expect(error?.code == .protocolError)
     }
 
@@ -190,8 +189,7 @@ struct RESPReaderTests {
         let reader = RESPReader(limits: RESPReaderLimits(maximumNestingDepth: depth))
         try reader.feed(buffer(allowed))
         #expect(try reader.next() != nil)
-        try reader.feed(buffer(tooDeep))
-        let error = #expect(throws: RedisError.self) { try reader.next() }
+        let error = #expect(throws: RedisError.self) { try feedAndDrain(reader, buffer(tooDeep)) }
         #expect(error?.code == .protocolError)
     }
 
@@ -203,16 +201,18 @@ struct RESPReaderTests {
         try reader.feed(buffer(type + fitting + "\r\n"))
         #expect(try reader.next() != nil)
         let reader2 = RESPReader(limits: RESPReaderLimits(maximumLineLength: 64))
-        try reader2.feed(buffer(type + String(repeating: "1", count: 100)))
-        let error = #expect(throws: RedisError.self) { try reader2.next() }
+        let error = #expect(throws: RedisError.self) {
+            try feedAndDrain(reader2, buffer(type + String(repeating: "1", count: 100)))
+        }
         #expect(error?.code == .protocolError)
     }
 
     @Test("a bulk length line that never ends fails")
     func endlessLengthLine() throws {
         let reader = RESPReader()
-        try reader.feed(buffer("$" + String(repeating: "9", count: 40)))
-        let error = #expect(throws: RedisError.self) { try reader.next() }
+        let error = #expect(throws: RedisError.self) {
+            try feedAndDrain(reader, buffer("$" + String(repeating: "9", count: 40)))
+        }
         #expect(error?.code == .protocolError)
     }
 

@@ -206,4 +206,29 @@ final class TLSClientHandlerTests {
         let error = #expect(throws: RedisError.self) { try self.channel.throwIfErrorCaught() }
         #expect(error?.code == .tlsHandshakeFailed)
     }
+
+    @Test("a 3 MiB write leaves in ciphertext pieces of at most one BIO chunk and arrives intact; so does a 3 MiB read")
+    func largePayloads() throws {
+        try self.connect()
+        try self.pump()
+        let chunk = TLSClientHandler.maximumBIOChunk
+        let text = String((0..<(3 * chunk + 17)).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
+
+        let written = self.channel.writeAndFlush(ByteBuffer(string: text))
+        var pieces: [Int] = []
+        while let out = try self.channel.readOutbound(as: ByteBuffer.self) {
+            pieces.append(out.readableBytes)
+            self.server.receive(out)
+        }
+        try written.wait()
+        #expect(pieces.count > 3)
+        #expect(pieces.allSatisfy { $0 <= chunk })
+        #expect(self.server.read().text == text)
+
+        // The server's 3 MiB as one inbound buffer: fed to OpenSSL in chunks, decrypted whole.
+        self.server.write(text)
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == text)
+        try self.channel.throwIfErrorCaught()
+    }
 }

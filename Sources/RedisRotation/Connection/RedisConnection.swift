@@ -234,6 +234,7 @@ public final class RedisConnection: Sendable {
     /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`.
     /// - Throws: ``RedisError`` with `serverError` for an error reply (the prefix in
     ///   ``RedisError/serverErrorPrefix``), `commandTimeout`, `connectionClosed` or `protocolError`;
+    ///   `invalidArgument`, with nothing written, for an argument larger than the server accepts;
     ///   `CancellationError` when the task is cancelled (the reply, when it comes, is dropped).
     @discardableResult
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
@@ -255,7 +256,8 @@ public final class RedisConnection: Sendable {
     /// error reply fails only that command's result.
     ///
     /// - Parameter timeout: How long each command may wait for its reply; `nil` uses `commandTimeout`.
-    /// - Throws: `CancellationError` when the task is cancelled.
+    /// - Throws: `CancellationError` when the task is cancelled; `invalidArgument`, with none of the
+    ///   commands written, when one has an argument larger than the server accepts.
     public func pipeline(
         _ commands: [RedisCommand],
         timeout: Duration? = nil
@@ -320,8 +322,10 @@ public final class RedisConnection: Sendable {
         timeout: Duration?,
         tracked: Bool = true
     ) async throws -> [Result<RESPValue, RedisError>] {
-        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
-        for command in commands { payload.writeImmutableBuffer(command.encoded) }
+        // An oversized command fails here, before anything is written or tracked.
+        let encoded = try commands.map { command throws(RedisError) in try command.encoded }
+        var payload = ByteBufferAllocator().buffer(capacity: encoded.reduce(0) { $0 + $1.readableBytes })
+        for bytes in encoded { payload.writeImmutableBuffer(bytes) }
         if tracked {
             self.session.withLock { session in
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
@@ -425,7 +429,7 @@ public final class RedisConnection: Sendable {
             case .send(let commands):
                 let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
                 var payload = ByteBufferAllocator().buffer(capacity: 256)
-                for command in encoded { payload.writeImmutableBuffer(command.encoded) }
+                for command in encoded { payload.writeImmutableBuffer(try command.encoded) }
                 let results = try await Self.exchange(
                     payload,
                     closesIfAbandoned: encoded.map { _ in false },

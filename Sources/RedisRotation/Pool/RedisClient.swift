@@ -28,7 +28,9 @@ import Synchronization
 ///   `maximumConcurrentHandshakes` run at once.
 /// - A connection that dies (EOF, reset, `CLIENT KILL`) is replaced. A command that was never written
 ///   goes to another connection; an idempotent one in flight is resent; any other fails with
-///   ``RedisError/Code/outcomeUnknown``, since it may or may not have executed.
+///   ``RedisError/Code/outcomeUnknown``, since it may or may not have executed. A command with an
+///   argument larger than the server accepts fails with ``RedisError/Code/invalidArgument`` before any
+///   connection is leased, and is never retried.
 /// - Connection names are `<name>@<version>`, so `CLIENT LIST` shows when no connection uses the old
 ///   password any more; ``connectionsByCredentialVersion`` tells the same from the client side.
 public final class RedisClient: Service, RedisCommandExecutor, Sendable {
@@ -271,6 +273,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Use ``withConnection(_:)`` for transactions.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
+        // Too large to send: no connection is leased, so none is touched, and no retry can help.
+        if let error = command.encodingError { throw error }
         let clock = ContinuousClock()
         let deadline = clock.now + (timeout ?? self.configuration.commandTimeout)
         var attempt = 0

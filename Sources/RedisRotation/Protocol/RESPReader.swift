@@ -4,21 +4,43 @@ public import NIOCore
 /// Parses RESP2 replies with hiredis 0.14.1's `redisReader`, building each reply directly as a
 /// ``RESPValue`` through our own `redisReplyObjectFunctions`.
 ///
-/// Feed it bytes as they arrive, in any split, then call ``next()`` until it returns `nil`. After a
-/// thrown error the reader is unusable: the stream is out of sync and the connection must close.
+/// Feed it bytes as they arrive, in any split, then call ``next()`` until it returns `nil`. Bytes are
+/// checked against the RESP2 grammar and the ``RESPReaderLimits`` as they are fed, before hiredis sees
+/// them, so a malformed or oversized reply fails at the byte that shows it, not after more bytes are
+/// buffered: ``feed(_:)`` throws, or, when whole replies came before the bad bytes, ``next()`` returns
+/// those first and then throws. After a thrown error the reader is unusable: the stream is out of sync
+/// and the connection must close.
 ///
 /// Not thread-safe: one reader belongs to one connection's event loop.
 public final class RESPReader {
     private let reader: UnsafeMutablePointer<redisReader>
     private let functions: UnsafeMutablePointer<redisReplyObjectFunctions>
     private let builder: ReplyBuilder
+    private var framer: RESPFramer
+    /// Fed bytes not checked yet: they follow a complete reply that ``next()`` has not taken. hiredis
+    /// is given at most one reply at a time, so its buffer never holds the bytes of later replies.
+    private var unchecked = CircularBuffer<ByteBuffer>()
+    /// Whether hiredis holds a complete reply.
+    private var replyReady = false
+    /// The checker's `itemsCompleted` when hiredis last parsed: hiredis runs only when it can progress,
+    /// so it never rescans an incomplete item for nothing.
+    private var itemsParsed = 0
     private var failure: RedisError?
+    /// How often hiredis was asked for a reply (`redisReaderGetReply`), for tests.
+    private(set) var parseCount = 0
 
     /// The limits this reader enforces.
-    public var limits: RESPReaderLimits { self.builder.limits }
+    public var limits: RESPReaderLimits { self.framer.limits }
+
+    /// Bytes looked at one by one by the checker, for tests: each at most once, bulk payloads skipped.
+    var bytesInspected: Int { self.framer.bytesInspected }
+
+    /// Bytes hiredis holds that it has not consumed yet, for tests.
+    var bytesBufferedInHiredis: Int { self.reader.pointee.len - self.reader.pointee.pos }
 
     public init(limits: RESPReaderLimits = RESPReaderLimits()) {
-        self.builder = ReplyBuilder(limits: limits)
+        self.builder = ReplyBuilder()
+        self.framer = RESPFramer(limits: limits)
         self.functions = .allocate(capacity: 1)
         self.functions.initialize(
             to: redisReplyObjectFunctions(
@@ -43,35 +65,82 @@ public final class RESPReader {
         self.functions.deallocate()
     }
 
-    /// Appends the readable bytes of `buffer` to the reader's input.
+    /// Appends the readable bytes of `buffer` to the reader's input and checks them.
+    ///
+    /// - Throws: `protocolError` when the bytes can never form a valid reply within the limits (and no
+    ///   complete reply comes before them), or when the reader failed before.
     public func feed(_ buffer: ByteBuffer) throws(RedisError) {
         if let failure = self.failure { throw failure }
-        let status = buffer.withUnsafeReadableBytes { bytes -> Int32 in
-            guard let base = bytes.baseAddress, bytes.count > 0 else { return REDIS_OK }
-            return redisReaderFeed(self.reader, base.assumingMemoryBound(to: CChar.self), bytes.count)
-        }
-        if status != REDIS_OK { throw self.fail(with: self.readerError()) }
+        guard buffer.readableBytes > 0 else { return }
+        self.unchecked.append(buffer)
+        if !self.replyReady { try self.checkUntilReplyEnds() }
     }
 
     /// The next complete reply, or `nil` when the input so far holds no complete reply.
     public func next() throws(RedisError) -> RESPValue? {
         if let failure = self.failure { throw failure }
-        var reply: UnsafeMutableRawPointer?
-        if redisReaderGetReply(self.reader, &reply) != REDIS_OK {
-            throw self.fail(with: self.builder.rejection ?? self.readerError())
-        }
-        if reply != nil {
-            guard let value = self.builder.takeCompleted() else {
-                preconditionFailure("hiredis reported a reply that the builder did not complete")
+        if !self.replyReady { try self.checkUntilReplyEnds() }
+        if self.replyReady {
+            guard let value = try self.parse() else {
+                throw self.fail(with: Self.disagreement("hiredis found no reply where the checker saw one end"))
             }
+            self.replyReady = false
             return value
         }
-        if let error = self.checkIncompleteItem() { throw self.fail(with: error) }
+        // Let hiredis build what is complete so far and drop those bytes from its buffer.
+        if self.framer.itemsCompleted > self.itemsParsed, try self.parse() != nil {
+            throw self.fail(with: Self.disagreement("hiredis completed a reply the checker did not"))
+        }
         return nil
+    }
+
+    /// Checks unchecked bytes and hands them to hiredis, up to the end of the next reply.
+    private func checkUntilReplyEnds() throws(RedisError) {
+        while !self.replyReady, var buffer = self.unchecked.first {
+            let outcome: (consumed: Int, replyEnded: Bool)
+            do {
+                outcome = try buffer.withUnsafeReadableBytes { bytes throws(RedisError) in
+                    let outcome = try self.framer.scan(bytes)
+                    // Only checked bytes reach hiredis; hiredis copies them into its own buffer.
+                    let status = redisReaderFeed(
+                        self.reader,
+                        bytes.baseAddress!.assumingMemoryBound(to: CChar.self),
+                        outcome.consumed
+                    )
+                    if status != REDIS_OK { throw self.readerError() }
+                    return outcome
+                }
+            } catch {
+                throw self.fail(with: error)
+            }
+            buffer.moveReaderIndex(forwardBy: outcome.consumed)
+            if buffer.readableBytes == 0 {
+                self.unchecked.removeFirst()
+            } else {
+                self.unchecked[self.unchecked.startIndex] = buffer
+            }
+            self.replyReady = outcome.replyEnded
+        }
+    }
+
+    /// Asks hiredis for a reply: it parses what it has, which the checker has already validated.
+    private func parse() throws(RedisError) -> RESPValue? {
+        self.parseCount += 1
+        self.itemsParsed = self.framer.itemsCompleted
+        var reply: UnsafeMutableRawPointer?
+        if redisReaderGetReply(self.reader, &reply) != REDIS_OK {
+            throw self.fail(with: self.readerError())
+        }
+        guard reply != nil else { return nil }
+        guard let value = self.builder.takeCompleted() else {
+            preconditionFailure("hiredis reported a reply that the builder did not complete")
+        }
+        return value
     }
 
     private func fail(with error: RedisError) -> RedisError {
         self.failure = error
+        self.unchecked.removeAll()
         return error
     }
 
@@ -79,71 +148,27 @@ public final class RESPReader {
         let text = withUnsafeBytes(of: self.reader.pointee.errstr) { raw in
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
-        return RedisError(code: .protocolError, message: "malformed reply from the server: \(text)")
+        return RESPFramer.malformed(text)
     }
 
-    /// Bounds what hiredis buffers for an item that has not arrived completely: a bulk string whose
-    /// announced length exceeds the limit is refused as soon as its header is in, not after its bytes.
-    private func checkIncompleteItem() -> RedisError? {
-        let ridx = Int(self.reader.pointee.ridx)
-        guard ridx >= 0, let buf = self.reader.pointee.buf else { return nil }
-        let pending = self.reader.pointee.len - self.reader.pointee.pos
-        guard pending > 0 else { return nil }
-        let type = withUnsafeBytes(of: self.reader.pointee.rstack) { raw in
-            raw.load(fromByteOffset: ridx * MemoryLayout<redisReadTask>.stride, as: redisReadTask.self).type
-        }
-        let limits = self.builder.limits
-        // hiredis has consumed the type byte of the current item: what is pending is its header line
-        // (digits of a length or count) or its text, then, for a bulk string, the payload.
-        let headerLimit = 32
-        switch type {
-        case REDIS_REPLY_STRING:
-            let header = UnsafeRawBufferPointer(start: buf + self.reader.pointee.pos, count: min(pending, headerLimit))
-            guard let end = header.firstIndex(of: UInt8(ascii: "\r")) else {
-                return pending >= headerLimit ? protocolError("bulk string length line is too long") : nil
-            }
-            if let length = Int(String(decoding: header[..<end], as: UTF8.self)), length > limits.maximumBulkLength {
-                return limitExceeded("bulk string of \(length) bytes", limit: "\(limits.maximumBulkLength) bytes")
-            }
-            return nil
-        case REDIS_REPLY_ARRAY:
-            return pending >= headerLimit ? protocolError("array length line is too long") : nil
-        case REDIS_REPLY_STATUS, REDIS_REPLY_ERROR, REDIS_REPLY_INTEGER:
-            return pending > limits.maximumLineLength + 1
-                ? limitExceeded("line longer than \(limits.maximumLineLength) bytes", limit: "\(limits.maximumLineLength) bytes")
-                : nil
-        default:
-            return nil
-        }
+    /// hiredis and the checker read the same bytes differently: a bug of ours, reported as a protocol
+    /// error so that the connection closes instead of misreading replies.
+    private static func disagreement(_ what: String) -> RedisError {
+        assertionFailure(what)
+        return RESPFramer.malformed(what)
     }
 }
 
-private func protocolError(_ what: String) -> RedisError {
-    RedisError(code: .protocolError, message: "malformed reply from the server: \(what)")
-}
-
-private func limitExceeded(_ what: String, limit: String) -> RedisError {
-    RedisError(
-        code: .protocolError,
-        message: "reply exceeds a configured limit: \(what) (limit \(limit)); the connection is closed"
-    )
-}
-
-/// Assembles the values hiredis announces, depth first, into one ``RESPValue``.
+/// Assembles the values hiredis announces, depth first, into one ``RESPValue``. Limits are not its
+/// concern: hiredis only ever sees bytes that ``RESPFramer`` accepted.
 private final class ReplyBuilder {
     struct OpenArray {
         var elements: [RESPValue]
         let expected: Int
     }
 
-    let limits: RESPReaderLimits
     var open: [OpenArray] = []
     var completed: RESPValue?
-    var rejection: RedisError?
-
-    init(limits: RESPReaderLimits) {
-        self.limits = limits
-    }
 
     func takeCompleted() -> RESPValue? {
         defer { self.completed = nil }
@@ -160,21 +185,7 @@ private final class ReplyBuilder {
         self.completed = value
     }
 
-    func beginArray(count: Int, depth: Int) -> Bool {
-        if depth > self.limits.maximumNestingDepth {
-            self.rejection = limitExceeded(
-                "arrays nested \(depth) deep",
-                limit: "\(self.limits.maximumNestingDepth) levels"
-            )
-            return false
-        }
-        if count > self.limits.maximumArrayElements {
-            self.rejection = limitExceeded(
-                "array of \(count) elements",
-                limit: "\(self.limits.maximumArrayElements) elements"
-            )
-            return false
-        }
+    func beginArray(count: Int) {
         if count == 0 {
             self.add(.array([]))
         } else {
@@ -183,7 +194,6 @@ private final class ReplyBuilder {
             elements.reserveCapacity(min(count, 1024))
             self.open.append(OpenArray(elements: elements, expected: count))
         }
-        return true
     }
 
     func reset() {
@@ -193,20 +203,10 @@ private final class ReplyBuilder {
 }
 
 // MARK: hiredis callbacks. They return the builder's address as the (opaque) object hiredis keeps;
-// returning NULL makes hiredis stop with an error, which `next()` reports as the builder's rejection.
+// they never return NULL, which would make hiredis stop with an out-of-memory error.
 
 private func builder(of task: UnsafePointer<redisReadTask>?) -> ReplyBuilder {
     Unmanaged<ReplyBuilder>.fromOpaque(task!.pointee.privdata!).takeUnretainedValue()
-}
-
-private func depth(of task: UnsafePointer<redisReadTask>?) -> Int {
-    var depth = 0
-    var parent = task?.pointee.parent
-    while let current = parent {
-        depth += 1
-        parent = current.pointee.parent
-    }
-    return depth
 }
 
 private func replyCreateString(
@@ -215,32 +215,11 @@ private func replyCreateString(
     _ length: Int
 ) -> UnsafeMutableRawPointer? {
     let builder = builder(of: task)
-    let type = task!.pointee.type
-    if type == REDIS_REPLY_STRING, length > builder.limits.maximumBulkLength {
-        builder.rejection = limitExceeded(
-            "bulk string of \(length) bytes",
-            limit: "\(builder.limits.maximumBulkLength) bytes"
-        )
-        return nil
-    }
-    if type != REDIS_REPLY_STRING, length > builder.limits.maximumLineLength {
-        builder.rejection = limitExceeded(
-            "line longer than \(builder.limits.maximumLineLength) bytes",
-            limit: "\(builder.limits.maximumLineLength) bytes"
-        )
-        return nil
-    }
-    // hiredis 0.14.1 skips the two bytes after a bulk string without looking at them; a stream whose
-    // bulk string is not followed by CRLF is out of sync, and every later reply would be misread.
-    if type == REDIS_REPLY_STRING, let bytes, bytes[length] != 0x0D || bytes[length + 1] != 0x0A {
-        builder.rejection = protocolError("bulk string not followed by CRLF")
-        return nil
-    }
     var buffer = ByteBufferAllocator().buffer(capacity: length)
     if length > 0, let bytes {
         buffer.writeBytes(UnsafeRawBufferPointer(start: bytes, count: length))
     }
-    switch type {
+    switch task!.pointee.type {
     case REDIS_REPLY_STATUS: builder.add(.simpleString(buffer))
     case REDIS_REPLY_ERROR: builder.add(.error(buffer))
     default: builder.add(.bulkString(buffer))
@@ -249,8 +228,7 @@ private func replyCreateString(
 }
 
 private func replyCreateArray(_ task: UnsafePointer<redisReadTask>?, _ count: Int32) -> UnsafeMutableRawPointer? {
-    let builder = builder(of: task)
-    guard builder.beginArray(count: Int(count), depth: depth(of: task) + 1) else { return nil }
+    builder(of: task).beginArray(count: Int(count))
     return task!.pointee.privdata
 }
 

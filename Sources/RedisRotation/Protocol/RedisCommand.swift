@@ -4,14 +4,19 @@ private import CHiredis
 /// A command ready to send: its name and its arguments, encoded once as RESP by hiredis
 /// (`redisFormatCommandArgv`, binary-safe; no format strings).
 ///
+/// An argument longer than the server accepts (512 MiB), or a command too long for hiredis to encode,
+/// is not encoded: sending the command throws ``RedisError/Code/invalidArgument`` and writes nothing.
+///
 /// Its description names the command and counts its arguments; it never shows them.
 public struct RedisCommand: Sendable, CustomStringConvertible {
     /// The command's name in upper case (`GET`, `SET`, `CLIENT`).
     public let name: String
     /// The number of arguments after the name.
     public let argumentCount: Int
-    /// The RESP bytes that go on the wire.
-    let encoded: ByteBuffer
+    /// The RESP bytes that go on the wire; empty when ``encodingError`` is set.
+    private let encodedBytes: ByteBuffer
+    /// Why the command cannot be sent: an argument or the whole command is too large.
+    let encodingError: RedisError?
     /// Whether the command carries a secret (a ``RedisArgument/secret(_:)`` argument, or a command such
     /// as `AUTH`, `HELLO`, `ACL`, `CONFIG` or `MIGRATE` whose arguments may be credentials). The server's
     /// message in reply to such a command is never kept, since servers echo arguments in errors.
@@ -24,6 +29,13 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     var isReadOnly: Bool { Self.readOnlyNames.contains(self.name) }
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
+
+    /// The longest argument accepted: the default `proto-max-bulk-len` of the server, which refuses a
+    /// longer one with a protocol error and closes the connection.
+    static let maximumArgumentLength = 512 * 1024 * 1024
+    /// The longest command hiredis 0.14.1 can encode: `redisFormatCommandArgv` counts in `int` and
+    /// allocates one byte more, so a longer one would overflow (a trap at 2 GiB, a heap overflow at 4).
+    static let maximumEncodedLength = Int(Int32.max) - 1
 
     /// Commands that only read, so resending them is harmless.
     static let readOnlyNames: Set<String> = [
@@ -53,7 +65,45 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
         self.isIdempotent = Self.readOnlyNames.contains(self.name)
         self.sessionEffect = SessionEffect(name: self.name, keywords: arguments.map(\.keyword))
-        self.encoded = Self.encode(all, sensitive: self.isSensitive)
+        // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
+        self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
+        self.encodedBytes = self.encodingError == nil ? Self.encode(all, sensitive: self.isSensitive) : ByteBuffer()
+    }
+
+    /// The RESP bytes that go on the wire.
+    ///
+    /// - Throws: ``encodingError``, an `invalidArgument`, when the command is too large to send.
+    var encoded: ByteBuffer {
+        get throws(RedisError) {
+            if let error = self.encodingError { throw error }
+            return self.encodedBytes
+        }
+    }
+
+    /// Why a command whose name and arguments have `lengths` bytes (name first) cannot be sent, if so.
+    static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {
+        // A name is shown, but not one that is itself absurdly long.
+        let name = name.utf8.count <= 64 ? name : "a command"
+        let limit = "\(Self.maximumArgumentLength / (1024 * 1024)) MiB"
+        for (index, length) in lengths.enumerated() where length > Self.maximumArgumentLength {
+            let what = index == 0 ? "the name of a command" : "argument \(index) of \(name)"
+            return RedisError(
+                code: .invalidArgument,
+                message: "\(what) is \(length) bytes; the server accepts at most \(limit)"
+            )
+        }
+        // `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` for each; each length is at most 512 MiB here.
+        var total = 3 + String(lengths.count).utf8.count
+        for length in lengths {
+            total += 5 + String(length).utf8.count + length
+            if total > Self.maximumEncodedLength {
+                return RedisError(
+                    code: .invalidArgument,
+                    message: "\(name) with \(lengths.count - 1) arguments needs more than \(Self.maximumEncodedLength) bytes on the wire, the most hiredis encodes in one command"
+                )
+            }
+        }
+        return nil
     }
 
     /// This command, marked as safe (or not) to resend after a lost connection.

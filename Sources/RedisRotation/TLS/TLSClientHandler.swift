@@ -43,6 +43,11 @@ final class TLSClientHandler: ChannelDuplexHandler {
     /// Set once the handshake has completed.
     private(set) var info: RedisTLSConnectionInfo?
 
+    /// The most bytes one call moves into or out of a memory BIO, and the most plaintext encrypted at
+    /// once. `BIO_read` and `BIO_write` count in `Int32`, so a larger call would trap; smaller pieces
+    /// also keep the write BIO from holding a whole large command's ciphertext next to its plaintext.
+    static let maximumBIOChunk = 1 << 20
+
     /// - Parameters:
     ///   - serverName: The DNS name or IP address the certificate must name (SNI for a DNS name).
     ///   - sessionKey: Which server the session cache files this connection's sessions under.
@@ -158,16 +163,20 @@ final class TLSClientHandler: ChannelDuplexHandler {
         case .idle, .handshaking, .active, .closing:
             break
         }
-        let written = buffer.withUnsafeReadableBytes { bytes -> Bool in
-            guard bytes.count > 0 else { return true }
-            return BIO_write(SSL_get_rbio(self.ssl), bytes.baseAddress, Int32(bytes.count)) == Int32(bytes.count)
+        var remaining = buffer
+        while remaining.readableBytes > 0, self.state != .closed {
+            let piece = remaining.readSlice(length: min(remaining.readableBytes, Self.maximumBIOChunk))!
+            let written = piece.withUnsafeReadableBytes { bytes -> Bool in
+                BIO_write(SSL_get_rbio(self.ssl), bytes.baseAddress, Int32(bytes.count)) == Int32(bytes.count)
+            }
+            guard written else {
+                self.fail(RedisError(code: .tlsHandshakeFailed, message: "OpenSSL could not buffer received bytes"), context: context)
+                return
+            }
+            // Each piece is decrypted before the next goes in, so the read BIO holds at most one.
+            if case .handshaking = self.state { self.driveHandshake(context: context) }
+            if case .active = self.state { self.readPlaintext(context: context) }
         }
-        guard written else {
-            self.fail(RedisError(code: .tlsHandshakeFailed, message: "OpenSSL could not buffer received bytes"), context: context)
-            return
-        }
-        if case .handshaking = self.state { self.driveHandshake(context: context) }
-        if case .active = self.state { self.readPlaintext(context: context) }
         self.flushCiphertext(context: context)
     }
 
@@ -293,36 +302,50 @@ final class TLSClientHandler: ChannelDuplexHandler {
             promise?.succeed()
             return
         }
-        var failure: [OpenSSLErrorEntry]?
-        buffer.withUnsafeReadableBytes { bytes in
-            var written = 0
-            OpenSSLErrors.clear()
-            // A memory BIO takes any amount: the write completes in one call or fails.
-            if SSL_write_ex(self.ssl, bytes.baseAddress, bytes.count, &written) != 1 || written != bytes.count {
-                failure = OpenSSLErrors.drain()
+        var remaining = buffer
+        while let piece = remaining.readSlice(length: min(remaining.readableBytes, Self.maximumBIOChunk)),
+            piece.readableBytes > 0
+        {
+            var failure: [OpenSSLErrorEntry]?
+            piece.withUnsafeReadableBytes { bytes in
+                var written = 0
+                OpenSSLErrors.clear()
+                // A memory BIO takes any amount: the write completes in one call or fails.
+                if SSL_write_ex(self.ssl, bytes.baseAddress, bytes.count, &written) != 1 || written != bytes.count {
+                    failure = OpenSSLErrors.drain()
+                }
             }
+            if let failure {
+                promise?.fail(ChannelError.ioOnClosedChannel)
+                self.fail(self.classify(failure), context: context)
+                return
+            }
+            // The write's promise completes with its last piece.
+            self.writeCiphertext(context: context, promise: remaining.readableBytes == 0 ? promise : nil)
         }
-        if let failure {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            self.fail(self.classify(failure), context: context)
-            return
-        }
-        self.writeCiphertext(context: context, promise: promise)
     }
 
-    /// Moves what OpenSSL wrote into the write BIO to the channel, without flushing.
+    /// Moves what OpenSSL wrote into the write BIO to the channel, without flushing, in buffers of at
+    /// most ``maximumBIOChunk`` bytes; `promise` completes with the last.
     private func writeCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         let writeBIO = SSL_get_wbio(self.ssl)!
-        let pending = Int(BIO_ctrl_pending(writeBIO))
+        var pending = Int(BIO_ctrl_pending(writeBIO))
         guard pending > 0 else {
             promise?.succeed()
             return
         }
-        var buffer = context.channel.allocator.buffer(capacity: pending)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
-            Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(pending))))
+        // Bounded: every round takes at least one byte out of the BIO, or is the last.
+        while true {
+            let size = min(pending, Self.maximumBIOChunk)
+            var buffer = context.channel.allocator.buffer(capacity: size)
+            let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
+                Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(size))))
+            }
+            pending = Int(BIO_ctrl_pending(writeBIO))
+            let last = pending == 0 || read == 0
+            context.write(self.wrapOutboundOut(buffer), promise: last ? promise : nil)
+            if last { return }
         }
-        context.write(self.wrapOutboundOut(buffer), promise: promise)
     }
 
     private func flushCiphertext(context: ChannelHandlerContext) {
