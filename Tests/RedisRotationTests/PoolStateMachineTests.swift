@@ -13,7 +13,8 @@ struct PoolStateMachineTests {
         maximum: Int = 4,
         handshakes: Int = 4,
         idleTimeout: TimeAmount = .seconds(60),
-        maximumAge: TimeAmount? = nil
+        maximumAge: TimeAmount? = nil,
+        hedge: TimeAmount? = nil
     ) -> Machine {
         var configuration = Machine.Configuration()
         configuration.minimumConnections = minimum
@@ -24,6 +25,7 @@ struct PoolStateMachineTests {
         configuration.maximumAgeJitter = 0.2
         configuration.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
         configuration.healthCheckInterval = nil
+        configuration.handshakeHedgeDelay = hedge
         var machine = Machine(configuration: configuration)
         _ = machine.targetVersionChanged("v1", now: self.t0)
         return machine
@@ -223,6 +225,33 @@ struct PoolStateMachineTests {
         // New credentials: the pool tries at once (the lease timer at 5 s is still scheduled), and leases wait again.
         #expect(pool.targetVersionChanged("v2", now: self.t0 + .milliseconds(10)) == [])
         #expect(pool.leaseRequested(4, deadline: self.t0 + .seconds(5), now: self.t0 + .milliseconds(10)) == [.createConnection(1)])
+    }
+
+    @Test("a handshake hung past the hedge delay while leases wait does not hold back new attempts; the total stays bounded")
+    func hedgedHandshakes() {
+        var pool = self.machine(maximum: 2, handshakes: 1, hedge: .seconds(1))
+        let deadline = self.t0 + .seconds(30)
+        #expect(pool.leaseRequested(1, deadline: deadline, now: self.t0) == [.createConnection(0), .scheduleTimer(self.t0 + .seconds(1))])
+        // The server accepted and went silent: after a second another attempt starts.
+        #expect(pool.timerFired(now: self.t0 + .seconds(1)) == [.createConnection(1), .scheduleTimer(self.t0 + .seconds(2))])
+        #expect(pool.timerFired(now: self.t0 + .seconds(2)) == [.createConnection(2), .scheduleTimer(self.t0 + .seconds(3))])
+        // At most maximumConnections + maximumConcurrentHandshakes slots (3) exist: no fourth attempt.
+        #expect(pool.timerFired(now: self.t0 + .seconds(3)) == [.scheduleTimer(deadline)])
+        // The server answers again: the newest attempt serves the lease; the hung ones fail later.
+        #expect(pool.connectionEstablished(2, version: "v1", now: self.t0 + .seconds(3), random: 0) == [.lease(2, to: 1)])
+        #expect(pool.connectionFailed(0, now: self.t0 + .seconds(5), random: 0) == [])
+        #expect(pool.connectionEstablished(1, version: "v1", now: self.t0 + .seconds(3), random: 0) == [.scheduleTimer(self.t0 + .seconds(63))])
+        // A hung handshake that completes after all is closed if the pool is full.
+        var full = self.machine(maximum: 1, handshakes: 1, hedge: .seconds(1))
+        _ = full.leaseRequested(1, deadline: deadline, now: self.t0)
+        #expect(full.timerFired(now: self.t0 + .seconds(1)) == [.createConnection(1), .scheduleTimer(self.t0 + .seconds(2))])
+        #expect(full.connectionEstablished(1, version: "v1", now: self.t0 + .seconds(1), random: 0) == [.lease(1, to: 1)])
+        #expect(full.connectionEstablished(0, version: "v1", now: self.t0 + .seconds(2), random: 0) == [.closeConnection(0)])
+        #expect(full.connectionsByVersion == ["v1": 1])
+        // Without waiters a slow handshake is only slow: nothing is hedged.
+        var quiet = self.machine(minimum: 1, maximum: 2, handshakes: 1, hedge: .seconds(1))
+        #expect(quiet.slots.count == 1)
+        #expect(quiet.timerFired(now: self.t0 + .seconds(5)) == [])
     }
 
     @Test("a rejection does not fail leases that an open connection will serve")

@@ -39,6 +39,11 @@ struct PoolStateMachine {
         /// Idle connections are checked (`PING`) after this long unused; `nil` never. Catches peers that
         /// vanished without closing the connection.
         var healthCheckInterval: TimeAmount? = .seconds(30)
+        /// A handshake still running after this long while leases wait stops counting against
+        /// `maximumConcurrentHandshakes` (and against `maximumConnections`, by at most that many): a
+        /// server that accepted the connection and went silent (a blackhole, a stopped process) does not
+        /// hold back new attempts until the handshake deadline once it answers again. `nil` never.
+        var handshakeHedgeDelay: TimeAmount? = .seconds(1)
     }
 
     enum Action: Hashable {
@@ -80,6 +85,8 @@ struct PoolStateMachine {
         var replaces: ConnectionID? = nil
         /// The replacement is ready: close this connection as soon as no lease uses it.
         var closeWhenFree = false
+        /// When a `connecting` slot started its handshake.
+        var connectingSince: NIODeadline? = nil
     }
 
     private struct Waiter: Hashable {
@@ -240,9 +247,18 @@ struct PoolStateMachine {
             // Opened with the previous generation while it changed: retire it within the window too.
             self.retire(id, by: now + .nanoseconds(Int64(Double(self.generationWindow.nanoseconds) * min(max(random, 0), 1))))
         }
-        if self.isShutDown {
+        let established = self.slots.values.filter { slot in
+            switch slot.state {
+            case .idle, .leased, .reauthenticating: return true
+            case .connecting, .closing: return false
+            }
+        }.count
+        // A hedged handshake that finished after the ones it stood in for: never more connections than the
+        // maximum (replacements are counted against the connection they replace).
+        let surplus = replaces == nil && established > self.configuration.maximumConnections
+        if self.isShutDown || surplus {
             self.slots[id]!.state = .closing
-            return actions + [.closeConnection(id)]
+            return actions + [.closeConnection(id)] + (surplus ? self.rebalance(now: now) : [])
         }
         if let target = self.targetVersion, target != version {
             self.slots[id]!.state = .reauthenticating
@@ -416,22 +432,26 @@ struct PoolStateMachine {
         }
 
         // Open connections for the waiters not covered by connections already opening or re-authenticating,
-        // and up to the minimum.
-        let connecting = self.slots.values.filter { $0.state == .connecting }.count
+        // and up to the minimum. Handshakes that have hung past the hedge delay while leases wait are not
+        // counted: they will most likely fail at their deadline.
+        let stalled = self.waiters.isEmpty ? 0 : self.slots.values.filter { self.isStalled($0, now: now) }.count
+        let connecting = self.slots.values.filter { $0.state == .connecting }.count - stalled
         let reauthenticating = self.slots.values.filter { $0.state == .reauthenticating }.count
+        let regularOpen = self.regularOpenCount
         let wanted = max(
             self.waiters.count - connecting - reauthenticating,
-            self.configuration.minimumConnections - self.regularOpenCount
+            self.configuration.minimumConnections - regularOpen
         )
         let backingOff = self.nextConnectAt.map { $0 > now } ?? false
         var handshakes = connecting
         if wanted > 0 && !backingOff {
             let room = min(
-                self.configuration.maximumConnections - self.regularOpenCount,
-                self.configuration.maximumConcurrentHandshakes - handshakes
+                self.configuration.maximumConnections - (regularOpen - stalled),
+                self.configuration.maximumConcurrentHandshakes - handshakes,
+                self.configuration.maximumConnections + self.configuration.maximumConcurrentHandshakes - regularOpen
             )
             for _ in 0..<max(0, min(wanted, room)) {
-                actions.append(.createConnection(self.openSlot(replacing: nil)))
+                actions.append(.createConnection(self.openSlot(replacing: nil, now: now)))
                 handshakes += 1
             }
         }
@@ -443,7 +463,7 @@ struct PoolStateMachine {
                 guard let retireAt = slot.retireAt, retireAt <= now, slot.replacement == nil, !slot.closeWhenFree else { continue }
                 switch slot.state {
                 case .idle, .leased, .reauthenticating:
-                    let replacement = self.openSlot(replacing: id)
+                    let replacement = self.openSlot(replacing: id, now: now)
                     self.slots[id]!.replacement = replacement
                     actions.append(.createConnection(replacement))
                     handshakes += 1
@@ -460,11 +480,19 @@ struct PoolStateMachine {
         return actions
     }
 
-    private mutating func openSlot(replacing old: ConnectionID?) -> ConnectionID {
+    private mutating func openSlot(replacing old: ConnectionID?, now: NIODeadline) -> ConnectionID {
         let id = self.nextConnectionID
         self.nextConnectionID += 1
-        self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil, replaces: old)
+        self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil, replaces: old, connectingSince: now)
         return id
+    }
+
+    /// A regular (not replacement) handshake running for longer than the hedge delay.
+    private func isStalled(_ slot: Slot, now: NIODeadline) -> Bool {
+        guard slot.state == .connecting, slot.replaces == nil, let hedge = self.configuration.handshakeHedgeDelay,
+            let since = slot.connectingSince
+        else { return false }
+        return since + hedge <= now
     }
 
     private func idleConnection() -> ConnectionID? {
@@ -485,6 +513,12 @@ struct PoolStateMachine {
         if wantMore || retirementsWaiting, let nextConnectAt = self.nextConnectAt, nextConnectAt > now { deadlines.append(nextConnectAt) }
         let open = self.regularOpenCount
         for slot in self.slots.values {
+            // A handshake that will count as stalled while leases wait wakes the pool up then.
+            if !self.waiters.isEmpty, slot.state == .connecting, slot.replaces == nil,
+                let hedge = self.configuration.handshakeHedgeDelay, let since = slot.connectingSince, since + hedge > now
+            {
+                deadlines.append(since + hedge)
+            }
             // Retirements ahead (of any connection not yet being replaced) wake the pool up.
             if let retireAt = slot.retireAt, retireAt > now, slot.replacement == nil, slot.state != .connecting, slot.state != .closing {
                 deadlines.append(retireAt)

@@ -279,12 +279,18 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let deadline = clock.now + (timeout ?? self.configuration.commandTimeout)
         var attempt = 0
         var transientPause: Duration?
+        var connectionPause: Duration?
         // Set once an attempt was written and its connection died before the reply: the command may
         // have run, so a later failure cannot say that it did not.
         var mayHaveExecuted = false
         while true {
             attempt += 1
-            let lease = try await self.lease()
+            let lease: Lease
+            do {
+                lease = try await self.lease()
+            } catch let error as RedisError where mayHaveExecuted {
+                throw self.failed(command, error, mayHaveExecuted: true)
+            }
             do {
                 let value = try await lease.connection.send(command, timeout: timeout)
                 self.finish(lease)
@@ -311,14 +317,23 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw CancellationError()
             } catch let error as RedisError {
                 self.finish(lease)
-                if !error.commandWasNotSent { mayHaveExecuted = true }
-                let resendable = error.commandWasNotSent || command.isIdempotent
-                if resendable && attempt < self.configuration.maximumCommandAttempts {
-                    self.metrics.retried.increment()
-                    self.counters.commandsRetried.add(1, ordering: .relaxed)
-                    continue
+                if error.commandWasNotSent {
+                    // Nothing was written: a free attempt, bounded by the deadline alone.
+                    attempt -= 1
+                } else {
+                    mayHaveExecuted = true
                 }
-                throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
+                let resendable = error.commandWasNotSent || command.isIdempotent
+                guard resendable && attempt < self.configuration.maximumCommandAttempts && clock.now < deadline else {
+                    throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
+                }
+                self.metrics.retried.increment()
+                self.counters.commandsRetried.add(1, ordering: .relaxed)
+                // When many connections die at once (a reset, a kill), the others in the pool may not be
+                // known dead yet: a short pause lets their closes arrive before the next lease.
+                let pause = Self.transientPause(after: connectionPause)
+                connectionPause = pause
+                try await Task.sleep(for: pause)
             }
         }
     }
