@@ -60,6 +60,7 @@ let package = Package(
                 "COpenSSL",
                 "COpenSSLShims",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
