@@ -45,6 +45,13 @@ struct RedisSecretTests {
         #expect(RedisSecret("").isEmpty)
     }
 
+    @Test("a secret built from any sequence holds exactly its bytes")
+    func building() {
+        let bytes = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(RedisSecret(bytes: bytes.lazy.map { $0 }) == RedisSecret(bytes: bytes), "a sequence without contiguous storage")
+        #expect(RedisSecret(bytes: bytes[10..<20]).withUnsafeBytes { Array($0) } == Array(bytes[10..<20]))
+    }
+
     @Test("a command never shows its arguments; AUTH-like commands are sensitive")
     func commands() {
         let auth = RedisCommand("AUTH", "alice", .secret(RedisSecret(self.password)))
