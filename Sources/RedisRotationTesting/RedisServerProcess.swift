@@ -157,7 +157,7 @@ public final class RedisServerProcess: Sendable {
 
     deinit {
         // Safety net for a test that never called stop(): never leave a server behind.
-        if self.exit.exitStatus == nil { Glibc.kill(self.pid, SIGKILL) }
+        self.exit.signal(SIGKILL)
         try? FileManager.default.removeItem(at: self.directory)
     }
 
@@ -234,7 +234,7 @@ public final class RedisServerProcess: Sendable {
 
     /// Sends `signal` to the server (`SIGKILL` to simulate a crash). ``stop()`` still cleans up.
     public func kill(signal: Int32 = SIGKILL) {
-        if self.isRunning { _ = Glibc.kill(self.pid, signal) }
+        self.exit.signal(signal)
     }
 
     /// Waits until the process has exited, at most `timeout`; returns whether it did.
@@ -263,10 +263,9 @@ public final class RedisServerProcess: Sendable {
 
     /// SIGTERM, then SIGKILL when the server has not exited after 5 seconds.
     private func terminate() async {
-        guard self.isRunning else { return }
-        _ = Glibc.kill(self.pid, SIGTERM)
+        guard self.exit.signal(SIGTERM) else { return }
         if await !self.exit.wait(timeout: .seconds(5)) {
-            _ = Glibc.kill(self.pid, SIGKILL)
+            self.exit.signal(SIGKILL)
             await self.exit.wait(timeout: .seconds(5))
         }
     }
@@ -460,8 +459,9 @@ public final class RedisServerProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        // No O_CLOEXEC on these: they are the child's standard descriptors, and must survive its exec.
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
 
         var attributes = posix_spawnattr_t()
@@ -526,9 +526,18 @@ public final class RedisServerProcess: Sendable {
 
 /// Records the exit of a child process and wakes those waiting for it.
 final class ExitMonitor: Sendable {
+    private enum Waiter {
+        case waiting(CheckedContinuation<Bool, Never>)
+        /// The timeout passed before the waiter was registered; registering resumes it at once.
+        case timedOut
+    }
+
     private struct State {
+        var pid: pid_t?
         var status: Int32?
-        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// Set just before the exited child is reaped; from then on its PID may belong to another process.
+        var reaping = false
+        var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
     }
 
@@ -536,9 +545,15 @@ final class ExitMonitor: Sendable {
 
     var exitStatus: Int32? { self.state.withLock { $0.status } }
 
-    /// Reaps `pid` on a thread of its own (a blocking `waitpid`) and records its exit.
+    /// Waits for `pid` on a thread of its own (a blocking `waitid`) and records its exit.
     func monitor(pid: pid_t) {
+        self.state.withLock { $0.pid = pid }
         let thread = Thread {
+            // WNOWAIT leaves the child a zombie, so its PID stays ours until `reaping` is set and
+            // signal(_:) can no longer reach it.
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1 && errno == EINTR {}
+            self.state.withLock { $0.reaping = true }
             var status: Int32 = 0
             while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
             self.exited(status: status)
@@ -547,43 +562,71 @@ final class ExitMonitor: Sendable {
         thread.start()
     }
 
+    /// Sends `signal` to the process unless it has exited; `false` when it has.
+    @discardableResult
+    func signal(_ signal: Int32) -> Bool {
+        // kill(2) under the lock: the monitor cannot reap the child (and free its PID) meanwhile.
+        self.state.withLock { state in
+            guard let pid = state.pid, !state.reaping, state.status == nil else { return false }
+            return kill(pid, signal) == 0
+        }
+    }
+
     func exited(status: Int32) {
         let waiters = self.state.withLock { state in
             state.status = status
             defer { state.waiters.removeAll() }
-            return Array(state.waiters.values)
+            return state.waiters.values
         }
-        for waiter in waiters { waiter.resume(returning: true) }
+        for case .waiting(let continuation) in waiters { continuation.resume(returning: true) }
     }
 
-    /// Waits for the exit, at most `timeout`; returns whether the process exited.
+    /// Waits for the exit, at most `timeout` (less when the calling task is cancelled); returns whether
+    /// the process exited.
     @discardableResult
     func wait(timeout: Duration) async -> Bool {
         let id = self.state.withLock { state -> UInt64 in
             state.nextWaiter += 1
             return state.nextWaiter
         }
-        return await withTaskGroup(of: Bool.self) { group in
+        return await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                await withCheckedContinuation { continuation in
-                    let resumeNow = self.state.withLock { state -> Bool in
-                        if state.status != nil { return true }
-                        state.waiters[id] = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume(returning: true) }
-                }
-            }
-            group.addTask {
+                // Ends early when the waiting task is cancelled, which gives up the wait.
                 try? await Task.sleep(for: timeout)
-                // Time is up: release the waiter (if still registered) with "not exited".
-                let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
-                waiter?.resume(returning: false)
-                return false
+                self.timeOut(id)
             }
-            let first = await group.next() ?? false
+            let exited = await withCheckedContinuation { continuation in
+                self.register(id, continuation)
+            }
             group.cancelAll()
-            return first || self.exitStatus != nil
+            return exited
         }
+    }
+
+    private func register(_ id: UInt64, _ continuation: CheckedContinuation<Bool, Never>) {
+        let outcome = self.state.withLock { state -> Bool? in
+            if state.status != nil { return true }
+            if case .timedOut = state.waiters.removeValue(forKey: id) { return false }
+            state.waiters[id] = .waiting(continuation)
+            return nil
+        }
+        if let outcome { continuation.resume(returning: outcome) }
+    }
+
+    private func timeOut(_ id: UInt64) {
+        let continuation = self.state.withLock { state -> CheckedContinuation<Bool, Never>? in
+            switch state.waiters[id] {
+            case .waiting(let continuation):
+                state.waiters[id] = nil
+                return continuation
+            case nil where state.status == nil:
+                // The waiter is not registered yet: leave word for it instead of waking nobody.
+                state.waiters[id] = .timedOut
+                return nil
+            case nil, .timedOut:
+                return nil
+            }
+        }
+        continuation?.resume(returning: false)
     }
 }

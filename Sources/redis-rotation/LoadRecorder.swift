@@ -3,11 +3,16 @@ import Synchronization
 
 /// Collects what a load run sees: latencies in HDR histograms (overall, per second, per phase),
 /// failures, write acknowledgements, and the rotation events with their times.
+///
+/// Memory stays flat however long the run: a second keeps its histogram (172 KB) only while it is in
+/// progress and is then summarised, and events beyond ``maximumEvents`` are counted, not kept.
 final class LoadRecorder: Sendable {
-    struct Bucket: Sendable {
+    /// One second of the timeline.
+    struct Second: Sendable {
         var ops = 0
         var failed = 0
-        var histogram = LoadRecorder.makeHistogram()
+        /// The 99th percentile latency in microseconds; 0 without successful operations.
+        var p99: UInt64 = 0
     }
 
     struct Phase: Sendable {
@@ -28,16 +33,49 @@ final class LoadRecorder: Sendable {
         var detail: String
     }
 
+    /// Rotation steps are always kept; other events up to this many.
+    static let maximumEvents = 10_000
+
     private struct State: Sendable {
-        var seconds: [Bucket] = []
+        /// The seconds that are over.
+        var seconds: [Second] = []
+        /// The second in progress (number `seconds.count`) and its latencies.
+        var current = Second()
+        var currentHistogram = LoadRecorder.makeHistogram()
         var total = LoadRecorder.makeHistogram()
         var ok = 0
         var failed = 0
         var failureSamples: [String] = []
         var phases: [Phase] = []
         var events: [Event] = []
+        var eventsOmitted = 0
         var reconnects = 0
         var reauthentications = 0
+
+        /// Closes the seconds before `second`. A record that raced past a closed second (its time was
+        /// read before another thread's) counts in the current one.
+        mutating func advance(to second: Int) {
+            while self.seconds.count < second {
+                self.seconds.append(self.summary())
+                self.current = Second()
+                self.currentHistogram.reset()
+            }
+        }
+
+        /// The current second with its p99.
+        func summary() -> Second {
+            var second = self.current
+            second.p99 = second.ops > 0 ? self.currentHistogram.valueAtPercentile(99) : 0
+            return second
+        }
+
+        mutating func append(_ event: Event) {
+            if event.kind == "step" || event.kind == "stepFailed" || self.events.count < LoadRecorder.maximumEvents {
+                self.events.append(event)
+            } else {
+                self.eventsOmitted += 1
+            }
+        }
     }
 
     let start = ContinuousClock.now
@@ -60,15 +98,15 @@ final class LoadRecorder: Sendable {
         let second = Int(self.elapsed)
         let sample = ok ? nil : failure()
         self.state.withLock { state in
-            while state.seconds.count <= second { state.seconds.append(Bucket()) }
+            state.advance(to: second)
             if ok {
                 state.ok += 1
-                state.seconds[second].ops += 1
-                _ = state.seconds[second].histogram.record(micros)
+                state.current.ops += 1
+                _ = state.currentHistogram.record(micros)
                 _ = state.total.record(micros)
             } else {
                 state.failed += 1
-                state.seconds[second].failed += 1
+                state.current.failed += 1
                 if let sample, state.failureSamples.count < 10 { state.failureSamples.append(sample) }
             }
             if !state.phases.isEmpty {
@@ -88,7 +126,7 @@ final class LoadRecorder: Sendable {
         let now = self.elapsed
         self.state.withLock { state in
             state.phases.append(Phase(name: name, startedAt: now))
-            state.events.append(Event(time: now, kind: "step", detail: name))
+            state.append(Event(time: now, kind: "step", detail: name))
         }
     }
 
@@ -96,7 +134,7 @@ final class LoadRecorder: Sendable {
     func event(_ kind: String, _ detail: String) {
         let now = self.elapsed
         self.state.withLock { state in
-            state.events.append(Event(time: now, kind: kind, detail: detail))
+            state.append(Event(time: now, kind: kind, detail: detail))
             let last = state.phases.count - 1
             switch kind {
             case "connectionReplaced":
@@ -112,13 +150,15 @@ final class LoadRecorder: Sendable {
     }
 
     struct Snapshot: Sendable {
-        var seconds: [Bucket]
+        /// Every second so far, the one in progress last.
+        var seconds: [Second]
         var total: Histogram<UInt64>
         var ok: Int
         var failed: Int
         var failureSamples: [String]
         var phases: [Phase]
         var events: [Event]
+        var eventsOmitted: Int
         var reconnects: Int
         var reauthentications: Int
     }
@@ -126,13 +166,14 @@ final class LoadRecorder: Sendable {
     func snapshot() -> Snapshot {
         self.state.withLock {
             Snapshot(
-                seconds: $0.seconds,
+                seconds: $0.seconds + [$0.summary()],
                 total: $0.total,
                 ok: $0.ok,
                 failed: $0.failed,
                 failureSamples: $0.failureSamples,
                 phases: $0.phases,
                 events: $0.events,
+                eventsOmitted: $0.eventsOmitted,
                 reconnects: $0.reconnects,
                 reauthentications: $0.reauthentications
             )
@@ -146,9 +187,16 @@ final class LoadRecorder: Sendable {
     func lastSecond() -> (ops: Int, failed: Int, p99: UInt64) {
         let second = Int(self.elapsed) - 1
         return self.state.withLock { state in
-            guard second >= 0, second < state.seconds.count else { return (0, 0, 0) }
-            let bucket = state.seconds[second]
-            return (bucket.ops, bucket.failed, bucket.ops > 0 ? bucket.histogram.valueAtPercentile(99) : 0)
+            let summary: Second
+            if second >= 0 && second < state.seconds.count {
+                summary = state.seconds[second]
+            } else if second >= 0 && second == state.seconds.count {
+                // Over, but not closed yet: nothing was recorded since it ended.
+                summary = state.summary()
+            } else {
+                summary = Second()
+            }
+            return (summary.ops, summary.failed, summary.p99)
         }
     }
 }

@@ -77,9 +77,9 @@ enum LoadRun {
                 }
             }
 
-            let written = await LoadGenerator.run(workload, client: client, recorder: recorder)
+            let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder)
             let duration = recorder.elapsed
-            let verification = workload.verifyWrites ? try await LoadGenerator.verify(written, client: client) : nil
+            let verification = workload.verifyWrites ? try await LoadGenerator.verify(acknowledged, client: client) : nil
             return LoadReport(
                 snapshot: recorder.snapshot(),
                 duration: duration,

@@ -50,6 +50,8 @@ struct LoadReport: Codable, Sendable {
     var reconnects: Int
     var reauthentications: Int
     var events: [Event]
+    /// Events past the recorder's limit (10,000; rotation steps are always kept), counted only.
+    var events_omitted: Int
     var timeline: [Second]
     var phases: [Phase]
     var failure_samples: [String]
@@ -76,9 +78,10 @@ struct LoadReport: Codable, Sendable {
         self.reconnects = snapshot.reconnects
         self.reauthentications = snapshot.reauthentications
         self.events = snapshot.events.map { Event(t_s: ($0.time * 1000).rounded() / 1000, kind: $0.kind, detail: $0.detail) }
+        self.events_omitted = snapshot.eventsOmitted
         // Complete seconds only: the last, partial one would show as a drop in throughput.
-        self.timeline = snapshot.seconds.prefix(Int(duration)).enumerated().map { index, bucket in
-            Second(t_s: index, ops: bucket.ops, failed: bucket.failed, p99_us: bucket.ops > 0 ? bucket.histogram.valueAtPercentile(99) : 0)
+        self.timeline = snapshot.seconds.prefix(Int(duration)).enumerated().map { index, second in
+            Second(t_s: index, ops: second.ops, failed: second.failed, p99_us: second.p99)
         }
         self.phases = snapshot.phases.map { phase in
             let figures = latency(phase.histogram)

@@ -23,21 +23,49 @@ struct WriteVerification: Codable, Sendable {
     var lost: Int
 }
 
+/// The writes the server acknowledged with `--verify-writes`, as one count per worker: worker `w`'s
+/// acknowledged writes are exactly the keys `<prefix>:w:<w>:0` to `<prefix>:w:<w>:<count - 1>`, because
+/// a worker moves on to its next key only once a write to the current one was acknowledged (a failed
+/// write is retried on the same key with the same value). Memory stays flat however long the run.
+struct AcknowledgedWrites: Sendable {
+    var keyPrefix: String
+    /// Acknowledged writes per worker.
+    var counts: [Int]
+
+    var total: Int { self.counts.reduce(0, +) }
+
+    static func key(prefix: String, worker: Int, sequence: Int) -> String {
+        "\(prefix):w:\(worker):\(sequence)"
+    }
+
+    /// Calls `body` with the acknowledged keys, `size` at a time, never holding more than one batch.
+    func forEachBatch(of size: Int, _ body: ([String]) async throws -> Void) async rethrows {
+        for (worker, count) in self.counts.enumerated() {
+            var next = 0
+            while next < count {
+                let end = min(count, next + size)
+                try await body((next..<end).map { Self.key(prefix: self.keyPrefix, worker: worker, sequence: $0) })
+                next = end
+            }
+        }
+    }
+}
+
 enum LoadGenerator {
-    /// Runs `workload` against `client`, recording into `recorder`; returns the keys of acknowledged
-    /// writes when writes are verified.
-    static func run(_ workload: Workload, client: RedisClient, recorder: LoadRecorder) async -> [String] {
+    /// Runs `workload` against `client`, recording into `recorder`; returns the acknowledged writes
+    /// (none unless writes are verified).
+    static func run(_ workload: Workload, client: RedisClient, recorder: LoadRecorder) async -> AcknowledgedWrites {
         let clock = ContinuousClock()
         let end = clock.now + workload.duration
         let interval: Duration? = workload.rate > 0
             ? .nanoseconds(Int64(1e9 * Double(workload.concurrency) / Double(workload.rate)))
             : nil
-        return await withTaskGroup(of: [String].self) { group in
+        let counts = await withTaskGroup(of: (worker: Int, acknowledged: Int).self) { group in
             for worker in 0..<workload.concurrency {
                 group.addTask {
                     var generator = SystemRandomNumberGenerator()
                     let value = (0..<workload.valueSize).map { _ in UInt8.random(in: 97...122, using: &generator) }
-                    var written: [String] = []
+                    var acknowledged = 0
                     var intended = clock.now
                     var index = 0
                     // Bounded by time and by count.
@@ -58,9 +86,9 @@ enum LoadGenerator {
                                 let key = "\(workload.keyPrefix):k:\(Int.random(in: 0..<workload.keys, using: &generator))"
                                 _ = try await client.send(RedisCommand("GET", .string(key)))
                             } else if workload.verifyWrites {
-                                let key = "\(workload.keyPrefix):w:\(worker):\(index)"
+                                let key = AcknowledgedWrites.key(prefix: workload.keyPrefix, worker: worker, sequence: acknowledged)
                                 _ = try await client.send(RedisCommand("SET", .string(key), .bytes(value)).idempotent())
-                                written.append(key)
+                                acknowledged += 1
                             } else {
                                 let key = "\(workload.keyPrefix):k:\(Int.random(in: 0..<workload.keys, using: &generator))"
                                 _ = try await client.send(RedisCommand("SET", .string(key), .bytes(value)).idempotent())
@@ -70,22 +98,23 @@ enum LoadGenerator {
                             recorder.record(latency: clock.now - started, ok: false, failure: "\(error)")
                         }
                     }
-                    return written
+                    return (worker, acknowledged)
                 }
             }
-            return await group.reduce(into: []) { $0 += $1 }
+            var counts = [Int](repeating: 0, count: workload.concurrency)
+            for await (worker, acknowledged) in group { counts[worker] = acknowledged }
+            return counts
         }
+        return AcknowledgedWrites(keyPrefix: workload.keyPrefix, counts: counts)
     }
 
-    /// Counts how many of `keys` exist on the server.
-    static func verify(_ keys: [String], client: RedisClient) async throws -> WriteVerification {
+    /// Counts how many of the acknowledged writes' keys exist on the server.
+    static func verify(_ writes: AcknowledgedWrites, client: RedisClient) async throws -> WriteVerification {
         var found = 0
-        var index = 0
-        while index < keys.count {
-            let batch = keys[index..<min(keys.count, index + 500)]
-            found += try await client.send(RedisCommand("EXISTS", arguments: batch.map { .string($0) }), as: Int.self)
-            index += batch.count
+        try await writes.forEachBatch(of: 500) { keys in
+            found += try await client.send(RedisCommand("EXISTS", arguments: keys.map { .string($0) }), as: Int.self)
         }
-        return WriteVerification(acknowledged: keys.count, found: found, lost: keys.count - found)
+        let acknowledged = writes.total
+        return WriteVerification(acknowledged: acknowledged, found: found, lost: acknowledged - found)
     }
 }

@@ -116,6 +116,43 @@ struct LoadTestCommandTests {
         }
     }
 
+    /// Written keys are counted per worker rather than listed; an acknowledged write that is not on the
+    /// server must still be reported.
+    @Test("with --verify-writes, acknowledged keys deleted behind the tool's back are reported as lost, and the run fails")
+    func lostWritesReported() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try "\(text(of: password))\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            let report = server.directory.appendingPathComponent("report.json").path
+            async let run = runTool([
+                "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
+                "--duration", "4", "--concurrency", "4", "--verify-writes", "--key-prefix", "lost", "--report-json", report,
+            ])
+
+            var deleted = 0
+            let admin = try await server.adminConnection()
+            _ = try await eventually("two written keys deleted") {
+                let reply = try await admin.send(RedisCommand("SCAN", "0", "MATCH", "lost:w:*", "COUNT", "1000"))
+                let keys = (reply.array?[1].array ?? []).compactMap(\.string).prefix(2 - deleted)
+                if !keys.isEmpty {
+                    deleted += try await admin.send(RedisCommand("DEL", arguments: keys.map { .string($0) }), as: Int.self)
+                }
+                return deleted == 2
+            }
+            await admin.close()
+
+            let (status, stdout, stderr) = try await run
+            #expect(status == 1, "stdout: \(stdout)\nstderr: \(stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
+            let writes = json["writes"] as? [String: Int] ?? [:]
+            #expect(writes["lost"] == 2)
+            #expect((writes["acknowledged"] ?? 0) > 2)
+            #expect(writes["found"] == (writes["acknowledged"] ?? 0) - 2)
+            #expect(stdout.contains("2 lost"), "\(stdout)")
+        }
+    }
+
     @Test("a missing file, a wrong password and a plain-text port given --tls each end with a one-line reason")
     func failures() async throws {
         let fixture = try TLSFixture()

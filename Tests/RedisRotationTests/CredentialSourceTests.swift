@@ -156,6 +156,23 @@ struct CredentialSourceTests {
         }
     }
 
+    /// The runner used to keep the initial content for its whole life, a copy of the password that
+    /// no wipe reached. (That nothing is reported again for the unchanged file after it is taken,
+    /// `pollSafetyNet` shows.)
+    @Test("a file source holds the file's initial content only until it starts watching")
+    func initialContentReleased() async throws {
+        let file = self.path("password")
+        try "one\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let runner = CredentialSourceRunner(source: .file(file, username: "alice", pollInterval: .seconds(600), debounce: .milliseconds(20)))
+        let initial = try runner.initialCredentials()
+        #expect(runner.holdsInitialFileBytes)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await runner.run(initial: initial) { _ in } }
+            await waitFor("the runner let go of the initial content") { !runner.holdsInitialFileBytes }
+            group.cancelAll()
+        }
+    }
+
     @Test("an environment variable is read at start and on reload")
     func environment() async throws {
         let variable = "RR_TEST_PASSWORD_\(UUID().uuidString.prefix(8).uppercased())"

@@ -189,6 +189,31 @@ struct TLSMaterialWatcherTests {
         }
     }
 
+    /// Contexts used to be built from, and keep, a configuration holding the files' bytes, the private
+    /// key among them, for as long as the client used them; the client kept the first read as well.
+    @Test("contexts built from watched files keep the file-based configuration, and the client is handed digests, not PEM")
+    func noKeyKept() async throws {
+        try self.writeInitial()
+        let configuration = RedisTLSConfiguration(
+            trustAnchors: [.file(self.path("ca.pem"))],
+            clientIdentity: RedisTLSClientIdentity(certificateChain: .file(self.path("client.crt")), privateKey: .file(self.path("client.key")))
+        )
+        let watcher = TLSMaterialWatcher(configuration: configuration, pollInterval: .seconds(600), debounce: .milliseconds(20))
+        let (initial, digests) = try watcher.initialContext()
+        #expect(initial.configuration == configuration)
+        #expect(digests.count == 3)
+        #expect(digests.values.allSatisfy { $0.count == 32 }, "SHA-256 digests, not file contents")
+        let collector = TLSReportCollector()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await watcher.run(initial: digests) { collector.add($0) } }
+            _ = try self.ca.issueClient(commonName: "renewed").write(to: self.directory, name: "client")
+            await waitFor("the renewed identity accepted") { collector.accepted.count == 1 }
+            #expect(collector.accepted.first?.configuration == configuration)
+            group.cancelAll()
+        }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
     @Test("promoting pending trust anchors builds a generation that trusts only them")
     func promotePending() async throws {
         try self.writeInitial()

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 
@@ -43,6 +44,23 @@ struct RedisSecretTests {
         #expect(secret != RedisSecret(bytes: [0, 1]))
         #expect(RedisSecret("") == RedisSecret(bytes: []))
         #expect(RedisSecret("").isEmpty)
+    }
+
+    @Test("a secret built from any sequence, or read from a file through several buffers, holds exactly its bytes")
+    func building() throws {
+        let bytes = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(RedisSecret(bytes: bytes.lazy.map { $0 }) == RedisSecret(bytes: bytes), "a sequence without contiguous storage")
+        #expect(RedisSecret(bytes: bytes[10..<20]).withUnsafeBytes { Array($0) } == Array(bytes[10..<20]))
+
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rr-secret-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(try readFile(path).withUnsafeBytes { Array($0) } == bytes)
+        #expect(try readFile(path, limit: bytes.count).count == bytes.count)
+        #expect(throws: FileReadError.self) { try readFile(path, limit: bytes.count - 1) }
+        #expect(try readFile(path, limit: 5000, truncating: true).withUnsafeBytes { Array($0) } == Array(bytes.prefix(5001)))
+        try Data().write(to: URL(fileURLWithPath: path))
+        #expect(try readFile(path).isEmpty)
     }
 
     @Test("a command never shows its arguments; AUTH-like commands are sensitive")

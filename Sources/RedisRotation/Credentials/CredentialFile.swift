@@ -26,7 +26,12 @@ struct CredentialFile: Hashable {
         let description: String
     }
 
-    static func parse(_ bytes: [UInt8]) -> Result<CredentialFile, Rejection> {
+    /// Parses the contents of a file as read, without copying them anywhere but into the password.
+    static func parse(_ contents: RedisSecret) -> Result<CredentialFile, Rejection> {
+        contents.withUnsafeBytes { Self.parse($0) }
+    }
+
+    static func parse<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> Result<CredentialFile, Rejection> {
         if bytes.isEmpty { return .failure(Rejection(description: "the file is empty")) }
         if bytes.count > Self.maximumSize {
             return .failure(Rejection(description: "the file is larger than \(Self.maximumSize) bytes"))
@@ -36,7 +41,7 @@ struct CredentialFile: Hashable {
         return isKeyed ? Self.parseKeyed(bytes) : Self.parsePlain(bytes)
     }
 
-    private static func parsePlain(_ bytes: [UInt8]) -> Result<CredentialFile, Rejection> {
+    private static func parsePlain<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> Result<CredentialFile, Rejection> {
         var password = bytes[...]
         if password.last == UInt8(ascii: "\n") { password = password.dropLast() }
         if password.last == UInt8(ascii: "\r") { password = password.dropLast() }
@@ -47,7 +52,7 @@ struct CredentialFile: Hashable {
         return .success(CredentialFile(username: nil, password: RedisSecret(bytes: password), version: nil, expiresAt: nil))
     }
 
-    private static func parseKeyed(_ bytes: [UInt8]) -> Result<CredentialFile, Rejection> {
+    private static func parseKeyed<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> Result<CredentialFile, Rejection> {
         guard bytes.last == UInt8(ascii: "\n") else {
             return .failure(Rejection(description: "the last line has no newline: the file is incomplete (still being written?)"))
         }
@@ -60,7 +65,7 @@ struct CredentialFile: Hashable {
                 return .failure(Rejection(description: "a line has no '='"))
             }
             let key = String(decoding: line[line.startIndex..<equals], as: UTF8.self)
-            let value = line[(equals + 1)...]
+            let value = line[line.index(after: equals)...]
             switch key {
             case "password":
                 guard !value.isEmpty else { return .failure(Rejection(description: "the password is empty")) }

@@ -12,31 +12,20 @@ import Synchronization
 final class DirectoryWatcher: Sendable {
     let changes: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
-    private let stopped = Atomic<Bool>(false)
     #if os(Linux)
-    private let descriptor: Int32
-    private let watch: Int32
+    /// This watcher's hold on the inotify instance; `nil` once stopped (or when there is none).
+    private let instance: Mutex<InotifyInstance?>
     #endif
 
     init(directory: String) {
         (self.changes, self.continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         #if os(Linux)
-        self.descriptor = inotify_init1(Int32(IN_CLOEXEC))
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
-        self.watch = self.descriptor >= 0 ? inotify_add_watch(self.descriptor, directory, mask) : -1
-        if self.descriptor >= 0 && self.watch >= 0 {
-            let descriptor = self.descriptor
-            let continuation = self.continuation
-            // One blocking reader thread; it ends when the watch is removed (IN_IGNORED) in stop().
-            var thread = pthread_t()
-            let box = Unmanaged.passRetained(ReaderContext(descriptor: descriptor, continuation: continuation))
-            pthread_create(&thread, nil, { raw in
-                let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
-                context.run()
-                return nil
-            }, box.toOpaque())
-            pthread_detach(thread)
+        let instance = InotifyInstance(watching: directory)
+        if let instance, ReaderContext.start(instance: instance, continuation: self.continuation) {
+            self.instance = Mutex(instance)
         } else {
+            // Without a reader nobody else holds the instance: it closes when `instance` goes here.
+            self.instance = Mutex(nil)
             self.continuation.finish()
         }
         #else
@@ -44,11 +33,12 @@ final class DirectoryWatcher: Sendable {
         #endif
     }
 
-    /// Stops watching; the reader thread ends and the descriptor closes.
+    /// Stops watching; the reader thread ends, and the descriptor closes once neither needs it.
     func stop() {
-        guard !self.stopped.exchange(true, ordering: .relaxed) else { return }
         #if os(Linux)
-        if self.watch >= 0 { inotify_rm_watch(self.descriptor, self.watch) } else if self.descriptor >= 0 { close(self.descriptor) }
+        if let instance = self.instance.withLock({ $0.take() }) {
+            instance.removeWatch()
+        }
         #endif
         self.continuation.finish()
     }
@@ -59,32 +49,98 @@ final class DirectoryWatcher: Sendable {
 }
 
 #if os(Linux)
-/// What the reader thread needs; it owns the descriptor and closes it when the watch is gone.
-private final class ReaderContext: @unchecked Sendable {
-    // Safe because only the reader thread touches these after init.
+/// One inotify descriptor with one watch, shared by the watcher and its reader thread and closed in
+/// `deinit`, when the last of them lets go. Closing it any earlier would free its number for reuse while
+/// the other side may still call `inotify_rm_watch` or `read` with it.
+private final class InotifyInstance: Sendable {
     let descriptor: Int32
+    private let watch: Int32
+    /// Whether the watch is gone: removed by `stop()`, or by the kernel (`IN_IGNORED`, the directory
+    /// was deleted or its file system unmounted).
+    private let watchRemoved = Atomic<Bool>(false)
+
+    /// `nil` when inotify is unavailable or the directory cannot be watched (nothing stays open then).
+    init?(watching directory: String) {
+        let descriptor = inotify_init1(Int32(IN_CLOEXEC))
+        guard descriptor >= 0 else { return nil }
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+        let watch = inotify_add_watch(descriptor, directory, mask)
+        guard watch >= 0 else {
+            close(descriptor)
+            return nil
+        }
+        self.descriptor = descriptor
+        self.watch = watch
+    }
+
+    /// Removes the watch unless it is already gone; the kernel then queues `IN_IGNORED`, which ends the
+    /// reader.
+    func removeWatch() {
+        guard !self.watchRemoved.exchange(true, ordering: .relaxed) else { return }
+        inotify_rm_watch(self.descriptor, self.watch)
+    }
+
+    /// The reader saw `IN_IGNORED`: the watch number is no longer ours to remove.
+    func watchWasRemoved() {
+        self.watchRemoved.store(true, ordering: .relaxed)
+    }
+
+    deinit {
+        close(self.descriptor)
+    }
+}
+
+/// What the reader thread needs: its own hold on the instance, and where to report changes.
+private final class ReaderContext: Sendable {
+    let instance: InotifyInstance
     let continuation: AsyncStream<Void>.Continuation
 
-    init(descriptor: Int32, continuation: AsyncStream<Void>.Continuation) {
-        self.descriptor = descriptor
+    private init(instance: InotifyInstance, continuation: AsyncStream<Void>.Continuation) {
+        self.instance = instance
         self.continuation = continuation
     }
 
-    func run() {
+    /// Starts the one blocking reader thread; `false` when no thread could be created.
+    static func start(instance: InotifyInstance, continuation: AsyncStream<Void>.Continuation) -> Bool {
+        let context = Unmanaged.passRetained(ReaderContext(instance: instance, continuation: continuation))
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
+            context.run()
+            return nil
+        }, context.toOpaque())
+        guard status == 0 else {
+            context.release()
+            return false
+        }
+        pthread_detach(thread)
+        return true
+    }
+
+    /// Reads events until the watch is gone (`IN_IGNORED`) or reading fails.
+    private func run() {
         var buffer = [UInt8](repeating: 0, count: 4096)
-        reading: while true {
-            let count = buffer.withUnsafeMutableBytes { read(self.descriptor, $0.baseAddress, $0.count) }
+        var watching = true
+        while watching {
+            let count = buffer.withUnsafeMutableBytes { read(self.instance.descriptor, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
             if count <= 0 { break }
             var offset = 0
+            var changed = false
             while offset + MemoryLayout<inotify_event>.size <= count {
                 let event = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: inotify_event.self) }
-                if event.mask & UInt32(IN_IGNORED) != 0 { break reading }
+                if event.mask & UInt32(IN_IGNORED) != 0 {
+                    self.instance.watchWasRemoved()
+                    watching = false
+                } else {
+                    changed = true
+                }
                 offset += MemoryLayout<inotify_event>.size + Int(event.len)
             }
-            self.continuation.yield()
+            // A deleted directory is a change too (IN_DELETE_SELF comes before IN_IGNORED); after
+            // stop() the stream is already finished and this does nothing.
+            if changed { self.continuation.yield() }
         }
-        close(self.descriptor)
         self.continuation.finish()
     }
 }

@@ -102,8 +102,12 @@ final class CredentialSourceRunner: Sendable {
     private let reloads: AsyncStream<Void>
     private let reloadContinuation: AsyncStream<Void>.Continuation
     private let versions = VersionCounter()
-    /// The file content the initial credentials came from: what later reads are compared with.
-    private let initialFileBytes = Mutex<[UInt8]?>(nil)
+    /// The file content the initial credentials came from: what later reads are compared with. `run`
+    /// takes it out, so that the runner holds a copy of the password file only until it watches.
+    private let initialFileBytes = Mutex<RedisSecret?>(nil)
+
+    /// Whether the runner still holds the initial file content (for tests).
+    var holdsInitialFileBytes: Bool { self.initialFileBytes.withLock { $0 != nil } }
 
     init(source: RedisCredentialSource) {
         self.source = source
@@ -131,7 +135,7 @@ final class CredentialSourceRunner: Sendable {
                 version: version ?? self.versions.next(prefix: variable)
             )
         case .file(let settings):
-            let bytes: [UInt8]
+            let bytes: RedisSecret
             do {
                 bytes = try readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true)
             } catch {
@@ -215,10 +219,10 @@ final class CredentialSourceRunner: Sendable {
         initial: RedisCredentials?,
         report: @escaping @Sendable (CredentialSourceReport) -> Void
     ) async {
-        var lastBytes = self.initialFileBytes.withLock { $0 } ?? []
-        var lastRejected: [UInt8]?
+        // Every copy of the file's content is a RedisSecret, wiped when it is replaced or dropped.
+        var lastBytes = self.initialFileBytes.withLock { $0.take() } ?? RedisSecret("")
+        var lastRejected: RedisSecret?
         var last = initial
-        defer { lastBytes.withUnsafeMutableBytes { wipe($0) } }
 
         await withChangeTriggers(
             directories: [parentDirectory(of: settings.path)],
@@ -251,7 +255,7 @@ final class CredentialSourceRunner: Sendable {
 
     /// Reads the file after `debounce` of quiet, twice; `nil` when the reads disagree (still being
     /// written: the next trigger reads again) or the file cannot be read.
-    private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> [UInt8]? {
+    private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> RedisSecret? {
         for _ in 0..<5 {
             try? await Task.sleep(for: settings.debounce)
             guard let first = try? readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) else { return nil }

@@ -13,12 +13,30 @@ public struct RedisSecret: Sendable, Hashable, ExpressibleByStringLiteral, Custo
 
     /// A secret holding the UTF-8 bytes of `string`.
     public init(_ string: String) {
-        self.storage = Storage(Array(string.utf8))
+        self.storage = Storage(copying: string.utf8)
     }
 
     /// A secret holding `bytes`. Passwords are binary-safe in Redis.
     public init(bytes: some Sequence<UInt8>) {
-        self.storage = Storage(Array(bytes))
+        self.storage = Storage(copying: bytes)
+    }
+
+    /// A secret whose bytes `read` writes, at most `limit` of them: each call fills some of the buffer
+    /// it is given and returns how many bytes it wrote, 0 at the end. For reading files that hold
+    /// secrets: no buffer along the way is left unwiped.
+    init<Failure: Error>(
+        limit: Int,
+        reading read: (UnsafeMutableRawBufferPointer) throws(Failure) -> Int
+    ) throws(Failure) {
+        let storage = Storage(capacity: min(limit, 4096))
+        // On a throw, `storage` is released here, and wipes what it holds.
+        while storage.count < limit {
+            if storage.count == storage.capacity { storage.grow(to: min(limit, storage.capacity * 2)) }
+            let written = try read(storage.spareCapacity)
+            if written <= 0 { break }
+            storage.count += written
+        }
+        self.storage = storage
     }
 
     public init(stringLiteral value: String) {
@@ -57,27 +75,60 @@ public struct RedisSecret: Sendable, Hashable, ExpressibleByStringLiteral, Custo
 }
 
 extension RedisSecret {
-    /// Owns the secret's bytes and wipes them on deinit.
-    // Safe because the buffer is written only in init and deinit; in between it is only read.
+    /// Owns the secret's bytes and wipes them on deinit, and every buffer it outgrows while being filled.
+    // Safe because the fields change only while the storage is being filled, before the RedisSecret
+    // that owns it exists; afterwards it is only read.
     private final class Storage: @unchecked Sendable {
-        let pointer: UnsafeMutablePointer<UInt8>
-        let count: Int
+        private(set) var pointer: UnsafeMutablePointer<UInt8>
+        private(set) var capacity: Int
+        var count = 0
 
-        init(_ bytes: [UInt8]) {
-            var bytes = bytes
-            self.count = bytes.count
-            self.pointer = .allocate(capacity: max(bytes.count, 1))
-            bytes.withUnsafeBufferPointer { source in
-                if let base = source.baseAddress { self.pointer.initialize(from: base, count: source.count) }
+        init(capacity: Int) {
+            self.capacity = max(capacity, 1)
+            self.pointer = .allocate(capacity: self.capacity)
+        }
+
+        /// Copies `bytes` straight into the storage: no intermediate array holds them.
+        convenience init(copying bytes: some Sequence<UInt8>) {
+            self.init(capacity: bytes.underestimatedCount)
+            let copied: Void? = bytes.withContiguousStorageIfAvailable { source in
+                self.reserve(source.count)
+                if let base = source.baseAddress { (self.pointer + self.count).initialize(from: base, count: source.count) }
+                self.count += source.count
             }
-            // The temporary array held the secret too: wipe it before it is released.
-            bytes.withUnsafeMutableBytes { wipe($0) }
+            if copied == nil {
+                for byte in bytes {
+                    self.reserve(1)
+                    self.pointer[self.count] = byte
+                    self.count += 1
+                }
+            }
         }
 
         var buffer: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: self.pointer, count: self.count) }
 
+        /// The allocated bytes after `count`.
+        var spareCapacity: UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(start: self.pointer + self.count, count: self.capacity - self.count)
+        }
+
+        /// Makes room for `more` bytes after `count`.
+        private func reserve(_ more: Int) {
+            if self.count + more > self.capacity { self.grow(to: max(self.count + more, self.capacity * 2)) }
+        }
+
+        /// Moves the bytes to a larger buffer and wipes the old one.
+        func grow(to capacity: Int) {
+            let larger = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+            larger.initialize(from: self.pointer, count: self.count)
+            wipe(UnsafeMutableRawBufferPointer(start: self.pointer, count: self.capacity))
+            self.pointer.deallocate()
+            self.pointer = larger
+            self.capacity = capacity
+        }
+
         deinit {
-            wipe(UnsafeMutableRawBufferPointer(start: self.pointer, count: self.count))
+            wipe(UnsafeMutableRawBufferPointer(start: self.pointer, count: self.capacity))
             self.pointer.deallocate()
         }
     }

@@ -1,10 +1,12 @@
 /// Where PEM-encoded material comes from: a file (read when a TLS context is built) or bytes in memory.
 ///
 /// The ``name`` appears in error messages ("malformed PEM in /etc/redis/ca.pem: ..."), never the content.
+/// PEM in memory may be a private key: it is kept like a ``RedisSecret``, wiped when the last copy of
+/// the source goes away.
 public struct RedisPEMSource: Sendable, Hashable, CustomStringConvertible {
     enum Storage: Sendable, Hashable {
         case file(String)
-        case bytes([UInt8], name: String)
+        case bytes(RedisSecret, name: String)
     }
 
     let storage: Storage
@@ -16,12 +18,17 @@ public struct RedisPEMSource: Sendable, Hashable, CustomStringConvertible {
 
     /// PEM text in memory; `name` labels it in error messages.
     public static func pem(_ text: String, name: String = "in-memory PEM") -> RedisPEMSource {
-        RedisPEMSource(storage: .bytes(Array(text.utf8), name: name))
+        RedisPEMSource(storage: .bytes(RedisSecret(text), name: name))
     }
 
     /// PEM bytes in memory; `name` labels it in error messages.
     public static func pem(bytes: [UInt8], name: String = "in-memory PEM") -> RedisPEMSource {
-        RedisPEMSource(storage: .bytes(bytes, name: name))
+        RedisPEMSource(storage: .bytes(RedisSecret(bytes: bytes), name: name))
+    }
+
+    /// PEM bytes already read (from the file `name`), shared rather than copied.
+    static func pem(contents: RedisSecret, name: String) -> RedisPEMSource {
+        RedisPEMSource(storage: .bytes(contents, name: name))
     }
 
     /// The file's path, or the label of in-memory PEM.
@@ -35,8 +42,9 @@ public struct RedisPEMSource: Sendable, Hashable, CustomStringConvertible {
     /// The name only: the content may be a private key.
     public var description: String { self.name }
 
-    /// The PEM bytes. A file that cannot be read is a ``RedisError/Code/tlsMalformedPEM`` naming the file.
-    func read() throws(RedisError) -> [UInt8] {
+    /// The PEM bytes, wiped when the last holder lets go. A file that cannot be read is a
+    /// ``RedisError/Code/tlsMalformedPEM`` naming the file.
+    func read() throws(RedisError) -> RedisSecret {
         switch self.storage {
         case .bytes(let bytes, _):
             return bytes

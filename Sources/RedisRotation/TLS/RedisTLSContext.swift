@@ -41,23 +41,35 @@ public final class RedisTLSContext: Sendable {
     /// - Parameter now: The time the client certificate must be valid at (tests pass a fixed one).
     /// - Throws: ``RedisError`` with `tlsMalformedPEM`, `tlsKeyMismatch`, `tlsClientCertificateExpired`,
     ///   `tlsClientCertificateNotYetValid`, `tlsClientCertificateMissingClientAuth` or `tlsInvalidConfiguration`.
-    public init(configuration: RedisTLSConfiguration, now: Date = Date()) throws(RedisError) {
+    public convenience init(configuration: RedisTLSConfiguration, now: Date = Date()) throws(RedisError) {
+        try self.init(building: configuration, recording: configuration, now: now)
+    }
+
+    /// Builds from `material` and keeps `configuration` as what the context was built from: the
+    /// material watcher builds from the bytes it read, and keeps the file-based configuration, so that
+    /// no context holds a private key for its lifetime. The two differ only in where PEM comes from.
+    init(building material: RedisTLSConfiguration, recording configuration: RedisTLSConfiguration, now: Date = Date()) throws(RedisError) {
+        precondition(
+            material.verification == configuration.verification && material.minimumVersion == configuration.minimumVersion
+                && material.maximumVersion == configuration.maximumVersion && material.sessionResumption == configuration.sessionResumption,
+            "a context records the configuration it was built with, apart from where its PEM came from"
+        )
         guard let context = SSL_CTX_new(TLS_client_method()) else {
             throw RedisError(code: .tlsInvalidConfiguration, message: "OpenSSL could not create a TLS context: \(OpenSSLErrors.summary(OpenSSLErrors.drain()))")
         }
         let handle = SSLContextHandle(taking: context)
-        guard rr_SSL_CTX_set_min_proto_version(context, configuration.minimumVersion.rawValue) == 1,
-            rr_SSL_CTX_set_max_proto_version(context, configuration.maximumVersion?.rawValue ?? 0) == 1
+        guard rr_SSL_CTX_set_min_proto_version(context, material.minimumVersion.rawValue) == 1,
+            rr_SSL_CTX_set_max_proto_version(context, material.maximumVersion?.rawValue ?? 0) == 1
         else {
             throw RedisError(code: .tlsInvalidConfiguration, message: "OpenSSL refused the protocol version range")
         }
         SSL_CTX_set_options(context, rr_SSL_OP_NO_RENEGOTIATION() | rr_SSL_OP_NO_COMPRESSION())
-        SSL_CTX_set_verify(context, configuration.verification.verifiesPeer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
+        SSL_CTX_set_verify(context, material.verification.verifiesPeer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
 
         // Trust anchors: the union of current and pending, each certificate once.
         var anchors: [X509Certificate] = []
         var fingerprints = Set<String>()
-        for source in configuration.trustAnchors + configuration.pendingTrustAnchors {
+        for source in material.trustAnchors + material.pendingTrustAnchors {
             for certificate in try X509Certificate.parseAll(pem: source.read(), source: source.name)
             where fingerprints.insert(certificate.info.sha256Fingerprint).inserted {
                 anchors.append(certificate)
@@ -73,11 +85,11 @@ public final class RedisTLSContext: Sendable {
         }
 
         var chain: [X509Certificate] = []
-        if let identity = configuration.clientIdentity {
+        if let identity = material.clientIdentity {
             chain = try Self.installIdentity(identity, in: context, now: now)
         }
 
-        if configuration.sessionResumption {
+        if material.sessionResumption {
             _ = rr_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE))
             SSL_CTX_sess_set_new_cb(context, tlsNewSessionCallback)
         }
@@ -208,16 +220,17 @@ final class PrivateKey {
         EVP_PKEY_free(self.pointer)
     }
 
-    /// Parses the first private key in `source`; its PEM bytes are wiped afterwards.
+    /// Parses the first private key in `source`. Its PEM bytes are read in place (OpenSSL's memory BIO
+    /// does not copy them) and wiped when released: right here for a file, with the source for PEM in
+    /// memory.
     static func parse(_ source: RedisPEMSource) throws(RedisError) -> PrivateKey {
-        var bytes = try source.read()
-        defer { bytes.withUnsafeMutableBytes { wipe($0) } }
-        let hasKeyBlock = countOccurrences(of: Array("PRIVATE KEY-----".utf8), in: bytes) > 0
+        let pem = try source.read()
+        let hasKeyBlock = pem.withUnsafeBytes { countOccurrences(of: Array("PRIVATE KEY-----".utf8), in: $0) > 0 }
         guard hasKeyBlock else {
             throw RedisError(code: .tlsMalformedPEM, message: "no PEM private key in \(source.name)")
         }
         OpenSSLErrors.clear()
-        let key: OpaquePointer? = bytes.withUnsafeBytes { raw in
+        let key: OpaquePointer? = pem.withUnsafeBytes { raw in
             guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
             defer { BIO_free(bio) }
             // A callback that supplies no passphrase: an encrypted key fails instead of prompting a terminal.

@@ -1,3 +1,4 @@
+private import COpenSSL
 import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -12,6 +13,10 @@ enum TLSMaterialReport: Sendable {
     /// The files changed but cannot be used; the last good generation stays.
     case rejected(RedisError)
 }
+
+/// The SHA-256 of each watched file's content, by path: enough to tell one read of the files from the
+/// next without keeping the content (a private key among it) in memory between reads.
+typealias TLSFileDigests = [String: [UInt8]]
 
 /// Watches the files of a ``RedisTLSConfiguration`` (CA bundles, client certificate and key) and
 /// builds a new, validated ``RedisTLSContext`` whenever they change.
@@ -62,9 +67,11 @@ final class TLSMaterialWatcher: Sendable {
     private let forceRebuild = Atomic<Bool>(false)
 
     /// Every file path the configuration reads.
-    var paths: [String] {
-        var sources = self.configuration.trustAnchors + self.configuration.pendingTrustAnchors
-        if let identity = self.configuration.clientIdentity {
+    var paths: [String] { Self.paths(in: self.configuration) }
+
+    private static func paths(in configuration: RedisTLSConfiguration) -> [String] {
+        var sources = configuration.trustAnchors + configuration.pendingTrustAnchors
+        if let identity = configuration.clientIdentity {
             sources += [identity.certificateChain, identity.privateKey]
         }
         var seen = Set<String>()
@@ -74,9 +81,10 @@ final class TLSMaterialWatcher: Sendable {
         }
     }
 
-    /// Reads every file into memory, so that one context is built from one consistent snapshot.
-    private func snapshot() -> [String: [UInt8]]? {
-        var contents: [String: [UInt8]] = [:]
+    /// Reads every file into memory, so that one context is built from one consistent snapshot. The
+    /// contents are secrets (a key file, a combined identity): wiped when the snapshot is released.
+    private func snapshot() -> [String: RedisSecret]? {
+        var contents: [String: RedisSecret] = [:]
         for path in self.paths {
             guard let bytes = try? readFile(path, limit: 16 * 1024 * 1024) else { return nil }
             contents[path] = bytes
@@ -84,13 +92,13 @@ final class TLSMaterialWatcher: Sendable {
         return contents
     }
 
-    /// The configuration with each file replaced by the snapshot's bytes (errors still name the file).
-    private func configuration(from snapshot: [String: [UInt8]]) -> RedisTLSConfiguration {
+    /// `configuration` with each file replaced by the snapshot's bytes (errors still name the file).
+    private static func resolve(_ configuration: RedisTLSConfiguration, with snapshot: [String: RedisSecret]) -> RedisTLSConfiguration {
         func resolve(_ source: RedisPEMSource) -> RedisPEMSource {
             guard case .file(let path) = source.storage, let bytes = snapshot[path] else { return source }
-            return .pem(bytes: bytes, name: path)
+            return .pem(contents: bytes, name: path)
         }
-        var configuration = self.configuration
+        var configuration = configuration
         configuration.trustAnchors = configuration.trustAnchors.map(resolve)
         configuration.pendingTrustAnchors = configuration.pendingTrustAnchors.map(resolve)
         if let identity = configuration.clientIdentity {
@@ -102,8 +110,22 @@ final class TLSMaterialWatcher: Sendable {
         return configuration
     }
 
+    private static func digests(of snapshot: [String: RedisSecret]) -> TLSFileDigests {
+        snapshot.mapValues { contents in
+            contents.withUnsafeBytes { bytes in
+                var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+                var length: UInt32 = 0
+                guard EVP_Digest(bytes.baseAddress, bytes.count, &digest, &length, EVP_sha256(), nil) == 1 else {
+                    // Never equal to a real digest: the files count as changed.
+                    return []
+                }
+                return Array(digest.prefix(Int(length)))
+            }
+        }
+    }
+
     /// Reads twice, `debounce` apart, until two reads agree (at most 5 tries).
-    private func consistentSnapshot() async -> [String: [UInt8]]? {
+    private func consistentSnapshot() async -> [String: RedisSecret]? {
         for _ in 0..<5 {
             try? await Task.sleep(for: self.debounce)
             guard let first = self.snapshot() else { continue }
@@ -114,19 +136,44 @@ final class TLSMaterialWatcher: Sendable {
         return nil
     }
 
-    /// Builds the initial context from the files as they are now (fails fast with the reason).
-    func initialContext() throws(RedisError) -> (RedisTLSContext, [String: [UInt8]]) {
+    /// Builds the initial context from the files as they are now (fails fast with the reason), and
+    /// the digests of what it was built from.
+    func initialContext() throws(RedisError) -> (RedisTLSContext, TLSFileDigests) {
+        let configuration = self.configuration
         guard let snapshot = self.snapshot() else {
             // Let the context builder name the file that cannot be read.
-            return (try RedisTLSContext(configuration: self.configuration), [:])
+            return (try RedisTLSContext(configuration: configuration), [:])
         }
-        return (try RedisTLSContext(configuration: self.configuration(from: snapshot)), snapshot)
+        let context = try RedisTLSContext(building: Self.resolve(configuration, with: snapshot), recording: configuration)
+        return (context, Self.digests(of: snapshot))
+    }
+
+    private enum Attempt {
+        /// The files could not be read consistently, or are what was seen last.
+        case nothingNew
+        case built(RedisTLSContext, TLSFileDigests)
+        case failed(RedisError, TLSFileDigests)
+    }
+
+    /// Reads the files and builds a context from them unless they are what was seen last. The files'
+    /// contents are released, and wiped, when this returns.
+    private func attempt(last: TLSFileDigests, lastRejected: TLSFileDigests?) async -> Attempt {
+        guard let snapshot = await self.consistentSnapshot() else { return .nothingNew }
+        let digests = Self.digests(of: snapshot)
+        let forced = self.forceRebuild.exchange(false, ordering: .relaxed)
+        if !forced && (digests == last || digests == lastRejected) { return .nothingNew }
+        let configuration = self.configuration
+        do {
+            return .built(try RedisTLSContext(building: Self.resolve(configuration, with: snapshot), recording: configuration), digests)
+        } catch {
+            return .failed(error, digests)
+        }
     }
 
     /// Watches until cancelled, reporting each distinct change after `initial`.
-    func run(initial: [String: [UInt8]], report: @escaping @Sendable (TLSMaterialReport) -> Void) async {
+    func run(initial: TLSFileDigests, report: @escaping @Sendable (TLSMaterialReport) -> Void) async {
         var last = initial
-        var lastRejected: [String: [UInt8]]?
+        var lastRejected: TLSFileDigests?
         await withChangeTriggers(
             directories: self.paths.map(parentDirectory(of:)),
             reloads: self.reloads,
@@ -134,25 +181,24 @@ final class TLSMaterialWatcher: Sendable {
         ) { triggers in
             for await _ in triggers {
                 if Task.isCancelled { break }
-                var attempt = 0
-                while !Task.isCancelled {
-                    guard let snapshot = await self.consistentSnapshot() else { break }
-                    let forced = self.forceRebuild.exchange(false, ordering: .relaxed)
-                    if !forced && (snapshot == last || snapshot == lastRejected) { break }
-                    do {
-                        let context = try RedisTLSContext(configuration: self.configuration(from: snapshot))
-                        last = snapshot
+                var mismatches = 0
+                retrying: while !Task.isCancelled {
+                    switch await self.attempt(last: last, lastRejected: lastRejected) {
+                    case .nothingNew:
+                        break retrying
+                    case .built(let context, let digests):
+                        last = digests
                         lastRejected = nil
                         report(.accepted(context))
-                        break
-                    } catch let error as RedisError where error.code == .tlsKeyMismatch && attempt < self.mismatchRetries {
+                        break retrying
+                    case .failed(let error, _) where error.code == .tlsKeyMismatch && mismatches < self.mismatchRetries:
                         // Probably a key and certificate written one after the other: look again soon.
-                        attempt += 1
-                        try? await Task.sleep(for: self.debounce * (1 << attempt))
-                    } catch {
-                        lastRejected = snapshot
-                        report(.rejected(error as? RedisError ?? RedisError(code: .tlsInvalidConfiguration, message: "\(error)")))
-                        break
+                        mismatches += 1
+                        try? await Task.sleep(for: self.debounce * (1 << mismatches))
+                    case .failed(let error, let digests):
+                        lastRejected = digests
+                        report(.rejected(error))
+                        break retrying
                     }
                 }
             }

@@ -29,15 +29,18 @@ final class X509Certificate: @unchecked Sendable {
 
     /// Parses every certificate in `bytes`. An empty input, a truncated or corrupt block, or a
     /// `BEGIN CERTIFICATE` that did not parse is a ``RedisError/Code/tlsMalformedPEM`` naming `source`.
-    static func parseAll(pem bytes: [UInt8], source: String) throws(RedisError) -> [X509Certificate] {
-        let expected = countOccurrences(of: Array("-----BEGIN CERTIFICATE-----".utf8), in: bytes)
-            + countOccurrences(of: Array("-----BEGIN TRUSTED CERTIFICATE-----".utf8), in: bytes)
+    /// `pem` is a secret because a combined identity file holds the private key too.
+    static func parseAll(pem: RedisSecret, source: String) throws(RedisError) -> [X509Certificate] {
+        let expected = pem.withUnsafeBytes { bytes in
+            countOccurrences(of: Array("-----BEGIN CERTIFICATE-----".utf8), in: bytes)
+                + countOccurrences(of: Array("-----BEGIN TRUSTED CERTIFICATE-----".utf8), in: bytes)
+        }
         guard expected > 0 else {
             throw RedisError(code: .tlsMalformedPEM, message: "no PEM certificate in \(source)")
         }
         OpenSSLErrors.clear()
         var certificates: [X509Certificate] = []
-        let failure: [OpenSSLErrorEntry]? = bytes.withUnsafeBytes { raw in
+        let failure: [OpenSSLErrorEntry]? = pem.withUnsafeBytes { raw in
             guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return [] }
             defer { BIO_free(bio) }
             while true {
@@ -113,7 +116,7 @@ func drainBIO(_ bio: OpaquePointer) -> [UInt8]? {
     return Array(bytes.prefix(Int(read)))
 }
 
-func countOccurrences(of needle: [UInt8], in haystack: [UInt8]) -> Int {
+func countOccurrences(of needle: [UInt8], in haystack: UnsafeRawBufferPointer) -> Int {
     guard !needle.isEmpty, haystack.count >= needle.count else { return 0 }
     var count = 0
     var index = 0
