@@ -1,6 +1,7 @@
 import Foundation
 import RedisRotation
 import RedisRotationTesting
+import Synchronization
 import Testing
 
 @Suite("Rotation-aware client against a real redis-server", .timeLimit(.minutes(3)))
@@ -62,6 +63,9 @@ struct ClientTests {
             let new = makePassword()
             let client = try RedisClient(configuration: self.configuration(server, maximumConnections: 12), credentials: .file(file, username: "alice"))
             try await withRunningClient(client) { client in
+                let seen = Mutex<[String]>([])
+                let events = Task { for await event in client.events { seen.withLock { $0.append("\(event)") } } }
+                defer { events.cancel() }
                 let stop = StopFlag()
                 let traffic = Task { await runTraffic(client: client, tasks: 32, prefix: "flow", stop: stop) }
                 await stop.waitForProgress(200, "before the rotation")
@@ -79,7 +83,10 @@ struct ClientTests {
                 let after = try await server.clients(of: "alice")
                 let afterByID = Dictionary(after.map { ($0["id"] ?? "", $0) }, uniquingKeysWith: { first, _ in first })
                 for connection in before {
-                    #expect(afterByID[connection["id"] ?? ""]?["name"] == "test@v2", "connection \(connection["id"] ?? "?") was not re-authenticated in place")
+                    #expect(
+                        afterByID[connection["id"] ?? ""]?["name"] == "test@v2",
+                        "connection \(connection["id"] ?? "?") was not re-authenticated in place; events: \(seen.withLock { $0.filter { !$0.contains("connectionReauthenticated") } })"
+                    )
                 }
 
                 // 3. The operator removes the old password and kills the user's connections.

@@ -140,6 +140,8 @@ struct FaultInjectionTests {
         }
         stop.stop()
         let report = await traffic.value
+        // The figures docs/RELIABILITY.md quotes.
+        print("fault \(name): traffic back \(recovery) after the fault ended; \(report)")
         #expect(report.wrong.isEmpty, "\(report)")
         #expect(recovery < .seconds(5), "recovered within 5 s of the fault being lifted: \(recovery)")
 
@@ -250,6 +252,25 @@ struct FaultInjectionTests {
                 #expect(try await admin.send(RedisCommand("GET", .key(key))).string == "landed")
                 await admin.close()
             }
+            await proxy.close()
+        }
+    }
+
+    @Test("half a TLS handshake (the server stops after its first bytes): connect fails with tlsHandshakeTimeout at the deadline; whole handshakes work again after")
+    func halfTLSHandshake() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            var configuration = fixture.aliceConfiguration(server, context: try fixture.context(), serverName: "127.0.0.1")
+            configuration.port = proxy.port
+            configuration.handshakeTimeout = .seconds(1)
+            proxy.setMode(.limitServerBytes(200))
+            let error = await #expect(throws: RedisError.self) { try await RedisConnection.connect(configuration: configuration) }
+            #expect(error?.code == .tlsHandshakeTimeout, "\(String(describing: error))")
+            proxy.setMode(.forward)
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            #expect(try await connection.ping() == "PONG")
+            await connection.close()
             await proxy.close()
         }
     }

@@ -65,7 +65,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var timerGenerations: [TimerKind: UInt64] = [:]
         var lastConnectError: RedisError?
         var runState = RunState.notStarted
-        /// The connection counts last sent to the gauges (zeros kept, so that a version leaving shows as 0).
+        /// The connection counts last sent to the gauges (versions and generations in use only).
         var recordedVersionCounts: [String: Int] = [:]
         var tlsContext: RedisTLSContext?
         var recordedGenerationCounts: [UInt64: Int] = [:]
@@ -168,6 +168,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         poolConfiguration.maximumConnectionAge = configuration.pool.maximumConnectionAge.map { TimeAmount($0) }
         poolConfiguration.maximumAgeJitter = configuration.pool.maximumConnectionAgeJitter
         poolConfiguration.healthCheckInterval = configuration.pool.healthCheckInterval.map { TimeAmount($0) }
+        // A handshake past half its deadline while commands wait is most likely hung (the server accepted
+        // and went silent); waiting the other half before the next attempt would only add to the outage.
+        poolConfiguration.handshakeHedgeDelay = max(TimeAmount(configuration.handshakeTimeout / 2), .milliseconds(100))
         poolConfiguration.connectBackoff = Backoff(
             base: TimeAmount(configuration.pool.reconnectBackoffBase),
             cap: TimeAmount(configuration.pool.reconnectBackoffCap)
@@ -449,6 +452,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.state.withLock { $0.credentials.pending?.version }
     }
 
+    /// Lease requests not yet granted or failed (for tests: nothing may stay behind).
+    var leaseRequestsInFlight: Int {
+        self.state.withLock { $0.leaseRequests.count }
+    }
+
     // MARK: Leases
 
     private func lease() async throws -> Lease {
@@ -631,15 +639,19 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// The connection gauges to record, when the counts changed since the last time (metric objects are
     /// touched outside the lock, and not at all on the many leases that change nothing).
+    /// A version or generation that leaves is recorded once as 0 and then forgotten, so that a process
+    /// that rotates for months keeps only what is in use.
     private func gaugeUpdates(_ state: inout State) -> [Effect] {
-        var versions = state.pool.connectionsByVersion
-        for version in state.recordedVersionCounts.keys where versions[version] == nil { versions[version] = 0 }
-        var generations = state.pool.connectionsByGeneration
-        for generation in state.recordedGenerationCounts.keys where generations[generation] == nil { generations[generation] = 0 }
+        let versions = state.pool.connectionsByVersion
+        let generations = state.pool.connectionsByGeneration
         guard versions != state.recordedVersionCounts || generations != state.recordedGenerationCounts else { return [] }
+        var versionUpdates = versions
+        for version in state.recordedVersionCounts.keys where versions[version] == nil { versionUpdates[version] = 0 }
+        var generationUpdates = generations
+        for generation in state.recordedGenerationCounts.keys where generations[generation] == nil { generationUpdates[generation] = 0 }
         state.recordedVersionCounts = versions
         state.recordedGenerationCounts = generations
-        return [.recordConnectionGauges(versions: versions, generations: generations)]
+        return [.recordConnectionGauges(versions: versionUpdates, generations: generationUpdates)]
     }
 
     // MARK: Effects (outside the lock)
