@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import RedisRotation
+import Synchronization
 
 /// A listener on 127.0.0.1 that speaks just enough RESP to let a ``RedisConnection`` connect: it
 /// answers `HELLO` as Redis 7 does and every other command with `reply`, whatever bytes that is.
@@ -8,16 +9,41 @@ import RedisRotation
 struct FakeRedisServer {
     let port: Int
 
+    /// What the server does with the next command (other than `HELLO`).
+    enum Step: Sendable {
+        /// Answer with these bytes.
+        case reply(String)
+        /// Close the connection without answering.
+        case close
+    }
+
     /// Runs `body` with a fake server listening on a free loopback port, and stops it afterwards.
     static func withServer<Result>(
         reply: ByteBuffer,
+        _ body: (FakeRedisServer) async throws -> Result
+    ) async throws -> Result {
+        try await self.withServer(script: Script(steps: [], then: reply), body)
+    }
+
+    /// A fake server that answers commands, across all connections, with `steps` in order, then with
+    /// `then` for ever.
+    static func withServer<Result>(
+        steps: [Step],
+        then: String = "+OK\r\n",
+        _ body: (FakeRedisServer) async throws -> Result
+    ) async throws -> Result {
+        try await self.withServer(script: Script(steps: steps, then: ByteBuffer(string: then)), body)
+    }
+
+    private static func withServer<Result>(
+        script: Script,
         _ body: (FakeRedisServer) async throws -> Result
     ) async throws -> Result {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
-                    try child.pipeline.syncOperations.addHandler(FakeRedisHandler(reply: reply))
+                    try child.pipeline.syncOperations.addHandler(FakeRedisHandler(script: script))
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
@@ -43,18 +69,27 @@ private final class FakeRedisHandler: ChannelInboundHandler {
     )
 
     private let reader = RESPReader()
-    private let reply: ByteBuffer
+    private let script: Script
 
-    init(reply: ByteBuffer) {
-        self.reply = reply
+    init(script: Script) {
+        self.script = script
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         do {
             try self.reader.feed(self.unwrapInboundIn(data))
             while let request = try self.reader.next() {
-                let isHello = request.array?.first?.string?.uppercased() == "HELLO"
-                context.writeAndFlush(self.wrapOutboundOut(isHello ? Self.helloReply : self.reply), promise: nil)
+                if request.array?.first?.string?.uppercased() == "HELLO" {
+                    context.writeAndFlush(self.wrapOutboundOut(Self.helloReply), promise: nil)
+                    continue
+                }
+                switch self.script.next() {
+                case .reply(let bytes):
+                    context.writeAndFlush(self.wrapOutboundOut(bytes), promise: nil)
+                case .close:
+                    context.close(promise: nil)
+                    return
+                }
             }
         } catch {
             context.close(promise: nil)
@@ -63,5 +98,27 @@ private final class FakeRedisHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// The answers of a fake server, shared by its connections.
+private final class Script: Sendable {
+    enum Answer { case reply(ByteBuffer), close }
+
+    private let steps: Mutex<[FakeRedisServer.Step]>
+    private let then: ByteBuffer
+
+    init(steps: [FakeRedisServer.Step], then: ByteBuffer) {
+        self.steps = Mutex(steps)
+        self.then = then
+    }
+
+    func next() -> Answer {
+        let step = self.steps.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+        switch step {
+        case .reply(let text): return .reply(ByteBuffer(string: text))
+        case .close: return .close
+        case nil: return .reply(self.then)
+        }
     }
 }

@@ -470,7 +470,7 @@ struct CredentialStateMachineTests {
         _ = machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0)
         #expect(machine.candidates == [self.v2, self.v1])
         // The operator rolled back: v2 was rejected, v1 accepted.
-        let actions = machine.connectionAuthenticated(with: self.v1, now: self.t0 + .seconds(1), random: 0)
+        let actions = machine.connectionAuthenticated(with: self.v1, rejected: [self.v2], now: self.t0 + .seconds(1), random: 0)
         #expect(actions == [.demoted(rejected: self.v2, to: self.v1), .scheduleTimer(self.t0 + .seconds(1) + .milliseconds(100))])
         #expect(machine.current == self.v1 && machine.pending == self.v2 && machine.previous == nil)
         #expect(machine.candidates == [self.v1, self.v2])

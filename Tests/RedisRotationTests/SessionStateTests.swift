@@ -48,7 +48,7 @@ struct SessionStateTests {
 
     @Test("an open transaction is discarded (which also drops watches), then PING proves the stream is in step")
     func transaction() {
-        #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("MULTI")]).release == .restore([.discard, .ping]))
+        #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("MULTI")]).release == .restore([.discard, .unwatch, .ping]))
         #expect(self.state(after: [RedisCommand("MULTI"), RedisCommand("SET", "k", "v")]).release == .restore([.discard, .ping]))
         #expect(self.state(after: [RedisCommand("MULTI"), RedisCommand("EXEC")]).release == .reuse)
         #expect(self.state(after: [RedisCommand("MULTI"), RedisCommand("DISCARD")]).release == .reuse)
@@ -58,10 +58,12 @@ struct SessionStateTests {
     func watches() {
         #expect(self.state(after: [RedisCommand("WATCH", "k")]).release == .restore([.unwatch, .ping]))
         #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("UNWATCH")]).release == .reuse)
-        #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("EXEC")]).release == .reuse)
+        #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("MULTI"), RedisCommand("EXEC")]).release == .reuse)
+        // EXEC or DISCARD without MULTI is an error on the server, which keeps the watch.
+        #expect(self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("EXEC")]).release == .restore([.unwatch, .ping]))
         #expect(
             self.state(after: [RedisCommand("WATCH", "k"), RedisCommand("MULTI"), RedisCommand("UNWATCH")]).release
-                == .restore([.discard, .ping])
+                == .restore([.discard, .unwatch, .ping])
         )
     }
 
@@ -83,7 +85,7 @@ struct SessionStateTests {
             RedisCommand("SELECT", "2"), RedisCommand("WATCH", "k"), RedisCommand("MULTI"), RedisCommand("CLIENT", "SETNAME", "x"),
         ])
         state.replyAbandoned()
-        #expect(state.release == .restore([.discard, .selectDatabase, .setName, .ping]))
+        #expect(state.release == .restore([.discard, .unwatch, .selectDatabase, .setName, .ping]))
         state.restored()
         #expect(state.release == .reuse)
 

@@ -31,8 +31,11 @@ struct SessionState: Hashable, Sendable {
         case .none, .blocks: break
         case .beginsTransaction: self.inTransaction = true
         case .endsTransaction:
-            self.inTransaction = false
-            self.watching = false
+            // EXEC or DISCARD without MULTI is an error on the server, which keeps any WATCH.
+            if self.inTransaction {
+                self.inTransaction = false
+                self.watching = false
+            }
         case .watches: self.watching = true
         case .unwatches: self.watching = self.inTransaction && self.watching  // Queued inside MULTI: not yet.
         case .selectsDatabase: self.databaseChanged = true
@@ -74,8 +77,10 @@ struct SessionState: Hashable, Sendable {
         if let name = self.irreversible { return .close("\(name) was sent on it") }
         if self.isClean { return .reuse }
         var steps: [Step] = []
-        // DISCARD also drops watches; UNWATCH inside a transaction would only be queued.
-        if self.inTransaction { steps.append(.discard) } else if self.watching { steps.append(.unwatch) }
+        // DISCARD first, so that UNWATCH is not queued inside the transaction; UNWATCH as well, in case
+        // the MULTI failed on the server and DISCARD answered "without MULTI", leaving watches in place.
+        if self.inTransaction { steps.append(.discard) }
+        if self.watching { steps.append(.unwatch) }
         if self.databaseChanged { steps.append(.selectDatabase) }
         if self.renamed { steps.append(.setName) }
         steps.append(.ping)

@@ -183,7 +183,9 @@ struct PoolStateMachine {
         guard !self.isShutDown else {
             return [.failLease(id, RedisError(code: .clientShutdown, message: "the client is shut down"))]
         }
-        if let rejection = self.rejection, !self.hasUsableConnection {
+        // Within the backoff after a rejection nothing would try: fail at once. After it, the lease waits
+        // and its connection attempt finds out whether the server was fixed meanwhile.
+        if let rejection = self.rejection, !self.hasUsableConnection, let next = self.nextConnectAt, next > now {
             return [.failLease(id, rejection)] + self.rebalance(now: now)
         }
         self.waiters.append(Waiter(id: id, deadline: deadline))
@@ -323,6 +325,8 @@ struct PoolStateMachine {
         // A connection that never opened is reported through connectionFailed instead.
         guard let slot = self.slots[id], slot.state != .connecting else { return [] }
         self.slots.removeValue(forKey: id)
+        // Its replacement, still opening, now stands for itself (and counts against the maximum).
+        if let replacement = slot.replacement, self.slots[replacement] != nil { self.slots[replacement]!.replaces = nil }
         return self.rebalance(now: now)
     }
 
@@ -338,6 +342,15 @@ struct PoolStateMachine {
             return [.reauthenticate(id)]  // The target moved on while this one was in flight.
         }
         self.slots[id]!.state = .idle(since: now)
+        return self.rebalance(now: now)
+    }
+
+    /// The candidate credentials changed (a new pending one): a rejection may be over, so the next
+    /// connection attempt need not wait out the rejection's backoff.
+    mutating func candidatesChanged(now: NIODeadline) -> [Action] {
+        guard self.rejection != nil else { return [] }
+        self.rejection = nil
+        self.nextConnectAt = nil
         return self.rebalance(now: now)
     }
 

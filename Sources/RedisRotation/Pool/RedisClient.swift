@@ -295,13 +295,17 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw self.failed(command, error, mayHaveExecuted: true)
             }
             do {
-                let value = try await lease.connection.send(command, timeout: timeout)
+                // Each attempt gets what is left of the command's deadline, so resends never stretch it.
+                let remaining = max(deadline - clock.now, .milliseconds(1))
+                let value = try await lease.connection.send(command, timeout: remaining)
                 self.finish(lease)
                 return value
-            } catch let error as RedisError where error.isTransientServerState {
+            } catch let error as RedisError where error.isTransientServerState && !command.isScript {
                 // The server refused the command without running it (loading, busy, failing over): any
-                // command may be sent again, within its deadline.
+                // command may be sent again, within its deadline, and the refusal costs no attempt.
+                // (A script may write and then return an error that starts the same way: never resent.)
                 self.finish(lease)
+                attempt -= 1
                 let pause = Self.transientPause(after: transientPause)
                 transientPause = pause
                 guard clock.now + pause < deadline else {
@@ -592,6 +596,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 effects.append(.work(.probe(credentials)))
             case .pendingChanged(let credentials):
                 effects.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, credentialVersion: credentials.version)))
+                effects += self.translate(state.pool.candidatesChanged(now: .now()), state: &state)
             case .promoted(let old, let new):
                 state.expiry.setItems(
                     new.expiresAt.map { [.init(name: "credential \(new.username) version \(new.version)", expiresAt: $0)] } ?? [],
@@ -627,6 +632,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                         )
                     )
                 )
+                state.expiry.setItems(
+                    working.expiresAt.map { [.init(name: "credential \(working.username) version \(working.version)", expiresAt: $0)] } ?? [],
+                    group: "credential"
+                )
+                effects += self.expiryEffects(&state)
                 effects += self.translate(state.pool.targetVersionChanged(working.version, now: .now()), state: &state)
             case .previousDiscarded(let credentials):
                 effects.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
@@ -836,8 +846,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                             now: .now(),
                             random: Double.random(in: 0..<1)
                         )
-                        demoted = !demotion.isEmpty
                         effects += self.translate(credentials: demotion, state: &state)
+                        // Whoever demoted (this rejection or one just before it), a connection already on the
+                        // working version serves on.
+                        demoted = state.pool.slots[id]?.version == state.pool.targetVersion
                     }
                     return effects
                         + self.translate(
@@ -869,6 +881,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let (candidates, tlsContext) = self.state.withLock { ($0.credentials.candidates, $0.tlsContext) }
         let started = ContinuousClock.now
         var rejected: [String] = []
+        var rejectedCredentials: [RedisCredentials] = []
         var failure: RedisError?
         for candidate in candidates {
             do {
@@ -884,7 +897,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     guard state.runState == .running else { return [] }
                     state.connections[id] = connection
                     state.lastConnectError = nil
-                    let promoted = state.credentials.connectionAuthenticated(with: candidate, now: .now(), random: Double.random(in: 0..<1))
+                    let promoted = state.credentials.connectionAuthenticated(
+                        with: candidate,
+                        rejected: rejectedCredentials,
+                        now: .now(),
+                        random: Double.random(in: 0..<1)
+                    )
                     var effects = self.translate(credentials: promoted, state: &state)
                     effects += self.translate(
                         state.pool.connectionEstablished(
@@ -900,7 +918,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     if let peer = connection.tlsInfo?.peerCertificate {
                         state.expiry.setItems(
                             [.init(name: "server certificate \(peer.subject)", expiresAt: peer.notAfter)],
-                            group: "server certificate \(peer.subject)"
+                            // One group for the server: a certificate replaced by one with another subject
+                            // stops being watched (and warned about) instead of staying forever.
+                            group: "server certificate"
                         )
                         effects += self.expiryEffects(&state)
                     }
@@ -914,6 +934,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 return
             } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
                 rejected.append(candidate.version)
+                rejectedCredentials.append(candidate)
                 self.perform([
                     .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: candidate.version, detail: "WRONGPASS when opening connection \(id)"))
                 ])

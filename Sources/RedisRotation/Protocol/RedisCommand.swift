@@ -25,6 +25,10 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// resend it when the connection dies before its reply arrives. True for read-only commands; mark
     /// others with ``idempotent(_:)`` (a plain `SET key value` is, `INCR` is not).
     public private(set) var isIdempotent: Bool
+    /// Whether the command runs a script or function, whose error replies are the script's own (one can
+    /// write and then return an error that looks like a server state).
+    var isScript: Bool { Self.scriptNames.contains(self.name) }
+    private static let scriptNames: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
     /// Whether the command only reads: its effect does not depend on how often it ran.
     var isReadOnly: Bool { Self.readOnlyNames.contains(self.name) }
     /// What the command does to its connection's session (transaction, database, name, blocking).
@@ -64,7 +68,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.argumentCount = arguments.count
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
         self.isIdempotent = Self.readOnlyNames.contains(self.name)
-        self.sessionEffect = SessionEffect(name: self.name, keywords: arguments.map(\.keyword))
+        self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
         self.encodedBytes = self.encodingError == nil ? Self.encode(all, sensitive: self.isSensitive) : ByteBuffer()

@@ -37,6 +37,13 @@ enum SessionEffect: Hashable, Sendable {
     /// `CLIENT` subcommands after which the client cannot restore the session.
     private static let irreversibleClientSubcommands: Set<String> = ["REPLY", "TRACKING", "NO-EVICT", "NO-TOUCH"]
 
+    /// Classifies a command from its upper-cased name and its arguments. Arguments are looked at only
+    /// for `CLIENT` (the subcommand) and `XREAD`/`XREADGROUP` (`BLOCK`): no other argument is copied.
+    init(name: String, arguments: [RedisArgument]) {
+        let keywords = (name == "CLIENT" || name == "XREAD" || name == "XREADGROUP") ? arguments.map(\.keyword) : []
+        self.init(name: name, keywords: keywords)
+    }
+
     /// Classifies a command from its upper-cased name and the upper-cased text of its short arguments
     /// (`nil` for arguments that are not short text).
     init(name: String, keywords: [String?]) {

@@ -125,12 +125,18 @@ struct CredentialStateMachine {
         }
     }
 
-    /// A regular connection authenticated with `credentials`, the first candidate the server accepted.
-    /// Pending credentials that work on the server need no further probe. Previous credentials that
-    /// work mean the current ones were just rejected (candidates are tried current first): an operator
-    /// rolled the password back, or the server restarted with an ACL that was never saved. The current
-    /// credentials are demoted, so connections stop re-authenticating into a rejection.
-    mutating func connectionAuthenticated(with credentials: RedisCredentials, now: NIODeadline, random: Double) -> [Action] {
+    /// A regular connection authenticated with `credentials`, after the server rejected `rejected` in
+    /// the same handshake. Pending credentials that work on the server need no further probe. When the
+    /// credentials current *now* were among the rejected ones and the previous ones worked, an operator
+    /// rolled the password back (or the server restarted with an ACL that was never saved): the current
+    /// credentials are demoted, so connections stop re-authenticating into a rejection. (A handshake
+    /// that began before a promotion and simply used the then-current credentials proves nothing.)
+    mutating func connectionAuthenticated(
+        with credentials: RedisCredentials,
+        rejected: [RedisCredentials] = [],
+        now: NIODeadline,
+        random: Double
+    ) -> [Action] {
         if let current = self.current, credentials.authenticatesLike(current) {
             self.currentVerified = true
             return []
@@ -138,7 +144,9 @@ struct CredentialStateMachine {
         if let pending = self.pending, credentials.authenticatesLike(pending) {
             return self.promote(pending, now: now)
         }
-        if let previous = self.previous, credentials.authenticatesLike(previous), let current = self.current {
+        if let previous = self.previous, credentials.authenticatesLike(previous), let current = self.current,
+            rejected.contains(where: { $0.authenticatesLike(current) })
+        {
             return self.demote(current, to: previous, now: now, random: random)
         }
         return []
@@ -204,6 +212,10 @@ struct CredentialStateMachine {
         self.currentVerified = true
         self.previous = nil
         self.previousUntil = nil
+        if let pending = self.pending, !pending.authenticatesLike(rejected) {
+            // The source has moved on to newer credentials: they stay pending with their probe.
+            return [.demoted(rejected: rejected, to: working)] + (self.nextDeadline().map { [.scheduleTimer($0)] } ?? [])
+        }
         // Probed again later, with backoff: a roll-forward is noticed, and the ACL log grows by at most the
         // probe budget.
         self.pending = rejected
