@@ -154,3 +154,24 @@ extension RedisServerProcess {
         return reply
     }
 }
+
+/// A server with `alice` and a running client whose pool holds one connection at most, so that the next
+/// lease certainly gets the connection the previous one left behind.
+func withOneConnectionClient(
+    name: String = "test",
+    _ body: @Sendable (RedisServerProcess, RedisClient) async throws -> Void
+) async throws {
+    let password = makePassword()
+    try await withAliceServer(password: password) { server in
+        let client = try RedisClient(
+            configuration: RedisClientConfiguration(
+                host: server.host,
+                port: server.port,
+                name: name,
+                pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
+            ),
+            credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+        )
+        try await withRunningClient(client) { client in try await body(server, client) }
+    }
+}

@@ -39,36 +39,24 @@ struct HugeArgumentTests {
 
     @Test("through the pool the same command fails once, is not retried, and leaves the connection in use")
     func oversizedArgumentThroughPool() async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: server.host,
-                    port: server.port,
-                    name: "huge",
-                    pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withRunningClient(client) { client throws in
-                let key = uniqueKey("huge")
-                let pong = try await client.ping()
-                #expect(pong == "PONG")
-                let connectionBefore = try await client.withConnection { try await $0.send(RedisCommand("CLIENT", "ID")).int }
-                let before = client.statistics
-                let error = await #expect(throws: RedisError.self) {
-                    try await client.send(RedisCommand("SET", .key(key), .bytes(oversizedValue())).idempotent(), timeout: nil)
-                }
-                #expect(error?.code == .invalidArgument)
-                let value = try await client.get(key)
-                #expect(value == nil)
-                let after = client.statistics
-                #expect(after.commandsRetried == before.commandsRetried)
-                #expect(after.commandsFailed == before.commandsFailed)
-                // The pool's one connection is the one it had: nothing was closed or replaced.
-                let connectionAfter = try await client.withConnection { try await $0.send(RedisCommand("CLIENT", "ID")).int }
-                #expect(connectionAfter == connectionBefore)
+        try await withOneConnectionClient(name: "huge") { _, client in
+            let key = uniqueKey("huge")
+            let pong = try await client.ping()
+            #expect(pong == "PONG")
+            let connectionBefore = try await client.withConnection { try await $0.send(RedisCommand("CLIENT", "ID")).int }
+            let before = client.statistics
+            let error = await #expect(throws: RedisError.self) {
+                try await client.send(RedisCommand("SET", .key(key), .bytes(oversizedValue())).idempotent(), timeout: nil)
             }
+            #expect(error?.code == .invalidArgument)
+            let value = try await client.get(key)
+            #expect(value == nil)
+            let after = client.statistics
+            #expect(after.commandsRetried == before.commandsRetried)
+            #expect(after.commandsFailed == before.commandsFailed)
+            // The pool's one connection is the one it had: nothing was closed or replaced.
+            let connectionAfter = try await client.withConnection { try await $0.send(RedisCommand("CLIENT", "ID")).int }
+            #expect(connectionAfter == connectionBefore)
         }
     }
 }

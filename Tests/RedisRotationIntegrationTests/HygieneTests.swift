@@ -8,24 +8,6 @@ import Testing
 /// certainly gets the connection the previous one left behind.
 @Suite("Connection hygiene through the pool", .timeLimit(.minutes(2)))
 struct HygieneTests {
-    func withOneConnectionClient(
-        _ body: @Sendable (RedisServerProcess, RedisClient) async throws -> Void
-    ) async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: server.host,
-                    port: server.port,
-                    name: "test",
-                    pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withRunningClient(client) { client in try await body(server, client) }
-        }
-    }
-
     /// Runs `send` on `connection` in a task of its own, waits until `sent` holds (the command is on its
     /// way), cancels that task and returns what it threw.
     func cancelAfterSending(
@@ -42,7 +24,7 @@ struct HygieneTests {
 
     @Test("a MULTI whose task is cancelled before its +OK never puts later writes into a transaction")
     func cancelledMulti() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             #expect(try await client.ping() == "PONG")
             // The server is stopped, so MULTI's reply cannot arrive before the cancellation.
             server.kill(signal: SIGSTOP)
@@ -67,7 +49,7 @@ struct HygieneTests {
 
     @Test("200 transactions cancelled at random moments lose none of 1,000 acknowledged writes")
     func cancelledTransactionsUnderTraffic() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let prefix = "tx:\(UUID().uuidString)"
             for round in 0..<200 {
                 let task = Task {
@@ -95,7 +77,7 @@ struct HygieneTests {
 
     @Test("a cancelled BLPOP closes its connection: the element pushed later stays in the list and nobody waits behind it")
     func cancelledBlockingPop() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let list = uniqueKey("blpop")
             let popper = Task { try await client.send(RedisCommand("BLPOP", .key(list), "30"), timeout: .seconds(40)) }
             try await server.waitForBlockedClients(1)
@@ -115,7 +97,7 @@ struct HygieneTests {
 
     @Test("SELECT, CLIENT SETNAME and WATCH left by withConnection are undone before the next lease")
     func sessionStateRestored() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let watched = uniqueKey("watched")
             let idBefore = try await client.withConnection { connection in
                 try await connection.send(RedisCommand("SELECT", "1"))
@@ -151,7 +133,7 @@ struct HygieneTests {
 
     @Test("a connection left subscribed, monitoring or re-authenticated is closed, never handed on")
     func irreversibleStateCloses() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let first = try await client.withConnection { connection in
                 let id = try await connection.send(RedisCommand("CLIENT", "ID")).int
                 try await connection.send(RedisCommand("SUBSCRIBE", "news"))
@@ -180,7 +162,7 @@ struct HygieneTests {
         ]
     )
     func refusedThroughSend(command: RedisCommand) async throws {
-        try await self.withOneConnectionClient { _, client in
+        try await withOneConnectionClient { _, client in
             do {
                 try await client.send(command)
                 Issue.record("\(command) was sent through the pool")

@@ -8,30 +8,12 @@ import Testing
 /// redis-server. Each test states what the contract asks for; they fail on the reviewed head.
 @Suite("Review findings against a real redis-server", .timeLimit(.minutes(2)))
 struct ReviewFindingsTests {
-    func withOneConnectionClient(
-        _ body: @Sendable (RedisServerProcess, RedisClient) async throws -> Void
-    ) async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: server.host,
-                    port: server.port,
-                    name: "test",
-                    pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withRunningClient(client) { client in try await body(server, client) }
-        }
-    }
-
     // SessionState clears `watching` on EXEC/DISCARD even without MULTI; the server answers "ERR DISCARD
     // without MULTI" and keeps the WATCH. The connection is handed on as clean, and the next user's
     // transaction is aborted by a key it never watched.
     @Test("a WATCH abandoned with DISCARD (no MULTI) does not abort the next lease's transaction")
     func strayDiscardLeaksWatch() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let watched = uniqueKey("watched")
             let before = try await client.withConnection { connection in
                 try await connection.send(RedisCommand("WATCH", .key(watched)))
@@ -55,7 +37,7 @@ struct ReviewFindingsTests {
     // after the script wrote. send then runs the script again and again until the deadline.
     @Test("a script that wrote and then returned a BUSY-prefixed error runs once")
     func scriptErrorIsNotATransientState() async throws {
-        try await self.withOneConnectionClient { server, client in
+        try await withOneConnectionClient { server, client in
             let counter = uniqueKey("script-runs")
             let script = "redis.call('INCR', KEYS[1]); return redis.error_reply('BUSY the resource is locked')"
             await #expect(throws: RedisError.self) {
@@ -214,9 +196,12 @@ struct ReviewFindingsTests {
                 source.withLock { $0 = RedisCredentials(username: "alice", password: new, version: "v2") }
                 client.reloadCredentials()
                 await eventually("v2 promoted by its probe") { client.currentCredentialVersion == "v2" }
-                #expect(client.connectionsByCredentialVersion.isEmpty, "the slow handshake is still running")
+                // (On a starved machine the probe may take longer than the slow handshake; the checks below
+                // still hold, they only lose the race they are about. The unit test pins it.)
                 await eventually("the slow connection is up", timeout: .seconds(10)) { !client.connectionsByCredentialVersion.isEmpty }
-                try await Task.sleep(for: .milliseconds(300))
+                // A demotion happens under the same lock that records the connection: it would show now.
+                #expect(client.currentCredentialVersion == "v2")
+                await eventually("the promotion's event arrived") { kinds.withLock { $0.contains(.promoted) } }
                 let seen = kinds.withLock { $0 }
                 #expect(!seen.contains(.credentialDemoted), "v2 was demoted although the server never rejected it: \(seen)")
                 #expect(seen.filter { $0 == .promoted }.count == 1, "\(seen)")

@@ -19,7 +19,9 @@ struct ExitMonitorTests {
                     return await waiting.value
                 }
                 group.addTask {
-                    try? await Task.sleep(for: .seconds(2))
+                    // A lost wake-up waits for ever; 15 s only tells it apart from a starved scheduler
+                    // (tests run in parallel on two cores).
+                    try? await Task.sleep(for: .seconds(15))
                     return nil
                 }
                 let first = await group.next() ?? nil
@@ -28,7 +30,7 @@ struct ExitMonitorTests {
                 group.cancelAll()
                 return first
             }
-            #expect(outcome == false, "round \(round): \(outcome.map { "returned \($0)" } ?? "still waiting after 2 s")")
+            #expect(outcome == false, "round \(round): \(outcome.map { "returned \($0)" } ?? "still waiting after 15 s")")
             if outcome != false { break }
         }
     }

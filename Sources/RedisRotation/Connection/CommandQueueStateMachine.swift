@@ -106,35 +106,11 @@ struct CommandQueueStateMachine<Promise> {
         guard case .open = self.state, let head = self.queue.first else { return action }
 
         if head.deadline <= now {
-            let cause = RedisError(
-                code: .connectionClosed,
-                message: "the connection was closed because the server did not answer an earlier command in time"
-            )
-            for entry in self.queue {
-                guard let promise = entry.promise else { continue }
-                action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
-            }
-            self.queue.removeAll()
-            self.state = .closed(cause)
-            action.close = true
-            return action
+            return self.closeAll(now: now, because: "the server did not answer an earlier command in time")
         }
-
-        let expiredBlocking = self.queue.contains { $0.promise != nil && $0.deadline <= now && $0.closesIfAbandoned }
-        if expiredBlocking {
+        if self.queue.contains(where: { $0.promise != nil && $0.deadline <= now && $0.closesIfAbandoned }) {
             // A blocking command nobody waits for any more must not stay blocked on the server.
-            let cause = RedisError(
-                code: .connectionClosed,
-                message: "the connection was closed because a blocking command on it passed its deadline"
-            )
-            for entry in self.queue {
-                guard let promise = entry.promise else { continue }
-                action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
-            }
-            self.queue.removeAll()
-            self.state = .closed(cause)
-            action.close = true
-            return action
+            return self.closeAll(now: now, because: "a blocking command on it passed its deadline")
         }
 
         var next: NIODeadline?
@@ -158,6 +134,20 @@ struct CommandQueueStateMachine<Promise> {
         var fail: Promise?
         /// The command blocks on the server: close the connection (every other waiter fails).
         var close = false
+    }
+
+    /// Fails every waiter (those past their deadline with `commandTimeout`, the others with
+    /// `connectionClosed` naming `reason`) and closes: the reply stream can no longer be trusted.
+    private mutating func closeAll(now: NIODeadline, because reason: String) -> TimerAction {
+        let cause = RedisError(code: .connectionClosed, message: "the connection was closed because \(reason)")
+        var action = TimerAction(close: true)
+        for entry in self.queue {
+            guard let promise = entry.promise else { continue }
+            action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
+        }
+        self.queue.removeAll()
+        self.state = .closed(cause)
+        return action
     }
 
     /// The caller stopped waiting for command `id` (its task was cancelled). Its reply will be dropped,

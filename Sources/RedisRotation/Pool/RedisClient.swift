@@ -279,7 +279,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         // Too large to send: no connection is leased, so none is touched, and no retry can help.
         if let error = command.encodingError { throw error }
         let clock = ContinuousClock()
-        let deadline = clock.now + (timeout ?? self.configuration.commandTimeout)
+        let commandTimeout = timeout ?? self.configuration.commandTimeout
+        // Counted from the first attempt's write, not from the call: waiting for a lease has its own
+        // deadline (leaseTimeout) and does not eat into the command's.
+        var deadline: ContinuousClock.Instant?
         var attempt = 0
         var transientPause: Duration?
         var connectionPause: Duration?
@@ -295,9 +298,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw self.failed(command, error, mayHaveExecuted: true)
             }
             do {
-                // Each attempt gets what is left of the command's deadline, so resends never stretch it.
-                let remaining = max(deadline - clock.now, .milliseconds(1))
-                let value = try await lease.connection.send(command, timeout: remaining)
+                if deadline == nil { deadline = clock.now + commandTimeout }
+                // An attempt after a transient refusal gets only what is left of the deadline, so refusals
+                // never stretch it; a resend after a dead connection (bounded by maximumCommandAttempts)
+                // gets the whole timeout again.
+                let attemptTimeout = transientPause.map { _ in max(deadline! - clock.now, .milliseconds(1)) } ?? commandTimeout
+                let value = try await lease.connection.send(command, timeout: attemptTimeout)
                 self.finish(lease)
                 return value
             } catch let error as RedisError where error.isTransientServerState && !command.isScript {
@@ -308,7 +314,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 attempt -= 1
                 let pause = Self.transientPause(after: transientPause)
                 transientPause = pause
-                guard clock.now + pause < deadline else {
+                guard let deadline, clock.now + pause < deadline else {
                     throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
                 }
                 self.metrics.retried.increment()
@@ -324,6 +330,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw CancellationError()
             } catch let error as RedisError {
                 self.finish(lease)
+                transientPause = nil  // The resend gets the whole timeout again.
                 if error.commandWasNotSent {
                     // Nothing was written: a free attempt, bounded by the deadline alone.
                     attempt -= 1
@@ -331,7 +338,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     mayHaveExecuted = true
                 }
                 let resendable = error.commandWasNotSent || command.isIdempotent
-                guard resendable && attempt < self.configuration.maximumCommandAttempts && clock.now < deadline else {
+                // Unwritten attempts are free, but only until the deadline.
+                let withinBudget = attempt < self.configuration.maximumCommandAttempts
+                    && (!error.commandWasNotSent || deadline.map { clock.now < $0 } ?? true)
+                guard resendable && withinBudget else {
                     throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
                 }
                 self.metrics.retried.increment()
