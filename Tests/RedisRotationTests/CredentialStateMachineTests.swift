@@ -291,12 +291,10 @@ struct CredentialStateMachineTests {
                 == [.promoted(from: self.v1, to: self.v2), .scheduleTimer(self.t0 + .seconds(60))]
         )
         #expect(machine.sourceReported(self.v3, now: self.t0 + .seconds(10)) == [.pendingChanged(self.v3), .startProbe(self.v3)])
-        // REVIEW: v1 stops being a candidate here, 50 s before its grace period ends, and no
-        // `previousDiscarded(v1)` is ever reported (the client's `previousCredentialDiscarded` event is
-        // missing for it).
+        // v1 gives way to v2 as the previous credential before its grace period ends: that is reported.
         #expect(
             machine.probeCompleted(self.v3, result: .accepted, now: self.t0 + .seconds(10), random: 0)
-                == [.promoted(from: self.v2, to: self.v3), .scheduleTimer(self.t0 + .seconds(70))]
+                == [.promoted(from: self.v2, to: self.v3), .previousDiscarded(self.v1), .scheduleTimer(self.t0 + .seconds(70))]
         )
         #expect(machine.candidates == [self.v3, self.v2])
         #expect(machine.timerFired(now: self.t0 + .seconds(60)) == [.scheduleTimer(self.t0 + .seconds(70))])

@@ -87,6 +87,11 @@ struct PoolStateMachine {
         var closeWhenFree = false
         /// When a `connecting` slot started its handshake.
         var connectingSince: NIODeadline? = nil
+        /// While the pool itself holds the connection for a health check: since when it had been idle. A
+        /// check is not a use, so it neither restarts the idle clock nor keeps a spare connection alive.
+        var checkingIdleSince: NIODeadline? = nil
+        /// When the connection last passed a health check.
+        var checkedAt: NIODeadline? = nil
     }
 
     private struct Waiter: Hashable {
@@ -169,7 +174,7 @@ struct PoolStateMachine {
             self.nextConnectAt = nil
         }
         var actions: [Action] = []
-        for (id, slot) in self.slots where slot.version != nil && slot.version != version {
+        for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) where slot.version != nil && slot.version != version {
             if case .idle = slot.state {
                 self.slots[id]!.state = .reauthenticating
                 actions.append(.reauthenticate(id))
@@ -273,7 +278,8 @@ struct PoolStateMachine {
     /// (`credentialsRejected`), waiting leases fail at once with that error unless an open connection
     /// can still serve them, and so do new ones until a connection opens or the credentials change.
     mutating func connectionFailed(_ id: ConnectionID, error: RedisError? = nil, now: NIODeadline, random: Double) -> [Action] {
-        guard let slot = self.slots.removeValue(forKey: id) else { return [] }
+        guard let slot = self.slots[id], slot.state == .connecting else { return [] }
+        self.slots.removeValue(forKey: id)
         if let old = slot.replaces, self.slots[old] != nil { self.slots[old]!.replacement = nil }
         self.backOff(now: now, random: random)
         var actions: [Action] = []
@@ -304,6 +310,11 @@ struct PoolStateMachine {
     /// transaction was left open).
     mutating func connectionReleased(_ id: ConnectionID, reusable: Bool, now: NIODeadline) -> [Action] {
         guard let slot = self.slots[id], slot.state == .leased else { return [] }
+        let idleSince = slot.checkingIdleSince ?? now
+        if slot.checkingIdleSince != nil {
+            self.slots[id]!.checkingIdleSince = nil
+            if reusable { self.slots[id]!.checkedAt = now }
+        }
         if !reusable || self.isShutDown {
             self.slots[id]!.state = .closing
             return [.closeConnection(id)] + self.rebalance(now: now)
@@ -316,7 +327,7 @@ struct PoolStateMachine {
             self.slots[id]!.state = .reauthenticating
             return [.reauthenticate(id)] + self.rebalance(now: now)
         }
-        self.slots[id]!.state = .idle(since: now)
+        self.slots[id]!.state = .idle(since: idleSince)
         return self.rebalance(now: now)
     }
 
@@ -367,7 +378,8 @@ struct PoolStateMachine {
             self.slots[id]!.state = .idle(since: now)
             return self.rebalance(now: now)
         }
-        self.backOff(now: now, random: random)
+        // A connection already replaced (closeWhenFree) was closing anyway: nothing to back off from.
+        if !slot.closeWhenFree { self.backOff(now: now, random: random) }
         self.slots[id]!.state = .closing
         return [.closeConnection(id)] + self.rebalance(now: now)
     }
@@ -391,8 +403,9 @@ struct PoolStateMachine {
                 self.slots[id]!.state = .closing
                 actions.append(.closeConnection(id))
                 open -= 1
-            } else if let interval = self.configuration.healthCheckInterval, since + interval <= now {
+            } else if let interval = self.configuration.healthCheckInterval, max(since, slot.checkedAt ?? since) + interval <= now {
                 self.slots[id]!.state = .leased
+                self.slots[id]!.checkingIdleSince = since
                 actions.append(.healthCheck(id))
             }
         }
@@ -428,7 +441,10 @@ struct PoolStateMachine {
     /// Open or opening connections, not counting replacements still opening: those stand in for a
     /// connection that is already counted, so they may exceed the maximum by one each for a moment.
     private var regularOpenCount: Int {
-        self.slots.values.filter { $0.state != .closing && !($0.state == .connecting && $0.replaces != nil) }.count
+        self.slots.values.filter { slot in
+            // A connection that only waits for its lease to end before closing has been replaced already.
+            slot.state != .closing && !(slot.state == .connecting && slot.replaces != nil) && !slot.closeWhenFree
+        }.count
     }
 
     /// Serves waiters from idle connections, opens connections where demand and limits allow, and
@@ -538,7 +554,7 @@ struct PoolStateMachine {
             }
             guard case .idle(let since) = slot.state else { continue }
             if open > self.configuration.minimumConnections { deadlines.append(since + self.configuration.idleTimeout) }
-            if let interval = self.configuration.healthCheckInterval { deadlines.append(since + interval) }
+            if let interval = self.configuration.healthCheckInterval { deadlines.append(max(since, slot.checkedAt ?? since) + interval) }
         }
         return deadlines.min()
     }

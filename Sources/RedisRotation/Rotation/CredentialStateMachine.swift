@@ -196,6 +196,10 @@ struct CredentialStateMachine {
 
     private mutating func promote(_ credentials: RedisCredentials, now: NIODeadline) -> [Action] {
         let old = self.current
+        // A previous credential still in its grace period gives way to the one just replaced: say so.
+        let discarded = self.previous.flatMap { previous in
+            old.map { previous.authenticatesLike($0) } == true ? nil : previous
+        }
         self.previous = old
         self.previousUntil = old == nil ? nil : now + self.configuration.previousGracePeriod
         self.current = credentials
@@ -203,6 +207,7 @@ struct CredentialStateMachine {
         self.pending = nil
         self.probe = .idle
         var actions: [Action] = [.promoted(from: old, to: credentials)]
+        if let discarded { actions.append(.previousDiscarded(discarded)) }
         if let next = self.nextDeadline() { actions.append(.scheduleTimer(next)) }
         return actions
     }
