@@ -40,6 +40,8 @@ struct ReviewFindingsTests {
         try await withOneConnectionClient { server, client in
             let counter = uniqueKey("script-runs")
             let script = "redis.call('INCR', KEYS[1]); return redis.error_reply('BUSY the resource is locked')"
+            // The explicit timeout bounds the lease wait too: let the pool's connection open first.
+            await eventually("the pool's connection is up") { client.connectionsByCredentialVersion == ["v1": 1] }
             await #expect(throws: RedisError.self) {
                 try await client.send(RedisCommand("EVAL", .string(script), "1", .key(counter)), timeout: .milliseconds(600))
             }

@@ -214,4 +214,26 @@ struct CommandQueueStateMachineTests {
         #expect(action.fail.map(\.1.code) == [.connectionClosed, .commandTimeout, .connectionClosed])
         #expect(!machine.isOpen)
     }
+
+    @Test("a caller's short deadline fails only its wait; the connection closes only at the silence deadline")
+    func shortCallerDeadline() {
+        var machine = Machine()
+        let entry = Machine.Entry(id: 1, promise: "short", deadline: self.start + .seconds(1), silenceDeadline: self.start + .seconds(5))
+        _ = self.enqueue(&machine, [entry, self.entry(2, "later", deadlineAfter: 5)])
+        let first = machine.timerFired(now: self.start + .seconds(1))
+        #expect(first.fail.map(\.0) == ["short"] && first.fail.map(\.1.code) == [.commandTimeout])
+        #expect(!first.close && first.scheduleTimer == self.start + .seconds(5))
+        // The late reply arrives: dropped; the next one goes to its waiter; nothing closed.
+        guard case .drop = machine.replyReceived(), case .succeed("later") = machine.replyReceived() else {
+            Issue.record("replies out of step")
+            return
+        }
+        #expect(machine.isOpen)
+        // Had the server stayed silent, the silence deadline would have closed it.
+        var silent = Machine()
+        _ = self.enqueue(&silent, [entry])
+        _ = silent.timerFired(now: self.start + .seconds(1))
+        let closing = silent.timerFired(now: self.start + .seconds(5))
+        #expect(closing.close && closing.fail.isEmpty)
+    }
 }

@@ -4,11 +4,13 @@ import NIOCore
 /// decisions about them: which waiter a reply belongs to, which deadlines have passed, and when the
 /// connection must close. Pure: no I/O, no clock reads; the shell passes `now` in.
 ///
-/// Deadlines: when a command's deadline passes while an older command is still unanswered, only that
-/// command fails (``RedisError/Code/commandTimeout``) and its reply is dropped when it arrives, so the
-/// remaining replies stay matched. When the deadline of the oldest unanswered command passes, the server
-/// is not answering: every waiter fails and the connection must close, since its reply stream can no
-/// longer be trusted.
+/// Deadlines: each command has its caller's deadline and a silence deadline (never earlier: the
+/// caller's, or the connection's command timeout after the write, whichever is later). When a caller's
+/// deadline passes, only that command fails (``RedisError/Code/commandTimeout``) and its reply is
+/// dropped when it arrives, so the remaining replies stay matched and a caller with a short timeout
+/// never costs a healthy connection. When the silence deadline of the oldest unanswered command passes,
+/// the server is not answering: every waiter fails and the connection must close, since its reply
+/// stream can no longer be trusted.
 ///
 /// States: `open` (can move to: closed), `closed` (final).
 struct CommandQueueStateMachine<Promise> {
@@ -17,14 +19,17 @@ struct CommandQueueStateMachine<Promise> {
         /// `nil` once the waiter has been failed (deadline or cancellation): the reply is dropped.
         var promise: Promise?
         let deadline: NIODeadline
+        /// When an unanswered reply means the server stopped answering; never before `deadline`.
+        let silenceDeadline: NIODeadline
         /// A blocking command (`BLPOP`, ...): when its caller stops waiting, the connection closes, so the
         /// server unblocks it instead of handing the element it pops to nobody.
         let closesIfAbandoned: Bool
 
-        init(id: UInt64, promise: Promise?, deadline: NIODeadline, closesIfAbandoned: Bool = false) {
+        init(id: UInt64, promise: Promise?, deadline: NIODeadline, silenceDeadline: NIODeadline? = nil, closesIfAbandoned: Bool = false) {
             self.id = id
             self.promise = promise
             self.deadline = deadline
+            self.silenceDeadline = max(deadline, silenceDeadline ?? deadline)
             self.closesIfAbandoned = closesIfAbandoned
         }
     }
@@ -105,7 +110,7 @@ struct CommandQueueStateMachine<Promise> {
         var action = TimerAction()
         guard case .open = self.state, let head = self.queue.first else { return action }
 
-        if head.deadline <= now {
+        if head.silenceDeadline <= now {
             return self.closeAll(now: now, because: "the server did not answer an earlier command in time")
         }
         if self.queue.contains(where: { $0.promise != nil && $0.deadline <= now && $0.closesIfAbandoned }) {
@@ -113,7 +118,8 @@ struct CommandQueueStateMachine<Promise> {
             return self.closeAll(now: now, because: "a blocking command on it passed its deadline")
         }
 
-        var next: NIODeadline?
+        // The oldest command's silence deadline is watched even when nobody waits for its reply.
+        var next: NIODeadline? = head.silenceDeadline
         for index in self.queue.indices {
             guard let promise = self.queue[index].promise else { continue }
             let deadline = self.queue[index].deadline

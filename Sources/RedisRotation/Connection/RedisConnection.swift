@@ -331,10 +331,12 @@ public final class RedisConnection: Sendable {
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
             }
         }
+        let now = NIODeadline.now()
         let results = try await Self.exchange(
             payload,
             closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
-            deadline: NIODeadline.now() + TimeAmount(timeout ?? self.configuration.commandTimeout),
+            deadline: now + TimeAmount(timeout ?? self.configuration.commandTimeout),
+            silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
@@ -355,6 +357,7 @@ public final class RedisConnection: Sendable {
         _ payload: ByteBuffer,
         closesIfAbandoned: [Bool],
         deadline: NIODeadline,
+        silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
         abandoned: (@Sendable () -> Void)? = nil
     ) async throws -> [Result<RESPValue, RedisError>] {
@@ -366,6 +369,7 @@ public final class RedisConnection: Sendable {
                 id: firstID + UInt64(offset),
                 promise: eventLoop.makePromise(of: RESPValue.self),
                 deadline: deadline,
+                silenceDeadline: silenceDeadline,
                 closesIfAbandoned: closes
             )
         }

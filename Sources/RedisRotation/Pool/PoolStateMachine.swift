@@ -244,7 +244,7 @@ struct PoolStateMachine {
         if let old = replaces, self.slots[old] != nil {
             self.slots[old]!.replacement = nil
             if case .idle = self.slots[old]!.state {
-                self.slots[old]!.state = .closing
+                self.markClosing(old)
                 actions.append(.closeConnection(old))
             } else if self.slots[old]!.state != .closing {
                 self.slots[old]!.closeWhenFree = true
@@ -264,7 +264,7 @@ struct PoolStateMachine {
         // maximum (replacements are counted against the connection they replace).
         let surplus = replaces == nil && established > self.configuration.maximumConnections
         if self.isShutDown || surplus {
-            self.slots[id]!.state = .closing
+            self.markClosing(id)
             return actions + [.closeConnection(id)] + (surplus ? self.rebalance(now: now) : [])
         }
         if let target = self.targetVersion, target != version {
@@ -283,6 +283,10 @@ struct PoolStateMachine {
         if let old = slot.replaces, self.slots[old] != nil { self.slots[old]!.replacement = nil }
         self.backOff(now: now, random: random)
         var actions: [Action] = []
+        if error?.code != .credentialsRejected {
+            // The last attempt did not find the credentials rejected: that is no longer known.
+            self.rejection = nil
+        }
         if let error, error.code == .credentialsRejected {
             self.rejection = error
             if !self.hasUsableConnection {
@@ -316,11 +320,11 @@ struct PoolStateMachine {
             if reusable { self.slots[id]!.checkedAt = now }
         }
         if !reusable || self.isShutDown {
-            self.slots[id]!.state = .closing
+            self.markClosing(id)
             return [.closeConnection(id)] + self.rebalance(now: now)
         }
         if slot.closeWhenFree {
-            self.slots[id]!.state = .closing
+            self.markClosing(id)
             return [.closeConnection(id)] + self.rebalance(now: now)
         }
         if let target = self.targetVersion, slot.version != target {
@@ -346,7 +350,7 @@ struct PoolStateMachine {
         self.slots[id]!.version = version
         if version == self.targetVersion { self.resetBackoff() }
         if self.slots[id]!.closeWhenFree {
-            self.slots[id]!.state = .closing
+            self.markClosing(id)
             return [.closeConnection(id)] + self.rebalance(now: now)
         }
         if let target = self.targetVersion, target != version {
@@ -380,7 +384,7 @@ struct PoolStateMachine {
         }
         // A connection already replaced (closeWhenFree) was closing anyway: nothing to back off from.
         if !slot.closeWhenFree { self.backOff(now: now, random: random) }
-        self.slots[id]!.state = .closing
+        self.markClosing(id)
         return [.closeConnection(id)] + self.rebalance(now: now)
     }
 
@@ -400,7 +404,7 @@ struct PoolStateMachine {
             guard case .idle(let since) = slot.state else { continue }
             let idleTooLong = open > self.configuration.minimumConnections && since + self.configuration.idleTimeout <= now
             if idleTooLong {
-                self.slots[id]!.state = .closing
+                self.markClosing(id)
                 actions.append(.closeConnection(id))
                 open -= 1
             } else if let interval = self.configuration.healthCheckInterval, max(since, slot.checkedAt ?? since) + interval <= now {
@@ -422,7 +426,7 @@ struct PoolStateMachine {
         for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
             switch slot.state {
             case .idle, .reauthenticating:
-                self.slots[id]!.state = .closing
+                self.markClosing(id)
                 actions.append(.closeConnection(id))
             case .connecting, .leased, .closing:
                 break  // Closed when established or released.
@@ -514,6 +518,16 @@ struct PoolStateMachine {
         self.nextConnectionID += 1
         self.slots[id] = Slot(state: .connecting, version: nil, retireAt: nil, replaces: old, connectingSince: now)
         return id
+    }
+
+    /// Connection `id` is being closed. A replacement still opening for it now stands for itself: it
+    /// counts against the maximum and the minimum like any connection.
+    private mutating func markClosing(_ id: ConnectionID) {
+        self.slots[id]!.state = .closing
+        if let replacement = self.slots[id]!.replacement, self.slots[replacement] != nil {
+            self.slots[replacement]!.replaces = nil
+            self.slots[id]!.replacement = nil
+        }
     }
 
     /// A regular (not replacement) handshake running for longer than the hedge delay.

@@ -280,9 +280,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         if let error = command.encodingError { throw error }
         let clock = ContinuousClock()
         let commandTimeout = timeout ?? self.configuration.commandTimeout
-        // Counted from the first attempt's write, not from the call: waiting for a lease has its own
-        // deadline (leaseTimeout) and does not eat into the command's.
-        var deadline: ContinuousClock.Instant?
+        // An explicit timeout bounds the whole call: lease waits, attempts, pauses; nothing is written
+        // after it. Without one, the deadline counts from the first write (lease waits have their own,
+        // leaseTimeout) and bounds the attempts after transient refusals.
+        var deadline: ContinuousClock.Instant? = timeout.map { clock.now + $0 }
         var attempt = 0
         var transientPause: Duration?
         var connectionPause: Duration?
@@ -293,16 +294,23 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             attempt += 1
             let lease: Lease
             do {
-                lease = try await self.lease()
+                lease = try await self.lease(within: timeout == nil ? nil : deadline.map { $0 - clock.now })
             } catch let error as RedisError where mayHaveExecuted {
                 throw self.failed(command, error, mayHaveExecuted: true)
+            }
+            if timeout != nil, let deadline, clock.now >= deadline {
+                // Too late to write: the caller has given up, and a late write could only run unseen.
+                self.finish(lease)
+                var late = RedisError(code: .commandTimeout, message: "the command's deadline passed before a connection was free to send it")
+                late.commandWasNotSent = true
+                throw self.failed(command, late, mayHaveExecuted: mayHaveExecuted)
             }
             do {
                 if deadline == nil { deadline = clock.now + commandTimeout }
                 // An attempt after a transient refusal gets only what is left of the deadline, so refusals
                 // never stretch it; a resend after a dead connection (bounded by maximumCommandAttempts)
                 // gets the whole timeout again.
-                let attemptTimeout = transientPause.map { _ in max(deadline! - clock.now, .milliseconds(1)) } ?? commandTimeout
+                let attemptTimeout = (timeout != nil || transientPause != nil) ? max(deadline! - clock.now, .milliseconds(1)) : commandTimeout
                 let value = try await lease.connection.send(command, timeout: attemptTimeout)
                 self.finish(lease)
                 return value
@@ -473,9 +481,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     // MARK: Leases
 
-    private func lease() async throws -> Lease {
+    /// Waits for a pooled connection at most `leaseTimeout`, or `within` when that is shorter.
+    private func lease(within: Duration? = nil) async throws -> Lease {
         let started = ContinuousClock.now
-        let deadline = NIODeadline.now() + TimeAmount(self.configuration.pool.leaseTimeout)
+        let wait = within.map { min($0, self.configuration.pool.leaseTimeout) } ?? self.configuration.pool.leaseTimeout
+        let deadline = NIODeadline.now() + TimeAmount(max(wait, .zero))
         let id = self.state.withLock { state -> PoolStateMachine.LeaseID in
             state.nextLeaseID += 1
             state.leaseRequests[state.nextLeaseID] = .registered
