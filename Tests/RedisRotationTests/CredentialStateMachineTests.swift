@@ -373,4 +373,21 @@ struct CredentialStateMachineTests {
         )
         #expect(machine.timerFired(now: retryAt) == [.startProbe(self.v2)])
     }
+
+    @Test("a demotion while the source already points back at the working credential leaves nothing to probe")
+    func demotionToWhatTheSourceSays() {
+        var machine = self.machine(pending: self.v2)
+        _ = machine.probeCompleted(self.v2, result: .accepted, now: self.t0, random: 0)
+        // The operator rolled back and the secret manager republished v1 (same password, new label).
+        let republished = RedisCredentials(username: "u", password: "one", version: "v1-again")
+        #expect(machine.sourceReported(republished, now: self.t0 + .seconds(1)) == [.pendingChanged(republished), .startProbe(republished)])
+        // A connection still on v1 has its re-authentication as v2 rejected.
+        #expect(
+            machine.reauthenticationRejected(self.v2, keptVersion: "v1", now: self.t0 + .seconds(1), random: 0)
+                == [.demoted(rejected: self.v2, to: self.v1)]
+        )
+        #expect(machine.current == self.v1 && machine.pending == nil && machine.candidates == [self.v1])
+        // The probe of the republished credential, already running, changes nothing.
+        #expect(machine.probeCompleted(republished, result: .accepted, now: self.t0 + .seconds(2), random: 0) == [])
+    }
 }

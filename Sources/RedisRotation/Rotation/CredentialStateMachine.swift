@@ -217,6 +217,12 @@ struct CredentialStateMachine {
         self.currentVerified = true
         self.previous = nil
         self.previousUntil = nil
+        if let pending = self.pending, pending.authenticatesLike(working) {
+            // The source already points back at what works: nothing is left to probe.
+            self.pending = nil
+            self.probe = .idle
+            return [.demoted(rejected: rejected, to: working)] + (self.nextDeadline().map { [.scheduleTimer($0)] } ?? [])
+        }
         if let pending = self.pending, !pending.authenticatesLike(rejected) {
             // The source has moved on to newer credentials: they stay pending with their probe.
             return [.demoted(rejected: rejected, to: working)] + (self.nextDeadline().map { [.scheduleTimer($0)] } ?? [])
