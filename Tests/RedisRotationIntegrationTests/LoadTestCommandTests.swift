@@ -130,15 +130,19 @@ struct LoadTestCommandTests {
                 "--duration", "4", "--concurrency", "4", "--verify-writes", "--key-prefix", "lost", "--report-json", report,
             ])
 
-            var deleted = 0
+            // A worker writes key n + 1 only after key n was acknowledged: once lost:w:<w>:1 exists,
+            // lost:w:<w>:0 is an acknowledged write (a key written at the very end of the run might not be).
+            var deleted: Set<Int> = []
             let admin = try await server.adminConnection()
-            _ = try await eventually("two written keys deleted") {
-                let reply = try await admin.send(RedisCommand("SCAN", "0", "MATCH", "lost:w:*", "COUNT", "1000"))
-                let keys = (reply.array?[1].array ?? []).compactMap(\.string).prefix(2 - deleted)
-                if !keys.isEmpty {
-                    deleted += try await admin.send(RedisCommand("DEL", arguments: keys.map { .string($0) }), as: Int.self)
+            _ = try await eventually("two acknowledged keys deleted") {
+                for worker in 0..<2 where !deleted.contains(worker) {
+                    if try await admin.send(RedisCommand("EXISTS", .string("lost:w:\(worker):1"))).int == 1,
+                        try await admin.send(RedisCommand("DEL", .string("lost:w:\(worker):0"))).int == 1
+                    {
+                        deleted.insert(worker)
+                    }
                 }
-                return deleted == 2
+                return deleted.count == 2
             }
             await admin.close()
 

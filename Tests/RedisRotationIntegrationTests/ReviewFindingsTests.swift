@@ -87,7 +87,8 @@ struct ReviewFindingsTests {
                         minimumConnections: 0,
                         maximumConnections: 2,
                         maximumConnectionAge: nil,
-                        leaseTimeout: .seconds(5),
+                        // Longer than any handshake on a busy machine: the rejection must arrive first.
+                        leaseTimeout: .seconds(30),
                         reconnectBackoffBase: .milliseconds(10),
                         reconnectBackoffCap: .milliseconds(50)
                     )

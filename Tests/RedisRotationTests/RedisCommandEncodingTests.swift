@@ -94,4 +94,15 @@ struct RedisCommandEncodingTests {
         #expect(command.encodingError?.code == .invalidArgument)
         #expect(command.encodingError?.message.hasPrefix("MSET with 8 arguments needs more than") == true)
     }
+
+    @Test("a command that carries a password keeps its encoding only in wiped storage, and still encodes the same bytes")
+    func sensitiveEncodingInWipedStorage() throws {
+        let auth = RedisCommand("AUTH", "alice", .secret(RedisSecret("pw")))
+        #expect(!auth.keepsPlainEncoding)
+        #expect(String(buffer: try auth.encoded) == "*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$2\r\npw\r\n")
+        #expect(auth.encodedCount == (try auth.encoded).readableBytes)
+        let hello = RedisCommand("HELLO", "2", "AUTH", "alice", "plain-text-password")
+        #expect(!hello.keepsPlainEncoding, "HELLO's arguments may be credentials even as plain strings")
+        #expect(RedisCommand("GET", "k").keepsPlainEncoding)
+    }
 }

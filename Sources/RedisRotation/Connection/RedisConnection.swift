@@ -323,9 +323,11 @@ public final class RedisConnection: Sendable {
         tracked: Bool = true
     ) async throws -> [Result<RESPValue, RedisError>] {
         // An oversized command fails here, before anything is written or tracked.
-        let encoded = try commands.map { command throws(RedisError) in try command.encoded }
-        var payload = ByteBufferAllocator().buffer(capacity: encoded.reduce(0) { $0 + $1.readableBytes })
-        for bytes in encoded { payload.writeImmutableBuffer(bytes) }
+        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
+        for command in commands { try command.write(to: &payload) }
+        // A password in the payload is wiped once the replies are in (the write is long done by then, so
+        // this is the buffer's only reference and the wipe reaches its storage, not a copy).
+        defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
         if tracked {
             self.session.withLock { session in
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
@@ -433,7 +435,8 @@ public final class RedisConnection: Sendable {
             case .send(let commands):
                 let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
                 var payload = ByteBufferAllocator().buffer(capacity: 256)
-                for command in encoded { payload.writeImmutableBuffer(try command.encoded) }
+                for command in encoded { try command.write(to: &payload) }
+                defer { if encoded.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
                 let results = try await Self.exchange(
                     payload,
                     closesIfAbandoned: encoded.map { _ in false },

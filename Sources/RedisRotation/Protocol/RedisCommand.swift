@@ -13,8 +13,10 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     public let name: String
     /// The number of arguments after the name.
     public let argumentCount: Int
-    /// The RESP bytes that go on the wire; empty when ``encodingError`` is set.
+    /// The RESP bytes that go on the wire; empty when ``encodingError`` is set, or when the command is
+    /// sensitive: then they live only in `encodedSecret`, wiped when the last copy goes away.
     private let encodedBytes: ByteBuffer
+    private let encodedSecret: RedisSecret?
     /// Why the command cannot be sent: an argument or the whole command is too large.
     let encodingError: RedisError?
     /// Whether the command carries a secret (a ``RedisArgument/secret(_:)`` argument, or a command such
@@ -71,16 +73,44 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
-        self.encodedBytes = self.encodingError == nil ? Self.encode(all, sensitive: self.isSensitive) : ByteBuffer()
+        if self.encodingError != nil {
+            (self.encodedBytes, self.encodedSecret) = (ByteBuffer(), nil)
+        } else if self.isSensitive {
+            (self.encodedBytes, self.encodedSecret) = (ByteBuffer(), Self.encode(all, sensitive: true) { RedisSecret(bytes: $0) })
+        } else {
+            (self.encodedBytes, self.encodedSecret) = (Self.encode(all, sensitive: false) { ByteBuffer(bytes: $0) }, nil)
+        }
     }
 
-    /// The RESP bytes that go on the wire.
+    /// Appends the RESP bytes to `buffer` (which, for a sensitive command, the caller wipes once sent).
+    ///
+    /// - Throws: ``encodingError``, an `invalidArgument`, when the command is too large to send.
+    func write(to buffer: inout ByteBuffer) throws(RedisError) {
+        if let error = self.encodingError { throw error }
+        if let secret = self.encodedSecret {
+            secret.withUnsafeBytes { _ = buffer.writeBytes($0) }
+        } else {
+            buffer.writeImmutableBuffer(self.encodedBytes)
+        }
+    }
+
+    /// Whether the encoding is kept in an ordinary buffer (never for a sensitive command).
+    var keepsPlainEncoding: Bool { self.encodedBytes.readableBytes > 0 }
+
+    /// The number of bytes ``write(to:)`` appends.
+    var encodedCount: Int {
+        self.encodedSecret.map { $0.withUnsafeBytes(\.count) } ?? self.encodedBytes.readableBytes
+    }
+
+    /// A copy of the RESP bytes, for tests (the connection uses ``write(to:)``, which makes no copy
+    /// of a sensitive command's bytes that nobody wipes).
     ///
     /// - Throws: ``encodingError``, an `invalidArgument`, when the command is too large to send.
     var encoded: ByteBuffer {
         get throws(RedisError) {
-            if let error = self.encodingError { throw error }
-            return self.encodedBytes
+            var buffer = ByteBuffer()
+            try self.write(to: &buffer)
+            return buffer
         }
     }
 
@@ -124,7 +154,11 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// Encodes with hiredis's binary-safe formatter. The arguments are gathered into one scratch buffer
     /// so that all of their addresses stay valid for the call; both that buffer and hiredis's output are
     /// wiped afterwards when the command carries a secret.
-    private static func encode(_ arguments: [RedisArgument], sensitive: Bool) -> ByteBuffer {
+    private static func encode<Encoded>(
+        _ arguments: [RedisArgument],
+        sensitive: Bool,
+        keep: (UnsafeRawBufferPointer) -> Encoded
+    ) -> Encoded {
         let total = arguments.reduce(0) { $0 + $1.byteCount }
         var scratch = ByteBufferAllocator().buffer(capacity: total)
         var lengths: [Int] = []
@@ -137,7 +171,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         defer {
             if sensitive { scratch.withUnsafeMutableReadableBytes { wipe($0) } }
         }
-        return scratch.withUnsafeReadableBytes { bytes -> ByteBuffer in
+        return scratch.withUnsafeReadableBytes { bytes -> Encoded in
             // An empty scratch buffer may have no address; any valid address serves for empty arguments.
             let base = (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
             var pointers: [UnsafePointer<CChar>?] = []
@@ -158,7 +192,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
                 if sensitive { wipe(UnsafeMutableRawBufferPointer(start: target, count: Int(written))) }
                 redisFreeCommand(target)
             }
-            return ByteBuffer(bytes: UnsafeRawBufferPointer(start: target, count: Int(written)))
+            return keep(UnsafeRawBufferPointer(start: target, count: Int(written)))
         }
     }
 }
