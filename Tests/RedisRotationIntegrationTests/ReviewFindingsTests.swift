@@ -153,11 +153,11 @@ struct ReviewFindingsTests {
                 try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: new))"))
                 let openedBefore = client.statistics.connectionsOpened
                 // The four re-authentications go out together and their rejections arrive together.
-                proxy.setMode(.paused)
+                await proxy.setMode(.paused)
                 release.stop()
                 for holder in holders { try await holder.value }
                 try await Task.sleep(for: .milliseconds(300))
-                proxy.setMode(.forward)
+                await proxy.setMode(.forward)
                 await eventually("v2 demoted") { client.currentCredentialVersion == "v1" }
                 try await Task.sleep(for: .seconds(2))
                 let opened = client.statistics.connectionsOpened - openedBefore
@@ -191,11 +191,11 @@ struct ReviewFindingsTests {
             let collector = Task { for await event in client.events { kinds.withLock { $0.append(event.kind) } } }
             defer { collector.cancel() }
             // The first pool handshake is held for 3 s.
-            proxy.setMode(.latency(.seconds(3)))
+            await proxy.setMode(.latency(.seconds(3)))
             try await withRunningClient(client) { client in
                 await eventually("v1 is current") { client.currentCredentialVersion == "v1" }
                 try await Task.sleep(for: .milliseconds(200))
-                proxy.setMode(.forward)
+                await proxy.setMode(.forward)
                 source.withLock { $0 = RedisCredentials(username: "alice", password: new, version: "v2") }
                 client.reloadCredentials()
                 await eventually("v2 promoted by its probe") { client.currentCredentialVersion == "v2" }

@@ -16,15 +16,6 @@ func slowIncrement(milliseconds: Int) -> String {
     """
 }
 
-/// What went wrong, from many tasks.
-final class Problems: Sendable {
-    private let list = Mutex<[String]>([])
-    /// Commands sent and not yet answered.
-    let inFlight = Atomic<Int>(0)
-    func record(_ problem: String) { self.list.withLock { $0.append(problem) } }
-    var all: [String] { self.list.withLock { $0 } }
-}
-
 /// Defects found by a second review of the fixes in 71e86cd, shown against a real redis-server (and
 /// against the fault proxy the fault-injection suite relies on). They fail on the reviewed head.
 @Suite("Second review findings against a real redis-server", .timeLimit(.minutes(2)))
