@@ -311,7 +311,8 @@ struct ConnectionTests {
             )
             let key = uniqueKey("list")
             let blocked = Task {
-                try await connection.send(RedisCommand("BLPOP", key.argumentForTests, "0"))
+                // A deadline far beyond the test's own: only the cancellation can end it.
+                try await connection.send(RedisCommand("BLPOP", key.argumentForTests, "0"), timeout: .seconds(300))
             }
             try await server.waitForBlockedClients(1)
             blocked.cancel()
