@@ -76,9 +76,9 @@ struct CredentialFile: Hashable {
                 file.version = version
             case "expires":
                 let text = String(decoding: value, as: UTF8.self)
-                if let seconds = Double(text) {
+                if let seconds = Self.secondsSince1970(value) {
                     file.expiresAt = Date(timeIntervalSince1970: seconds)
-                } else if let date = try? Date.ISO8601FormatStyle().parse(text) {
+                } else if let date = try? Date.ISO8601FormatStyle().parse(text), date.timeIntervalSince1970.isFinite {
                     file.expiresAt = date
                 } else {
                     return .failure(Rejection(description: "expires is neither ISO 8601 nor seconds since 1970"))
@@ -89,5 +89,19 @@ struct CredentialFile: Hashable {
         }
         guard sawPassword else { return .failure(Rejection(description: "there is no password= line")) }
         return .success(file)
+    }
+
+    /// Digits with an optional fraction, up to the end of year 9999. Not `Double(text)`: that accepts
+    /// `inf` and `nan` (a NaN date crashes `Date.description`), exponents, hex and anything after a NUL.
+    private static func secondsSince1970(_ text: ArraySlice<UInt8>) -> Double? {
+        let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
+        let parts = text.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
+        guard
+            !text.isEmpty, text.count <= 32,
+            parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(digits.contains) }),
+            let seconds = Double(String(decoding: text, as: UTF8.self)),
+            seconds <= 253_402_300_799
+        else { return nil }
+        return seconds
     }
 }
