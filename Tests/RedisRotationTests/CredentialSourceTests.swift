@@ -87,6 +87,17 @@ struct CredentialSourceTests {
         }
     }
 
+    @Test(
+        "an expiry before 1970 or after 9999 is refused in ISO 8601 too, so it can always be written as seconds",
+        arguments: ["0-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "10000-01-01T00:00:00Z"]
+    )
+    func expiresISORange(value: String) throws {
+        // Found by Fuzz/FuzzCredentialFile: year 0 parsed, and written back as seconds it was refused.
+        #expect(throws: CredentialFile.Rejection.self) {
+            try CredentialFile.parse(Array("password=a\nexpires=\(value)\n".utf8)).get()
+        }
+    }
+
     @Test("expires in seconds since 1970 keeps its fraction and goes up to the end of year 9999")
     func expiresSeconds() throws {
         let fraction = try CredentialFile.parse(Array("password=a\nexpires=1893456000.25\n".utf8)).get()

@@ -78,7 +78,7 @@ struct CredentialFile: Hashable {
                 let text = String(decoding: value, as: UTF8.self)
                 if let seconds = Self.secondsSince1970(value) {
                     file.expiresAt = Date(timeIntervalSince1970: seconds)
-                } else if let date = try? Date.ISO8601FormatStyle().parse(text), date.timeIntervalSince1970.isFinite {
+                } else if let date = try? Date.ISO8601FormatStyle().parse(text), Self.expiryRange.contains(date.timeIntervalSince1970) {
                     file.expiresAt = date
                 } else {
                     return .failure(Rejection(description: "expires is neither ISO 8601 nor seconds since 1970"))
@@ -91,8 +91,12 @@ struct CredentialFile: Hashable {
         return .success(file)
     }
 
-    /// Digits with an optional fraction, up to the end of year 9999. Not `Double(text)`: that accepts
-    /// `inf` and `nan` (a NaN date crashes `Date.description`), exponents, hex and anything after a NUL.
+    /// The expiries accepted, in seconds since 1970: from 1970 to the end of year 9999, in either
+    /// spelling, so that every accepted expiry can be written in both.
+    static let expiryRange = 0.0...253_402_300_799
+
+    /// Digits with an optional fraction. Not `Double(text)`: that accepts `inf` and `nan` (a NaN date
+    /// crashes `Date.description`), exponents, hex, signs and anything after a NUL.
     private static func secondsSince1970(_ text: ArraySlice<UInt8>) -> Double? {
         let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
         let parts = text.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
@@ -100,7 +104,7 @@ struct CredentialFile: Hashable {
             !text.isEmpty, text.count <= 32,
             parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(digits.contains) }),
             let seconds = Double(String(decoding: text, as: UTF8.self)),
-            seconds <= 253_402_300_799
+            Self.expiryRange.contains(seconds)
         else { return nil }
         return seconds
     }
