@@ -49,7 +49,7 @@ for name in "${targets[@]}"; do
   SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:handle_sigill=1 "$bin/$name" "$scratch/corpus/$name" "Fuzz/Corpus/$name" \
     -max_total_time="$seconds" -max_len="$(max_len "$name")" -rss_limit_mb=2048 -malloc_limit_mb=256 \
     -dict="Fuzz/Dictionaries/$name.dict" -timeout=10 -print_final_stats=1 -artifact_prefix="$scratch/findings/$name-" >"$log" 2>&1 || status=$?
-  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^#[0-9]+ +DONE' "$log" | sed 's/^/   /' || true
+  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^#[0-9]+[[:space:]]+DONE' "$log" | sed 's/^/   /' || true
   echo "   corpus: $(ls "$scratch/corpus/$name" | wc -l) found + $(ls "Fuzz/Corpus/$name" | wc -l) seeds"
   if [ "$status" -ne 0 ]; then
     failed+=("$name")
