@@ -16,6 +16,12 @@ let package = Package(
         .library(name: "RedisRotation", targets: ["RedisRotation"]),
         .library(name: "RedisRotationTesting", targets: ["RedisRotationTesting"]),
     ],
+    traits: [
+        .trait(
+            name: "ThreadSanitizerLocks",
+            description: "Locks are pthread mutexes, which ThreadSanitizer understands, instead of Synchronization.Mutex. For TSan runs only (scripts/sanitizers.sh tsan)."
+        ),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),

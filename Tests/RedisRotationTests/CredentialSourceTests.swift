@@ -75,6 +75,37 @@ struct CredentialSourceTests {
         }
     }
 
+    @Test(
+        "expires is ISO 8601 or plain seconds; infinities, NaN and other Double spellings are refused",
+        arguments: ["inf", "-inf", "nan", "infinity", "1e400", "1e3", "0x1p40", "-5", "+5", "5.", ".5", "5\0junk", "253402300800"]
+    )
+    func expiresSpellings(value: String) throws {
+        // Found by Fuzz/FuzzCredentialFile: `expires=inf` was accepted, and `nan` gave a date whose
+        // description traps (RedisCredentials.description prints it).
+        #expect(throws: CredentialFile.Rejection.self) {
+            try CredentialFile.parse(Array("password=a\nexpires=\(value)\n".utf8)).get()
+        }
+    }
+
+    @Test(
+        "an expiry before 1970 or after 9999 is refused in ISO 8601 too, so it can always be written as seconds",
+        arguments: ["0-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "10000-01-01T00:00:00Z"]
+    )
+    func expiresISORange(value: String) throws {
+        // Found by Fuzz/FuzzCredentialFile: year 0 parsed, and written back as seconds it was refused.
+        #expect(throws: CredentialFile.Rejection.self) {
+            try CredentialFile.parse(Array("password=a\nexpires=\(value)\n".utf8)).get()
+        }
+    }
+
+    @Test("expires in seconds since 1970 keeps its fraction and goes up to the end of year 9999")
+    func expiresSeconds() throws {
+        let fraction = try CredentialFile.parse(Array("password=a\nexpires=1893456000.25\n".utf8)).get()
+        #expect(fraction.expiresAt == Date(timeIntervalSince1970: 1_893_456_000.25))
+        let last = try CredentialFile.parse(Array("password=a\nexpires=253402300799\n".utf8)).get()
+        #expect(last.expiresAt == Date(timeIntervalSince1970: 253_402_300_799))
+    }
+
     @Test("a missing or unusable file fails at creation with the reason, not later")
     func failFast() throws {
         let missing = CredentialSourceRunner(source: .file(self.path("missing"), username: "alice"))

@@ -81,9 +81,9 @@ struct CredentialFile: Hashable {
                 file.version = version
             case "expires":
                 let text = String(decoding: value, as: UTF8.self)
-                if let seconds = Double(text) {
+                if let seconds = Self.secondsSince1970(value) {
                     file.expiresAt = Date(timeIntervalSince1970: seconds)
-                } else if let date = try? Date.ISO8601FormatStyle().parse(text) {
+                } else if let date = try? Date.ISO8601FormatStyle().parse(text), Self.expiryRange.contains(date.timeIntervalSince1970) {
                     file.expiresAt = date
                 } else {
                     return .failure(Rejection(description: "expires is neither ISO 8601 nor seconds since 1970"))
@@ -94,5 +94,23 @@ struct CredentialFile: Hashable {
         }
         guard sawPassword else { return .failure(Rejection(description: "there is no password= line")) }
         return .success(file)
+    }
+
+    /// The expiries accepted, in seconds since 1970: from 1970 to the end of year 9999, in either
+    /// spelling, so that every accepted expiry can be written in both.
+    static let expiryRange = 0.0...253_402_300_799
+
+    /// Digits with an optional fraction. Not `Double(text)`: that accepts `inf` and `nan` (a NaN date
+    /// crashes `Date.description`), exponents, hex, signs and anything after a NUL.
+    private static func secondsSince1970<Text: Collection<UInt8>>(_ text: Text) -> Double? {
+        let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
+        let parts = text.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
+        guard
+            !text.isEmpty, text.count <= 32,
+            parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(digits.contains) }),
+            let seconds = Double(String(decoding: text, as: UTF8.self)),
+            Self.expiryRange.contains(seconds)
+        else { return nil }
+        return seconds
     }
 }
