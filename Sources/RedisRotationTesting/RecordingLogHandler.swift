@@ -1,4 +1,5 @@
 public import Logging
+import RedisRotation
 import Synchronization
 
 /// A swift-log handler that keeps every record in memory, for tests that assert on log output
@@ -19,7 +20,7 @@ public struct RecordingLogHandler: LogHandler {
 
     /// Where the records go; share one store between loggers.
     public final class Store: Sendable {
-        private let records = Mutex<[Record]>([])
+        private let records = Lock<[Record]>([])
         public init() {}
         /// Every record so far, oldest first.
         public var all: [Record] { self.records.withLock { $0 } }

@@ -5,6 +5,7 @@ import Darwin
 #endif
 public import NIOCore
 import NIOPosix
+import RedisRotation
 import Synchronization
 
 /// A TCP proxy on loopback between a client and a server that injects the faults networks produce:
@@ -67,7 +68,7 @@ public final class RedisFaultProxy: Sendable {
     private let upstreamHost: String
     private let upstreamPort: Int
     private let listener: any Channel
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     private struct State {
         var mode = Mode.forward
@@ -84,7 +85,7 @@ public final class RedisFaultProxy: Sendable {
         upstreamPort: Int,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> RedisFaultProxy {
-        let box = Mutex<RedisFaultProxy?>(nil)
+        let box = Lock<RedisFaultProxy?>(nil)
         let listener = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.autoRead, value: false)

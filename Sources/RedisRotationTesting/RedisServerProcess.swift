@@ -131,10 +131,10 @@ public final class RedisServerProcess: Sendable {
     public let directory: URL
 
     /// The running process and its exit monitor; replaced by ``restart()``.
-    private let process: Mutex<(pid: Int32, exit: ExitMonitor)>
+    private let process: Lock<(pid: Int32, exit: ExitMonitor)>
     private var exit: ExitMonitor { self.process.withLock { $0.exit } }
     private let executable: String
-    private let finalLog = Mutex<String?>(nil)
+    private let finalLog = Lock<String?>(nil)
 
     private init(
         port: Int,
@@ -150,7 +150,7 @@ public final class RedisServerProcess: Sendable {
         self.plainTextPort = plainTextPort
         self.adminTLSContext = adminTLSContext
         self.directory = directory
-        self.process = Mutex((pid, exit))
+        self.process = Lock((pid, exit))
         self.executable = executable
         self.adminPassword = adminPassword
     }
@@ -541,7 +541,7 @@ final class ExitMonitor: Sendable {
         var nextWaiter: UInt64 = 0
     }
 
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     var exitStatus: Int32? { self.state.withLock { $0.status } }
 

@@ -1,4 +1,5 @@
 import Histogram
+import RedisRotation
 import Synchronization
 
 /// Collects what a load run sees: latencies in HDR histograms (overall, per second, per phase),
@@ -79,7 +80,7 @@ final class LoadRecorder: Sendable {
     }
 
     let start = ContinuousClock.now
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     /// Latencies in microseconds, from 1 µs to 10 minutes, 3 significant digits.
     static func makeHistogram() -> Histogram<UInt64> {

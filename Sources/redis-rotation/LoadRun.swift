@@ -93,8 +93,8 @@ enum LoadRun {
 
 /// The name of the step in progress, for the progress line.
 final class StepName: Sendable {
-    private let value: Mutex<String>
-    init(_ name: String) { self.value = Mutex(name) }
+    private let value: Lock<String>
+    init(_ name: String) { self.value = Lock(name) }
     func set(_ name: String) { self.value.withLock { $0 = name } }
     func get() -> String { self.value.withLock { $0 } }
 }

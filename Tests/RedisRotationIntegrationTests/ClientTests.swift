@@ -63,7 +63,7 @@ struct ClientTests {
             let new = makePassword()
             let client = try RedisClient(configuration: self.configuration(server, maximumConnections: 12), credentials: .file(file, username: "alice"))
             try await withRunningClient(client) { client in
-                let seen = Mutex<[String]>([])
+                let seen = Lock<[String]>([])
                 let events = Task { for await event in client.events { seen.withLock { $0.append("\(event)") } } }
                 defer { events.cancel() }
                 let stop = StopFlag()

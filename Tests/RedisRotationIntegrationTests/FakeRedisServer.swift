@@ -105,11 +105,11 @@ private final class FakeRedisHandler: ChannelInboundHandler {
 private final class Script: Sendable {
     enum Answer { case reply(ByteBuffer), close }
 
-    private let steps: Mutex<[FakeRedisServer.Step]>
+    private let steps: Lock<[FakeRedisServer.Step]>
     private let then: ByteBuffer
 
     init(steps: [FakeRedisServer.Step], then: ByteBuffer) {
-        self.steps = Mutex(steps)
+        self.steps = Lock(steps)
         self.then = then
     }
 

@@ -8,7 +8,7 @@ import Testing
 
 /// What went wrong, from many tasks.
 final class Problems: Sendable {
-    private let list = Mutex<[String]>([])
+    private let list = Lock<[String]>([])
     /// Commands sent and not yet answered.
     let inFlight = Atomic<Int>(0)
     func record(_ problem: String) { self.list.withLock { $0.append(problem) } }
@@ -281,8 +281,8 @@ final class RawConnection: ChannelInboundHandler, Sendable {
         case other(String)
     }
 
-    private let state = Mutex<(received: [UInt8], ending: Ending?)>(([], nil))
-    private let channel = Mutex<(any Channel)?>(nil)
+    private let state = Lock<(received: [UInt8], ending: Ending?)>(([], nil))
+    private let channel = Lock<(any Channel)?>(nil)
 
     static func connect(to proxy: RedisFaultProxy) async throws -> RawConnection {
         let connection = RawConnection()

@@ -177,7 +177,7 @@ struct ReviewFindingsTests {
         try await RedisServerProcess.withServer(.init(users: [.init(name: "alice", passwords: [old, new])])) { server in
             let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
             defer { Task { await proxy.close() } }
-            let source = Mutex(RedisCredentials(username: "alice", password: old, version: "v1"))
+            let source = Lock(RedisCredentials(username: "alice", password: old, version: "v1"))
             let client = try RedisClient(
                 configuration: RedisClientConfiguration(
                     host: proxy.host,
@@ -187,7 +187,7 @@ struct ReviewFindingsTests {
                 ),
                 credentials: .provider(refreshEvery: .seconds(3600)) { source.withLock { $0 } }
             )
-            let kinds = Mutex<[RedisRotationEvent.Kind]>([])
+            let kinds = Lock<[RedisRotationEvent.Kind]>([])
             let collector = Task { for await event in client.events { kinds.withLock { $0.append(event.kind) } } }
             defer { collector.cancel() }
             // The first pool handshake is held for 3 s.

@@ -6,7 +6,7 @@ import Testing
 
 /// Collects what a source reports.
 final class ReportCollector: Sendable {
-    private let reports = Mutex<[CredentialSourceReport]>([])
+    private let reports = Lock<[CredentialSourceReport]>([])
     func add(_ report: CredentialSourceReport) { self.reports.withLock { $0.append(report) } }
     var versions: [String] {
         self.reports.withLock { $0.compactMap { if case .credentials(let c) = $0 { return c.version } else { return nil } } }

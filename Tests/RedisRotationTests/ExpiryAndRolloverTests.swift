@@ -130,7 +130,7 @@ struct PoolRolloverTests {
 }
 
 final class TLSReportCollector: Sendable {
-    private let reports = Mutex<[TLSMaterialReport]>([])
+    private let reports = Lock<[TLSMaterialReport]>([])
     func add(_ report: TLSMaterialReport) { self.reports.withLock { $0.append(report) } }
     var accepted: [RedisTLSContext] {
         self.reports.withLock { $0.compactMap { if case .accepted(let c) = $0 { return c } else { return nil } } }

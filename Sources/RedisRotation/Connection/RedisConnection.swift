@@ -34,7 +34,7 @@ public final class RedisConnection: Sendable {
     private let handler: NIOLoopBound<RedisCommandHandler>
     private let logger: Logger
     /// Session state as commands are enqueued, and the name the connection has on the server.
-    private let session: Mutex<(state: SessionState, name: String?)>
+    private let session: Lock<(state: SessionState, name: String?)>
     private static let nextConnectionID = Atomic<Int>(0)
     private static let nextCommandID = Atomic<UInt64>(0)
 
@@ -55,7 +55,7 @@ public final class RedisConnection: Sendable {
         self.clientID = serverInfo.clientID
         self.tlsInfo = tlsInfo
         self.logger = logger
-        self.session = Mutex((SessionState(), configuration.name))
+        self.session = Lock((SessionState(), configuration.name))
     }
 
     /// The event loop the connection's I/O runs on.
@@ -127,7 +127,7 @@ public final class RedisConnection: Sendable {
         // The initializer hands its handlers out through this box: when the channel fails early (a TLS
         // handshake refused at once), the handlers are already gone from the pipeline, but their
         // recorded failure is what `connect` must report.
-        let handlers = Mutex<(command: NIOLoopBound<RedisCommandHandler>?, tls: NIOLoopBound<TLSClientHandler>?)>((nil, nil))
+        let handlers = Lock<(command: NIOLoopBound<RedisCommandHandler>?, tls: NIOLoopBound<TLSClientHandler>?)>((nil, nil))
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)

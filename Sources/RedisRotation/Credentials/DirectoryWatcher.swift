@@ -14,7 +14,7 @@ final class DirectoryWatcher: Sendable {
     private let continuation: AsyncStream<Void>.Continuation
     #if os(Linux)
     /// This watcher's hold on the inotify instance; `nil` once stopped (or when there is none).
-    private let instance: Mutex<InotifyInstance?>
+    private let instance: Lock<InotifyInstance?>
     #endif
 
     init(directory: String) {
@@ -22,10 +22,10 @@ final class DirectoryWatcher: Sendable {
         #if os(Linux)
         let instance = InotifyInstance(watching: directory)
         if let instance, ReaderContext.start(instance: instance, continuation: self.continuation) {
-            self.instance = Mutex(instance)
+            self.instance = Lock(instance)
         } else {
             // Without a reader nobody else holds the instance: it closes when `instance` goes here.
-            self.instance = Mutex(nil)
+            self.instance = Lock(nil)
             self.continuation.finish()
         }
         #else

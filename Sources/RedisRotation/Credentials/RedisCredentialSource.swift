@@ -104,7 +104,7 @@ final class CredentialSourceRunner: Sendable {
     private let versions = VersionCounter()
     /// The file content the initial credentials came from: what later reads are compared with. `run`
     /// takes it out, so that the runner holds a copy of the password file only until it watches.
-    private let initialFileBytes = Mutex<RedisSecret?>(nil)
+    private let initialFileBytes = Lock<RedisSecret?>(nil)
 
     /// Whether the runner still holds the initial file content (for tests).
     var holdsInitialFileBytes: Bool { self.initialFileBytes.withLock { $0 != nil } }

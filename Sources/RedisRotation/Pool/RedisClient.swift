@@ -44,7 +44,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let timerLoop: any EventLoop
     private let logger: Logger
-    private let state: Mutex<State>
+    private let state: Lock<State>
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
     private let metrics: ClientMetrics
@@ -189,7 +189,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             expiry: ExpiryMonitor(thresholds: configuration.expiry.warningThresholds.map { TimeInterval(TimeAmount($0).nanoseconds) / 1e9 })
         )
         if let tlsContext { Self.watchExpiry(of: tlsContext, in: &state.expiry) }
-        self.state = Mutex(state)
+        self.state = Lock(state)
     }
 
     /// Puts the client certificate and trust anchors of `context` under the expiry monitor.

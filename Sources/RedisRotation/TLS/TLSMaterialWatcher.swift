@@ -27,7 +27,7 @@ typealias TLSFileDigests = [String: [UInt8]]
 /// is reported. Building happens in the watcher's task, never on an event loop.
 final class TLSMaterialWatcher: Sendable {
     /// What contexts are built from; ``promotePendingTrustAnchors()`` changes it.
-    private let configurationBox: Mutex<RedisTLSConfiguration>
+    private let configurationBox: Lock<RedisTLSConfiguration>
     var configuration: RedisTLSConfiguration { self.configurationBox.withLock { $0 } }
     private let pollInterval: Duration
     private let debounce: Duration
@@ -36,7 +36,7 @@ final class TLSMaterialWatcher: Sendable {
     private let reloadContinuation: AsyncStream<Void>.Continuation
 
     init(configuration: RedisTLSConfiguration, pollInterval: Duration, debounce: Duration, mismatchRetries: Int = 4) {
-        self.configurationBox = Mutex(configuration)
+        self.configurationBox = Lock(configuration)
         self.pollInterval = pollInterval
         self.debounce = debounce
         self.mismatchRetries = mismatchRetries

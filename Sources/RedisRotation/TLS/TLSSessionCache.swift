@@ -7,7 +7,7 @@ final class TLSSessionCache: Sendable {
     /// Sessions kept per server; servers send two tickets per connection by default.
     private static let sessionsPerServer = 4
 
-    private let sessions = Mutex<[String: [TLSSession]]>([:])
+    private let sessions = Lock<[String: [TLSSession]]>([:])
 
     /// The most recent resumable session for `server`, removed from the cache.
     func take(for server: String) -> TLSSession? {
