@@ -49,6 +49,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let workContinuation: AsyncStream<Work>.Continuation
     private let metrics: ClientMetrics
     private let counters = Counters()
+    /// The sequence number of the last connection-gauge snapshot recorded.
+    private let gaugesRecorded = Lock<(sequence: UInt64, versions: [String: Int], generations: [UInt64: Int])>((0, [:], [:]))
     private let tlsWatcher: TLSMaterialWatcher?
     private let initialTLSSnapshot: [String: [UInt8]]
 
@@ -69,6 +71,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var recordedVersionCounts: [String: Int] = [:]
         var tlsContext: RedisTLSContext?
         var recordedGenerationCounts: [UInt64: Int] = [:]
+        var gaugeSequence: UInt64 = 0
         /// Whether connections of an older TLS generation are still being replaced.
         var rolling = false
         var expiry: ExpiryMonitor
@@ -120,7 +123,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case scheduleTimer(TimerKind, NIODeadline, generation: UInt64)
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
-        case recordConnectionGauges(versions: [String: Int], generations: [UInt64: Int])
+        /// Numbered under the lock in the order decided: an older snapshot performed after a newer one
+        /// is dropped, so the gauges end on the latest counts.
+        case recordConnectionGauges(versions: [String: Int], generations: [UInt64: Int], sequence: UInt64)
         case recordExpiryGauges([(name: String, seconds: Double)])
     }
 
@@ -669,19 +674,16 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// The connection gauges to record, when the counts changed since the last time (metric objects are
     /// touched outside the lock, and not at all on the many leases that change nothing).
-    /// A version or generation that leaves is recorded once as 0 and then forgotten, so that a process
-    /// that rotates for months keeps only what is in use.
+    /// Only what is in use is kept, so that a process that rotates for months does not grow; the
+    /// recording (outside the lock) sets a version or generation that left to 0 once.
     private func gaugeUpdates(_ state: inout State) -> [Effect] {
         let versions = state.pool.connectionsByVersion
         let generations = state.pool.connectionsByGeneration
         guard versions != state.recordedVersionCounts || generations != state.recordedGenerationCounts else { return [] }
-        var versionUpdates = versions
-        for version in state.recordedVersionCounts.keys where versions[version] == nil { versionUpdates[version] = 0 }
-        var generationUpdates = generations
-        for generation in state.recordedGenerationCounts.keys where generations[generation] == nil { generationUpdates[generation] = 0 }
         state.recordedVersionCounts = versions
         state.recordedGenerationCounts = generations
-        return [.recordConnectionGauges(versions: versionUpdates, generations: generationUpdates)]
+        state.gaugeSequence += 1
+        return [.recordConnectionGauges(versions: versions, generations: generations, sequence: state.gaugeSequence)]
     }
 
     // MARK: Effects (outside the lock)
@@ -698,9 +700,19 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 self.eventContinuation.yield(event)
             case .cancelScheduled(let task):
                 task.cancel()
-            case .recordConnectionGauges(let versions, let generations):
-                for (version, count) in versions { self.metrics.connections(version: version).record(count) }
-                for (generation, count) in generations { self.metrics.connections(generation: generation).record(count) }
+            case .recordConnectionGauges(let versions, let generations, let sequence):
+                // Its own small lock (never the state's): recording happens in decision order.
+                // A version or generation that left is recorded once as 0, then forgotten.
+                self.gaugesRecorded.withLock { last in
+                    guard sequence > last.sequence else { return }
+                    for (version, count) in versions { self.metrics.connections(version: version).record(count) }
+                    for version in last.versions.keys where versions[version] == nil { self.metrics.connections(version: version).record(0) }
+                    for (generation, count) in generations { self.metrics.connections(generation: generation).record(count) }
+                    for generation in last.generations.keys where generations[generation] == nil {
+                        self.metrics.connections(generation: generation).record(0)
+                    }
+                    last = (sequence, versions, generations)
+                }
             case .recordExpiryGauges(let items):
                 for item in items { self.metrics.secondsUntilExpiry(item: item.name).record(item.seconds) }
             case .scheduleTimer(let kind, let deadline, let generation):
