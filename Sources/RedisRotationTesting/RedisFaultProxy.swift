@@ -166,6 +166,14 @@ public final class RedisFaultProxy: Sendable {
         await Self.onEach(pairs) { $0.disarmReplyFaults() }
     }
 
+    /// Chunks the proxy holds or delays on their way to the server (`towardServer`) or to the client,
+    /// over all connections: lets a test wait until what it sent has reached the proxy, instead of
+    /// sleeping.
+    public func chunksInTransit(towardServer: Bool) async -> Int {
+        let pairs = self.state.withLock { Array($0.pairs.values) }
+        return await Self.onEach(pairs) { $0.chunksInTransit(toServer: towardServer) }.reduce(0, +)
+    }
+
     /// Stops listening and closes every connection. Returns once no connection through the proxy is
     /// open, upstream ones included.
     public func close() async {
@@ -442,6 +450,10 @@ private final class Pair: Sendable {
                 _ = self.reset()
             }
         }
+    }
+
+    func chunksInTransit(toServer: Bool) -> Int {
+        self.state.value[toServer: toServer].queue.count
     }
 
     func truncateNextServerChunk(keeping: Int) {

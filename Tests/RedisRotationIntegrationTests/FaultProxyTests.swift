@@ -232,9 +232,9 @@ struct FaultProxyTests {
             await proxy.setMode(.paused)
             await proxy.truncateNextReply(keeping: 3)
             try await server.admin("LPUSH", .string(list), "x")
-            // The server has answered once it no longer blocks; its bytes reach the proxy a moment later.
+            // The server has answered once it no longer blocks, and the proxy holds its bytes.
             try await server.waitForBlockedClients(0)
-            try await Task.sleep(for: .milliseconds(200))
+            await eventually("the reply is held by the proxy") { await proxy.chunksInTransit(towardServer: false) >= 1 }
             #expect(raw.received == authenticated, "nothing passes while paused")
             #expect(raw.ending == nil)
             await proxy.setMode(.forward)

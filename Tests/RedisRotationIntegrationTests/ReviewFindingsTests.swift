@@ -156,7 +156,9 @@ struct ReviewFindingsTests {
                 await proxy.setMode(.paused)
                 release.stop()
                 for holder in holders { try await holder.value }
-                try await Task.sleep(for: .milliseconds(300))
+                await eventually("the four re-authentications are held by the proxy") {
+                    await proxy.chunksInTransit(towardServer: true) >= 4
+                }
                 await proxy.setMode(.forward)
                 await eventually("v2 demoted") { client.currentCredentialVersion == "v1" }
                 try await Task.sleep(for: .seconds(2))
@@ -194,7 +196,7 @@ struct ReviewFindingsTests {
             await proxy.setMode(.latency(.seconds(3)))
             try await withRunningClient(client) { client in
                 await eventually("v1 is current") { client.currentCredentialVersion == "v1" }
-                try await Task.sleep(for: .milliseconds(200))
+                await eventually("the first handshake is delayed by the proxy") { await proxy.chunksInTransit(towardServer: true) >= 1 }
                 await proxy.setMode(.forward)
                 source.withLock { $0 = RedisCredentials(username: "alice", password: new, version: "v2") }
                 client.reloadCredentials()

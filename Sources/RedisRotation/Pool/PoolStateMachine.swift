@@ -437,11 +437,6 @@ struct PoolStateMachine {
 
     // MARK: Decisions
 
-    /// Connections that are open or opening (not closing).
-    private var openCount: Int {
-        self.slots.values.filter { $0.state != .closing }.count
-    }
-
     /// Open or opening connections, not counting replacements still opening: those stand in for a
     /// connection that is already counted, so they may exceed the maximum by one each for a moment.
     private var regularOpenCount: Int {

@@ -325,13 +325,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 // (A script may write and then return an error that starts the same way: never resent.)
                 self.finish(lease)
                 attempt -= 1
-                let pause = Self.transientPause(after: transientPause)
+                let pause = Self.retryPause(after: transientPause)
                 transientPause = pause
                 guard let deadline, clock.now + pause < deadline else {
                     throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
                 }
-                self.metrics.retried.increment()
-                self.counters.commandsRetried.add(1, ordering: .relaxed)
+                self.retrying()
                 try await Task.sleep(for: pause)
             } catch let error as RedisError where error.code == .serverError || error.code == .unexpectedReply || error.code == .invalidArgument {
                 self.finish(lease)
@@ -357,15 +356,19 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 guard resendable && withinBudget else {
                     throw self.failed(command, error, mayHaveExecuted: mayHaveExecuted)
                 }
-                self.metrics.retried.increment()
-                self.counters.commandsRetried.add(1, ordering: .relaxed)
+                self.retrying()
                 // When many connections die at once (a reset, a kill), the others in the pool may not be
                 // known dead yet: a short pause lets their closes arrive before the next lease.
-                let pause = Self.transientPause(after: connectionPause)
+                let pause = Self.retryPause(after: connectionPause)
                 connectionPause = pause
                 try await Task.sleep(for: pause)
             }
         }
+    }
+
+    private func retrying() {
+        self.metrics.retried.increment()
+        self.counters.commandsRetried.add(1, ordering: .relaxed)
     }
 
     /// The error a command fails with after its last attempt: `outcomeUnknown` when an earlier attempt
@@ -383,9 +386,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         )
     }
 
-    /// Pauses between attempts on a transient server state: 10 ms doubling to 500 ms, with full jitter
-    /// on the upper half.
-    private static func transientPause(after previous: Duration?) -> Duration {
+    /// Pauses between attempts (after a transient server state, or a dead connection): 5–10 ms at
+    /// first, doubling to at most 500 ms, jittered over the upper half.
+    private static func retryPause(after previous: Duration?) -> Duration {
         let next = min((previous ?? .milliseconds(5)) * 2, .milliseconds(500))
         return next / 2 + (next / 2) * Double.random(in: 0..<1)
     }
