@@ -155,10 +155,12 @@ extension RedisServerProcess {
     }
 }
 
-/// A server with `alice` and a running client whose pool holds one connection at most, so that the next
-/// lease certainly gets the connection the previous one left behind.
+/// A server with `alice` and a running client whose pool holds one connection at most (unless told
+/// otherwise), so that the next lease certainly gets the connection the previous one left behind.
 func withOneConnectionClient(
     name: String = "test",
+    minimumConnections: Int = 1,
+    maximumConnections: Int = 1,
     _ body: @Sendable (RedisServerProcess, RedisClient) async throws -> Void
 ) async throws {
     let password = makePassword()
@@ -168,7 +170,12 @@ func withOneConnectionClient(
                 host: server.host,
                 port: server.port,
                 name: name,
-                pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
+                pool: .init(
+                    minimumConnections: minimumConnections,
+                    maximumConnections: maximumConnections,
+                    maximumConnectionAge: nil,
+                    leaseTimeout: .seconds(10)
+                )
             ),
             credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
         )

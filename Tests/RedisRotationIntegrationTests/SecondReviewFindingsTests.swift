@@ -20,31 +20,6 @@ func slowIncrement(milliseconds: Int) -> String {
 /// against the fault proxy the fault-injection suite relies on). They fail on the reviewed head.
 @Suite("Second review findings against a real redis-server", .timeLimit(.minutes(2)))
 struct SecondReviewFindingsTests {
-    func withClient(
-        minimumConnections: Int = 1,
-        maximumConnections: Int = 1,
-        _ body: @Sendable (RedisServerProcess, RedisClient) async throws -> Void
-    ) async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: server.host,
-                    port: server.port,
-                    name: "test",
-                    pool: .init(
-                        minimumConnections: minimumConnections,
-                        maximumConnections: maximumConnections,
-                        maximumConnectionAge: nil,
-                        leaseTimeout: .seconds(10)
-                    )
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withRunningClient(client) { client in try await body(server, client) }
-        }
-    }
-
     // RedisClient.send gives each attempt `max(deadline - now, 1 ms)`. A lease that arrives after the
     // command's deadline (lease waits are bounded by leaseTimeout, not by the deadline) still writes the
     // command, with a 1 ms timeout. The server runs it; the reply takes longer than 1 ms; the command is
@@ -53,7 +28,7 @@ struct SecondReviewFindingsTests {
     // that was written after it had already given up.
     @Test("a command whose deadline passed while it waited for a lease is not written and closes no connection")
     func lateLeaseNeitherWritesNorCloses() async throws {
-        try await self.withClient { server, client in
+        try await withOneConnectionClient { server, client in
             let counter = uniqueKey("late")
             let held = StopFlag()
             let holder = Task {
@@ -90,7 +65,7 @@ struct SecondReviewFindingsTests {
     // reconnect storm against a server that never failed. Before 71e86cd each attempt had the full timeout.
     @Test("a saturated pool on a healthy server closes and reopens no connection")
     func saturatedPoolDoesNotReconnect() async throws {
-        try await self.withClient(minimumConnections: 2, maximumConnections: 2) { server, client in
+        try await withOneConnectionClient(minimumConnections: 2, maximumConnections: 2) { server, client in
             await eventually("2 connections") { client.connectionsByCredentialVersion == ["v1": 2] }
             let openedBefore = client.statistics.connectionsOpened
             let counter = uniqueKey("saturated")
