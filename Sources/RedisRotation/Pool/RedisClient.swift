@@ -38,11 +38,17 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Rotation events. One consumer; events are dropped (oldest first) past 10,000 unread.
     public let events: AsyncStream<RedisRotationEvent>
 
+    /// Opens a connection for the pool: `RedisConnection.connect` on the client's event loops, or a
+    /// connection over a test channel.
+    typealias ConnectionFactory = @Sendable (RedisConnectionConfiguration, Logger) async throws -> RedisConnection
+
     private let eventContinuation: AsyncStream<RedisRotationEvent>.Continuation
     private let source: CredentialSourceRunner
     private let initialCredentials: RedisCredentials?
-    private let eventLoopGroup: any EventLoopGroup
+    /// The clock of every decision and the loop of the one timer (a manual one in tests).
     private let timerLoop: any EventLoop
+    private let random: @Sendable () -> Double
+    private let connectionFactory: ConnectionFactory
     private let logger: Logger
     private let state: Lock<State>
     private let work: AsyncStream<Work>
@@ -54,47 +60,17 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let tlsWatcher: TLSMaterialWatcher?
     private let initialTLSSnapshot: [String: [UInt8]]
 
+    /// The decisions (``ClientStateMachine``) and what the shell holds for them: the connection objects,
+    /// the waiting tasks, the TLS context and the scheduled timer. Always changed together, under one lock.
     private struct State {
-        var pool: PoolStateMachine
-        var credentials: CredentialStateMachine
+        var machine: ClientStateMachine
         var connections: [PoolStateMachine.ConnectionID: RedisConnection] = [:]
-        /// Every lease request from the moment its ID is handed out until it is granted or failed.
-        var leaseRequests: [PoolStateMachine.LeaseID: LeaseRequest] = [:]
-        var nextLeaseID: PoolStateMachine.LeaseID = 0
-        /// The one scheduled timer of each kind, and the generation of its latest request: a timer that
-        /// was replaced after it was scheduled finds its generation outdated and does nothing.
-        var timers: [TimerKind: Scheduled<Void>] = [:]
-        var timerGenerations: [TimerKind: UInt64] = [:]
-        var lastConnectError: RedisError?
-        var runState = RunState.notStarted
-        /// The connection counts last sent to the gauges (versions and generations in use only).
-        var recordedVersionCounts: [String: Int] = [:]
+        var waiters: [PoolStateMachine.LeaseID: CheckedContinuation<Lease, any Error>] = [:]
         var tlsContext: RedisTLSContext?
-        var recordedGenerationCounts: [UInt64: Int] = [:]
-        var gaugeSequence: UInt64 = 0
-        /// Whether connections of an older TLS generation are still being replaced.
-        var rolling = false
-        var expiry: ExpiryMonitor
-        /// Connections the pool decided to close (retired, failed, unusable), as opposed to the server.
-        var closingByPool: Set<PoolStateMachine.ConnectionID> = []
+        var timer: Scheduled<Void>?
+        /// Numbers timer requests in decision order: a request performed after a newer one is dropped.
+        var timerGeneration: UInt64 = 0
     }
-
-    private enum RunState { case notStarted, running, stopped }
-
-    /// Where a lease request stands. Can move to: `registered` → `waiting` or `cancelledEarly`;
-    /// `cancelledEarly` → gone (failed when its continuation arrives); `waiting` → gone (granted, failed
-    /// or cancelled).
-    private enum LeaseRequest {
-        /// The ID exists; the continuation is not installed yet.
-        case registered
-        /// Cancelled before its continuation was installed.
-        case cancelledEarly
-        /// Waiting for the pool, which knows its deadline too (to requeue it if its connection vanishes).
-        case waiting(CheckedContinuation<Lease, any Error>, deadline: NIODeadline)
-    }
-
-    /// The deadlines the client keeps: the pool's, the credential machine's, the expiry monitor's.
-    private enum TimerKind: Hashable, Sendable { case pool, credentials, expiry }
 
     struct Lease: Sendable {
         let id: PoolStateMachine.ConnectionID
@@ -120,30 +96,51 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private enum Effect {
         case resume(CheckedContinuation<Lease, any Error>, Result<Lease, any Error>)
         case work(Work)
-        case scheduleTimer(TimerKind, NIODeadline, generation: UInt64)
+        case scheduleTimer(NIODeadline, generation: UInt64)
         case event(RedisRotationEvent)
         case cancelScheduled(Scheduled<Void>)
-        /// Numbered under the lock in the order decided: an older snapshot performed after a newer one
-        /// is dropped, so the gauges end on the latest counts.
         case recordConnectionGauges(versions: [String: Int], generations: [UInt64: Int], sequence: UInt64)
-        case recordExpiryGauges([(name: String, seconds: Double)])
+        case recordExpiryGauges([ClientStateMachine.ExpiryGauge])
     }
 
     /// Creates a client. Nothing connects until ``run()`` runs.
     ///
     /// - Throws: ``RedisError`` when the credential source cannot give credentials now (a missing or
     ///   empty password file, an unset environment variable): fail fast, with the reason.
-    public init(
+    public convenience init(
         configuration: RedisClientConfiguration,
         credentials: RedisCredentialSource,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
+        try self.init(
+            configuration: configuration,
+            credentials: credentials,
+            timerLoop: eventLoopGroup.any(),
+            random: { Double.random(in: 0..<1) },
+            logger: logger,
+            connectionFactory: { configuration, logger in
+                try await RedisConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
+            }
+        )
+    }
+
+    /// Creates a client whose clock and timer are `timerLoop`'s (a manual one in tests), whose jitter
+    /// comes from `random`, and whose connections come from `connectionFactory`.
+    init(
+        configuration: RedisClientConfiguration,
+        credentials: RedisCredentialSource,
+        timerLoop: any EventLoop,
+        random: @escaping @Sendable () -> Double,
+        logger: Logger,
+        connectionFactory: @escaping ConnectionFactory
+    ) throws {
         self.configuration = configuration
         self.source = CredentialSourceRunner(source: credentials)
         self.initialCredentials = try self.source.initialCredentials()
-        self.eventLoopGroup = eventLoopGroup
-        self.timerLoop = eventLoopGroup.any()
+        self.timerLoop = timerLoop
+        self.random = random
+        self.connectionFactory = connectionFactory
         self.logger = logger
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
         (self.work, self.workContinuation) = AsyncStream.makeStream()
@@ -164,49 +161,17 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             self.tlsWatcher = nil
             self.initialTLSSnapshot = [:]
         }
-
-        var poolConfiguration = PoolStateMachine.Configuration()
-        poolConfiguration.minimumConnections = configuration.pool.minimumConnections
-        poolConfiguration.maximumConnections = configuration.pool.maximumConnections
-        poolConfiguration.maximumConcurrentHandshakes = configuration.pool.maximumConcurrentHandshakes
-        poolConfiguration.idleTimeout = TimeAmount(configuration.pool.idleTimeout)
-        poolConfiguration.maximumConnectionAge = configuration.pool.maximumConnectionAge.map { TimeAmount($0) }
-        poolConfiguration.maximumAgeJitter = configuration.pool.maximumConnectionAgeJitter
-        poolConfiguration.healthCheckInterval = configuration.pool.healthCheckInterval.map { TimeAmount($0) }
-        // A handshake past half its deadline while commands wait is most likely hung (the server accepted
-        // and went silent); waiting the other half before the next attempt would only add to the outage.
-        poolConfiguration.handshakeHedgeDelay = max(TimeAmount(configuration.handshakeTimeout / 2), .milliseconds(100))
-        poolConfiguration.connectBackoff = Backoff(
-            base: TimeAmount(configuration.pool.reconnectBackoffBase),
-            cap: TimeAmount(configuration.pool.reconnectBackoffCap)
+        self.state = Lock(
+            State(
+                machine: ClientStateMachine(configuration: configuration.machineConfiguration, tls: tlsContext.map(Self.material(of:))),
+                tlsContext: tlsContext
+            )
         )
-        var credentialConfiguration = CredentialStateMachine.Configuration()
-        credentialConfiguration.probeBackoff = Backoff(
-            base: TimeAmount(configuration.rotation.probeBackoffBase),
-            cap: TimeAmount(configuration.rotation.probeBackoffCap)
-        )
-        credentialConfiguration.maximumProbeAttempts = configuration.rotation.maximumProbeAttempts
-        credentialConfiguration.previousGracePeriod = TimeAmount(configuration.rotation.previousGracePeriod)
-        var state = State(
-            pool: PoolStateMachine(configuration: poolConfiguration),
-            credentials: CredentialStateMachine(configuration: credentialConfiguration),
-            tlsContext: tlsContext,
-            expiry: ExpiryMonitor(thresholds: configuration.expiry.warningThresholds.map { TimeInterval(TimeAmount($0).nanoseconds) / 1e9 })
-        )
-        if let tlsContext { Self.watchExpiry(of: tlsContext, in: &state.expiry) }
-        self.state = Lock(state)
     }
 
-    /// Puts the client certificate and trust anchors of `context` under the expiry monitor.
-    private static func watchExpiry(of context: RedisTLSContext, in monitor: inout ExpiryMonitor) {
-        monitor.setItems(
-            context.clientCertificateChain.prefix(1).map { .init(name: "client certificate \($0.subject)", expiresAt: $0.notAfter) },
-            group: "client certificate"
-        )
-        monitor.setItems(
-            context.trustAnchors.map { .init(name: "trust anchor \($0.subject)", expiresAt: $0.notAfter) },
-            group: "trust anchor"
-        )
+    /// What decisions need of a TLS context.
+    private static func material(of context: RedisTLSContext) -> ClientStateMachine.TLSMaterial {
+        .init(generation: context.generation, trustAnchors: context.trustAnchors, clientCertificate: context.clientCertificateChain.first)
     }
 
     // MARK: Running
@@ -214,12 +179,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Runs the client until the task is cancelled or a graceful shutdown is requested; then closes
     /// every connection and fails waiting commands with ``RedisError/Code/clientShutdown``.
     public func run() async throws {
-        let alreadyRunning = self.state.withLock { state -> Bool in
-            guard case .notStarted = state.runState else { return true }
-            state.runState = .running
-            return false
+        var started = false
+        self.decide { state, moment in
+            guard !state.machine.hasStarted else { return [] }
+            started = true
+            return state.machine.start(at: moment)
         }
-        precondition(!alreadyRunning, "RedisClient.run() may be called once")
+        precondition(started, "RedisClient.run() may be called once")
         if let initial = self.initialCredentials { self.sourceReported(.credentials(initial)) }
 
         await withDiscardingTaskGroup { group in
@@ -231,7 +197,6 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     await watcher.run(initial: self.initialTLSSnapshot) { report in self.tlsReported(report) }
                 }
             }
-            self.evaluateExpiry()
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
                 await self.waitForShutdownSignal()
@@ -258,13 +223,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     }
 
     private func shutdown() async {
-        let (effects, connections) = self.state.withLock { state -> ([Effect], [RedisConnection]) in
-            state.runState = .stopped
-            let timers = state.timers.values.map { Effect.cancelScheduled($0) }
-            state.timers.removeAll()
-            return (timers + self.translate(state.pool.shutdown(), state: &state), Array(state.connections.values))
+        var connections: [RedisConnection] = []
+        self.decide { state, _ in
+            connections = Array(state.connections.values)
+            return state.machine.shutdown()
         }
-        self.perform(effects)
         // Every connection closes now: leased ones fail their commands with connectionClosed.
         for connection in connections { await connection.close() }
         self.workContinuation.finish()
@@ -435,20 +398,22 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Asks the credential source to look again now (re-read a file or variable, call the provider),
     /// retries a pending credential's probe at once, and re-reads reloading TLS files.
+    /// Asks the credential source to look again now (re-read a file or variable, call the provider),
+    /// retries a pending credential's probe at once, and re-reads reloading TLS files.
     public func reloadCredentials() {
         self.source.reload()
         self.tlsWatcher?.reload()
-        self.decide { state in self.translate(credentials: state.credentials.retryNow(), state: &state) }
+        self.decide { state, moment in state.machine.retryNow(at: moment) }
     }
 
     /// How many pooled connections are authenticated with each credential version.
     public var connectionsByCredentialVersion: [String: Int] {
-        self.state.withLock { $0.pool.connectionsByVersion }
+        self.state.withLock { $0.machine.pool.connectionsByVersion }
     }
 
     /// The version of the credentials in use.
     public var currentCredentialVersion: String? {
-        self.state.withLock { $0.credentials.current?.version }
+        self.state.withLock { $0.machine.credentials.current?.version }
     }
 
     /// Ends a CA rollover: with reloading TLS, the pending trust anchors become the only ones and a new
@@ -469,7 +434,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// How many pooled connections use each TLS context generation.
     public var connectionsByTLSGeneration: [UInt64: Int] {
-        self.state.withLock { $0.pool.connectionsByGeneration }
+        self.state.withLock { $0.machine.pool.connectionsByGeneration }
     }
 
     /// The TLS context new connections use (the newest valid generation); `nil` without TLS.
@@ -479,12 +444,15 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// The version waiting for a successful probe, if any.
     public var pendingCredentialVersion: String? {
-        self.state.withLock { $0.credentials.pending?.version }
+        self.state.withLock { $0.machine.credentials.pending?.version }
     }
 
     /// Lease requests not yet granted or failed (for tests: nothing may stay behind).
     var leaseRequestsInFlight: Int {
-        self.state.withLock { $0.leaseRequests.count }
+        self.state.withLock { state in
+            precondition(state.waiters.count <= state.machine.leaseRequestCount, "a waiter the machine does not know")
+            return state.machine.leaseRequestCount
+        }
     }
 
     // MARK: Leases
@@ -493,37 +461,16 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private func lease(within: Duration? = nil) async throws -> Lease {
         let started = ContinuousClock.now
         let wait = within.map { min($0, self.configuration.pool.leaseTimeout) } ?? self.configuration.pool.leaseTimeout
-        let deadline = NIODeadline.now() + TimeAmount(max(wait, .zero))
-        let id = self.state.withLock { state -> PoolStateMachine.LeaseID in
-            state.nextLeaseID += 1
-            state.leaseRequests[state.nextLeaseID] = .registered
-            return state.nextLeaseID
-        }
+        let id = self.state.withLock { $0.machine.registerLease() }
         let lease = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Lease, any Error>) in
-                self.decide { state in
-                    if case .cancelledEarly = state.leaseRequests[id] {
-                        state.leaseRequests[id] = nil
-                        return [.resume(continuation, .failure(CancellationError()))]
-                    }
-                    state.leaseRequests[id] = .waiting(continuation, deadline: deadline)
-                    return self.translate(state.pool.leaseRequested(id, deadline: deadline, now: .now()), state: &state)
+                self.decide { state, moment in
+                    state.waiters[id] = continuation
+                    return state.machine.leaseWaiting(id, deadline: moment.now + TimeAmount(max(wait, .zero)), at: moment)
                 }
             }
         } onCancel: {
-            self.decide { state in
-                switch state.leaseRequests[id] {
-                case .registered:
-                    state.leaseRequests[id] = .cancelledEarly
-                    return []
-                case .waiting(let continuation, _):
-                    state.leaseRequests[id] = nil
-                    return [.resume(continuation, .failure(CancellationError()))]
-                        + self.translate(state.pool.leaseCancelled(id, now: .now()), state: &state)
-                case .cancelledEarly, nil:
-                    return []  // Granted or failed already: the lease's user sees the cancellation next.
-                }
-            }
+            self.decide { state, moment in state.machine.leaseCancelled(id, at: moment) }
         }
         self.metrics.leaseWait.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
         return lease
@@ -532,161 +479,104 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Ends a lease: the connection goes back to the pool when it is clean, after a restoration when
     /// something has to be undone, and is closed when it is dead or cannot be restored.
     private func finish(_ lease: Lease) {
-        guard lease.connection.isActive else { return self.release(lease, reusable: false) }
-        switch lease.connection.releaseDisposition {
-        case .reuse:
-            self.release(lease, reusable: true)
-        case .close(let reason):
-            self.logger.debug("closing a connection its lease left unrestorable", metadata: [LoggingKeys.error: "\(reason)"])
-            self.release(lease, reusable: false)
-        case .restore:
-            self.perform([.work(.restore(lease.id, lease.connection))])
+        let outcome: ClientStateMachine.LeaseOutcome
+        if !lease.connection.isActive {
+            outcome = .unusable
+        } else {
+            switch lease.connection.releaseDisposition {
+            case .reuse:
+                outcome = .clean
+            case .close(let reason):
+                self.logger.debug("closing a connection its lease left unrestorable", metadata: [LoggingKeys.error: "\(reason)"])
+                outcome = .unusable
+            case .restore:
+                outcome = .needsRestore
+            }
         }
+        self.decide { state, moment in state.machine.leaseEnded(lease.id, outcome: outcome, at: moment) }
     }
 
-    private func release(_ lease: Lease, reusable: Bool) {
-        self.decide { state in
-            self.translate(state.pool.connectionReleased(lease.id, reusable: reusable, now: .now()), state: &state)
+    /// Decides under the lock (an event to the machine, and the translation of its actions into effects,
+    /// in one acquisition, so no other decision can interleave), then performs the effects after it.
+    private func decide(_ body: (inout State, ClientStateMachine.Moment) -> [ClientStateMachine.Action]) {
+        let effects = self.state.withLock { state -> [Effect] in
+            let moment = ClientStateMachine.Moment(now: self.timerLoop.now, date: Date(), random: self.random())
+            return self.translate(body(&state, moment), state: &state, at: moment)
         }
-    }
-
-    /// Decides under the lock (the machines' events and their translation into effects, in one
-    /// acquisition, so no other decision can interleave), then performs the effects after it.
-    private func decide(_ body: (inout State) -> [Effect]) {
-        let effects = self.state.withLock { body(&$0) }
         self.perform(effects)
     }
 
-    // MARK: Decisions to effects (under the lock)
+    // MARK: Actions to effects (under the lock)
 
-    private func translate(_ actions: [PoolStateMachine.Action], state: inout State) -> [Effect] {
+    /// Looks up what the machine's actions name (continuations, connections) and turns them into
+    /// effects. No decision is made here; an action that names something the shell does not hold breaks
+    /// an invariant of the machine.
+    private func translate(_ actions: [ClientStateMachine.Action], state: inout State, at moment: ClientStateMachine.Moment) -> [Effect] {
         var effects: [Effect] = []
         for action in actions {
             switch action {
-            case .createConnection(let id):
+            case .connect(let id):
                 effects.append(.work(.connect(id)))
-            case .lease(let id, let leaseID):
-                guard case .waiting(let continuation, let deadline) = state.leaseRequests[leaseID] else {
-                    // The waiter left; give the connection back.
-                    effects += self.translate(state.pool.connectionReleased(id, reusable: true, now: .now()), state: &state)
-                    continue
-                }
+            case .reauthenticate(let id, let credentials):
                 guard let connection = state.connections[id] else {
-                    // The connection is gone although the pool still had it: drop it, and the waiter waits
-                    // on (never dropped).
-                    effects += self.translate(state.pool.connectionReleased(id, reusable: false, now: .now()), state: &state)
-                    effects += self.translate(state.pool.leaseRequested(leaseID, deadline: deadline, now: .now()), state: &state)
-                    continue
-                }
-                state.leaseRequests[leaseID] = nil
-                effects.append(.resume(continuation, .success(Lease(id: id, connection: connection))))
-            case .failLease(let leaseID, var error):
-                guard case .waiting(let continuation, _) = state.leaseRequests.removeValue(forKey: leaseID) else { continue }
-                if error.code == .leaseTimeout, let cause = state.lastConnectError {
-                    error.message += "; the last connection attempt failed: \(cause.message)"
-                    error.underlying = cause
-                }
-                effects.append(.resume(continuation, .failure(error)))
-            case .reauthenticate(let id):
-                guard let connection = state.connections[id], let credentials = state.credentials.current else {
-                    effects += self.translate(state.pool.reauthenticationFailed(id, now: .now(), random: Double.random(in: 0..<1)), state: &state)
+                    assertionFailure("re-authentication of connection \(id), which the client does not hold")
+                    effects += self.translate(state.machine.connectionClosed(id, at: moment), state: &state, at: moment)
                     continue
                 }
                 effects.append(.work(.reauthenticate(id, connection, credentials)))
             case .closeConnection(let id):
-                state.closingByPool.insert(id)
                 effects.append(.work(.close(id, state.connections[id])))
             case .healthCheck(let id):
-                if let connection = state.connections[id] {
-                    effects.append(.work(.healthCheck(id, connection)))
-                } else {
-                    effects += self.translate(state.pool.connectionReleased(id, reusable: false, now: .now()), state: &state)
+                guard let connection = state.connections[id] else {
+                    assertionFailure("health check of connection \(id), which the client does not hold")
+                    effects += self.translate(state.machine.connectionClosed(id, at: moment), state: &state, at: moment)
+                    continue
                 }
-            case .scheduleTimer(let deadline):
-                effects += Self.requestTimer(.pool, at: deadline, state: &state)
-            }
-        }
-        effects += self.gaugeUpdates(&state)
-        if state.rolling, let target = state.tlsContext?.generation,
-            state.pool.connectionsByGeneration.keys.allSatisfy({ $0 == target })
-        {
-            state.rolling = false
-            effects.append(.event(RedisRotationEvent(kind: .tlsGenerationRolled, detail: "every connection uses TLS generation \(target)")))
-        }
-        return effects
-    }
-
-    private func translate(credentials actions: [CredentialStateMachine.Action], state: inout State) -> [Effect] {
-        var effects: [Effect] = []
-        for action in actions {
-            switch action {
-            case .startProbe(let credentials):
+                effects.append(.work(.healthCheck(id, connection)))
+            case .restore(let id):
+                guard let connection = state.connections[id] else {
+                    assertionFailure("restoration of connection \(id), which the client does not hold")
+                    effects += self.translate(state.machine.connectionClosed(id, at: moment), state: &state, at: moment)
+                    continue
+                }
+                effects.append(.work(.restore(id, connection)))
+            case .probe(let credentials):
                 effects.append(.work(.probe(credentials)))
-            case .pendingChanged(let credentials):
-                effects.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, credentialVersion: credentials.version)))
-                effects += self.translate(state.pool.candidatesChanged(now: .now()), state: &state)
-            case .promoted(let old, let new):
-                state.expiry.setItems(
-                    new.expiresAt.map { [.init(name: "credential \(new.username) version \(new.version)", expiresAt: $0)] } ?? [],
-                    group: "credential"
-                )
-                effects += self.expiryEffects(&state)
-                effects.append(
-                    .event(RedisRotationEvent(kind: .promoted, credentialVersion: new.version, detail: "previous version: \(old?.version ?? "none")"))
-                )
-                effects += self.translate(state.pool.targetVersionChanged(new.version, now: .now()), state: &state)
-            case .probeFailed(let credentials, let rejected, let retryAt):
-                let when = retryAt.map { "retrying in \(($0 - .now()).nanoseconds / 1_000_000) ms" } ?? "giving up until the source changes or a reload"
-                effects.append(
-                    .event(
-                        RedisRotationEvent(
-                            kind: .probeFailed,
-                            credentialVersion: credentials.version,
-                            detail: "\(rejected ? "the server rejected the credentials (WRONGPASS)" : "the probe could not connect"); \(when)"
-                        )
-                    )
-                )
-            case .demoted(let rejected, let working):
-                self.logger.warning(
-                    "current credentials rejected while the previous ones work: serving on the previous ones",
-                    metadata: [LoggingKeys.credentialVersion: "\(rejected.version)"]
-                )
-                effects.append(
-                    .event(
-                        RedisRotationEvent(
-                            kind: .credentialDemoted,
-                            credentialVersion: rejected.version,
-                            detail: "the server rejected \(rejected.version) while \(working.version) works: serving on \(working.version), probing \(rejected.version) again with backoff"
-                        )
-                    )
-                )
-                state.expiry.setItems(
-                    working.expiresAt.map { [.init(name: "credential \(working.username) version \(working.version)", expiresAt: $0)] } ?? [],
-                    group: "credential"
-                )
-                effects += self.expiryEffects(&state)
-                effects += self.translate(state.pool.targetVersionChanged(working.version, now: .now()), state: &state)
-            case .previousDiscarded(let credentials):
-                effects.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
+            case .grantLease(let leaseID, let id):
+                let continuation = state.waiters.removeValue(forKey: leaseID)
+                let connection = state.connections[id]
+                assert(continuation != nil && connection != nil, "lease \(leaseID) granted connection \(id), which the client does not hold")
+                guard let continuation else { continue }
+                guard let connection else {
+                    effects.append(.resume(continuation, .failure(RedisError(code: .connectionClosed, message: "the pooled connection closed as it was leased"))))
+                    continue
+                }
+                effects.append(.resume(continuation, .success(Lease(id: id, connection: connection))))
+            case .failLease(let leaseID, let failure):
+                guard let continuation = state.waiters.removeValue(forKey: leaseID) else {
+                    assertionFailure("lease \(leaseID) failed, which has no waiter")
+                    continue
+                }
+                switch failure {
+                case .cancelled: effects.append(.resume(continuation, .failure(CancellationError())))
+                case .error(let error): effects.append(.resume(continuation, .failure(error)))
+                }
+            case .event(let event):
+                effects.append(.event(event))
+            case .recordConnectionGauges(let versions, let generations, let sequence):
+                effects.append(.recordConnectionGauges(versions: versions, generations: generations, sequence: sequence))
+            case .recordExpiryGauges(let gauges):
+                effects.append(.recordExpiryGauges(gauges))
             case .scheduleTimer(let deadline):
-                effects += Self.requestTimer(.credentials, at: deadline, state: &state)
+                state.timerGeneration += 1
+                if let old = state.timer.take() { effects.append(.cancelScheduled(old)) }
+                effects.append(.scheduleTimer(deadline, generation: state.timerGeneration))
+            case .cancelTimer:
+                state.timerGeneration += 1
+                if let old = state.timer.take() { effects.append(.cancelScheduled(old)) }
             }
         }
         return effects
-    }
-
-    /// The connection gauges to record, when the counts changed since the last time (metric objects are
-    /// touched outside the lock, and not at all on the many leases that change nothing).
-    /// Only what is in use is kept, so that a process that rotates for months does not grow; the
-    /// recording (outside the lock) sets a version or generation that left to 0 once.
-    private func gaugeUpdates(_ state: inout State) -> [Effect] {
-        let versions = state.pool.connectionsByVersion
-        let generations = state.pool.connectionsByGeneration
-        guard versions != state.recordedVersionCounts || generations != state.recordedGenerationCounts else { return [] }
-        state.recordedVersionCounts = versions
-        state.recordedGenerationCounts = generations
-        state.gaugeSequence += 1
-        return [.recordConnectionGauges(versions: versions, generations: generations, sequence: state.gaugeSequence)]
     }
 
     // MARK: Effects (outside the lock)
@@ -699,6 +589,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             case .work(let item):
                 self.workContinuation.yield(item)
             case .event(let event):
+                if event.kind == .credentialDemoted {
+                    self.logger.warning(
+                        "current credentials rejected while the previous ones work: serving on the previous ones",
+                        metadata: [LoggingKeys.credentialVersion: "\(event.credentialVersion ?? "")"]
+                    )
+                }
                 self.logger.debug("rotation event", metadata: ["redis_event": "\(event)"])
                 self.eventContinuation.yield(event)
             case .cancelScheduled(let task):
@@ -716,136 +612,44 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     }
                     last = (sequence, versions, generations)
                 }
-            case .recordExpiryGauges(let items):
-                for item in items { self.metrics.secondsUntilExpiry(item: item.name).record(item.seconds) }
-            case .scheduleTimer(let kind, let deadline, let generation):
-                let task = self.timerLoop.scheduleTask(deadline: deadline) { self.timerFired(kind, generation: generation) }
-                // Requests are numbered under the lock in the order they were decided; the newest wins even
-                // when an older one is performed after it.
+            case .recordExpiryGauges(let gauges):
+                for gauge in gauges { self.metrics.secondsUntilExpiry(item: gauge.name).record(gauge.seconds) }
+            case .scheduleTimer(let deadline, let generation):
+                let task = self.timerLoop.scheduleTask(deadline: deadline) {
+                    self.decide { state, moment in state.machine.timerFired(at: moment) }
+                }
+                // The newest request wins even when an older one is performed after it.
                 let obsolete = self.state.withLock { state -> Scheduled<Void>? in
-                    guard state.timerGenerations[kind] == generation else { return task }
-                    defer { state.timers[kind] = task }
-                    return state.timers[kind]
+                    guard state.timerGeneration == generation else { return task }
+                    defer { state.timer = task }
+                    return state.timer
                 }
                 obsolete?.cancel()
             }
         }
     }
 
-    /// Replaces the timer of `kind` with one at `deadline`; the old one is cancelled after the lock.
-    private static func requestTimer(_ kind: TimerKind, at deadline: NIODeadline, state: inout State) -> [Effect] {
-        let generation = (state.timerGenerations[kind] ?? 0) + 1
-        state.timerGenerations[kind] = generation
-        let cancel = state.timers.removeValue(forKey: kind).map { [Effect.cancelScheduled($0)] } ?? []
-        return cancel + [.scheduleTimer(kind, deadline, generation: generation)]
-    }
-
-    private func timerFired(_ kind: TimerKind, generation: UInt64) {
-        let effects = self.state.withLock { state -> [Effect] in
-            guard state.timerGenerations[kind] == generation, state.runState == .running else { return [] }
-            state.timers[kind] = nil
-            switch kind {
-            case .pool: return self.translate(state.pool.timerFired(now: .now()), state: &state)
-            case .credentials: return self.translate(credentials: state.credentials.timerFired(now: .now()), state: &state)
-            case .expiry: return self.expiryEffects(&state)
-            }
-        }
-        self.perform(effects)
-    }
-
     private func sourceReported(_ report: CredentialSourceReport) {
         switch report {
         case .credentials(let credentials):
-            let effects = self.state.withLock { state -> [Effect] in
-                let first = state.credentials.current == nil
-                var effects = self.translate(credentials: state.credentials.sourceReported(credentials, now: .now()), state: &state)
-                if first {
-                    effects += self.translate(state.pool.targetVersionChanged(credentials.version, now: .now()), state: &state)
-                    if let expiresAt = credentials.expiresAt {
-                        state.expiry.setItems(
-                            [.init(name: "credential \(credentials.username) version \(credentials.version)", expiresAt: expiresAt)],
-                            group: "credential"
-                        )
-                        effects += self.expiryEffects(&state)
-                    }
-                }
-                return effects
-            }
-            self.perform(effects)
+            self.decide { state, moment in state.machine.sourceReported(credentials, at: moment) }
         case .rejected(let reason):
             self.logger.warning("credential source rejected", metadata: [LoggingKeys.error: "\(reason)"])
-            self.perform([.event(RedisRotationEvent(kind: .credentialSourceRejected, detail: reason))])
+            self.decide { state, _ in state.machine.sourceRejected(reason: reason) }
         }
     }
-
-    // MARK: TLS reload and expiry
 
     private func tlsReported(_ report: TLSMaterialReport) {
         switch report {
         case .accepted(let context):
-            let effects = self.state.withLock { state -> [Effect] in
+            self.decide { state, moment in
                 state.tlsContext = context
-                state.rolling = true
-                Self.watchExpiry(of: context, in: &state.expiry)
-                let leaf = context.clientCertificateChain.first.map { ", client certificate \($0.subject) valid until \($0.notAfter)" } ?? ""
-                var effects: [Effect] = [
-                    .event(RedisRotationEvent(kind: .tlsMaterialReloaded, detail: "TLS generation \(context.generation), \(context.trustAnchors.count) trust anchors\(leaf)"))
-                ]
-                effects += self.translate(
-                    state.pool.tlsGenerationChanged(
-                        context.generation,
-                        window: TimeAmount(self.configuration.tls?.rolloverWindow ?? .seconds(60)),
-                        now: .now(),
-                        random: Double.random(in: 0..<1)
-                    ),
-                    state: &state
-                )
-                return effects + self.expiryEffects(&state)
+                return state.machine.tlsMaterialAccepted(Self.material(of: context), at: moment)
             }
-            self.perform(effects)
         case .rejected(let error):
             self.logger.warning("TLS material rejected", metadata: [LoggingKeys.error: "\(error)"])
-            self.perform([.event(RedisRotationEvent(kind: .tlsMaterialRejected, detail: "\(error.code): \(error.message)"))])
+            self.decide { state, _ in state.machine.tlsMaterialRejected(error) }
         }
-    }
-
-    /// When a connection must be replaced at the latest: shortly before its client certificate or the
-    /// server's certificate expires.
-    private func replacementDeadline(for connection: RedisConnection, context: RedisTLSContext?) -> NIODeadline? {
-        let expiries = [context?.clientCertificateChain.first?.notAfter, connection.tlsInfo?.peerCertificate?.notAfter].compactMap { $0 }
-        guard let earliest = expiries.min() else { return nil }
-        let margin = TimeInterval(TimeAmount(self.configuration.expiry.replaceConnectionsBeforeCertificateExpiry).nanoseconds) / 1e9
-        let seconds = earliest.timeIntervalSinceNow - margin
-        // Already within the margin: a replacement would get the same certificates (until a reload or a
-        // server change brings new ones), so replacing now would only loop. The expiry warning says so.
-        guard seconds > 0 else { return nil }
-        return .now() + .nanoseconds(Int64(min(seconds, 10 * 365 * 86400) * 1e9))
-    }
-
-    /// Warnings due now, the gauges of time left, and the next check (at most an hour away).
-    private func expiryEffects(_ state: inout State) -> [Effect] {
-        let now = Date()
-        let (warnings, next) = state.expiry.evaluate(at: now)
-        let remaining = state.expiry.remaining(at: now).map { (name: $0.item.name, seconds: $0.seconds) }
-        var effects: [Effect] = [.recordExpiryGauges(remaining)]
-        effects += warnings.map { warning in
-            let days = (warning.remaining / 86400 * 10).rounded() / 10
-            let detail = warning.remaining <= 0
-                ? "\(warning.item.name) expired at \(warning.item.expiresAt)"
-                : "\(warning.item.name) expires at \(warning.item.expiresAt), in \(days) days"
-            return .event(RedisRotationEvent(kind: .expiryWarning, detail: detail))
-        }
-        let wait = min(next.map { max(0, $0.timeIntervalSince(now)) } ?? 3600, 3600)
-        effects += Self.requestTimer(.expiry, at: .now() + .nanoseconds(Int64(wait * 1e9) + 1_000_000), state: &state)
-        return effects
-    }
-
-    private func evaluateExpiry() {
-        let effects = self.state.withLock { state -> [Effect] in
-            guard state.runState == .running else { return [] }
-            return self.expiryEffects(&state)
-        }
-        self.perform(effects)
     }
 
     // MARK: Work
@@ -859,38 +663,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 try await connection.authenticate(as: credentials, name: self.configuration.connectionName(version: credentials.version))
                 self.metrics.reauthentications.increment()
                 self.counters.reauthentications.add(1, ordering: .relaxed)
-                self.perform([.event(RedisRotationEvent(kind: .connectionReauthenticated, credentialVersion: credentials.version, connectionID: id))])
-                self.decide { state in
-                    self.translate(state.pool.reauthenticated(id, version: credentials.version, now: .now()), state: &state)
-                }
+                self.decide { state, moment in state.machine.reauthenticated(id, credentials: credentials, at: moment) }
             } catch {
                 self.logger.debug("re-authentication failed", metadata: [LoggingKeys.error: "\(error)"])
                 let rejected = (error as? RedisError)?.code == .authenticationFailed
-                self.decide { state in
-                    var effects: [Effect] = []
-                    var demoted = false
-                    if rejected {
-                        effects.append(
-                            .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: credentials.version, detail: "WRONGPASS when re-authenticating connection \(id)"))
-                        )
-                        // The connection is still authenticated as before; if that is the previous version, the
-                        // rejected one is demoted and the connection serves on.
-                        let demotion = state.credentials.reauthenticationRejected(
-                            credentials,
-                            keptVersion: state.pool.slots[id]?.version,
-                            now: .now(),
-                            random: Double.random(in: 0..<1)
-                        )
-                        effects += self.translate(credentials: demotion, state: &state)
-                        // Whoever demoted (this rejection or one just before it), a connection already on the
-                        // working version serves on.
-                        demoted = state.pool.slots[id]?.version == state.pool.targetVersion
-                    }
-                    return effects
-                        + self.translate(
-                            state.pool.reauthenticationFailed(id, keepConnection: demoted, now: .now(), random: Double.random(in: 0..<1)),
-                            state: &state
-                        )
+                self.decide { state, moment in
+                    state.machine.reauthenticationFailed(id, credentials: credentials, rejected: rejected, at: moment)
                 }
             }
         case .close(let id, let connection):
@@ -904,75 +682,58 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case .healthCheck(let id, let connection):
             let healthy = (try? await connection.ping()) != nil
             if !healthy { self.logger.debug("health check failed", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
-            self.release(Lease(id: id, connection: connection), reusable: healthy)
+            self.decide { state, moment in state.machine.connectionReleased(id, reusable: healthy, at: moment) }
         case .restore(let id, let connection):
             let restored = await connection.restore(timeout: self.configuration.commandTimeout)
             if !restored { self.logger.debug("restoring a connection failed: closing it", metadata: [LoggingKeys.connectionID: "\(connection.id)"]) }
-            self.release(Lease(id: id, connection: connection), reusable: restored)
+            self.decide { state, moment in state.machine.connectionReleased(id, reusable: restored, at: moment) }
         }
     }
 
     private func connect(_ id: PoolStateMachine.ConnectionID) async {
-        let (candidates, tlsContext) = self.state.withLock { ($0.credentials.candidates, $0.tlsContext) }
+        let tlsContext = self.state.withLock { $0.tlsContext }
         let started = ContinuousClock.now
-        var rejected: [String] = []
-        var rejectedCredentials: [RedisCredentials] = []
+        var rejected: [RedisCredentials] = []
         var failure: RedisError?
-        for candidate in candidates {
+        // Each candidate once; the bound only guards against a source that changes without end.
+        while rejected.count < 8, let candidate = self.state.withLock({ $0.machine.nextCandidate(after: rejected) }) {
             do {
-                let connection = try await RedisConnection.connect(
-                    configuration: self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext),
-                    eventLoopGroup: self.eventLoopGroup,
-                    logger: self.logger
+                let connection = try await self.connectionFactory(
+                    self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext),
+                    self.logger
                 )
                 self.metrics.handshake.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
                 self.metrics.connects.increment()
                 self.counters.connectionsOpened.add(1, ordering: .relaxed)
-                let effects = self.state.withLock { state -> [Effect] in
-                    guard state.runState == .running else { return [] }
-                    state.connections[id] = connection
-                    state.lastConnectError = nil
-                    let promoted = state.credentials.connectionAuthenticated(
-                        with: candidate,
-                        rejected: rejectedCredentials,
-                        now: .now(),
-                        random: Double.random(in: 0..<1)
+                var refused = false
+                self.decide { state, moment in
+                    let establishment = state.machine.connectionEstablished(
+                        id,
+                        credentials: candidate,
+                        rejected: rejected,
+                        generation: connection.tlsInfo?.contextGeneration,
+                        peerCertificate: connection.tlsInfo?.peerCertificate,
+                        clientCertificate: tlsContext?.clientCertificateChain.first,
+                        at: moment
                     )
-                    var effects = self.translate(credentials: promoted, state: &state)
-                    effects += self.translate(
-                        state.pool.connectionEstablished(
-                            id,
-                            version: candidate.version,
-                            generation: connection.tlsInfo?.contextGeneration,
-                            replaceBy: self.replacementDeadline(for: connection, context: tlsContext),
-                            now: .now(),
-                            random: Double.random(in: 0..<1)
-                        ),
-                        state: &state
-                    )
-                    if let peer = connection.tlsInfo?.peerCertificate {
-                        state.expiry.setItems(
-                            [.init(name: "server certificate \(peer.subject)", expiresAt: peer.notAfter)],
-                            // One group for the server: a certificate replaced by one with another subject
-                            // stops being watched (and warned about) instead of staying forever.
-                            group: "server certificate"
-                        )
-                        effects += self.expiryEffects(&state)
+                    switch establishment {
+                    case .adopted(let actions):
+                        state.connections[id] = connection
+                        return actions
+                    case .refused:
+                        refused = true
+                        return []
                     }
-                    return effects
                 }
-                if effects.isEmpty && self.state.withLock({ $0.runState != .running }) {
+                if refused {
                     await connection.close()
-                    return
+                } else {
+                    self.perform([.work(.watch(id, connection))])
                 }
-                self.perform(effects + [.work(.watch(id, connection))])
                 return
             } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
-                rejected.append(candidate.version)
-                rejectedCredentials.append(candidate)
-                self.perform([
-                    .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: candidate.version, detail: "WRONGPASS when opening connection \(id)"))
-                ])
+                rejected.append(candidate)
+                self.decide { state, _ in state.machine.connectAttemptRejected(id, credentials: candidate) }
             } catch let error as RedisError {
                 failure = error
                 break
@@ -983,59 +744,70 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
         let error = failure ?? RedisError(
             code: .credentialsRejected,
-            message: candidates.isEmpty
+            message: rejected.isEmpty
                 ? "no credentials yet: the credential source has not delivered any"
-                : "all \(candidates.count) candidate credential\(candidates.count == 1 ? "" : "s") for user \(candidates[0].username) were rejected; versions tried: \(rejected.joined(separator: ", "))"
+                : "all \(rejected.count) candidate credential\(rejected.count == 1 ? "" : "s") for user \(rejected[0].username) were rejected; versions tried: \(rejected.map(\.version).joined(separator: ", "))"
         )
         self.logger.debug("connect failed", metadata: [LoggingKeys.error: "\(error)"])
-        let effects = self.state.withLock { state -> [Effect] in
-            state.lastConnectError = error
-            return self.translate(state.pool.connectionFailed(id, error: error, now: .now(), random: Double.random(in: 0..<1)), state: &state)
-        }
-        self.perform(effects)
+        self.decide { state, moment in state.machine.connectionFailed(id, error: error, at: moment) }
     }
 
     private func connectionGone(_ id: PoolStateMachine.ConnectionID) {
-        let effects = self.state.withLock { state -> [Effect] in
-            // Reported twice (the close and the watch both end): the pool ignores the second report.
-            let wasOpen = state.connections.removeValue(forKey: id) != nil
-            let reason = state.closingByPool.remove(id) != nil ? "closed by the pool" : "closed by the server or the network"
-            var effects = self.translate(state.pool.connectionClosed(id, now: .now()), state: &state)
-            if state.runState == .running && wasOpen {
-                effects.append(.event(RedisRotationEvent(kind: .connectionReplaced, connectionID: id, detail: reason)))
-            }
-            return effects
+        self.decide { state, moment in
+            // Reported twice (the close and the watch both end): the machine ignores the second report.
+            state.connections[id] = nil
+            return state.machine.connectionClosed(id, at: moment)
         }
-        self.perform(effects)
     }
 
     private func probe(_ credentials: RedisCredentials) async {
         let result: CredentialStateMachine.ProbeResult
         do {
-            let connection = try await RedisConnection.connect(
-                configuration: self.configuration.connectionConfiguration(
+            let connection = try await self.connectionFactory(
+                self.configuration.connectionConfiguration(
                     for: credentials,
                     tlsContext: self.state.withLock { $0.tlsContext },
                     suffix: "-probe"
                 ),
-                eventLoopGroup: self.eventLoopGroup,
-                logger: self.logger
+                self.logger
             )
             await connection.close()
             result = .accepted
-            self.perform([.event(RedisRotationEvent(kind: .probeSucceeded, credentialVersion: credentials.version))])
         } catch let error as RedisError where error.code == .authenticationFailed {
             result = .rejected
         } catch {
             result = .inconclusive
         }
-        let effects = self.state.withLock { state in
-            self.translate(
-                credentials: state.credentials.probeCompleted(credentials, result: result, now: .now(), random: Double.random(in: 0..<1)),
-                state: &state
-            )
-        }
-        self.perform(effects)
+        self.decide { state, moment in state.machine.probeCompleted(credentials, result: result, at: moment) }
+    }
+}
+
+extension RedisClientConfiguration {
+    /// The decision parameters of a client with this configuration.
+    var machineConfiguration: ClientStateMachine.Configuration {
+        var pool = PoolStateMachine.Configuration()
+        pool.minimumConnections = self.pool.minimumConnections
+        pool.maximumConnections = self.pool.maximumConnections
+        pool.maximumConcurrentHandshakes = self.pool.maximumConcurrentHandshakes
+        pool.idleTimeout = TimeAmount(self.pool.idleTimeout)
+        pool.maximumConnectionAge = self.pool.maximumConnectionAge.map { TimeAmount($0) }
+        pool.maximumAgeJitter = self.pool.maximumConnectionAgeJitter
+        pool.healthCheckInterval = self.pool.healthCheckInterval.map { TimeAmount($0) }
+        // A handshake past half its deadline while commands wait is most likely hung (the server accepted
+        // and went silent); waiting the other half before the next attempt would only add to the outage.
+        pool.handshakeHedgeDelay = max(TimeAmount(self.handshakeTimeout / 2), .milliseconds(100))
+        pool.connectBackoff = Backoff(base: TimeAmount(self.pool.reconnectBackoffBase), cap: TimeAmount(self.pool.reconnectBackoffCap))
+        var credentials = CredentialStateMachine.Configuration()
+        credentials.probeBackoff = Backoff(base: TimeAmount(self.rotation.probeBackoffBase), cap: TimeAmount(self.rotation.probeBackoffCap))
+        credentials.maximumProbeAttempts = self.rotation.maximumProbeAttempts
+        credentials.previousGracePeriod = TimeAmount(self.rotation.previousGracePeriod)
+        return ClientStateMachine.Configuration(
+            pool: pool,
+            credentials: credentials,
+            expiryThresholds: self.expiry.warningThresholds.map { TimeInterval(TimeAmount($0).nanoseconds) / 1e9 },
+            tlsRolloverWindow: TimeAmount(self.tls?.rolloverWindow ?? .seconds(60)),
+            replaceBeforeCertificateExpiry: TimeInterval(TimeAmount(self.expiry.replaceConnectionsBeforeCertificateExpiry).nanoseconds) / 1e9
+        )
     }
 }
 
