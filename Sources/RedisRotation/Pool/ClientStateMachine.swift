@@ -28,7 +28,8 @@ struct ClientStateMachine {
     typealias ConnectionID = PoolStateMachine.ConnectionID
     typealias LeaseID = PoolStateMachine.LeaseID
 
-    /// The time of an event and a random draw for jitter, supplied by the caller.
+    /// The time of an event and a random draw for jitter, supplied by the caller. Events the machine
+    /// emits carry its wall-clock time.
     struct Moment: Hashable {
         /// The monotonic clock, for deadlines and timers.
         var now: NIODeadline
@@ -183,12 +184,12 @@ struct ClientStateMachine {
 
     /// Stop: fail every waiting lease, close idle connections (leased and opening ones close when they
     /// come back), cancel the timer. Later lease requests fail with `clientShutdown`.
-    mutating func shutdown() -> [Action] {
+    mutating func shutdown(at moment: Moment) -> [Action] {
         guard self.runState != .stopped else { return [] }
         self.runState = .stopped
         self.timers.removeAll()
         self.scheduledTimer = nil
-        return [.cancelTimer] + self.handle(self.pool.shutdown(), at: nil)
+        return [.cancelTimer] + self.handle(self.pool.shutdown(), at: moment)
     }
 
     // MARK: Credentials and TLS material
@@ -208,8 +209,8 @@ struct ClientStateMachine {
     }
 
     /// The credential source could not deliver (an empty file, a provider error); nothing changes.
-    func sourceRejected(reason: String) -> [Action] {
-        [.event(RedisRotationEvent(kind: .credentialSourceRejected, detail: reason))]
+    func sourceRejected(reason: String, at moment: Moment) -> [Action] {
+        [.event(RedisRotationEvent(kind: .credentialSourceRejected, date: moment.date, detail: reason))]
     }
 
     /// A reload, or an application's request: probe a pending credential again at once.
@@ -221,7 +222,7 @@ struct ClientStateMachine {
     mutating func probeCompleted(_ credentials: RedisCredentials, result: CredentialStateMachine.ProbeResult, at moment: Moment) -> [Action] {
         var actions: [Action] = []
         if result == .accepted {
-            actions.append(.event(RedisRotationEvent(kind: .probeSucceeded, credentialVersion: credentials.version)))
+            actions.append(.event(RedisRotationEvent(kind: .probeSucceeded, date: moment.date, credentialVersion: credentials.version)))
         }
         actions += self.handle(
             self.credentials.probeCompleted(credentials, result: result, now: moment.now, random: moment.random),
@@ -241,6 +242,7 @@ struct ClientStateMachine {
             .event(
                 RedisRotationEvent(
                     kind: .tlsMaterialReloaded,
+                    date: moment.date,
                     detail: "TLS generation \(material.generation), \(material.trustAnchors.count) trust anchors\(leaf)"
                 )
             )
@@ -254,8 +256,8 @@ struct ClientStateMachine {
     }
 
     /// New TLS material was refused (unreadable, mismatched key, expired); the old stays in use.
-    func tlsMaterialRejected(_ error: RedisError) -> [Action] {
-        [.event(RedisRotationEvent(kind: .tlsMaterialRejected, detail: "\(error.code): \(error.message)"))]
+    func tlsMaterialRejected(_ error: RedisError, at moment: Moment) -> [Action] {
+        [.event(RedisRotationEvent(kind: .tlsMaterialRejected, date: moment.date, detail: "\(error.code): \(error.message)"))]
     }
 
     // MARK: Leases
@@ -318,8 +320,8 @@ struct ClientStateMachine {
 
     /// The server rejected `credentials` (`WRONGPASS`) while connection `id` was opening; it tries the
     /// next candidate.
-    func connectAttemptRejected(_ id: ConnectionID, credentials: RedisCredentials) -> [Action] {
-        [.event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: credentials.version, detail: "WRONGPASS when opening connection \(id)"))]
+    func connectAttemptRejected(_ id: ConnectionID, credentials: RedisCredentials, at moment: Moment) -> [Action] {
+        [.event(RedisRotationEvent(kind: .credentialRejected, date: moment.date, credentialVersion: credentials.version, detail: "WRONGPASS when opening connection \(id)"))]
     }
 
     /// Connection `id` authenticated with `credentials` after the server rejected `rejected` in the
@@ -340,6 +342,11 @@ struct ClientStateMachine {
     ) -> Establishment {
         guard self.runState == .running else { return .refused }
         self.established.insert(id)
+        guard self.pool.slots[id]?.state == .connecting else {
+            // Not a handshake the pool is waiting for (it never is, today): close it rather than leak it.
+            self.closingByPool.insert(id)
+            return .adopted([.closeConnection(id)])
+        }
         self.lastConnectError = nil
         var actions = self.handle(
             self.credentials.connectionAuthenticated(with: credentials, rejected: rejected, now: moment.now, random: moment.random),
@@ -381,7 +388,7 @@ struct ClientStateMachine {
         let reason = self.closingByPool.remove(id) != nil ? "closed by the pool" : "closed by the server or the network"
         var actions = self.handle(self.pool.connectionClosed(id, now: moment.now), at: moment)
         if self.runState == .running && wasOpen {
-            actions.append(.event(RedisRotationEvent(kind: .connectionReplaced, connectionID: id, detail: reason)))
+            actions.append(.event(RedisRotationEvent(kind: .connectionReplaced, date: moment.date, connectionID: id, detail: reason)))
         }
         return self.withTimer(actions)
     }
@@ -389,7 +396,7 @@ struct ClientStateMachine {
     /// Connection `id` switched to `credentials` in place.
     mutating func reauthenticated(_ id: ConnectionID, credentials: RedisCredentials, at moment: Moment) -> [Action] {
         var actions: [Action] = [
-            .event(RedisRotationEvent(kind: .connectionReauthenticated, credentialVersion: credentials.version, connectionID: id))
+            .event(RedisRotationEvent(kind: .connectionReauthenticated, date: moment.date, credentialVersion: credentials.version, connectionID: id))
         ]
         actions += self.handle(self.pool.reauthenticated(id, version: credentials.version, now: moment.now), at: moment)
         return self.withTimer(actions)
@@ -402,7 +409,7 @@ struct ClientStateMachine {
         var demoted = false
         if rejected {
             actions.append(
-                .event(RedisRotationEvent(kind: .credentialRejected, credentialVersion: credentials.version, detail: "WRONGPASS when re-authenticating connection \(id)"))
+                .event(RedisRotationEvent(kind: .credentialRejected, date: moment.date, credentialVersion: credentials.version, detail: "WRONGPASS when re-authenticating connection \(id)"))
             )
             // The connection is still authenticated as before; if that is the previous version, the
             // rejected one is demoted and the connection serves on.
@@ -445,8 +452,7 @@ struct ClientStateMachine {
 
     // MARK: Translating the parts' decisions
 
-    /// `moment` is nil only at shutdown, where nothing that needs the time follows.
-    private mutating func handle(_ actions: [PoolStateMachine.Action], at moment: Moment?) -> [Action] {
+    private mutating func handle(_ actions: [PoolStateMachine.Action], at moment: Moment) -> [Action] {
         var result: [Action] = []
         for action in actions {
             switch action {
@@ -455,15 +461,13 @@ struct ClientStateMachine {
             case .lease(let id, let leaseID):
                 guard case .waiting(let deadline) = self.leaseRequests[leaseID] else {
                     // The waiter left; give the connection back.
-                    if let moment { result += self.handle(self.pool.connectionReleased(id, reusable: true, now: moment.now), at: moment) }
+                    result += self.handle(self.pool.connectionReleased(id, reusable: true, now: moment.now), at: moment)
                     continue
                 }
                 guard self.established.contains(id) else {
                     // The pool still had a connection that is gone: drop it; the waiter waits on.
-                    if let moment {
-                        result += self.handle(self.pool.connectionReleased(id, reusable: false, now: moment.now), at: moment)
-                        result += self.handle(self.pool.leaseRequested(leaseID, deadline: deadline, now: moment.now), at: moment)
-                    }
+                    result += self.handle(self.pool.connectionReleased(id, reusable: false, now: moment.now), at: moment)
+                    result += self.handle(self.pool.leaseRequested(leaseID, deadline: deadline, now: moment.now), at: moment)
                     continue
                 }
                 self.leaseRequests[leaseID] = nil
@@ -476,10 +480,8 @@ struct ClientStateMachine {
                 }
                 result.append(.failLease(leaseID, .error(error)))
             case .reauthenticate(let id):
-                guard self.established.contains(id), let credentials = self.credentials.current, moment != nil else {
-                    if let moment {
-                        result += self.handle(self.pool.reauthenticationFailed(id, now: moment.now, random: moment.random), at: moment)
-                    }
+                guard self.established.contains(id), let credentials = self.credentials.current else {
+                    result += self.handle(self.pool.reauthenticationFailed(id, now: moment.now, random: moment.random), at: moment)
                     continue
                 }
                 result.append(.reauthenticate(id, credentials))
@@ -488,7 +490,7 @@ struct ClientStateMachine {
             case .healthCheck(let id):
                 if self.established.contains(id) {
                     result.append(.healthCheck(id))
-                } else if let moment {
+                } else {
                     result += self.handle(self.pool.connectionReleased(id, reusable: false, now: moment.now), at: moment)
                 }
             case .scheduleTimer(let deadline):
@@ -498,7 +500,7 @@ struct ClientStateMachine {
         result += self.gaugeUpdates()
         if self.rolling, let target = self.tlsGeneration, self.pool.connectionsByGeneration.keys.allSatisfy({ $0 == target }) {
             self.rolling = false
-            result.append(.event(RedisRotationEvent(kind: .tlsGenerationRolled, detail: "every connection uses TLS generation \(target)")))
+            result.append(.event(RedisRotationEvent(kind: .tlsGenerationRolled, date: moment.date, detail: "every connection uses TLS generation \(target)")))
         }
         return result
     }
@@ -510,22 +512,23 @@ struct ClientStateMachine {
             case .startProbe(let credentials):
                 result.append(.probe(credentials))
             case .pendingChanged(let credentials):
-                result.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, credentialVersion: credentials.version)))
+                result.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, date: moment.date, credentialVersion: credentials.version)))
                 result += self.handle(self.pool.candidatesChanged(now: moment.now), at: moment)
             case .promoted(let old, let new):
                 self.watchExpiry(of: new)
                 result += self.expiryActions(at: moment)
-                result.append(.event(RedisRotationEvent(kind: .promoted, credentialVersion: new.version, detail: "previous version: \(old?.version ?? "none")")))
+                result.append(.event(RedisRotationEvent(kind: .promoted, date: moment.date, credentialVersion: new.version, detail: "previous version: \(old?.version ?? "none")")))
                 result += self.handle(self.pool.targetVersionChanged(new.version, now: moment.now), at: moment)
             case .probeFailed(let credentials, let rejected, let retryAt):
                 let when = retryAt.map { "retrying in \(($0 - moment.now).nanoseconds / 1_000_000) ms" } ?? "giving up until the source changes or a reload"
                 let why = rejected ? "the server rejected the credentials (WRONGPASS)" : "the probe could not connect"
-                result.append(.event(RedisRotationEvent(kind: .probeFailed, credentialVersion: credentials.version, detail: "\(why); \(when)")))
+                result.append(.event(RedisRotationEvent(kind: .probeFailed, date: moment.date, credentialVersion: credentials.version, detail: "\(why); \(when)")))
             case .demoted(let rejected, let working):
                 result.append(
                     .event(
                         RedisRotationEvent(
                             kind: .credentialDemoted,
+                            date: moment.date,
                             credentialVersion: rejected.version,
                             detail: "the server rejected \(rejected.version) while \(working.version) works: serving on \(working.version), probing \(rejected.version) again with backoff"
                         )
@@ -535,7 +538,7 @@ struct ClientStateMachine {
                 result += self.expiryActions(at: moment)
                 result += self.handle(self.pool.targetVersionChanged(working.version, now: moment.now), at: moment)
             case .previousDiscarded(let credentials):
-                result.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, credentialVersion: credentials.version)))
+                result.append(.event(RedisRotationEvent(kind: .previousCredentialDiscarded, date: moment.date, credentialVersion: credentials.version)))
             case .scheduleTimer(let deadline):
                 self.timers[.credentials] = deadline
             }
@@ -597,7 +600,7 @@ struct ClientStateMachine {
             let detail = warning.remaining <= 0
                 ? "\(warning.item.name) expired at \(warning.item.expiresAt)"
                 : "\(warning.item.name) expires at \(warning.item.expiresAt), in \(days) days"
-            return .event(RedisRotationEvent(kind: .expiryWarning, detail: detail))
+            return .event(RedisRotationEvent(kind: .expiryWarning, date: moment.date, detail: detail))
         }
         let wait = min(next.map { max(0, $0.timeIntervalSince(moment.date)) } ?? 3600, 3600)
         self.timers[.expiry] = moment.now + .nanoseconds(Int64(wait * 1e9) + 1_000_000)

@@ -224,9 +224,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     private func shutdown() async {
         var connections: [RedisConnection] = []
-        self.decide { state, _ in
+        self.decide { state, moment in
             connections = Array(state.connections.values)
-            return state.machine.shutdown()
+            return state.machine.shutdown(at: moment)
         }
         // Every connection closes now: leased ones fail their commands with connectionClosed.
         for connection in connections { await connection.close() }
@@ -635,7 +635,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             self.decide { state, moment in state.machine.sourceReported(credentials, at: moment) }
         case .rejected(let reason):
             self.logger.warning("credential source rejected", metadata: [LoggingKeys.error: "\(reason)"])
-            self.decide { state, _ in state.machine.sourceRejected(reason: reason) }
+            self.decide { state, moment in state.machine.sourceRejected(reason: reason, at: moment) }
         }
     }
 
@@ -648,7 +648,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             }
         case .rejected(let error):
             self.logger.warning("TLS material rejected", metadata: [LoggingKeys.error: "\(error)"])
-            self.decide { state, _ in state.machine.tlsMaterialRejected(error) }
+            self.decide { state, moment in state.machine.tlsMaterialRejected(error, at: moment) }
         }
     }
 
@@ -733,7 +733,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 return
             } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
                 rejected.append(candidate)
-                self.decide { state, _ in state.machine.connectAttemptRejected(id, credentials: candidate) }
+                self.decide { state, moment in state.machine.connectAttemptRejected(id, credentials: candidate, at: moment) }
             } catch let error as RedisError {
                 failure = error
                 break
