@@ -153,6 +153,23 @@ struct ClientStateMachineTests {
         #expect(machine.nextCandidate(after: [self.v1]) == self.v2)
     }
 
+    @Test("a lease before the source delivered any credentials waits for them; the connection opens when they arrive")
+    func leaseBeforeFirstCredentials() {
+        var configuration = Machine.Configuration()
+        configuration.pool.minimumConnections = 0
+        configuration.pool.maximumConnections = 1
+        configuration.pool.handshakeHedgeDelay = nil
+        configuration.pool.maximumConnectionAge = nil
+        var machine = Machine(configuration: configuration, tls: nil)
+        #expect(machine.start(at: self.at()) == [.recordExpiryGauges([]), .scheduleTimer(self.expiryCheck)])
+        let lease = machine.registerLease()
+        // The pool counts the connection as opening; nothing is dialled without credentials.
+        #expect(machine.leaseWaiting(lease, deadline: self.t0 + .seconds(5), at: self.at()) == [.scheduleTimer(self.t0 + .seconds(5))])
+        #expect(machine.nextCandidate(after: []) == nil)
+        #expect(machine.sourceReported(self.v1, at: self.at(.milliseconds(300))) == [.connect(0)])
+        #expect(self.establish(&machine, 0, at: self.at(.milliseconds(310))) == [.grantLease(lease, 0), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 1)])
+    }
+
     @Test("a connection established after the client stopped is refused (closed by the shell, never the pool's)")
     func refusedAfterShutdown() {
         var machine = self.machine()
@@ -277,18 +294,6 @@ struct ClientStateMachineTests {
 
     // MARK: Random interleavings against a model of the shell
 
-    /// A seeded generator (SplitMix64), so every failing sequence can be replayed.
-    struct SeededRandom: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// What the shell would hold, and the checks of every action against it.
     struct Shell {
         var established: Set<Int> = []
@@ -360,7 +365,7 @@ struct ClientStateMachineTests {
     /// Drives one machine with 300 random events, then lets time run out and finishes all work: every
     /// lease must have ended.
     func run(seed: UInt64) -> [String] {
-        var random = SeededRandom(state: seed)
+        var random = SplitMix64(seed: seed)
         var machine = self.machine(maximum: 3)
         var shell = Shell()
         var elapsed = TimeAmount.zero

@@ -127,7 +127,7 @@ public final class RedisConnection: Sendable {
         // The initializer hands its handlers out through this box: when the channel fails early (a TLS
         // handshake refused at once), the handlers are already gone from the pipeline, but their
         // recorded failure is what `connect` must report.
-        let handlers = Lock<(command: NIOLoopBound<RedisCommandHandler>?, tls: NIOLoopBound<TLSClientHandler>?)>((nil, nil))
+        let handlers = Lock<Handlers?>(nil)
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)
@@ -135,24 +135,8 @@ public final class RedisConnection: Sendable {
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let operations = channel.pipeline.syncOperations
-                        var tlsHandler: TLSClientHandler?
-                        if let tls = configuration.tls {
-                            let handler = TLSClientHandler(
-                                context: tls.context,
-                                serverName: configuration.tlsServerName,
-                                sessionKey: "\(configuration.tlsServerName)@\(configuration.host):\(configuration.port)",
-                                handshakeTimeout: TimeAmount(configuration.handshakeTimeout)
-                            )
-                            try operations.addHandler(handler)
-                            tlsHandler = handler
-                        }
-                        let commandHandler = RedisCommandHandler(logger: logger)
-                        try operations.addHandlers([RESPDecoderHandler(limits: configuration.readerLimits), commandHandler])
-                        let loop = channel.eventLoop
-                        handlers.withLock {
-                            $0 = (NIOLoopBound(commandHandler, eventLoop: loop), tlsHandler.map { NIOLoopBound($0, eventLoop: loop) })
-                        }
+                        let installed = try Self.installHandlers(on: channel, configuration: configuration, logger: logger)
+                        handlers.withLock { $0 = installed }
                     }
                 }
                 .connect(host: configuration.host, port: configuration.port)
@@ -177,12 +161,70 @@ public final class RedisConnection: Sendable {
                 underlying: error
             )
         }
-
-        let (commandHandler, tlsHandler) = handlers.withLock { $0 }
-        guard let handler = commandHandler else {
+        guard let installed = handlers.withLock({ $0 }) else {
             preconditionFailure("the channel initializer ran without installing the command handler")
         }
+        return try await Self.establish(id: id, channel: channel, handlers: installed, configuration: configuration, logger: logger)
+    }
 
+    /// Sets a connection up over `channel`, which is already connected (in tests, a channel whose
+    /// other end is a fake server): installs the handlers and runs the handshake, as ``connect(configuration:eventLoopGroup:logger:)`` does.
+    static func connect(
+        over channel: any Channel,
+        configuration: RedisConnectionConfiguration,
+        logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) async throws -> RedisConnection {
+        try configuration.validate()
+        let id = Self.nextConnectionID.add(1, ordering: .relaxed).newValue
+        var logger = logger
+        logger[metadataKey: LoggingKeys.connectionID] = "\(id)"
+        let handlers = try await channel.eventLoop.submit { [logger] in
+            try Self.installHandlers(on: channel, configuration: configuration, logger: logger)
+        }.get()
+        return try await Self.establish(id: id, channel: channel, handlers: handlers, configuration: configuration, logger: logger)
+    }
+
+    /// The handlers a connection runs on, bound to its channel's event loop.
+    private struct Handlers: Sendable {
+        var command: NIOLoopBound<RedisCommandHandler>
+        var tls: NIOLoopBound<TLSClientHandler>?
+    }
+
+    /// Adds TLS (when configured), the reply decoder and the command handler to `channel`'s pipeline.
+    /// On the channel's event loop.
+    private static func installHandlers(
+        on channel: any Channel,
+        configuration: RedisConnectionConfiguration,
+        logger: Logger
+    ) throws -> Handlers {
+        let operations = channel.pipeline.syncOperations
+        var tlsHandler: TLSClientHandler?
+        if let tls = configuration.tls {
+            let handler = TLSClientHandler(
+                context: tls.context,
+                serverName: configuration.tlsServerName,
+                sessionKey: "\(configuration.tlsServerName)@\(configuration.host):\(configuration.port)",
+                handshakeTimeout: TimeAmount(configuration.handshakeTimeout)
+            )
+            try operations.addHandler(handler)
+            tlsHandler = handler
+        }
+        let commandHandler = RedisCommandHandler(logger: logger)
+        try operations.addHandlers([RESPDecoderHandler(limits: configuration.readerLimits), commandHandler])
+        let loop = channel.eventLoop
+        return Handlers(command: NIOLoopBound(commandHandler, eventLoop: loop), tls: tlsHandler.map { NIOLoopBound($0, eventLoop: loop) })
+    }
+
+    /// Runs the handshake on a channel with its handlers installed; closes the channel when it fails.
+    private static func establish(
+        id: Int,
+        channel: any Channel,
+        handlers: Handlers,
+        configuration: RedisConnectionConfiguration,
+        logger: Logger
+    ) async throws -> RedisConnection {
+        let handler = handlers.command
+        let tlsHandler = handlers.tls
         do {
             let info = try await Self.handshake(
                 configuration: configuration,

@@ -139,6 +139,9 @@ struct ClientStateMachine {
     /// Connections the pool decided to close (retired, failed, unusable), as opposed to the server.
     private var closingByPool: Set<ConnectionID> = []
     private var lastConnectError: RedisError?
+    /// Connections the pool wants opened before the source delivered any credentials (a provider still
+    /// fetching): opened when the first credentials arrive, so that early commands wait for them.
+    private var connectsAwaitingCredentials: [ConnectionID] = []
     /// The TLS generation new connections use, and whether older ones are still being replaced.
     private(set) var tlsGeneration: UInt64?
     private var rolling = false
@@ -199,6 +202,8 @@ struct ClientStateMachine {
         let first = self.credentials.current == nil
         var actions = self.handle(self.credentials.sourceReported(credentials, now: moment.now), at: moment)
         if first {
+            actions += self.connectsAwaitingCredentials.map { .connect($0) }
+            self.connectsAwaitingCredentials.removeAll()
             actions += self.handle(self.pool.targetVersionChanged(credentials.version, now: moment.now), at: moment)
             if credentials.expiresAt != nil {
                 self.watchExpiry(of: credentials)
@@ -435,7 +440,11 @@ struct ClientStateMachine {
 
     /// The timer fired: whatever is due at `moment` runs (nothing, when the timer was late or replaced).
     mutating func timerFired(at moment: Moment) -> [Action] {
-        guard self.runState == .running else { return [] }
+        guard self.runState == .running else {
+            // Before `run()`: forget the timer, so that `start` asks for the deadlines again.
+            if self.runState == .notStarted { self.scheduledTimer = nil }
+            return []
+        }
         self.scheduledTimer = nil
         var actions: [Action] = []
         for kind in TimerKind.allCases {
@@ -457,7 +466,11 @@ struct ClientStateMachine {
         for action in actions {
             switch action {
             case .createConnection(let id):
-                result.append(.connect(id))
+                if self.credentials.current == nil {
+                    self.connectsAwaitingCredentials.append(id)
+                } else {
+                    result.append(.connect(id))
+                }
             case .lease(let id, let leaseID):
                 guard case .waiting(let deadline) = self.leaseRequests[leaseID] else {
                     // The waiter left; give the connection back.
@@ -510,7 +523,8 @@ struct ClientStateMachine {
         for action in actions {
             switch action {
             case .startProbe(let credentials):
-                result.append(.probe(credentials))
+                // A stopped client opens no connection (the source may report while it shuts down).
+                if self.runState == .running { result.append(.probe(credentials)) }
             case .pendingChanged(let credentials):
                 result.append(.event(RedisRotationEvent(kind: .credentialSourceChanged, date: moment.date, credentialVersion: credentials.version)))
                 result += self.handle(self.pool.candidatesChanged(now: moment.now), at: moment)
@@ -616,5 +630,20 @@ struct ClientStateMachine {
         // server change brings new ones), so replacing now would only loop. The expiry warning says so.
         guard seconds > 0 else { return nil }
         return moment.now + .nanoseconds(Int64(min(seconds, 10 * 365 * 86400) * 1e9))
+    }
+}
+
+/// SplitMix64: a small, fast generator for jitter (not for secrets).
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { self.state = seed }
+
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

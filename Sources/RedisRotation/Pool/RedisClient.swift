@@ -47,7 +47,6 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let initialCredentials: RedisCredentials?
     /// The clock of every decision and the loop of the one timer (a manual one in tests).
     private let timerLoop: any EventLoop
-    private let random: @Sendable () -> Double
     private let connectionFactory: ConnectionFactory
     private let logger: Logger
     private let state: Lock<State>
@@ -70,6 +69,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var timer: Scheduled<Void>?
         /// Numbers timer requests in decision order: a request performed after a newer one is dropped.
         var timerGeneration: UInt64 = 0
+        /// Jitter for the decisions: a cheap generator under the lock, seeded once (every command makes
+        /// two decisions; a system random draw each would cost a system call inside the lock).
+        var random: SplitMix64
     }
 
     struct Lease: Sendable {
@@ -117,7 +119,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             configuration: configuration,
             credentials: credentials,
             timerLoop: eventLoopGroup.any(),
-            random: { Double.random(in: 0..<1) },
+            randomSeed: UInt64.random(in: .min ... .max),
             logger: logger,
             connectionFactory: { configuration, logger in
                 try await RedisConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
@@ -126,12 +128,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     }
 
     /// Creates a client whose clock and timer are `timerLoop`'s (a manual one in tests), whose jitter
-    /// comes from `random`, and whose connections come from `connectionFactory`.
+    /// comes from a generator seeded with `randomSeed`, and whose connections come from
+    /// `connectionFactory`.
     init(
         configuration: RedisClientConfiguration,
         credentials: RedisCredentialSource,
         timerLoop: any EventLoop,
-        random: @escaping @Sendable () -> Double,
+        randomSeed: UInt64,
         logger: Logger,
         connectionFactory: @escaping ConnectionFactory
     ) throws {
@@ -139,7 +142,6 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.source = CredentialSourceRunner(source: credentials)
         self.initialCredentials = try self.source.initialCredentials()
         self.timerLoop = timerLoop
-        self.random = random
         self.connectionFactory = connectionFactory
         self.logger = logger
         (self.events, self.eventContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
@@ -164,7 +166,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.state = Lock(
             State(
                 machine: ClientStateMachine(configuration: configuration.machineConfiguration, tls: tlsContext.map(Self.material(of:))),
-                tlsContext: tlsContext
+                tlsContext: tlsContext,
+                random: SplitMix64(seed: randomSeed)
             )
         )
     }
@@ -500,7 +503,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// in one acquisition, so no other decision can interleave), then performs the effects after it.
     private func decide(_ body: (inout State, ClientStateMachine.Moment) -> [ClientStateMachine.Action]) {
         let effects = self.state.withLock { state -> [Effect] in
-            let moment = ClientStateMachine.Moment(now: self.timerLoop.now, date: Date(), random: self.random())
+            let moment = ClientStateMachine.Moment(now: self.timerLoop.now, date: Date(), random: Double.random(in: 0..<1, using: &state.random))
             return self.translate(body(&state, moment), state: &state, at: moment)
         }
         self.perform(effects)

@@ -1,0 +1,330 @@
+import Foundation
+import NIOCore
+import Testing
+
+@testable import RedisRotation
+
+/// Findings of the review of the move of every `RedisClient` decision into `ClientStateMachine`: the
+/// timer before `run()`, probes after shutdown, and random interleavings with the whole pool switched
+/// on (minimum size, health checks, maximum age, hedged handshakes, TLS reloads, stale timers, double
+/// close reports, a shutdown), then a settle phase.
+@Suite("Client state machine: more cases")
+struct ClientStateMachineMoreTests {
+    typealias Machine = ClientStateMachine
+    typealias Action = ClientStateMachine.Action
+
+    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+    let d0 = Date(timeIntervalSince1970: 1_800_000_000)
+    let v1 = RedisCredentials(username: "u", password: "one", version: "v1")
+    let v2 = RedisCredentials(username: "u", password: "two", version: "v2")
+
+    func at(_ offset: TimeAmount = .zero, random: Double = 0) -> Machine.Moment {
+        .init(now: self.t0 + offset, date: self.d0.addingTimeInterval(Double(offset.nanoseconds) / 1e9), random: random)
+    }
+
+    func configuration() -> Machine.Configuration {
+        var configuration = Machine.Configuration()
+        configuration.pool.minimumConnections = 1
+        configuration.pool.maximumConnections = 2
+        configuration.pool.maximumConcurrentHandshakes = 2
+        configuration.pool.maximumConnectionAge = nil
+        configuration.pool.healthCheckInterval = .seconds(30)
+        configuration.pool.handshakeHedgeDelay = nil
+        configuration.pool.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
+        return configuration
+    }
+
+    /// The timers a shell following the machine's actions has pending: at most one.
+    static func timer(after actions: [Action], previous: NIODeadline?) -> NIODeadline? {
+        var timer = previous
+        for action in actions {
+            switch action {
+            case .scheduleTimer(let deadline): timer = deadline
+            case .cancelTimer: timer = nil
+            default: break
+            }
+        }
+        return timer
+    }
+
+    /// `RedisClient.lease()` does not require `run()` to have started (nor does `send`): a lease made
+    /// before `run()` schedules the one timer for its deadline. If that timer fires before `run()`
+    /// starts, `timerFired` ignores it (not running) but keeps `scheduledTimer` pointing at it, so
+    /// `withTimer` in `start` and in every later event dedupes against a timer that no longer exists:
+    /// the expiry check, the pool's lease deadlines, connect retries, health checks and the credentials'
+    /// probe retries are not scheduled again until the pool's earliest deadline changes. With the server
+    /// down at start-up the pool's earliest deadline stays the expired lease's, so it never changes: the
+    /// lease never times out and nothing is retried until another lease arrives.
+    @Test("a timer that fired before run() started is asked for again; the lease times out, the connection is retried")
+    func timerFiredBeforeStartIsLost() {
+        var machine = Machine(configuration: self.configuration(), tls: nil)
+        let lease = machine.registerLease()
+        var timer: NIODeadline?
+        let waiting = machine.leaseWaiting(lease, deadline: self.t0 + .seconds(5), at: self.at())
+        // No credentials yet: the connection is dialled when they arrive.
+        #expect(waiting == [.scheduleTimer(self.t0 + .seconds(5))])
+        timer = Self.timer(after: waiting, previous: timer)
+
+        // The shell's timer fires at its deadline; run() has not begun yet: ignored, and it is gone.
+        #expect(machine.timerFired(at: self.at(.seconds(5))) == [])
+        timer = nil
+
+        // run() begins 1 s later; the source delivers v1; the connection attempt fails (server down).
+        var actions = machine.start(at: self.at(.seconds(6)))
+        actions += machine.sourceReported(self.v1, at: self.at(.seconds(6)))
+        actions += machine.connectionFailed(0, error: RedisError(code: .connectionFailed, message: "refused"), at: self.at(.seconds(6)))
+        timer = Self.timer(after: actions, previous: timer)
+
+        // Something must wake the client up: the lease's deadline passed, a connect retry is due after
+        // the backoff, the expiry check is due within the hour.
+        #expect(timer != nil, "no timer is pending after run() started; actions: \(actions)")
+        #expect(machine.leaseRequestCount == 1)
+        // Nothing ever changes again without a timer: an hour later the lease still waits and nothing retried.
+        if timer == nil {
+            let late = machine.registerLease()
+            let more = machine.leaseWaiting(late, deadline: self.t0 + .seconds(3600), at: self.at(.seconds(600)))
+            #expect(Self.timer(after: more, previous: nil) != nil, "a new lease does not bring a timer back either: \(more)")
+        }
+    }
+}
+
+extension ClientStateMachineMoreTests {
+    /// `shutdown()` stops the machine, then awaits every connection's close before it finishes the work
+    /// stream (and `run()` cancels the source and TLS watcher tasks only after that). A source change or
+    /// a `reloadCredentials()` in that window still asks for a probe: the shell yields it and `run()`
+    /// performs it, opening a new connection to the server while the client shuts down.
+    @Test("a stopped client starts no probe")
+    func noProbeAfterShutdown() {
+        var machine = Machine(configuration: self.configuration(), tls: nil)
+        _ = machine.start(at: self.at())
+        _ = machine.sourceReported(self.v1, at: self.at())
+        _ = machine.shutdown(at: self.at())
+        let changed = machine.sourceReported(self.v2, at: self.at())
+        #expect(!changed.contains(.probe(self.v2)), "\(changed)")
+    }
+}
+
+/// Random interleavings with what the shipped random test leaves out: a pool with a minimum, health
+/// checks, maximum age, hedged handshakes, TLS reloads, stale timer firings, double close reports and
+/// a shutdown in the middle.
+extension ClientStateMachineMoreTests {
+    typealias Shell = ClientStateMachineTests.Shell
+
+    @Test("random interleavings with the whole pool switched on", arguments: 0..<4)
+    func richInterleavings(batch: Int) {
+        for seed in UInt64(1000 + batch * 100)..<UInt64(1000 + batch * 100 + 100) {
+            let problems = self.rich(seed: seed)
+            #expect(problems.isEmpty, "seed \(seed): \(problems.prefix(5))")
+            if !problems.isEmpty { return }
+        }
+    }
+
+    func rich(seed: UInt64) -> [String] {
+        var random = SplitMix64(seed: seed)
+        var configuration = Machine.Configuration()
+        configuration.pool.minimumConnections = 1
+        configuration.pool.maximumConnections = 3
+        configuration.pool.maximumConcurrentHandshakes = 2
+        configuration.pool.idleTimeout = .seconds(2)
+        configuration.pool.maximumConnectionAge = .seconds(5)
+        configuration.pool.healthCheckInterval = .seconds(1)
+        configuration.pool.handshakeHedgeDelay = .milliseconds(500)
+        configuration.pool.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
+        configuration.credentials.probeBackoff = Backoff(base: .milliseconds(100), cap: .seconds(1))
+        configuration.credentials.maximumProbeAttempts = 3
+        configuration.credentials.previousGracePeriod = .seconds(3)
+        configuration.tlsRolloverWindow = .seconds(2)
+        var generation: UInt64 = 1
+        var machine = Machine(configuration: configuration, tls: .init(generation: 1, trustAnchors: [], clientCertificate: nil))
+        var shell = Shell()
+        var elapsed = TimeAmount.zero
+        var credentials = [self.v1, self.v2]
+        var stopped = false
+        var generations: [Int: UInt64] = [:]
+        func moment() -> Machine.Moment { self.at(elapsed, random: Double.random(in: 0..<1, using: &random)) }
+        shell.apply(machine.start(at: moment()), step: -1)
+        shell.apply(machine.sourceReported(self.v1, at: moment()), step: -1)
+
+        for step in 0..<400 {
+            var actions: [Action] = []
+            switch Int.random(in: 0..<18, using: &random) {
+            case 0, 1:
+                let lease = machine.registerLease()
+                shell.registered.insert(lease)
+                if Int.random(in: 0..<4, using: &random) == 0 {
+                    actions = machine.leaseCancelled(lease, at: moment())
+                    shell.waiting[lease] = moment().now + .seconds(2)
+                    actions += machine.leaseWaiting(lease, deadline: moment().now + .seconds(2), at: moment())
+                } else {
+                    shell.waiting[lease] = moment().now + .milliseconds(Int64.random(in: 100...3000, using: &random))
+                    actions = machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
+                }
+            case 2:
+                if let lease = shell.waiting.keys.randomElement(using: &random) {
+                    actions = machine.leaseCancelled(lease, at: moment())
+                }
+            case 3, 4:
+                if let id = shell.connecting.randomElement(using: &random) {
+                    shell.connecting.remove(id)
+                    switch Int.random(in: 0..<5, using: &random) {
+                    case 0:
+                        actions = machine.connectionFailed(id, error: RedisError(code: .connectionFailed, message: "refused"), at: moment())
+                    case 1:
+                        actions = machine.connectionFailed(id, error: RedisError(code: .credentialsRejected, message: "rejected"), at: moment())
+                    default:
+                        let rejected = Bool.random(using: &random) ? [credentials[0]] : []
+                        let candidate = machine.nextCandidate(after: rejected) ?? self.v1
+                        let made = Bool.random(using: &random) ? generation : max(1, generation - 1)
+                        switch machine.connectionEstablished(
+                            id, credentials: candidate, rejected: rejected, generation: made, peerCertificate: nil, clientCertificate: nil, at: moment()
+                        ) {
+                        case .adopted(let adopted):
+                            shell.established.insert(id)
+                            generations[id] = made
+                            actions = adopted
+                        case .refused:
+                            if !stopped { shell.problems.append("step \(step): \(id) refused while running") }
+                        }
+                    }
+                }
+            case 5, 6:
+                if let (id, _) = shell.leasedBy.randomElement(using: &random) {
+                    shell.leasedBy[id] = nil
+                    let outcome = [Machine.LeaseOutcome.clean, .clean, .needsRestore, .unusable].randomElement(using: &random)!
+                    actions = machine.leaseEnded(id, outcome: shell.established.contains(id) ? outcome : .unusable, at: moment())
+                }
+            case 7:
+                if let id = shell.working.randomElement(using: &random) {
+                    shell.working.remove(id)
+                    if let credentials = shell.reauthenticating.removeValue(forKey: id) {
+                        actions = Bool.random(using: &random)
+                            ? machine.reauthenticated(id, credentials: credentials, at: moment())
+                            : machine.reauthenticationFailed(id, credentials: credentials, rejected: Bool.random(using: &random), at: moment())
+                    } else {
+                        actions = machine.connectionReleased(id, reusable: Int.random(in: 0..<4, using: &random) > 0, at: moment())
+                    }
+                }
+            case 8:
+                if let id = shell.closing.randomElement(using: &random) ?? (Int.random(in: 0..<4, using: &random) == 0 ? shell.established.randomElement(using: &random) : nil) {
+                    shell.closing.remove(id)
+                    shell.established.remove(id)
+                    shell.working.remove(id)
+                    shell.reauthenticating[id] = nil
+                    actions = machine.connectionClosed(id, at: moment())
+                    // The watch reports it again.
+                    if Bool.random(using: &random) {
+                        let again = machine.connectionClosed(id, at: moment())
+                        if !again.allSatisfy({ if case .scheduleTimer = $0 { return true } else { return false } }) {
+                            shell.problems.append("step \(step): a second close report of \(id) did something: \(again)")
+                        }
+                        actions += again
+                    }
+                }
+            case 9:
+                if !shell.probing.isEmpty {
+                    let credentials = shell.probing.removeFirst()
+                    let result = [CredentialStateMachine.ProbeResult.accepted, .rejected, .inconclusive].randomElement(using: &random)!
+                    actions = machine.probeCompleted(credentials, result: result, at: moment())
+                }
+            case 10:
+                if Int.random(in: 0..<6, using: &random) == 0 {
+                    credentials.swapAt(0, 1)
+                    actions = machine.sourceReported(credentials[0], at: moment())
+                }
+            case 11:
+                if Int.random(in: 0..<10, using: &random) == 0 {
+                    generation += 1
+                    actions = machine.tlsMaterialAccepted(.init(generation: generation, trustAnchors: [], clientCertificate: nil), at: moment())
+                }
+            case 12:
+                // A stale timer (replaced, its cancellation too late) fires now.
+                actions = machine.timerFired(at: moment())
+            case 13:
+                if !stopped && step > 300 && Int.random(in: 0..<10, using: &random) == 0 {
+                    stopped = true
+                    actions = machine.shutdown(at: moment())
+                }
+            default:
+                elapsed = elapsed + .milliseconds(Int64.random(in: 1...400, using: &random))
+                if let timer = shell.timer, timer <= moment().now {
+                    actions = machine.timerFired(at: moment())
+                }
+            }
+            for case .reauthenticate(let id, _) in actions { shell.working.insert(id) }
+            for case .closeConnection(let id) in actions where !shell.established.contains(id) {
+                shell.problems.append("step \(step): close \(id), not established")
+            }
+            if stopped {
+                for action in actions {
+                    switch action {
+                    case .connect, .grantLease, .reauthenticate, .healthCheck, .scheduleTimer:
+                        shell.problems.append("step \(step): \(action) after shutdown")
+                    default: break
+                    }
+                }
+            }
+            shell.apply(actions, step: step)
+            if !stopped, let problem = shell.checkTimer(step: step) { shell.problems.append(problem) }
+            if !shell.problems.isEmpty { return shell.problems }
+        }
+
+        elapsed = elapsed + .seconds(10)
+        for step in 400..<420 {
+            guard let timer = shell.timer, timer <= moment().now else { break }
+            shell.apply(machine.timerFired(at: moment()), step: step)
+        }
+        if !shell.waiting.isEmpty { shell.problems.append("leases still waiting after every deadline: \(shell.waiting.keys.sorted())") }
+        if machine.leaseRequestCount != 0 { shell.problems.append("the machine still holds \(machine.leaseRequestCount) lease requests") }
+        if stopped || !shell.problems.isEmpty { return shell.problems }
+
+        // Settle: every piece of work succeeds, leases end clean, time passes: the pool must converge.
+        for step in 420..<720 {
+            var actions: [Action] = []
+            let draining = step >= 620
+            if let id = shell.connecting.first {
+                shell.connecting.remove(id)
+                let candidate = machine.nextCandidate(after: []) ?? self.v1
+                if case .adopted(let adopted) = machine.connectionEstablished(
+                    id, credentials: candidate, rejected: [], generation: generation, peerCertificate: nil, clientCertificate: nil, at: moment()
+                ) {
+                    shell.established.insert(id)
+                    actions = adopted
+                }
+            } else if let id = shell.working.first {
+                shell.working.remove(id)
+                if let credentials = shell.reauthenticating.removeValue(forKey: id) {
+                    actions = machine.reauthenticated(id, credentials: credentials, at: moment())
+                } else {
+                    actions = machine.connectionReleased(id, reusable: true, at: moment())
+                }
+            } else if let id = shell.closing.first {
+                shell.closing.remove(id)
+                shell.established.remove(id)
+                actions = machine.connectionClosed(id, at: moment())
+            } else if let (id, _) = shell.leasedBy.first {
+                shell.leasedBy[id] = nil
+                actions = machine.leaseEnded(id, outcome: .clean, at: moment())
+            } else if !shell.probing.isEmpty {
+                actions = machine.probeCompleted(shell.probing.removeFirst(), result: .accepted, at: moment())
+            } else if !draining {
+                elapsed = elapsed + .milliseconds(100)
+                if let timer = shell.timer, timer <= moment().now { actions = machine.timerFired(at: moment()) }
+            } else {
+                break
+            }
+            for case .reauthenticate(let id, _) in actions { shell.working.insert(id) }
+            shell.apply(actions, step: step)
+            if !shell.problems.isEmpty { return shell.problems }
+        }
+        let target = machine.credentials.current?.version
+        let slots = machine.pool.slots
+        let stuck = slots.filter { $0.value.version != target || $0.value.generation != generation }
+        if !stuck.isEmpty {
+            shell.problems.append("after settling, target \(target ?? "-") generation \(generation): \(stuck.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.state) \($0.value.version ?? "-") g\($0.value.generation.map(String.init) ?? "-")" }); shell working \(shell.working) connecting \(shell.connecting) closing \(shell.closing)")
+        }
+        if Set(slots.keys) != shell.established {
+            shell.problems.append("pool slots \(slots.keys.sorted()) but the shell holds \(shell.established.sorted())")
+        }
+        return shell.problems
+    }
+}
