@@ -18,13 +18,15 @@ struct RunFailure: Error, CustomStringConvertible {
 }
 
 enum LoadRun {
-    /// Runs `client`, waits until it answers, drives `workload` while performing `steps`, verifies the
-    /// writes, and returns the report. Prints a progress line every second when `progress` is set.
+    /// Runs `client`, waits until it answers, drives `workload` (until its duration is over or `stop` is
+    /// requested) while performing `steps`, verifies the writes, and returns the report. Prints a progress
+    /// line every second when `progress` is set.
     static func execute(
         client: RedisClient,
         workload: Workload,
         steps: [RotationStep],
         progress: Bool,
+        stop: TrafficStop = TrafficStop(),
         status: @escaping @Sendable () -> String = { "" }
     ) async throws -> LoadReport {
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -77,7 +79,7 @@ enum LoadRun {
                 }
             }
 
-            let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder)
+            let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder, stop: stop)
             let duration = recorder.elapsed
             let verification = workload.verifyWrites ? try await LoadGenerator.verify(acknowledged, client: client) : nil
             return LoadReport(

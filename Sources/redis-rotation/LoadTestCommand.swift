@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Foundation
 import RedisRotation
 
@@ -10,8 +11,10 @@ struct LoadTestCommand: AsyncParsableCommand {
         abstract: "Drive GET/SET traffic through the rotation-aware client and report what happened.",
         discussion: """
             The password, CA, certificate and key files are watched while the test runs, exactly as the
-            library watches them, so another process can rotate them. Exit status: 0 when no command
-            failed and no write was lost, 1 otherwise, 2 for a usage or configuration error.
+            library watches them, so another process can rotate them. Ctrl-C ends the traffic early: the
+            writes are still verified and the report written (a second Ctrl-C quits at once). Exit status:
+            0 when no command failed and no write was lost, 1 otherwise, 2 for a usage or configuration
+            error.
             """
     )
 
@@ -111,7 +114,22 @@ struct LoadTestCommand: AsyncParsableCommand {
             keyPrefix: self.keyPrefix,
             verifyWrites: self.verifyWrites
         )
-        let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: self.progress)
+        // Ctrl-C ends the traffic, not the run: what was acknowledged is still verified and reported.
+        let stop = TrafficStop()
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler {
+            guard !stop.isRequested else { return }
+            stop.request()
+            signal(SIGINT, SIG_DFL)  // A second Ctrl-C quits at once.
+            FileHandle.standardError.write(Data("interrupted: stopping the traffic, then verifying and reporting\n".utf8))
+        }
+        interrupt.resume()
+        defer {
+            interrupt.cancel()
+            signal(SIGINT, SIG_DFL)
+        }
+        let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: self.progress, stop: stop)
         print(report.text())
         if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
         if let path = self.reportHtml {

@@ -1,5 +1,6 @@
 import Foundation
 import RedisRotation
+import Synchronization
 
 /// What the load generator does: GETs and SETs (SETs are marked idempotent: writing the same value to
 /// the same key twice changes nothing, so they may be resent when a connection dies under them).
@@ -14,6 +15,16 @@ struct Workload: Sendable {
     var keyPrefix: String
     /// Every write goes to a new key, so that the keys can be counted on the server afterwards.
     var verifyWrites: Bool
+}
+
+/// Ends the traffic before its duration (Ctrl-C). Each task finishes the command it has in flight, so
+/// every write is either acknowledged or never sent, and the run is verified and reported as usual.
+final class TrafficStop: Sendable {
+    private let requested = Atomic<Bool>(false)
+
+    func request() { self.requested.store(true, ordering: .relaxed) }
+
+    var isRequested: Bool { self.requested.load(ordering: .relaxed) }
 }
 
 /// What the writes of a run left on the server.
@@ -52,9 +63,9 @@ struct AcknowledgedWrites: Sendable {
 }
 
 enum LoadGenerator {
-    /// Runs `workload` against `client`, recording into `recorder`; returns the acknowledged writes
-    /// (none unless writes are verified).
-    static func run(_ workload: Workload, client: RedisClient, recorder: LoadRecorder) async -> AcknowledgedWrites {
+    /// Runs `workload` against `client` until its duration is over or `stop` is requested, recording into
+    /// `recorder`; returns the acknowledged writes (none unless writes are verified).
+    static func run(_ workload: Workload, client: RedisClient, recorder: LoadRecorder, stop: TrafficStop) async -> AcknowledgedWrites {
         let clock = ContinuousClock()
         let end = clock.now + workload.duration
         let interval: Duration? = workload.rate > 0
@@ -69,7 +80,7 @@ enum LoadGenerator {
                     var intended = clock.now
                     var index = 0
                     // Bounded by time and by count.
-                    while clock.now < end && index < 100_000_000 && !Task.isCancelled {
+                    while clock.now < end && index < 100_000_000 && !Task.isCancelled && !stop.isRequested {
                         index += 1
                         var started = clock.now
                         if let interval {
@@ -78,7 +89,7 @@ enum LoadGenerator {
                             intended = intended + interval
                             if intended > clock.now { try? await Task.sleep(until: intended, clock: clock) }
                             started = intended
-                            if clock.now >= end { break }
+                            if clock.now >= end || stop.isRequested { break }
                         }
                         let isRead = Double.random(in: 0..<1, using: &generator) < workload.readRatio
                         do {

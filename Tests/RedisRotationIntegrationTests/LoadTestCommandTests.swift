@@ -16,8 +16,25 @@ func redisRotationBinary() throws -> String {
     return path
 }
 
-/// Runs `redis-rotation` with `arguments`; returns its exit status and output (bounded by `timeout`).
-func runTool(_ arguments: [String], timeout: Duration = .seconds(120)) async throws -> (status: Int32, stdout: String, stderr: String) {
+/// The running `redis-rotation`, as ``runTool(_:timeout:whileRunning:)`` hands it to its body.
+struct RunningTool: Sendable {
+    fileprivate let pid: Int32
+    fileprivate let finished: StopFlag
+
+    /// Sends SIGINT (Ctrl-C); false when the tool had already exited, so that nothing was sent.
+    func interrupt() -> Bool {
+        guard !self.finished.isStopped else { return false }
+        return kill(self.pid, SIGINT) == 0
+    }
+}
+
+/// Runs `redis-rotation` with `arguments`, and `whileRunning` once it started; returns its exit status
+/// and output (bounded by `timeout`).
+func runTool(
+    _ arguments: [String],
+    timeout: Duration = .seconds(120),
+    whileRunning: (RunningTool) async throws -> Void = { _ in }
+) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try redisRotationBinary())
     process.arguments = arguments
@@ -33,6 +50,14 @@ func runTool(_ arguments: [String], timeout: Duration = .seconds(120)) async thr
     async let out = readOnThread(output.fileHandleForReading)
     async let err = readOnThread(errors.fileHandleForReading)
     let deadline = ContinuousClock.now + timeout
+    do {
+        try await whileRunning(RunningTool(pid: process.processIdentifier, finished: finished))
+    } catch {
+        if !finished.isStopped { process.terminate() }
+        process.waitUntilExit()
+        _ = await (out, err)
+        throw error
+    }
     while !finished.isStopped && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
     if !finished.isStopped {
         process.terminate()
@@ -118,6 +143,11 @@ struct LoadTestCommandTests {
 
     /// Written keys are counted per worker rather than listed; an acknowledged write that is not on the
     /// server must still be reported.
+    ///
+    /// The tool counts the keys after its traffic, so the deletions must come first. With a fixed
+    /// duration they did not always: on a loaded machine this test's process was starved for seconds and
+    /// deleted the second key after the tool had counted it ("1 lost"). Now the traffic runs until the
+    /// test interrupts it (Ctrl-C), which it does only once both deletions have been answered.
     @Test("with --verify-writes, acknowledged keys deleted behind the tool's back are reported as lost, and the run fails")
     func lostWritesReported() async throws {
         let password = makePassword()
@@ -125,29 +155,29 @@ struct LoadTestCommandTests {
             let passwordFile = server.directory.appendingPathComponent("alice.password").path
             try "\(text(of: password))\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
             let report = server.directory.appendingPathComponent("report.json").path
-            async let run = runTool([
+            let (status, stdout, stderr) = try await runTool([
                 "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
-                "--duration", "4", "--concurrency", "4", "--verify-writes", "--key-prefix", "lost", "--report-json", report,
-            ])
-
-            // A worker writes key n + 1 only after key n was acknowledged: once lost:w:<w>:1 exists,
-            // lost:w:<w>:0 is an acknowledged write (a key written at the very end of the run might not be).
-            var deleted: Set<Int> = []
-            let admin = try await server.adminConnection()
-            _ = try await eventually("two acknowledged keys deleted") {
-                for worker in 0..<2 where !deleted.contains(worker) {
-                    if try await admin.send(RedisCommand("EXISTS", .string("lost:w:\(worker):1"))).int == 1,
-                        try await admin.send(RedisCommand("DEL", .string("lost:w:\(worker):0"))).int == 1
-                    {
-                        deleted.insert(worker)
+                "--duration", "100", "--concurrency", "4", "--verify-writes", "--key-prefix", "lost", "--report-json", report,
+            ]) { tool in
+                // A worker writes key n + 1 only after key n was acknowledged: once lost:w:<w>:1 exists,
+                // lost:w:<w>:0 is an acknowledged write (a key written at the very end of the run might not be).
+                var deleted: Set<Int> = []
+                let admin = try await server.adminConnection()
+                _ = try await eventually("two acknowledged keys deleted", timeout: .seconds(60)) {
+                    for worker in 0..<2 where !deleted.contains(worker) {
+                        if try await admin.send(RedisCommand("EXISTS", .string("lost:w:\(worker):1"))).int == 1,
+                            try await admin.send(RedisCommand("DEL", .string("lost:w:\(worker):0"))).int == 1
+                        {
+                            deleted.insert(worker)
+                        }
                     }
+                    return deleted.count == 2
                 }
-                return deleted.count == 2
+                await admin.close()
+                #expect(tool.interrupt(), "the tool ended before the test deleted the keys: its count may precede the deletions")
             }
-            await admin.close()
-
-            let (status, stdout, stderr) = try await run
             #expect(status == 1, "stdout: \(stdout)\nstderr: \(stderr)")
+            #expect(stderr.contains("interrupted"), "\(stderr)")
             let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
             let writes = json["writes"] as? [String: Int] ?? [:]
             #expect(writes["lost"] == 2)
