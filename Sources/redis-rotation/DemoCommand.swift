@@ -64,7 +64,7 @@ struct DemoCommand: AsyncParsableCommand {
         try await RedisServerProcess.withServer(serverConfiguration) { server in
             let folder = server.directory
             let passwordFile = folder.appendingPathComponent("app.password").path
-            try CredentialFileText.write(password: password, version: "v1", to: passwordFile)
+            try RedisCredentialFile(password: RedisSecret(password), version: "v1").write(to: passwordFile)
             let bundle = folder.appendingPathComponent("trusted-cas.pem").path
             try rootCA.certificate.certificatePEM.write(toFile: bundle, atomically: true, encoding: .utf8)
             let identity = try rootCA.issueClient(commonName: "demo-app-1").write(to: folder, name: "client")
@@ -126,7 +126,7 @@ struct DemoCommand: AsyncParsableCommand {
                     try await admin(RedisCommand("ACL", "SETUSER", "app", .secret(RedisSecret(">" + newPassword))))
                 },
                 RotationStep(name: "2 publish it to the password file (atomic rename)", at: at(0.18)) {
-                    try CredentialFileText.write(password: newPassword, version: "v2", to: passwordFile)
+                    try RedisCredentialFile(password: RedisSecret(newPassword), version: "v2").write(to: passwordFile)
                     let deadline = ContinuousClock.now + .seconds(30)
                     while ContinuousClock.now < deadline, client.connectionsByCredentialVersion.keys.sorted() != ["v2"] {
                         try await Task.sleep(for: .milliseconds(50))

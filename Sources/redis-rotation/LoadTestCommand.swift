@@ -177,12 +177,12 @@ enum PasswordRotation {
         client: RedisClient,
         admin: @Sendable (RedisCommand) async throws -> Void
     ) async throws {
-        let old = try CredentialFileText.password(in: passwordFile)
+        let old = try RedisCredentialFile.read(from: passwordFile).password
         let new = randomPassword()
         // Milliseconds since 1970: distinct for every step of a run, and ordered.
         let version = "r\(Int(Date().timeIntervalSince1970 * 1000))"
         try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret(">" + new))))
-        try CredentialFileText.write(password: new, version: version, to: passwordFile)
+        try RedisCredentialFile(password: RedisSecret(new), version: version).write(to: passwordFile)
         // Bounded wait for the client to move every connection onto the new version.
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
@@ -192,32 +192,11 @@ enum PasswordRotation {
         guard client.currentCredentialVersion == version else {
             throw RunFailure(description: "the client did not promote the new password within 60 seconds", exitCode: 1)
         }
-        try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret("<" + old))))
+        try await admin(RedisCommand("ACL", "SETUSER", .string(user), .secret(RedisSecret(bytes: Array("<".utf8) + old.withUnsafeBytes { Array($0) }))))
     }
 
     static func randomPassword() -> String {
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
-    }
-}
-
-/// Reading and writing password files in the keyed format.
-enum CredentialFileText {
-    static func password(in path: String) throws -> String {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-        for line in text.split(separator: "\n") where line.hasPrefix("password=") {
-            return String(line.dropFirst("password=".count))
-        }
-        return text.hasSuffix("\n") ? String(text.dropLast()) : text
-    }
-
-    /// Writes by atomic rename, as secret managers do.
-    static func write(password: String, version: String, to path: String) throws {
-        let temporary = path + ".tmp-\(UUID().uuidString.prefix(8))"
-        try "password=\(password)\nversion=\(version)\n".write(toFile: temporary, atomically: false, encoding: .utf8)
-        chmod(temporary, 0o600)
-        guard rename(temporary, path) == 0 else {
-            throw RunFailure(description: "cannot replace \(path): \(String(cString: strerror(errno)))", exitCode: 1)
-        }
     }
 }

@@ -97,7 +97,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         let new = PasswordRotation.randomPassword()
         try await self.target.send(RedisCommand("ACL", "SETUSER", .string(self.user), .secret(RedisSecret(">" + new))))
         print("added a new password for \(self.user) (version \(version))")
-        try CredentialFileText.write(password: new, version: version, to: self.passwordFile)
+        try RedisCredentialFile(password: RedisSecret(new), version: version).write(to: self.passwordFile)
         print("published it to \(self.passwordFile)")
 
         let deadline = ContinuousClock.now + .seconds(self.wait)

@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension RedisCredentialFile {
+    /// Replaces the file at `path` with this content, so that a reader sees the old file or the new one,
+    /// never a mix, never a file with looser permissions, and never the new one lost in a crash.
+    ///
+    /// A temporary file is created next to `path` (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600), given the
+    /// original's owner, group and mode (0600 when there is no original), written, `fsync`ed and renamed
+    /// over `path`; then the directory is `fsync`ed. On any error the temporary file is removed and the
+    /// original is untouched. A `path` that is a symbolic link is refused: the rename would replace the
+    /// link, not its target.
+    ///
+    /// - Throws: ``RedisError`` with code `invalidArgument`, naming the file and the step that failed.
+    public func write(to path: String) throws(RedisError) {
+        let content = try self.encoded()
+        func failure(_ what: String, _ code: Int32) -> RedisError {
+            RedisError(code: .invalidArgument, message: "cannot write the password file \(path): \(what): \(String(cString: strerror(code)))")
+        }
+
+        var original = stat()
+        var mode: mode_t = 0o600
+        var owner: (uid: uid_t, gid: gid_t)?
+        if lstat(path, &original) == 0 {
+            if (original.st_mode & S_IFMT) == S_IFLNK {
+                throw RedisError(
+                    code: .invalidArgument,
+                    message: "cannot write the password file \(path): it is a symbolic link (managed by a secret manager?); name the file it points to"
+                )
+            }
+            guard (original.st_mode & S_IFMT) == S_IFREG else {
+                throw RedisError(code: .invalidArgument, message: "cannot write the password file \(path): it is not a regular file")
+            }
+            mode = original.st_mode & 0o7777
+            owner = (original.st_uid, original.st_gid)
+        } else if errno != ENOENT {
+            throw failure("cannot examine it", errno)
+        }
+
+        let directory = parentDirectory(of: path)
+        let name = path.split(separator: "/").last.map(String.init) ?? "password"
+        var temporary = ""
+        var fd: Int32 = -1
+        for _ in 0..<8 {
+            temporary = "\(directory)/.\(name).tmp-\(UInt32.random(in: 0...UInt32.max))"
+            fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if fd >= 0 || errno != EEXIST { break }
+        }
+        guard fd >= 0 else { throw failure("cannot create a temporary file in \(directory)", errno) }
+
+        var renamed = false
+        defer {
+            if fd >= 0 { close(fd) }
+            if !renamed { unlink(temporary) }
+        }
+        // The owner first: fchown may clear set-id bits, which fchmod then restores as they were.
+        if let owner, fchown(fd, owner.uid, owner.gid) != 0 {
+            throw failure("cannot give the new file the original's owner \(owner.uid):\(owner.gid)", errno)
+        }
+        guard fchmod(fd, mode) == 0 else { throw failure("cannot set the new file's mode", errno) }
+        let writeError = content.withUnsafeBytes { writeAll(fd, $0) }
+        if let writeError { throw failure("cannot write the new content", writeError) }
+        guard fsync(fd) == 0 else { throw failure("cannot flush the new content to disk", errno) }
+        let closed = close(fd)
+        fd = -1
+        guard closed == 0 else { throw failure("cannot close the new file", errno) }
+        guard rename(temporary, path) == 0 else { throw failure("cannot rename the new file over it", errno) }
+        renamed = true
+        // The rename itself survives a crash only once the directory is on disk.
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else { throw failure("written, but cannot open \(directory) to flush it", errno) }
+        defer { close(directoryFD) }
+        guard fsync(directoryFD) == 0 else { throw failure("written, but cannot flush \(directory) to disk", errno) }
+    }
+}
+
+/// Writes all of `bytes` to `fd`; the `errno` of a failure, or `nil`.
+private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+    var offset = 0
+    while offset < bytes.count {
+        let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        if count < 0 {
+            if errno == EINTR { continue }
+            return errno
+        }
+        offset += count
+    }
+    return nil
+}
