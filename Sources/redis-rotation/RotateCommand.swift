@@ -1,59 +1,7 @@
 import ArgumentParser
 import Foundation
 import RedisRotation
-
-/// The server connection options shared by the operator commands.
-struct AdminTarget: ParsableArguments {
-    @Option(help: "Server host.") var host = "127.0.0.1"
-    @Option(help: "Server port.") var port = 6379
-    @Flag(help: "Connect with TLS.") var tls = false
-    @Option(help: "PEM file of the CA(s) to trust (with --tls).") var caFile: String?
-    @Option(help: "Client certificate for mutual TLS.") var certFile: String?
-    @Option(help: "Client key for mutual TLS.") var keyFile: String?
-    @Option(help: "Name the server certificate must carry (default: the host).") var serverName: String?
-    @Option(help: "ACL user with the rights to change users (ACL, CLIENT, CONFIG).") var adminUser: String
-    @Option(help: "File holding the admin password.") var adminPasswordFile: String
-
-    /// Runs `command` on a fresh admin connection.
-    @discardableResult
-    func send(_ command: RedisCommand) async throws -> RESPValue {
-        let password: RedisSecret
-        do {
-            let text = try String(contentsOfFile: self.adminPasswordFile, encoding: .utf8)
-            password = RedisSecret(text.hasSuffix("\n") ? String(text.dropLast()) : text)
-        } catch {
-            throw RunFailure(description: "cannot read --admin-password-file \(self.adminPasswordFile)", exitCode: 2)
-        }
-        var tls: RedisConnectionConfiguration.TLS?
-        if self.tls {
-            let identity = self.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.keyFile ?? $0)) }
-            do {
-                let context = try RedisTLSContext(configuration: .init(trustAnchors: self.caFile.map { [.file($0)] } ?? [], clientIdentity: identity))
-                tls = .init(context: context, serverName: self.serverName)
-            } catch {
-                throw RunFailure(description: error.message, exitCode: 2)
-            }
-        }
-        do {
-            let connection = try await RedisConnection.connect(
-                configuration: RedisConnectionConfiguration(
-                    host: self.host,
-                    port: self.port,
-                    username: self.adminUser,
-                    password: password,
-                    name: "redis-rotation-admin",
-                    tls: tls
-                )
-            )
-            defer { Task { await connection.close() } }
-            let reply = try await connection.send(command)
-            await connection.close()
-            return reply
-        } catch let error as RedisError {
-            throw RunFailure(description: error.message, exitCode: 1)
-        }
-    }
-}
+import RedisRotationAdmin
 
 /// `redis-rotation rotate`: the operator side of a rotation on open-source Redis or Valkey.
 struct RotateCommand: AsyncParsableCommand {
@@ -67,83 +15,122 @@ struct RotateCommand: AsyncParsableCommand {
 struct RotatePasswordCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "password",
-        abstract: "Add a new password, publish it, wait until no client connection uses the old one, remove it.",
+        abstract: "Add a new password, publish it, wait until no connection uses another one, remove the old.",
         discussion: """
-            Steps: ACL SETUSER <user> >new; write the password file (atomic rename, with the new version);
-            wait until every connection of the user named <prefix>@<version> (RedisRotation clients name
-            their connections so) is on the new version; then ACL SETUSER <user> resetpass >new, which leaves
-            the new password only (also removing any left by an earlier, unfinished rotation). Connections
-            still on an old version when --wait runs out are killed with --kill-stragglers; otherwise the old
-            password stays and the command exits 1.
+            Checks first, changing nothing: every node (the primary and each replica ROLE reports) is
+            reachable, the user exists on each (a mistyped name is refused, never created), each node can
+            persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and
+            the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password
+            must log in on a fresh connection before the password file is rewritten (mode and owner kept).
+            It waits until every connection of the user on every node is named <name>@<version> for the new
+            version (unnamed and other connections count as stragglers, named with id, address, name and
+            age), then leaves only the new password (resetpass >new), persisted, and checks again.
+            Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and
+            the command exits 1. Interrupted, the user can log in with both passwords; running the same
+            command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the
+            command that resumes), 2 refused before any change (usage, unknown user, version in use).
             """
     )
 
     @OptionGroup var target: AdminTarget
     @Option(help: "The user whose password rotates.") var user: String
     @Option(help: "The password file the clients watch (it holds the current password; rewritten).") var passwordFile: String
-    @Option(help: "The version label of the new password (default: a timestamp).") var version: String?
+    @Option(help: "The version label of the new password (default: r<seconds>-<random>, unique).") var version: String?
     @Option(help: "Seconds to wait for clients to move to the new version.") var wait = 300
-    @Flag(help: "After the wait, kill connections still on an old version, then remove the old password.") var killStragglers = false
+    @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
+    @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
+    @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
-    func run() async throws {
-        // The file must be readable: it is what the clients watch.
-        guard FileManager.default.isReadableFile(atPath: self.passwordFile) else {
-            throw RunFailure(description: "cannot read --password-file \(self.passwordFile)", exitCode: 2)
+    func validate() throws {
+        guard self.wait >= 0 else { throw ValidationError("--wait must not be negative") }
+        if let version = self.version, !RedisCredentials.isValidVersion(version) {
+            throw ValidationError("--version must be 1 to 64 printable characters without spaces")
         }
-        let version = self.version ?? "r\(Int(Date().timeIntervalSince1970))"
-        guard RedisCredentials.isValidVersion(version) else {
-            throw RunFailure(description: "--version must be 1 to 64 printable characters without spaces", exitCode: 2)
-        }
-        let new = PasswordRotation.randomPassword()
-        try await self.target.send(RedisCommand("ACL", "SETUSER", .string(self.user), .secret(RedisSecret(">" + new))))
-        print("added a new password for \(self.user) (version \(version))")
-        try RedisCredentialFile(password: RedisSecret(new), version: version).write(to: self.passwordFile)
-        print("published it to \(self.passwordFile)")
-
-        let deadline = ContinuousClock.now + .seconds(self.wait)
-        var stragglers: [(id: String, name: String)] = []
-        repeat {
-            stragglers = try await self.connectionsOnOtherVersions(than: version)
-            if stragglers.isEmpty { break }
-            try await Task.sleep(for: .milliseconds(200))
-        } while ContinuousClock.now < deadline
-        if !stragglers.isEmpty {
-            guard self.killStragglers else {
-                throw RunFailure(
-                    description: "\(stragglers.count) connection(s) of \(self.user) are still on an old version after \(self.wait) s (\(stragglers.map(\.name).joined(separator: ", "))); the old password stays. Use --kill-stragglers to disconnect them.",
-                    exitCode: 1
-                )
-            }
-            for straggler in stragglers {
-                try await self.target.send(RedisCommand("CLIENT", "KILL", "ID", .string(straggler.id)))
-            }
-            print("killed \(stragglers.count) connection(s) still on an old version")
-        } else {
-            print("every connection of \(self.user) is on version \(version)")
-        }
-        // One atomic step leaves only the new password: also any left by an earlier, unfinished rotation.
-        try await self.target.send(
-            RedisCommand("ACL", "SETUSER", .string(self.user), "resetpass", .secret(RedisSecret(">" + new)))
-        )
-        print("removed the old password(s): \(self.user) now has only the new one")
     }
 
-    /// Connections of the user whose `<prefix>@<version>` name carries another version.
-    private func connectionsOnOtherVersions(than version: String) async throws -> [(id: String, name: String)] {
-        let list = try await self.target.send(RedisCommand("CLIENT", "LIST")).string ?? ""
-        return list.split(whereSeparator: \.isNewline).compactMap { (line: Substring) -> (id: String, name: String)? in
-            var fields: [String: String] = [:]
-            for field in line.split(separator: " ") {
-                let parts = field.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-            }
-            guard fields["user"] == self.user, let name = fields["name"], let id = fields["id"],
-                let named = name.split(separator: "@").last.map(String.init), name.contains("@")
-            else { return nil }
-            // Probe connections are short-lived; they do not hold the old password.
-            if named.hasSuffix("-probe") { return nil }
-            return named == version ? nil : (id, name)
+    func run() async throws {
+        let printer = StepPrinter(json: self.json)
+        let configuration = try self.target.connectionConfiguration()
+        let topology: RedisAdminTopology
+        do {
+            topology = try await RedisAdminTopology.discover(configuration: configuration)
+        } catch let error as RedisAdminError {
+            throw self.failure(error, state: "nothing was changed", printer: printer, resumable: false)
         }
+        defer { Task { await topology.close() } }
+        let rotation = RedisPasswordRotation(
+            topology: topology,
+            options: .init(
+                user: self.user,
+                passwordFile: self.passwordFile,
+                version: self.version,
+                clientWait: .seconds(self.wait),
+                killStragglers: self.killStragglers,
+                allowUnpersisted: self.noPersist
+            ),
+            report: { printer.step($0) }
+        )
+        do {
+            let plan = try await rotation.prepare()
+            if self.dryRun {
+                let steps = self.plannedSteps(plan)
+                if self.json {
+                    printer.emit(["type": "result", "result": "dry-run", "version": plan.version, "resuming": plan.resuming, "nodes": plan.nodes, "would": steps])
+                } else {
+                    printer.line("dry run, nothing changed; would:")
+                    for step in steps { printer.line("  - \(step)") }
+                }
+                await topology.close()
+                return
+            }
+            if !plan.resuming {
+                try await rotation.addPassword()
+                try rotation.publish()
+            } else {
+                try await rotation.addPassword()
+            }
+            try await rotation.waitForClients()
+            try await rotation.removeOldPasswords()
+            await topology.close()
+            if self.json {
+                printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
+            } else if plan.resuming {
+                printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
+            } else {
+                printer.line("rotated: \(self.user) has only version \(plan.version)")
+            }
+        } catch let error as RedisAdminError {
+            await topology.close()
+            throw self.failure(error, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
+        }
+    }
+
+    private func plannedSteps(_ plan: RedisPasswordRotation.Plan) -> [String] {
+        var steps: [String] = []
+        if plan.resuming {
+            steps.append("finish the interrupted rotation to version \(plan.version) (the file already holds it)")
+        } else {
+            steps.append("add a new password (version \(plan.version)) to \(plan.user) on \(plan.nodes.joined(separator: ", ")) and persist (\(plan.nodes.map { "\($0): \(plan.persistence[$0] ?? "?")" }.joined(separator: ", ")))")
+            steps.append("verify it on a fresh connection to every node")
+            steps.append("write version \(plan.version) to \(self.passwordFile) (mode and owner kept)")
+        }
+        steps.append("wait up to \(self.wait) s until every connection of \(plan.user) is on \(plan.version)\(self.killStragglers ? ", then kill the others" : "")")
+        steps.append("leave only the new password on every node, persist, check connections again")
+        return steps
+    }
+
+    private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist].contains(error.code)
+        let resume = resumable ? resumeCommand() : nil
+        if self.json {
+            var object: [String: Any] = ["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message, "state": state]
+            if let resume { object["resume"] = resume }
+            printer.emit(object)
+        }
+        var text = "\(error.message)\nstate: \(state)"
+        if let resume { text += "\nto resume: \(resume)" }
+        return RunFailure(description: text, exitCode: refusedBeforeChange || error.code == .passwordFile && !resumable ? 2 : 1)
     }
 }
 
@@ -160,11 +147,17 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
     @Option(help: "Afterwards, disconnect this user's connections so that they handshake again.") var killUser: String?
 
     func run() async throws {
-        try await self.target.send(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(self.newCertFile), "tls-key-file", .string(self.newKeyFile)))
-        print("the server now presents \(self.newCertFile)")
-        if let user = self.killUser {
-            try await self.target.send(RedisCommand("CLIENT", "KILL", "USER", .string(user)))
-            print("disconnected the connections of \(user)")
+        let node = try await self.target.connect()
+        defer { Task { await node.close() } }
+        do {
+            try await node.setServerCertificate(certificateFile: self.newCertFile, keyFile: self.newKeyFile)
+            print("the server now presents \(self.newCertFile)")
+            if let user = self.killUser {
+                try await node.killConnections(of: user)
+                print("disconnected the connections of \(user)")
+            }
+        } catch let error as RedisAdminError {
+            throw RunFailure(description: error.message, exitCode: 1)
         }
     }
 }
