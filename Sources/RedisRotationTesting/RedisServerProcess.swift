@@ -95,6 +95,9 @@ public final class RedisServerProcess: Sendable {
         public var startTimeout: Duration
         /// TLS; `nil` serves plain TCP only.
         public var tls: TLS?
+        /// Whether the ACL users are written into `redis.conf` (`user ...` lines, persisted by
+        /// `CONFIG REWRITE`) instead of an ACL file (persisted by `ACL SAVE`). Default: an ACL file.
+        public var usersInConfigFile: Bool
 
         public init(
             users: [User] = [],
@@ -102,7 +105,8 @@ public final class RedisServerProcess: Sendable {
             extraConfiguration: [String] = [],
             executablePath: String? = nil,
             startTimeout: Duration = .seconds(15),
-            tls: TLS? = nil
+            tls: TLS? = nil,
+            usersInConfigFile: Bool = false
         ) {
             self.users = users
             self.defaultUserPassword = defaultUserPassword
@@ -110,6 +114,7 @@ public final class RedisServerProcess: Sendable {
             self.executablePath = executablePath
             self.startTimeout = startTimeout
             self.tls = tls
+            self.usersInConfigFile = usersInConfigFile
         }
     }
 
@@ -403,8 +408,10 @@ public final class RedisServerProcess: Sendable {
             let secret = passwords.isEmpty ? "resetpass" : passwords
             acl.append("user \(Self.aclName(user.name)) \(state) \(secret) \(user.rules)")
         }
-        try acl.joined(separator: "\n").appending("\n")
-            .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
+        if !configuration.usersInConfigFile {
+            try acl.joined(separator: "\n").appending("\n")
+                .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
+        }
 
         var tlsLines: [String] = []
         if let tls = configuration.tls, let tlsPort {
@@ -430,8 +437,8 @@ public final class RedisServerProcess: Sendable {
             "loglevel notice",
             "save \"\"",
             "appendonly no",
-            "aclfile \(directory.appendingPathComponent("users.acl").path)",
-        ] + tlsLines + configuration.extraConfiguration
+        ] + (configuration.usersInConfigFile ? acl : ["aclfile \(directory.appendingPathComponent("users.acl").path)"])
+            + tlsLines + configuration.extraConfiguration
         try config.joined(separator: "\n").appending("\n")
             .write(to: directory.appendingPathComponent("redis.conf"), atomically: true, encoding: .utf8)
     }

@@ -81,6 +81,33 @@ struct RotatePasswordSafetyTests {
         }
     }
 
+    @Test("users kept in the configuration file are persisted with CONFIG REWRITE and survive a restart")
+    func persistsWithConfigRewrite() async throws {
+        let old = makePassword()
+        try await RedisServerProcess.withServer(.init(users: [.init(name: "alice", passwords: [old])], usersInConfigFile: true)) { server in
+            #expect(try await server.admin("CONFIG", "GET", "aclfile").array?.last?.string == "")
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let setup = Setup(server: server, old: old, passwordFile: passwordFile, adminFile: adminFile)
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "5"]))
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("saved with CONFIG REWRITE"), "\(result.stdout)")
+            let new = try setup.file().password
+            try await server.restart()
+            #expect(await setup.canLogIn(new))
+            #expect(await !setup.canLogIn(old))
+        }
+    }
+
+    @Test("persistence: ACL SAVE with an ACL file, else CONFIG REWRITE with a configuration file, else none")
+    func persistenceDecision() {
+        #expect(RedisACLPersistence.decide(aclFile: "/etc/redis/users.acl", configFile: "/etc/redis/redis.conf") == .aclSave)
+        #expect(RedisACLPersistence.decide(aclFile: "", configFile: "/etc/redis/redis.conf") == .configRewrite)
+        #expect(RedisACLPersistence.decide(aclFile: "", configFile: "") == .none)
+    }
+
     @Test("a mistyped user is refused and not created; nothing changes")
     func unknownUser() async throws {
         try await self.withSetup { setup in
