@@ -63,16 +63,7 @@ public final class RedisPasswordRotation: Sendable {
     }
 
     /// One thing that happened (or, from ``prepare()``, was found), as it happened.
-    public struct Step: Sendable, Hashable, Codable, CustomStringConvertible {
-        /// `check`, `resume`, `add`, `persist`, `verify`, `publish`, `wait`, `kill`, `remove`, `done`.
-        public var name: String
-        /// The node concerned, `host:port`, if one.
-        public var node: String?
-        /// What happened, in words; never a password.
-        public var message: String
-
-        public var description: String { "[\(self.name)]\(self.node.map { " \($0):" } ?? "") \(self.message)" }
-    }
+    public typealias Step = RedisAdminStep
 
     /// What ``prepare()`` decided.
     public struct Plan: Sendable, Hashable, Codable {

@@ -8,7 +8,7 @@ struct AdminTarget: ParsableArguments {
     @Option(help: "Server host (the primary, or any node: replicas are discovered).") var host = "127.0.0.1"
     @Option(help: "Server port.") var port = 6379
     @Flag(help: "Connect with TLS.") var tls = false
-    @Option(help: "PEM file of the CA(s) to trust (with --tls).") var caFile: String?
+    @Option(help: "PEM file of the CA(s) to trust (with --tls; also for verifying a new server certificate).") var caFile: String?
     @Option(help: "Client certificate for mutual TLS.") var certFile: String?
     @Option(help: "Client key for mutual TLS.") var keyFile: String?
     @Option(help: "Name the server certificate must carry (default: the host).") var serverName: String?
@@ -58,7 +58,7 @@ struct AdminTarget: ParsableArguments {
 struct StepPrinter: Sendable {
     var json: Bool
 
-    func step(_ step: RedisPasswordRotation.Step) {
+    func step(_ step: RedisAdminStep) {
         if self.json {
             self.emit(["type": "step", "step": step.name, "node": step.node ?? "", "message": step.message])
         } else {

@@ -137,27 +137,79 @@ struct RotatePasswordCommand: AsyncParsableCommand {
 struct RotateServerCertificateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server-certificate",
-        abstract: "Switch the server to a new certificate and key with CONFIG SET (paths as the server sees them).",
-        discussion: "Existing connections keep their sessions; new handshakes see the new certificate. Use --kill-user to make a user's clients reconnect now."
+        abstract: "Switch the server to a new certificate and key, checked before and verified after.",
+        discussion: """
+            Before any change the pair is refused when the key does not match the certificate, the
+            certificate is expired or not yet valid, lacks server authentication, or its names do not cover
+            --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS
+            handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the
+            previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration
+            file. Paths are as the server sees them; the tool reads them too, so run it where they are the
+            same files. Existing connections keep their sessions; --kill-user makes a user's clients
+            handshake again now.
+            """
     )
 
     @OptionGroup var target: AdminTarget
     @Option(help: "The new certificate file, as a path on the server.") var newCertFile: String
     @Option(help: "The new key file, as a path on the server.") var newKeyFile: String
     @Option(help: "Afterwards, disconnect this user's connections so that they handshake again.") var killUser: String?
+    @Flag(help: "Check the pair and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
     func run() async throws {
-        let node = try await self.target.connect()
-        defer { Task { await node.close() } }
+        let printer = StepPrinter(json: self.json)
+        let serverName = self.target.serverName ?? self.target.host
         do {
-            try await node.setServerCertificate(certificateFile: self.newCertFile, keyFile: self.newKeyFile)
-            print("the server now presents \(self.newCertFile)")
-            if let user = self.killUser {
-                try await node.killConnections(of: user)
-                print("disconnected the connections of \(user)")
+            let certificate = try RedisServerCertificateRotation.check(certificateFile: self.newCertFile, keyFile: self.newKeyFile, serverName: serverName)
+            printer.step(RedisAdminStep(name: "check", message: "\(certificate.subject): key matches, valid until \(certificate.notAfter), covers \(serverName)"))
+            guard let caFile = self.target.caFile else {
+                throw RunFailure(description: "--ca-file is needed to verify the new certificate with a fresh handshake; nothing was changed", exitCode: 2)
+            }
+            let verification: RedisConnectionConfiguration.TLS
+            do {
+                let identity = self.target.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.target.keyFile ?? $0)) }
+                let context = try RedisTLSContext(configuration: .init(trustAnchors: [.file(caFile)], clientIdentity: identity))
+                verification = .init(context: context, serverName: serverName)
+            } catch {
+                throw RunFailure(description: error.message, exitCode: 2)
+            }
+            if self.dryRun {
+                if self.json {
+                    printer.emit(["type": "result", "result": "dry-run", "subject": certificate.subject, "sha256": certificate.sha256Fingerprint])
+                } else {
+                    printer.line("dry run, nothing changed; would: CONFIG SET the pair, verify with a fresh handshake (restoring the old pair otherwise), CONFIG REWRITE\(self.killUser.map { ", kill the connections of \($0)" } ?? "")")
+                }
+                return
+            }
+            let node = try await self.target.connect()
+            defer { Task { await node.close() } }
+            do {
+                try await RedisServerCertificateRotation.apply(
+                    certificateFile: self.newCertFile,
+                    keyFile: self.newKeyFile,
+                    certificate: certificate,
+                    on: node,
+                    verifyWith: verification,
+                    report: { printer.step($0) }
+                )
+                if let user = self.killUser {
+                    let killed = try await node.killConnections(of: user)
+                    printer.step(RedisAdminStep(name: "kill", node: node.address, message: "disconnected \(killed) connection(s) of \(user)"))
+                }
+            } catch let error as RedisAdminError {
+                await node.close()
+                throw RunFailure(description: error.message, exitCode: 1)
+            }
+            await node.close()
+            if self.json {
+                printer.emit(["type": "result", "result": "rotated", "subject": certificate.subject, "sha256": certificate.sha256Fingerprint])
+            } else {
+                printer.line("the server now presents \(certificate.subject)")
             }
         } catch let error as RedisAdminError {
-            throw RunFailure(description: error.message, exitCode: 1)
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 2)
         }
     }
 }
