@@ -183,6 +183,21 @@ public final class RedisServerAdmin: Sendable {
         }
     }
 
+    /// The id the server gave a connection opened now (a fresh administrator connection, closed at
+    /// once). Ids only grow, so a connection with a smaller id was opened before this call.
+    public func newestClientID() async throws -> Int {
+        do {
+            let connection = try await RedisConnection.connect(configuration: self.configuration)
+            defer { Task { await connection.close() } }
+            let id = connection.clientID
+            await connection.close()
+            if let id { return id }
+            return try await self.send(RedisCommand("CLIENT", "ID")).int ?? 0
+        } catch let error as RedisError {
+            throw RedisAdminError(code: .nodeUnreachable, message: "cannot open a connection to \(self.address): \(Self.reason(error))", underlying: error)
+        }
+    }
+
     /// Closes one connection (`CLIENT KILL ID`); `false` when it was already gone.
     @discardableResult
     public func kill(clientID: Int) async throws -> Bool {

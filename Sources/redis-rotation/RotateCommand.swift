@@ -8,7 +8,7 @@ struct RotateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rotate",
         abstract: "Rotate a user's password or the server certificate, the way the library expects.",
-        subcommands: [RotatePasswordCommand.self, RotateServerCertificateCommand.self]
+        subcommands: [RotatePasswordCommand.self, RotateServerCertificateCommand.self, RotateCACommand.self]
     )
 }
 
@@ -210,6 +210,108 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
         } catch let error as RedisAdminError {
             if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(error.code)", "message": error.message]) }
             throw RunFailure(description: error.message, exitCode: 2)
+        }
+    }
+}
+
+struct RotateCACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca",
+        abstract: "Roll the trust anchor over: old+new CA bundle, clients reconnect, new server certificate, new CA only.",
+        discussion: """
+            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and
+            key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then:
+            writes the bundle with the old and the new CA (mode and owner kept); waits until every connection
+            of each --user was opened after that plus --reload-grace (RedisRotation clients roll their
+            connections onto a new trust set by themselves; others must reconnect); switches the server
+            certificate as rotate server-certificate does (verified with a fresh handshake trusting only the
+            new CA, restored otherwise, persisted with CONFIG REWRITE); writes the bundle with the new CA only.
+            """
+    )
+
+    @OptionGroup var target: AdminTarget
+    @Option(help: "The CA bundle file the clients trust (rewritten).") var bundleFile: String
+    @Option(help: "The new CA certificate (PEM).") var newCaFile: String
+    @Option(help: "The server certificate issued by the new CA, as a path on the server.") var newCertFile: String
+    @Option(help: "Its key, as a path on the server.") var newKeyFile: String
+    @Option(help: "A user whose connections must reconnect before the switch (repeatable).") var user: [String] = []
+    @Option(help: "Seconds to wait for those connections.") var wait = 300
+    @Option(help: "Seconds the clients may take to notice the bundle change.") var reloadGrace = 2
+    @Flag(help: "After the wait, kill connections opened before the new bundle.") var killStragglers = false
+    @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
+
+    func validate() throws {
+        guard self.wait >= 0, self.reloadGrace >= 0 else { throw ValidationError("--wait and --reload-grace must not be negative") }
+        guard !self.user.isEmpty else { throw ValidationError("name the users whose clients trust the bundle with --user") }
+    }
+
+    func run() async throws {
+        let printer = StepPrinter(json: self.json)
+        let serverName = self.target.serverName ?? self.target.host
+        let node = try await self.target.connect()
+        defer { Task { await node.close() } }
+        let rollover = RedisCARollover(
+            node: node,
+            options: .init(
+                bundleFile: self.bundleFile,
+                newCAFile: self.newCaFile,
+                serverCertificateFile: self.newCertFile,
+                serverKeyFile: self.newKeyFile,
+                serverName: serverName,
+                users: self.user,
+                clientWait: .seconds(self.wait),
+                reloadGrace: .seconds(self.reloadGrace),
+                killStragglers: self.killStragglers
+            ),
+            report: { printer.step($0) }
+        )
+        let check: RedisCARollover.Check
+        do {
+            check = try rollover.check()
+        } catch let error as RedisAdminError {
+            await node.close()
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+        printer.step(RedisAdminStep(name: "check", message: "new CA \(check.newCA.subject); server certificate \(check.serverCertificate.subject) covers \(serverName); the bundle holds \(check.currentAnchors.count) CA(s)"))
+        if self.dryRun {
+            let steps = [
+                "write the old and the new CA to \(self.bundleFile)",
+                "wait up to \(self.wait) s until every connection of \(self.user.joined(separator: ", ")) is newer than that\(self.killStragglers ? ", then kill the others" : "")",
+                "switch the server to \(self.newCertFile), verify with a handshake trusting only the new CA, CONFIG REWRITE",
+                "write the new CA only to \(self.bundleFile)",
+            ]
+            if self.json {
+                printer.emit(["type": "result", "result": "dry-run", "would": steps])
+            } else {
+                printer.line("dry run, nothing changed; would:")
+                for step in steps { printer.line("  - \(step)") }
+            }
+            await node.close()
+            return
+        }
+        // The verifying handshake trusts only the new CA (and presents the admin's certificate for mutual TLS).
+        let tls: RedisConnectionConfiguration.TLS
+        do {
+            let identity = self.target.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.target.keyFile ?? $0)) }
+            tls = .init(context: try RedisTLSContext(configuration: .init(trustAnchors: [.file(self.newCaFile)], clientIdentity: identity)), serverName: serverName)
+        } catch {
+            await node.close()
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+        do {
+            try await rollover.run(check, verifyWith: tls)
+        } catch let error as RedisAdminError {
+            await node.close()
+            if self.json { printer.emit(["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 1)
+        }
+        await node.close()
+        if self.json {
+            printer.emit(["type": "result", "result": "rotated", "ca": check.newCA.subject])
+        } else {
+            printer.line("rolled over to \(check.newCA.subject)")
         }
     }
 }
