@@ -98,6 +98,9 @@ public final class RedisServerProcess: Sendable {
         /// Whether the ACL users are written into `redis.conf` (`user ...` lines, persisted by
         /// `CONFIG REWRITE`) instead of an ACL file (persisted by `ACL SAVE`). Default: an ACL file.
         public var usersInConfigFile: Bool
+        /// Whether the server starts with its configuration as command-line arguments and no file, so
+        /// that neither `ACL SAVE` nor `CONFIG REWRITE` can persist anything (with ``usersInConfigFile``).
+        public var startsWithoutConfigFile: Bool
 
         public init(
             users: [User] = [],
@@ -106,7 +109,8 @@ public final class RedisServerProcess: Sendable {
             executablePath: String? = nil,
             startTimeout: Duration = .seconds(15),
             tls: TLS? = nil,
-            usersInConfigFile: Bool = false
+            usersInConfigFile: Bool = false,
+            startsWithoutConfigFile: Bool = false
         ) {
             self.users = users
             self.defaultUserPassword = defaultUserPassword
@@ -115,6 +119,7 @@ public final class RedisServerProcess: Sendable {
             self.startTimeout = startTimeout
             self.tls = tls
             self.usersInConfigFile = usersInConfigFile
+            self.startsWithoutConfigFile = startsWithoutConfigFile
         }
     }
 
@@ -139,6 +144,8 @@ public final class RedisServerProcess: Sendable {
     private let process: Lock<(pid: Int32, exit: ExitMonitor)>
     private var exit: ExitMonitor { self.process.withLock { $0.exit } }
     private let executable: String
+    /// What `redis-server` is started with: the configuration file, or its lines as arguments.
+    private let launchArguments: [String]
     private let finalLog = Lock<String?>(nil)
 
     private init(
@@ -149,6 +156,7 @@ public final class RedisServerProcess: Sendable {
         pid: Int32,
         exit: ExitMonitor,
         executable: String,
+        launchArguments: [String],
         adminPassword: RedisSecret
     ) {
         self.port = port
@@ -157,6 +165,7 @@ public final class RedisServerProcess: Sendable {
         self.directory = directory
         self.process = Lock((pid, exit))
         self.executable = executable
+        self.launchArguments = launchArguments
         self.adminPassword = adminPassword
     }
 
@@ -261,7 +270,7 @@ public final class RedisServerProcess: Sendable {
     /// must reconnect.
     public func restart(timeout: Duration = .seconds(15)) async throws {
         await self.terminate()
-        let launched = try Self.launch(self.executable, in: self.directory)
+        let launched = try Self.launch(self.executable, arguments: self.launchArguments, in: self.directory)
         self.process.withLock { $0 = launched }
         try await self.waitUntilReady(timeout: timeout)
     }
@@ -276,11 +285,11 @@ public final class RedisServerProcess: Sendable {
     }
 
     /// Starts `redis-server` with the configuration in `directory` and watches for its exit.
-    private static func launch(_ executable: String, in directory: URL) throws -> (pid: Int32, exit: ExitMonitor) {
+    private static func launch(_ executable: String, arguments: [String], in directory: URL) throws -> (pid: Int32, exit: ExitMonitor) {
         let exit = ExitMonitor()
         let pid = try Self.spawn(
             executable,
-            arguments: [directory.appendingPathComponent("redis.conf").path],
+            arguments: arguments,
             output: directory.appendingPathComponent("redis.stdout").path
         )
         exit.monitor(pid: pid)
@@ -335,7 +344,17 @@ public final class RedisServerProcess: Sendable {
                 adminPassword: adminPassword,
                 in: directory
             )
-            let (pid, exit) = try Self.launch(executable, in: directory)
+            let configFile = directory.appendingPathComponent("redis.conf")
+            var arguments = [configFile.path]
+            if configuration.startsWithoutConfigFile {
+                // Each line `name value...` becomes `--name value...`; quotes only ever wrap one value.
+                let lines = try String(contentsOf: configFile, encoding: .utf8).split(separator: "\n")
+                arguments = lines.flatMap { line -> [String] in
+                    let words = line.split(separator: " ").map { $0.replacingOccurrences(of: "\"", with: "") }
+                    return ["--" + words[0]] + (words.count == 1 ? [""] : Array(words.dropFirst()))
+                }
+            }
+            let (pid, exit) = try Self.launch(executable, arguments: arguments, in: directory)
 
             let server = RedisServerProcess(
                 port: tlsPort ?? port,
@@ -345,6 +364,7 @@ public final class RedisServerProcess: Sendable {
                 pid: pid,
                 exit: exit,
                 executable: executable,
+                launchArguments: arguments,
                 adminPassword: adminPassword
             )
             do {

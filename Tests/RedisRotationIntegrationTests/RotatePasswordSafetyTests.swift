@@ -101,6 +101,27 @@ struct RotatePasswordSafetyTests {
         }
     }
 
+    @Test("a server that can persist neither way is refused, saying why, unless --no-persist")
+    func refusesWithoutPersistence() async throws {
+        let old = makePassword()
+        try await RedisServerProcess.withServer(.init(users: [.init(name: "alice", passwords: [old])], usersInConfigFile: true, startsWithoutConfigFile: true)) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let setup = Setup(server: server, old: old, passwordFile: passwordFile, adminFile: adminFile)
+            let refused = try await runTool(setup.arguments(["--version", "v2", "--wait", "2"]))
+            #expect(refused.status == 2, "\(refused.stdout)\(refused.stderr)")
+            #expect(refused.stderr.contains("would be lost on restart") && refused.stderr.contains("--no-persist"), "\(refused.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [old.sha256Hex])
+
+            let accepted = try await runTool(setup.arguments(["--version", "v2", "--wait", "2", "--no-persist"]))
+            #expect(accepted.status == 0, "\(accepted.stdout)\(accepted.stderr)")
+            #expect(try await setup.hashes() == [try setup.file().password.sha256Hex])
+        }
+    }
+
     @Test("persistence: ACL SAVE with an ACL file, else CONFIG REWRITE with a configuration file, else none")
     func persistenceDecision() {
         #expect(RedisACLPersistence.decide(aclFile: "/etc/redis/users.acl", configFile: "/etc/redis/redis.conf") == .aclSave)
