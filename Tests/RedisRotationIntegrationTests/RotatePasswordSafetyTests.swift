@@ -2,6 +2,7 @@ import Foundation
 import RedisRotation
 import RedisRotationAdmin
 import RedisRotationTesting
+import Synchronization
 import Testing
 
 /// `rotate password` against real servers: every way it used to lock users out, or to claim success
@@ -138,6 +139,12 @@ struct RotatePasswordSafetyTests {
             #expect(try await setup.hashes(user: "alicee") == nil, "the mistyped user was not created")
             #expect(try setup.file().version == "v1")
             #expect(try await setup.hashes() == [setup.old.sha256Hex])
+
+            let json = try await runTool(setup.arguments(user: "alicee", ["--wait", "1", "--json"]))
+            #expect(json.status == 2)
+            let last = try JSONSerialization.jsonObject(with: Data(try #require(json.stdout.split(separator: "\n").last).utf8)) as? [String: Any]
+            #expect(last?["result"] as? String == "failed" && last?["code"] as? String == "userNotFound", "\(json.stdout)")
+            #expect(last?["state"] as? String == "nothing was changed")
         }
     }
 
@@ -246,6 +253,42 @@ struct RotatePasswordSafetyTests {
             #expect(try await setup.hashes() == [new.sha256Hex])
             #expect(await setup.canLogIn(new))
             #expect(await !setup.canLogIn(setup.old))
+        }
+    }
+
+    @Test("a connection opened with the old password after the wait is caught by the check after the removal, and killed when asked")
+    func recheckAfterRemoval() async throws {
+        try await self.withSetup { setup in
+            for kill in [false, true] {
+                let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+                let previous = try setup.file().password
+                let steps = StepLog()
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: [node]),
+                    options: .init(user: "alice", passwordFile: setup.passwordFile, clientWait: .seconds(2), killStragglers: kill),
+                    report: { steps.append($0) }
+                )
+                try await rotation.prepare()
+                try await rotation.addPassword()
+                try rotation.publish()
+                try await rotation.waitForClients()
+                // The race the second check exists for: a client logs in with the old password between
+                // the wait and the removal.
+                let late = try await RedisConnection.connect(configuration: setup.server.connectionConfiguration(username: "alice", password: previous))
+                if kill {
+                    try await rotation.removeOldPasswords()
+                    await late.waitUntilClosed()
+                    #expect(steps.all.contains { $0.name == "kill" && $0.message.contains("id=\(late.clientID ?? -1)") }, "\(steps.all)")
+                } else {
+                    let error = await #expect(throws: RedisAdminError.self) { try await rotation.removeOldPasswords() }
+                    #expect(error?.code == .stragglers)
+                    #expect(error?.message.contains("id=\(late.clientID ?? -1)") == true, "\(String(describing: error))")
+                    #expect(rotation.state.contains("only the password of version"), "\(rotation.state)")
+                    try await setup.server.admin("CLIENT", "KILL", "ID", .integer(late.clientID ?? -1))
+                }
+                #expect(try await setup.hashes() == [try setup.file().password.sha256Hex])
+                await node.close()
+            }
         }
     }
 
@@ -366,4 +409,11 @@ enum RedisServerProcessPorts {
         guard bound else { throw POSIXError(.EADDRNOTAVAIL) }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+}
+
+/// The steps a procedure reported, in order.
+final class StepLog: Sendable {
+    private let steps = Mutex<[RedisAdminStep]>([])
+    func append(_ step: RedisAdminStep) { self.steps.withLock { $0.append(step) } }
+    var all: [RedisAdminStep] { self.steps.withLock { $0 } }
 }
