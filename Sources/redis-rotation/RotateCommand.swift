@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Foundation
 import RedisRotation
 import RedisRotationAdmin
@@ -71,38 +72,51 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             ),
             report: { printer.step($0) }
         )
+        // Ctrl-C cancels the work; the user can still log in with what the file holds, and the same
+        // command resumes. Said before exiting, like any other failure.
+        let work = Task { try await self.perform(rotation, topology: topology, printer: printer) }
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler { work.cancel() }
+        interrupt.resume()
+        defer { interrupt.cancel() }
         do {
-            let plan = try await rotation.prepare()
-            if self.dryRun {
-                let steps = self.plannedSteps(plan)
-                if self.json {
-                    printer.emit(["type": "result", "result": "dry-run", "version": plan.version, "resuming": plan.resuming, "nodes": plan.nodes, "would": steps])
-                } else {
-                    printer.line("dry run, nothing changed; would:")
-                    for step in steps { printer.line("  - \(step)") }
-                }
-                await topology.close()
-                return
-            }
-            if !plan.resuming {
-                try await rotation.addPassword()
-                try rotation.publish()
-            } else {
-                try await rotation.addPassword()
-            }
-            try await rotation.waitForClients()
-            try await rotation.removeOldPasswords()
-            await topology.close()
-            if self.json {
-                printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
-            } else if plan.resuming {
-                printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
-            } else {
-                printer.line("rotated: \(self.user) has only version \(plan.version)")
-            }
+            try await work.value
         } catch let error as RedisAdminError {
             await topology.close()
             throw self.failure(error, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
+        } catch where work.isCancelled {
+            await topology.close()
+            let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
+            let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
+            throw RunFailure(description: failure.description, exitCode: 130)
+        }
+    }
+
+    private func perform(_ rotation: RedisPasswordRotation, topology: RedisAdminTopology, printer: StepPrinter) async throws {
+        let plan = try await rotation.prepare()
+        if self.dryRun {
+            let steps = self.plannedSteps(plan)
+            if self.json {
+                printer.emit(["type": "result", "result": "dry-run", "version": plan.version, "resuming": plan.resuming, "nodes": plan.nodes, "would": steps])
+            } else {
+                printer.line("dry run, nothing changed; would:")
+                for step in steps { printer.line("  - \(step)") }
+            }
+            await topology.close()
+            return
+        }
+        try await rotation.addPassword()
+        if !plan.resuming { try rotation.publish() }
+        try await rotation.waitForClients()
+        try await rotation.removeOldPasswords()
+        await topology.close()
+        if self.json {
+            printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
+        } else if plan.resuming {
+            printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
+        } else {
+            printer.line("rotated: \(self.user) has only version \(plan.version)")
         }
     }
 

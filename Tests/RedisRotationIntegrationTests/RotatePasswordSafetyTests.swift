@@ -229,14 +229,22 @@ struct RotatePasswordSafetyTests {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: try redisRotationBinary())
             process.arguments = arguments
+            let errorsPath = setup.server.directory.appendingPathComponent("interrupted.stderr").path
+            #expect(FileManager.default.createFile(atPath: errorsPath, contents: nil))
+            let errors = try FileHandle(forWritingTo: URL(fileURLWithPath: errorsPath))
             process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            process.standardError = errors
             try process.run()
             // Killed once it published and waits for the straggler.
             await eventually("the tool published a new version") { (try? setup.file().version) != "v1" }
             await eventually("the tool is waiting") { (try? await setup.server.clients(of: "alice").count) == 1 }
             process.interrupt()
             process.waitUntilExit()
+            try errors.close()
+            #expect(process.terminationStatus == 130)
+            let said = try String(contentsOfFile: errorsPath, encoding: .utf8)
+            #expect(said.contains("interrupted") && said.contains("state: the servers accept the old and the new password"), "\(said)")
+            #expect(said.contains("to resume: redis-rotation rotate password"), "\(said)")
 
             let new = try setup.file().password
             #expect(await setup.canLogIn(new))
