@@ -16,7 +16,8 @@ public struct RedisAdminTopology: Sendable {
 
     /// Connects to the node `configuration` names, to its primary when it is a replica, and to every
     /// replica the primary reports (`ROLE`), all with the same administrator credentials and TLS
-    /// settings. Replicas are addressed as the primary sees them (`replica-announce-ip`/`-port`).
+    /// settings. Replicas are addressed as the primary sees them (`replica-announce-ip`/`-port`). In a
+    /// Redis Cluster, every node `CLUSTER NODES` lists instead (a node marked `fail` is refused).
     ///
     /// - Throws: ``RedisAdminError`` `nodeUnreachable` naming the first node that cannot be reached:
     ///   a rotation must not start while one of them would miss it.
@@ -25,6 +26,29 @@ public struct RedisAdminTopology: Sendable {
         do {
             let first = try await RedisServerAdmin.connect(configuration: configuration)
             connected.append(first)
+            if let members = try await first.clusterNodes() {
+                // A cluster lists every node, primaries and replicas, itself aside.
+                for member in members where !connected.contains(where: { $0.address == "\(member.host):\(member.port)" }) {
+                    if member.flags.contains("fail") || member.flags.contains("noaddr") || member.port == 0 {
+                        throw RedisAdminError(
+                            code: .nodeUnreachable,
+                            message: "the cluster node \(member.host):\(member.port) is marked \(member.flags.joined(separator: ",")); ACLs are per node, so nothing was changed"
+                        )
+                    }
+                    var memberConfiguration = configuration
+                    (memberConfiguration.host, memberConfiguration.port) = (member.host, member.port)
+                    do {
+                        connected.append(try await RedisServerAdmin.connect(configuration: memberConfiguration))
+                    } catch let error as RedisAdminError {
+                        throw RedisAdminError(
+                            code: .nodeUnreachable,
+                            message: "the cluster node \(member.host):\(member.port) cannot be reached (\(error.message)); ACLs are per node, so nothing was changed",
+                            underlying: error
+                        )
+                    }
+                }
+                return RedisAdminTopology(nodes: connected)
+            }
             var primary = first
             if let address = try await first.primary() {
                 var primaryConfiguration = configuration

@@ -243,6 +243,24 @@ public final class RedisServerAdmin: Sendable {
         }
     }
 
+    /// The other nodes of a Redis Cluster (`CLUSTER NODES`), primaries and replicas, as `(host, port,
+    /// flags)`; `nil` when cluster mode is off. ACLs are per node there too.
+    public func clusterNodes() async throws -> [(host: String, port: Int, flags: [String])]? {
+        let info = try await self.send(RedisCommand("INFO", "cluster")).string ?? ""
+        guard info.split(whereSeparator: \.isNewline).contains(where: { $0 == "cluster_enabled:1" }) else { return nil }
+        let text = try await self.send(RedisCommand("CLUSTER", "NODES")).string ?? ""
+        return text.split(whereSeparator: \.isNewline).compactMap { line in
+            // <id> <ip:port@cport[,hostname]> <flags> ...
+            let fields = line.split(separator: " ")
+            guard fields.count >= 3 else { return nil }
+            let address = fields[1].split(separator: "@").first ?? ""
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return nil }
+            let flags = fields[2].split(separator: ",").map(String.init)
+            if flags.contains("myself") { return nil }
+            return (String(address[..<colon]), port, flags)
+        }
+    }
+
     /// The primary of a replica (`ROLE` of a replica), `nil` when the node is a primary.
     public func primary() async throws -> (host: String, port: Int)? {
         let role = try await self.send(RedisCommand("ROLE")).array ?? []

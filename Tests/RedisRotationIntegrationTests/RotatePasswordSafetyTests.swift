@@ -425,3 +425,65 @@ final class StepLog: Sendable {
     func append(_ step: RedisAdminStep) { self.steps.withLock { $0.append(step) } }
     var all: [RedisAdminStep] { self.steps.withLock { $0 } }
 }
+
+/// Redis Cluster: ACLs are per node there too; every node `CLUSTER NODES` lists gets the change.
+@Suite("redis-rotation rotate password: cluster", .timeLimit(.minutes(3)))
+struct RotatePasswordClusterTests {
+    /// A cluster node with alice (`password`); its bus on a port of its own.
+    func clusterNode(password: RedisSecret) async throws -> RedisServerProcess {
+        let busPort = try RedisServerProcessPorts.closedLoopbackPort()
+        return try await RedisServerProcess.start(
+            .init(
+                users: [.init(name: "alice", passwords: [password])],
+                extraConfiguration: ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-port \(busPort)"]
+            )
+        )
+    }
+
+    @Test("every node of a cluster gets the new password, and a straggler on any node blocks the removal")
+    func clusterRotated() async throws {
+        let old = makePassword()
+        var nodes: [RedisServerProcess] = []
+        defer { for node in nodes { Task { await node.stop() } } }
+        for _ in 0..<3 { nodes.append(try await self.clusterNode(password: old)) }
+        let first = nodes[0]
+        for node in nodes.dropFirst() {
+            // One administrator password on every node, as an operator would have.
+            try await node.admin("ACL", "SETUSER", .string(node.adminUsername), .string(">\(text(of: first.adminPassword))"))
+            let bus = try await node.admin("CONFIG", "GET", "cluster-port").array?.last?.string ?? "0"
+            try await first.admin("CLUSTER", "MEET", "127.0.0.1", .integer(node.port), .string(bus))
+        }
+        await eventually("the cluster knows three nodes") {
+            let text = (try? await first.admin("CLUSTER", "NODES").string) ?? ""
+            let lines = text.split(whereSeparator: \.isNewline)
+            return lines.count == 3 && !lines.contains { $0.contains("handshake") || $0.contains("noaddr") }
+        }
+
+        let passwordFile = first.directory.appendingPathComponent("alice.password").path
+        try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
+        let adminFile = first.directory.appendingPathComponent("admin.password").path
+        try text(of: first.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+        let arguments = [
+            "rotate", "password", "--port", "\(first.port)", "--admin-user", first.adminUsername,
+            "--admin-password-file", adminFile, "--user", "alice", "--password-file", passwordFile, "--version", "v2",
+        ]
+        let last = nodes[2]
+        let straggler = try await RedisConnection.connect(configuration: last.connectionConfiguration(username: "alice", password: old, name: "app@v1"))
+        let blocked = try await runTool(arguments + ["--wait", "1"])
+        #expect(blocked.status == 1, "\(blocked.stdout)\(blocked.stderr)")
+        #expect(blocked.stderr.contains("127.0.0.1:\(last.port) id=\(straggler.clientID ?? -1)"), "\(blocked.stderr)")
+        try await last.admin("CLIENT", "KILL", "ID", .integer(straggler.clientID ?? -1))
+        await straggler.waitUntilClosed()
+
+        let rotated = try await runTool(arguments + ["--wait", "5"])
+        #expect(rotated.status == 0, "\(rotated.stdout)\(rotated.stderr)")
+        let new = try RedisCredentialFile.read(from: passwordFile).password
+        for node in nodes {
+            #expect(rotated.stdout.contains("[add] 127.0.0.1:\(node.port):"), "\(rotated.stdout)")
+            let admin = try await RedisServerAdmin.connect(configuration: node.adminConnectionConfiguration())
+            #expect(try await admin.passwordHashes(of: "alice") == [new.sha256Hex])
+            await admin.close()
+        }
+        for node in nodes { await node.stop() }
+    }
+}
