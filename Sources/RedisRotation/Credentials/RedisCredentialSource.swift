@@ -39,7 +39,8 @@ public struct RedisCredentialSource: Sendable {
     /// The file's directory is watched (inotify) and the file polled as a safety net, so a write in
     /// place, an atomic rename and a Kubernetes `..data` symlink swap are all noticed. A change is read
     /// after `debounce` of quiet, twice, and used only if both reads agree. An empty, oversized or
-    /// incomplete file is never used: the last good credential stays and the client emits an event.
+    /// incomplete file is never used, nor is a file the process can no longer read (its mode or owner
+    /// changed): the last good credential stays and the client emits `credentialSourceRejected`.
     ///
     /// The file is either just the password, or lines `password=...` with optional `username=...`,
     /// `version=...` and `expires=...` (ISO 8601). Write a `version=` line when several processes share
