@@ -114,7 +114,7 @@ public final class RedisPasswordRotation: Sendable {
         let plan = try await self.prepare()
         if !plan.resuming {
             try await self.addPassword()
-            try self.publish()
+            try await self.publish()
         } else {
             // The file already holds the password: make sure every node accepts it, then finish.
             try await self.addPassword()
@@ -134,6 +134,11 @@ public final class RedisPasswordRotation: Sendable {
         let file: RedisCredentialFile?
         do {
             file = try RedisCredentialFile.read(from: self.options.passwordFile)
+        } catch {
+            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        do {
+            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
@@ -251,14 +256,30 @@ public final class RedisPasswordRotation: Sendable {
     // MARK: 3. Publish
 
     /// Replaces the password file with the new password and version (mode and owner kept).
-    public func publish() throws {
+    public func publish() async throws {
         let (plan, password, _) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
         if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
         do {
             try file.write(to: self.options.passwordFile)
         } catch {
-            throw RedisAdminError(code: .passwordFile, message: error.message, underlying: error)
+            // Unpublished, the new password only widens access: take it back.
+            let persistence = self.progress.withLock { $0.persistence }
+            var removed = true
+            for node in self.topology.nodes {
+                do {
+                    try await node.removePassword(password, from: plan.user)
+                    if let mode = persistence[node.address] { try await node.persist(mode) }
+                } catch {
+                    removed = false
+                }
+            }
+            if removed { self.progress.withLock { $0.added = false } }
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node")",
+                underlying: error
+            )
         }
         self.progress.withLock { $0.published = true }
         self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")

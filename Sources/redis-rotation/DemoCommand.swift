@@ -127,7 +127,7 @@ struct DemoCommand: AsyncParsableCommand {
                     try await rotation.addPassword()
                 },
                 RotationStep(name: "2 publish it to the password file (atomic rename)", at: at(0.18)) {
-                    try rotation.publish()
+                    try await rotation.publish()
                     try await rotation.waitForClients()
                 },
                 RotationStep(name: "3 remove the old password (ACL SETUSER app resetpass >new, ACL SAVE)", at: at(0.28)) {

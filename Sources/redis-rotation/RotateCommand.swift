@@ -107,7 +107,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             return
         }
         try await rotation.addPassword()
-        if !plan.resuming { try rotation.publish() }
+        if !plan.resuming { try await rotation.publish() }
         try await rotation.waitForClients()
         try await rotation.removeOldPasswords()
         await topology.close()

@@ -162,6 +162,35 @@ struct RotatePasswordSafetyTests {
         }
     }
 
+    @Test("a password file that cannot be replaced (a symbolic link) is refused before any change, with a clear message")
+    func unwritableFile() async throws {
+        try await self.withSetup { setup in
+            let link = setup.server.directory.appendingPathComponent("linked.password").path
+            #expect(symlink(setup.passwordFile, link) == 0)
+            let result = try await runTool(setup.arguments(["--wait", "1"]).map { $0 == setup.passwordFile ? link : $0 })
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("it is a symbolic link") && result.stderr.contains("nothing was changed"), "\(result.stderr)")
+            #expect(!result.stderr.contains("NSCocoaErrorDomain"))
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: setup.server.directory.path).filter { $0.contains(".tmp-") }
+            #expect(leftovers.isEmpty, "\(leftovers)")
+
+            // The file becomes unreplaceable after the checks: the added password is taken back.
+            let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let rotation = RedisPasswordRotation(topology: RedisAdminTopology(nodes: [node]), options: .init(user: "alice", passwordFile: setup.passwordFile))
+            try await rotation.prepare()
+            try await rotation.addPassword()
+            #expect(try await setup.hashes()?.count == 2)
+            try FileManager.default.removeItem(atPath: setup.passwordFile)
+            try FileManager.default.createDirectory(atPath: setup.passwordFile, withIntermediateDirectories: false)
+            let error = await #expect(throws: RedisAdminError.self) { try await rotation.publish() }
+            #expect(error?.message.contains("the new password was removed again") == true, "\(String(describing: error))")
+            #expect(rotation.state == "nothing was changed")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+            await node.close()
+        }
+    }
+
     @Test("an unnamed connection on the old password blocks success; --kill-stragglers kills it, and the run resumes")
     func unnamedStraggler() async throws {
         try await self.withSetup { setup in
@@ -278,7 +307,7 @@ struct RotatePasswordSafetyTests {
                 )
                 try await rotation.prepare()
                 try await rotation.addPassword()
-                try rotation.publish()
+                try await rotation.publish()
                 try await rotation.waitForClients()
                 // The race the second check exists for: a client logs in with the old password between
                 // the wait and the removal.

@@ -29,23 +29,11 @@ package func replaceFileSafely(at path: String, with content: RedisSecret, what:
         RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): \(step): \(String(cString: strerror(code)))")
     }
 
-    var original = stat()
     var mode: mode_t = 0o600
     var owner: (uid: uid_t, gid: gid_t)?
-    if lstat(path, &original) == 0 {
-        if (original.st_mode & S_IFMT) == S_IFLNK {
-            throw RedisError(
-                code: .invalidArgument,
-                message: "cannot write \(what) \(path): it is a symbolic link (managed by a secret manager?); name the file it points to"
-            )
-        }
-        guard (original.st_mode & S_IFMT) == S_IFREG else {
-            throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): it is not a regular file")
-        }
+    if let original = try existingFile(at: path, what: what) {
         mode = original.st_mode & 0o7777
         owner = (original.st_uid, original.st_gid)
-    } else if errno != ENOENT {
-        throw failure("cannot examine it", errno)
     }
 
     let directory = parentDirectory(of: path)
@@ -82,6 +70,31 @@ package func replaceFileSafely(at path: String, with content: RedisSecret, what:
     guard directoryFD >= 0 else { throw failure("written, but cannot open \(directory) to flush it", errno) }
     defer { close(directoryFD) }
     guard fsync(directoryFD) == 0 else { throw failure("written, but cannot flush \(directory) to disk", errno) }
+}
+
+/// Refuses, before anything is changed, a `path` that ``replaceFileSafely(at:with:what:)`` would
+/// refuse: a symbolic link or something other than a regular file.
+package func checkFileReplaceable(at path: String, what: String) throws(RedisError) {
+    _ = try existingFile(at: path, what: what)
+}
+
+/// The file at `path` as `lstat` sees it; `nil` when there is none. Refuses links and non-files.
+private func existingFile(at path: String, what: String) throws(RedisError) -> stat? {
+    var original = stat()
+    guard lstat(path, &original) == 0 else {
+        if errno == ENOENT { return nil }
+        throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): cannot examine it: \(String(cString: strerror(errno)))")
+    }
+    if (original.st_mode & S_IFMT) == S_IFLNK {
+        throw RedisError(
+            code: .invalidArgument,
+            message: "cannot write \(what) \(path): it is a symbolic link (managed by a secret manager?); name the file it points to"
+        )
+    }
+    guard (original.st_mode & S_IFMT) == S_IFREG else {
+        throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): it is not a regular file")
+    }
+    return original
 }
 
 /// Writes all of `bytes` to `fd`; the `errno` of a failure, or `nil`.
