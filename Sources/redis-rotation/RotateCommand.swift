@@ -18,17 +18,18 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         commandName: "password",
         abstract: "Add a new password, publish it, wait until no connection uses another one, remove the old.",
         discussion: """
-            Checks first, changing nothing: every node (the primary and each replica ROLE reports) is
-            reachable, the user exists on each (a mistyped name is refused, never created), each node can
-            persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and
-            the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password
-            must log in on a fresh connection before the password file is rewritten (mode and owner kept).
-            It waits until every connection of the user on every node is named <name>@<version> for the new
-            version (unnamed and other connections count as stragglers, named with id, address, name and
-            age), then leaves only the new password (resetpass >new), persisted, and checks again.
-            Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and
-            the command exits 1. Interrupted, the user can log in with both passwords; running the same
-            command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the
+            Checks first, changing nothing: every node (the primary and each replica ROLE reports, or every \
+            node of a cluster) is \
+            reachable, the user exists on each (a mistyped name is refused, never created), each node can \
+            persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and \
+            the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password \
+            must log in on a fresh connection before the password file is rewritten (mode and owner kept). \
+            It waits until every connection of the user on every node is named <name>@<version> for the new \
+            version (unnamed and other connections count as stragglers, named with id, address, name and \
+            age), then leaves only the new password (resetpass >new), persisted, and checks again. \
+            Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and \
+            the command exits 1. Interrupted, the user can log in with both passwords; running the same \
+            command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
             command that resumes), 2 refused before any change (usage, unknown user, version in use).
             """
     )
@@ -153,13 +154,13 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
         commandName: "server-certificate",
         abstract: "Switch the server to a new certificate and key, checked before and verified after.",
         discussion: """
-            Before any change the pair is refused when the key does not match the certificate, the
-            certificate is expired or not yet valid, lacks server authentication, or its names do not cover
-            --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS
-            handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the
-            previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration
-            file. Paths are as the server sees them; the tool reads them too, so run it where they are the
-            same files. Existing connections keep their sessions; --kill-user makes a user's clients
+            Before any change the pair is refused when the key does not match the certificate, the \
+            certificate is expired or not yet valid, lacks server authentication, or its names do not cover \
+            --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS \
+            handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the \
+            previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration \
+            file. Paths are as the server sees them; the tool reads them too, so run it where they are the \
+            same files. Existing connections keep their sessions; --kill-user makes a user's clients \
             handshake again now.
             """
     )
@@ -233,12 +234,12 @@ struct RotateCACommand: AsyncParsableCommand {
         commandName: "ca",
         abstract: "Roll the trust anchor over: old+new CA bundle, clients reconnect, new server certificate, new CA only.",
         discussion: """
-            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and
-            key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then:
-            writes the bundle with the old and the new CA (mode and owner kept); waits until every connection
-            of each --user was opened after that plus --reload-grace (RedisRotation clients roll their
-            connections onto a new trust set by themselves; others must reconnect); switches the server
-            certificate as rotate server-certificate does (verified with a fresh handshake trusting only the
+            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and \
+            key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then: \
+            writes the bundle with the old and the new CA (mode and owner kept); waits until every connection \
+            of each --user was opened after that plus --reload-grace (RedisRotation clients roll their \
+            connections onto a new trust set by themselves; others must reconnect); switches the server \
+            certificate as rotate server-certificate does (verified with a fresh handshake trusting only the \
             new CA, restored otherwise, persisted with CONFIG REWRITE); writes the bundle with the new CA only.
             """
     )
