@@ -123,6 +123,22 @@ struct RotatePasswordSafetyTests {
         }
     }
 
+    @Test("CLIENT LIST entries: versions only from <name>@<version> (a probe counts as its version), unnamed ones have none")
+    func clientListParsing() {
+        let text = """
+            id=3 addr=127.0.0.1:5001 laddr=127.0.0.1:6379 fd=8 name=app@v2 age=12 idle=0 flags=N db=0 user=alice
+            id=4 addr=127.0.0.1:5002 laddr=127.0.0.1:6379 fd=9 name= age=3 idle=0 flags=N db=0 user=alice
+            id=5 addr=127.0.0.1:5003 laddr=127.0.0.1:6379 fd=10 name=app@v3-probe age=0 idle=0 flags=N db=0 user=alice
+            id=6 addr=127.0.0.1:5004 laddr=127.0.0.1:6379 fd=11 name=renamed age=7 idle=0 flags=N db=0 user=bob
+
+            """
+        let entries = RedisClientInfo.parseList(text)
+        #expect(entries.map(\.id) == [3, 4, 5, 6])
+        #expect(entries.map(\.credentialVersion) == ["v2", nil, "v3", nil])
+        #expect(entries.map(\.user) == ["alice", "alice", "alice", "bob"])
+        #expect(entries[1].description == "id=4 addr=127.0.0.1:5002 name=(none) age=3s")
+    }
+
     @Test("persistence: ACL SAVE with an ACL file, else CONFIG REWRITE with a configuration file, else none")
     func persistenceDecision() {
         #expect(RedisACLPersistence.decide(aclFile: "/etc/redis/users.acl", configFile: "/etc/redis/redis.conf") == .aclSave)
