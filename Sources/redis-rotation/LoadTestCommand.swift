@@ -119,7 +119,10 @@ struct LoadTestCommand: AsyncParsableCommand {
         if let path = self.reportHtml {
             try report.html(title: "redis-rotation loadtest \(self.host):\(self.port)").write(toFile: path, atomically: true, encoding: .utf8)
         }
-        if !report.succeeded { throw ExitCode(1) }
+        // A rotation step that failed fails the run too: the rotation it was meant to exercise did not happen.
+        let failedSteps = report.events.filter { $0.kind == "stepFailed" }
+        for failed in failedSteps { print("step failed: \(failed.detail)") }
+        if !report.succeeded || !failedSteps.isEmpty { throw ExitCode(1) }
     }
 
     /// The steps of `--rotate`, performed through RedisRotationAdmin on the server and its replicas.

@@ -144,6 +144,25 @@ struct LoadTestCommandTests {
         }
     }
 
+    @Test("a --rotate step that fails fails the run, naming the step")
+    func failedStepFailsTheRun() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try "password=\(text(of: password))\nversion=v1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try "not-the-admin-password\n".write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let (status, stdout, stderr) = try await runTool([
+                "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
+                "--duration", "3", "--concurrency", "2", "--key-prefix", "ltf",
+                "--rotate", "password@1", "--admin-user", server.adminUsername, "--admin-password-file", adminFile,
+            ])
+            #expect(status == 1, "stdout: \(stdout)\nstderr: \(stderr)")
+            #expect(stdout.contains("step failed: rotate password of alice"), "\(stdout)")
+            #expect(try RedisCredentialFile.read(from: passwordFile).version == "v1")
+        }
+    }
+
     /// Written keys are counted per worker rather than listed; an acknowledged write that is not on the
     /// server must still be reported.
     @Test("with --verify-writes, acknowledged keys deleted behind the tool's back are reported as lost, and the run fails")
