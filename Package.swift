@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "redis-rotation", targets: ["redis-rotation"]),
         .library(name: "RedisRotation", targets: ["RedisRotation"]),
         .library(name: "RedisRotationTesting", targets: ["RedisRotationTesting"]),
+        .library(name: "RedisRotationAdmin", targets: ["RedisRotationAdmin"]),
     ],
     traits: [
         .trait(
@@ -71,10 +72,16 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "RedisRotationAdmin",
+            dependencies: ["RedisRotation"],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "redis-rotation",
             dependencies: [
                 "RedisRotation",
+                "RedisRotationAdmin",
                 "RedisRotationTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -108,6 +115,7 @@ let package = Package(
             name: "RedisRotationIntegrationTests",
             dependencies: [
                 "RedisRotation",
+                "RedisRotationAdmin",
                 "RedisRotationTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

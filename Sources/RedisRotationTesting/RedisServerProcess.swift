@@ -95,6 +95,12 @@ public final class RedisServerProcess: Sendable {
         public var startTimeout: Duration
         /// TLS; `nil` serves plain TCP only.
         public var tls: TLS?
+        /// Whether the ACL users are written into `redis.conf` (`user ...` lines, persisted by
+        /// `CONFIG REWRITE`) instead of an ACL file (persisted by `ACL SAVE`). Default: an ACL file.
+        public var usersInConfigFile: Bool
+        /// Whether the server starts with its configuration as command-line arguments and no file, so
+        /// that neither `ACL SAVE` nor `CONFIG REWRITE` can persist anything (with ``usersInConfigFile``).
+        public var startsWithoutConfigFile: Bool
 
         public init(
             users: [User] = [],
@@ -102,7 +108,9 @@ public final class RedisServerProcess: Sendable {
             extraConfiguration: [String] = [],
             executablePath: String? = nil,
             startTimeout: Duration = .seconds(15),
-            tls: TLS? = nil
+            tls: TLS? = nil,
+            usersInConfigFile: Bool = false,
+            startsWithoutConfigFile: Bool = false
         ) {
             self.users = users
             self.defaultUserPassword = defaultUserPassword
@@ -110,6 +118,8 @@ public final class RedisServerProcess: Sendable {
             self.executablePath = executablePath
             self.startTimeout = startTimeout
             self.tls = tls
+            self.usersInConfigFile = usersInConfigFile
+            self.startsWithoutConfigFile = startsWithoutConfigFile
         }
     }
 
@@ -134,6 +144,8 @@ public final class RedisServerProcess: Sendable {
     private let process: Lock<(pid: Int32, exit: ExitMonitor)>
     private var exit: ExitMonitor { self.process.withLock { $0.exit } }
     private let executable: String
+    /// What `redis-server` is started with: the configuration file, or its lines as arguments.
+    private let launchArguments: [String]
     private let finalLog = Lock<String?>(nil)
 
     private init(
@@ -144,6 +156,7 @@ public final class RedisServerProcess: Sendable {
         pid: Int32,
         exit: ExitMonitor,
         executable: String,
+        launchArguments: [String],
         adminPassword: RedisSecret
     ) {
         self.port = port
@@ -152,6 +165,7 @@ public final class RedisServerProcess: Sendable {
         self.directory = directory
         self.process = Lock((pid, exit))
         self.executable = executable
+        self.launchArguments = launchArguments
         self.adminPassword = adminPassword
     }
 
@@ -256,7 +270,7 @@ public final class RedisServerProcess: Sendable {
     /// must reconnect.
     public func restart(timeout: Duration = .seconds(15)) async throws {
         await self.terminate()
-        let launched = try Self.launch(self.executable, in: self.directory)
+        let launched = try Self.launch(self.executable, arguments: self.launchArguments, in: self.directory)
         self.process.withLock { $0 = launched }
         try await self.waitUntilReady(timeout: timeout)
     }
@@ -271,11 +285,11 @@ public final class RedisServerProcess: Sendable {
     }
 
     /// Starts `redis-server` with the configuration in `directory` and watches for its exit.
-    private static func launch(_ executable: String, in directory: URL) throws -> (pid: Int32, exit: ExitMonitor) {
+    private static func launch(_ executable: String, arguments: [String], in directory: URL) throws -> (pid: Int32, exit: ExitMonitor) {
         let exit = ExitMonitor()
         let pid = try Self.spawn(
             executable,
-            arguments: [directory.appendingPathComponent("redis.conf").path],
+            arguments: arguments,
             output: directory.appendingPathComponent("redis.stdout").path
         )
         exit.monitor(pid: pid)
@@ -330,7 +344,17 @@ public final class RedisServerProcess: Sendable {
                 adminPassword: adminPassword,
                 in: directory
             )
-            let (pid, exit) = try Self.launch(executable, in: directory)
+            let configFile = directory.appendingPathComponent("redis.conf")
+            var arguments = [configFile.path]
+            if configuration.startsWithoutConfigFile {
+                // Each line `name value...` becomes `--name value...`; quotes only ever wrap one value.
+                let lines = try String(contentsOf: configFile, encoding: .utf8).split(separator: "\n")
+                arguments = lines.flatMap { line -> [String] in
+                    let words = line.split(separator: " ").map { $0.replacingOccurrences(of: "\"", with: "") }
+                    return ["--" + words[0]] + (words.count == 1 ? [""] : Array(words.dropFirst()))
+                }
+            }
+            let (pid, exit) = try Self.launch(executable, arguments: arguments, in: directory)
 
             let server = RedisServerProcess(
                 port: tlsPort ?? port,
@@ -340,6 +364,7 @@ public final class RedisServerProcess: Sendable {
                 pid: pid,
                 exit: exit,
                 executable: executable,
+                launchArguments: arguments,
                 adminPassword: adminPassword
             )
             do {
@@ -403,8 +428,10 @@ public final class RedisServerProcess: Sendable {
             let secret = passwords.isEmpty ? "resetpass" : passwords
             acl.append("user \(Self.aclName(user.name)) \(state) \(secret) \(user.rules)")
         }
-        try acl.joined(separator: "\n").appending("\n")
-            .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
+        if !configuration.usersInConfigFile {
+            try acl.joined(separator: "\n").appending("\n")
+                .write(to: directory.appendingPathComponent("users.acl"), atomically: true, encoding: .utf8)
+        }
 
         var tlsLines: [String] = []
         if let tls = configuration.tls, let tlsPort {
@@ -430,8 +457,8 @@ public final class RedisServerProcess: Sendable {
             "loglevel notice",
             "save \"\"",
             "appendonly no",
-            "aclfile \(directory.appendingPathComponent("users.acl").path)",
-        ] + tlsLines + configuration.extraConfiguration
+        ] + (configuration.usersInConfigFile ? acl : ["aclfile \(directory.appendingPathComponent("users.acl").path)"])
+            + tlsLines + configuration.extraConfiguration
         try config.joined(separator: "\n").appending("\n")
             .write(to: directory.appendingPathComponent("redis.conf"), atomically: true, encoding: .utf8)
     }
@@ -463,6 +490,15 @@ public final class RedisServerProcess: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // SwiftNIO opens its sockets without close-on-exec: without this, a server started while a test
+        // holds a connection inherits that socket and keeps it open after the test closes it.
+        // (glibc 2.34+ has closefrom for spawn; Swift's Glibc module does not import it, so it is looked up.)
+        #if os(Linux)
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+        }
+        #endif
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -473,7 +509,11 @@ public final class RedisServerProcess: Sendable {
         sigfillset(&allSignals)
         posix_spawnattr_setsigmask(&attributes, &noSignals)
         posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        #if canImport(Darwin)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_CLOEXEC_DEFAULT))
+        #else
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        #endif
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for argument in argv { free(argument) } }

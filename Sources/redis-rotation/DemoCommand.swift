@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import RedisRotation
+import RedisRotationAdmin
 import RedisRotationTesting
 
 /// `redis-rotation demo`: a private redis-server with TLS and ACL users, a test CA, traffic through the
@@ -49,9 +50,9 @@ struct DemoCommand: AsyncParsableCommand {
     private func demo() async throws {
         let rootCA = try TestCertificateAuthority(name: "Demo Root CA 1")
         let nextCA = try TestCertificateAuthority(name: "Demo Root CA 2")
-        let password = PasswordRotation.randomPassword()
+        let password = RedisPasswordRotation.randomPassword()
         let serverConfiguration = RedisServerProcess.Configuration(
-            users: [.init(name: "app", passwords: [RedisSecret(password)])],
+            users: [.init(name: "app", passwords: [password])],
             tls: RedisServerProcess.TLS(
                 certificate: try rootCA.issueServer(commonName: "demo-redis"),
                 clientCertificateAuthorities: [rootCA.certificate],
@@ -64,7 +65,7 @@ struct DemoCommand: AsyncParsableCommand {
         try await RedisServerProcess.withServer(serverConfiguration) { server in
             let folder = server.directory
             let passwordFile = folder.appendingPathComponent("app.password").path
-            try CredentialFileText.write(password: password, version: "v1", to: passwordFile)
+            try RedisCredentialFile(password: password, version: "v1").write(to: passwordFile)
             let bundle = folder.appendingPathComponent("trusted-cas.pem").path
             try rootCA.certificate.certificatePEM.write(toFile: bundle, atomically: true, encoding: .utf8)
             let identity = try rootCA.issueClient(commonName: "demo-app-1").write(to: folder, name: "client")
@@ -90,12 +91,13 @@ struct DemoCommand: AsyncParsableCommand {
                 credentials: .file(passwordFile, username: "app", pollInterval: .seconds(5))
             )
 
-            @Sendable func admin(_ command: RedisCommand) async throws {
-                let connection = try await server.adminConnection()
-                defer { Task { await connection.close() } }
-                _ = try await connection.send(command)
-                await connection.close()
-            }
+            // The server side of every step goes through RedisRotationAdmin, as an operator's tool would.
+            let admin = try await RedisServerAdmin.connect(configuration: server.adminConnectionConfiguration())
+            defer { Task { await admin.close() } }
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [admin]),
+                options: .init(user: "app", passwordFile: passwordFile, version: "v2", clientWait: .seconds(30), pollInterval: .milliseconds(50))
+            )
             @Sendable func waitUntilRolled(_ what: String) async throws {
                 let deadline = ContinuousClock.now + .seconds(30)
                 while ContinuousClock.now < deadline {
@@ -116,32 +118,28 @@ struct DemoCommand: AsyncParsableCommand {
                 }
                 throw RunFailure(description: "the TLS files were not reloaded within 30 seconds", exitCode: 1)
             }
-            let newPassword = PasswordRotation.randomPassword()
-            let oldPassword = password
             let d = Double(self.duration)
             func at(_ fraction: Double) -> Duration { .milliseconds(Int64(d * fraction * 1000)) }
 
             let steps: [RotationStep] = [
-                RotationStep(name: "1 add a second password (ACL SETUSER app >new)", at: at(0.10)) {
-                    try await admin(RedisCommand("ACL", "SETUSER", "app", .secret(RedisSecret(">" + newPassword))))
+                RotationStep(name: "1 add a second password (ACL SETUSER app >new, ACL SAVE)", at: at(0.10)) {
+                    try await rotation.prepare()
+                    try await rotation.addPassword()
                 },
                 RotationStep(name: "2 publish it to the password file (atomic rename)", at: at(0.18)) {
-                    try CredentialFileText.write(password: newPassword, version: "v2", to: passwordFile)
-                    let deadline = ContinuousClock.now + .seconds(30)
-                    while ContinuousClock.now < deadline, client.connectionsByCredentialVersion.keys.sorted() != ["v2"] {
-                        try await Task.sleep(for: .milliseconds(50))
-                    }
+                    try await rotation.publish()
+                    try await rotation.waitForClients()
                 },
-                RotationStep(name: "3 remove the old password (ACL SETUSER app <old)", at: at(0.28)) {
-                    try await admin(RedisCommand("ACL", "SETUSER", "app", .secret(RedisSecret("<" + oldPassword))))
+                RotationStep(name: "3 remove the old password (ACL SETUSER app resetpass >new, ACL SAVE)", at: at(0.28)) {
+                    try await rotation.removeOldPasswords()
                 },
                 RotationStep(name: "4 kill the user's connections (CLIENT KILL USER app)", at: at(0.36)) {
-                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                    try await admin.killConnections(of: "app")
                 },
                 RotationStep(name: "5 rotate the server certificate (CONFIG SET tls-cert-file)", at: at(0.46)) {
                     let files = try rootCA.issueServer(commonName: "demo-redis-renewed").write(to: folder, name: "server-renewed")
-                    try await admin(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(files.certificate), "tls-key-file", .string(files.privateKey)))
-                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                    try await admin.setServerCertificate(certificateFile: files.certificate, keyFile: files.privateKey)
+                    try await admin.killConnections(of: "app")
                 },
                 RotationStep(name: "6 roll the CA over (trust both, switch server, drop old)", at: at(0.56)) {
                     let before = client.currentTLSContext?.generation
@@ -149,16 +147,16 @@ struct DemoCommand: AsyncParsableCommand {
                     try await waitForGeneration(after: before)
                     try await waitUntilRolled("the two-CA trust set")
                     let files = try nextCA.issueServer(commonName: "demo-redis-ca2").write(to: folder, name: "server-ca2")
-                    try await admin(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(files.certificate), "tls-key-file", .string(files.privateKey)))
+                    try await admin.setServerCertificate(certificateFile: files.certificate, keyFile: files.privateKey)
                     let both = client.currentTLSContext?.generation
                     try nextCA.certificate.certificatePEM.write(toFile: bundle, atomically: true, encoding: .utf8)
                     try await waitForGeneration(after: both)
-                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                    try await admin.killConnections(of: "app")
                 },
                 RotationStep(name: "7 renew the client certificate (key first, then certificate)", at: at(0.72)) {
                     let clientCAs = folder.appendingPathComponent("client-cas.pem").path
                     try (rootCA.certificate.certificatePEM + nextCA.certificate.certificatePEM).write(toFile: clientCAs, atomically: true, encoding: .utf8)
-                    try await admin(RedisCommand("CONFIG", "SET", "tls-ca-cert-file", .string(clientCAs)))
+                    try await admin.setClientCertificateAuthorities(file: clientCAs)
                     let before = client.currentTLSContext?.generation
                     let renewed = try nextCA.issueClient(commonName: "demo-app-2")
                     try renewed.privateKeyPEM.write(toFile: identity.privateKey, atomically: false, encoding: .utf8)
@@ -168,8 +166,8 @@ struct DemoCommand: AsyncParsableCommand {
                     try await waitUntilRolled("the renewed client certificate")
                     let newOnly = folder.appendingPathComponent("client-ca-2.pem").path
                     try nextCA.certificate.certificatePEM.write(toFile: newOnly, atomically: true, encoding: .utf8)
-                    try await admin(RedisCommand("CONFIG", "SET", "tls-ca-cert-file", .string(newOnly)))
-                    try await admin(RedisCommand("CLIENT", "KILL", "USER", "app"))
+                    try await admin.setClientCertificateAuthorities(file: newOnly)
+                    try await admin.killConnections(of: "app")
                 },
                 RotationStep(name: "8 steady state on the new material", at: at(0.86)) {},
             ]

@@ -24,6 +24,7 @@ struct InspectCommand: AsyncParsableCommand {
     @Option(help: "PEM file of the client key.") var keyFile: String?
     @Option(help: "Warn when something expires within this many days.") var warnDays = 30
     @Option(help: "Warn when the password file is older than this many days (rotation policy).") var passwordMaxAgeDays = 90
+    @Flag(help: "Print one JSON object (credentials, trust anchors, client certificate, warnings) instead of text.") var json = false
 
     func validate() throws {
         if (self.certFile == nil) != (self.keyFile == nil) { throw ValidationError("--cert-file and --key-file go together") }
@@ -35,7 +36,25 @@ struct InspectCommand: AsyncParsableCommand {
 
     func run() async throws {
         var warnings: [String] = []
+        var report: [String: Any] = [:]
         let now = Date()
+        let json = self.json
+        func print(_ text: String) {
+            if !json { Swift.print(text) }
+        }
+        func fields(_ certificate: RedisCertificate) -> [String: Any] {
+            var object: [String: Any] = [
+                "subject": certificate.subject, "issuer": certificate.issuer,
+                "names": certificate.dnsNames + certificate.ipAddresses,
+                "not_before": ISO8601DateFormatter().string(from: certificate.notBefore),
+                "not_after": ISO8601DateFormatter().string(from: certificate.notAfter),
+                "days_left": (certificate.notAfter.timeIntervalSince(now) / 86400 * 10).rounded() / 10,
+                "sha256": certificate.sha256Fingerprint,
+                "is_ca": certificate.isCertificateAuthority,
+            ]
+            if let usages = certificate.extendedKeyUsages { object["extended_key_usages"] = usages }
+            return object
+        }
         func days(until date: Date) -> String { String(format: "%.1f days", date.timeIntervalSince(now) / 86400) }
         func checkExpiry(_ what: String, _ date: Date) {
             if date <= now {
@@ -63,6 +82,8 @@ struct InspectCommand: AsyncParsableCommand {
                 throw RunFailure(description: error.message, exitCode: 2)
             }
             guard let credentials else { throw RunFailure(description: "no credentials in \(path)", exitCode: 2) }
+            var credentialsObject: [String: Any] = ["file": path, "user": credentials.username, "version": credentials.version, "password_bytes": credentials.password.count]
+            defer { report["credentials"] = credentialsObject }
             print("credentials (\(path)):")
             print("  user:        \(credentials.username)")
             print("  version:     \(credentials.version)")
@@ -72,11 +93,13 @@ struct InspectCommand: AsyncParsableCommand {
             }
             if let expiresAt = credentials.expiresAt {
                 print("  expires:     \(expiresAt) (\(days(until: expiresAt)) left)")
+                credentialsObject["expires"] = ISO8601DateFormatter().string(from: expiresAt)
                 checkExpiry("the password (version \(credentials.version))", expiresAt)
             }
             if let modified = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date {
                 let age = now.timeIntervalSince(modified) / 86400
                 print("  file age:    \(String(format: "%.1f", age)) days")
+                credentialsObject["file_age_days"] = (age * 10).rounded() / 10
                 if age > Double(self.passwordMaxAgeDays) {
                     warnings.append("the password file is \(Int(age)) days old, beyond the \(self.passwordMaxAgeDays)-day rotation policy")
                 }
@@ -91,6 +114,7 @@ struct InspectCommand: AsyncParsableCommand {
                 throw RunFailure(description: error.message, exitCode: 2)
             }
             print("trust anchors (\(path)): \(certificates.count)")
+            report["trust_anchors", default: [[String: Any]]()] = (report["trust_anchors"] as? [[String: Any]] ?? []) + certificates.map { fields($0).merging(["file": path]) { a, _ in a } }
             for certificate in certificates {
                 describe(certificate)
                 if !certificate.isCertificateAuthority { warnings.append("\(certificate.subject) in \(path) is not a CA certificate") }
@@ -107,6 +131,7 @@ struct InspectCommand: AsyncParsableCommand {
                 throw RunFailure(description: error.message, exitCode: 2)
             }
             print("client certificate (\(certFile)):")
+            report["client_certificate"] = fields(chain[0]).merging(["file": certFile, "chain_length": chain.count]) { a, _ in a }
             describe(chain[0])
             if !chain[0].allowsClientAuthentication {
                 warnings.append("the client certificate \(chain[0].subject) lacks the TLS Web Client Authentication extended key usage")
@@ -126,6 +151,13 @@ struct InspectCommand: AsyncParsableCommand {
             print("")
         }
 
+        if json {
+            report["warnings"] = warnings
+            let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
+            Swift.print(String(decoding: data, as: UTF8.self))
+            if !warnings.isEmpty { throw ExitCode(1) }
+            return
+        }
         if warnings.isEmpty {
             print("no warnings")
         } else {

@@ -1,170 +1,332 @@
 import ArgumentParser
+import Dispatch
 import Foundation
 import RedisRotation
-
-/// The server connection options shared by the operator commands.
-struct AdminTarget: ParsableArguments {
-    @Option(help: "Server host.") var host = "127.0.0.1"
-    @Option(help: "Server port.") var port = 6379
-    @Flag(help: "Connect with TLS.") var tls = false
-    @Option(help: "PEM file of the CA(s) to trust (with --tls).") var caFile: String?
-    @Option(help: "Client certificate for mutual TLS.") var certFile: String?
-    @Option(help: "Client key for mutual TLS.") var keyFile: String?
-    @Option(help: "Name the server certificate must carry (default: the host).") var serverName: String?
-    @Option(help: "ACL user with the rights to change users (ACL, CLIENT, CONFIG).") var adminUser: String
-    @Option(help: "File holding the admin password.") var adminPasswordFile: String
-
-    /// Runs `command` on a fresh admin connection.
-    @discardableResult
-    func send(_ command: RedisCommand) async throws -> RESPValue {
-        let password: RedisSecret
-        do {
-            let text = try String(contentsOfFile: self.adminPasswordFile, encoding: .utf8)
-            password = RedisSecret(text.hasSuffix("\n") ? String(text.dropLast()) : text)
-        } catch {
-            throw RunFailure(description: "cannot read --admin-password-file \(self.adminPasswordFile)", exitCode: 2)
-        }
-        var tls: RedisConnectionConfiguration.TLS?
-        if self.tls {
-            let identity = self.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.keyFile ?? $0)) }
-            do {
-                let context = try RedisTLSContext(configuration: .init(trustAnchors: self.caFile.map { [.file($0)] } ?? [], clientIdentity: identity))
-                tls = .init(context: context, serverName: self.serverName)
-            } catch {
-                throw RunFailure(description: error.message, exitCode: 2)
-            }
-        }
-        do {
-            let connection = try await RedisConnection.connect(
-                configuration: RedisConnectionConfiguration(
-                    host: self.host,
-                    port: self.port,
-                    username: self.adminUser,
-                    password: password,
-                    name: "redis-rotation-admin",
-                    tls: tls
-                )
-            )
-            defer { Task { await connection.close() } }
-            let reply = try await connection.send(command)
-            await connection.close()
-            return reply
-        } catch let error as RedisError {
-            throw RunFailure(description: error.message, exitCode: 1)
-        }
-    }
-}
+import RedisRotationAdmin
 
 /// `redis-rotation rotate`: the operator side of a rotation on open-source Redis or Valkey.
 struct RotateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rotate",
         abstract: "Rotate a user's password or the server certificate, the way the library expects.",
-        subcommands: [RotatePasswordCommand.self, RotateServerCertificateCommand.self]
+        subcommands: [RotatePasswordCommand.self, RotateServerCertificateCommand.self, RotateCACommand.self]
     )
 }
 
 struct RotatePasswordCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "password",
-        abstract: "Add a new password, publish it, wait until no client connection uses the old one, remove it.",
+        abstract: "Add a new password, publish it, wait until no connection uses another one, remove the old.",
         discussion: """
-            Steps: ACL SETUSER <user> >new; write the password file (atomic rename, with the new version);
-            wait until every connection of the user named <prefix>@<version> (RedisRotation clients name
-            their connections so) is on the new version; then ACL SETUSER <user> resetpass >new, which leaves
-            the new password only (also removing any left by an earlier, unfinished rotation). Connections
-            still on an old version when --wait runs out are killed with --kill-stragglers; otherwise the old
-            password stays and the command exits 1.
+            Checks first, changing nothing: every node (the primary and each replica ROLE reports, or every \
+            node of a cluster) is \
+            reachable, the user exists on each (a mistyped name is refused, never created), each node can \
+            persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and \
+            the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password \
+            must log in on a fresh connection before the password file is rewritten (mode and owner kept). \
+            It waits until every connection of the user on every node is named <name>@<version> for the new \
+            version (unnamed and other connections count as stragglers, named with id, address, name and \
+            age), then leaves only the new password (resetpass >new), persisted, and checks again. \
+            Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and \
+            the command exits 1. Interrupted, the user can log in with both passwords; running the same \
+            command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
+            command that resumes), 2 refused before any change (usage, unknown user, version in use).
             """
     )
 
     @OptionGroup var target: AdminTarget
     @Option(help: "The user whose password rotates.") var user: String
     @Option(help: "The password file the clients watch (it holds the current password; rewritten).") var passwordFile: String
-    @Option(help: "The version label of the new password (default: a timestamp).") var version: String?
+    @Option(help: "The version label of the new password (default: r<seconds>-<random>, unique).") var version: String?
     @Option(help: "Seconds to wait for clients to move to the new version.") var wait = 300
-    @Flag(help: "After the wait, kill connections still on an old version, then remove the old password.") var killStragglers = false
+    @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
+    @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
+    @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
-    func run() async throws {
-        // The file must be readable: it is what the clients watch.
-        guard FileManager.default.isReadableFile(atPath: self.passwordFile) else {
-            throw RunFailure(description: "cannot read --password-file \(self.passwordFile)", exitCode: 2)
+    func validate() throws {
+        guard self.wait >= 0 else { throw ValidationError("--wait must not be negative") }
+        if let version = self.version, !RedisCredentials.isValidVersion(version) {
+            throw ValidationError("--version must be 1 to 64 printable characters without spaces")
         }
-        let version = self.version ?? "r\(Int(Date().timeIntervalSince1970))"
-        guard RedisCredentials.isValidVersion(version) else {
-            throw RunFailure(description: "--version must be 1 to 64 printable characters without spaces", exitCode: 2)
-        }
-        let new = PasswordRotation.randomPassword()
-        try await self.target.send(RedisCommand("ACL", "SETUSER", .string(self.user), .secret(RedisSecret(">" + new))))
-        print("added a new password for \(self.user) (version \(version))")
-        try CredentialFileText.write(password: new, version: version, to: self.passwordFile)
-        print("published it to \(self.passwordFile)")
-
-        let deadline = ContinuousClock.now + .seconds(self.wait)
-        var stragglers: [(id: String, name: String)] = []
-        repeat {
-            stragglers = try await self.connectionsOnOtherVersions(than: version)
-            if stragglers.isEmpty { break }
-            try await Task.sleep(for: .milliseconds(200))
-        } while ContinuousClock.now < deadline
-        if !stragglers.isEmpty {
-            guard self.killStragglers else {
-                throw RunFailure(
-                    description: "\(stragglers.count) connection(s) of \(self.user) are still on an old version after \(self.wait) s (\(stragglers.map(\.name).joined(separator: ", "))); the old password stays. Use --kill-stragglers to disconnect them.",
-                    exitCode: 1
-                )
-            }
-            for straggler in stragglers {
-                try await self.target.send(RedisCommand("CLIENT", "KILL", "ID", .string(straggler.id)))
-            }
-            print("killed \(stragglers.count) connection(s) still on an old version")
-        } else {
-            print("every connection of \(self.user) is on version \(version)")
-        }
-        // One atomic step leaves only the new password: also any left by an earlier, unfinished rotation.
-        try await self.target.send(
-            RedisCommand("ACL", "SETUSER", .string(self.user), "resetpass", .secret(RedisSecret(">" + new)))
-        )
-        print("removed the old password(s): \(self.user) now has only the new one")
     }
 
-    /// Connections of the user whose `<prefix>@<version>` name carries another version.
-    private func connectionsOnOtherVersions(than version: String) async throws -> [(id: String, name: String)] {
-        let list = try await self.target.send(RedisCommand("CLIENT", "LIST")).string ?? ""
-        return list.split(whereSeparator: \.isNewline).compactMap { (line: Substring) -> (id: String, name: String)? in
-            var fields: [String: String] = [:]
-            for field in line.split(separator: " ") {
-                let parts = field.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-            }
-            guard fields["user"] == self.user, let name = fields["name"], let id = fields["id"],
-                let named = name.split(separator: "@").last.map(String.init), name.contains("@")
-            else { return nil }
-            // Probe connections are short-lived; they do not hold the old password.
-            if named.hasSuffix("-probe") { return nil }
-            return named == version ? nil : (id, name)
+    func run() async throws {
+        let printer = StepPrinter(json: self.json)
+        let configuration = try self.target.connectionConfiguration()
+        let topology: RedisAdminTopology
+        do {
+            topology = try await RedisAdminTopology.discover(configuration: configuration)
+        } catch let error as RedisAdminError {
+            throw self.failure(error, state: "nothing was changed", printer: printer, resumable: false)
         }
+        defer { Task { await topology.close() } }
+        let rotation = RedisPasswordRotation(
+            topology: topology,
+            options: .init(
+                user: self.user,
+                passwordFile: self.passwordFile,
+                version: self.version,
+                clientWait: .seconds(self.wait),
+                killStragglers: self.killStragglers,
+                allowUnpersisted: self.noPersist
+            ),
+            report: { printer.step($0) }
+        )
+        // Ctrl-C cancels the work; the user can still log in with what the file holds, and the same
+        // command resumes. Said before exiting, like any other failure.
+        let work = Task { try await self.perform(rotation, topology: topology, printer: printer) }
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler { work.cancel() }
+        interrupt.resume()
+        defer { interrupt.cancel() }
+        do {
+            try await work.value
+        } catch let error as RedisAdminError {
+            await topology.close()
+            throw self.failure(error, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
+        } catch where work.isCancelled {
+            await topology.close()
+            let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
+            let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
+            throw RunFailure(description: failure.description, exitCode: 130)
+        }
+    }
+
+    private func perform(_ rotation: RedisPasswordRotation, topology: RedisAdminTopology, printer: StepPrinter) async throws {
+        let plan = try await rotation.prepare()
+        if self.dryRun {
+            let steps = self.plannedSteps(plan)
+            if self.json {
+                printer.emit(["type": "result", "result": "dry-run", "version": plan.version, "resuming": plan.resuming, "nodes": plan.nodes, "would": steps])
+            } else {
+                printer.line("dry run, nothing changed; would:")
+                for step in steps { printer.line("  - \(step)") }
+            }
+            await topology.close()
+            return
+        }
+        try await rotation.addPassword()
+        if !plan.resuming { try await rotation.publish() }
+        try await rotation.waitForClients()
+        try await rotation.removeOldPasswords()
+        await topology.close()
+        if self.json {
+            printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
+        } else if plan.resuming {
+            printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
+        } else {
+            printer.line("rotated: \(self.user) has only version \(plan.version)")
+        }
+    }
+
+    private func plannedSteps(_ plan: RedisPasswordRotation.Plan) -> [String] {
+        var steps: [String] = []
+        if plan.resuming {
+            steps.append("finish the interrupted rotation to version \(plan.version) (the file already holds it)")
+        } else {
+            steps.append("add a new password (version \(plan.version)) to \(plan.user) on \(plan.nodes.joined(separator: ", ")) and persist (\(plan.nodes.map { "\($0): \(plan.persistence[$0] ?? "?")" }.joined(separator: ", ")))")
+            steps.append("verify it on a fresh connection to every node")
+            steps.append("write version \(plan.version) to \(self.passwordFile) (mode and owner kept)")
+        }
+        steps.append("wait up to \(self.wait) s until every connection of \(plan.user) is on \(plan.version)\(self.killStragglers ? ", then kill the others" : "")")
+        steps.append("leave only the new password on every node, persist, check connections again")
+        return steps
+    }
+
+    private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist].contains(error.code)
+        let resume = resumable ? resumeCommand() : nil
+        if self.json {
+            var object: [String: Any] = ["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message, "state": state]
+            if let resume { object["resume"] = resume }
+            printer.emit(object)
+        }
+        var text = "\(error.message)\nstate: \(state)"
+        if let resume { text += "\nto resume: \(resume)" }
+        return RunFailure(description: text, exitCode: refusedBeforeChange || error.code == .passwordFile && !resumable ? 2 : 1)
     }
 }
 
 struct RotateServerCertificateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "server-certificate",
-        abstract: "Switch the server to a new certificate and key with CONFIG SET (paths as the server sees them).",
-        discussion: "Existing connections keep their sessions; new handshakes see the new certificate. Use --kill-user to make a user's clients reconnect now."
+        abstract: "Switch the server to a new certificate and key, checked before and verified after.",
+        discussion: """
+            Before any change the pair is refused when the key does not match the certificate, the \
+            certificate is expired or not yet valid, lacks server authentication, or its names do not cover \
+            --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS \
+            handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the \
+            previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration \
+            file. Paths are as the server sees them; the tool reads them too, so run it where they are the \
+            same files. Existing connections keep their sessions; --kill-user makes a user's clients \
+            handshake again now.
+            """
     )
 
     @OptionGroup var target: AdminTarget
     @Option(help: "The new certificate file, as a path on the server.") var newCertFile: String
     @Option(help: "The new key file, as a path on the server.") var newKeyFile: String
     @Option(help: "Afterwards, disconnect this user's connections so that they handshake again.") var killUser: String?
+    @Flag(help: "Check the pair and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
     func run() async throws {
-        try await self.target.send(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(self.newCertFile), "tls-key-file", .string(self.newKeyFile)))
-        print("the server now presents \(self.newCertFile)")
-        if let user = self.killUser {
-            try await self.target.send(RedisCommand("CLIENT", "KILL", "USER", .string(user)))
-            print("disconnected the connections of \(user)")
+        let printer = StepPrinter(json: self.json)
+        let serverName = self.target.serverName ?? self.target.host
+        do {
+            let certificate = try RedisServerCertificateRotation.check(certificateFile: self.newCertFile, keyFile: self.newKeyFile, serverName: serverName)
+            printer.step(RedisAdminStep(name: "check", message: "\(certificate.subject): key matches, valid until \(certificate.notAfter), covers \(serverName)"))
+            guard let caFile = self.target.caFile else {
+                throw RunFailure(description: "--ca-file is needed to verify the new certificate with a fresh handshake; nothing was changed", exitCode: 2)
+            }
+            let verification: RedisConnectionConfiguration.TLS
+            do {
+                let identity = self.target.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.target.keyFile ?? $0)) }
+                let context = try RedisTLSContext(configuration: .init(trustAnchors: [.file(caFile)], clientIdentity: identity))
+                verification = .init(context: context, serverName: serverName)
+            } catch {
+                throw RunFailure(description: error.message, exitCode: 2)
+            }
+            if self.dryRun {
+                if self.json {
+                    printer.emit(["type": "result", "result": "dry-run", "subject": certificate.subject, "sha256": certificate.sha256Fingerprint])
+                } else {
+                    printer.line("dry run, nothing changed; would: CONFIG SET the pair, verify with a fresh handshake (restoring the old pair otherwise), CONFIG REWRITE\(self.killUser.map { ", kill the connections of \($0)" } ?? "")")
+                }
+                return
+            }
+            let node = try await self.target.connect()
+            defer { Task { await node.close() } }
+            do {
+                try await RedisServerCertificateRotation.apply(
+                    certificateFile: self.newCertFile,
+                    keyFile: self.newKeyFile,
+                    certificate: certificate,
+                    on: node,
+                    verifyWith: verification,
+                    report: { printer.step($0) }
+                )
+                if let user = self.killUser {
+                    let killed = try await node.killConnections(of: user)
+                    printer.step(RedisAdminStep(name: "kill", node: node.address, message: "disconnected \(killed) connection(s) of \(user)"))
+                }
+            } catch let error as RedisAdminError {
+                await node.close()
+                throw RunFailure(description: error.message, exitCode: 1)
+            }
+            await node.close()
+            if self.json {
+                printer.emit(["type": "result", "result": "rotated", "subject": certificate.subject, "sha256": certificate.sha256Fingerprint])
+            } else {
+                printer.line("the server now presents \(certificate.subject)")
+            }
+        } catch let error as RedisAdminError {
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+    }
+}
+
+struct RotateCACommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca",
+        abstract: "Roll the trust anchor over: old+new CA bundle, clients reconnect, new server certificate, new CA only.",
+        discussion: """
+            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and \
+            key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then: \
+            writes the bundle with the old and the new CA (mode and owner kept); waits until every connection \
+            of each --user was opened after that plus --reload-grace (RedisRotation clients roll their \
+            connections onto a new trust set by themselves; others must reconnect); switches the server \
+            certificate as rotate server-certificate does (verified with a fresh handshake trusting only the \
+            new CA, restored otherwise, persisted with CONFIG REWRITE); writes the bundle with the new CA only.
+            """
+    )
+
+    @OptionGroup var target: AdminTarget
+    @Option(help: "The CA bundle file the clients trust (rewritten).") var bundleFile: String
+    @Option(help: "The new CA certificate (PEM).") var newCaFile: String
+    @Option(help: "The server certificate issued by the new CA, as a path on the server.") var newCertFile: String
+    @Option(help: "Its key, as a path on the server.") var newKeyFile: String
+    @Option(help: "A user whose connections must reconnect before the switch (repeatable).") var user: [String] = []
+    @Option(help: "Seconds to wait for those connections.") var wait = 300
+    @Option(help: "Seconds the clients may take to notice the bundle change.") var reloadGrace = 2
+    @Flag(help: "After the wait, kill connections opened before the new bundle.") var killStragglers = false
+    @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
+    @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
+
+    func validate() throws {
+        guard self.wait >= 0, self.reloadGrace >= 0 else { throw ValidationError("--wait and --reload-grace must not be negative") }
+        guard !self.user.isEmpty else { throw ValidationError("name the users whose clients trust the bundle with --user") }
+    }
+
+    func run() async throws {
+        let printer = StepPrinter(json: self.json)
+        let serverName = self.target.serverName ?? self.target.host
+        let node = try await self.target.connect()
+        defer { Task { await node.close() } }
+        let rollover = RedisCARollover(
+            node: node,
+            options: .init(
+                bundleFile: self.bundleFile,
+                newCAFile: self.newCaFile,
+                serverCertificateFile: self.newCertFile,
+                serverKeyFile: self.newKeyFile,
+                serverName: serverName,
+                users: self.user,
+                clientWait: .seconds(self.wait),
+                reloadGrace: .seconds(self.reloadGrace),
+                killStragglers: self.killStragglers
+            ),
+            report: { printer.step($0) }
+        )
+        let check: RedisCARollover.Check
+        do {
+            check = try rollover.check()
+        } catch let error as RedisAdminError {
+            await node.close()
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+        printer.step(RedisAdminStep(name: "check", message: "new CA \(check.newCA.subject); server certificate \(check.serverCertificate.subject) covers \(serverName); the bundle holds \(check.currentAnchors.count) CA(s)"))
+        if self.dryRun {
+            let steps = [
+                "write the old and the new CA to \(self.bundleFile)",
+                "wait up to \(self.wait) s until every connection of \(self.user.joined(separator: ", ")) is newer than that\(self.killStragglers ? ", then kill the others" : "")",
+                "switch the server to \(self.newCertFile), verify with a handshake trusting only the new CA, CONFIG REWRITE",
+                "write the new CA only to \(self.bundleFile)",
+            ]
+            if self.json {
+                printer.emit(["type": "result", "result": "dry-run", "would": steps])
+            } else {
+                printer.line("dry run, nothing changed; would:")
+                for step in steps { printer.line("  - \(step)") }
+            }
+            await node.close()
+            return
+        }
+        // The verifying handshake trusts only the new CA (and presents the admin's certificate for mutual TLS).
+        let tls: RedisConnectionConfiguration.TLS
+        do {
+            let identity = self.target.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.target.keyFile ?? $0)) }
+            tls = .init(context: try RedisTLSContext(configuration: .init(trustAnchors: [.file(self.newCaFile)], clientIdentity: identity)), serverName: serverName)
+        } catch {
+            await node.close()
+            throw RunFailure(description: error.message, exitCode: 2)
+        }
+        do {
+            try await rollover.run(check, verifyWith: tls)
+        } catch let error as RedisAdminError {
+            await node.close()
+            if self.json { printer.emit(["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message]) }
+            throw RunFailure(description: error.message, exitCode: 1)
+        }
+        await node.close()
+        if self.json {
+            printer.emit(["type": "result", "result": "rotated", "ca": check.newCA.subject])
+        } else {
+            printer.line("rolled over to \(check.newCA.subject)")
         }
     }
 }

@@ -55,6 +55,27 @@ struct InspectCommandTests {
         #expect(!result.stdout.contains("hunter2"))
     }
 
+    @Test("--json gives one object with the same facts and warnings, and never the password")
+    func json() async throws {
+        defer { try? FileManager.default.removeItem(at: self.directory) }
+        let ca = try TestCertificateAuthority(name: "Inspect Root")
+        let client = try ca.issueClient(commonName: "orders-api").write(to: self.directory, name: "client")
+        try ca.certificate.certificatePEM.write(toFile: self.path("ca.pem"), atomically: true, encoding: .utf8)
+        let secret = "s3cret-\(UUID().uuidString)"
+        try "password=\(secret)\nversion=v4\n".write(toFile: self.path("default.password"), atomically: true, encoding: .utf8)
+        let result = try await runTool([
+            "inspect", "--json", "--password-file", self.path("default.password"), "--ca-file", self.path("ca.pem"),
+            "--cert-file", client.certificate, "--key-file", client.privateKey,
+        ])
+        #expect(result.status == 1, "the default user is a warning: \(result.stdout)\(result.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout)")
+        #expect((object["credentials"] as? [String: Any])?["version"] as? String == "v4")
+        #expect((object["trust_anchors"] as? [[String: Any]])?.first?["is_ca"] as? Bool == true)
+        #expect(((object["client_certificate"] as? [String: Any])?["subject"] as? String)?.contains("CN=orders-api") == true)
+        #expect((object["warnings"] as? [String])?.contains { $0.contains("the default user is in use") } == true)
+        #expect(!result.stdout.contains(secret))
+    }
+
     @Test("a missing file is a configuration error naming it")
     func missingFile() async throws {
         defer { try? FileManager.default.removeItem(at: self.directory) }

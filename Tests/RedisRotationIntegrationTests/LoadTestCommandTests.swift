@@ -1,5 +1,6 @@
 import Foundation
 import RedisRotation
+import RedisRotationAdmin
 import RedisRotationTesting
 import Testing
 
@@ -138,6 +139,52 @@ struct LoadTestCommandTests {
             } while cursor != "0"
             await admin.close()
             #expect(found == writes["acknowledged"])
+        }
+    }
+
+    @Test("loadtest --rotate password@N rotates through RedisRotationAdmin: no failed command, one password left, the file's")
+    func rotationPerformedByTheTool() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try "password=\(text(of: password))\nversion=v1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let report = server.directory.appendingPathComponent("report.json").path
+            let (status, stdout, stderr) = try await runTool([
+                "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
+                "--duration", "8", "--concurrency", "4", "--verify-writes", "--key-prefix", "ltr", "--report-json", report,
+                "--rotate", "password@2", "--rotate", "kill@6", "--admin-user", server.adminUsername, "--admin-password-file", adminFile,
+            ])
+            #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
+            #expect((json["commands"] as? [String: Int])?["failed"] == 0)
+            let events = json["events"] as? [[String: Any]] ?? []
+            #expect(!events.contains { $0["kind"] as? String == "stepFailed" }, "\(events.filter { $0["kind"] as? String == "stepFailed" })")
+            let file = try RedisCredentialFile.read(from: passwordFile)
+            #expect(file.version != "v1")
+            let node = try await RedisServerAdmin.connect(configuration: server.adminConnectionConfiguration())
+            #expect(try await node.passwordHashes(of: "alice") == [file.password.sha256Hex])
+            await node.close()
+        }
+    }
+
+    @Test("a --rotate step that fails fails the run, naming the step")
+    func failedStepFailsTheRun() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try "password=\(text(of: password))\nversion=v1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try "not-the-admin-password\n".write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let (status, stdout, stderr) = try await runTool([
+                "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
+                "--duration", "3", "--concurrency", "2", "--key-prefix", "ltf",
+                "--rotate", "password@1", "--admin-user", server.adminUsername, "--admin-password-file", adminFile,
+            ])
+            #expect(status == 1, "stdout: \(stdout)\nstderr: \(stderr)")
+            #expect(stdout.contains("step failed: rotate password of alice"), "\(stdout)")
+            #expect(try RedisCredentialFile.read(from: passwordFile).version == "v1")
         }
     }
 

@@ -66,10 +66,12 @@ struct RotateCommandTests {
             let adminFile = server.directory.appendingPathComponent("admin.password").path
             try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
             let files = try fixture.ca.issueServer(commonName: "rotated-by-tool").write(to: server.directory, name: "rotated")
+            let caFile = server.directory.appendingPathComponent("ca.pem").path
+            try fixture.ca.certificate.certificatePEM.write(toFile: caFile, atomically: true, encoding: .utf8)
             let result = try await runTool([
                 "rotate", "server-certificate", "--port", "\(try #require(server.plainTextPort))", "--admin-user", server.adminUsername,
                 "--admin-password-file", adminFile, "--new-cert-file", files.certificate, "--new-key-file", files.privateKey,
-                "--kill-user", "alice",
+                "--kill-user", "alice", "--ca-file", caFile, "--server-name", "localhost",
             ])
             #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
             let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: try fixture.context()))

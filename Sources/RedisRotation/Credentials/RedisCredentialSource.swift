@@ -39,7 +39,8 @@ public struct RedisCredentialSource: Sendable {
     /// The file's directory is watched (inotify) and the file polled as a safety net, so a write in
     /// place, an atomic rename and a Kubernetes `..data` symlink swap are all noticed. A change is read
     /// after `debounce` of quiet, twice, and used only if both reads agree. An empty, oversized or
-    /// incomplete file is never used: the last good credential stays and the client emits an event.
+    /// incomplete file is never used, nor is a file the process can no longer read (its mode or owner
+    /// changed): the last good credential stays and the client emits `credentialSourceRejected`.
     ///
     /// The file is either just the password, or lines `password=...` with optional `username=...`,
     /// `version=...` and `expires=...` (ISO 8601). Write a `version=` line when several processes share
@@ -222,6 +223,7 @@ final class CredentialSourceRunner: Sendable {
         // Every copy of the file's content is a RedisSecret, wiped when it is replaced or dropped.
         var lastBytes = self.initialFileBytes.withLock { $0.take() } ?? RedisSecret("")
         var lastRejected: RedisSecret?
+        var lastUnreadable: String?
         var last = initial
 
         await withChangeTriggers(
@@ -232,7 +234,22 @@ final class CredentialSourceRunner: Sendable {
             for await _ in triggers {
                 if Task.isCancelled { break }
                 // Let a burst of writes settle, then read twice; use the content only if both agree.
-                guard let bytes = await self.stableRead(settings) else { continue }
+                let bytes: RedisSecret
+                switch await self.stableRead(settings) {
+                case .stable(let read):
+                    bytes = read
+                    lastUnreadable = nil
+                case .changing:
+                    continue
+                case .unreadable(let reason):
+                    // Said once per reason: a file the client can no longer read (its mode or owner
+                    // changed) must not silently pin the old password.
+                    if lastUnreadable != reason {
+                        lastUnreadable = reason
+                        report(.rejected(reason: "the password file \(settings.path) cannot be read: \(reason); the last good credentials stay in use"))
+                    }
+                    continue
+                }
                 if bytes == lastBytes { continue }
                 switch CredentialFile.parse(bytes) {
                 case .success(let file):
@@ -253,17 +270,41 @@ final class CredentialSourceRunner: Sendable {
         }
     }
 
-    /// Reads the file after `debounce` of quiet, twice; `nil` when the reads disagree (still being
-    /// written: the next trigger reads again) or the file cannot be read.
-    private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> RedisSecret? {
-        for _ in 0..<5 {
+    /// What a debounced read of the password file gave.
+    private enum StableRead {
+        /// Two reads agreed.
+        case stable(RedisSecret)
+        /// The reads disagreed (still being written): the next trigger reads again.
+        case changing
+        /// The file cannot be read (gone, permission denied), also after one more debounce.
+        case unreadable(String)
+    }
+
+    /// Reads the file after `debounce` of quiet, twice, and uses the content only if both reads agree.
+    private func stableRead(_ settings: RedisCredentialSource.FileSettings) async -> StableRead {
+        func read() async -> Result<RedisSecret, FileReadError> {
             try? await Task.sleep(for: settings.debounce)
-            guard let first = try? readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) else { return nil }
-            try? await Task.sleep(for: settings.debounce)
-            guard let second = try? readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) else { return nil }
-            if first == second { return first }
+            do {
+                return .success(try readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true))
+            } catch {
+                // A file being replaced by a delete and a create is briefly missing: look once more.
+                try? await Task.sleep(for: settings.debounce)
+                return Result { () throws(FileReadError) in try readFile(settings.path, limit: CredentialFile.maximumSize, truncating: true) }
+            }
         }
-        return nil
+        for _ in 0..<5 {
+            let first: RedisSecret
+            switch await read() {
+            case .success(let bytes): first = bytes
+            case .failure(let error): return .unreadable(error.message)
+            }
+            switch await read() {
+            case .success(let second) where first == second: return .stable(first)
+            case .success: continue
+            case .failure(let error): return .unreadable(error.message)
+            }
+        }
+        return .changing
     }
 
     private func credentials(from file: CredentialFile, settings: RedisCredentialSource.FileSettings) -> RedisCredentials {

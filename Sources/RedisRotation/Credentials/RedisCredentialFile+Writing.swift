@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension RedisCredentialFile {
+    /// Replaces the file at `path` with this content, so that a reader sees the old file or the new one,
+    /// never a mix, never a file with looser permissions, and never the new one lost in a crash.
+    ///
+    /// A temporary file is created next to `path` (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600), given the
+    /// original's owner, group and mode (0600 when there is no original), written, `fsync`ed and renamed
+    /// over `path`; then the directory is `fsync`ed. On any error the temporary file is removed and the
+    /// original is untouched. A `path` that is a symbolic link is refused: the rename would replace the
+    /// link, not its target.
+    ///
+    /// - Throws: ``RedisError`` with code `invalidArgument`, naming the file and the step that failed.
+    public func write(to path: String) throws(RedisError) {
+        try replaceFileSafely(at: path, with: try self.encoded(), what: "the password file")
+    }
+}
+
+/// Replaces the file at `path` with `content` as ``RedisCredentialFile/write(to:)`` describes: a
+/// temporary file created `O_EXCL|O_NOFOLLOW` with mode 0600, given the original's owner, group and
+/// mode, written, `fsync`ed, renamed over `path`, the directory `fsync`ed; removed on any error.
+/// `what` names the file in errors ("the password file", "the CA bundle").
+package func replaceFileSafely(at path: String, with content: RedisSecret, what: String) throws(RedisError) {
+    func failure(_ step: String, _ code: Int32) -> RedisError {
+        RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): \(step): \(String(cString: strerror(code)))")
+    }
+
+    var mode: mode_t = 0o600
+    var owner: (uid: uid_t, gid: gid_t)?
+    if let original = try existingFile(at: path, what: what) {
+        mode = original.st_mode & 0o7777
+        owner = (original.st_uid, original.st_gid)
+    }
+
+    let directory = parentDirectory(of: path)
+    let name = path.split(separator: "/").last.map(String.init) ?? "password"
+    var temporary = ""
+    var fd: Int32 = -1
+    for _ in 0..<8 {
+        temporary = "\(directory)/.\(name).tmp-\(UInt32.random(in: 0...UInt32.max))"
+        fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd >= 0 || errno != EEXIST { break }
+    }
+    guard fd >= 0 else { throw failure("cannot create a temporary file in \(directory)", errno) }
+
+    var renamed = false
+    defer {
+        if fd >= 0 { close(fd) }
+        if !renamed { unlink(temporary) }
+    }
+    // The owner first: fchown may clear set-id bits, which fchmod then restores as they were.
+    if let owner, fchown(fd, owner.uid, owner.gid) != 0 {
+        throw failure("cannot give the new file the original's owner \(owner.uid):\(owner.gid)", errno)
+    }
+    guard fchmod(fd, mode) == 0 else { throw failure("cannot set the new file's mode", errno) }
+    let writeError = content.withUnsafeBytes { writeAll(fd, $0) }
+    if let writeError { throw failure("cannot write the new content", writeError) }
+    guard fsync(fd) == 0 else { throw failure("cannot flush the new content to disk", errno) }
+    let closed = close(fd)
+    fd = -1
+    guard closed == 0 else { throw failure("cannot close the new file", errno) }
+    guard rename(temporary, path) == 0 else { throw failure("cannot rename the new file over it", errno) }
+    renamed = true
+    // The rename itself survives a crash only once the directory is on disk.
+    let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard directoryFD >= 0 else { throw failure("written, but cannot open \(directory) to flush it", errno) }
+    defer { close(directoryFD) }
+    guard fsync(directoryFD) == 0 else { throw failure("written, but cannot flush \(directory) to disk", errno) }
+}
+
+/// Refuses, before anything is changed, a `path` that ``replaceFileSafely(at:with:what:)`` would
+/// refuse: a symbolic link or something other than a regular file.
+package func checkFileReplaceable(at path: String, what: String) throws(RedisError) {
+    _ = try existingFile(at: path, what: what)
+}
+
+/// The file at `path` as `lstat` sees it; `nil` when there is none. Refuses links and non-files.
+private func existingFile(at path: String, what: String) throws(RedisError) -> stat? {
+    var original = stat()
+    guard lstat(path, &original) == 0 else {
+        if errno == ENOENT { return nil }
+        throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): cannot examine it: \(String(cString: strerror(errno)))")
+    }
+    if (original.st_mode & S_IFMT) == S_IFLNK {
+        throw RedisError(
+            code: .invalidArgument,
+            message: "cannot write \(what) \(path): it is a symbolic link (managed by a secret manager?); name the file it points to"
+        )
+    }
+    guard (original.st_mode & S_IFMT) == S_IFREG else {
+        throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): it is not a regular file")
+    }
+    return original
+}
+
+/// Writes all of `bytes` to `fd`; the `errno` of a failure, or `nil`.
+private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+    var offset = 0
+    while offset < bytes.count {
+        let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        if count < 0 {
+            if errno == EINTR { continue }
+            return errno
+        }
+        offset += count
+    }
+    return nil
+}

@@ -1,0 +1,434 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+public import RedisRotation
+import Synchronization
+
+/// The operator's side of a password rotation, in the order that never locks a client out:
+///
+/// 1. ``prepare()`` changes nothing: every node reachable, the user exists on each (`ACL GETUSER`; a
+///    mistyped name is never created), each can persist its ACL, the version is not in use. It also
+///    recognises an interrupted rotation (the user holds more than one password and the password
+///    file holds one of them, with a version) and, unless another version is asked for, finishes
+///    that one instead of starting anew. (A new rotation also ends with only its own password.)
+/// 2. ``addPassword()``: `ACL SETUSER user >new` and persist, on every node; then the new password must
+///    log in on a fresh connection to every node, or it is removed again and nothing is published.
+/// 3. ``publish()``: the password file is replaced (``RedisCredentialFile/write(to:)``).
+/// 4. ``waitForClients()``: until no connection of the user on any node is on another version
+///    (unnamed and renamed connections included), or the wait ends.
+/// 5. ``removeOldPasswords()``: `resetpass >new` and persist on every node; stragglers are killed
+///    when asked (after the old password is gone, so they cannot come back with it); the connections
+///    are checked again, and each node must hold exactly the new password.
+///
+/// ``run()`` performs them all. Each step is reported as it happens; ``state`` says where things
+/// stand when one fails. Interrupted at any point, the user can log in with the password in the file.
+public final class RedisPasswordRotation: Sendable {
+    /// What to rotate and how.
+    public struct Options: Sendable {
+        /// The ACL user whose password rotates.
+        public var user: String
+        /// The password file the clients watch.
+        public var passwordFile: String
+        /// The new version label; `nil` makes a unique one (`r<seconds>-<random>`).
+        public var version: String?
+        /// How long to wait for every connection to move to the new version. Default: 5 minutes.
+        public var clientWait: Duration
+        /// How often connections are listed while waiting. Default: 200 ms.
+        public var pollInterval: Duration
+        /// Whether connections still on another version after the wait are killed. Default: no.
+        public var killStragglers: Bool
+        /// Whether a node that can persist neither with `ACL SAVE` nor `CONFIG REWRITE` is accepted
+        /// (its change is lost on restart). Default: no, such a node is refused.
+        public var allowUnpersisted: Bool
+
+        public init(
+            user: String,
+            passwordFile: String,
+            version: String? = nil,
+            clientWait: Duration = .seconds(300),
+            pollInterval: Duration = .milliseconds(200),
+            killStragglers: Bool = false,
+            allowUnpersisted: Bool = false
+        ) {
+            self.user = user
+            self.passwordFile = passwordFile
+            self.version = version
+            self.clientWait = clientWait
+            self.pollInterval = pollInterval
+            self.killStragglers = killStragglers
+            self.allowUnpersisted = allowUnpersisted
+        }
+    }
+
+    /// One thing that happened (or, from ``prepare()``, was found), as it happened.
+    public typealias Step = RedisAdminStep
+
+    /// What ``prepare()`` decided.
+    public struct Plan: Sendable, Hashable, Codable {
+        public var user: String
+        /// The version the rotation ends on.
+        public var version: String
+        /// Whether this finishes an interrupted rotation (the file's password and version are kept).
+        public var resuming: Bool
+        /// The version the password file held before.
+        public var previousFileVersion: String?
+        /// `host:port` of every node, primary first.
+        public var nodes: [String]
+        /// How each node persists its ACL (`ACL SAVE`, `CONFIG REWRITE`, `none`).
+        public var persistence: [String: String]
+    }
+
+    private struct Progress: Sendable {
+        var plan: Plan?
+        var password: RedisSecret?
+        var persistence: [String: RedisACLPersistence] = [:]
+        var added = false
+        var published = false
+        var removed = false
+    }
+
+    public let topology: RedisAdminTopology
+    public let options: Options
+    private let report: @Sendable (Step) -> Void
+    private let progress = Lock(Progress())
+
+    /// - Parameter report: Called with each step as it happens.
+    public init(topology: RedisAdminTopology, options: Options, report: @escaping @Sendable (Step) -> Void = { _ in }) {
+        self.topology = topology
+        self.options = options
+        self.report = report
+    }
+
+    /// The plan, once ``prepare()`` made it.
+    public var plan: Plan? { self.progress.withLock { $0.plan } }
+
+    private func say(_ name: String, _ node: RedisServerAdmin? = nil, _ message: String) {
+        self.report(Step(name: name, node: node?.address, message: message))
+    }
+
+    /// Runs every step in order and returns the plan it carried out.
+    @discardableResult
+    public func run() async throws -> Plan {
+        let plan = try await self.prepare()
+        if !plan.resuming {
+            try await self.addPassword()
+            try await self.publish()
+        } else {
+            // The file already holds the password: make sure every node accepts it, then finish.
+            try await self.addPassword()
+        }
+        try await self.waitForClients()
+        try await self.removeOldPasswords()
+        return plan
+    }
+
+    // MARK: 1. Checks, nothing changed
+
+    /// Checks everything that can be checked before a change and decides between a new rotation and
+    /// finishing an interrupted one. Changes nothing.
+    @discardableResult
+    public func prepare() async throws -> Plan {
+        let user = self.options.user
+        let file: RedisCredentialFile?
+        do {
+            file = try RedisCredentialFile.read(from: self.options.passwordFile)
+        } catch {
+            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        do {
+            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
+        } catch {
+            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        var hashesByNode: [String: [String]] = [:]
+        var persistence: [String: RedisACLPersistence] = [:]
+        for node in self.topology.nodes {
+            guard let hashes = try await node.passwordHashes(of: user) else {
+                throw RedisAdminError(
+                    code: .userNotFound,
+                    message: "the user \(user) does not exist on \(node.address); nothing was changed (a mistyped name would otherwise be created as a new user)"
+                )
+            }
+            hashesByNode[node.address] = hashes
+            let mode = try await node.aclPersistence()
+            if mode == .none && !self.options.allowUnpersisted {
+                throw RedisAdminError(
+                    code: .cannotPersist,
+                    message: "\(node.address) has neither an ACL file nor a configuration file, so a changed password would be lost on restart while the clients keep only the new one; nothing was changed. Configure an aclfile, or accept the risk with --no-persist"
+                )
+            }
+            persistence[node.address] = mode
+            self.say("check", node, "\(user) has \(hashes.count) password(s); ACL changes persist with \(mode)")
+        }
+
+        // An interrupted rotation: more than one password somewhere, and the file's (versioned) password
+        // among them. Finishing it is always safe: the clients already have the file.
+        let fileHash = file?.password.sha256Hex
+        let resuming: Bool
+        if let file, let fileHash, let fileVersion = file.version, self.options.version.map({ $0 == fileVersion }) ?? true,
+            hashesByNode.values.contains(where: { $0.contains(fileHash) }),
+            hashesByNode.values.contains(where: { $0.count > 1 })
+        {
+            resuming = true
+        } else {
+            resuming = false
+        }
+
+        let version: String
+        let password: RedisSecret
+        if resuming, let file, let fileVersion = file.version {
+            version = fileVersion
+            password = file.password
+            self.say("resume", nil, "an interrupted rotation: the file holds version \(fileVersion), which the server accepts next to another password; finishing it")
+        } else {
+            version = self.options.version ?? Self.uniqueVersion()
+            guard RedisCredentials.isValidVersion(version) else {
+                throw RedisAdminError(code: .versionInUse, message: "the version must be 1 to 64 printable characters without spaces")
+            }
+            if version == file?.version {
+                throw RedisAdminError(code: .versionInUse, message: "the password file already holds version \(version); choose a new one (or omit --version); nothing was changed")
+            }
+            for node in self.topology.nodes {
+                let using = try await node.connections(of: user).filter { $0.credentialVersion == version }
+                if !using.isEmpty {
+                    throw RedisAdminError(
+                        code: .versionInUse,
+                        message: "version \(version) is already in use on \(node.address) (\(using.map(\.description).joined(separator: "; "))); a reused version would look rotated before anyone moved; nothing was changed"
+                    )
+                }
+            }
+            password = Self.randomPassword()
+        }
+        let plan = Plan(
+            user: user,
+            version: version,
+            resuming: resuming,
+            previousFileVersion: file?.version,
+            nodes: self.topology.addresses,
+            persistence: persistence.mapValues(\.description)
+        )
+        self.progress.withLock {
+            $0.plan = plan
+            $0.password = password
+            $0.persistence = persistence
+            $0.published = resuming
+        }
+        return plan
+    }
+
+    // MARK: 2. Add, persist, verify
+
+    /// Adds the new password on every node and persists it, then verifies that it logs in on a fresh
+    /// connection to every node. When verification fails the password is removed again: nothing is
+    /// published that does not work.
+    public func addPassword() async throws {
+        let (plan, password, persistence) = try self.prepared()
+        for node in self.topology.nodes {
+            try await node.addPassword(password, to: plan.user)
+            self.progress.withLock { $0.added = true }
+            self.say("add", node, "added the password of version \(plan.version) to \(plan.user) (the old one stays valid)")
+            if let mode = persistence[node.address], mode != .none {
+                try await node.persist(mode)
+                self.say("persist", node, "saved with \(mode)")
+            }
+        }
+        for node in self.topology.nodes {
+            if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
+                if !plan.resuming {
+                    for node in self.topology.nodes {
+                        try? await node.removePassword(password, from: plan.user)
+                        if let mode = persistence[node.address] { try? await node.persist(mode) }
+                    }
+                    self.progress.withLock { $0.added = false }
+                }
+                throw RedisAdminError(
+                    code: .verificationFailed,
+                    message: "\(error.message); the new password was removed again and the password file was not changed",
+                    underlying: error
+                )
+            }
+            self.say("verify", node, "the new password logs \(plan.user) in on a fresh connection")
+        }
+    }
+
+    // MARK: 3. Publish
+
+    /// Replaces the password file with the new password and version (mode and owner kept).
+    public func publish() async throws {
+        let (plan, password, _) = try self.prepared()
+        var file = RedisCredentialFile(password: password, version: plan.version)
+        if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
+        do {
+            try file.write(to: self.options.passwordFile)
+        } catch {
+            // Unpublished, the new password only widens access: take it back.
+            let persistence = self.progress.withLock { $0.persistence }
+            var removed = true
+            for node in self.topology.nodes {
+                do {
+                    try await node.removePassword(password, from: plan.user)
+                    if let mode = persistence[node.address] { try await node.persist(mode) }
+                } catch {
+                    removed = false
+                }
+            }
+            if removed { self.progress.withLock { $0.added = false } }
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node")",
+                underlying: error
+            )
+        }
+        self.progress.withLock { $0.published = true }
+        self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")
+    }
+
+    // MARK: 4. Wait
+
+    /// Every connection of the user, on every node, that is not on `version`: named for another version,
+    /// renamed, or unnamed.
+    public func stragglers(version: String) async throws -> [(node: RedisServerAdmin, connection: RedisClientInfo)] {
+        var found: [(RedisServerAdmin, RedisClientInfo)] = []
+        for node in self.topology.nodes {
+            for connection in try await node.connections(of: self.options.user) where connection.credentialVersion != version {
+                found.append((node, connection))
+            }
+        }
+        return found
+    }
+
+    /// Waits until no connection of the user is on another version, at most ``Options/clientWait``.
+    /// Then, with ``Options/killStragglers`` the stragglers are left to ``removeOldPasswords()``;
+    /// otherwise this throws `stragglers`, naming them, and the old password stays.
+    public func waitForClients() async throws {
+        let (plan, _, _) = try self.prepared()
+        let clock = ContinuousClock()
+        let deadline = clock.now + self.options.clientWait
+        var lastCount = -1
+        while true {
+            let stragglers = try await self.stragglers(version: plan.version)
+            if stragglers.isEmpty {
+                self.say("wait", nil, "every connection of \(plan.user) is on version \(plan.version)")
+                return
+            }
+            if stragglers.count != lastCount {
+                lastCount = stragglers.count
+                self.say("wait", nil, "\(stragglers.count) connection(s) of \(plan.user) not yet on \(plan.version): \(Self.describe(stragglers))")
+            }
+            if clock.now >= deadline { break }
+            try await Task.sleep(for: min(self.options.pollInterval, deadline - clock.now))
+        }
+        let stragglers = try await self.stragglers(version: plan.version)
+        if stragglers.isEmpty { return }
+        if self.options.killStragglers {
+            self.say("wait", nil, "\(stragglers.count) connection(s) still not on \(plan.version) after the wait; they are killed once the old password is gone")
+            return
+        }
+        throw RedisAdminError(
+            code: .stragglers,
+            message: "\(stragglers.count) connection(s) of \(plan.user) are not on version \(plan.version) after \(self.options.clientWait): \(Self.describe(stragglers)); the old password stays. Move or stop those clients, or kill them with --kill-stragglers"
+        )
+    }
+
+    // MARK: 5. Remove
+
+    /// Leaves only the new password on every node (and persists), kills stragglers when asked, checks
+    /// the connections again and verifies that each node holds exactly the new password.
+    public func removeOldPasswords() async throws {
+        let (plan, password, persistence) = try self.prepared()
+        for node in self.topology.nodes {
+            try await node.keepOnlyPassword(password, of: plan.user)
+            self.progress.withLock { $0.removed = true }
+            self.say("remove", node, "\(plan.user) now has only the password of version \(plan.version)")
+            if let mode = persistence[node.address], mode != .none {
+                try await node.persist(mode)
+                self.say("persist", node, "saved with \(mode)")
+            }
+        }
+        // Connections opened with the old password between the last check and its removal stay
+        // authenticated: look again.
+        var stragglers = try await self.stragglers(version: plan.version)
+        if !stragglers.isEmpty && self.options.killStragglers {
+            for (node, connection) in stragglers {
+                try await node.kill(clientID: connection.id)
+                self.say("kill", node, "killed \(connection)")
+            }
+            stragglers = try await self.stragglers(version: plan.version)
+        }
+        if !stragglers.isEmpty {
+            throw RedisAdminError(
+                code: .stragglers,
+                message: "the old password is removed, but \(stragglers.count) connection(s) of \(plan.user) authenticated with another one are still open: \(Self.describe(stragglers)); they work until they reconnect. Kill them (CLIENT KILL ID <id>) or run again with --kill-stragglers"
+            )
+        }
+        let expected = password.sha256Hex
+        for node in self.topology.nodes {
+            let hashes = try await node.passwordHashes(of: plan.user) ?? []
+            guard hashes == [expected] else {
+                throw RedisAdminError(
+                    code: .unexpectedState,
+                    message: "\(node.address) holds \(hashes.count) password(s) for \(plan.user) instead of only the new one: something else changed the user meanwhile"
+                )
+            }
+            if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
+                throw error
+            }
+        }
+        self.say("done", nil, "\(plan.user) has exactly one password, version \(plan.version), the one in \(self.options.passwordFile), on \(self.topology.nodes.count) node(s)")
+    }
+
+    // MARK: State
+
+    /// Where things stand, in words: what the servers accept and what the file holds. For the message
+    /// an operator sees when a step fails.
+    public var state: String {
+        let progress = self.progress.withLock { $0 }
+        guard let plan = progress.plan else { return "nothing was changed" }
+        if progress.removed {
+            return "the servers hold only the password of version \(plan.version); the password file holds version \(plan.version)"
+        }
+        if progress.published {
+            return "the servers accept the old and the new password (version \(plan.version)); the password file holds version \(plan.version), so every client can log in"
+        }
+        if progress.added {
+            return "the servers may accept an additional new password (version \(plan.version)), which was not published; the password file still holds version \(plan.previousFileVersion ?? "(none)"), so every client can log in"
+        }
+        return "nothing was changed"
+    }
+
+    private func prepared() throws -> (Plan, RedisSecret, [String: RedisACLPersistence]) {
+        let progress = self.progress.withLock { $0 }
+        guard let plan = progress.plan, let password = progress.password else {
+            throw RedisAdminError(code: .unexpectedState, message: "prepare() must run first")
+        }
+        return (plan, password, progress.persistence)
+    }
+
+    private static func describe(_ stragglers: [(node: RedisServerAdmin, connection: RedisClientInfo)]) -> String {
+        let shown = stragglers.prefix(20).map { "\($0.node.address) \($0.connection)" }.joined(separator: "; ")
+        return stragglers.count > 20 ? shown + "; and \(stragglers.count - 20) more" : shown
+    }
+
+    /// `r<seconds since 1970>-<4 random hex digits>`: ordered, and distinct for two runs in one second.
+    public static func uniqueVersion() -> String {
+        let suffix = String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        return "r\(Int(Date().timeIntervalSince1970))-\(String(repeating: "0", count: 4 - suffix.count))\(suffix)"
+    }
+
+    /// 32 random bytes as 64 hex characters.
+    public static func randomPassword() -> RedisSecret {
+        var generator = SystemRandomNumberGenerator()
+        let hex = Array("0123456789abcdef".utf8)
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(64)
+        for _ in 0..<32 {
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            bytes.append(hex[Int(byte >> 4)])
+            bytes.append(hex[Int(byte & 0xF)])
+        }
+        defer { bytes.withUnsafeMutableBytes { for index in $0.indices { $0[index] = 0 } } }
+        return RedisSecret(bytes: bytes)
+    }
+}

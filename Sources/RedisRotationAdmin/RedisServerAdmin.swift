@@ -1,0 +1,270 @@
+public import RedisRotation
+import Synchronization
+
+/// The server side of rotation on one node: one administrator connection and the steps an operator
+/// performs (passwords, persistence, connections, certificates). Used by `redis-rotation rotate`, the
+/// demo, the load test and the tests; link it for your own automation.
+///
+/// The connection is reopened once when it was closed under it. Close it with ``close()``.
+public final class RedisServerAdmin: Sendable {
+    /// How this node is reached as the administrator.
+    public let configuration: RedisConnectionConfiguration
+    private let connection: Lock<RedisConnection>
+
+    /// `host:port` of the node.
+    public var address: String { "\(self.configuration.host):\(self.configuration.port)" }
+
+    private init(configuration: RedisConnectionConfiguration, connection: RedisConnection) {
+        self.configuration = configuration
+        self.connection = Lock(connection)
+    }
+
+    /// Connects to a node as the administrator.
+    ///
+    /// - Throws: ``RedisAdminError`` `nodeUnreachable`, with the reason (refused, TLS, credentials).
+    public static func connect(configuration: RedisConnectionConfiguration) async throws -> RedisServerAdmin {
+        var configuration = configuration
+        if configuration.name == nil { configuration.name = "redis-rotation-admin" }
+        do {
+            return RedisServerAdmin(configuration: configuration, connection: try await RedisConnection.connect(configuration: configuration))
+        } catch {
+            throw RedisAdminError(
+                code: .nodeUnreachable,
+                message: "cannot reach \(configuration.host):\(configuration.port) as \(configuration.username ?? "default"): \(Self.reason(error))",
+                underlying: error
+            )
+        }
+    }
+
+    /// Closes the administrator connection.
+    public func close() async {
+        await self.connection.withLock { $0 }.close()
+    }
+
+    /// The server's id of the administrator connection (never counted as anybody's straggler).
+    public var ownClientID: Int? { self.connection.withLock { $0.clientID } }
+
+    /// Sends `command`, reconnecting once if the connection was closed.
+    @discardableResult
+    public func send(_ command: RedisCommand) async throws -> RESPValue {
+        let connection = self.connection.withLock { $0 }
+        do {
+            return try await connection.send(command)
+        } catch let error as RedisError where !connection.isActive && error.code != .serverError {
+            let fresh: RedisConnection
+            do {
+                fresh = try await RedisConnection.connect(configuration: self.configuration)
+            } catch {
+                throw RedisAdminError(code: .nodeUnreachable, message: "lost the connection to \(self.address): \(Self.reason(error))", underlying: error)
+            }
+            self.connection.withLock { $0 = fresh }
+            return try await self.checked(command, on: fresh)
+        } catch let error as RedisError {
+            throw Self.refusal(command, at: self.address, error)
+        }
+    }
+
+    private func checked(_ command: RedisCommand, on connection: RedisConnection) async throws -> RESPValue {
+        do {
+            return try await connection.send(command)
+        } catch let error as RedisError {
+            throw Self.refusal(command, at: self.address, error)
+        }
+    }
+
+    static func refusal(_ command: RedisCommand, at address: String, _ error: RedisError) -> RedisAdminError {
+        RedisAdminError(code: .serverRefused, message: "\(address) refused \(command.name): \(Self.reason(error))", underlying: error)
+    }
+
+    /// An error's message with the server's prefix (`NOPERM`, `ERR`), never its arguments.
+    static func reason(_ error: any Error) -> String {
+        guard let error = error as? RedisError else { return "\(error)" }
+        if let prefix = error.serverErrorPrefix, !error.message.hasPrefix(prefix) { return "\(prefix): \(error.message)" }
+        return error.message
+    }
+
+    // MARK: Users and passwords
+
+    /// The SHA-256 hashes of the user's passwords (as `ACL GETUSER` lists them); `nil` when the user
+    /// does not exist.
+    public func passwordHashes(of user: String) async throws -> [String]? {
+        let reply = try await self.send(RedisCommand("ACL", "GETUSER", .string(user)))
+        if reply.isNull { return nil }
+        guard let fields = reply.array else {
+            throw RedisAdminError(code: .unexpectedState, message: "\(self.address) answered ACL GETUSER with something that is not a list")
+        }
+        var index = 0
+        while index + 1 < fields.count {
+            if fields[index].string == "passwords" {
+                return fields[index + 1].array?.compactMap(\.string) ?? []
+            }
+            index += 2
+        }
+        return []
+    }
+
+    /// Adds a password to an existing user (`ACL SETUSER user >password`); the others stay valid.
+    public func addPassword(_ password: RedisSecret, to user: String) async throws {
+        try await self.send(RedisCommand("ACL", "SETUSER", .string(user), .secret(Self.prefixed(">", password))))
+    }
+
+    /// Removes one password of a user (`ACL SETUSER user <password`). Open connections stay.
+    public func removePassword(_ password: RedisSecret, from user: String) async throws {
+        try await self.send(RedisCommand("ACL", "SETUSER", .string(user), .secret(Self.prefixed("<", password))))
+    }
+
+    /// Leaves `password` as the user's only one in one atomic step (`resetpass >password`). Open
+    /// connections stay authenticated.
+    public func keepOnlyPassword(_ password: RedisSecret, of user: String) async throws {
+        try await self.send(RedisCommand("ACL", "SETUSER", .string(user), "resetpass", .secret(Self.prefixed(">", password))))
+    }
+
+    private static func prefixed(_ prefix: String, _ password: RedisSecret) -> RedisSecret {
+        password.withUnsafeBytes { RedisSecret(bytes: Array(prefix.utf8) + $0) }
+    }
+
+    /// Whether `password` logs `user` in on a fresh connection to this node (with this node's TLS
+    /// settings), which is what a client will do next.
+    public func verifyLogin(user: String, password: RedisSecret, name: String = "redis-rotation-verify") async -> Result<Void, RedisAdminError> {
+        var configuration = self.configuration
+        configuration.username = user
+        configuration.password = password
+        configuration.name = name
+        do {
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            await connection.close()
+            return .success(())
+        } catch {
+            return .failure(
+                RedisAdminError(code: .verificationFailed, message: "\(user) cannot log in to \(self.address) with the new password: \(Self.reason(error))", underlying: error)
+            )
+        }
+    }
+
+    // MARK: Persistence
+
+    /// How this node persists ACL changes.
+    public func aclPersistence() async throws -> RedisACLPersistence {
+        let aclFile = try await self.send(RedisCommand("CONFIG", "GET", "aclfile")).array?.last?.string ?? ""
+        let info = try await self.send(RedisCommand("INFO", "server")).string ?? ""
+        let configFile = info.split(whereSeparator: \.isNewline)
+            .first { $0.hasPrefix("config_file:") }
+            .map { String($0.dropFirst("config_file:".count)) } ?? ""
+        return RedisACLPersistence.decide(aclFile: aclFile, configFile: configFile)
+    }
+
+    /// Writes the node's in-memory ACL (or whole configuration) to disk, so that a restart keeps it.
+    public func persist(_ persistence: RedisACLPersistence) async throws {
+        do {
+            switch persistence {
+            case .aclSave: try await self.send(RedisCommand("ACL", "SAVE"))
+            case .configRewrite: try await self.send(RedisCommand("CONFIG", "REWRITE"))
+            default: return
+            }
+        } catch let error as RedisAdminError {
+            throw RedisAdminError(code: .persistFailed, message: "\(persistence) failed on \(self.address): \(error.message)", underlying: error)
+        }
+    }
+
+    // MARK: Connections
+
+    /// Every connection of `user` on this node except the administrator's own.
+    public func connections(of user: String) async throws -> [RedisClientInfo] {
+        let text = try await self.send(RedisCommand("CLIENT", "LIST")).string ?? ""
+        let own = self.ownClientID
+        return RedisClientInfo.parseList(text).filter { $0.user == user && $0.id != own }
+    }
+
+    /// How many connections of `user` are on each credential version (`(none)` for connections whose
+    /// name carries no version).
+    public func connectionCountsByVersion(of user: String) async throws -> [String: Int] {
+        try await self.connections(of: user).reduce(into: [:]) { counts, info in
+            counts[info.credentialVersion ?? "(none)", default: 0] += 1
+        }
+    }
+
+    /// The id the server gave a connection opened now (a fresh administrator connection, closed at
+    /// once). Ids only grow, so a connection with a smaller id was opened before this call.
+    public func newestClientID() async throws -> Int {
+        do {
+            let connection = try await RedisConnection.connect(configuration: self.configuration)
+            defer { Task { await connection.close() } }
+            let id = connection.clientID
+            await connection.close()
+            if let id { return id }
+            return try await self.send(RedisCommand("CLIENT", "ID")).int ?? 0
+        } catch let error as RedisError {
+            throw RedisAdminError(code: .nodeUnreachable, message: "cannot open a connection to \(self.address): \(Self.reason(error))", underlying: error)
+        }
+    }
+
+    /// Closes one connection (`CLIENT KILL ID`); `false` when it was already gone.
+    @discardableResult
+    public func kill(clientID: Int) async throws -> Bool {
+        let reply = try await self.send(RedisCommand("CLIENT", "KILL", "ID", .integer(clientID)))
+        return (reply.int ?? 0) > 0
+    }
+
+    /// Closes every connection of `user` (`CLIENT KILL USER`); returns how many.
+    @discardableResult
+    public func killConnections(of user: String) async throws -> Int {
+        try await self.send(RedisCommand("CLIENT", "KILL", "USER", .string(user))).int ?? 0
+    }
+
+    // MARK: TLS material
+
+    /// Switches the server certificate and key in one `CONFIG SET` (paths as the server sees them).
+    public func setServerCertificate(certificateFile: String, keyFile: String) async throws {
+        try await self.send(RedisCommand("CONFIG", "SET", "tls-cert-file", .string(certificateFile), "tls-key-file", .string(keyFile)))
+    }
+
+    /// Sets the CAs whose client certificates the server accepts (`tls-ca-cert-file`).
+    public func setClientCertificateAuthorities(file: String) async throws {
+        try await self.send(RedisCommand("CONFIG", "SET", "tls-ca-cert-file", .string(file)))
+    }
+
+    /// A configuration parameter's value (`CONFIG GET`), empty when unset.
+    public func configValue(_ parameter: String) async throws -> String {
+        try await self.send(RedisCommand("CONFIG", "GET", .string(parameter))).array?.last?.string ?? ""
+    }
+
+    // MARK: Replication
+
+    /// The replicas the node reports as connected (`ROLE` of a primary), as `(host, port)`.
+    /// ACLs are not replicated: every one of them needs the same change.
+    public func replicas() async throws -> [(host: String, port: Int)] {
+        let role = try await self.send(RedisCommand("ROLE")).array ?? []
+        guard role.first?.string == "master", role.count >= 3, let entries = role[2].array else { return [] }
+        return entries.compactMap { entry in
+            guard let fields = entry.array, fields.count >= 2, let host = fields[0].string,
+                let port = fields[1].string.flatMap({ Int($0) }) ?? fields[1].int
+            else { return nil }
+            return (host, port)
+        }
+    }
+
+    /// The other nodes of a Redis Cluster (`CLUSTER NODES`), primaries and replicas, as `(host, port,
+    /// flags)`; `nil` when cluster mode is off. ACLs are per node there too.
+    public func clusterNodes() async throws -> [(host: String, port: Int, flags: [String])]? {
+        let info = try await self.send(RedisCommand("INFO", "cluster")).string ?? ""
+        guard info.split(whereSeparator: \.isNewline).contains(where: { $0 == "cluster_enabled:1" }) else { return nil }
+        let text = try await self.send(RedisCommand("CLUSTER", "NODES")).string ?? ""
+        return text.split(whereSeparator: \.isNewline).compactMap { line in
+            // <id> <ip:port@cport[,hostname]> <flags> ...
+            let fields = line.split(separator: " ")
+            guard fields.count >= 3 else { return nil }
+            let address = fields[1].split(separator: "@").first ?? ""
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return nil }
+            let flags = fields[2].split(separator: ",").map(String.init)
+            if flags.contains("myself") { return nil }
+            return (String(address[..<colon]), port, flags)
+        }
+    }
+
+    /// The primary of a replica (`ROLE` of a replica), `nil` when the node is a primary.
+    public func primary() async throws -> (host: String, port: Int)? {
+        let role = try await self.send(RedisCommand("ROLE")).array ?? []
+        guard role.first?.string == "slave", role.count >= 3, let host = role[1].string, let port = role[2].int else { return nil }
+        return (host, port)
+    }
+}
