@@ -58,6 +58,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let gaugesRecorded = Lock<(sequence: UInt64, versions: [String: Int], generations: [UInt64: Int])>((0, [:], [:]))
     private let tlsWatcher: TLSMaterialWatcher?
     private let initialTLSSnapshot: [String: [UInt8]]
+    /// Internal observers of the client's events (dedicated connections such as subscribers follow
+    /// promotions, demotions and TLS reloads through them); called after the event is decided.
+    private let observers = Lock<(next: Int, all: [Int: @Sendable (RedisRotationEvent) -> Void])>((0, [:]))
 
     /// The decisions (``ClientStateMachine``) and what the shell holds for them: the connection objects,
     /// the waiting tasks, the TLS context and the scheduled timer. Always changed together, under one lock.
@@ -450,6 +453,53 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.state.withLock { $0.machine.credentials.pending?.version }
     }
 
+    // MARK: Dedicated connections
+
+    /// Opens a connection outside the pool (a subscriber, a blocking command's own connection) with the
+    /// credentials and TLS context in use now: the known-good credential first, then the others, each
+    /// once, like a pooled connection. `suffix` is appended to the connection name (`-sub`).
+    ///
+    /// - Returns: The connection and the version it authenticated with.
+    func openDedicatedConnection(suffix: String) async throws -> (connection: RedisConnection, version: String) {
+        let tlsContext = self.state.withLock { $0.tlsContext }
+        var rejected: [RedisCredentials] = []
+        while rejected.count < 8, let candidate = self.state.withLock({ $0.machine.nextCandidate(after: rejected) }) {
+            do {
+                let connection = try await self.connectionFactory(
+                    self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext, suffix: suffix),
+                    self.logger
+                )
+                return (connection, candidate.version)
+            } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
+                rejected.append(candidate)
+            }
+        }
+        throw RedisError(
+            code: .credentialsRejected,
+            message: rejected.isEmpty
+                ? "no credentials yet: the credential source has not delivered any"
+                : "all \(rejected.count) candidate credential\(rejected.count == 1 ? "" : "s") for user \(rejected[0].username) were rejected; versions tried: \(rejected.map(\.version).joined(separator: ", "))"
+        )
+    }
+
+    /// The credential version and TLS generation a dedicated connection should be on now.
+    var dedicatedConnectionTarget: (version: String?, tlsGeneration: UInt64?) {
+        self.state.withLock { ($0.machine.credentials.current?.version, $0.tlsContext?.generation) }
+    }
+
+    /// Calls `observer` with every event the client emits from now on, until removed.
+    func addObserver(_ observer: @escaping @Sendable (RedisRotationEvent) -> Void) -> Int {
+        self.observers.withLock { observers in
+            observers.next += 1
+            observers.all[observers.next] = observer
+            return observers.next
+        }
+    }
+
+    func removeObserver(_ id: Int) {
+        self.observers.withLock { _ = $0.all.removeValue(forKey: id) }
+    }
+
     /// Lease requests not yet granted or failed (for tests: nothing may stay behind).
     var leaseRequestsInFlight: Int {
         self.state.withLock { state in
@@ -600,6 +650,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 }
                 self.logger.debug("rotation event", metadata: ["redis_event": "\(event)"])
                 self.eventContinuation.yield(event)
+                for observer in self.observers.withLock({ Array($0.all.values) }) { observer(event) }
             case .cancelScheduled(let task):
                 task.cancel()
             case .recordConnectionGauges(let versions, let generations, let sequence):
