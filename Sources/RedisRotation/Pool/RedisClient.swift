@@ -248,12 +248,22 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// `AUTH`, `HELLO`, `RESET`, the `SUBSCRIBE` family, `MONITOR`, `QUIT`) are refused with
     /// ``RedisError/Code/invalidArgument``: on a pooled connection they would reach the next user.
     /// Use ``withConnection(_:)`` for transactions.
+    ///
+    /// A blocking command (`BLPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD ... BLOCK`, `WAIT`, ...) holds its
+    /// connection for as long as it blocks, and its reply may take its own timeout plus
+    /// `commandTimeout` (a timeout of 0: until the server answers or the task is cancelled). A
+    /// re-authentication waits until it returns. Cancelling it, or an explicit `timeout` that passes
+    /// first, closes its connection, so that an element it would pop stays in the list. A connection
+    /// killed during the block is retried only when the command is marked ``RedisCommand/idempotent(_:)``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
         // Too large to send: no connection is leased, so none is touched, and no retry can help.
         if let error = command.encodingError { throw error }
         let clock = ContinuousClock()
-        let commandTimeout = timeout ?? self.configuration.commandTimeout
+        // A blocking command's reply may take its own timeout (on the server) plus the command timeout.
+        let commandTimeout = timeout
+            ?? command.blockDuration?.replyTimeout(commandTimeout: self.configuration.commandTimeout)
+            ?? self.configuration.commandTimeout
         // An explicit timeout bounds the whole call: lease waits, attempts, pauses; nothing is written
         // after it. Without one, the deadline counts from the first write (lease waits have their own,
         // leaseTimeout) and bounds the attempts after transient refusals.

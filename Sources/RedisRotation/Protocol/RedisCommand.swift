@@ -35,6 +35,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     var isReadOnly: Bool { Self.readOnlyNames.contains(self.name) }
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
+    /// How long a blocking command may wait on the server, from its own timeout argument; `nil` for
+    /// commands that do not block (or whose timeout is not a number: the server refuses those).
+    let blockDuration: BlockDuration?
 
     /// The longest argument accepted: the default `proto-max-bulk-len` of the server, which refuses a
     /// longer one with a protocol error and closes the connection.
@@ -71,6 +74,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
         self.isIdempotent = Self.readOnlyNames.contains(self.name)
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
+        self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
         if self.encodingError != nil {
