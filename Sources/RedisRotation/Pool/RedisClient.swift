@@ -247,7 +247,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Commands that change a connection's session (`MULTI`/`EXEC`/`WATCH`, `SELECT`, `CLIENT SETNAME`,
     /// `AUTH`, `HELLO`, `RESET`, the `SUBSCRIBE` family, `MONITOR`, `QUIT`) are refused with
     /// ``RedisError/Code/invalidArgument``: on a pooled connection they would reach the next user.
-    /// Use ``withConnection(_:)`` for transactions.
+    /// Use ``transaction(timeout:_:)`` or ``transaction(watching:maximumAttempts:timeout:_:)`` for
+    /// transactions.
     ///
     /// A blocking command (`BLPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD ... BLOCK`, `WAIT`, ...) holds its
     /// connection for as long as it blocks, and its reply may take its own timeout plus
@@ -345,7 +346,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private func retrying() {
+    func retrying() {
         self.metrics.retried.increment()
         self.counters.commandsRetried.add(1, ordering: .relaxed)
     }
@@ -367,7 +368,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Pauses between attempts (after a transient server state, or a dead connection): 5–10 ms at
     /// first, doubling to at most 500 ms, jittered over the upper half.
-    private static func retryPause(after previous: Duration?) -> Duration {
+    static func retryPause(after previous: Duration?) -> Duration {
         let next = min((previous ?? .milliseconds(5)) * 2, .milliseconds(500))
         return next / 2 + (next / 2) * Double.random(in: 0..<1)
     }
@@ -377,7 +378,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let advice: String
         switch command.sessionEffect {
         case .beginsTransaction, .endsTransaction, .watches, .unwatches:
-            advice = "a transaction needs one connection for the whole sequence: use withConnection"
+            advice = "a transaction needs one connection for the whole sequence: use transaction(_:) or transaction(watching:_:) (or withConnection)"
         case .selectsDatabase:
             advice = "it would move a pooled connection to another database: set RedisClientConfiguration.database"
         case .renames:
@@ -521,7 +522,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     // MARK: Leases
 
     /// Waits for a pooled connection at most `leaseTimeout`, or `within` when that is shorter.
-    private func lease(within: Duration? = nil) async throws -> Lease {
+    func lease(within: Duration? = nil) async throws -> Lease {
         let started = ContinuousClock.now
         let wait = within.map { min($0, self.configuration.pool.leaseTimeout) } ?? self.configuration.pool.leaseTimeout
         let id = self.state.withLock { $0.machine.registerLease() }
@@ -541,7 +542,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Ends a lease: the connection goes back to the pool when it is clean, after a restoration when
     /// something has to be undone, and is closed when it is dead or cannot be restored.
-    private func finish(_ lease: Lease) {
+    func finish(_ lease: Lease) {
         let outcome: ClientStateMachine.LeaseOutcome
         if !lease.connection.isActive {
             outcome = .unusable
