@@ -141,3 +141,32 @@ struct BlockDurationTests {
         #expect(BlockDuration.indefinitely.replyTimeout(commandTimeout: .seconds(1)) == BlockDuration.indefiniteWait)
     }
 }
+
+@Suite("Idempotency from the specification")
+struct IdempotencyTests {
+    @Test("read-only and side-effect-free commands, and the documented writes, are resent; conditional and relative forms are not")
+    func table() {
+        for command in [
+            RedisCommand("GET", "k"), RedisCommand("HGETALL", "h"), RedisCommand("XRANGE", "s", "-", "+"), RedisCommand("PING"),
+            RedisCommand("CONFIG", "GET", "maxmemory"), RedisCommand("client", "list"), RedisCommand("OBJECT", "ENCODING", "k"),
+            RedisCommand("SET", "k", "v"), RedisCommand("SET", "k", "v", "EXAT", "1900000000"), RedisCommand("SET", "k", "v", "KEEPTTL"),
+            RedisCommand("MSET", "a", "1", "b", "2"), RedisCommand("HSET", "h", "f", "v"), RedisCommand("DEL", "k"),
+            RedisCommand("UNLINK", "k"), RedisCommand("SADD", "s", "m"), RedisCommand("EXPIREAT", "k", "1900000000"),
+            RedisCommand("XREAD", "BLOCK", "10", "STREAMS", "s", "$"), RedisCommand("SORT_RO", "k"), RedisCommand("EVAL_RO", "return 1", "0"),
+        ] {
+            #expect(command.isIdempotent, "\(command.name)")
+        }
+        for command in [
+            RedisCommand("INCR", "k"), RedisCommand("LPUSH", "l", "v"), RedisCommand("SET", "k", "v", "NX"), RedisCommand("SET", "k", "v", "GET"),
+            RedisCommand("SET", "k", "v", "EX", "10"), RedisCommand("set", "k", "v", "px", "10"), RedisCommand("EXPIREAT", "k", "1900000000", "GT"),
+            RedisCommand("EXPIRE", "k", "10"), RedisCommand("PUBLISH", "c", "m"), RedisCommand("EVAL", "return 1", "0"),
+            RedisCommand("BLPOP", "l", "1"), RedisCommand("CONFIG", "SET", "maxmemory", "1"), RedisCommand("CLIENT", "KILL", "ID", "1"),
+            RedisCommand("FLUSHALL"), RedisCommand("XADD", "s", "*", "f", "v"),
+        ] {
+            #expect(!command.isIdempotent, "\(command.name)")
+        }
+        #expect(RedisCommand("GET", "k").isReadOnly && RedisCommand("PING").isReadOnly && !RedisCommand("SET", "k", "v").isReadOnly)
+        #expect(!RedisCommand("SET", "k", "v").idempotent(false).isIdempotent)
+        #expect(RedisCommand("INCR", "k").idempotent().isIdempotent)
+    }
+}
