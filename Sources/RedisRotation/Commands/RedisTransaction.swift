@@ -1,3 +1,33 @@
+/// Commands sent together in one write on one pooled connection, results in order; unlike a
+/// transaction, other clients' commands may run in between, and a connection lost half-way leaves the
+/// commands before it done.
+///
+/// ```swift
+/// let results = try await client.pipeline { p in
+///     p.queue(RedisCommand("GET", "a"))
+///     p.queue(RedisCommand("INCR", "b"))
+/// }
+/// ```
+public struct RedisPipeline: Sendable {
+    /// The queued commands, in order.
+    public private(set) var commands: [RedisCommand] = []
+
+    public init() {}
+
+    /// Queues `command`; its result is at the index this returns.
+    @discardableResult
+    public mutating func queue(_ command: RedisCommand) -> Int {
+        self.commands.append(command)
+        return self.commands.count - 1
+    }
+
+    /// Queues a command given as its name and arguments.
+    @discardableResult
+    public mutating func queue(_ name: String, _ arguments: RedisArgument...) -> Int {
+        self.queue(RedisCommand(name, arguments: arguments))
+    }
+}
+
 /// Commands for one `MULTI` … `EXEC`, collected before anything is sent: the transaction then goes
 /// out in one write on one connection and runs atomically on the server.
 ///
@@ -40,9 +70,9 @@ public struct RedisTransaction: Sendable {
     }
 }
 
-/// The results of a transaction that ran: one per queued command, in order. A command that failed on
-/// the server (`WRONGTYPE`, say) fails only its own result; the others ran.
-public struct RedisTransactionResults: Sendable {
+/// The results of a transaction or a pipeline: one per queued command, in order. A command that
+/// failed (a `WRONGTYPE` reply, say) fails only its own result.
+public struct RedisCommandResults: Sendable {
     public let results: [Result<RESPValue, RedisError>]
 
     /// The result of the command queued at `index`, decoded as `type`; throws its error.
@@ -60,14 +90,14 @@ extension RedisTransaction {
     /// - Throws: ``RedisError/Code/transactionAborted`` when the server refused a queued command
     ///   (nothing ran), or the connection's error for `EXEC` (with ``RedisError/commandWasNotSent`` when
     ///   it never left, so nothing ran).
-    func run(on connection: RedisConnection, timeout: Duration?) async throws -> RedisTransactionResults? {
+    func run(on connection: RedisConnection, timeout: Duration?) async throws -> RedisCommandResults? {
         let replies = try await connection.pipeline([RedisCommand("MULTI")] + self.commands + [RedisCommand("EXEC")], timeout: timeout)
         let exec = replies[replies.count - 1]
         switch exec {
         case .success(.null):
             return nil
         case .success(.array(let values)) where values.count == self.commands.count:
-            return RedisTransactionResults(
+            return RedisCommandResults(
                 results: zip(self.commands, values).map { command, value in
                     if case .error(let buffer) = value { return .failure(RedisConnection.serverError(buffer, command: command)) }
                     return .success(value)

@@ -1,4 +1,79 @@
 extension RedisClient {
+    /// Sends the commands `build` queues in one write on one pooled connection and returns their
+    /// results in order; an error reply fails only its own result.
+    ///
+    /// Not atomic (use ``transaction(timeout:_:)`` for that). When the connection dies half-way, the
+    /// commands whose replies came are done; of the others, those never written and those safe to repeat
+    /// (``RedisCommand/isIdempotent``) are sent again on another connection, after the rest (within
+    /// `maximumCommandAttempts`); any other fails with ``RedisError/Code/outcomeUnknown``.
+    ///
+    /// - Parameter timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    /// - Throws: ``RedisError/Code/invalidArgument`` for a command that would change the pooled
+    ///   connection's session, before anything is sent.
+    public func pipeline(
+        timeout: Duration? = nil,
+        _ build: (inout RedisPipeline) throws -> Void
+    ) async throws -> RedisCommandResults {
+        var pipeline = RedisPipeline()
+        try build(&pipeline)
+        let commands = pipeline.commands
+        if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
+            throw RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: it changes the connection's session (use transaction or withConnection)")
+        }
+        if let error = commands.lazy.compactMap(\.encodingError).first { throw error }
+        guard !commands.isEmpty else { return RedisCommandResults(results: []) }
+        let clock = ContinuousClock()
+        let deadline = timeout.map { clock.now + $0 }
+        var results = [Result<RESPValue, RedisError>?](repeating: nil, count: commands.count)
+        var pending = Array(commands.indices)
+        var mayHaveExecuted: Set<Int> = []
+        var attempts = 0
+        var pause: Duration?
+        while !pending.isEmpty {
+            attempts += 1
+            let lease = try await self.lease(within: deadline.map { $0 - clock.now })
+            let replies: [Result<RESPValue, RedisError>]
+            do {
+                replies = try await lease.connection.pipeline(pending.map { commands[$0] }, timeout: deadline.map { max($0 - clock.now, .milliseconds(1)) })
+            } catch {
+                self.finish(lease)
+                throw error
+            }
+            self.finish(lease)
+            var again: [Int] = []
+            for (index, result) in zip(pending, replies) {
+                guard case .failure(let error) = result, Self.connectionFailures.contains(error.code) else {
+                    results[index] = result
+                    continue
+                }
+                if !error.commandWasNotSent { mayHaveExecuted.insert(index) }
+                let resendable = error.commandWasNotSent || commands[index].isIdempotent
+                let withinBudget = attempts < self.configuration.maximumCommandAttempts && (deadline.map { clock.now < $0 } ?? true)
+                if resendable && withinBudget {
+                    again.append(index)
+                } else if mayHaveExecuted.contains(index) && !commands[index].isReadOnly {
+                    results[index] = .failure(
+                        RedisError(
+                            code: .outcomeUnknown,
+                            message: "\(commands[index].name) in a pipeline failed (\(error.code)) after an attempt whose connection died in flight: it may or may not have executed",
+                            underlying: error
+                        )
+                    )
+                } else {
+                    results[index] = .failure(error)
+                }
+            }
+            pending = again
+            if !pending.isEmpty {
+                self.retrying()
+                let next = Self.retryPause(after: pause)
+                pause = next
+                try await Task.sleep(for: next)
+            }
+        }
+        return RedisCommandResults(results: results.map { $0! })
+    }
+
     /// Runs the commands `build` queues as one transaction (`MULTI` … `EXEC` in one write on one pooled
     /// connection): all of them run, atomically, or none.
     ///
@@ -14,7 +89,7 @@ extension RedisClient {
     public func transaction(
         timeout: Duration? = nil,
         _ build: (inout RedisTransaction) throws -> Void
-    ) async throws -> RedisTransactionResults {
+    ) async throws -> RedisCommandResults {
         var transaction = RedisTransaction()
         try build(&transaction)
         if let refusal = transaction.refusal { throw refusal }
@@ -49,7 +124,7 @@ extension RedisClient {
         maximumAttempts: Int = 3,
         timeout: Duration? = nil,
         _ body: (RedisConnection) async throws -> RedisTransaction
-    ) async throws -> RedisTransactionResults {
+    ) async throws -> RedisCommandResults {
         precondition(!keys.isEmpty, "watch at least one key, or use transaction(_:)")
         precondition(maximumAttempts >= 1)
         guard let results = try await self.runTransaction(watching: keys, timeout: timeout, maximumAttempts: maximumAttempts, body) else {
@@ -71,7 +146,7 @@ extension RedisClient {
         timeout: Duration?,
         maximumAttempts: Int,
         _ body: (RedisConnection) async throws -> RedisTransaction
-    ) async throws -> RedisTransactionResults? {
+    ) async throws -> RedisCommandResults? {
         let clock = ContinuousClock()
         let deadline = timeout.map { clock.now + $0 }
         var conflicts = 0

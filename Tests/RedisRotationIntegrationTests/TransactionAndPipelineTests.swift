@@ -7,8 +7,8 @@ import Testing
 
 /// `RedisClient.transaction` against a real server: atomic, typed per command, optimistic with
 /// `WATCH`, and never reported as run when it did not, through kills and a rotation.
-@Suite("Transactions", .timeLimit(.minutes(2)))
-struct TransactionTests {
+@Suite("Transactions and pipelines", .timeLimit(.minutes(2)))
+struct TransactionAndPipelineTests {
     func client(_ server: RedisServerProcess, password: RedisSecret) throws -> RedisClient {
         try RedisClient(
             configuration: RedisClientConfiguration(
@@ -59,6 +59,33 @@ struct TransactionTests {
                 // The pool is clean after all of it.
                 try await client.set(counter, to: "0")
                 #expect(try await client.get(counter, as: Int.self) == 0)
+            }
+        }
+    }
+
+    @Test("a pipeline: one write, results in order, an error reply fails only its own result; session changes refused")
+    func pipeline() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            try await withRunningClient(try self.client(server, password: password)) { client in
+                let key = uniqueKey("pipe")
+                let results = try await client.pipeline { p in
+                    p.queue(RedisCommand("SET", .key(key), "1"))
+                    p.queue(RedisCommand("LPUSH", .key(key), "x"))
+                    p.queue(RedisCommand("INCR", .key(key)))
+                    p.queue(RedisCommand("GET", .key(key)))
+                }
+                #expect(try results.value(at: 0, as: String.self) == "OK")
+                #expect(throws: RedisError.self) { try results.value(at: 1, as: Int.self) }
+                if case .failure(let error) = results.results[1] { #expect(error.serverErrorPrefix == "WRONGTYPE") }
+                #expect(try results.value(at: 2, as: Int.self) == 2)
+                #expect(try results.value(at: 3, as: String.self) == "2")
+                await #expect {
+                    _ = try await client.pipeline { p in p.queue(RedisCommand("SELECT", "2")) }
+                } throws: { error in
+                    (error as? RedisError)?.code == .invalidArgument
+                }
+                #expect(try await client.pipeline { _ in }.count == 0)
             }
         }
     }
