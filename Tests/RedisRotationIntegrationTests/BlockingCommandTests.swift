@@ -29,7 +29,7 @@ struct BlockingCommandTests {
             )
             try await withRunningClient(client) { client in
                 let list = uniqueKey("blocking")
-                let popped = Task { try await client.send(RedisCommand("BLPOP", .key(list), "5")) }
+                let popped = Task { try await client.send(RedisCommand("BLPOP", .key(list), "20")) }
                 try await server.waitForBlockedClients(1)
                 // Well past the 300 ms command timeout.
                 try await Task.sleep(for: .milliseconds(600))
@@ -56,7 +56,7 @@ struct BlockingCommandTests {
             )
             defer { Task { await connection.close() } }
             let list = uniqueKey("single")
-            let popped = Task { try await connection.send(RedisCommand("BLPOP", .key(list), "5")) }
+            let popped = Task { try await connection.send(RedisCommand("BLPOP", .key(list), "20")) }
             try await server.waitForBlockedClients(1)
             try await Task.sleep(for: .milliseconds(600))
             try await server.admin("RPUSH", .key(list), "element")
