@@ -68,6 +68,14 @@ public final class RedisConnection: Sendable {
     /// its reply arrived) and no `EXEC` or `DISCARD` since.
     public var isInTransaction: Bool { self.session.withLock { $0.state.inTransaction } }
 
+    /// The credential version in the connection's name (`<name>@<version>`), as it is now.
+    var credentialVersion: String? {
+        self.session.withLock { session in
+            guard let name = session.name, let at = name.lastIndex(of: "@") else { return nil }
+            return String(name[name.index(after: at)...])
+        }
+    }
+
     /// What must happen before the pool hands this connection to another user.
     var releaseDisposition: SessionState.Release {
         self.session.withLock { $0.state.release }

@@ -16,6 +16,13 @@ extension RedisClient {
     ) async throws -> RedisCommandResults {
         var pipeline = RedisPipeline()
         try build(&pipeline)
+        return try await self.traced("PIPELINE") { span in
+            span.attributes["redis.pipeline.commands"] = pipeline.commands.count
+            return try await self.run(pipeline, timeout: timeout)
+        }
+    }
+
+    private func run(_ pipeline: RedisPipeline, timeout: Duration?) async throws -> RedisCommandResults {
         let commands = pipeline.commands
         if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
             throw RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: it changes the connection's session (use transaction or withConnection)")
@@ -93,7 +100,9 @@ extension RedisClient {
         var transaction = RedisTransaction()
         try build(&transaction)
         if let refusal = transaction.refusal { throw refusal }
-        let results = try await self.runTransaction(watching: [], timeout: timeout, maximumAttempts: 1) { _ in transaction }
+        let results = try await self.traced("MULTI") { _ in
+            try await self.runTransaction(watching: [], timeout: timeout, maximumAttempts: 1) { _ in transaction }
+        }
         // Without WATCH, EXEC never answers nil.
         guard let results else {
             throw RedisError(code: .unexpectedReply, message: "EXEC answered nil to a transaction that watched no key")
@@ -127,7 +136,10 @@ extension RedisClient {
     ) async throws -> RedisCommandResults {
         precondition(!keys.isEmpty, "watch at least one key, or use transaction(_:)")
         precondition(maximumAttempts >= 1)
-        guard let results = try await self.runTransaction(watching: keys, timeout: timeout, maximumAttempts: maximumAttempts, body) else {
+        let outcome = try await self.traced("MULTI") { _ in
+            try await self.runTransaction(watching: keys, timeout: timeout, maximumAttempts: maximumAttempts, body)
+        }
+        guard let results = outcome else {
             throw RedisError(
                 code: .transactionAborted,
                 message: "a watched key changed during each of \(maximumAttempts) attempt\(maximumAttempts == 1 ? "" : "s"); nothing was applied"
