@@ -256,12 +256,18 @@ public final class RedisPasswordRotation: Sendable {
     // MARK: 3. Publish
 
     /// Replaces the password file with the new password and version (mode and owner kept).
+    ///
+    /// A failure before the rename leaves the file as it was: the new password is taken back. Once
+    /// renamed, the file holds the new password and clients may already use it, so nothing is taken
+    /// back: a directory that cannot be flushed is a warning (a crash could still bring the old file
+    /// back, which the old password, still valid, covers until the removal).
     public func publish() async throws {
         let (plan, password, _) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
         if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
+        let replacement: FileReplacement
         do {
-            try file.write(to: self.options.passwordFile)
+            replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: false)
         } catch {
             // Unpublished, the new password only widens access: take it back.
             let persistence = self.progress.withLock { $0.persistence }
@@ -283,6 +289,9 @@ public final class RedisPasswordRotation: Sendable {
         }
         self.progress.withLock { $0.published = true }
         self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")
+        if let warning = replacement.durabilityWarning {
+            self.say("warn", nil, "\(warning.message); the file holds version \(plan.version) and clients may use it, so it stays published, but its durability is unconfirmed (a crash could bring back the previous file, whose password still works until the removal)")
+        }
     }
 
     // MARK: 4. Wait

@@ -1,0 +1,38 @@
+import Foundation
+import RedisRotation
+import RedisRotationAdmin
+import RedisRotationTesting
+import Testing
+
+/// The second review of `rotate password`: each way it could still end with a client holding a
+/// password the server rejects, or say "done" while the file and the server disagree.
+extension RotatePasswordSafetyTests {
+    @Test("a directory that cannot be flushed after the rename keeps the new password published, with a warning")
+    func publishAfterRenameNeverTakesBack() async throws {
+        try await self.withSetup { setup in
+            let directory = setup.server.directory.path
+            fileReplacementFailingDirectoryFlushes.withLock { _ = $0.insert(directory) }
+            defer { fileReplacementFailingDirectoryFlushes.withLock { _ = $0.remove(directory) } }
+            let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let steps = StepLog()
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [node]),
+                options: .init(user: "alice", passwordFile: setup.passwordFile, version: "v2", clientWait: .seconds(2)),
+                report: { steps.append($0) }
+            )
+            try await rotation.prepare()
+            try await rotation.addPassword()
+            try await rotation.publish()
+            let new = try setup.file().password
+            #expect(try setup.file().version == "v2")
+            #expect(await setup.canLogIn(new), "the password the file holds logs in")
+            #expect(try await setup.hashes()?.count == 2)
+            #expect(steps.all.contains { $0.name == "warn" && $0.message.contains("durability is unconfirmed") && $0.message.contains("Input/output error") }, "\(steps.all)")
+            #expect(rotation.state.contains("the password file holds version v2"), "\(rotation.state)")
+            try await rotation.waitForClients()
+            try await rotation.removeOldPasswords()
+            #expect(try await setup.hashes() == [new.sha256Hex])
+            await node.close()
+        }
+    }
+}
