@@ -42,6 +42,9 @@ public final class RedisPasswordRotation: Sendable {
         /// Whether a node that can persist neither with `ACL SAVE` nor `CONFIG REWRITE` is accepted
         /// (its change is lost on restart). Default: no, such a node is refused.
         public var allowUnpersisted: Bool
+        /// How many nodes the topology must have; `nil` accepts what discovery found. A replica that
+        /// is down is listed by nobody, so only this catches it. Default: `nil`.
+        public var expectedNodeCount: Int?
 
         public init(
             user: String,
@@ -50,7 +53,8 @@ public final class RedisPasswordRotation: Sendable {
             clientWait: Duration = .seconds(300),
             pollInterval: Duration = .milliseconds(200),
             killStragglers: Bool = false,
-            allowUnpersisted: Bool = false
+            allowUnpersisted: Bool = false,
+            expectedNodeCount: Int? = nil
         ) {
             self.user = user
             self.passwordFile = passwordFile
@@ -59,6 +63,7 @@ public final class RedisPasswordRotation: Sendable {
             self.pollInterval = pollInterval
             self.killStragglers = killStragglers
             self.allowUnpersisted = allowUnpersisted
+            self.expectedNodeCount = expectedNodeCount
         }
     }
 
@@ -142,6 +147,12 @@ public final class RedisPasswordRotation: Sendable {
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
+        if let expected = self.options.expectedNodeCount, expected != self.topology.nodes.count {
+            throw RedisAdminError(
+                code: .unexpectedTopology,
+                message: "found \(self.topology.nodes.count) node(s) (\(self.topology.addresses.joined(separator: ", "))), expected \(expected): a node that is down or not linked is listed by nobody and would keep the old password. Nothing was changed"
+            )
+        }
         var hashesByNode: [String: [String]] = [:]
         var persistence: [String: RedisACLPersistence] = [:]
         for node in self.topology.nodes {
@@ -161,6 +172,9 @@ public final class RedisPasswordRotation: Sendable {
             }
             persistence[node.address] = mode
             self.say("check", node, "\(user) has \(hashes.count) password(s); ACL changes persist with \(mode)")
+        }
+        if self.options.expectedNodeCount == nil {
+            self.say("check", nil, "found \(self.topology.nodes.count) node(s); a replica that is down is listed by nobody: pass --expect-nodes with the count you run to make sure none is missing")
         }
 
         // An interrupted rotation: more than one password somewhere, and the file's (versioned) password

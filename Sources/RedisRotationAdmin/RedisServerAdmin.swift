@@ -230,16 +230,20 @@ public final class RedisServerAdmin: Sendable {
 
     // MARK: Replication
 
-    /// The replicas the node reports as connected (`ROLE` of a primary), as `(host, port)`.
-    /// ACLs are not replicated: every one of them needs the same change.
+    /// The replicas the node reports as connected, as `(host, port)`: `slave<n>:ip=...,port=...` of
+    /// `INFO replication`, which a replica with replicas of its own (cascading replication) reports
+    /// too, unlike `ROLE`. ACLs are not replicated: every one of them needs the same change.
     public func replicas() async throws -> [(host: String, port: Int)] {
-        let role = try await self.send(RedisCommand("ROLE")).array ?? []
-        guard role.first?.string == "master", role.count >= 3, let entries = role[2].array else { return [] }
-        return entries.compactMap { entry in
-            guard let fields = entry.array, fields.count >= 2, let host = fields[0].string,
-                let port = fields[1].string.flatMap({ Int($0) }) ?? fields[1].int
-            else { return nil }
-            return (host, port)
+        let info = try await self.send(RedisCommand("INFO", "replication")).string ?? ""
+        return info.split(whereSeparator: \.isNewline).compactMap { line in
+            guard line.hasPrefix("slave"), let colon = line.firstIndex(of: ":"), Int(line[line.index(line.startIndex, offsetBy: 5)..<colon]) != nil else { return nil }
+            var fields: [Substring: Substring] = [:]
+            for field in line[line.index(after: colon)...].split(separator: ",") {
+                guard let equals = field.firstIndex(of: "=") else { continue }
+                fields[field[..<equals]] = field[field.index(after: equals)...]
+            }
+            guard let host = fields["ip"], let port = fields["port"].flatMap({ Int($0) }) else { return nil }
+            return (String(host), port)
         }
     }
 

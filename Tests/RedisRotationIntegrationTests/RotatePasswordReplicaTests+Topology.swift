@@ -1,0 +1,82 @@
+import Foundation
+import RedisRotation
+import RedisRotationAdmin
+import RedisRotationTesting
+import Testing
+
+/// Replication trees and the replication link: every node that serves clients gets the change, and
+/// replication itself is never broken.
+extension RotatePasswordReplicaTests {
+    /// The administrator password file and alice's password file (v1) in `primary`'s folder.
+    func files(_ primary: RedisServerProcess, password: RedisSecret) throws -> (passwordFile: String, adminFile: String) {
+        let passwordFile = primary.directory.appendingPathComponent("alice.password").path
+        try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: passwordFile)
+        let adminFile = primary.directory.appendingPathComponent("admin.password").path
+        try text(of: primary.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+        return (passwordFile, adminFile)
+    }
+
+    func arguments(_ target: RedisServerProcess, admin: RedisServerProcess, _ files: (passwordFile: String, adminFile: String), _ extra: [String]) -> [String] {
+        [
+            "rotate", "password", "--port", "\(target.port)", "--admin-user", admin.adminUsername,
+            "--admin-password-file", files.adminFile, "--user", "alice", "--password-file", files.passwordFile,
+        ] + extra
+    }
+
+    @Test("with cascading replication every node gets the new password, whichever node the tool is pointed at")
+    func cascadingReplication() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                try await RedisServerProcess.withServer(
+                    .init(
+                        users: [.init(name: "alice", passwords: [old])],
+                        extraConfiguration: [
+                            "replicaof 127.0.0.1 \(replica.port)", "masteruser \(primary.adminUsername)", "masterauth \(text(of: primary.adminPassword))",
+                        ]
+                    )
+                ) { subReplica in
+                    try await subReplica.admin("ACL", "SETUSER", .string(subReplica.adminUsername), .string(">\(text(of: primary.adminPassword))"))
+                    try await subReplica.admin("ACL", "SAVE")
+                    await eventually("the replica lists its sub-replica") {
+                        ((try? await replica.admin("INFO", "replication").string) ?? "").contains("connected_slaves:1")
+                    }
+                    let files = try self.files(primary, password: old)
+                    for (target, version) in [(primary, "v2"), (subReplica, "v3")] {
+                        let result = try await runTool(self.arguments(target, admin: primary, files, ["--version", version, "--wait", "2", "--expect-nodes", "3"]))
+                        #expect(result.status == 0, "pointed at :\(target.port): \(result.stdout)\(result.stderr)")
+                        let new = try RedisCredentialFile.read(from: files.passwordFile).password
+                        for server in [primary, replica, subReplica] {
+                            #expect(result.stdout.contains("[add] 127.0.0.1:\(server.port):"), "\(result.stdout)")
+                            let admin = try await RedisServerAdmin.connect(configuration: server.adminConnectionConfiguration())
+                            #expect(try await admin.passwordHashes(of: "alice") == [new.sha256Hex], "on :\(server.port), pointed at :\(target.port)")
+                            await admin.close()
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("a replica that is down is refused with --expect-nodes; without it the count is shown")
+    func replicaDownRefused() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                await replica.stop()
+                let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                await eventually("the primary no longer lists the replica") { (try? await node.replicas().count) == 0 }
+                await node.close()
+                let files = try self.files(primary, password: old)
+                let refused = try await runTool(self.arguments(primary, admin: primary, files, ["--version", "v2", "--wait", "1", "--expect-nodes", "2"]))
+                #expect(refused.status == 2, "\(refused.stdout)\(refused.stderr)")
+                #expect(refused.stderr.contains("found 1 node(s)") && refused.stderr.contains("expected 2"), "\(refused.stderr)")
+                #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+
+                let counted = try await runTool(self.arguments(primary, admin: primary, files, ["--version", "v2", "--wait", "1", "--dry-run"]))
+                #expect(counted.status == 0, "\(counted.stdout)\(counted.stderr)")
+                #expect(counted.stdout.contains("found 1 node(s)") && counted.stdout.contains("--expect-nodes"), "\(counted.stdout)")
+            }
+        }
+    }
+}
