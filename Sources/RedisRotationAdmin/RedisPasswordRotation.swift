@@ -92,6 +92,7 @@ public final class RedisPasswordRotation: Sendable {
         var added = false
         var published = false
         var removed = false
+        var lock: PasswordFileLock?
     }
 
     public let topology: RedisAdminTopology
@@ -132,18 +133,43 @@ public final class RedisPasswordRotation: Sendable {
     // MARK: 1. Checks, nothing changed
 
     /// Checks everything that can be checked before a change and decides between a new rotation and
-    /// finishing an interrupted one. Changes nothing.
+    /// finishing an interrupted one. Changes nothing, except that it takes the lock
+    /// `<password file>.lock`, held until ``removeOldPasswords()`` finishes or this object goes away:
+    /// a second rotation of the same file is refused (`concurrentRotation`) meanwhile.
     @discardableResult
     public func prepare() async throws -> Plan {
+        try self.lockPasswordFile()
+        do {
+            return try await self.check()
+        } catch {
+            self.progress.withLock { if $0.plan == nil { $0.lock = nil } }
+            throw error
+        }
+    }
+
+    /// Takes the lock, once.
+    private func lockPasswordFile() throws(RedisAdminError) {
+        if self.progress.withLock({ $0.lock }) != nil { return }
+        let path = self.options.passwordFile + ".lock"
+        do {
+            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
+        } catch {
+            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        guard let lock = try PasswordFileLock(path: path) else {
+            throw RedisAdminError(
+                code: .concurrentRotation,
+                message: "another rotation of \(self.options.passwordFile) is running (it holds \(path)); two at once would each remove the password the other published. Nothing was changed"
+            )
+        }
+        self.progress.withLock { $0.lock = lock }
+    }
+
+    private func check() async throws -> Plan {
         let user = self.options.user
         let file: RedisCredentialFile?
         do {
             file = try RedisCredentialFile.read(from: self.options.passwordFile)
-        } catch {
-            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
-        }
-        do {
-            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
@@ -361,6 +387,15 @@ public final class RedisPasswordRotation: Sendable {
     /// the connections again and verifies that each node holds exactly the new password.
     public func removeOldPasswords() async throws {
         let (plan, password, persistence) = try self.prepared()
+        // The file is what clients log in with: if anything rewrote it, removing the other passwords
+        // could take away the one it holds.
+        let current = try? RedisCredentialFile.read(from: self.options.passwordFile)
+        guard current?.password.sha256Hex == password.sha256Hex else {
+            throw RedisAdminError(
+                code: .unexpectedState,
+                message: "\(self.options.passwordFile) no longer holds version \(plan.version) (it holds \(current?.version ?? "something unreadable")): something else rewrote it; no password was removed"
+            )
+        }
         for node in self.topology.nodes {
             try await node.keepOnlyPassword(password, of: plan.user)
             self.progress.withLock { $0.removed = true }
@@ -399,6 +434,7 @@ public final class RedisPasswordRotation: Sendable {
                 throw error
             }
         }
+        self.progress.withLock { $0.lock = nil }
         self.say("done", nil, "\(plan.user) has exactly one password, version \(plan.version), the one in \(self.options.passwordFile), on \(self.topology.nodes.count) node(s)")
     }
 

@@ -140,7 +140,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     }
 
     private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
-        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology].contains(error.code)
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .concurrentRotation]
+            .contains(error.code)
         let resume = resumable ? resumeCommand() : nil
         if self.json {
             var object: [String: Any] = ["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message, "state": state]

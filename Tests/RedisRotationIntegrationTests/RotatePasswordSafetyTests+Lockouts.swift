@@ -35,4 +35,35 @@ extension RotatePasswordSafetyTests {
             await node.close()
         }
     }
+
+    @Test("a second rotation of the same password file is refused while the first runs; the first re-reads the file before removing")
+    func concurrentRotationsRefused() async throws {
+        try await self.withSetup { setup in
+            let nodeA = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let nodeB = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let a = RedisPasswordRotation(topology: RedisAdminTopology(nodes: [nodeA]), options: .init(user: "alice", passwordFile: setup.passwordFile, clientWait: .seconds(1)))
+            let b = RedisPasswordRotation(topology: RedisAdminTopology(nodes: [nodeB]), options: .init(user: "alice", passwordFile: setup.passwordFile, clientWait: .seconds(1)))
+            try await a.prepare()
+            let refused = await #expect(throws: RedisAdminError.self) { try await b.prepare() }
+            #expect(refused?.code == .concurrentRotation, "\(String(describing: refused))")
+            #expect(b.state == "nothing was changed")
+            // Another process (a second operator) is refused the same way.
+            let tool = try await runTool(setup.arguments(["--wait", "1"]))
+            #expect(tool.status == 2 && tool.stderr.contains("another rotation of"), "\(tool.stdout)\(tool.stderr)")
+
+            try await a.addPassword()
+            try await a.publish()
+            try await a.waitForClients()
+            // Something outside the lock rewrites the file: nothing is removed.
+            let foreign = makePassword()
+            try await setup.server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: foreign))"))
+            try writeAtomically("password=\(text(of: foreign))\nversion=v9\n", to: setup.passwordFile)
+            let changed = await #expect(throws: RedisAdminError.self) { try await a.removeOldPasswords() }
+            #expect(changed?.message.contains("no longer holds version") == true, "\(String(describing: changed))")
+            #expect(await setup.canLogIn(foreign), "the file's password still logs in")
+            #expect(try await setup.hashes()?.count == 3)
+            await nodeA.close()
+            await nodeB.close()
+        }
+    }
 }
