@@ -173,6 +173,12 @@ public final class RedisPasswordRotation: Sendable {
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
+        if let fileUser = file?.username, fileUser != user {
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(self.options.passwordFile) is the password file of \(fileUser), not of \(user): its clients would log in as \(fileUser) with \(user)'s new password. Nothing was changed"
+            )
+        }
         if let expected = self.options.expectedNodeCount, expected != self.topology.nodes.count {
             throw RedisAdminError(
                 code: .unexpectedTopology,

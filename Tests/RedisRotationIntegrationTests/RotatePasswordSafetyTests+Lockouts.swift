@@ -36,6 +36,20 @@ extension RotatePasswordSafetyTests {
         }
     }
 
+    @Test("a password file naming another user than --user is refused before any change")
+    func fileOfAnotherUserRefused() async throws {
+        try await self.withSetup { setup in
+            try writeAtomically("username=alice\npassword=\(text(of: setup.old))\nversion=v1\n", to: setup.passwordFile)
+            try await setup.server.admin("ACL", "SETUSER", "bob", "on", ">bob-password-1", "~*", "+@all")
+            let result = try await runTool(setup.arguments(user: "bob", ["--version", "v2", "--wait", "1"]))
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("is the password file of alice, not of bob"), "\(result.stderr)")
+            #expect(try setup.file().password == setup.old)
+            #expect(await setup.canLogIn(setup.old))
+            #expect(try await setup.hashes(user: "bob") == [RedisSecret("bob-password-1").sha256Hex])
+        }
+    }
+
     @Test("a second rotation of the same password file is refused while the first runs; the first re-reads the file before removing")
     func concurrentRotationsRefused() async throws {
         try await self.withSetup { setup in
