@@ -188,12 +188,19 @@ public final class RedisPasswordRotation: Sendable {
         var hashesByNode: [String: [String]] = [:]
         var persistence: [String: RedisACLPersistence] = [:]
         for node in self.topology.nodes {
-            guard let hashes = try await node.passwordHashes(of: user) else {
+            guard let account = try await node.aclUser(user) else {
                 throw RedisAdminError(
                     code: .userNotFound,
                     message: "the user \(user) does not exist on \(node.address); nothing was changed (a mistyped name would otherwise be created as a new user)"
                 )
             }
+            if account.flags.contains("nopass") {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "\(user) on \(node.address) is nopass (any password logs in); adding a password clears nopass, so its clients would be refused before the new password reaches them. Give it a password first (ACL SETUSER \(user) resetpass >...), publish that, then rotate. Nothing was changed"
+                )
+            }
+            let hashes = account.passwordHashes
             hashesByNode[node.address] = hashes
             let mode = try await node.aclPersistence()
             if mode == .none && !self.options.allowUnpersisted {

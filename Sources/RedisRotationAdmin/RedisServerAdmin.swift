@@ -88,19 +88,29 @@ public final class RedisServerAdmin: Sendable {
     /// The SHA-256 hashes of the user's passwords (as `ACL GETUSER` lists them); `nil` when the user
     /// does not exist.
     public func passwordHashes(of user: String) async throws -> [String]? {
+        try await self.aclUser(user)?.passwordHashes
+    }
+
+    /// The user's password hashes and flags (`on`, `nopass`, ...) as `ACL GETUSER` lists them; `nil`
+    /// when the user does not exist.
+    public func aclUser(_ user: String) async throws -> (passwordHashes: [String], flags: [String])? {
         let reply = try await self.send(RedisCommand("ACL", "GETUSER", .string(user)))
         if reply.isNull { return nil }
         guard let fields = reply.array else {
             throw RedisAdminError(code: .unexpectedState, message: "\(self.address) answered ACL GETUSER with something that is not a list")
         }
+        var hashes: [String] = []
+        var flags: [String] = []
         var index = 0
         while index + 1 < fields.count {
-            if fields[index].string == "passwords" {
-                return fields[index + 1].array?.compactMap(\.string) ?? []
+            switch fields[index].string {
+            case "passwords": hashes = fields[index + 1].array?.compactMap(\.string) ?? []
+            case "flags": flags = fields[index + 1].array?.compactMap(\.string) ?? []
+            default: break
             }
             index += 2
         }
-        return []
+        return (hashes, flags)
     }
 
     /// Adds a password to an existing user (`ACL SETUSER user >password`); the others stay valid.

@@ -140,7 +140,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     }
 
     private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
-        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .concurrentRotation]
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .unsafeSetup, .concurrentRotation]
             .contains(error.code)
         let resume = resumable ? resumeCommand() : nil
         if self.json {

@@ -80,4 +80,16 @@ extension RotatePasswordSafetyTests {
             await nodeB.close()
         }
     }
+
+    @Test("a nopass user is refused before any change: adding a password would clear nopass")
+    func nopassUserRefused() async throws {
+        try await self.withSetup { setup in
+            try await setup.server.admin("ACL", "SETUSER", "alice", "nopass")
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "1"]))
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("is nopass"), "\(result.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(await setup.canLogIn(setup.old), "still nopass: the file's password logs in")
+        }
+    }
 }
