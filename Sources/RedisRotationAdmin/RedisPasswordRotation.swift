@@ -200,6 +200,12 @@ public final class RedisPasswordRotation: Sendable {
                     message: "\(user) on \(node.address) is nopass (any password logs in); adding a password clears nopass, so its clients would be refused before the new password reaches them. Give it a password first (ACL SETUSER \(user) resetpass >...), publish that, then rotate. Nothing was changed"
                 )
             }
+            if try await node.replicationUser() == user {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "\(node.address) authenticates to its primary as \(user) (masteruser/masterauth): removing the old password would break replication, and this tool does not rewrite masterauth. Give replication a user of its own, or rotate this one by hand (CONFIG SET masterauth and CONFIG REWRITE on every replica before removing the old password). Nothing was changed"
+                )
+            }
             let hashes = account.passwordHashes
             hashesByNode[node.address] = hashes
             let mode = try await node.aclPersistence()

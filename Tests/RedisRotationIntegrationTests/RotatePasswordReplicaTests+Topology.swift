@@ -79,4 +79,28 @@ extension RotatePasswordReplicaTests {
             }
         }
     }
+
+    @Test("the user replicas authenticate with is refused, and replication keeps working; a replication link is never a straggler")
+    func replicationUserRefused() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old, extra: ["masteruser alice", "masterauth \(text(of: old))"]) { replica in
+                let linkUp: @Sendable () async -> Bool = {
+                    ((try? await replica.admin("INFO", "replication").string) ?? "").contains("master_link_status:up")
+                }
+                #expect(await eventually("the replica replicates as alice") { await linkUp() })
+                // On the primary, the link is a connection of alice, but no client of hers.
+                let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                #expect(try await node.connections(of: "alice").isEmpty)
+                await node.close()
+
+                let files = try self.files(primary, password: old)
+                let result = try await runTool(self.arguments(primary, admin: primary, files, ["--version", "v2", "--wait", "1", "--kill-stragglers"]))
+                #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                #expect(result.stderr.contains("authenticates to its primary as alice"), "\(result.stderr)")
+                #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+                #expect(await linkUp())
+            }
+        }
+    }
 }
