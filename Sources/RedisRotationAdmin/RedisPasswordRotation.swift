@@ -208,7 +208,23 @@ public final class RedisPasswordRotation: Sendable {
             }
             let hashes = account.passwordHashes
             hashesByNode[node.address] = hashes
-            let mode = try await node.aclPersistence()
+            var mode = try await node.aclPersistence()
+            if mode == .configRewrite {
+                switch try await node.configFileIncludes() {
+                case true?:
+                    guard self.options.allowUnpersisted else {
+                        throw RedisAdminError(
+                            code: .cannotPersist,
+                            message: "\(node.address) keeps its users in a configuration file with include lines: CONFIG REWRITE would write every user into the main file while the included one still defines them, and the server would refuse to start. Configure an aclfile, or accept an unsaved change with --no-persist. Nothing was changed"
+                        )
+                    }
+                    mode = .none
+                case nil:
+                    self.say("warn", node, "cannot read the configuration file here to check it for include lines; CONFIG REWRITE breaks the next start if users are also defined in an included file")
+                case false?:
+                    break
+                }
+            }
             if mode == .none && !self.options.allowUnpersisted {
                 throw RedisAdminError(
                     code: .cannotPersist,

@@ -1,3 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 public import RedisRotation
 import Synchronization
 
@@ -161,6 +166,20 @@ public final class RedisServerAdmin: Sendable {
             .first { $0.hasPrefix("config_file:") }
             .map { String($0.dropFirst("config_file:".count)) } ?? ""
         return RedisACLPersistence.decide(aclFile: aclFile, configFile: configFile)
+    }
+
+    /// Whether the node's configuration file has `include` lines: `nil` when it has none configured or
+    /// this process cannot read it (the tool runs elsewhere). `CONFIG REWRITE` writes every user into
+    /// the main file; users also defined in an included file then exist twice and the server refuses
+    /// to start.
+    public func configFileIncludes() async throws -> Bool? {
+        let info = try await self.send(RedisCommand("INFO", "server")).string ?? ""
+        guard let path = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("config_file:") }).map({ String($0.dropFirst("config_file:".count)) }),
+            !path.isEmpty, let text = try? String(contentsOfFile: path, encoding: .utf8)
+        else { return nil }
+        return text.split(whereSeparator: \.isNewline).contains { line in
+            line.drop { $0 == " " || $0 == "\t" }.lowercased().hasPrefix("include ")
+        }
     }
 
     /// The user this node authenticates to its primary as (`masteruser`, or `default` when only

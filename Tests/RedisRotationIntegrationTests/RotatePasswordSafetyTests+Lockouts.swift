@@ -92,4 +92,24 @@ extension RotatePasswordSafetyTests {
             #expect(await setup.canLogIn(setup.old), "still nopass: the file's password logs in")
         }
     }
+
+    @Test("users in a configuration file with include lines are refused CONFIG REWRITE, which would stop the next start")
+    func configIncludeRefused() async throws {
+        let included = FileManager.default.temporaryDirectory.appendingPathComponent("included-\(UUID().uuidString).conf").path
+        try "# more settings\n".write(toFile: included, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: included) }
+        let old = makePassword()
+        try await RedisServerProcess.withServer(.init(users: [.init(name: "alice", passwords: [old])], extraConfiguration: ["include \(included)"], usersInConfigFile: true)) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
+            let adminFile = server.directory.appendingPathComponent("admin.password").path
+            try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let setup = Setup(server: server, old: old, passwordFile: passwordFile, adminFile: adminFile)
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "1"]))
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("include lines") && result.stderr.contains("refuse to start"), "\(result.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [old.sha256Hex])
+        }
+    }
 }
