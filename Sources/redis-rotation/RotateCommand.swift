@@ -239,7 +239,9 @@ struct RotateCACommand: AsyncParsableCommand {
         commandName: "ca",
         abstract: "Roll the trust anchor over: old+new CA bundle, clients reconnect, new server certificate, new CA only.",
         discussion: """
-            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and \
+            Checks first, changing nothing: the server is a single node (with replicas or cluster nodes it \
+            refuses: it switches one node's certificate, and the others would fail handshakes once the old \
+            CA is dropped), the bundle and the new CA parse, the new server certificate and \
             key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then: \
             writes the bundle with the old and the new CA (mode and owner kept); waits until every connection \
             of each --user was opened after that plus --reload-grace (RedisRotation clients roll their \
@@ -269,7 +271,21 @@ struct RotateCACommand: AsyncParsableCommand {
     func run() async throws {
         let printer = StepPrinter(json: self.json)
         let serverName = self.target.serverName ?? self.target.host
-        let node = try await self.target.connect()
+        // The switch changes one node's certificate; with replicas or cluster nodes the others would
+        // still present a certificate from the old CA when it is dropped from the bundle.
+        let topology: RedisAdminTopology
+        do {
+            topology = try await RedisAdminTopology.discover(configuration: try self.target.connectionConfiguration())
+        } catch let error as RedisAdminError {
+            throw RunFailure(description: "\(error.message)", exitCode: 1)
+        }
+        guard topology.nodes.count == 1 else {
+            await topology.close()
+            let message = "\(self.target.host):\(self.target.port) is one of \(topology.nodes.count) nodes (\(topology.addresses.joined(separator: ", "))), and rotate ca switches the certificate of one: the others would still present a certificate from the old CA once it is dropped from the bundle. Roll over by hand: write the bundle with both CAs, rotate server-certificate on every node, then write the new CA only. Nothing was changed"
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(RedisAdminError.Code.unexpectedTopology)", "message": message]) }
+            throw RunFailure(description: message, exitCode: 2)
+        }
+        let node = topology.nodes[0]
         defer { Task { await node.close() } }
         let rollover = RedisCARollover(
             node: node,

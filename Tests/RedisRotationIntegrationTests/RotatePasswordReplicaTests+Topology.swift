@@ -103,4 +103,25 @@ extension RotatePasswordReplicaTests {
             }
         }
     }
+
+    @Test("rotate ca refuses a server with replicas: it switches one node's certificate")
+    func caRolloverRefusesReplicas() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                let files = try self.files(primary, password: old)
+                let bundle = primary.directory.appendingPathComponent("trusted.pem").path
+                try "unchanged\n".write(toFile: bundle, atomically: true, encoding: .utf8)
+                let result = try await runTool([
+                    "rotate", "ca", "--port", "\(primary.port)", "--admin-user", primary.adminUsername,
+                    "--admin-password-file", files.adminFile, "--bundle-file", bundle, "--new-ca-file", bundle,
+                    "--new-cert-file", bundle, "--new-key-file", bundle, "--user", "alice", "--json",
+                ])
+                #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                #expect(result.stderr.contains("is one of 2 nodes") && result.stderr.contains("127.0.0.1:\(replica.port)"), "\(result.stderr)")
+                #expect(result.stdout.contains("\"result\":\"refused\""), "\(result.stdout)")
+                #expect(try String(contentsOfFile: bundle, encoding: .utf8) == "unchanged\n")
+            }
+        }
+    }
 }
