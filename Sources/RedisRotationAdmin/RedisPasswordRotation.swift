@@ -259,8 +259,8 @@ public final class RedisPasswordRotation: Sendable {
             self.say("resume", nil, "an interrupted rotation: the file holds version \(fileVersion), which the server accepts next to another password; finishing it")
         } else {
             version = self.options.version ?? Self.uniqueVersion()
-            guard RedisCredentials.isValidVersion(version) else {
-                throw RedisAdminError(code: .versionInUse, message: "the version must be 1 to 64 printable characters without spaces")
+            guard Self.isUsableVersion(version) else {
+                throw RedisAdminError(code: .versionInUse, message: Self.versionRule)
             }
             if version == file?.version {
                 throw RedisAdminError(code: .versionInUse, message: "the password file already holds version \(version); choose a new one (or omit --version); nothing was changed")
@@ -504,6 +504,17 @@ public final class RedisPasswordRotation: Sendable {
         let shown = stragglers.prefix(20).map { "\($0.node.address) \($0.connection)" }.joined(separator: "; ")
         return stragglers.count > 20 ? shown + "; and \(stragglers.count - 20) more" : shown
     }
+
+    /// Whether `version` can label a rotation: a valid credential version
+    /// (``RedisCredentials/isValidVersion(_:)``) that a connection name reports back unchanged. A
+    /// connection's version is read after the last `@` of its name and a trailing `-probe` is a
+    /// probe's mark, so a version holding `@` or ending in `-probe` would never be seen as moved.
+    public static func isUsableVersion(_ version: String) -> Bool {
+        RedisCredentials.isValidVersion(version) && !version.contains("@") && !version.hasSuffix("-probe")
+    }
+
+    /// Why a version was refused.
+    public static let versionRule = "the version must be 1 to 64 printable characters without spaces or @, not ending in -probe"
 
     /// `r<seconds since 1970>-<4 random hex digits>`: ordered, and distinct for two runs in one second.
     public static func uniqueVersion() -> String {

@@ -48,8 +48,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard self.wait >= 0 else { throw ValidationError("--wait must not be negative") }
-        if let version = self.version, !RedisCredentials.isValidVersion(version) {
-            throw ValidationError("--version must be 1 to 64 printable characters without spaces")
+        if let version = self.version, !RedisPasswordRotation.isUsableVersion(version) {
+            throw ValidationError("--version: \(RedisPasswordRotation.versionRule)")
         }
         if let count = self.expectNodes, count < 1 { throw ValidationError("--expect-nodes must be at least 1") }
     }

@@ -63,35 +63,3 @@ struct Review2CancelledVerificationTests {
         }
     }
 }
-
-/// `--version` accepts any printable text, `@` included (and a trailing `-probe`), but a connection's
-/// version is read after the *last* `@` of its name: a client that moved to `ops@2` (named `app@ops@2`)
-/// counts as a straggler on version `2` forever; with `--kill-stragglers` every moved client is killed.
-@Suite("review2: versions the wait cannot recognise", .timeLimit(.minutes(3)))
-struct Review2VersionParsingTests {
-    @Test("a client on the new version counts as moved, whatever characters the accepted version holds")
-    func versionWithAt() async throws {
-        try await RotatePasswordSafetyTests().withSetup { setup in
-            for version in ["ops@2", "v3-probe"] {
-                let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
-                let rotation = RedisPasswordRotation(
-                    topology: RedisAdminTopology(nodes: [node]),
-                    options: .init(user: "alice", passwordFile: setup.passwordFile, version: version, clientWait: .seconds(1))
-                )
-                try await rotation.prepare()
-                try await rotation.addPassword()
-                try await rotation.publish()
-                let moved = try await RedisConnection.connect(
-                    configuration: setup.server.connectionConfiguration(username: "alice", password: try setup.file().password, name: "app@\(version)")
-                )
-                var error: (any Error)?
-                do { try await rotation.waitForClients() } catch let caught { error = caught }
-                #expect(error == nil, "version \(version): \(String(describing: error))")
-                try await setup.server.admin("CLIENT", "KILL", "ID", .integer(moved.clientID ?? -1))
-                await moved.waitUntilClosed()
-                try await rotation.removeOldPasswords()
-                await node.close()
-            }
-        }
-    }
-}

@@ -112,4 +112,25 @@ extension RotatePasswordSafetyTests {
             #expect(try await setup.hashes() == [old.sha256Hex])
         }
     }
+
+    @Test("versions a connection name cannot report back (with @, ending in -probe) are refused")
+    func unrecognisableVersionsRefused() async throws {
+        #expect(RedisPasswordRotation.isUsableVersion("r1700000000-0a1b"))
+        #expect(RedisPasswordRotation.isUsableVersion("v2"))
+        #expect(!RedisPasswordRotation.isUsableVersion("ops@2"))
+        #expect(!RedisPasswordRotation.isUsableVersion("v3-probe"))
+        try await self.withSetup { setup in
+            for version in ["ops@2", "v3-probe"] {
+                let result = try await runTool(setup.arguments(["--version", version, "--wait", "1"]))
+                #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                #expect(result.stderr.contains("without spaces or @, not ending in -probe"), "\(result.stderr)")
+                let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+                let rotation = RedisPasswordRotation(topology: RedisAdminTopology(nodes: [node]), options: .init(user: "alice", passwordFile: setup.passwordFile, version: version))
+                let error = await #expect(throws: RedisAdminError.self) { try await rotation.prepare() }
+                #expect(error?.code == .versionInUse)
+                await node.close()
+            }
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+        }
+    }
 }
