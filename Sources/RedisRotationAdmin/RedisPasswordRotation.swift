@@ -301,8 +301,9 @@ public final class RedisPasswordRotation: Sendable {
     public func addPassword() async throws {
         let (plan, password, persistence) = try self.prepared()
         for node in self.topology.nodes {
-            try await node.addPassword(password, to: plan.user)
+            // Marked before the command: sent, it may have been applied even if the reply is lost.
             self.progress.withLock { $0.added = true }
+            try await node.addPassword(password, to: plan.user)
             self.say("add", node, "added the password of version \(plan.version) to \(plan.user) (the old one stays valid)")
             if let mode = persistence[node.address], mode != .none {
                 try await node.persist(mode)
@@ -311,16 +312,15 @@ public final class RedisPasswordRotation: Sendable {
         }
         for node in self.topology.nodes {
             if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
-                if !plan.resuming {
-                    for node in self.topology.nodes {
-                        try? await node.removePassword(password, from: plan.user)
-                        if let mode = persistence[node.address] { try? await node.persist(mode) }
-                    }
-                    self.progress.withLock { $0.added = false }
-                }
+                // Ctrl-C fails the verification too: take the password back all the same, then say
+                // it was an interruption, not a password that does not work.
+                let cancelled = Task.isCancelled
+                var removed = true
+                if !plan.resuming { removed = await self.takeBack(password, plan: plan, persistence: persistence) }
+                if cancelled { throw CancellationError() }
                 throw RedisAdminError(
                     code: .verificationFailed,
-                    message: "\(error.message); the new password was removed again and the password file was not changed",
+                    message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node") and the password file was not changed",
                     underlying: error
                 )
             }
@@ -337,7 +337,7 @@ public final class RedisPasswordRotation: Sendable {
     /// back: a directory that cannot be flushed is a warning (a crash could still bring the old file
     /// back, which the old password, still valid, covers until the removal).
     public func publish() async throws {
-        let (plan, password, _) = try self.prepared()
+        let (plan, password, persistence) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
         if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
         let replacement: FileReplacement
@@ -345,17 +345,7 @@ public final class RedisPasswordRotation: Sendable {
             replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: false)
         } catch {
             // Unpublished, the new password only widens access: take it back.
-            let persistence = self.progress.withLock { $0.persistence }
-            var removed = true
-            for node in self.topology.nodes {
-                do {
-                    try await node.removePassword(password, from: plan.user)
-                    if let mode = persistence[node.address] { try await node.persist(mode) }
-                } catch {
-                    removed = false
-                }
-            }
-            if removed { self.progress.withLock { $0.added = false } }
+            let removed = await self.takeBack(password, plan: plan, persistence: persistence)
             throw RedisAdminError(
                 code: .passwordFile,
                 message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node")",
@@ -367,6 +357,29 @@ public final class RedisPasswordRotation: Sendable {
         if let warning = replacement.durabilityWarning {
             self.say("warn", nil, "\(warning.message); the file holds version \(plan.version) and clients may use it, so it stays published, but its durability is unconfirmed (a crash could bring back the previous file, whose password still works until the removal)")
         }
+    }
+
+    /// Removes an unpublished password from every node and persists, in a task of its own: a
+    /// cancelled run (Ctrl-C) must still take it back. `added` clears only when every node answered.
+    private func takeBack(_ password: RedisSecret, plan: Plan, persistence: [String: RedisACLPersistence]) async -> Bool {
+        let nodes = self.topology.nodes
+        let removed = await Task {
+            var removed = true
+            for node in nodes {
+                do {
+                    try await node.removePassword(password, from: plan.user)
+                    if let mode = persistence[node.address] { try await node.persist(mode) }
+                } catch {
+                    removed = false
+                }
+            }
+            return removed
+        }.value
+        if removed {
+            self.progress.withLock { $0.added = false }
+            self.say("rollback", nil, "removed the unpublished password of version \(plan.version) again")
+        }
+        return removed
     }
 
     // MARK: 4. Wait

@@ -87,14 +87,17 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         defer { interrupt.cancel() }
         do {
             try await work.value
-        } catch let error as RedisAdminError {
+        } catch {
             await topology.close()
-            throw self.failure(error, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
-        } catch where work.isCancelled {
-            await topology.close()
-            let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
-            let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
-            throw RunFailure(description: failure.description, exitCode: 130)
+            let resumable = rotation.state != "nothing was changed"
+            // Interrupted first: a step cancelled by Ctrl-C may still have failed with its own error.
+            if work.isCancelled {
+                let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
+                let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: resumable)
+                throw RunFailure(description: failure.description, exitCode: 130)
+            }
+            guard let error = error as? RedisAdminError else { throw error }
+            throw self.failure(error, state: rotation.state, printer: printer, resumable: resumable)
         }
     }
 

@@ -133,4 +133,28 @@ extension RotatePasswordSafetyTests {
             #expect(try await setup.hashes() == [setup.old.sha256Hex])
         }
     }
+
+    @Test("cancelled during verification, the new password is taken back and the state says nothing changed")
+    func cancelledDuringVerification() async throws {
+        try await self.withSetup { setup in
+            let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let task = Task {
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: [node]),
+                    options: .init(user: "alice", passwordFile: setup.passwordFile),
+                    // Ctrl-C right after the add step.
+                    report: { step in if step.name == "persist" { withUnsafeCurrentTask { $0?.cancel() } } }
+                )
+                try await rotation.prepare()
+                var error: (any Error)?
+                do { try await rotation.addPassword() } catch let caught { error = caught }
+                return (rotation.state, error)
+            }
+            let (state, error) = try await task.value
+            #expect(error is CancellationError, "\(String(describing: error))")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex], "the unpublished password was removed")
+            #expect(state == "nothing was changed")
+            await node.close()
+        }
+    }
 }
