@@ -157,4 +157,26 @@ extension RotatePasswordSafetyTests {
             await node.close()
         }
     }
+
+    @Test("a closed standard output does not stop a rotation between two steps")
+    func closedStandardOutput() async throws {
+        try await self.withSetup { setup in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: try redisRotationBinary())
+            process.arguments = setup.arguments(["--version", "v2", "--wait", "2", "--json"])
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try output.fileHandleForReading.close()
+            try process.run()
+            try output.fileHandleForWriting.close()
+            process.waitUntilExit()
+            #expect(process.terminationReason == .exit && process.terminationStatus == 0, "\(process.terminationReason) \(process.terminationStatus)")
+            let new = try setup.file().password
+            #expect(try setup.file().version == "v2")
+            #expect(try await setup.hashes() == [new.sha256Hex])
+            try await setup.server.restart()
+            #expect(await setup.canLogIn(new), "persisted")
+        }
+    }
 }
