@@ -76,6 +76,9 @@ public final class RedisPasswordRotation: Sendable {
         /// The version the rotation ends on.
         public var version: String
         /// Whether this finishes an interrupted rotation (the file's password and version are kept).
+        /// A run interrupted before it published is not resumed: its unpublished password is not in the
+        /// file, and finishing would keep the password the operator set out to replace. A new rotation
+        /// starts instead, which removes both.
         public var resuming: Bool
         /// The version the password file held before.
         public var previousFileVersion: String?
@@ -138,18 +141,18 @@ public final class RedisPasswordRotation: Sendable {
     /// a second rotation of the same file is refused (`concurrentRotation`) meanwhile.
     @discardableResult
     public func prepare() async throws -> Plan {
-        try self.lockPasswordFile()
+        let journal = try self.lockPasswordFile()
         do {
-            return try await self.check()
+            return try await self.check(journal: journal)
         } catch {
             self.progress.withLock { if $0.plan == nil { $0.lock = nil } }
             throw error
         }
     }
 
-    /// Takes the lock, once.
-    private func lockPasswordFile() throws(RedisAdminError) {
-        if self.progress.withLock({ $0.lock }) != nil { return }
+    /// Takes the lock (once) and returns the journal a previous run left in it.
+    private func lockPasswordFile() throws(RedisAdminError) -> String {
+        if let held = self.progress.withLock({ $0.lock }) { return held.journal() }
         let path = self.options.passwordFile + ".lock"
         do {
             try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
@@ -163,9 +166,10 @@ public final class RedisPasswordRotation: Sendable {
             )
         }
         self.progress.withLock { $0.lock = lock }
+        return lock.journal()
     }
 
-    private func check() async throws -> Plan {
+    private func check(journal: String) async throws -> Plan {
         let user = self.options.user
         let file: RedisCredentialFile?
         do {
@@ -240,15 +244,21 @@ public final class RedisPasswordRotation: Sendable {
 
         // An interrupted rotation: more than one password somewhere, and the file's (versioned) password
         // among them. Finishing it is always safe: the clients already have the file.
+        // An interruption before publishing leaves the same picture with the *old* password in the
+        // file; the lock file's journal tells them apart.
         let fileHash = file?.password.sha256Hex
+        let unpublished = journal.hasPrefix("adding=") && journal.dropFirst("adding=".count) != file?.version ?? ""
         let resuming: Bool
         if let file, let fileHash, let fileVersion = file.version, self.options.version.map({ $0 == fileVersion }) ?? true,
             hashesByNode.values.contains(where: { $0.contains(fileHash) }),
-            hashesByNode.values.contains(where: { $0.count > 1 })
+            hashesByNode.values.contains(where: { $0.count > 1 }), !unpublished
         {
             resuming = true
         } else {
             resuming = false
+        }
+        if unpublished && hashesByNode.values.contains(where: { $0.count > 1 }) {
+            self.say("check", nil, "an earlier run was interrupted before it published \(journal.dropFirst("adding=".count)); its password is not in the file, so a new rotation starts (it removes that one too)")
         }
 
         let version: String
@@ -300,6 +310,7 @@ public final class RedisPasswordRotation: Sendable {
     /// published that does not work.
     public func addPassword() async throws {
         let (plan, password, persistence) = try self.prepared()
+        if !plan.resuming { self.progress.withLock { $0.lock }?.record("adding=\(plan.version)") }
         for node in self.topology.nodes {
             // Marked before the command: sent, it may have been applied even if the reply is lost.
             self.progress.withLock { $0.added = true }
@@ -353,6 +364,7 @@ public final class RedisPasswordRotation: Sendable {
             )
         }
         self.progress.withLock { $0.published = true }
+        self.progress.withLock { $0.lock }?.record("published=\(plan.version)")
         self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")
         if let warning = replacement.durabilityWarning {
             self.say("warn", nil, "\(warning.message); the file holds version \(plan.version) and clients may use it, so it stays published, but its durability is unconfirmed (a crash could bring back the previous file, whose password still works until the removal)")
@@ -377,6 +389,7 @@ public final class RedisPasswordRotation: Sendable {
         }.value
         if removed {
             self.progress.withLock { $0.added = false }
+            self.progress.withLock { $0.lock }?.record("")
             self.say("rollback", nil, "removed the unpublished password of version \(plan.version) again")
         }
         return removed
@@ -482,6 +495,7 @@ public final class RedisPasswordRotation: Sendable {
                 throw error
             }
         }
+        self.progress.withLock { $0.lock }?.record("")
         self.progress.withLock { $0.lock = nil }
         self.say("done", nil, "\(plan.user) has exactly one password, version \(plan.version), the one in \(self.options.passwordFile), on \(self.topology.nodes.count) node(s)")
     }

@@ -120,7 +120,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         try await rotation.removeOldPasswords()
         await topology.close()
         if self.json {
-            printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
+            printer.emit(["type": "result", "result": plan.resuming ? "resumed" : "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
         } else if plan.resuming {
             printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
         } else {

@@ -179,4 +179,26 @@ extension RotatePasswordSafetyTests {
             #expect(await setup.canLogIn(new), "persisted")
         }
     }
+
+    @Test("a re-run after an interruption before publishing starts a new rotation, not a return to the old password")
+    func reRunAfterUnpublishedAdd() async throws {
+        try await self.withSetup { setup in
+            do {
+                let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+                let interrupted = RedisPasswordRotation(topology: RedisAdminTopology(nodes: [node]), options: .init(user: "alice", passwordFile: setup.passwordFile))
+                try await interrupted.prepare()
+                try await interrupted.addPassword()
+                #expect(try await setup.hashes()?.count == 2)
+                await node.close()
+            }
+            let result = try await runTool(setup.arguments(["--wait", "1", "--json"]))
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("interrupted before it published"), "\(result.stdout)")
+            #expect(result.stdout.contains("\"result\":\"rotated\""), "\(result.stdout)")
+            let file = try setup.file()
+            #expect(file.password != setup.old)
+            #expect(try await setup.hashes() == [file.password.sha256Hex])
+            #expect(await !setup.canLogIn(setup.old))
+        }
+    }
 }
