@@ -210,8 +210,7 @@ public final class RedisPasswordRotation: Sendable {
                     message: "\(node.address) authenticates to its primary as \(user) (masteruser/masterauth): removing the old password would break replication, and this tool does not rewrite masterauth. Give replication a user of its own, or rotate this one by hand (CONFIG SET masterauth and CONFIG REWRITE on every replica before removing the old password). Nothing was changed"
                 )
             }
-            let hashes = account.passwordHashes
-            hashesByNode[node.address] = hashes
+            hashesByNode[node.address] = account.passwordHashes
             var mode = try await node.aclPersistence()
             if mode == .configRewrite {
                 switch try await node.configFileIncludes() {
@@ -236,7 +235,7 @@ public final class RedisPasswordRotation: Sendable {
                 )
             }
             persistence[node.address] = mode
-            self.say("check", node, "\(user) has \(hashes.count) password(s); ACL changes persist with \(mode)")
+            self.say("check", node, "\(user) has \(account.passwordHashes.count) password(s); ACL changes persist with \(mode)")
         }
         if self.options.expectedNodeCount == nil {
             self.say("check", nil, "found \(self.topology.nodes.count) node(s); a replica that is down is listed by nobody: pass --expect-nodes with the count you run to make sure none is missing")
@@ -347,13 +346,14 @@ public final class RedisPasswordRotation: Sendable {
     /// renamed, the file holds the new password and clients may already use it, so nothing is taken
     /// back: a directory that cannot be flushed is a warning (a crash could still bring the old file
     /// back, which the old password, still valid, covers until the removal).
+    /// The mode keeps the original's, without any permission for others (warned when one is dropped).
     public func publish() async throws {
         let (plan, password, persistence) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
         if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
         let replacement: FileReplacement
         do {
-            replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: false)
+            replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: true)
         } catch {
             // Unpublished, the new password only widens access: take it back.
             let removed = await self.takeBack(password, plan: plan, persistence: persistence)
@@ -366,6 +366,9 @@ public final class RedisPasswordRotation: Sendable {
         self.progress.withLock { $0.published = true }
         self.progress.withLock { $0.lock }?.record("published=\(plan.version)")
         self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")
+        if let original = replacement.originalMode, original != replacement.mode {
+            self.say("warn", nil, "\(self.options.passwordFile) was readable by others (mode \(String(original, radix: 8))); the new password is not: mode \(String(replacement.mode, radix: 8))")
+        }
         if let warning = replacement.durabilityWarning {
             self.say("warn", nil, "\(warning.message); the file holds version \(plan.version) and clients may use it, so it stays published, but its durability is unconfirmed (a crash could bring back the previous file, whose password still works until the removal)")
         }

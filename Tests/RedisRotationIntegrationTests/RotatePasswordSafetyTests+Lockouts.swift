@@ -201,4 +201,17 @@ extension RotatePasswordSafetyTests {
             #expect(await !setup.canLogIn(setup.old))
         }
     }
+
+    @Test("a password file readable by others gets the new password without that permission, with a warning")
+    func worldReadableFileRestricted() async throws {
+        try await self.withSetup { setup in
+            #expect(chmod(setup.passwordFile, 0o644) == 0)
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "2"]))
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(result.stdout.contains("[warn]") && result.stdout.contains("readable by others (mode 644)") && result.stdout.contains("mode 640"), "\(result.stdout)")
+            var info = stat()
+            #expect(stat(setup.passwordFile, &info) == 0)
+            #expect(info.st_mode & 0o7777 == 0o640)
+        }
+    }
 }
