@@ -167,8 +167,9 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
             --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS \
             handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the \
             previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration \
-            file. Paths are as the server sees them; the tool reads them too, so run it where they are the \
-            same files. Existing connections keep their sessions; --kill-user makes a user's clients \
+            file. Paths are as the server sees them and must be absolute (the server would resolve a \
+            relative one against its own working directory); the tool reads them too, so run it where they \
+            are the same files. Existing connections keep their sessions; --kill-user makes a user's clients \
             handshake again now.
             """
     )
@@ -179,6 +180,10 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
     @Option(help: "Afterwards, disconnect this user's connections so that they handshake again.") var killUser: String?
     @Flag(help: "Check the pair and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
+
+    func validate() throws {
+        try requireAbsolute(["--new-cert-file": self.newCertFile, "--new-key-file": self.newKeyFile])
+    }
 
     func run() async throws {
         let printer = StepPrinter(json: self.json)
@@ -222,6 +227,7 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
                 }
             } catch let error as RedisAdminError {
                 await node.close()
+                if self.json { printer.emit(["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message]) }
                 throw RunFailure(description: error.message, exitCode: 1)
             }
             await node.close()
@@ -269,6 +275,7 @@ struct RotateCACommand: AsyncParsableCommand {
     func validate() throws {
         guard self.wait >= 0, self.reloadGrace >= 0 else { throw ValidationError("--wait and --reload-grace must not be negative") }
         guard !self.user.isEmpty else { throw ValidationError("name the users whose clients trust the bundle with --user") }
+        try requireAbsolute(["--new-cert-file": self.newCertFile, "--new-key-file": self.newKeyFile])
     }
 
     func run() async throws {
@@ -352,5 +359,13 @@ struct RotateCACommand: AsyncParsableCommand {
         } else {
             printer.line("rolled over to \(check.newCA.subject)")
         }
+    }
+}
+
+/// Certificate and key paths are handed to the server, which resolves a relative one against its own
+/// working directory, not the operator's: the tool would check one file and the server load another.
+func requireAbsolute(_ paths: [String: String]) throws {
+    for (option, path) in paths.sorted(by: { $0.key < $1.key }) where !path.hasPrefix("/") {
+        throw ValidationError("\(option) must be an absolute path: the server resolves a relative one against its own working directory, not this one")
     }
 }
