@@ -234,6 +234,7 @@ public final class RedisPasswordRotation: Sendable {
                     message: "\(node.address) has neither an ACL file nor a configuration file, so a changed password would be lost on restart while the clients keep only the new one; nothing was changed. Configure an aclfile, or accept the risk with --no-persist"
                 )
             }
+            try await self.checkPermissions(on: node, persistence: mode)
             persistence[node.address] = mode
             self.say("check", node, "\(user) has \(account.passwordHashes.count) password(s); ACL changes persist with \(mode)")
         }
@@ -300,6 +301,31 @@ public final class RedisPasswordRotation: Sendable {
             $0.published = resuming
         }
         return plan
+    }
+
+    /// Refuses, before any change, an administrator who could add the password but not persist,
+    /// list or kill: that run would stop half way. A server without `ACL DRYRUN` (before Redis 7)
+    /// gets a warning instead.
+    private func checkPermissions(on node: RedisServerAdmin, persistence: RedisACLPersistence) async throws {
+        var commands: [[String]] = [["ACL", "SETUSER", self.options.user], ["ACL", "GETUSER", self.options.user], ["CLIENT", "LIST"]]
+        if persistence == .aclSave { commands.append(["ACL", "SAVE"]) }
+        if persistence == .configRewrite { commands.append(["CONFIG", "REWRITE"]) }
+        if self.options.killStragglers { commands.append(["CLIENT", "KILL", "ID", "1"]) }
+        for command in commands {
+            let denial: String?
+            do {
+                denial = try await node.permissionDenial(for: command)
+            } catch let error as RedisAdminError where error.code == .serverRefused {
+                self.say("warn", node, "cannot check the administrator's permissions in advance (\(error.message)); a missing one stops the run half way")
+                return
+            }
+            if let denial {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "the administrator \(node.configuration.username ?? "default") may not run \(command.prefix(2).joined(separator: " ")) on \(node.address) (\(denial)), which this rotation needs; nothing was changed"
+                )
+            }
+        }
     }
 
     // MARK: 2. Add, persist, verify

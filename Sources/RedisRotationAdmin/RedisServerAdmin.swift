@@ -156,6 +156,15 @@ public final class RedisServerAdmin: Sendable {
         }
     }
 
+    /// Why the administrator may not run `command` (`ACL DRYRUN <admin user> ...`), `nil` when it
+    /// may. Throws `serverRefused` when the server cannot tell (`ACL DRYRUN` came with Redis 7).
+    public func permissionDenial(for command: [String]) async throws -> String? {
+        let user = self.configuration.username ?? "default"
+        let reply = try await self.send(RedisCommand("ACL", arguments: ["DRYRUN", .string(user)] + command.map { .string($0) }))
+        guard let text = reply.string, text != "OK" else { return nil }
+        return text
+    }
+
     // MARK: Persistence
 
     /// How this node persists ACL changes.

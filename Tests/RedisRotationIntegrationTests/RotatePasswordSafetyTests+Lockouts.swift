@@ -214,4 +214,20 @@ extension RotatePasswordSafetyTests {
             #expect(info.st_mode & 0o7777 == 0o640)
         }
     }
+
+    @Test("an administrator who may add a password but not persist it is refused before any change")
+    func missingPermissionRefused() async throws {
+        try await self.withSetup { setup in
+            let password = makePassword()
+            try await setup.server.admin("ACL", "SETUSER", "rotadmin", "on", .string(">\(text(of: password))"), "~*", "&*", "+@all", "-acl|save")
+            let adminFile = setup.server.directory.appendingPathComponent("rotadmin.password").path
+            try text(of: password).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let arguments = setup.arguments(["--version", "v2", "--wait", "1"]).map { $0 == setup.adminFile ? adminFile : $0 == setup.server.adminUsername ? "rotadmin" : $0 }
+            let result = try await runTool(arguments)
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("may not run ACL SAVE"), "\(result.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+        }
+    }
 }
