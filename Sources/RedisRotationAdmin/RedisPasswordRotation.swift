@@ -8,14 +8,20 @@ import Synchronization
 
 /// The operator's side of a password rotation, in the order that never locks a client out:
 ///
-/// 1. ``prepare()`` changes nothing: every node reachable, the user exists on each (`ACL GETUSER`; a
-///    mistyped name is never created), each can persist its ACL, the version is not in use. It also
+/// 1. ``prepare()`` changes nothing: it takes the password file's lock (one rotation per file); every
+///    node reachable (as many as ``Options/expectedNodeCount``), the user exists on each
+///    (`ACL GETUSER`; a mistyped name is never created) and is neither `nopass` nor the user a replica
+///    authenticates with, the file names no other user, each node can persist its ACL (no
+///    `CONFIG REWRITE` over `include` lines), the administrator may run every command needed
+///    (`ACL DRYRUN`), the version is usable and not in use. It also
 ///    recognises an interrupted rotation (the user holds more than one password and the password
 ///    file holds one of them, with a version) and, unless another version is asked for, finishes
-///    that one instead of starting anew. (A new rotation also ends with only its own password.)
+///    that one instead of starting anew, unless the lock file's journal says the earlier run never
+///    published. (A new rotation also ends with only its own password.)
 /// 2. ``addPassword()``: `ACL SETUSER user >new` and persist, on every node; then the new password must
 ///    log in on a fresh connection to every node, or it is removed again and nothing is published.
-/// 3. ``publish()``: the password file is replaced (``RedisCredentialFile/write(to:)``).
+/// 3. ``publish()``: the password file is replaced (``RedisCredentialFile/write(to:)``, never readable
+///    by others); once renamed it is never taken back.
 /// 4. ``waitForClients()``: until no connection of the user on any node is on another version
 ///    (unnamed and renamed connections included), or the wait ends.
 /// 5. ``removeOldPasswords()``: `resetpass >new` and persist on every node; stragglers are killed

@@ -31,7 +31,9 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and \
             the command exits 1. Interrupted, the user can log in with both passwords; running the same \
             command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
-            command that resumes), 2 refused before any change (usage, unknown user, version in use).
+            command that resumes), 2 refused before any change (usage, unknown user, version in use, a \
+            nopass or replication user, a file of another user, another run on the same file, a node \
+            count other than --expect-nodes, a missing permission), 130 interrupted.
             """
     )
 
