@@ -255,10 +255,16 @@ public final class RedisServerAdmin: Sendable {
         return (reply.int ?? 0) > 0
     }
 
-    /// Closes every connection of `user` (`CLIENT KILL USER`); returns how many.
+    /// Closes every client connection of `user`, one `CLIENT KILL ID` each; returns how many. Not
+    /// `CLIENT KILL USER`, which would also close a replica's link authenticated as that user (and
+    /// this administrator connection, when it is that user).
     @discardableResult
     public func killConnections(of user: String) async throws -> Int {
-        try await self.send(RedisCommand("CLIENT", "KILL", "USER", .string(user))).int ?? 0
+        var killed = 0
+        for connection in try await self.connections(of: user) where try await self.kill(clientID: connection.id) {
+            killed += 1
+        }
+        return killed
     }
 
     // MARK: TLS material

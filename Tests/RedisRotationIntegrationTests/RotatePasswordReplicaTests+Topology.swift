@@ -104,6 +104,27 @@ extension RotatePasswordReplicaTests {
         }
     }
 
+    @Test("killing a user's connections leaves a replica's link authenticated as that user alone")
+    func killConnectionsSparesReplication() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old, extra: ["masteruser alice", "masterauth \(text(of: old))"]) { replica in
+                let linkUp: @Sendable () async -> Bool = {
+                    ((try? await replica.admin("INFO", "replication").string) ?? "").contains("master_link_status:up")
+                }
+                #expect(await eventually("the replica replicates as alice") { await linkUp() })
+                let client = try await RedisConnection.connect(configuration: primary.connectionConfiguration(username: "alice", password: old, name: "app@v1"))
+                let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                #expect(try await node.killConnections(of: "alice") == 1)
+                await client.waitUntilClosed()
+                await node.close()
+                let info = try await primary.admin("INFO", "replication").string ?? ""
+                #expect(info.contains("connected_slaves:1"), "\(info)")
+                #expect(await linkUp())
+            }
+        }
+    }
+
     @Test("rotate ca refuses a server with replicas: it switches one node's certificate")
     func caRolloverRefusesReplicas() async throws {
         let old = makePassword()
