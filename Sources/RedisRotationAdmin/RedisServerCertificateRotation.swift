@@ -130,7 +130,15 @@ public enum RedisServerCertificateRotation {
         }
         report(RedisAdminStep(name: "verify", node: node.address, message: "a fresh handshake on port \(tlsPort) presents \(certificate.subject) (SHA-256 \(certificate.sha256Fingerprint))"))
         if try await Self.hasConfigFile(node) {
-            try await node.persist(.configRewrite)
+            do {
+                try await node.persist(.configRewrite)
+            } catch let error as RedisAdminError {
+                throw RedisAdminError(
+                    code: .persistFailed,
+                    message: "\(node.address) presents the new pair (\(certificate.subject), verified), but it is live and not saved: \(error.message). A restart brings back \(oldCertificate); fix that and run CONFIG REWRITE",
+                    underlying: error
+                )
+            }
             report(RedisAdminStep(name: "persist", node: node.address, message: "saved with CONFIG REWRITE"))
         } else {
             report(RedisAdminStep(name: "persist", node: node.address, message: "the server has no configuration file: the change lasts until it restarts"))
