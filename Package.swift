@@ -102,6 +102,26 @@ let package = Package(
             path: "Examples/BasicUsage",
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "PasswordFileRotationExample",
+            dependencies: [
+                "RedisRotation",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/PasswordFileRotation",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "CredentialProviderExample",
+            dependencies: [
+                "RedisRotation",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/CredentialProvider",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RedisRotationTests",
             dependencies: [
