@@ -31,10 +31,10 @@ public final class RedisConnection: Sendable {
     public let tlsInfo: RedisTLSConnectionInfo?
 
     private let channel: any Channel
-    private let handler: NIOLoopBound<RedisCommandHandler>
-    private let logger: Logger
+    let handler: NIOLoopBound<RedisCommandHandler>
+    let logger: Logger
     /// Session state as commands are enqueued, and the name the connection has on the server.
-    private let session: Lock<(state: SessionState, name: String?)>
+    let session: Lock<(state: SessionState, name: String?)>
     private static let nextConnectionID = Atomic<Int>(0)
     private static let nextCommandID = Atomic<UInt64>(0)
 
@@ -379,6 +379,7 @@ public final class RedisConnection: Sendable {
         let results = try await Self.exchange(
             payload,
             closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
+            pubSubCommands: commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) },
             deadline: now + TimeAmount(timeout ?? self.configuration.commandTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
@@ -397,9 +398,10 @@ public final class RedisConnection: Sendable {
 
     /// Hands `payload` (`count` encoded commands) to the handler on its event loop and waits for the
     /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
-    private static func exchange(
+    static func exchange(
         _ payload: ByteBuffer,
         closesIfAbandoned: [Bool],
+        pubSubCommands: [PubSubStateMachine.Command?] = [],
         deadline: NIODeadline,
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
@@ -418,9 +420,9 @@ public final class RedisConnection: Sendable {
             )
         }
         if eventLoop.inEventLoop {
-            handler.value.enqueue(payload, entries: entries)
+            handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
         } else {
-            eventLoop.execute { handler.value.enqueue(payload, entries: entries) }
+            eventLoop.execute { handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands) }
         }
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []
