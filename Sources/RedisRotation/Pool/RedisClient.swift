@@ -48,7 +48,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// The clock of every decision and the loop of the one timer (a manual one in tests).
     private let timerLoop: any EventLoop
     private let connectionFactory: ConnectionFactory
-    private let logger: Logger
+    let logger: Logger
     private let state: Lock<State>
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
@@ -61,6 +61,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Internal observers of the client's events (dedicated connections such as subscribers follow
     /// promotions, demotions and TLS reloads through them); called after the event is decided.
     private let observers = Lock<(next: Int, all: [Int: @Sendable (RedisRotationEvent) -> Void])>((0, [:]))
+    /// The subscriptions and their dedicated connection (see `RedisClient+PubSub.swift`).
+    let subscriberHub = SubscriberHub()
 
     /// The decisions (``ClientStateMachine``) and what the shell holds for them: the connection objects,
     /// the waiting tasks, the TLS context and the scheduled timer. Always changed together, under one lock.
@@ -203,6 +205,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     await watcher.run(initial: self.initialTLSSnapshot) { report in self.tlsReported(report) }
                 }
             }
+            group.addTask { await self.subscriberHub.run(client: self) }
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
                 await self.waitForShutdownSignal()

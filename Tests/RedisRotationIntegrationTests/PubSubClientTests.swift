@@ -1,0 +1,243 @@
+import Foundation
+import NIOCore
+import RedisRotation
+import RedisRotationTesting
+import Synchronization
+import Testing
+
+@Suite("Pub/sub through RedisClient against a real redis-server", .timeLimit(.minutes(3)))
+struct PubSubClientTests {
+    func configuration(_ server: RedisServerProcess) -> RedisClientConfiguration {
+        RedisClientConfiguration(
+            host: server.host,
+            port: server.port,
+            name: "test",
+            pool: .init(minimumConnections: 1, maximumConnections: 4, maximumConnectionAge: nil, leaseTimeout: .seconds(10)),
+            rotation: .init(probeBackoffBase: .milliseconds(50), probeBackoffCap: .milliseconds(400), maximumProbeAttempts: 6)
+        )
+    }
+
+    /// `PUBSUB NUMSUB channel` on the server.
+    func subscribers(of channel: String, on server: RedisServerProcess) async throws -> Int {
+        try await server.admin("PUBSUB", "NUMSUB", .string(channel)).array?.last?.int ?? -1
+    }
+
+    /// Names of alice's subscriber connections on the server.
+    func subscriberNames(_ server: RedisServerProcess) async throws -> [String] {
+        try await server.clients(of: "alice").compactMap { $0["name"] }.filter { $0.hasSuffix("-sub") }
+    }
+
+    @Test("subscribe, psubscribe and ssubscribe share one connection; publish returns the receiver count")
+    func basic() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let orders = try await client.subscribe(to: ["orders"])
+                let alsoOrders = try await client.subscribe(to: ["orders"])
+                let news = try await client.psubscribe(to: ["news.*"])
+                let shards = try await client.ssubscribe(to: ["shard"])
+                #expect(try await self.subscriberNames(server) == ["test@v1-sub"])
+                #expect(try await self.subscribers(of: "orders", on: server) == 1)
+                for index in 0..<50 { #expect(try await client.publish(.string("o\(index)"), to: "orders") == 1) }
+                #expect(try await client.publish("headline", to: "news.today") == 1)
+                #expect(try await client.spublish("s", to: "shard") == 1)
+
+                for subscription in [orders, alsoOrders] {
+                    var iterator = subscription.makeAsyncIterator()
+                    for index in 0..<50 { #expect(try await iterator.next()?.message?.string == "o\(index)") }
+                }
+                var newsIterator = news.makeAsyncIterator()
+                let headline = try await newsIterator.next()?.message
+                #expect(headline?.pattern == "news.*" && headline?.channel == "news.today")
+                var shardIterator = shards.makeAsyncIterator()
+                #expect(try await shardIterator.next()?.message?.isSharded == true)
+            }
+        }
+    }
+
+    @Test("a channel the user may not read is refused with NOPERM; other subscriptions are unaffected")
+    func refused() async throws {
+        let password = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [password], rules: "~* resetchannels &allowed &__redis-rotation:* +@all")])
+        ) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let allowed = try await client.subscribe(to: ["allowed"])
+                let error = await #expect(throws: RedisError.self) { try await client.subscribe(to: ["forbidden"]) }
+                #expect(error?.serverErrorPrefix == "NOPERM")
+                try await client.publish("yes", to: "allowed")
+                var iterator = allowed.makeAsyncIterator()
+                #expect(try await iterator.next()?.message?.string == "yes")
+            }
+        }
+    }
+
+    @Test("numbered messages through three password rotations: each published one arrives once, in order, with no gap; the subscriber follows every version")
+    func rotation() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                let received = Task {
+                    var events: [RedisSubscriptionEvent] = []
+                    for try await event in subscription {
+                        if event.message?.string == "end" { break }
+                        events.append(event)
+                    }
+                    return events
+                }
+                let stop = StopFlag()
+                // A steady publisher: ten messages pipelined every 100 µs or so (each batch acknowledged
+                // before the next), so that the overlap of two subscriber connections holds messages.
+                let publisher = Task {
+                    var published = 0
+                    while !stop.isStopped && published < 200_000 {
+                        let batch = (published..<published + 10).map { RedisCommand("PUBLISH", "numbers", .string("\($0)")) }
+                        let results = try await client.withConnection { try await $0.pipeline(batch) }
+                        #expect(results.allSatisfy { (try? $0.get()) != nil })
+                        published += 10
+                        stop.recordSuccess()
+                        try await Task.sleep(for: .microseconds(100))
+                    }
+                    return published
+                }
+                // Three rotations: add the new password, publish it, wait for the subscriber to move, remove the old.
+                var current = old
+                for version in 2...4 {
+                    await stop.waitForProgress(50, "before rotating to v\(version)")
+                    let new = makePassword()
+                    try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                    try writeAtomically("password=\(text(of: new))\nversion=v\(version)\n", to: file)
+                    await eventually("the subscriber is on v\(version), alone") { (try? await self.subscriberNames(server)) == ["test@v\(version)-sub"] }
+                    try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: current))"))
+                    current = new
+                }
+                await stop.waitForProgress(50, "after the rotations")
+                stop.stop()
+                let published = try await publisher.value
+                try await client.publish("end", to: "numbers")
+                let events = try await received.value
+                let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(events.count == numbers.count, "no gap, only messages")
+                #expect(numbers == Array(0..<published), "received \(numbers.count) of \(published); first differences: \(Array(zip(numbers, 0..<published).filter { $0 != $1 }.prefix(5)))")
+            }
+        }
+    }
+
+    @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
+    func killSignalsGap() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                let received = Task {
+                    var events: [RedisSubscriptionEvent] = []
+                    for try await event in subscription {
+                        if event.message?.string == "end" { break }
+                        events.append(event)
+                    }
+                    return events
+                }
+                let stop = StopFlag()
+                let acknowledged = Lock<[(number: Int, sentAt: Date)]>([])
+                let publisher = Task {
+                    var next = 0
+                    while !stop.isStopped && next < 20_000 {
+                        let sentAt = Date()
+                        // A publish whose connection was killed may or may not have run: only acknowledged ones count.
+                        if (try? await client.publish(.string("\(next)"), to: "numbers")) != nil {
+                            acknowledged.withLock { $0.append((next, sentAt)) }
+                            stop.recordSuccess()
+                        }
+                        next += 1
+                        try await Task.sleep(for: .milliseconds(2))
+                    }
+                }
+                await stop.waitForProgress(50, "before the kill")
+                try await server.admin("CLIENT", "KILL", "USER", "alice")
+                await stop.waitForProgress(100, "after the kill")
+                stop.stop()
+                try await publisher.value
+                try await client.publish("end", to: "numbers")
+                let events = try await received.value
+                let gaps = events.compactMap { event -> (Date, Date)? in
+                    if case .gap(let from, let to) = event { return (from, to) }
+                    return nil
+                }
+                #expect(gaps.count == 1, "one gap for one kill")
+                let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(numbers == numbers.sorted() && Set(numbers).count == numbers.count, "in order, no duplicates")
+                // Everything acknowledged that was sent after the resubscription arrived.
+                if let (from, to) = gaps.first {
+                    #expect(from <= to)
+                    let expected = acknowledged.withLock { $0 }.filter { $0.sentAt > to }.map(\.number)
+                    #expect(!expected.isEmpty)
+                    #expect(Set(expected).isSubset(of: Set(numbers)), "missing after the gap: \(Array(Set(expected).subtracting(numbers)).sorted().prefix(5))")
+                }
+            }
+        }
+    }
+
+    @Test("cancelling the consuming task unsubscribes on the server and closes the subscriber connection")
+    func cancellation() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["cancel-me"])
+                let consumer = Task {
+                    var count = 0
+                    for try await _ in subscription { count += 1 }
+                    return count
+                }
+                #expect(try await client.publish("one", to: "cancel-me") == 1)
+                consumer.cancel()
+                _ = try? await consumer.value
+                await eventually("nobody is subscribed on the server") { (try? await self.subscribers(of: "cancel-me", on: server)) == 0 }
+                await eventually("the subscriber connection is closed") { (try? await self.subscriberNames(server))?.isEmpty == true }
+                // A new subscription opens a connection again, and gets no gap.
+                let again = try await client.subscribe(to: ["cancel-me"])
+                try await client.publish("two", to: "cancel-me")
+                var iterator = again.makeAsyncIterator()
+                #expect(try await iterator.next() == .message(RedisPubSubMessage(channel: "cancel-me", payload: ByteBuffer(string: "two"))))
+            }
+        }
+    }
+
+    @Test("stopping the client ends subscriptions with clientShutdown; subscribing afterwards fails the same way")
+    func shutdownEndsSubscriptions() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            let subscription = try await withRunningClient(client) { client in
+                try await client.subscribe(to: ["bye"])
+            }
+            let error = await #expect(throws: RedisError.self) { for try await _ in subscription {} }
+            #expect(error?.code == .clientShutdown)
+            let late = await #expect(throws: RedisError.self) { try await client.subscribe(to: ["bye"]) }
+            #expect(late?.code == .clientShutdown)
+            await eventually("the subscriber connection is closed") { (try? await self.subscriberNames(server))?.isEmpty == true }
+        }
+    }
+}
