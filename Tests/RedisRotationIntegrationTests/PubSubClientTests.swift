@@ -135,6 +135,35 @@ struct PubSubClientTests {
         }
     }
 
+    @Test("without the marker channel in the ACL a rotation still moves the subscriber, and says so with a gap")
+    func rotationWithoutMarkerChannel() async throws {
+        let old = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [old], rules: "~* resetchannels &numbers +@all")])
+        ) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                var iterator = subscription.makeAsyncIterator()
+                try await client.publish("before", to: "numbers")
+                #expect(try await iterator.next()?.message?.string == "before")
+                let new = makePassword()
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("the subscriber is on v2, alone") { (try? await self.subscriberNames(server)) == ["test@v2-sub"] }
+                try await client.publish("after", to: "numbers")
+                guard case .gap(let from, let to) = try await iterator.next() else {
+                    Issue.record("expected a gap")
+                    return
+                }
+                #expect(from <= to)
+                #expect(try await iterator.next()?.message?.string == "after")
+            }
+        }
+    }
+
     @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
     func killSignalsGap() async throws {
         let password = makePassword()

@@ -37,6 +37,8 @@ final class SubscriberHub: Sendable {
         var waiting: [UInt64: Completion] = [:]
         /// The handover in progress waits for both markers.
         var handover: Completion?
+        /// The user's ACL refuses the marker channel: replacements are signalled as gaps.
+        var markerRefused = false
     }
 
     private enum Work: Sendable {
@@ -214,7 +216,7 @@ final class SubscriberHub: Sendable {
                 let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
                 opened = id
                 await connection.installPushReceiver(Receiver(hub: self, connection: id))
-                try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout)
+                try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
                 self.apply { $0.resumeConfirmed(id, at: Date()) }
                 client.logger.debug("subscriber connected", metadata: [LoggingKeys.credentialVersion: "\(version)"])
                 return
@@ -247,6 +249,7 @@ final class SubscriberHub: Sendable {
 
     /// One make-before-break replacement; `true` when the successor delivers alone.
     private func handover(from predecessor: Int, client: RedisClient) async -> Bool {
+        if self.state.withLock({ $0.markerRefused }) { return await self.handoverWithoutMarker(from: predecessor, client: client) }
         let timeout = client.configuration.commandTimeout
         let connection: RedisConnection
         let version: String
@@ -268,7 +271,7 @@ final class SubscriberHub: Sendable {
         self.state.withLock { $0.handover = completion }
         await connection.installPushReceiver(Receiver(hub: self, connection: id))
         do {
-            try await self.subscribeEverything(on: connection, timeout: timeout)
+            try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
             let marker = self.state.withLock { $0.machine.markerChannel }
             _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
             try await completion.wait(timeout: timeout)
@@ -282,13 +285,47 @@ final class SubscriberHub: Sendable {
         }
     }
 
-    private func subscribeEverything(on connection: RedisConnection, timeout: Duration) async throws {
-        let (wanted, marker) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel) }
-        try await connection.sendSubscriptionCommand("SUBSCRIBE", (wanted[.channel] ?? []) + [marker], timeout: timeout)
-        for kind in [Kind.pattern, .shardChannel] {
+    private func subscribeEverything(on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
+        let (wanted, marker, markerRefused) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel, $0.markerRefused) }
+        for kind in Kind.allCases {
             guard let names = wanted[kind], !names.isEmpty else { continue }
             try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
         }
+        guard !markerRefused else { return }
+        do {
+            try await connection.sendSubscriptionCommand("SUBSCRIBE", [marker], timeout: timeout)
+        } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+            self.state.withLock { $0.markerRefused = true }
+            client.logger.warning(
+                "the user may not subscribe to the subscriber's marker channel: replacing the subscriber after a rotation will signal a gap; allow &__redis-rotation:* in the user's ACL"
+            )
+        }
+    }
+
+    /// A replacement without the marker channel: the successor subscribes, the predecessor closes, and
+    /// the successor's messages follow a gap (they may repeat some of the predecessor's).
+    private func handoverWithoutMarker(from predecessor: Int, client: RedisClient) async -> Bool {
+        let connection: RedisConnection
+        let version: String
+        do {
+            (connection, version) = try await client.openDedicatedConnection(suffix: "-sub")
+        } catch {
+            return false
+        }
+        let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
+        await connection.installPushReceiver(Receiver(hub: self, connection: id))
+        do {
+            try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
+        } catch {
+            self.forget(id)
+            await connection.close()
+            return false
+        }
+        let old = self.state.withLock { $0.slots.removeValue(forKey: predecessor)?.connection }
+        self.apply { $0.connectionLost(predecessor, at: Date()) }
+        await old?.close()
+        self.apply { $0.resumeConfirmed(id, at: Date()) }
+        return true
     }
 
     /// Records `connection` as a slot and gives its id to the machine, in one decision.
