@@ -5,6 +5,31 @@ import RedisRotationTesting
 import Synchronization
 import Testing
 
+/// Publishes numbered messages on `channel` until stopped: ten pipelined every 100 µs or so, each batch
+/// acknowledged before the next. Returns how many were published (all acknowledged).
+func publishNumbers(client: RedisClient, channel: String, stop: StopFlag) async throws -> Int {
+    var published = 0
+    while !stop.isStopped && published < 500_000 {
+        let batch = (published..<published + 10).map { RedisCommand("PUBLISH", .string(channel), .string("\($0)")) }
+        let results = try await client.withConnection { try await $0.pipeline(batch) }
+        #expect(results.allSatisfy { (try? $0.get()) != nil })
+        published += 10
+        stop.recordSuccess()
+        try await Task.sleep(for: .microseconds(100))
+    }
+    return published
+}
+
+/// Collects a subscription's events until a message `end`.
+func collectUntilEnd(_ subscription: RedisClientSubscription) async throws -> [RedisSubscriptionEvent] {
+    var events: [RedisSubscriptionEvent] = []
+    for try await event in subscription {
+        if event.message?.string == "end" { break }
+        events.append(event)
+    }
+    return events
+}
+
 @Suite("Pub/sub through RedisClient against a real redis-server", .timeLimit(.minutes(3)))
 struct PubSubClientTests {
     func configuration(_ server: RedisServerProcess) -> RedisClientConfiguration {
@@ -89,29 +114,9 @@ struct PubSubClientTests {
             let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
             try await withRunningClient(client) { client in
                 let subscription = try await client.subscribe(to: ["numbers"])
-                let received = Task {
-                    var events: [RedisSubscriptionEvent] = []
-                    for try await event in subscription {
-                        if event.message?.string == "end" { break }
-                        events.append(event)
-                    }
-                    return events
-                }
+                let received = Task { try await collectUntilEnd(subscription) }
                 let stop = StopFlag()
-                // A steady publisher: ten messages pipelined every 100 µs or so (each batch acknowledged
-                // before the next), so that the overlap of two subscriber connections holds messages.
-                let publisher = Task {
-                    var published = 0
-                    while !stop.isStopped && published < 200_000 {
-                        let batch = (published..<published + 10).map { RedisCommand("PUBLISH", "numbers", .string("\($0)")) }
-                        let results = try await client.withConnection { try await $0.pipeline(batch) }
-                        #expect(results.allSatisfy { (try? $0.get()) != nil })
-                        published += 10
-                        stop.recordSuccess()
-                        try await Task.sleep(for: .microseconds(100))
-                    }
-                    return published
-                }
+                let publisher = Task { try await publishNumbers(client: client, channel: "numbers", stop: stop) }
                 // Three rotations: add the new password, publish it, wait for the subscriber to move, remove the old.
                 var current = old
                 for version in 2...4 {
@@ -159,6 +164,86 @@ struct PubSubClientTests {
                     return
                 }
                 #expect(from <= to)
+                #expect(try await iterator.next()?.message?.string == "after")
+            }
+        }
+    }
+
+    @Test("numbered messages through a CA rollover with reloading TLS: the subscriber follows each generation with no gap")
+    func tlsRollover() async throws {
+        let fixture = try TLSFixture()
+        let newCA = try TestCertificateAuthority(name: "Next Root CA")
+        try await RedisServerProcess.withServer(fixture.serverConfiguration(keepPlainTextPort: true)) { server in
+            let bundle = server.directory.appendingPathComponent("trusted-cas.pem").path
+            try writeAtomically(fixture.ca.certificate.certificatePEM, to: bundle)
+            var configuration = self.configuration(server)
+            configuration.tls = .reloading(RedisTLSConfiguration(trustAnchors: [.file(bundle)]), debounce: .milliseconds(20), rolloverWindow: .milliseconds(300))
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: fixture.password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                let received = Task { try await collectUntilEnd(subscription) }
+                let stop = StopFlag()
+                let publisher = Task { try await publishNumbers(client: client, channel: "numbers", stop: stop) }
+                func subscriberIDs() async throws -> [String] {
+                    try await server.clients(of: "alice").filter { $0["name"]?.hasSuffix("-sub") == true }.compactMap { $0["id"] }
+                }
+                await stop.waitForProgress(50, "before the rollover")
+                var previous = try await subscriberIDs()
+                #expect(previous.count == 1)
+                // 1. Trust both CAs; 2. the server switches to the new CA; 3. trust the new one only.
+                for step in 1...3 {
+                    switch step {
+                    case 1:
+                        try writeAtomically(fixture.ca.certificate.certificatePEM + newCA.certificate.certificatePEM, to: bundle)
+                    case 2:
+                        let files = try newCA.issueServer().write(to: server.directory, name: "server-next")
+                        try await server.admin("CONFIG", "SET", "tls-cert-file", .string(files.certificate), "tls-key-file", .string(files.privateKey))
+                        continue
+                    default:
+                        try writeAtomically(newCA.certificate.certificatePEM, to: bundle)
+                    }
+                    let before = previous
+                    await eventually("the subscriber moved to a new connection after step \(step)") {
+                        guard let ids = try? await subscriberIDs(), ids.count == 1, ids != before else { return false }
+                        previous = ids
+                        return true
+                    }
+                    await stop.waitForProgress(50, "after step \(step)")
+                }
+                stop.stop()
+                let published = try await publisher.value
+                try await client.publish("end", to: "numbers")
+                let events = try await received.value
+                let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(events.count == numbers.count, "no gap, only messages")
+                #expect(numbers == Array(0..<published), "received \(numbers.count) of \(published)")
+            }
+        }
+    }
+
+    @Test("a server restart: the subscriber reconnects with backoff, signals a gap and receives again")
+    func serverRestart() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["restart"])
+                var iterator = subscription.makeAsyncIterator()
+                try await client.publish("before", to: "restart")
+                #expect(try await iterator.next()?.message?.string == "before")
+                try await server.restart()
+                await eventually("the subscriber is back") { (try? await self.subscriberNames(server)) == ["test@v1-sub"] }
+                try await client.publish("after", to: "restart")
+                guard case .gap = try await iterator.next() else {
+                    Issue.record("expected a gap")
+                    return
+                }
                 #expect(try await iterator.next()?.message?.string == "after")
             }
         }
