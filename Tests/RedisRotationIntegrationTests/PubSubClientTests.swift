@@ -249,6 +249,42 @@ struct PubSubClientTests {
         }
     }
 
+    @Test("a server that goes silent (no EOF) is noticed by the subscriber's health check: reconnect, gap, messages again")
+    func silentServer() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            var configuration = RedisClientConfiguration(
+                host: proxy.host,
+                port: proxy.port,
+                name: "test",
+                // No pooled connections: every connection through the proxy is the subscriber's.
+                pool: .init(minimumConnections: 0, maximumConnections: 2, maximumConnectionAge: nil, leaseTimeout: .seconds(10), healthCheckInterval: .milliseconds(200))
+            )
+            configuration.commandTimeout = .milliseconds(500)
+            configuration.handshakeTimeout = .seconds(1)
+            let client = try RedisClient(configuration: configuration, credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1")))
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["silent"])
+                var iterator = subscription.makeAsyncIterator()
+                try await server.admin("PUBLISH", "silent", "before")
+                #expect(try await iterator.next()?.message?.string == "before")
+                let accepted = proxy.acceptedConnections
+                await proxy.setMode(.blackhole)
+                await eventually("the subscriber tried to reconnect") { proxy.acceptedConnections > accepted }
+                await proxy.setMode(.forward)
+                await eventually("a subscriber is back on the server") { (try? await self.subscribers(of: "silent", on: server)) == 1 }
+                try await server.admin("PUBLISH", "silent", "after")
+                guard case .gap = try await iterator.next() else {
+                    Issue.record("expected a gap")
+                    return
+                }
+                #expect(try await iterator.next()?.message?.string == "after")
+            }
+            await proxy.close()
+        }
+    }
+
     @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
     func killSignalsGap() async throws {
         let password = makePassword()

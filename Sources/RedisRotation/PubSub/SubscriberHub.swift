@@ -46,6 +46,9 @@ final class SubscriberHub: Sendable {
         case unsubscribe(UInt64)
         case checkRotation
         case reconnect
+        /// PINGs the delivering connection: a peer that vanished silently (no EOF) fails it at the
+        /// command's silence deadline, which closes the connection and starts a reconnect.
+        case healthCheck
     }
 
     private let state: Lock<State>
@@ -99,13 +102,21 @@ final class SubscriberHub: Sendable {
         let observer = client.addObserver { [workContinuation] event in
             if Self.rotationKinds.contains(event.kind) { workContinuation.yield(.checkRotation) }
         }
-        await withTaskCancellationHandler {
-            for await item in self.work {
-                if Task.isCancelled { break }
-                await self.perform(item, client: client)
+        await withTaskGroup(of: Void.self) { group in
+            if let interval = client.configuration.pool.healthCheckInterval {
+                group.addTask { [workContinuation] in
+                    while (try? await Task.sleep(for: interval)) != nil { workContinuation.yield(.healthCheck) }
+                }
             }
-        } onCancel: {
-            self.workContinuation.finish()
+            await withTaskCancellationHandler {
+                for await item in self.work {
+                    if Task.isCancelled { break }
+                    await self.perform(item, client: client)
+                }
+            } onCancel: {
+                self.workContinuation.finish()
+            }
+            group.cancelAll()
         }
         client.removeObserver(observer)
         await self.shutdown()
@@ -144,6 +155,9 @@ final class SubscriberHub: Sendable {
             await self.rotateIfNeeded(client: client)
         case .reconnect:
             await self.reconnect(client: client)
+        case .healthCheck:
+            guard let (_, slot) = self.delivering() else { return }
+            _ = try? await slot.connection.send(RedisCommand("PING"), timeout: client.configuration.commandTimeout)
         }
     }
 
