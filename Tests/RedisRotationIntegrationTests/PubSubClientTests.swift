@@ -285,6 +285,38 @@ struct PubSubClientTests {
         }
     }
 
+    @Test("a subscribe to an unreachable server fails within the lease timeout, and the attempts stop with it")
+    func unreachableServer() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            await proxy.setMode(.blackholeNewConnections)
+            var configuration = RedisClientConfiguration(
+                host: proxy.host,
+                port: proxy.port,
+                name: "test",
+                pool: .init(minimumConnections: 0, maximumConnections: 2, maximumConnectionAge: nil, leaseTimeout: .milliseconds(600), reconnectBackoffBase: .milliseconds(10), reconnectBackoffCap: .milliseconds(50))
+            )
+            configuration.handshakeTimeout = .milliseconds(150)
+            let client = try RedisClient(configuration: configuration, credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1")))
+            try await withRunningClient(client) { client in
+                let clock = ContinuousClock()
+                let started = clock.now
+                let error = await #expect(throws: RedisError.self) { try await client.subscribe(to: ["nowhere"]) }
+                #expect(error?.code == .commandTimeout)
+                #expect(clock.now - started < .seconds(3))
+                #expect(proxy.acceptedConnections >= 2, "the subscriber retried while the caller waited")
+                // An attempt in flight may still finish; after it, none follows (each takes at most 150 ms
+                // plus a 50 ms pause, so a running loop would make several in this window).
+                try await Task.sleep(for: .milliseconds(300))
+                let settled = proxy.acceptedConnections
+                try await Task.sleep(for: .milliseconds(600))
+                #expect(proxy.acceptedConnections == settled, "no connection attempts once nobody waits")
+            }
+            await proxy.close()
+        }
+    }
+
     @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
     func killSignalsGap() async throws {
         let password = makePassword()

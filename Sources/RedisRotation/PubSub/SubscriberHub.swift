@@ -223,7 +223,11 @@ final class SubscriberHub: Sendable {
         var delay: TimeAmount?
         // Bounded by the hub's life: cancellation ends the pauses, and a stopped hub ends the loop.
         for _ in 0..<100_000 {
-            guard !Task.isCancelled, self.state.withLock({ $0.phase == .running && $0.machine.deliveringConnection == nil }) else { return }
+            // Only while someone needs the connection: subscriptions, or a subscribe waiting for it.
+            let needed = self.state.withLock { state in
+                state.phase == .running && state.machine.deliveringConnection == nil && (state.machine.hasSubscriptions || !state.waiting.isEmpty)
+            }
+            guard !Task.isCancelled, needed else { return }
             var opened: Int?
             do {
                 let (connection, version) = try await client.openDedicatedConnection(suffix: "-sub")
