@@ -317,6 +317,69 @@ struct PubSubClientTests {
         }
     }
 
+    @Test("rotations with a kill between them: one gap, at the kill; every other acknowledged message once and in order")
+    func rotationsAndKill() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                let received = Task { try await collectUntilEnd(subscription) }
+                let stop = StopFlag()
+                let acknowledged = Lock<[(number: Int, sentAt: Date)]>([])
+                let publisher = Task {
+                    var next = 0
+                    while !stop.isStopped && next < 100_000 {
+                        let sentAt = Date()
+                        // A publish whose connection was killed may or may not have run: only acknowledged ones count.
+                        if (try? await client.publish(.string("\(next)"), to: "numbers")) != nil {
+                            acknowledged.withLock { $0.append((next, sentAt)) }
+                            stop.recordSuccess()
+                        }
+                        next += 1
+                        try await Task.sleep(for: .microseconds(200))
+                    }
+                }
+                var current = old
+                var killedAt: Date?
+                for version in 2...3 {
+                    await stop.waitForProgress(100, "before rotating to v\(version)")
+                    let new = makePassword()
+                    try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                    try writeAtomically("password=\(text(of: new))\nversion=v\(version)\n", to: file)
+                    await eventually("the subscriber is on v\(version), alone") { (try? await self.subscriberNames(server)) == ["test@v\(version)-sub"] }
+                    try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: current))"))
+                    current = new
+                    if version == 2 {
+                        await stop.waitForProgress(100, "before the kill")
+                        killedAt = Date()
+                        try await server.admin("CLIENT", "KILL", "USER", "alice")
+                    }
+                }
+                await stop.waitForProgress(100, "after the rotations")
+                stop.stop()
+                try await publisher.value
+                try await client.publish("end", to: "numbers")
+                let events = try await received.value
+                let gaps = events.compactMap { event -> (from: Date, to: Date)? in
+                    if case .gap(let from, let to) = event { return (from, to) }
+                    return nil
+                }
+                #expect(gaps.count == 1, "one gap, for the one kill")
+                let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(zip(numbers, numbers.dropFirst()).allSatisfy { $0 < $1 }, "in order, no duplicates")
+                guard let gap = gaps.first, let killedAt else { return }
+                #expect(gap.from >= killedAt && gap.from <= gap.to)
+                // Outside the window from the kill to the resubscription, nothing acknowledged is missing.
+                let expected = acknowledged.withLock { $0 }.filter { $0.sentAt < killedAt || $0.sentAt > gap.to }.map(\.number)
+                let missing = Set(expected).subtracting(numbers)
+                #expect(missing.isEmpty, "\(missing.count) of \(expected.count) missing, first: \(missing.sorted().prefix(5))")
+            }
+        }
+    }
+
     @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
     func killSignalsGap() async throws {
         let password = makePassword()
