@@ -117,6 +117,39 @@ struct PubSubConnectionTests {
         }
     }
 
+    @Test("a subscribe cancelled before its confirmation leaves nothing subscribed")
+    func cancelledBeforeConfirmation() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            var configuration = server.connectionConfiguration(username: "alice", password: password)
+            configuration.port = proxy.port
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            // Already cancelled when it starts: nothing is written.
+            let early = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await connection.subscribe(to: ["early"])
+            }
+            await #expect(throws: CancellationError.self) { try await early.value }
+            // Cancelled while its SUBSCRIBE is held on the way: the confirmation comes later and is
+            // dropped, and the name is unsubscribed again.
+            await proxy.setMode(.paused)
+            let late = Task { try await connection.subscribe(to: ["late"]) }
+            await eventually("the SUBSCRIBE is held") { await proxy.chunksInTransit(towardServer: true) > 0 }
+            late.cancel()
+            await #expect(throws: CancellationError.self) { try await late.value }
+            await proxy.setMode(.forward)
+            await eventually("nothing is subscribed") {
+                let late = try? await self.subscribers(of: "late", on: server)
+                let early = try? await self.subscribers(of: "early", on: server)
+                return late == 0 && early == 0
+            }
+            #expect(try await connection.send(RedisCommand("SET", "k", "v")).string == "OK")
+            await connection.close()
+            await proxy.close()
+        }
+    }
+
     @Test("a channel the user may not read: NOPERM, and the connection keeps working")
     func subscribeRefused() async throws {
         let password = makePassword()

@@ -63,10 +63,17 @@ extension RedisConnection {
             guard !new.isEmpty else { return promise.succeed(.array([])) }
             handler.value.sendSubscriptionCommand(kind.subscribeCommand, new, promise: promise, deadline: deadline, id: commandID)
         }
-        let reply = try await withTaskCancellationHandler {
-            try await promise.futureResult.get()
-        } onCancel: {
-            eventLoop.execute { handler.value.cancel(id: commandID) }
+        let reply: RESPValue
+        do {
+            reply = try await withTaskCancellationHandler {
+                try await promise.futureResult.get()
+            } onCancel: {
+                eventLoop.execute { handler.value.cancel(id: commandID) }
+            }
+        } catch {
+            // Ends the registration (and unsubscribes what only it used).
+            continuation.finish()
+            throw error
         }
         if case .error(let buffer) = reply {
             continuation.finish()
