@@ -326,6 +326,13 @@ struct PubSubClientTests {
             try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
             let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
             try await withRunningClient(client) { client in
+                let replacements = Lock<[String]>([])
+                let watcher = Task {
+                    for await event in client.events where event.kind == .connectionReplaced && event.detail.hasPrefix("subscriber") {
+                        replacements.withLock { $0.append("\(event.credentialVersion ?? "-") \(event.detail)") }
+                    }
+                }
+                defer { watcher.cancel() }
                 let subscription = try await client.subscribe(to: ["numbers"])
                 let received = Task { try await collectUntilEnd(subscription) }
                 let stop = StopFlag()
@@ -377,6 +384,15 @@ struct PubSubClientTests {
                 let expected = acknowledged.withLock { $0 }.filter { $0.sentAt < killedAt || $0.sentAt > gap.to }.map(\.number)
                 let missing = Set(expected).subtracting(numbers)
                 #expect(missing.isEmpty, "\(missing.count) of \(expected.count) missing, first: \(missing.sorted().prefix(5))")
+                // Each replacement is an event: two make-before-break (v2, v3), one after the kill (on v2).
+                await eventually("three subscriber replacements reported") { replacements.withLock { $0.count } >= 3 }
+                #expect(
+                    replacements.withLock { $0 } == [
+                        "v2 subscriber connection replaced make-before-break",
+                        "v2 subscriber connection lost and replaced; subscriptions were told of a gap",
+                        "v3 subscriber connection replaced make-before-break",
+                    ]
+                )
             }
         }
     }

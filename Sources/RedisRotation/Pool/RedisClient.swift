@@ -503,6 +503,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.observers.withLock { _ = $0.all.removeValue(forKey: id) }
     }
 
+    /// Emits `event` as the client's own (dedicated connections report their replacements).
+    func emit(_ event: RedisRotationEvent) {
+        self.perform([.event(event)])
+    }
+
     /// Lease requests not yet granted or failed (for tests: nothing may stay behind).
     var leaseRequestsInFlight: Int {
         self.state.withLock { state in

@@ -235,8 +235,18 @@ final class SubscriberHub: Sendable {
                 opened = id
                 await connection.installPushReceiver(Receiver(hub: self, connection: id))
                 try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
-                self.apply { $0.resumeConfirmed(id, at: Date()) }
+                let action = self.apply { $0.resumeConfirmed(id, at: Date()) }
                 client.logger.debug("subscriber connected", metadata: [LoggingKeys.credentialVersion: "\(version)"])
+                if action.deliveries.contains(where: { if case .gap = $0.element { return true } else { return false } }) {
+                    client.emit(
+                        RedisRotationEvent(
+                            kind: .connectionReplaced,
+                            credentialVersion: version,
+                            connectionID: connection.id,
+                            detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
+                        )
+                    )
+                }
                 return
             } catch {
                 client.logger.debug("subscriber connection failed", metadata: [LoggingKeys.error: "\(error)"])
@@ -294,6 +304,14 @@ final class SubscriberHub: Sendable {
             _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
             try await completion.wait(timeout: timeout)
             client.logger.debug("subscriber replaced", metadata: [LoggingKeys.credentialVersion: "\(version)"])
+            client.emit(
+                RedisRotationEvent(
+                    kind: .connectionReplaced,
+                    credentialVersion: version,
+                    connectionID: connection.id,
+                    detail: "subscriber connection replaced make-before-break"
+                )
+            )
             return true
         } catch {
             client.logger.debug("subscriber replacement abandoned", metadata: [LoggingKeys.error: "\(error)"])
@@ -343,6 +361,14 @@ final class SubscriberHub: Sendable {
         self.apply { $0.connectionLost(predecessor, at: Date()) }
         await old?.close()
         self.apply { $0.resumeConfirmed(id, at: Date()) }
+        client.emit(
+            RedisRotationEvent(
+                kind: .connectionReplaced,
+                credentialVersion: version,
+                connectionID: connection.id,
+                detail: "subscriber connection replaced without the marker channel; subscriptions were told of a gap"
+            )
+        )
         return true
     }
 
@@ -372,7 +398,8 @@ final class SubscriberHub: Sendable {
     /// Decides under the lock and delivers there too: `yield` only buffers or wakes the reading task, and
     /// delivering in decision order is what keeps two event loops' messages in the server's order.
     /// Closing, waking waiters and queueing work happen after the lock.
-    private func apply(_ event: (inout SubscriberStateMachine) -> SubscriberStateMachine.Action) {
+    @discardableResult
+    private func apply(_ event: (inout SubscriberStateMachine) -> SubscriberStateMachine.Action) -> SubscriberStateMachine.Action {
         let (action, closing, handover) = self.state.withLock { state -> (SubscriberStateMachine.Action, [RedisConnection], Completion?) in
             guard state.phase == .running else { return (.init(), [], nil) }
             let action = event(&state.machine)
@@ -395,6 +422,7 @@ final class SubscriberHub: Sendable {
             handover?.resume(.failure(RedisError(code: .connectionClosed, message: "the subscriber replacement failed")))
         }
         if action.reconnect { self.workContinuation.yield(.reconnect) }
+        return action
     }
 
     fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
