@@ -397,6 +397,54 @@ struct PubSubClientTests {
         }
     }
 
+    @Test("a user who may not PUBLISH: the marker handover is abandoned without loss, then the subscriber moves with a gap")
+    func rotationWithoutPublish() async throws {
+        let old = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [old], rules: "~* &* +@all -publish")])
+        ) { server in
+            let file = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: file)
+            let client = try RedisClient(configuration: self.configuration(server), credentials: .file(file, username: "alice"))
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                let received = Task { try await collectUntilEnd(subscription) }
+                // The administrator publishes, one message at a time, all through the rotation.
+                let admin = try await server.adminConnection()
+                let stop = StopFlag()
+                let publisher = Task {
+                    var published = 0
+                    while !stop.isStopped && published < 100_000 {
+                        try await admin.publish(.string("\(published)"), to: "numbers")
+                        published += 1
+                        stop.recordSuccess()
+                        try await Task.sleep(for: .microseconds(200))
+                    }
+                    return published
+                }
+                await stop.waitForProgress(100, "before the rotation")
+                let new = makePassword()
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                await eventually("the subscriber is on v2, alone") { (try? await self.subscriberNames(server)) == ["test@v2-sub"] }
+                await stop.waitForProgress(100, "after the rotation")
+                stop.stop()
+                let published = try await publisher.value
+                try await admin.publish("end", to: "numbers")
+                await admin.close()
+                let events = try await received.value
+                let gaps = events.filter { if case .gap = $0 { return true } else { return false } }
+                #expect(gaps.count == 1, "the replacement without a marker says so")
+                // The abandoned marker handover lost nothing: before the gap, every number in order.
+                let beforeGap = events.prefix { $0.message != nil }.compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(beforeGap == Array(0..<beforeGap.count))
+                let afterGap = events.drop { $0.message != nil }.dropFirst().compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(afterGap.last == published - 1)
+                #expect(zip(afterGap, afterGap.dropFirst()).allSatisfy { $0 < $1 })
+            }
+        }
+    }
+
     @Test("CLIENT KILL USER: a gap is signalled, the client resubscribes, traffic resumes in order without duplicates")
     func killSignalsGap() async throws {
         let password = makePassword()

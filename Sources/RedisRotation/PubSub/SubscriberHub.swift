@@ -301,7 +301,16 @@ final class SubscriberHub: Sendable {
         do {
             try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
             let marker = self.state.withLock { $0.machine.markerChannel }
-            _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
+            do {
+                _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                // The user may not publish: the next try replaces without the marker (with a gap).
+                self.state.withLock { $0.markerRefused = true }
+                client.logger.warning(
+                    "the user may not publish the subscriber's marker: replacing the subscriber after a rotation will signal a gap; allow PUBLISH to &__redis-rotation:* in the user's ACL"
+                )
+                throw error
+            }
             try await completion.wait(timeout: timeout)
             client.logger.debug("subscriber replaced", metadata: [LoggingKeys.credentialVersion: "\(version)"])
             client.emit(
