@@ -37,7 +37,7 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Bytes per value written.") var valueSize = 64
     @Option(help: "Prefix of every key the test touches.") var keyPrefix = "redis-rotation-loadtest"
     @Flag(help: "Write every value to a new key and count the keys on the server at the end.") var verifyWrites = false
-    @Option(help: "Subscriptions to one channel, fed numbered messages (one a millisecond) for the whole run; the report counts lost, duplicated and out-of-order messages and gaps.") var subscribers = 0
+    @Option(help: "Subscriptions to one channel, fed numbered messages (one at a time, at most one a millisecond) for the whole run; the report counts lost, duplicated and out-of-order messages and gaps.") var subscribers = 0
 
     @Option(name: .customLong("rotate"), help: "A step the tool performs: password@SECONDS or kill@SECONDS (repeatable).")
     var rotations: [String] = []

@@ -26,8 +26,8 @@ struct PubSubReport: Codable, Sendable {
     var succeeded: Bool { self.duplicated == 0 && self.out_of_order == 0 && self.lost == 0 }
 }
 
-/// `subscribers` subscriptions to one channel and one publisher of sequence numbers (one every
-/// millisecond, each acknowledged before the next), for as long as the main traffic runs.
+/// `subscribers` subscriptions to one channel and one publisher of sequence numbers (one at a time,
+/// each acknowledged before the next, at most one a millisecond), for as long as the main traffic runs.
 final class PubSubLoad: Sendable {
     private let client: RedisClient
     private let channel: String
