@@ -24,7 +24,7 @@ struct LoadTestPubSubTests {
             let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
             let pubsub = json["pubsub"] as? [String: Int] ?? [:]
             #expect(pubsub["subscribers"] == 3)
-            #expect((pubsub["published"] ?? 0) > 1000, "\(pubsub)")
+            #expect((pubsub["published"] ?? 0) > 100, "\(pubsub)")
             #expect(pubsub["lost"] == 0 && pubsub["duplicated"] == 0 && pubsub["out_of_order"] == 0, "\(pubsub)")
             #expect(pubsub["gaps"] == 3, "one gap per subscriber, for the one kill: \(pubsub)")
             // Each subscriber received every acknowledged message but those published around the kill.

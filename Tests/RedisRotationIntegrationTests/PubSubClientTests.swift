@@ -273,13 +273,17 @@ struct PubSubClientTests {
                 await proxy.setMode(.blackhole)
                 await eventually("the subscriber tried to reconnect") { proxy.acceptedConnections > accepted }
                 await proxy.setMode(.forward)
-                await eventually("a subscriber is back on the server") { (try? await self.subscribers(of: "silent", on: server)) == 1 }
-                try await server.admin("PUBLISH", "silent", "after")
+                // The gap comes when the replacement confirmed its subscription (the server may still list
+                // the old connection's: the proxy keeps its upstream side open).
                 guard case .gap = try await iterator.next() else {
                     Issue.record("expected a gap")
                     return
                 }
-                #expect(try await iterator.next()?.message?.string == "after")
+                try await server.admin("PUBLISH", "silent", "after")
+                // On a loaded machine a health check may time out again: more gaps, but no other message.
+                var next = try await iterator.next()
+                while case .gap = next { next = try await iterator.next() }
+                #expect(next?.message?.string == "after")
             }
             await proxy.close()
         }
