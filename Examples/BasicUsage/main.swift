@@ -18,13 +18,21 @@ func readmeClientExample() async throws {
 
     try await client.set("greeting", to: "hello", expiration: .seconds(60))
     let greeting = try await client.get("greeting", as: String.self)
-    // INCR is not idempotent: if the connection dies while it is in flight it fails with
-    // outcomeUnknown instead of being resent. SET of a fixed value can be resent safely:
-    try await client.send(RedisCommand("SET", "last-seen", "now").idempotent())
+    // Commands safe to repeat (reads, a plain SET, DEL, HSET) are resent when their connection dies
+    // in flight; INCR fails with outcomeUnknown instead. Mark others you know are safe to repeat:
+    try await client.send(RedisCommand("SET", "last-seen", "now", "EX", "60").idempotent())
+    // A transaction: MULTI ... EXEC in one write on one connection; all of it runs, or none.
+    let counts = try await client.transaction { tx in
+        tx.queue(RedisCommand("INCR", "orders"))
+        tx.queue(RedisCommand("EXPIRE", "orders", "3600"))
+    }
+    let orders = try counts.value(at: 0, as: Int.self)
+    // Blocking commands wait as long as their own timeout says (here 5 s) plus the command timeout.
+    let job = try await client.send(RedisCommand("BLPOP", "jobs", "5"))
     for await event in client.events {
         print(event)  // credentialSourceChanged, probeSucceeded, promoted, connectionReauthenticated, ...
     }
-    _ = greeting
+    _ = (greeting, orders, job)
 }
 
 /// The README's publish/subscribe example, verbatim.

@@ -40,6 +40,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
             case leaseTimeout
             case credentialsRejected
             case clientShutdown
+            case transactionAborted
         }
 
         private let base: Base
@@ -112,6 +113,9 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         public static let credentialsRejected = Code(.credentialsRejected)
         /// The client was shut down (its `run()` ended) before the operation completed.
         public static let clientShutdown = Code(.clientShutdown)
+        /// A transaction did not run: a watched key changed on every attempt (`EXEC` answered nil), or
+        /// the server refused a queued command (`EXECABORT`; the message names it). Nothing was applied.
+        public static let transactionAborted = Code(.transactionAborted)
 
         public var description: String { self.base.rawValue }
     }

@@ -132,6 +132,36 @@ struct ClientOnFakesTests {
     }
 }
 
+extension ClientOnFakesTests {
+    @Test("a pipeline whose connection dies half-way: answered commands stand, a read is resent elsewhere, an INCR in flight is outcomeUnknown")
+    func pipelineCutHalfWay() async throws {
+        let server = FakeChannelServer(loop: NIOAsyncTestingEventLoop(), users: ["u": ["one"]])
+        let current = CurrentCredentials(self.v1)
+        try await self.withClient(server, current: current) { client in
+            #expect(try await client.ping() == "PONG")
+            try await server.hold(1, true)
+            let pipeline = Task {
+                try await client.pipeline { p in
+                    p.queue(RedisCommand("SET", "k", "v"))
+                    p.queue(RedisCommand("INCR", "n"))
+                    p.queue(RedisCommand("GET", "k"))
+                }
+            }
+            await self.until("the pipeline reached the server") { server.log(1).count == 5 }
+            try await server.release(1, answering: 1)
+            let results = try await pipeline.value
+            #expect(results.count == 3)
+            #expect(try results.value(at: 0, as: String.self) == "OK")
+            #expect(throws: RedisError.self) { try results.value(at: 1, as: Int.self) }
+            if case .failure(let error) = results.results[1] { #expect(error.code == .outcomeUnknown) }
+            #expect(try results.value(at: 2, as: String.self) == "v")
+            // The INCR never ran (the server died before it); only the read went again, on a new connection.
+            #expect(server.value(of: "n") == nil)
+            #expect(server.log(2).dropFirst() == [["GET", "k"]])
+        }
+    }
+}
+
 extension Result {
     fileprivate var isCancellation: Bool {
         if case .failure(let error) = self { return error is CancellationError }

@@ -191,8 +191,8 @@ struct ClientStateMachineTests {
     func restoreThenRelease() {
         var machine = self.machine(maximum: 1)
         let first = machine.registerLease()
-        _ = machine.leaseWaiting(first, deadline: self.t0 + .seconds(5), at: self.at())
-        #expect(self.establish(&machine, 0).first == .grantLease(first, 0))
+        #expect(machine.leaseWaiting(first, deadline: self.t0 + .seconds(5), at: self.at()) == [.connect(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(self.establish(&machine, 0) == [.grantLease(first, 0), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 1)])
         #expect(machine.leaseEnded(0, outcome: .needsRestore, at: self.at()) == [.restore(0)])
         // While the restoration runs, the connection is not free: the next lease waits.
         let second = machine.registerLease()
@@ -203,7 +203,7 @@ struct ClientStateMachineTests {
             ]
         )
         #expect(machine.connectionClosed(0, at: self.at()) == [self.event(.connectionReplaced, connection: 0, detail: "closed by the pool")])
-        #expect(self.establish(&machine, 1).first == .grantLease(second, 1))
+        #expect(self.establish(&machine, 1) == [.grantLease(second, 1), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 3)])
         #expect(machine.leaseRequestCount == 0)
     }
 
@@ -211,8 +211,8 @@ struct ClientStateMachineTests {
     func serverCloseDuringLease() {
         var machine = self.machine(maximum: 1)
         let first = machine.registerLease()
-        _ = machine.leaseWaiting(first, deadline: self.t0 + .seconds(5), at: self.at())
-        #expect(self.establish(&machine, 0).first == .grantLease(first, 0))
+        #expect(machine.leaseWaiting(first, deadline: self.t0 + .seconds(5), at: self.at()) == [.connect(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(self.establish(&machine, 0) == [.grantLease(first, 0), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 1)])
         let second = machine.registerLease()
         #expect(machine.leaseWaiting(second, deadline: self.t0 + .seconds(5), at: self.at()) == [])
         // The watch reports the close before the lease's user ends the lease.
@@ -225,7 +225,7 @@ struct ClientStateMachineTests {
         )
         #expect(machine.leaseEnded(0, outcome: .unusable, at: self.at()) == [])
         #expect(machine.leaseEnded(0, outcome: .needsRestore, at: self.at()) == [])
-        #expect(self.establish(&machine, 1).first == .grantLease(second, 1))
+        #expect(self.establish(&machine, 1) == [.grantLease(second, 1), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 3)])
     }
 
     @Test("the one timer is the earliest of the pool's, the credentials' and the expiry check's; a late or replaced timer does only what is due")
@@ -260,7 +260,7 @@ struct ClientStateMachineTests {
     @Test("a connection that authenticated with the previous credential after the current one was rejected demotes the current one")
     func demotionOnConnect() {
         var machine = self.machine()
-        _ = machine.sourceReported(self.v2, at: self.at())
+        #expect(machine.sourceReported(self.v2, at: self.at()) == [self.event(.credentialSourceChanged, version: "v2"), .probe(self.v2)])
         #expect(
             machine.probeCompleted(self.v2, result: .accepted, at: self.at()) == [
                 self.event(.probeSucceeded, version: "v2"),

@@ -84,6 +84,21 @@ final class FakeChannelServer: Sendable {
         for command in released { try await channel?.writeInbound(self.handle(command, on: number, logged: true)) }
     }
 
+    /// Runs and answers the first `count` commands held on connection `number`, then closes it as a
+    /// dying server would: the others are never run.
+    func release(_ number: Int, answering count: Int) async throws {
+        let (channel, released) = self.state.withLock { state -> (NIOAsyncTestingChannel?, [[String]]) in
+            guard var session = state.sessions[number] else { return (nil, []) }
+            let released = Array(session.held.prefix(count))
+            session.held = []
+            session.holding = false
+            state.sessions[number] = session
+            return (session.channel, released)
+        }
+        for command in released { try await channel?.writeInbound(self.handle(command, on: number, logged: true)) }
+        try? await channel?.close()
+    }
+
     /// Closes connection `number` as a server or a network would.
     func drop(_ number: Int) async {
         let channel = self.state.withLock { $0.sessions[number]?.channel }

@@ -106,3 +106,67 @@ struct RedisCommandEncodingTests {
         #expect(RedisCommand("GET", "k").keepsPlainEncoding)
     }
 }
+
+@Suite("Blocking command timeouts")
+struct BlockDurationTests {
+    @Test("each blocking command's timeout is read from the right argument and unit")
+    func parsing() {
+        #expect(RedisCommand("BLPOP", "a", "b", "1.5").blockDuration == .upTo(.milliseconds(1500)))
+        #expect(RedisCommand("brpop", "a", 2).blockDuration == .upTo(.seconds(2)))
+        #expect(RedisCommand("BLPOP", "a", "0").blockDuration == .indefinitely)
+        #expect(RedisCommand("BLMOVE", "a", "b", "LEFT", "RIGHT", "3").blockDuration == .upTo(.seconds(3)))
+        #expect(RedisCommand("BRPOPLPUSH", "a", "b", "4").blockDuration == .upTo(.seconds(4)))
+        #expect(RedisCommand("BLMPOP", "2.5", "1", "a", "LEFT").blockDuration == .upTo(.milliseconds(2500)))
+        #expect(RedisCommand("BZMPOP", "0", "1", "a", "MIN").blockDuration == .indefinitely)
+        #expect(RedisCommand("BZPOPMIN", "a", "1e1").blockDuration == .upTo(.seconds(10)))
+        #expect(RedisCommand("WAIT", "1", "250").blockDuration == .upTo(.milliseconds(250)))
+        #expect(RedisCommand("WAITAOF", "1", "0", "100").blockDuration == .upTo(.milliseconds(100)))
+        #expect(RedisCommand("XREAD", "COUNT", "2", "block", "1500", "STREAMS", "s", "$").blockDuration == .upTo(.milliseconds(1500)))
+        #expect(RedisCommand("XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS", "s", ">").blockDuration == .indefinitely)
+        // Not blocking, or a timeout the server refuses: nothing to extend.
+        #expect(RedisCommand("XREAD", "STREAMS", "s", "$").blockDuration == nil)
+        #expect(RedisCommand("GET", "a").blockDuration == nil)
+        #expect(RedisCommand("BLPOP", "a", "-1").blockDuration == nil)
+        #expect(RedisCommand("BLPOP", "a", "inf").blockDuration == nil)
+        #expect(RedisCommand("BLPOP", "a", "nan").blockDuration == nil)
+        #expect(RedisCommand("BLPOP", "a", "0x10").blockDuration == nil)
+        #expect(RedisCommand("XREAD", "BLOCK").blockDuration == nil)
+        // Absurd timeouts are capped, far from any overflow.
+        #expect(RedisCommand("BLPOP", "a", "1e300").blockDuration == .upTo(.seconds(30 * 365 * 86400)))
+    }
+
+    @Test("the reply deadline is the block plus the command timeout; 0 waits indefinitely")
+    func replyTimeout() {
+        #expect(BlockDuration.upTo(.seconds(2)).replyTimeout(commandTimeout: .seconds(1)) == .seconds(3))
+        #expect(BlockDuration.indefinitely.replyTimeout(commandTimeout: .seconds(1)) == BlockDuration.indefiniteWait)
+    }
+}
+
+@Suite("Idempotency from the specification")
+struct IdempotencyTests {
+    @Test("read-only and side-effect-free commands, and the documented writes, are resent; conditional and relative forms are not")
+    func table() {
+        for command in [
+            RedisCommand("GET", "k"), RedisCommand("HGETALL", "h"), RedisCommand("XRANGE", "s", "-", "+"), RedisCommand("PING"),
+            RedisCommand("CONFIG", "GET", "maxmemory"), RedisCommand("client", "list"), RedisCommand("OBJECT", "ENCODING", "k"),
+            RedisCommand("SET", "k", "v"), RedisCommand("SET", "k", "v", "EXAT", "1900000000"), RedisCommand("SET", "k", "v", "KEEPTTL"),
+            RedisCommand("MSET", "a", "1", "b", "2"), RedisCommand("HSET", "h", "f", "v"), RedisCommand("DEL", "k"),
+            RedisCommand("UNLINK", "k"), RedisCommand("SADD", "s", "m"), RedisCommand("EXPIREAT", "k", "1900000000"),
+            RedisCommand("XREAD", "BLOCK", "10", "STREAMS", "s", "$"), RedisCommand("SORT_RO", "k"), RedisCommand("EVAL_RO", "return 1", "0"),
+        ] {
+            #expect(command.isIdempotent, "\(command.name)")
+        }
+        for command in [
+            RedisCommand("INCR", "k"), RedisCommand("LPUSH", "l", "v"), RedisCommand("SET", "k", "v", "NX"), RedisCommand("SET", "k", "v", "GET"),
+            RedisCommand("SET", "k", "v", "EX", "10"), RedisCommand("set", "k", "v", "px", "10"), RedisCommand("EXPIREAT", "k", "1900000000", "GT"),
+            RedisCommand("EXPIRE", "k", "10"), RedisCommand("PUBLISH", "c", "m"), RedisCommand("EVAL", "return 1", "0"),
+            RedisCommand("BLPOP", "l", "1"), RedisCommand("CONFIG", "SET", "maxmemory", "1"), RedisCommand("CLIENT", "KILL", "ID", "1"),
+            RedisCommand("FLUSHALL"), RedisCommand("XADD", "s", "*", "f", "v"),
+        ] {
+            #expect(!command.isIdempotent, "\(command.name)")
+        }
+        #expect(RedisCommand("GET", "k").isReadOnly && RedisCommand("PING").isReadOnly && !RedisCommand("SET", "k", "v").isReadOnly)
+        #expect(!RedisCommand("SET", "k", "v").idempotent(false).isIdempotent)
+        #expect(RedisCommand("INCR", "k").idempotent().isIdempotent)
+    }
+}

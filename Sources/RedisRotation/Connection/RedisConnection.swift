@@ -273,7 +273,9 @@ public final class RedisConnection: Sendable {
 
     /// Sends `command` and returns its reply.
     ///
-    /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`.
+    /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`,
+    ///   plus, for a blocking command (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...), its own timeout (a
+    ///   timeout of 0 waits until the server answers or the task is cancelled).
     /// - Throws: ``RedisError`` with `serverError` for an error reply (the prefix in
     ///   ``RedisError/serverErrorPrefix``), `commandTimeout`, `connectionClosed` or `protocolError`;
     ///   `invalidArgument`, with nothing written, for an argument larger than the server accepts;
@@ -375,12 +377,15 @@ public final class RedisConnection: Sendable {
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
             }
         }
+        // A blocking command may wait on the server as long as its own timeout says, then answer.
+        let commandTimeout = self.configuration.commandTimeout
+        let replyTimeout = timeout ?? commands.map { $0.blockDuration?.replyTimeout(commandTimeout: commandTimeout) ?? commandTimeout }.max() ?? commandTimeout
         let now = NIODeadline.now()
         let results = try await Self.exchange(
             payload,
             closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
             pubSubCommands: commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) },
-            deadline: now + TimeAmount(timeout ?? self.configuration.commandTimeout),
+            deadline: now + TimeAmount(replyTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }

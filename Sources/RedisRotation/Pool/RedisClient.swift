@@ -250,13 +250,24 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Commands that change a connection's session (`MULTI`/`EXEC`/`WATCH`, `SELECT`, `CLIENT SETNAME`,
     /// `AUTH`, `HELLO`, `RESET`, the `SUBSCRIBE` family, `MONITOR`, `QUIT`) are refused with
     /// ``RedisError/Code/invalidArgument``: on a pooled connection they would reach the next user.
-    /// Use ``withConnection(_:)`` for transactions.
+    /// Use ``transaction(timeout:_:)`` or ``transaction(watching:maximumAttempts:timeout:_:)`` for
+    /// transactions.
+    ///
+    /// A blocking command (`BLPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD ... BLOCK`, `WAIT`, ...) holds its
+    /// connection for as long as it blocks, and its reply may take its own timeout plus
+    /// `commandTimeout` (a timeout of 0: until the server answers or the task is cancelled). A
+    /// re-authentication waits until it returns. Cancelling it, or an explicit `timeout` that passes
+    /// first, closes its connection, so that an element it would pop stays in the list. A connection
+    /// killed during the block is retried only when the command is marked ``RedisCommand/idempotent(_:)``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
         // Too large to send: no connection is leased, so none is touched, and no retry can help.
         if let error = command.encodingError { throw error }
         let clock = ContinuousClock()
-        let commandTimeout = timeout ?? self.configuration.commandTimeout
+        // A blocking command's reply may take its own timeout (on the server) plus the command timeout.
+        let commandTimeout = timeout
+            ?? command.blockDuration?.replyTimeout(commandTimeout: self.configuration.commandTimeout)
+            ?? self.configuration.commandTimeout
         // An explicit timeout bounds the whole call: lease waits, attempts, pauses; nothing is written
         // after it. Without one, the deadline counts from the first write (lease waits have their own,
         // leaseTimeout) and bounds the attempts after transient refusals.
@@ -338,7 +349,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private func retrying() {
+    func retrying() {
         self.metrics.retried.increment()
         self.counters.commandsRetried.add(1, ordering: .relaxed)
     }
@@ -360,7 +371,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Pauses between attempts (after a transient server state, or a dead connection): 5–10 ms at
     /// first, doubling to at most 500 ms, jittered over the upper half.
-    private static func retryPause(after previous: Duration?) -> Duration {
+    static func retryPause(after previous: Duration?) -> Duration {
         let next = min((previous ?? .milliseconds(5)) * 2, .milliseconds(500))
         return next / 2 + (next / 2) * Double.random(in: 0..<1)
     }
@@ -370,7 +381,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         let advice: String
         switch command.sessionEffect {
         case .beginsTransaction, .endsTransaction, .watches, .unwatches:
-            advice = "a transaction needs one connection for the whole sequence: use withConnection"
+            advice = "a transaction needs one connection for the whole sequence: use transaction(_:) or transaction(watching:_:) (or withConnection)"
         case .selectsDatabase:
             advice = "it would move a pooled connection to another database: set RedisClientConfiguration.database"
         case .renames:
@@ -519,7 +530,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     // MARK: Leases
 
     /// Waits for a pooled connection at most `leaseTimeout`, or `within` when that is shorter.
-    private func lease(within: Duration? = nil) async throws -> Lease {
+    func lease(within: Duration? = nil) async throws -> Lease {
         let started = ContinuousClock.now
         let wait = within.map { min($0, self.configuration.pool.leaseTimeout) } ?? self.configuration.pool.leaseTimeout
         let id = self.state.withLock { $0.machine.registerLease() }
@@ -539,7 +550,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Ends a lease: the connection goes back to the pool when it is clean, after a restoration when
     /// something has to be undone, and is closed when it is dead or cannot be restored.
-    private func finish(_ lease: Lease) {
+    func finish(_ lease: Lease) {
         let outcome: ClientStateMachine.LeaseOutcome
         if !lease.connection.isActive {
             outcome = .unusable

@@ -44,6 +44,12 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
         return false
     }
 
+    /// The value of an integer argument.
+    var integerValue: Int64? {
+        if case .integer(let value) = self.storage { return value }
+        return nil
+    }
+
     /// The upper-cased text of a short text argument (a subcommand or an option such as `BLOCK`);
     /// `nil` otherwise. Secrets and long arguments are never looked at.
     var keyword: String? {

@@ -24,17 +24,24 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// message in reply to such a command is never kept, since servers echo arguments in errors.
     public let isSensitive: Bool
     /// Whether sending the command twice has the same effect as once, so that the pooled client may
-    /// resend it when the connection dies before its reply arrives. True for read-only commands; mark
-    /// others with ``idempotent(_:)`` (a plain `SET key value` is, `INCR` is not).
+    /// resend it when the connection dies before its reply arrives. True for commands the server's
+    /// specification flags read-only, commands that change nothing (`PING`, `INFO`, `CONFIG GET`, ...),
+    /// and a documented set of writes (`SET` without `GET`/`NX`/`XX`/`EX`/`PX`, `MSET`, `HSET`, `DEL`,
+    /// `UNLINK`, `SADD`, `SREM`, `ZREM`, `HDEL`, `PERSIST`, unconditional `EXPIREAT`/`PEXPIREAT`); a resent
+    /// write's reply reflects the resend (a `DEL` may answer 0). Override with ``idempotent(_:)``
+    /// (`INCR` is not idempotent; a `SET ... NX` you know is safe to repeat can be marked).
     public private(set) var isIdempotent: Bool
     /// Whether the command runs a script or function, whose error replies are the script's own (one can
     /// write and then return an error that looks like a server state).
     var isScript: Bool { Self.scriptNames.contains(self.name) }
     private static let scriptNames: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
     /// Whether the command only reads: its effect does not depend on how often it ran.
-    var isReadOnly: Bool { Self.readOnlyNames.contains(self.name) }
+    let isReadOnly: Bool
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
+    /// How long a blocking command may wait on the server, from its own timeout argument; `nil` for
+    /// commands that do not block (or whose timeout is not a number: the server refuses those).
+    let blockDuration: BlockDuration?
 
     /// The longest argument accepted: the default `proto-max-bulk-len` of the server, which refuses a
     /// longer one with a protocol error and closes the connection.
@@ -42,16 +49,6 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// The longest command hiredis 0.14.1 can encode: `redisFormatCommandArgv` counts in `int` and
     /// allocates one byte more, so a longer one would overflow (a trap at 2 GiB, a heap overflow at 4).
     static let maximumEncodedLength = Int(Int32.max) - 1
-
-    /// Commands that only read, so resending them is harmless.
-    static let readOnlyNames: Set<String> = [
-        "GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "GETRANGE", "HGET", "HMGET", "HGETALL",
-        "HEXISTS", "HLEN", "HKEYS", "HVALS", "HSTRLEN", "LRANGE", "LLEN", "LINDEX", "SMEMBERS", "SISMEMBER",
-        "SMISMEMBER", "SCARD", "SRANDMEMBER", "ZRANGE", "ZSCORE", "ZMSCORE", "ZCARD", "ZRANK", "ZREVRANK",
-        "ZCOUNT", "ZRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYSCORE", "PING", "ECHO", "DBSIZE", "TIME",
-        "SCAN", "HSCAN", "SSCAN", "ZSCAN", "KEYS", "RANDOMKEY", "BITCOUNT", "GETBIT", "PFCOUNT",
-        "XRANGE", "XREVRANGE", "XLEN", "GEOPOS", "GEODIST", "OBJECT", "MEMORY", "LPOS", "SUBSTR",
-    ]
 
     /// Commands whose arguments can be credentials even when passed as plain strings.
     private static let sensitiveNames: Set<String> = ["AUTH", "HELLO", "ACL", "CONFIG", "MIGRATE"]
@@ -69,8 +66,11 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.name = name.uppercased()
         self.argumentCount = arguments.count
         self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
-        self.isIdempotent = Self.readOnlyNames.contains(self.name)
+        let specificationName = RedisCommandIdempotency.specificationName(self.name, arguments: arguments)
+        self.isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
+        self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
+        self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
         if self.encodingError != nil {
