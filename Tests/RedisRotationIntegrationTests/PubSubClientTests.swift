@@ -80,6 +80,9 @@ struct PubSubClientTests {
                 #expect(headline?.pattern == "news.*" && headline?.channel == "news.today")
                 var shardIterator = shards.makeAsyncIterator()
                 #expect(try await shardIterator.next()?.message?.isSharded == true)
+                // A raw SUBSCRIBE through the pool is refused, naming the way that works.
+                let refused = await #expect(throws: RedisError.self) { try await client.send(RedisCommand("SUBSCRIBE", "orders")) }
+                #expect(refused?.code == .invalidArgument && refused?.message.contains("subscribe(to:)") == true)
             }
         }
     }

@@ -387,7 +387,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case .renames:
             advice = "connection names carry the credential version operators rotate by: set RedisClientConfiguration.name"
         case .irreversible(let name) where name.hasSuffix("SUBSCRIBE"):
-            advice = "subscriptions need a connection of their own, outside the pool"
+            advice = "subscriptions need a connection of their own, outside the pool: use subscribe(to:), psubscribe(to:) or ssubscribe(to:)"
         case .irreversible, .none, .blocks:
             advice = "it changes the connection's identity or protocol state, which a pooled connection must not carry; use a RedisConnection of your own"
         }
