@@ -242,8 +242,7 @@ final class SubscriberHub: Sendable {
                         RedisRotationEvent(
                             kind: .connectionReplaced,
                             credentialVersion: version,
-                            connectionID: connection.id,
-                            detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
+                                    detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
                         )
                     )
                 }
@@ -317,7 +316,6 @@ final class SubscriberHub: Sendable {
                 RedisRotationEvent(
                     kind: .connectionReplaced,
                     credentialVersion: version,
-                    connectionID: connection.id,
                     detail: "subscriber connection replaced make-before-break"
                 )
             )
@@ -374,7 +372,6 @@ final class SubscriberHub: Sendable {
             RedisRotationEvent(
                 kind: .connectionReplaced,
                 credentialVersion: version,
-                connectionID: connection.id,
                 detail: "subscriber connection replaced without the marker channel; subscriptions were told of a gap"
             )
         )
