@@ -118,6 +118,9 @@ struct PubSubClientTests {
             try await withRunningClient(client) { client in
                 let subscription = try await client.subscribe(to: ["numbers"])
                 let received = Task { try await collectUntilEnd(subscription) }
+                // A pattern that also matches the private marker channel.
+                let everything = try await client.psubscribe(to: ["*"])
+                let receivedByPattern = Task { try await collectUntilEnd(everything) }
                 let stop = StopFlag()
                 let publisher = Task { try await publishNumbers(client: client, channel: "numbers", stop: stop) }
                 // Three rotations: add the new password, publish it, wait for the subscriber to move, remove the old.
@@ -139,6 +142,9 @@ struct PubSubClientTests {
                 let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
                 #expect(events.count == numbers.count, "no gap, only messages")
                 #expect(numbers == Array(0..<published), "received \(numbers.count) of \(published); first differences: \(Array(zip(numbers, 0..<published).filter { $0 != $1 }.prefix(5)))")
+                let byPattern = try await receivedByPattern.value
+                #expect(byPattern.allSatisfy { $0.message?.channel == "numbers" && $0.message?.pattern == "*" }, "no marker, no gap")
+                #expect(byPattern.compactMap { $0.message.flatMap { Int($0.string) } } == Array(0..<published))
             }
         }
     }

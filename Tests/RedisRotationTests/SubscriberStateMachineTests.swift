@@ -77,6 +77,19 @@ struct SubscriberStateMachineTests {
         #expect(r12 == Machine.Action())
     }
 
+    @Test("a pattern that matches the marker channel never delivers a marker")
+    func patternMatchingMarker() {
+        var machine = self.running()
+        _ = machine.subscribe(2, kind: .pattern, names: ["*"])
+        let viaPattern = PubSubStateMachine.Push.message(.pattern, channel: self.marker, pattern: "*", payload: ByteBuffer(string: "T"))
+        let steady = machine.pushReceived(viaPattern, on: 1)
+        #expect(steady == Machine.Action())
+        let started = machine.handoverStarted(to: 2, token: "T")
+        #expect(started)
+        let during = machine.pushReceived(viaPattern, on: 2)
+        #expect(during == Machine.Action())
+    }
+
     @Test("handover: the predecessor's messages before its marker, then the successor's after its marker; nothing twice, nothing lost")
     func handoverExactlyOnce() {
         var machine = self.running()

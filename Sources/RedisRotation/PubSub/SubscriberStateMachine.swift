@@ -301,7 +301,8 @@ struct SubscriberStateMachine {
 
     /// The subscriptions a message reaches, in subscription order.
     private func route(_ push: Push) -> [Delivery] {
-        guard case .message(let kind, let channel, let pattern, let payload) = push else { return [] }
+        // A marker is never a user's message, also when a pattern (`*`) matches its channel.
+        guard case .message(let kind, let channel, let pattern, let payload) = push, channel != self.markerChannel else { return [] }
         let key = pattern.map { Key(kind: .pattern, name: $0) } ?? Key(kind: kind, name: channel)
         let message = RedisPubSubMessage(kind: kind, channel: channel, pattern: pattern, payload: payload)
         return (self.listeners[key] ?? []).sorted().map { Delivery(subscription: $0, element: .message(message)) }
