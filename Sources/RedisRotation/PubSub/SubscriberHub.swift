@@ -242,7 +242,7 @@ final class SubscriberHub: Sendable {
                         RedisRotationEvent(
                             kind: .connectionReplaced,
                             credentialVersion: version,
-                                    detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
+                            detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
                         )
                     )
                 }
@@ -269,7 +269,7 @@ final class SubscriberHub: Sendable {
             let target = client.dedicatedConnectionTarget
             let stale = (target.version != nil && target.version != slot.version) || target.tlsGeneration != slot.tlsGeneration
             guard stale else { return }
-            if await self.handover(from: predecessor, client: client) { return }
+            if await self.handover(from: predecessor, client: client) || attempt == 2 { return }
             try? await Task.sleep(for: .milliseconds(250 << attempt))
         }
     }
