@@ -74,6 +74,25 @@ struct PubSubConnectionTests {
         }
     }
 
+    @Test("a SUBSCRIBE inside MULTI is refused before anything is written (Redis answers it outside EXEC's reply)")
+    func subscribeInsideMulti() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            try await connection.send(RedisCommand("MULTI"))
+            let refused = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SUBSCRIBE", "a", "b")) }
+            #expect(refused?.code == .invalidArgument && refused?.commandWasNotSent == true)
+            try await connection.send(RedisCommand("INCR", "multi-counter"))
+            #expect(try await connection.send(RedisCommand("EXEC")).array?.first?.int == 1)
+            // In one pipeline too.
+            let results = try? await connection.pipeline([RedisCommand("MULTI"), RedisCommand("PSUBSCRIBE", "p*"), RedisCommand("EXEC")])
+            #expect(results == nil)
+            #expect(try await self.subscribers(of: "a", on: server) == 0)
+            #expect(try await connection.send(RedisCommand("PING")).string == "PONG")
+            await connection.close()
+        }
+    }
+
     @Test("subscriptions sharing a channel: the server unsubscribes only when the last one ends")
     func sharedChannelIsReferenceCounted() async throws {
         let password = makePassword()

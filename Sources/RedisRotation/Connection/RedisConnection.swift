@@ -373,9 +373,12 @@ public final class RedisConnection: Sendable {
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
         defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
         if tracked {
-            self.session.withLock { session in
+            let refused = self.session.withLock { session -> RedisError? in
+                if let refused = Self.subscriptionInTransaction(commands, inTransaction: session.state.inTransaction) { return refused }
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
+                return nil
             }
+            if let refused { throw refused }
         }
         // A blocking command may wait on the server as long as its own timeout says, then answer.
         let commandTimeout = self.configuration.commandTimeout
@@ -394,6 +397,30 @@ public final class RedisConnection: Sendable {
             self.session.withLock { $0.state.replyAbandoned() }
         }
         return results
+    }
+
+    /// Why `commands` cannot be sent when a subscribe-family command would be queued inside `MULTI`:
+    /// Redis answers it at `EXEC` with one confirmation per name, all but the first outside `EXEC`'s
+    /// reply, which no reader can match to commands.
+    private static func subscriptionInTransaction(_ commands: [RedisCommand], inTransaction: Bool) -> RedisError? {
+        var inTransaction = inTransaction
+        for command in commands {
+            switch command.sessionEffect {
+            case .beginsTransaction: inTransaction = true
+            case .endsTransaction: inTransaction = false
+            default: break
+            }
+            switch PubSubStateMachine.Command(name: command.name, argumentCount: command.argumentCount) {
+            case .subscribe?, .unsubscribe?:
+                guard inTransaction else { continue }
+                var error = RedisError(code: .invalidArgument, message: "\(command.name) cannot be queued inside MULTI: subscribe outside the transaction")
+                error.commandWasNotSent = true
+                return error
+            case .reset?, nil:
+                continue
+            }
+        }
+        return nil
     }
 
     private static func isTimeout(_ result: Result<RESPValue, RedisError>) -> Bool {
