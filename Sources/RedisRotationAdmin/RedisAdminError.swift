@@ -28,6 +28,13 @@ public struct RedisAdminError: Error, Sendable, CustomStringConvertible {
         public static let serverRefused = Code("serverRefused")
         /// A certificate, key or CA file was refused before anything changed.
         public static let certificateRefused = Code("certificateRefused")
+        /// The nodes found are not the ones the operator expected (`--expect-nodes`); nothing was changed.
+        public static let unexpectedTopology = Code("unexpectedTopology")
+        /// The setup cannot be rotated without locking someone out (a `nopass` user, the user replicas
+        /// authenticate with, users in an included configuration file); nothing was changed.
+        public static let unsafeSetup = Code("unsafeSetup")
+        /// Another rotation of the same password file holds its lock; nothing was changed.
+        public static let concurrentRotation = Code("concurrentRotation")
         /// The final state is not the one expected (for example more than one password is left).
         public static let unexpectedState = Code("unexpectedState")
 

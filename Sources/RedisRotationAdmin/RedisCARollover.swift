@@ -143,12 +143,17 @@ public struct RedisCARollover: Sendable {
     }
 
     private func publish(_ text: String, _ what: String) throws {
+        let replacement: FileReplacement
         do {
-            try replaceFileSafely(at: self.options.bundleFile, with: RedisSecret(text), what: "the CA bundle")
+            replacement = try replaceFileSafely(at: self.options.bundleFile, with: RedisSecret(text), what: "the CA bundle")
         } catch {
             throw RedisAdminError(code: .passwordFile, message: error.message, underlying: error)
         }
         self.report(RedisAdminStep(name: "publish", message: "wrote \(what) to \(self.options.bundleFile)"))
+        // Renamed: the clients may already trust it, so it counts as written.
+        if let warning = replacement.durabilityWarning {
+            self.report(RedisAdminStep(name: "warn", message: "\(warning.message); its durability is unconfirmed"))
+        }
     }
 
     /// Connections of the users opened before the connection whose id is `marker`.

@@ -10,14 +10,20 @@ public struct RedisClientInfo: Sendable, Hashable, CustomStringConvertible {
     public var user: String
     /// Seconds since the connection opened.
     public var ageSeconds: Int
+    /// The `flags` field (`N` normal, `S` a replica's link, `M` the link to the primary, ...).
+    public var flags: String
 
-    public init(id: Int, address: String, name: String, user: String, ageSeconds: Int) {
+    public init(id: Int, address: String, name: String, user: String, ageSeconds: Int, flags: String = "N") {
         self.id = id
         self.address = address
         self.name = name
         self.user = user
         self.ageSeconds = ageSeconds
+        self.flags = flags
     }
+
+    /// A replication link (flags `S` or `M`), not a client.
+    public var isReplicationLink: Bool { self.flags.contains("S") || self.flags.contains("M") }
 
     /// The credential version in a RedisRotation name (`<name>@<version>`, a probe's
     /// `<name>@<version>-probe`, or a subscriber's `<name>@<version>-sub`); `nil` for any other name,
@@ -48,7 +54,8 @@ public struct RedisClientInfo: Sendable, Hashable, CustomStringConvertible {
                 address: fields["addr"].map(String.init) ?? "?",
                 name: fields["name"].map(String.init) ?? "",
                 user: fields["user"].map(String.init) ?? "",
-                ageSeconds: fields["age"].flatMap { Int($0) } ?? 0
+                ageSeconds: fields["age"].flatMap { Int($0) } ?? 0,
+                flags: fields["flags"].map(String.init) ?? ""
             )
         }
     }

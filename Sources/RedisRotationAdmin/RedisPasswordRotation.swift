@@ -8,14 +8,20 @@ import Synchronization
 
 /// The operator's side of a password rotation, in the order that never locks a client out:
 ///
-/// 1. ``prepare()`` changes nothing: every node reachable, the user exists on each (`ACL GETUSER`; a
-///    mistyped name is never created), each can persist its ACL, the version is not in use. It also
+/// 1. ``prepare()`` changes nothing: it takes the password file's lock (one rotation per file); every
+///    node reachable (as many as ``Options/expectedNodeCount``), the user exists on each
+///    (`ACL GETUSER`; a mistyped name is never created) and is neither `nopass` nor the user a replica
+///    authenticates with, the file names no other user, each node can persist its ACL (no
+///    `CONFIG REWRITE` over `include` lines), the administrator may run every command needed
+///    (`ACL DRYRUN`), the version is usable and not in use. It also
 ///    recognises an interrupted rotation (the user holds more than one password and the password
 ///    file holds one of them, with a version) and, unless another version is asked for, finishes
-///    that one instead of starting anew. (A new rotation also ends with only its own password.)
+///    that one instead of starting anew, unless the lock file's journal says the earlier run never
+///    published. (A new rotation also ends with only its own password.)
 /// 2. ``addPassword()``: `ACL SETUSER user >new` and persist, on every node; then the new password must
 ///    log in on a fresh connection to every node, or it is removed again and nothing is published.
-/// 3. ``publish()``: the password file is replaced (``RedisCredentialFile/write(to:)``).
+/// 3. ``publish()``: the password file is replaced (`RedisCredentialFile.write(to:)`, never readable
+///    by others); once renamed it is never taken back.
 /// 4. ``waitForClients()``: until no connection of the user on any node is on another version
 ///    (unnamed and renamed connections included), or the wait ends.
 /// 5. ``removeOldPasswords()``: `resetpass >new` and persist on every node; stragglers are killed
@@ -42,6 +48,9 @@ public final class RedisPasswordRotation: Sendable {
         /// Whether a node that can persist neither with `ACL SAVE` nor `CONFIG REWRITE` is accepted
         /// (its change is lost on restart). Default: no, such a node is refused.
         public var allowUnpersisted: Bool
+        /// How many nodes the topology must have; `nil` accepts what discovery found. A replica that
+        /// is down is listed by nobody, so only this catches it. Default: `nil`.
+        public var expectedNodeCount: Int?
 
         public init(
             user: String,
@@ -50,7 +59,8 @@ public final class RedisPasswordRotation: Sendable {
             clientWait: Duration = .seconds(300),
             pollInterval: Duration = .milliseconds(200),
             killStragglers: Bool = false,
-            allowUnpersisted: Bool = false
+            allowUnpersisted: Bool = false,
+            expectedNodeCount: Int? = nil
         ) {
             self.user = user
             self.passwordFile = passwordFile
@@ -59,6 +69,7 @@ public final class RedisPasswordRotation: Sendable {
             self.pollInterval = pollInterval
             self.killStragglers = killStragglers
             self.allowUnpersisted = allowUnpersisted
+            self.expectedNodeCount = expectedNodeCount
         }
     }
 
@@ -71,6 +82,9 @@ public final class RedisPasswordRotation: Sendable {
         /// The version the rotation ends on.
         public var version: String
         /// Whether this finishes an interrupted rotation (the file's password and version are kept).
+        /// A run interrupted before it published is not resumed: its unpublished password is not in the
+        /// file, and finishing would keep the password the operator set out to replace. A new rotation
+        /// starts instead, which removes both.
         public var resuming: Bool
         /// The version the password file held before.
         public var previousFileVersion: String?
@@ -87,6 +101,7 @@ public final class RedisPasswordRotation: Sendable {
         var added = false
         var published = false
         var removed = false
+        var lock: PasswordFileLock?
     }
 
     public let topology: RedisAdminTopology
@@ -94,7 +109,10 @@ public final class RedisPasswordRotation: Sendable {
     private let report: @Sendable (Step) -> Void
     private let progress = Lock(Progress())
 
-    /// - Parameter report: Called with each step as it happens.
+    /// - Parameters:
+    ///   - topology: The nodes to change (every node of the replication tree or cluster).
+    ///   - options: The user, the password file, the version and what to do about stragglers.
+    ///   - report: Called with each step as it happens.
     public init(topology: RedisAdminTopology, options: Options, report: @escaping @Sendable (Step) -> Void = { _ in }) {
         self.topology = topology
         self.options = options
@@ -127,9 +145,40 @@ public final class RedisPasswordRotation: Sendable {
     // MARK: 1. Checks, nothing changed
 
     /// Checks everything that can be checked before a change and decides between a new rotation and
-    /// finishing an interrupted one. Changes nothing.
+    /// finishing an interrupted one. Changes nothing, except that it takes the lock
+    /// `<password file>.lock`, held until ``removeOldPasswords()`` finishes or this object goes away:
+    /// a second rotation of the same file is refused (`concurrentRotation`) meanwhile.
     @discardableResult
     public func prepare() async throws -> Plan {
+        let journal = try self.lockPasswordFile()
+        do {
+            return try await self.check(journal: journal)
+        } catch {
+            self.progress.withLock { if $0.plan == nil { $0.lock = nil } }
+            throw error
+        }
+    }
+
+    /// Takes the lock (once) and returns the journal a previous run left in it.
+    private func lockPasswordFile() throws(RedisAdminError) -> String {
+        if let held = self.progress.withLock({ $0.lock }) { return held.journal() }
+        let path = self.options.passwordFile + ".lock"
+        do {
+            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
+        } catch {
+            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        guard let lock = try PasswordFileLock(path: path) else {
+            throw RedisAdminError(
+                code: .concurrentRotation,
+                message: "another rotation of \(self.options.passwordFile) is running (it holds \(path)); two at once would each remove the password the other published. Nothing was changed"
+            )
+        }
+        self.progress.withLock { $0.lock = lock }
+        return lock.journal()
+    }
+
+    private func check(journal: String) async throws -> Plan {
         let user = self.options.user
         let file: RedisCredentialFile?
         do {
@@ -137,43 +186,88 @@ public final class RedisPasswordRotation: Sendable {
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
-        do {
-            try checkFileReplaceable(at: self.options.passwordFile, what: "the password file")
-        } catch {
-            throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        if let fileUser = file?.username, fileUser != user {
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(self.options.passwordFile) is the password file of \(fileUser), not of \(user): its clients would log in as \(fileUser) with \(user)'s new password. Nothing was changed"
+            )
+        }
+        if let expected = self.options.expectedNodeCount, expected != self.topology.nodes.count {
+            throw RedisAdminError(
+                code: .unexpectedTopology,
+                message: "found \(self.topology.nodes.count) node(s) (\(self.topology.addresses.joined(separator: ", "))), expected \(expected): a node that is down or not linked is listed by nobody and would keep the old password. Nothing was changed"
+            )
         }
         var hashesByNode: [String: [String]] = [:]
         var persistence: [String: RedisACLPersistence] = [:]
         for node in self.topology.nodes {
-            guard let hashes = try await node.passwordHashes(of: user) else {
+            guard let account = try await node.aclUser(user) else {
                 throw RedisAdminError(
                     code: .userNotFound,
                     message: "the user \(user) does not exist on \(node.address); nothing was changed (a mistyped name would otherwise be created as a new user)"
                 )
             }
-            hashesByNode[node.address] = hashes
-            let mode = try await node.aclPersistence()
+            if account.flags.contains("nopass") {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "\(user) on \(node.address) is nopass (any password logs in); adding a password clears nopass, so its clients would be refused before the new password reaches them. Give it a password first (ACL SETUSER \(user) resetpass >...), publish that, then rotate. Nothing was changed"
+                )
+            }
+            if try await node.replicationUser() == user {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "\(node.address) authenticates to its primary as \(user) (masteruser/masterauth): removing the old password would break replication, and this tool does not rewrite masterauth. Give replication a user of its own, or rotate this one by hand (CONFIG SET masterauth and CONFIG REWRITE on every replica before removing the old password). Nothing was changed"
+                )
+            }
+            hashesByNode[node.address] = account.passwordHashes
+            var mode = try await node.aclPersistence()
+            if mode == .configRewrite {
+                switch try await node.configFileIncludes() {
+                case true?:
+                    guard self.options.allowUnpersisted else {
+                        throw RedisAdminError(
+                            code: .cannotPersist,
+                            message: "\(node.address) keeps its users in a configuration file with include lines: CONFIG REWRITE would write every user into the main file while the included one still defines them, and the server would refuse to start. Configure an aclfile, or accept an unsaved change with --no-persist. Nothing was changed"
+                        )
+                    }
+                    mode = .none
+                case nil:
+                    self.say("warn", node, "cannot read the configuration file here to check it for include lines; CONFIG REWRITE breaks the next start if users are also defined in an included file")
+                case false?:
+                    break
+                }
+            }
             if mode == .none && !self.options.allowUnpersisted {
                 throw RedisAdminError(
                     code: .cannotPersist,
                     message: "\(node.address) has neither an ACL file nor a configuration file, so a changed password would be lost on restart while the clients keep only the new one; nothing was changed. Configure an aclfile, or accept the risk with --no-persist"
                 )
             }
+            try await self.checkPermissions(on: node, persistence: mode)
             persistence[node.address] = mode
-            self.say("check", node, "\(user) has \(hashes.count) password(s); ACL changes persist with \(mode)")
+            self.say("check", node, "\(user) has \(account.passwordHashes.count) password(s); ACL changes persist with \(mode)")
+        }
+        if self.options.expectedNodeCount == nil {
+            self.say("check", nil, "found \(self.topology.nodes.count) node(s); a replica that is down is listed by nobody: pass --expect-nodes with the count you run to make sure none is missing")
         }
 
         // An interrupted rotation: more than one password somewhere, and the file's (versioned) password
         // among them. Finishing it is always safe: the clients already have the file.
+        // An interruption before publishing leaves the same picture with the *old* password in the
+        // file; the lock file's journal tells them apart.
         let fileHash = file?.password.sha256Hex
+        let unpublished = journal.hasPrefix("adding=") && journal.dropFirst("adding=".count) != file?.version ?? ""
         let resuming: Bool
         if let file, let fileHash, let fileVersion = file.version, self.options.version.map({ $0 == fileVersion }) ?? true,
             hashesByNode.values.contains(where: { $0.contains(fileHash) }),
-            hashesByNode.values.contains(where: { $0.count > 1 })
+            hashesByNode.values.contains(where: { $0.count > 1 }), !unpublished
         {
             resuming = true
         } else {
             resuming = false
+        }
+        if unpublished && hashesByNode.values.contains(where: { $0.count > 1 }) {
+            self.say("check", nil, "an earlier run was interrupted before it published \(journal.dropFirst("adding=".count)); its password is not in the file, so a new rotation starts (it removes that one too)")
         }
 
         let version: String
@@ -184,8 +278,8 @@ public final class RedisPasswordRotation: Sendable {
             self.say("resume", nil, "an interrupted rotation: the file holds version \(fileVersion), which the server accepts next to another password; finishing it")
         } else {
             version = self.options.version ?? Self.uniqueVersion()
-            guard RedisCredentials.isValidVersion(version) else {
-                throw RedisAdminError(code: .versionInUse, message: "the version must be 1 to 64 printable characters without spaces")
+            guard Self.isUsableVersion(version) else {
+                throw RedisAdminError(code: .versionInUse, message: Self.versionRule)
             }
             if version == file?.version {
                 throw RedisAdminError(code: .versionInUse, message: "the password file already holds version \(version); choose a new one (or omit --version); nothing was changed")
@@ -218,6 +312,31 @@ public final class RedisPasswordRotation: Sendable {
         return plan
     }
 
+    /// Refuses, before any change, an administrator who could add the password but not persist,
+    /// list or kill: that run would stop half way. A server without `ACL DRYRUN` (before Redis 7)
+    /// gets a warning instead.
+    private func checkPermissions(on node: RedisServerAdmin, persistence: RedisACLPersistence) async throws {
+        var commands: [[String]] = [["ACL", "SETUSER", self.options.user], ["ACL", "GETUSER", self.options.user], ["CLIENT", "LIST"]]
+        if persistence == .aclSave { commands.append(["ACL", "SAVE"]) }
+        if persistence == .configRewrite { commands.append(["CONFIG", "REWRITE"]) }
+        if self.options.killStragglers { commands.append(["CLIENT", "KILL", "ID", "1"]) }
+        for command in commands {
+            let denial: String?
+            do {
+                denial = try await node.permissionDenial(for: command)
+            } catch let error as RedisAdminError where error.code == .serverRefused {
+                self.say("warn", node, "cannot check the administrator's permissions in advance (\(error.message)); a missing one stops the run half way")
+                return
+            }
+            if let denial {
+                throw RedisAdminError(
+                    code: .unsafeSetup,
+                    message: "the administrator \(node.configuration.username ?? "default") may not run \(command.prefix(2).joined(separator: " ")) on \(node.address) (\(denial)), which this rotation needs; nothing was changed"
+                )
+            }
+        }
+    }
+
     // MARK: 2. Add, persist, verify
 
     /// Adds the new password on every node and persists it, then verifies that it logs in on a fresh
@@ -225,9 +344,11 @@ public final class RedisPasswordRotation: Sendable {
     /// published that does not work.
     public func addPassword() async throws {
         let (plan, password, persistence) = try self.prepared()
+        if !plan.resuming { self.progress.withLock { $0.lock }?.record("adding=\(plan.version)") }
         for node in self.topology.nodes {
-            try await node.addPassword(password, to: plan.user)
+            // Marked before the command: sent, it may have been applied even if the reply is lost.
             self.progress.withLock { $0.added = true }
+            try await node.addPassword(password, to: plan.user)
             self.say("add", node, "added the password of version \(plan.version) to \(plan.user) (the old one stays valid)")
             if let mode = persistence[node.address], mode != .none {
                 try await node.persist(mode)
@@ -236,16 +357,15 @@ public final class RedisPasswordRotation: Sendable {
         }
         for node in self.topology.nodes {
             if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
-                if !plan.resuming {
-                    for node in self.topology.nodes {
-                        try? await node.removePassword(password, from: plan.user)
-                        if let mode = persistence[node.address] { try? await node.persist(mode) }
-                    }
-                    self.progress.withLock { $0.added = false }
-                }
+                // Ctrl-C fails the verification too: take the password back all the same, then say
+                // it was an interruption, not a password that does not work.
+                let cancelled = Task.isCancelled
+                var removed = true
+                if !plan.resuming { removed = await self.takeBack(password, plan: plan, persistence: persistence) }
+                if cancelled { throw CancellationError() }
                 throw RedisAdminError(
                     code: .verificationFailed,
-                    message: "\(error.message); the new password was removed again and the password file was not changed",
+                    message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node") and the password file was not changed",
                     underlying: error
                 )
             }
@@ -256,25 +376,22 @@ public final class RedisPasswordRotation: Sendable {
     // MARK: 3. Publish
 
     /// Replaces the password file with the new password and version (mode and owner kept).
+    ///
+    /// A failure before the rename leaves the file as it was: the new password is taken back. Once
+    /// renamed, the file holds the new password and clients may already use it, so nothing is taken
+    /// back: a directory that cannot be flushed is a warning (a crash could still bring the old file
+    /// back, which the old password, still valid, covers until the removal).
+    /// The mode keeps the original's, without any permission for others (warned when one is dropped).
     public func publish() async throws {
-        let (plan, password, _) = try self.prepared()
+        let (plan, password, persistence) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
         if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
+        let replacement: FileReplacement
         do {
-            try file.write(to: self.options.passwordFile)
+            replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: true)
         } catch {
             // Unpublished, the new password only widens access: take it back.
-            let persistence = self.progress.withLock { $0.persistence }
-            var removed = true
-            for node in self.topology.nodes {
-                do {
-                    try await node.removePassword(password, from: plan.user)
-                    if let mode = persistence[node.address] { try await node.persist(mode) }
-                } catch {
-                    removed = false
-                }
-            }
-            if removed { self.progress.withLock { $0.added = false } }
+            let removed = await self.takeBack(password, plan: plan, persistence: persistence)
             throw RedisAdminError(
                 code: .passwordFile,
                 message: "\(error.message); \(removed ? "the new password was removed again" : "the new password could not be removed from every node")",
@@ -282,7 +399,38 @@ public final class RedisPasswordRotation: Sendable {
             )
         }
         self.progress.withLock { $0.published = true }
+        self.progress.withLock { $0.lock }?.record("published=\(plan.version)")
         self.say("publish", nil, "wrote version \(plan.version) to \(self.options.passwordFile)")
+        if let original = replacement.originalMode, original != replacement.mode {
+            self.say("warn", nil, "\(self.options.passwordFile) was readable by others (mode \(String(original, radix: 8))); the new password is not: mode \(String(replacement.mode, radix: 8))")
+        }
+        if let warning = replacement.durabilityWarning {
+            self.say("warn", nil, "\(warning.message); the file holds version \(plan.version) and clients may use it, so it stays published, but its durability is unconfirmed (a crash could bring back the previous file, whose password still works until the removal)")
+        }
+    }
+
+    /// Removes an unpublished password from every node and persists, in a task of its own: a
+    /// cancelled run (Ctrl-C) must still take it back. `added` clears only when every node answered.
+    private func takeBack(_ password: RedisSecret, plan: Plan, persistence: [String: RedisACLPersistence]) async -> Bool {
+        let nodes = self.topology.nodes
+        let removed = await Task {
+            var removed = true
+            for node in nodes {
+                do {
+                    try await node.removePassword(password, from: plan.user)
+                    if let mode = persistence[node.address] { try await node.persist(mode) }
+                } catch {
+                    removed = false
+                }
+            }
+            return removed
+        }.value
+        if removed {
+            self.progress.withLock { $0.added = false }
+            self.progress.withLock { $0.lock }?.record("")
+            self.say("rollback", nil, "removed the unpublished password of version \(plan.version) again")
+        }
+        return removed
     }
 
     // MARK: 4. Wait
@@ -338,6 +486,15 @@ public final class RedisPasswordRotation: Sendable {
     /// the connections again and verifies that each node holds exactly the new password.
     public func removeOldPasswords() async throws {
         let (plan, password, persistence) = try self.prepared()
+        // The file is what clients log in with: if anything rewrote it, removing the other passwords
+        // could take away the one it holds.
+        let current = try? RedisCredentialFile.read(from: self.options.passwordFile)
+        guard current?.password.sha256Hex == password.sha256Hex else {
+            throw RedisAdminError(
+                code: .unexpectedState,
+                message: "\(self.options.passwordFile) no longer holds version \(plan.version) (it holds \(current?.version ?? "something unreadable")): something else rewrote it; no password was removed"
+            )
+        }
         for node in self.topology.nodes {
             try await node.keepOnlyPassword(password, of: plan.user)
             self.progress.withLock { $0.removed = true }
@@ -376,6 +533,8 @@ public final class RedisPasswordRotation: Sendable {
                 throw error
             }
         }
+        self.progress.withLock { $0.lock }?.record("")
+        self.progress.withLock { $0.lock = nil }
         self.say("done", nil, "\(plan.user) has exactly one password, version \(plan.version), the one in \(self.options.passwordFile), on \(self.topology.nodes.count) node(s)")
     }
 
@@ -410,6 +569,19 @@ public final class RedisPasswordRotation: Sendable {
         let shown = stragglers.prefix(20).map { "\($0.node.address) \($0.connection)" }.joined(separator: "; ")
         return stragglers.count > 20 ? shown + "; and \(stragglers.count - 20) more" : shown
     }
+
+    /// Whether `version` can label a rotation: a valid credential version
+    /// (`RedisCredentials.isValidVersion(_:)`) that a connection name reports back unchanged. A
+    /// connection's version is read after the last `@` of its name and a trailing `-probe` or `-sub` is
+    /// a probe's or subscriber's mark, so a version holding `@` or ending in either would never be seen
+    /// as moved.
+    public static func isUsableVersion(_ version: String) -> Bool {
+        RedisCredentials.isValidVersion(version) && !version.contains("@") && !version.hasSuffix("-probe")
+            && !version.hasSuffix("-sub")
+    }
+
+    /// Why a version was refused.
+    public static let versionRule = "the version must be 1 to 64 printable characters without spaces or @, not ending in -probe or -sub"
 
     /// `r<seconds since 1970>-<4 random hex digits>`: ordered, and distinct for two runs in one second.
     public static func uniqueVersion() -> String {

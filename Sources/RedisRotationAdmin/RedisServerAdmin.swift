@@ -1,3 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 public import RedisRotation
 import Synchronization
 
@@ -88,19 +93,29 @@ public final class RedisServerAdmin: Sendable {
     /// The SHA-256 hashes of the user's passwords (as `ACL GETUSER` lists them); `nil` when the user
     /// does not exist.
     public func passwordHashes(of user: String) async throws -> [String]? {
+        try await self.aclUser(user)?.passwordHashes
+    }
+
+    /// The user's password hashes and flags (`on`, `nopass`, ...) as `ACL GETUSER` lists them; `nil`
+    /// when the user does not exist.
+    public func aclUser(_ user: String) async throws -> (passwordHashes: [String], flags: [String])? {
         let reply = try await self.send(RedisCommand("ACL", "GETUSER", .string(user)))
         if reply.isNull { return nil }
         guard let fields = reply.array else {
             throw RedisAdminError(code: .unexpectedState, message: "\(self.address) answered ACL GETUSER with something that is not a list")
         }
+        var hashes: [String] = []
+        var flags: [String] = []
         var index = 0
         while index + 1 < fields.count {
-            if fields[index].string == "passwords" {
-                return fields[index + 1].array?.compactMap(\.string) ?? []
+            switch fields[index].string {
+            case "passwords": hashes = fields[index + 1].array?.compactMap(\.string) ?? []
+            case "flags": flags = fields[index + 1].array?.compactMap(\.string) ?? []
+            default: break
             }
             index += 2
         }
-        return []
+        return (hashes, flags)
     }
 
     /// Adds a password to an existing user (`ACL SETUSER user >password`); the others stay valid.
@@ -141,6 +156,15 @@ public final class RedisServerAdmin: Sendable {
         }
     }
 
+    /// Why the administrator may not run `command` (`ACL DRYRUN <admin user> ...`), `nil` when it
+    /// may. Throws `serverRefused` when the server cannot tell (`ACL DRYRUN` came with Redis 7).
+    public func permissionDenial(for command: [String]) async throws -> String? {
+        let user = self.configuration.username ?? "default"
+        let reply = try await self.send(RedisCommand("ACL", arguments: ["DRYRUN", .string(user)] + command.map { .string($0) }))
+        guard let text = reply.string, text != "OK" else { return nil }
+        return text
+    }
+
     // MARK: Persistence
 
     /// How this node persists ACL changes.
@@ -151,6 +175,31 @@ public final class RedisServerAdmin: Sendable {
             .first { $0.hasPrefix("config_file:") }
             .map { String($0.dropFirst("config_file:".count)) } ?? ""
         return RedisACLPersistence.decide(aclFile: aclFile, configFile: configFile)
+    }
+
+    /// Whether the node's configuration file has `include` lines: `nil` when it has none configured or
+    /// this process cannot read it (the tool runs elsewhere). `CONFIG REWRITE` writes every user into
+    /// the main file; users also defined in an included file then exist twice and the server refuses
+    /// to start.
+    public func configFileIncludes() async throws -> Bool? {
+        let info = try await self.send(RedisCommand("INFO", "server")).string ?? ""
+        guard let path = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("config_file:") }).map({ String($0.dropFirst("config_file:".count)) }),
+            !path.isEmpty, let text = try? String(contentsOfFile: path, encoding: .utf8)
+        else { return nil }
+        return text.split(whereSeparator: \.isNewline).contains { line in
+            line.drop { $0 == " " || $0 == "\t" }.lowercased().hasPrefix("include ")
+        }
+    }
+
+    /// The user this node authenticates to its primary as (`masteruser`, or `default` when only
+    /// `masterauth` is set); `nil` when it authenticates as nobody. Read even on a primary: after a
+    /// failover it becomes a replica with the same settings.
+    public func replicationUser() async throws -> String? {
+        let user = try await self.configValue("masteruser")
+        if !user.isEmpty { return user }
+        // Only whether it is set; the value is a secret and goes nowhere.
+        let authSet = try await !self.configValue("masterauth").isEmpty
+        return authSet ? "default" : nil
     }
 
     /// Writes the node's in-memory ACL (or whole configuration) to disk, so that a restart keeps it.
@@ -168,11 +217,12 @@ public final class RedisServerAdmin: Sendable {
 
     // MARK: Connections
 
-    /// Every connection of `user` on this node except the administrator's own.
+    /// Every connection of `user` on this node except the administrator's own and replication links
+    /// (a replica's link is not a client: killing it breaks replication, and it does not move).
     public func connections(of user: String) async throws -> [RedisClientInfo] {
         let text = try await self.send(RedisCommand("CLIENT", "LIST")).string ?? ""
         let own = self.ownClientID
-        return RedisClientInfo.parseList(text).filter { $0.user == user && $0.id != own }
+        return RedisClientInfo.parseList(text).filter { $0.user == user && $0.id != own && !$0.isReplicationLink }
     }
 
     /// How many connections of `user` are on each credential version (`(none)` for connections whose
@@ -205,10 +255,16 @@ public final class RedisServerAdmin: Sendable {
         return (reply.int ?? 0) > 0
     }
 
-    /// Closes every connection of `user` (`CLIENT KILL USER`); returns how many.
+    /// Closes every client connection of `user`, one `CLIENT KILL ID` each; returns how many. Not
+    /// `CLIENT KILL USER`, which would also close a replica's link authenticated as that user (and
+    /// this administrator connection, when it is that user).
     @discardableResult
     public func killConnections(of user: String) async throws -> Int {
-        try await self.send(RedisCommand("CLIENT", "KILL", "USER", .string(user))).int ?? 0
+        var killed = 0
+        for connection in try await self.connections(of: user) where try await self.kill(clientID: connection.id) {
+            killed += 1
+        }
+        return killed
     }
 
     // MARK: TLS material
@@ -230,16 +286,20 @@ public final class RedisServerAdmin: Sendable {
 
     // MARK: Replication
 
-    /// The replicas the node reports as connected (`ROLE` of a primary), as `(host, port)`.
-    /// ACLs are not replicated: every one of them needs the same change.
+    /// The replicas the node reports as connected, as `(host, port)`: `slave<n>:ip=...,port=...` of
+    /// `INFO replication`, which a replica with replicas of its own (cascading replication) reports
+    /// too, unlike `ROLE`. ACLs are not replicated: every one of them needs the same change.
     public func replicas() async throws -> [(host: String, port: Int)] {
-        let role = try await self.send(RedisCommand("ROLE")).array ?? []
-        guard role.first?.string == "master", role.count >= 3, let entries = role[2].array else { return [] }
-        return entries.compactMap { entry in
-            guard let fields = entry.array, fields.count >= 2, let host = fields[0].string,
-                let port = fields[1].string.flatMap({ Int($0) }) ?? fields[1].int
-            else { return nil }
-            return (host, port)
+        let info = try await self.send(RedisCommand("INFO", "replication")).string ?? ""
+        return info.split(whereSeparator: \.isNewline).compactMap { line in
+            guard line.hasPrefix("slave"), let colon = line.firstIndex(of: ":"), Int(line[line.index(line.startIndex, offsetBy: 5)..<colon]) != nil else { return nil }
+            var fields: [Substring: Substring] = [:]
+            for field in line[line.index(after: colon)...].split(separator: ",") {
+                guard let equals = field.firstIndex(of: "=") else { continue }
+                fields[field[..<equals]] = field[field.index(after: equals)...]
+            }
+            guard let host = fields["ip"], let port = fields["port"].flatMap({ Int($0) }) else { return nil }
+            return (String(host), port)
         }
     }
 

@@ -135,7 +135,7 @@ struct DemoCommand: AsyncParsableCommand {
                 RotationStep(name: "3 remove the old password (ACL SETUSER app resetpass >new, ACL SAVE)", at: at(0.28)) {
                     try await rotation.removeOldPasswords()
                 },
-                RotationStep(name: "4 kill the user's connections (CLIENT KILL USER app)", at: at(0.36)) {
+                RotationStep(name: "4 kill the user's connections (CLIENT KILL ID each of app)", at: at(0.36)) {
                     try await admin.killConnections(of: "app")
                 },
                 RotationStep(name: "5 rotate the server certificate (CONFIG SET tls-cert-file)", at: at(0.46)) {

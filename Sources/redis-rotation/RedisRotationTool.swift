@@ -15,6 +15,8 @@ struct RedisRotationTool: AsyncParsableCommand {
 enum Main {
     /// Exit statuses: 0 success, 1 a failed run, 2 a usage or configuration error.
     static func main() async {
+        // A reader that goes away (`--json | head -1`) must not kill a rotation between two steps.
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try RedisRotationTool.parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {

@@ -18,9 +18,10 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         commandName: "password",
         abstract: "Add a new password, publish it, wait until no connection uses another one, remove the old.",
         discussion: """
-            Checks first, changing nothing: every node (the primary and each replica ROLE reports, or every \
-            node of a cluster) is \
-            reachable, the user exists on each (a mistyped name is refused, never created), each node can \
+            Checks first, changing nothing: every node (the root primary, found by climbing ROLE, and every \
+            replica below it, replicas of replicas included, as INFO replication lists them; or every node \
+            of a cluster) is reachable, as many as --expect-nodes says (a replica that is down is listed by \
+            nobody, so pass it), the user exists on each (a mistyped name is refused, never created), each node can \
             persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and \
             the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password \
             must log in on a fresh connection before the password file is rewritten (mode and owner kept). \
@@ -30,7 +31,9 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             Stragglers after --wait are killed with --kill-stragglers; otherwise the old password stays and \
             the command exits 1. Interrupted, the user can log in with both passwords; running the same \
             command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
-            command that resumes), 2 refused before any change (usage, unknown user, version in use).
+            command that resumes), 2 refused before any change (usage, unknown user, version in use, a \
+            nopass or replication user, a file of another user, another run on the same file, a node \
+            count other than --expect-nodes, a missing permission), 130 interrupted.
             """
     )
 
@@ -41,14 +44,16 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for clients to move to the new version.") var wait = 300
     @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
     @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
+    @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
     func validate() throws {
         guard self.wait >= 0 else { throw ValidationError("--wait must not be negative") }
-        if let version = self.version, !RedisCredentials.isValidVersion(version) {
-            throw ValidationError("--version must be 1 to 64 printable characters without spaces")
+        if let version = self.version, !RedisPasswordRotation.isUsableVersion(version) {
+            throw ValidationError("--version: \(RedisPasswordRotation.versionRule)")
         }
+        if let count = self.expectNodes, count < 1 { throw ValidationError("--expect-nodes must be at least 1") }
     }
 
     func run() async throws {
@@ -69,7 +74,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
                 version: self.version,
                 clientWait: .seconds(self.wait),
                 killStragglers: self.killStragglers,
-                allowUnpersisted: self.noPersist
+                allowUnpersisted: self.noPersist,
+                expectedNodeCount: self.expectNodes
             ),
             report: { printer.step($0) }
         )
@@ -83,14 +89,17 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         defer { interrupt.cancel() }
         do {
             try await work.value
-        } catch let error as RedisAdminError {
+        } catch {
             await topology.close()
-            throw self.failure(error, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
-        } catch where work.isCancelled {
-            await topology.close()
-            let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
-            let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: rotation.state != "nothing was changed")
-            throw RunFailure(description: failure.description, exitCode: 130)
+            let resumable = rotation.state != "nothing was changed"
+            // Interrupted first: a step cancelled by Ctrl-C may still have failed with its own error.
+            if work.isCancelled {
+                let interrupted = RedisAdminError(code: .unexpectedState, message: "interrupted")
+                let failure = self.failure(interrupted, state: rotation.state, printer: printer, resumable: resumable)
+                throw RunFailure(description: failure.description, exitCode: 130)
+            }
+            guard let error = error as? RedisAdminError else { throw error }
+            throw self.failure(error, state: rotation.state, printer: printer, resumable: resumable)
         }
     }
 
@@ -113,7 +122,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         try await rotation.removeOldPasswords()
         await topology.close()
         if self.json {
-            printer.emit(["type": "result", "result": "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
+            printer.emit(["type": "result", "result": plan.resuming ? "resumed" : "rotated", "version": plan.version, "resumed": plan.resuming, "nodes": plan.nodes])
         } else if plan.resuming {
             printer.line("finished the interrupted rotation: \(self.user) has only version \(plan.version); run again for a new password")
         } else {
@@ -136,7 +145,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     }
 
     private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
-        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist].contains(error.code)
+        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .unsafeSetup, .concurrentRotation]
+            .contains(error.code)
         let resume = resumable ? resumeCommand() : nil
         if self.json {
             var object: [String: Any] = ["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message, "state": state]
@@ -159,8 +169,9 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
             --server-name (default: --host). Then CONFIG SET tls-cert-file/tls-key-file; a fresh TLS \
             handshake on the server's tls-port, trusting --ca-file, must see the new certificate, or the \
             previous pair is restored. Persisted with CONFIG REWRITE when the server has a configuration \
-            file. Paths are as the server sees them; the tool reads them too, so run it where they are the \
-            same files. Existing connections keep their sessions; --kill-user makes a user's clients \
+            file. Paths are as the server sees them and must be absolute (the server would resolve a \
+            relative one against its own working directory); the tool reads them too, so run it where they \
+            are the same files. Existing connections keep their sessions; --kill-user makes a user's clients \
             handshake again now.
             """
     )
@@ -171,6 +182,10 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
     @Option(help: "Afterwards, disconnect this user's connections so that they handshake again.") var killUser: String?
     @Flag(help: "Check the pair and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
+
+    func validate() throws {
+        try requireAbsolute(["--new-cert-file": self.newCertFile, "--new-key-file": self.newKeyFile])
+    }
 
     func run() async throws {
         let printer = StepPrinter(json: self.json)
@@ -214,6 +229,7 @@ struct RotateServerCertificateCommand: AsyncParsableCommand {
                 }
             } catch let error as RedisAdminError {
                 await node.close()
+                if self.json { printer.emit(["type": "result", "result": "failed", "code": "\(error.code)", "message": error.message]) }
                 throw RunFailure(description: error.message, exitCode: 1)
             }
             await node.close()
@@ -234,7 +250,9 @@ struct RotateCACommand: AsyncParsableCommand {
         commandName: "ca",
         abstract: "Roll the trust anchor over: old+new CA bundle, clients reconnect, new server certificate, new CA only.",
         discussion: """
-            Checks first, changing nothing: the bundle and the new CA parse, the new server certificate and \
+            Checks first, changing nothing: the server is a single node (with replicas or cluster nodes it \
+            refuses: it switches one node's certificate, and the others would fail handshakes once the old \
+            CA is dropped), the bundle and the new CA parse, the new server certificate and \
             key match, are valid, cover --server-name (default: --host) and are issued by the new CA. Then: \
             writes the bundle with the old and the new CA (mode and owner kept); waits until every connection \
             of each --user was opened after that plus --reload-grace (RedisRotation clients roll their \
@@ -259,12 +277,27 @@ struct RotateCACommand: AsyncParsableCommand {
     func validate() throws {
         guard self.wait >= 0, self.reloadGrace >= 0 else { throw ValidationError("--wait and --reload-grace must not be negative") }
         guard !self.user.isEmpty else { throw ValidationError("name the users whose clients trust the bundle with --user") }
+        try requireAbsolute(["--new-cert-file": self.newCertFile, "--new-key-file": self.newKeyFile])
     }
 
     func run() async throws {
         let printer = StepPrinter(json: self.json)
         let serverName = self.target.serverName ?? self.target.host
-        let node = try await self.target.connect()
+        // The switch changes one node's certificate; with replicas or cluster nodes the others would
+        // still present a certificate from the old CA when it is dropped from the bundle.
+        let topology: RedisAdminTopology
+        do {
+            topology = try await RedisAdminTopology.discover(configuration: try self.target.connectionConfiguration())
+        } catch let error as RedisAdminError {
+            throw RunFailure(description: "\(error.message)", exitCode: 1)
+        }
+        guard topology.nodes.count == 1 else {
+            await topology.close()
+            let message = "\(self.target.host):\(self.target.port) is one of \(topology.nodes.count) nodes (\(topology.addresses.joined(separator: ", "))), and rotate ca switches the certificate of one: the others would still present a certificate from the old CA once it is dropped from the bundle. Roll over by hand: write the bundle with both CAs, rotate server-certificate on every node, then write the new CA only. Nothing was changed"
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(RedisAdminError.Code.unexpectedTopology)", "message": message]) }
+            throw RunFailure(description: message, exitCode: 2)
+        }
+        let node = topology.nodes[0]
         defer { Task { await node.close() } }
         let rollover = RedisCARollover(
             node: node,
@@ -328,5 +361,13 @@ struct RotateCACommand: AsyncParsableCommand {
         } else {
             printer.line("rolled over to \(check.newCA.subject)")
         }
+    }
+}
+
+/// Certificate and key paths are handed to the server, which resolves a relative one against its own
+/// working directory, not the operator's: the tool would check one file and the server load another.
+func requireAbsolute(_ paths: [String: String]) throws {
+    for (option, path) in paths.sorted(by: { $0.key < $1.key }) where !path.hasPrefix("/") {
+        throw ValidationError("\(option) must be an absolute path: the server resolves a relative one against its own working directory, not this one")
     }
 }

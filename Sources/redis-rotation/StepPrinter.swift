@@ -19,8 +19,10 @@ struct StepPrinter: Sendable {
         self.line(String(decoding: data, as: UTF8.self))
     }
 
-    /// One line on standard output, written at once (steps must show as they happen).
+    /// One line on standard output, written at once (steps must show as they happen). A closed
+    /// output (`| head -1`) loses the line, never the run: stopping between two steps would leave a
+    /// rotation half done (SIGPIPE is ignored at startup, so the write fails with EPIPE instead).
     func line(_ text: String) {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        try? FileHandle.standardOutput.write(contentsOf: Data((text + "\n").utf8))
     }
 }

@@ -100,4 +100,44 @@ struct ServerCertificateRotationTests {
             #expect(try await setup.presented()?.contains("CN=renewed") == true, "the rewritten configuration keeps the new pair")
         }
     }
+
+    @Test("with --json a switch that is rolled back still ends with a failed result")
+    func jsonResultOnFailure() async throws {
+        try await self.withSetup { setup in
+            let stranger = try TestCertificateAuthority(name: "Stranger CA")
+            let files = try stranger.issueServer(commonName: "untrusted").write(to: setup.server.directory, name: "untrusted")
+            let result = try await setup.run(certificate: files.certificate, key: files.privateKey, ["--json"])
+            #expect(result.status == 1, "\(result.stdout)\(result.stderr)")
+            let last = try JSONSerialization.jsonObject(with: Data(try #require(result.stdout.split(separator: "\n").last).utf8)) as? [String: Any]
+            #expect(last?["type"] as? String == "result" && last?["result"] as? String == "failed", "\(result.stdout)")
+            #expect(last?["code"] as? String == "verificationFailed", "\(result.stdout)")
+        }
+    }
+
+    @Test("relative certificate paths are refused: the server would resolve them against its own directory")
+    func relativePathsRefused() async throws {
+        try await self.withSetup { setup in
+            let before = try await setup.configuredCertificate()
+            _ = try setup.fixture.ca.issueServer(commonName: "relative").write(to: setup.server.directory, name: "relative")
+            let result = try await setup.run(certificate: "relative.crt", key: "relative.key")
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("--new-cert-file must be an absolute path"), "\(result.stderr)")
+            #expect(try await setup.configuredCertificate() == before)
+        }
+    }
+
+    @Test("a CONFIG REWRITE that fails after the switch says the new pair is live but not saved")
+    func rewriteFailureSaysLiveNotSaved() async throws {
+        try await self.withSetup { setup in
+            let password = makePassword()
+            try await setup.server.admin("ACL", "SETUSER", "certadmin", "on", .string(">\(text(of: password))"), "~*", "&*", "+@all", "-config|rewrite")
+            let adminFile = setup.server.directory.appendingPathComponent("certadmin.password").path
+            try text(of: password).write(toFile: adminFile, atomically: true, encoding: .utf8)
+            let files = try setup.fixture.ca.issueServer(commonName: "unsaved").write(to: setup.server.directory, name: "unsaved")
+            let result = try await setup.run(certificate: files.certificate, key: files.privateKey, ["--admin-user", "certadmin", "--admin-password-file", adminFile])
+            #expect(result.status == 1, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("presents the new pair") && result.stderr.contains("live and not saved"), "\(result.stderr)")
+            #expect(try await setup.presented()?.contains("CN=unsaved") == true)
+        }
+    }
 }

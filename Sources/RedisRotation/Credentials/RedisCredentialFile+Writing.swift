@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 extension RedisCredentialFile {
     /// Replaces the file at `path` with this content, so that a reader sees the old file or the new one,
@@ -16,25 +17,54 @@ extension RedisCredentialFile {
     ///
     /// - Throws: ``RedisError`` with code `invalidArgument`, naming the file and the step that failed.
     public func write(to path: String) throws(RedisError) {
-        try replaceFileSafely(at: path, with: try self.encoded(), what: "the password file")
+        let replaced = try replaceFileSafely(at: path, with: try self.encoded(), what: "the password file")
+        if let warning = replaced.durabilityWarning { throw warning }
+    }
+
+    /// Like ``write(to:)``, but a failure after the rename (the directory cannot be flushed) is
+    /// returned instead of thrown: the file already holds the new content, and a caller that took a
+    /// throw for "not written" would act on a file it misread. With `restrictingOthers` the
+    /// original's permission bits for others are dropped (a secret is never world-readable).
+    package func replace(at path: String, restrictingOthers: Bool) throws(RedisError) -> FileReplacement {
+        try replaceFileSafely(at: path, with: try self.encoded(), what: "the password file", restrictingOthers: restrictingOthers)
     }
 }
+
+/// What ``replaceFileSafely(at:with:what:restrictingOthers:)`` did once it did not throw: the file
+/// holds the new content.
+package struct FileReplacement: Sendable {
+    /// Set when the rename happened but could not be made durable (the directory `fsync` failed): the
+    /// new content is live, a crash could still bring the old file back.
+    package var durabilityWarning: RedisError?
+    /// The permission bits the new file got, and the original's (`nil` without an original).
+    package var mode: mode_t
+    package var originalMode: mode_t?
+}
+
+/// A test seam: directories whose `fsync` after the rename fails with `EIO`, as a failing disk would.
+package let fileReplacementFailingDirectoryFlushes = Mutex<Set<String>>([])
 
 /// Replaces the file at `path` with `content` as ``RedisCredentialFile/write(to:)`` describes: a
 /// temporary file created `O_EXCL|O_NOFOLLOW` with mode 0600, given the original's owner, group and
 /// mode, written, `fsync`ed, renamed over `path`, the directory `fsync`ed; removed on any error.
 /// `what` names the file in errors ("the password file", "the CA bundle").
-package func replaceFileSafely(at path: String, with content: RedisSecret, what: String) throws(RedisError) {
+/// Throws only for failures before the rename (the original is untouched then); a failure after it is
+/// the result's ``FileReplacement/durabilityWarning``.
+@discardableResult
+package func replaceFileSafely(at path: String, with content: RedisSecret, what: String, restrictingOthers: Bool = false) throws(RedisError) -> FileReplacement {
     func failure(_ step: String, _ code: Int32) -> RedisError {
         RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): \(step): \(String(cString: strerror(code)))")
     }
 
     var mode: mode_t = 0o600
     var owner: (uid: uid_t, gid: gid_t)?
+    var originalMode: mode_t?
     if let original = try existingFile(at: path, what: what) {
         mode = original.st_mode & 0o7777
+        originalMode = mode
         owner = (original.st_uid, original.st_gid)
     }
+    if restrictingOthers { mode &= ~mode_t(0o007) }
 
     let directory = parentDirectory(of: path)
     let name = path.split(separator: "/").last.map(String.init) ?? "password"
@@ -65,11 +95,19 @@ package func replaceFileSafely(at path: String, with content: RedisSecret, what:
     guard closed == 0 else { throw failure("cannot close the new file", errno) }
     guard rename(temporary, path) == 0 else { throw failure("cannot rename the new file over it", errno) }
     renamed = true
+    var replacement = FileReplacement(durabilityWarning: nil, mode: mode, originalMode: originalMode)
     // The rename itself survives a crash only once the directory is on disk.
     let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard directoryFD >= 0 else { throw failure("written, but cannot open \(directory) to flush it", errno) }
+    guard directoryFD >= 0 else {
+        replacement.durabilityWarning = failure("written, but cannot open \(directory) to flush it", errno)
+        return replacement
+    }
     defer { close(directoryFD) }
-    guard fsync(directoryFD) == 0 else { throw failure("written, but cannot flush \(directory) to disk", errno) }
+    let injected = fileReplacementFailingDirectoryFlushes.withLock { $0.contains(directory) }
+    if injected || fsync(directoryFD) != 0 {
+        replacement.durabilityWarning = failure("written, but cannot flush \(directory) to disk", injected ? EIO : errno)
+    }
+    return replacement
 }
 
 /// Refuses, before anything is changed, a `path` that ``replaceFileSafely(at:with:what:)`` would

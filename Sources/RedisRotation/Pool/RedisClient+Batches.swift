@@ -7,7 +7,9 @@ extension RedisClient {
     /// (``RedisCommand/isIdempotent``) are sent again on another connection, after the rest (within
     /// `maximumCommandAttempts`); any other fails with ``RedisError/Code/outcomeUnknown``.
     ///
-    /// - Parameter timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    /// - Parameters:
+    ///   - timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    ///   - build: Queues the commands.
     /// - Throws: ``RedisError/Code/invalidArgument`` for a command that would change the pooled
     ///   connection's session, before anything is sent.
     public func pipeline(
@@ -16,6 +18,13 @@ extension RedisClient {
     ) async throws -> RedisCommandResults {
         var pipeline = RedisPipeline()
         try build(&pipeline)
+        return try await self.traced("PIPELINE") { span in
+            span.attributes["redis.pipeline.commands"] = pipeline.commands.count
+            return try await self.run(pipeline, timeout: timeout)
+        }
+    }
+
+    private func run(_ pipeline: RedisPipeline, timeout: Duration?) async throws -> RedisCommandResults {
         let commands = pipeline.commands
         if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
             throw RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: it changes the connection's session (use transaction or withConnection)")
@@ -82,7 +91,9 @@ extension RedisClient {
     /// another connection (within `maximumCommandAttempts`); when it dies after, the transaction may or
     /// may not have run: ``RedisError/Code/outcomeUnknown``. It is never reported as run when it did not.
     ///
-    /// - Parameter timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    /// - Parameters:
+    ///   - timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    ///   - build: Queues the commands.
     /// - Throws: ``RedisError/Code/invalidArgument`` for a queued command that would change the pooled
     ///   connection's session (`SELECT`, `MULTI`, `WATCH`, ...), ``RedisError/Code/transactionAborted``
     ///   when the server refused a queued command (nothing ran).
@@ -93,7 +104,9 @@ extension RedisClient {
         var transaction = RedisTransaction()
         try build(&transaction)
         if let refusal = transaction.refusal { throw refusal }
-        let results = try await self.runTransaction(watching: [], timeout: timeout, maximumAttempts: 1) { _ in transaction }
+        let results = try await self.traced("MULTI") { _ in
+            try await self.runTransaction(watching: [], timeout: timeout, maximumAttempts: 1) { _ in transaction }
+        }
         // Without WATCH, EXEC never answers nil.
         guard let results else {
             throw RedisError(code: .unexpectedReply, message: "EXEC answered nil to a transaction that watched no key")
@@ -127,7 +140,10 @@ extension RedisClient {
     ) async throws -> RedisCommandResults {
         precondition(!keys.isEmpty, "watch at least one key, or use transaction(_:)")
         precondition(maximumAttempts >= 1)
-        guard let results = try await self.runTransaction(watching: keys, timeout: timeout, maximumAttempts: maximumAttempts, body) else {
+        let outcome = try await self.traced("MULTI") { _ in
+            try await self.runTransaction(watching: keys, timeout: timeout, maximumAttempts: maximumAttempts, body)
+        }
+        guard let results = outcome else {
             throw RedisError(
                 code: .transactionAborted,
                 message: "a watched key changed during each of \(maximumAttempts) attempt\(maximumAttempts == 1 ? "" : "s"); nothing was applied"

@@ -8,6 +8,7 @@ import Metrics
 public import NIOCore
 import NIOPosix
 public import ServiceLifecycle
+import Tracing
 import Synchronization
 
 /// The pooled, rotation-aware client: application code calls `get`, `set`, `send` and
@@ -260,6 +261,21 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// first, closes its connection, so that an element it would pop stays in the list. A connection
     /// killed during the block is retried only when the command is marked ``RedisCommand/idempotent(_:)``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        try await self.traced(command.name) { span in try await self.send(command, timeout: timeout, span: span) }
+    }
+
+    /// Runs `body` in a client span named `operation`, with the attributes every span of the client has.
+    func traced<Result>(_ operation: String, _ body: (any Span) async throws -> Result) async throws -> Result {
+        try await (self.configuration.tracer ?? InstrumentationSystem.tracer).withSpan(operation, ofKind: .client) { span in
+            span.attributes["db.system"] = "redis"
+            span.attributes["db.operation"] = operation
+            span.attributes["server.address"] = self.configuration.host
+            span.attributes["server.port"] = self.configuration.port
+            return try await body(span)
+        }
+    }
+
+    private func send(_ command: RedisCommand, timeout: Duration?, span: any Span) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
         // Too large to send: no connection is leased, so none is touched, and no retry can help.
         if let error = command.encodingError { throw error }
@@ -293,6 +309,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 late.commandWasNotSent = true
                 throw self.failed(command, late, mayHaveExecuted: mayHaveExecuted)
             }
+            span.attributes["redis.credential_version"] = lease.connection.credentialVersion
+            span.attributes["redis.attempts"] = attempt
             do {
                 if deadline == nil { deadline = clock.now + commandTimeout }
                 // An attempt after a transient refusal gets only what is left of the deadline, so refusals

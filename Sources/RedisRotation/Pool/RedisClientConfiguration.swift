@@ -1,3 +1,4 @@
+public import Tracing
 /// How a ``RedisClient`` reaches its server, sizes its pool, and rotates credentials.
 public struct RedisClientConfiguration: Sendable {
     /// TLS for the pool: a fixed context, or files that are watched and hot-reloaded.
@@ -163,6 +164,10 @@ public struct RedisClientConfiguration: Sendable {
     public var rotation: Rotation
     /// The `client` label of this client's metrics. Default: the connection name prefix.
     public var metricsLabel: String?
+    /// Where the client's spans go (one per command, pipeline and transaction: `db.system` redis,
+    /// `db.operation`, `server.address`, `server.port`, `redis.credential_version`; never arguments or
+    /// values). Default: the process's `InstrumentationSystem.tracer` (a no-op until bootstrapped).
+    public var tracer: (any Tracer)?
 
     public init(
         host: String = "127.0.0.1",
@@ -178,7 +183,8 @@ public struct RedisClientConfiguration: Sendable {
         pool: Pool = Pool(),
         rotation: Rotation = Rotation(),
         expiry: Expiry = Expiry(),
-        metricsLabel: String? = nil
+        metricsLabel: String? = nil,
+        tracer: (any Tracer)? = nil
     ) {
         precondition(maximumCommandAttempts >= 1)
         self.host = host
@@ -195,6 +201,7 @@ public struct RedisClientConfiguration: Sendable {
         self.rotation = rotation
         self.expiry = expiry
         self.metricsLabel = metricsLabel
+        self.tracer = tracer
     }
 
     /// The configuration of one connection authenticated with `credentials`, over TLS with `context`.
