@@ -323,9 +323,10 @@ struct PubSubClientTests {
                 // Generous: on a loaded machine the lease timeout's timer runs late.
                 #expect(clock.now - started < .seconds(15))
                 #expect(proxy.acceptedConnections >= 1, "the subscriber tried while the caller waited")
-                // An attempt in flight may still finish; after it, none follows (each takes at most 150 ms
-                // plus a 50 ms pause, so a running loop would make several in this window).
-                try await Task.sleep(for: .seconds(1))
+                // An attempt in flight may still finish (late, on a loaded machine); after it, none follows
+                // (each takes at most 150 ms plus a 50 ms pause, so a running loop would make several in
+                // the window below).
+                try await Task.sleep(for: .seconds(3))
                 let settled = proxy.acceptedConnections
                 try await Task.sleep(for: .milliseconds(600))
                 #expect(proxy.acceptedConnections == settled, "no connection attempts once nobody waits")
