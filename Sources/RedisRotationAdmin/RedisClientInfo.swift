@@ -25,12 +25,13 @@ public struct RedisClientInfo: Sendable, Hashable, CustomStringConvertible {
     /// A replication link (flags `S` or `M`), not a client.
     public var isReplicationLink: Bool { self.flags.contains("S") || self.flags.contains("M") }
 
-    /// The credential version in a RedisRotation name (`<name>@<version>`, or a probe's
-    /// `<name>@<version>-probe`); `nil` for any other name, including none.
+    /// The credential version in a RedisRotation name (`<name>@<version>`, a probe's
+    /// `<name>@<version>-probe`, or a subscriber's `<name>@<version>-sub`); `nil` for any other name,
+    /// including none.
     public var credentialVersion: String? {
         guard let at = self.name.lastIndex(of: "@") else { return nil }
         var version = self.name[self.name.index(after: at)...]
-        if version.hasSuffix("-probe") { version = version.dropLast("-probe".count) }
+        for suffix in ["-probe", "-sub"] where version.hasSuffix(suffix) { version = version.dropLast(suffix.count) }
         return version.isEmpty ? nil : String(version)
     }
 

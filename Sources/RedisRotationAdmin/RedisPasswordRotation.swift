@@ -572,14 +572,16 @@ public final class RedisPasswordRotation: Sendable {
 
     /// Whether `version` can label a rotation: a valid credential version
     /// (`RedisCredentials.isValidVersion(_:)`) that a connection name reports back unchanged. A
-    /// connection's version is read after the last `@` of its name and a trailing `-probe` is a
-    /// probe's mark, so a version holding `@` or ending in `-probe` would never be seen as moved.
+    /// connection's version is read after the last `@` of its name and a trailing `-probe` or `-sub` is
+    /// a probe's or subscriber's mark, so a version holding `@` or ending in either would never be seen
+    /// as moved.
     public static func isUsableVersion(_ version: String) -> Bool {
         RedisCredentials.isValidVersion(version) && !version.contains("@") && !version.hasSuffix("-probe")
+            && !version.hasSuffix("-sub")
     }
 
     /// Why a version was refused.
-    public static let versionRule = "the version must be 1 to 64 printable characters without spaces or @, not ending in -probe"
+    public static let versionRule = "the version must be 1 to 64 printable characters without spaces or @, not ending in -probe or -sub"
 
     /// `r<seconds since 1970>-<4 random hex digits>`: ordered, and distinct for two runs in one second.
     public static func uniqueVersion() -> String {

@@ -20,12 +20,14 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds of traffic (the steps are spread over it).") var duration = 40
     @Option(help: "Concurrent tasks.") var concurrency = 32
+    @Option(help: "Subscriptions fed numbered messages through the whole flow (0 for none).") var subscribers = 2
     @Option(help: "Write the HTML timeline here.") var reportHtml = "redis-rotation-demo.html"
     @Option(help: "Write the JSON report here.") var reportJson: String?
 
     func validate() throws {
         guard self.duration >= 20 else { throw ValidationError("--duration must be at least 20 seconds, so that every step fits") }
         guard self.concurrency >= 1 else { throw ValidationError("--concurrency must be positive") }
+        guard (0...1000).contains(self.subscribers) else { throw ValidationError("--subscribers must be between 0 and 1000") }
     }
 
     func run() async throws {
@@ -181,7 +183,7 @@ struct DemoCommand: AsyncParsableCommand {
                 keyPrefix: "demo",
                 verifyWrites: true
             )
-            let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true)
+            let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true, subscribers: self.subscribers)
             print("")
             print(report.text())
             let failedSteps = report.events.filter { $0.kind == "stepFailed" }
@@ -191,10 +193,13 @@ struct DemoCommand: AsyncParsableCommand {
             if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
             print("connections at the end: \(report.connections_by_version.sorted { $0.key < $1.key }.map { "\($0.value) on \($0.key)" }.joined(separator: ", "))")
             guard report.succeeded && failedSteps.isEmpty else {
-                print("FAILED: \(report.commands.failed) failed commands, \(report.writes?.lost ?? 0) lost writes, \(failedSteps.count) failed steps")
+                let pubsub = report.pubsub.map { ", \($0.lost) lost, \($0.duplicated) duplicated and \($0.out_of_order) reordered messages" } ?? ""
+                print("FAILED: \(report.commands.failed) failed commands, \(report.writes?.lost ?? 0) lost writes\(pubsub), \(failedSteps.count) failed steps")
                 throw ExitCode(1)
             }
-            print("OK: zero failed commands and zero lost writes through the whole rotation")
+            print(
+                "OK: zero failed commands and zero lost writes\(report.pubsub == nil ? "" : ", no message lost outside a signalled gap or delivered twice,") through the whole rotation"
+            )
         }
     }
 }

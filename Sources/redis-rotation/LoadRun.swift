@@ -26,6 +26,7 @@ enum LoadRun {
         workload: Workload,
         steps: [RotationStep],
         progress: Bool,
+        subscribers: Int = 0,
         stop: TrafficStop = TrafficStop(),
         status: @escaping @Sendable () -> String = { "" }
     ) async throws -> LoadReport {
@@ -79,15 +80,23 @@ enum LoadRun {
                 }
             }
 
+            let pubsub: PubSubLoad?
+            do {
+                pubsub = subscribers > 0 ? try await PubSubLoad(client: client, subscribers: subscribers, channel: "\(workload.keyPrefix):pubsub") : nil
+            } catch let error as RedisError {
+                throw RunFailure(description: "cannot subscribe: \(error.message)", exitCode: 1)
+            }
             let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder, stop: stop)
             let duration = recorder.elapsed
+            let pubsubReport = await pubsub?.finish()
             let verification = workload.verifyWrites ? try await LoadGenerator.verify(acknowledged, client: client) : nil
             return LoadReport(
                 snapshot: recorder.snapshot(),
                 duration: duration,
                 retried: client.statistics.commandsRetried,
                 connectionsByVersion: client.connectionsByCredentialVersion,
-                writes: verification
+                writes: verification,
+                pubsub: pubsubReport
             )
         }
     }

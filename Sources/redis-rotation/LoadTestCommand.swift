@@ -37,6 +37,7 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Bytes per value written.") var valueSize = 64
     @Option(help: "Prefix of every key the test touches.") var keyPrefix = "redis-rotation-loadtest"
     @Flag(help: "Write every value to a new key and count the keys on the server at the end.") var verifyWrites = false
+    @Option(help: "Subscriptions to one channel, fed numbered messages (one at a time, at most one a millisecond) for the whole run; the report counts lost, duplicated and out-of-order messages and gaps.") var subscribers = 0
 
     @Option(name: .customLong("rotate"), help: "A step the tool performs: password@SECONDS or kill@SECONDS (repeatable).")
     var rotations: [String] = []
@@ -54,6 +55,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             throw ValidationError("--duration, --concurrency and --keys must be positive; --rate and --value-size not negative")
         }
         guard (0...1).contains(self.readRatio) else { throw ValidationError("--read-ratio must be between 0 and 1") }
+        guard (0...1000).contains(self.subscribers) else { throw ValidationError("--subscribers must be between 0 and 1000") }
         if !self.tls && (self.caFile != nil || self.certFile != nil || self.keyFile != nil) {
             throw ValidationError("--ca-file, --cert-file and --key-file need --tls")
         }
@@ -131,7 +133,14 @@ struct LoadTestCommand: AsyncParsableCommand {
             interrupt.cancel()
             signal(SIGINT, SIG_DFL)
         }
-        let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: self.progress, stop: stop)
+        let report = try await LoadRun.execute(
+            client: client,
+            workload: workload,
+            steps: steps,
+            progress: self.progress,
+            subscribers: self.subscribers,
+            stop: stop
+        )
         print(report.text())
         if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
         if let path = self.reportHtml {

@@ -57,10 +57,19 @@ struct LoadReport: Codable, Sendable {
     var failure_samples: [String]
     /// Pooled connections per credential version when the traffic ended.
     var connections_by_version: [String: Int]
+    /// Publish/subscribe traffic (`--subscribers`).
+    var pubsub: PubSubReport?
 
-    var succeeded: Bool { self.commands.failed == 0 && (self.writes?.lost ?? 0) == 0 }
+    var succeeded: Bool { self.commands.failed == 0 && (self.writes?.lost ?? 0) == 0 && (self.pubsub?.succeeded ?? true) }
 
-    init(snapshot: LoadRecorder.Snapshot, duration: Double, retried: Int, connectionsByVersion: [String: Int], writes: WriteVerification?) {
+    init(
+        snapshot: LoadRecorder.Snapshot,
+        duration: Double,
+        retried: Int,
+        connectionsByVersion: [String: Int],
+        writes: WriteVerification?,
+        pubsub: PubSubReport? = nil
+    ) {
         func latency(_ histogram: Histogram<UInt64>) -> Latency {
             guard histogram.totalCount > 0 else { return Latency(p50: 0, p90: 0, p99: 0, p999: 0, max: 0) }
             return Latency(
@@ -99,6 +108,7 @@ struct LoadReport: Codable, Sendable {
         }
         self.failure_samples = snapshot.failureSamples
         self.connections_by_version = connectionsByVersion
+        self.pubsub = pubsub
     }
 
     func json() throws -> Data {
@@ -117,6 +127,13 @@ struct LoadReport: Codable, Sendable {
         )
         if let writes = self.writes {
             lines.append("writes: \(writes.acknowledged) acknowledged, \(writes.found) found, \(writes.lost) lost")
+        }
+        if let pubsub = self.pubsub {
+            lines.append(
+                "pub/sub: \(pubsub.published) published (\(pubsub.publish_failed) failed) to \(pubsub.subscribers) subscribers, "
+                    + "\(pubsub.received) received, \(pubsub.duplicated) duplicated, \(pubsub.out_of_order) out of order, "
+                    + "\(pubsub.lost) lost, \(pubsub.gaps) gaps signalled (\(pubsub.missed_in_gaps) missed in them)"
+            )
         }
         lines.append(
             "latency ms: p50 \(ms(self.latency_us.p50))  p90 \(ms(self.latency_us.p90))  p99 \(ms(self.latency_us.p99))  "

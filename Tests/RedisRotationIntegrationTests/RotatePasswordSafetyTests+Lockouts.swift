@@ -119,6 +119,7 @@ extension RotatePasswordSafetyTests {
         #expect(RedisPasswordRotation.isUsableVersion("v2"))
         #expect(!RedisPasswordRotation.isUsableVersion("ops@2"))
         #expect(!RedisPasswordRotation.isUsableVersion("v3-probe"))
+        #expect(!RedisPasswordRotation.isUsableVersion("v3-sub"))
         try await self.withSetup { setup in
             for version in ["ops@2", "v3-probe"] {
                 let result = try await runTool(setup.arguments(["--version", version, "--wait", "1"]))

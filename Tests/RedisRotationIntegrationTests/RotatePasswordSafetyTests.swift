@@ -123,7 +123,7 @@ struct RotatePasswordSafetyTests {
         }
     }
 
-    @Test("CLIENT LIST entries: versions only from <name>@<version> (a probe counts as its version), unnamed ones have none, replication links marked")
+    @Test("CLIENT LIST entries: versions only from <name>@<version> (a probe or a subscriber counts as its version), unnamed ones have none, replication links marked")
     func clientListParsing() {
         let text = """
             id=3 addr=127.0.0.1:5001 laddr=127.0.0.1:6379 fd=8 name=app@v2 age=12 idle=0 flags=N db=0 user=alice
@@ -131,13 +131,14 @@ struct RotatePasswordSafetyTests {
             id=5 addr=127.0.0.1:5003 laddr=127.0.0.1:6379 fd=10 name=app@v3-probe age=0 idle=0 flags=N db=0 user=alice
             id=6 addr=127.0.0.1:5004 laddr=127.0.0.1:6379 fd=11 name=renamed age=7 idle=0 flags=N db=0 user=bob
             id=7 addr=127.0.0.1:5005 laddr=127.0.0.1:6379 fd=12 name= age=9 idle=0 flags=S db=0 user=alice
+            id=8 addr=127.0.0.1:5006 laddr=127.0.0.1:6379 fd=13 name=app@r1-ab12-sub age=1 idle=0 flags=P db=0 user=alice
 
             """
         let entries = RedisClientInfo.parseList(text)
-        #expect(entries.map(\.id) == [3, 4, 5, 6, 7])
-        #expect(entries.map(\.credentialVersion) == ["v2", nil, "v3", nil, nil])
-        #expect(entries.map(\.user) == ["alice", "alice", "alice", "bob", "alice"])
-        #expect(entries.map(\.isReplicationLink) == [false, false, false, false, true], "a replica's link (flags=S) is no client")
+        #expect(entries.map(\.id) == [3, 4, 5, 6, 7, 8])
+        #expect(entries.map(\.credentialVersion) == ["v2", nil, "v3", nil, nil, "r1-ab12"])
+        #expect(entries.map(\.user) == ["alice", "alice", "alice", "bob", "alice", "alice"])
+        #expect(entries.map(\.isReplicationLink) == [false, false, false, false, true, false], "a replica's link (flags=S) is no client")
         #expect(entries[1].description == "id=4 addr=127.0.0.1:5002 name=(none) age=3s")
     }
 

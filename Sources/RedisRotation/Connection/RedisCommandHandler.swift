@@ -17,6 +17,10 @@ final class RedisCommandHandler: ChannelInboundHandler {
     typealias Entry = CommandQueueStateMachine<EventLoopPromise<RESPValue>>.Entry
 
     private var queue = CommandQueueStateMachine<EventLoopPromise<RESPValue>>()
+    /// Takes subscribe confirmations and published messages out of the reply stream.
+    private var pubSub = PubSubStateMachine()
+    /// Who hears the connection's pub/sub pushes (messages) and its close, on the event loop.
+    var pushReceiver: (any PubSubPushReceiver)?
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     /// Why the channel is closing, when we know better than "the server closed it".
@@ -37,7 +41,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     /// Writes `payload` (one or more encoded commands) and registers their waiters, in order.
-    func enqueue(_ payload: ByteBuffer, entries: [Entry]) {
+    /// `pubSubCommands`, when not empty, says for each command whether it is of the subscribe family.
+    func enqueue(_ payload: ByteBuffer, entries: [Entry], pubSubCommands: [PubSubStateMachine.Command?] = []) {
         guard let context = self.context else {
             var error = self.closeReason ?? Self.closedByServer
             error.commandWasNotSent = true
@@ -49,9 +54,20 @@ final class RedisCommandHandler: ChannelInboundHandler {
             error.commandWasNotSent = true
             for entry in entries { entry.promise?.fail(error) }
         case .write(let deadline):
+            self.pubSub.commandsEnqueued(pubSubCommands.isEmpty ? Array(repeating: nil, count: entries.count) : pubSubCommands)
             if let deadline { self.scheduleTimer(at: deadline, context: context) }
             context.writeAndFlush(self.wrapOutboundOut(payload), promise: nil)
         }
+    }
+
+    /// Installs who hears pushes and the close; tells `receiver` at once when the connection has closed.
+    func installPushReceiver(_ receiver: any PubSubPushReceiver) {
+        guard self.context != nil, self.queue.isOpen else {
+            receiver.connectionClosed(self.closeReason ?? Self.closedByServer)
+            return
+        }
+        precondition(self.pushReceiver == nil, "a connection has one receiver of pub/sub pushes")
+        self.pushReceiver = receiver
     }
 
     /// The caller of command `id` stopped waiting.
@@ -75,7 +91,19 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let value = self.unwrapInboundIn(data)
+        var value = self.unwrapInboundIn(data)
+        switch self.pubSub.valueReceived(value) {
+        case .reply(let reply):
+            value = reply
+        case .consumed:
+            return
+        case .push(let push):
+            self.pushReceiver?.received(push)
+            return
+        case .close(let error):
+            self.closeWith(error, context: context)
+            return
+        }
         switch self.queue.replyReceived() {
         case .succeed(let promise):
             promise.succeed(value)
@@ -118,6 +146,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
         for promise in self.queue.connectionClosed(error) {
             promise.fail(error)
         }
+        // Told once: the receiver is let go with it.
+        self.pushReceiver.take()?.connectionClosed(error)
     }
 
     private func scheduleTimer(at deadline: NIODeadline, context: ChannelHandlerContext) {

@@ -31,10 +31,10 @@ public final class RedisConnection: Sendable {
     public let tlsInfo: RedisTLSConnectionInfo?
 
     private let channel: any Channel
-    private let handler: NIOLoopBound<RedisCommandHandler>
-    private let logger: Logger
+    let handler: NIOLoopBound<RedisCommandHandler>
+    let logger: Logger
     /// Session state as commands are enqueued, and the name the connection has on the server.
-    private let session: Lock<(state: SessionState, name: String?)>
+    let session: Lock<(state: SessionState, name: String?)>
     private static let nextConnectionID = Atomic<Int>(0)
     private static let nextCommandID = Atomic<UInt64>(0)
 
@@ -385,9 +385,12 @@ public final class RedisConnection: Sendable {
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
         defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
         if tracked {
-            self.session.withLock { session in
+            let refused = self.session.withLock { session -> RedisError? in
+                if let refused = Self.subscriptionInTransaction(commands, inTransaction: session.state.inTransaction) { return refused }
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
+                return nil
             }
+            if let refused { throw refused }
         }
         // A blocking command may wait on the server as long as its own timeout says, then answer.
         let commandTimeout = self.configuration.commandTimeout
@@ -396,6 +399,7 @@ public final class RedisConnection: Sendable {
         let results = try await Self.exchange(
             payload,
             closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
+            pubSubCommands: commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) },
             deadline: now + TimeAmount(replyTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
@@ -407,6 +411,30 @@ public final class RedisConnection: Sendable {
         return results
     }
 
+    /// Why `commands` cannot be sent when a subscribe-family command would be queued inside `MULTI`:
+    /// Redis answers it at `EXEC` with one confirmation per name, all but the first outside `EXEC`'s
+    /// reply, which no reader can match to commands.
+    private static func subscriptionInTransaction(_ commands: [RedisCommand], inTransaction: Bool) -> RedisError? {
+        var inTransaction = inTransaction
+        for command in commands {
+            switch command.sessionEffect {
+            case .beginsTransaction: inTransaction = true
+            case .endsTransaction: inTransaction = false
+            default: break
+            }
+            switch PubSubStateMachine.Command(name: command.name, argumentCount: command.argumentCount) {
+            case .subscribe?, .unsubscribe?:
+                guard inTransaction else { continue }
+                var error = RedisError(code: .invalidArgument, message: "\(command.name) cannot be queued inside MULTI: subscribe outside the transaction")
+                error.commandWasNotSent = true
+                return error
+            case .reset?, nil:
+                continue
+            }
+        }
+        return nil
+    }
+
     private static func isTimeout(_ result: Result<RESPValue, RedisError>) -> Bool {
         if case .failure(let error) = result { return error.code == .commandTimeout }
         return false
@@ -414,9 +442,10 @@ public final class RedisConnection: Sendable {
 
     /// Hands `payload` (`count` encoded commands) to the handler on its event loop and waits for the
     /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
-    private static func exchange(
+    static func exchange(
         _ payload: ByteBuffer,
         closesIfAbandoned: [Bool],
+        pubSubCommands: [PubSubStateMachine.Command?] = [],
         deadline: NIODeadline,
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
@@ -435,9 +464,9 @@ public final class RedisConnection: Sendable {
             )
         }
         if eventLoop.inEventLoop {
-            handler.value.enqueue(payload, entries: entries)
+            handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
         } else {
-            eventLoop.execute { handler.value.enqueue(payload, entries: entries) }
+            eventLoop.execute { handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands) }
         }
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []

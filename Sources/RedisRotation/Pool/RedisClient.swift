@@ -49,7 +49,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// The clock of every decision and the loop of the one timer (a manual one in tests).
     private let timerLoop: any EventLoop
     private let connectionFactory: ConnectionFactory
-    private let logger: Logger
+    let logger: Logger
     private let state: Lock<State>
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
@@ -62,6 +62,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Internal observers of the client's events (dedicated connections such as subscribers follow
     /// promotions, demotions and TLS reloads through them); called after the event is decided.
     private let observers = Lock<(next: Int, all: [Int: @Sendable (RedisRotationEvent) -> Void])>((0, [:]))
+    /// The subscriptions and their dedicated connection (see `RedisClient+PubSub.swift`).
+    let subscriberHub = SubscriberHub()
 
     /// The decisions (``ClientStateMachine``) and what the shell holds for them: the connection objects,
     /// the waiting tasks, the TLS context and the scheduled timer. Always changed together, under one lock.
@@ -204,6 +206,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     await watcher.run(initial: self.initialTLSSnapshot) { report in self.tlsReported(report) }
                 }
             }
+            group.addTask { await self.subscriberHub.run(client: self) }
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
                 await self.waitForShutdownSignal()
@@ -402,7 +405,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         case .renames:
             advice = "connection names carry the credential version operators rotate by: set RedisClientConfiguration.name"
         case .irreversible(let name) where name.hasSuffix("SUBSCRIBE"):
-            advice = "subscriptions need a connection of their own, outside the pool"
+            advice = "subscriptions need a connection of their own, outside the pool: use subscribe(to:), psubscribe(to:) or ssubscribe(to:)"
         case .irreversible, .none, .blocks:
             advice = "it changes the connection's identity or protocol state, which a pooled connection must not carry; use a RedisConnection of your own"
         }
@@ -527,6 +530,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     func removeObserver(_ id: Int) {
         self.observers.withLock { _ = $0.all.removeValue(forKey: id) }
+    }
+
+    /// Emits `event` as the client's own (dedicated connections report their replacements).
+    func emit(_ event: RedisRotationEvent) {
+        self.perform([.event(event)])
     }
 
     /// Lease requests not yet granted or failed (for tests: nothing may stay behind).

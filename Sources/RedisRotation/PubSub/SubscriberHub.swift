@@ -1,0 +1,504 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import NIOCore
+import Synchronization
+
+/// The client's subscriptions and the dedicated connection that serves them all, outside the pool.
+///
+/// Decisions are a ``SubscriberStateMachine``'s; this shell performs them. Work that needs I/O
+/// (subscribing, unsubscribing, replacing the connection after a rotation or a loss) runs one item at a
+/// time in ``run(client:)``, which runs inside ``RedisClient/run()``: so a subscribe never races a
+/// replacement. Messages take a shorter path: each connection's receiver decides and delivers on its
+/// event loop under the lock.
+final class SubscriberHub: Sendable {
+    typealias Kind = PubSubStateMachine.Kind
+
+    private enum Phase {
+        case notStarted, running, shutDown
+    }
+
+    private struct Slot {
+        let connection: RedisConnection
+        let version: String
+        let tlsGeneration: UInt64?
+    }
+
+    private struct State {
+        var machine: SubscriberStateMachine
+        var phase = Phase.notStarted
+        var continuations: [UInt64: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation] = [:]
+        var slots: [Int: Slot] = [:]
+        var nextSlot = 0
+        /// Callers waiting for their subscribe to be performed.
+        var waiting: [UInt64: Completion] = [:]
+        /// The handover in progress waits for both markers.
+        var handover: Completion?
+        /// The user's ACL refuses the marker channel: replacements are signalled as gaps.
+        var markerRefused = false
+    }
+
+    private enum Work: Sendable {
+        case subscribe(UInt64, Kind, [String])
+        case unsubscribe(UInt64)
+        case checkRotation
+        case reconnect
+        /// PINGs the delivering connection: a peer that vanished silently (no EOF) fails it at the
+        /// command's silence deadline, which closes the connection and starts a reconnect.
+        case healthCheck
+    }
+
+    private let state: Lock<State>
+    private let work: AsyncStream<Work>
+    private let workContinuation: AsyncStream<Work>.Continuation
+    private static let subscriptionIDs = Atomic<UInt64>(0)
+
+    /// The events after which the subscriber may be on an outdated credential or TLS generation.
+    private static let rotationKinds: Set<RedisRotationEvent.Kind> = [.promoted, .credentialDemoted, .tlsMaterialReloaded]
+
+    init() {
+        self.state = Lock(State(machine: SubscriberStateMachine(markerChannel: "__redis-rotation:handover:\(UUID().uuidString)")))
+        (self.work, self.workContinuation) = AsyncStream.makeStream()
+    }
+
+    // MARK: Subscriptions
+
+    /// Subscribes to `names` and returns once the server confirmed them (or they were already
+    /// subscribed for another subscription), at most `timeout` later.
+    func subscribe(_ kind: Kind, _ names: [String], timeout: Duration) async throws -> RedisClientSubscription {
+        precondition(!names.isEmpty, "a subscription needs at least one channel or pattern")
+        try Task.checkCancellation()
+        let id = Self.subscriptionIDs.add(1, ordering: .relaxed).newValue
+        let (stream, continuation) = AsyncThrowingStream<RedisSubscriptionEvent, any Error>.makeStream()
+        let completion = Completion()
+        let accepted = self.state.withLock { state -> Bool in
+            guard state.phase != .shutDown else { return false }
+            state.continuations[id] = continuation
+            state.waiting[id] = completion
+            return true
+        }
+        guard accepted else { throw Self.shutdownError }
+        continuation.onTermination = { [workContinuation] _ in workContinuation.yield(.unsubscribe(id)) }
+        self.workContinuation.yield(.subscribe(id, kind, names))
+        do {
+            try await completion.wait(timeout: timeout)
+        } catch {
+            self.state.withLock { _ = $0.waiting.removeValue(forKey: id) }
+            continuation.finish()
+            throw error
+        }
+        return RedisClientSubscription(stream: stream)
+    }
+
+    // MARK: Running
+
+    /// Performs the work until cancelled; then closes the connections and ends every subscription with
+    /// `clientShutdown`.
+    func run(client: RedisClient) async {
+        self.state.withLock { $0.phase = .running }
+        let observer = client.addObserver { [workContinuation] event in
+            if Self.rotationKinds.contains(event.kind) { workContinuation.yield(.checkRotation) }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            if let interval = client.configuration.pool.healthCheckInterval {
+                group.addTask { [workContinuation] in
+                    while (try? await Task.sleep(for: interval)) != nil { workContinuation.yield(.healthCheck) }
+                }
+            }
+            await withTaskCancellationHandler {
+                for await item in self.work {
+                    if Task.isCancelled { break }
+                    await self.perform(item, client: client)
+                }
+            } onCancel: {
+                self.workContinuation.finish()
+            }
+            group.cancelAll()
+        }
+        client.removeObserver(observer)
+        await self.shutdown()
+    }
+
+    private func shutdown() async {
+        let (continuations, slots, waiting, handover) = self.state.withLock { state in
+            state.phase = .shutDown
+            defer {
+                state.continuations = [:]
+                state.slots = [:]
+                state.waiting = [:]
+                state.handover = nil
+            }
+            return (Array(state.continuations.values), Array(state.slots.values), Array(state.waiting.values), state.handover)
+        }
+        for slot in slots { await slot.connection.close() }
+        for continuation in continuations { continuation.finish(throwing: Self.shutdownError) }
+        for completion in waiting { completion.resume(.failure(Self.shutdownError)) }
+        handover?.resume(.failure(Self.shutdownError))
+    }
+
+    private static var shutdownError: RedisError {
+        RedisError(code: .clientShutdown, message: "the client stopped running; its subscriptions ended")
+    }
+
+    private func perform(_ item: Work, client: RedisClient) async {
+        switch item {
+        case .subscribe(let id, let kind, let names):
+            let result = await self.performSubscribe(id, kind, names, client: client)
+            let completion = self.state.withLock { $0.waiting.removeValue(forKey: id) }
+            completion?.resume(result)
+        case .unsubscribe(let id):
+            await self.performUnsubscribe(id, client: client)
+        case .checkRotation:
+            await self.rotateIfNeeded(client: client)
+        case .reconnect:
+            await self.reconnect(client: client)
+        case .healthCheck:
+            guard let (_, slot) = self.delivering() else { return }
+            _ = try? await slot.connection.send(RedisCommand("PING"), timeout: client.configuration.commandTimeout)
+        }
+    }
+
+    private func performSubscribe(_ id: UInt64, _ kind: Kind, _ names: [String], client: RedisClient) async -> Result<Void, any Error> {
+        // The caller gave up (timeout, cancellation) before its turn: nothing to do.
+        guard self.state.withLock({ $0.waiting[id] != nil && $0.continuations[id] != nil }) else { return .failure(CancellationError()) }
+        if self.delivering() == nil { await self.reconnect(client: client) }
+        guard let (_, slot) = self.delivering() else {
+            return .failure(RedisError(code: .connectionFailed, message: "the subscriber connection could not be opened"))
+        }
+        let new = self.state.withLock { $0.machine.subscribe(id, kind: kind, names: names) }
+        guard !new.isEmpty else { return .success(()) }
+        do {
+            try await slot.connection.sendSubscriptionCommand(kind.subscribeCommand, new, timeout: client.configuration.commandTimeout)
+            return .success(())
+        } catch let error as RedisError where error.code == .serverError {
+            // Refused (NOPERM): the subscription never existed.
+            let unused = self.state.withLock { state in
+                state.continuations[id] = nil
+                return state.machine.unsubscribe(id)
+            }
+            for (kind, names) in unused {
+                try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: client.configuration.commandTimeout)
+            }
+            return .failure(error)
+        } catch {
+            // The connection failed: its replacement subscribes to everything wanted, these names included.
+            await self.reconnect(client: client)
+            return self.delivering() == nil ? .failure(error) : .success(())
+        }
+    }
+
+    private func performUnsubscribe(_ id: UInt64, client: RedisClient) async {
+        let (unused, delivering, hasSubscriptions) = self.state.withLock { state in
+            state.continuations[id] = nil
+            return (state.machine.unsubscribe(id), state.machine.deliveringConnection, state.machine.hasSubscriptions)
+        }
+        guard let delivering, let slot = self.state.withLock({ $0.slots[delivering] }) else { return }
+        if !hasSubscriptions {
+            // Nothing left to serve: the connection goes (a new subscription opens another).
+            self.forget(delivering)
+            await slot.connection.close()
+            return
+        }
+        for (kind, names) in unused {
+            try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: client.configuration.commandTimeout)
+        }
+    }
+
+    // MARK: Connections
+
+    private func delivering() -> (Int, Slot)? {
+        self.state.withLock { state in
+            guard let id = state.machine.deliveringConnection, let slot = state.slots[id] else { return nil }
+            return (id, slot)
+        }
+    }
+
+    /// Opens a connection, subscribes it to everything wanted and makes it deliver (after a gap, when the
+    /// previous one was lost), with backoff between failures, until it works or the hub stops.
+    private func reconnect(client: RedisClient) async {
+        let backoff = Backoff(base: TimeAmount(client.configuration.pool.reconnectBackoffBase), cap: TimeAmount(client.configuration.pool.reconnectBackoffCap))
+        var delay: TimeAmount?
+        // Bounded by the hub's life: cancellation ends the pauses, and a stopped hub ends the loop.
+        for _ in 0..<100_000 {
+            // Only while someone needs the connection: subscriptions, or a subscribe waiting for it.
+            let needed = self.state.withLock { state in
+                state.phase == .running && state.machine.deliveringConnection == nil && (state.machine.hasSubscriptions || !state.waiting.isEmpty)
+            }
+            guard !Task.isCancelled, needed else { return }
+            var opened: Int?
+            do {
+                let (connection, version) = try await client.openDedicatedConnection(suffix: "-sub")
+                let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
+                opened = id
+                await connection.installPushReceiver(Receiver(hub: self, connection: id))
+                try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
+                let action = self.apply { $0.resumeConfirmed(id, at: Date()) }
+                client.logger.debug("subscriber connected", metadata: [LoggingKeys.credentialVersion: "\(version)"])
+                if action.deliveries.contains(where: { if case .gap = $0.element { return true } else { return false } }) {
+                    client.emit(
+                        RedisRotationEvent(
+                            kind: .connectionReplaced,
+                            credentialVersion: version,
+                            detail: "subscriber connection lost and replaced; subscriptions were told of a gap"
+                        )
+                    )
+                }
+                return
+            } catch {
+                client.logger.debug("subscriber connection failed", metadata: [LoggingKeys.error: "\(error)"])
+                if let opened, let slot = self.state.withLock({ $0.slots[opened] }) {
+                    self.apply { $0.connectionLost(opened, at: Date()) }
+                    self.forget(opened)
+                    await slot.connection.close()
+                }
+                let next = backoff.delay(after: delay, random: Double.random(in: 0..<1))
+                delay = next
+                try? await Task.sleep(for: .nanoseconds(next.nanoseconds))
+            }
+        }
+    }
+
+    /// Replaces the delivering connection make-before-break when it is on another credential version
+    /// or TLS generation than new connections get; up to three tries, then until the next rotation event.
+    private func rotateIfNeeded(client: RedisClient) async {
+        for attempt in 0..<3 {
+            guard let (predecessor, slot) = self.delivering(), self.state.withLock({ $0.machine.hasSubscriptions }) else { return }
+            let target = client.dedicatedConnectionTarget
+            let stale = (target.version != nil && target.version != slot.version) || target.tlsGeneration != slot.tlsGeneration
+            guard stale else { return }
+            if await self.handover(from: predecessor, client: client) || attempt == 2 { return }
+            try? await Task.sleep(for: .milliseconds(250 << attempt))
+        }
+    }
+
+    /// One make-before-break replacement; `true` when the successor delivers alone.
+    private func handover(from predecessor: Int, client: RedisClient) async -> Bool {
+        if self.state.withLock({ $0.markerRefused }) { return await self.handoverWithoutMarker(from: predecessor, client: client) }
+        let timeout = client.configuration.commandTimeout
+        let connection: RedisConnection
+        let version: String
+        do {
+            (connection, version) = try await client.openDedicatedConnection(suffix: "-sub")
+        } catch {
+            client.logger.debug("subscriber replacement failed to open", metadata: [LoggingKeys.error: "\(error)"])
+            return false
+        }
+        let token = UUID().uuidString
+        let completion = Completion()
+        var started = false
+        let id = self.adopt(connection, version: version) { machine, id in started = machine.handoverStarted(to: id, token: token) }
+        guard started else {
+            self.forget(id)
+            await connection.close()
+            return false
+        }
+        self.state.withLock { $0.handover = completion }
+        await connection.installPushReceiver(Receiver(hub: self, connection: id))
+        do {
+            try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
+            let marker = self.state.withLock { $0.machine.markerChannel }
+            do {
+                _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                // The user may not publish: the next try replaces without the marker (with a gap).
+                self.state.withLock { $0.markerRefused = true }
+                client.logger.warning(
+                    "the user may not publish the subscriber's marker: replacing the subscriber after a rotation will signal a gap; allow PUBLISH to &__redis-rotation:* in the user's ACL"
+                )
+                throw error
+            }
+            try await completion.wait(timeout: timeout)
+            client.logger.debug("subscriber replaced", metadata: [LoggingKeys.credentialVersion: "\(version)"])
+            client.emit(
+                RedisRotationEvent(
+                    kind: .connectionReplaced,
+                    credentialVersion: version,
+                    detail: "subscriber connection replaced make-before-break"
+                )
+            )
+            return true
+        } catch {
+            client.logger.debug("subscriber replacement abandoned", metadata: [LoggingKeys.error: "\(error)"])
+            self.apply { $0.handoverAbandoned(id) }
+            self.state.withLock { $0.handover = nil }
+            return false
+        }
+    }
+
+    private func subscribeEverything(on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
+        let (wanted, marker, markerRefused) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel, $0.markerRefused) }
+        for kind in Kind.allCases {
+            guard let names = wanted[kind], !names.isEmpty else { continue }
+            try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
+        }
+        guard !markerRefused else { return }
+        do {
+            try await connection.sendSubscriptionCommand("SUBSCRIBE", [marker], timeout: timeout)
+        } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+            self.state.withLock { $0.markerRefused = true }
+            client.logger.warning(
+                "the user may not subscribe to the subscriber's marker channel: replacing the subscriber after a rotation will signal a gap; allow &__redis-rotation:* in the user's ACL"
+            )
+        }
+    }
+
+    /// A replacement without the marker channel: the successor subscribes, the predecessor closes, and
+    /// the successor's messages follow a gap (they may repeat some of the predecessor's).
+    private func handoverWithoutMarker(from predecessor: Int, client: RedisClient) async -> Bool {
+        let connection: RedisConnection
+        let version: String
+        do {
+            (connection, version) = try await client.openDedicatedConnection(suffix: "-sub")
+        } catch {
+            return false
+        }
+        let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
+        await connection.installPushReceiver(Receiver(hub: self, connection: id))
+        do {
+            try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
+        } catch {
+            self.forget(id)
+            await connection.close()
+            return false
+        }
+        let old = self.state.withLock { $0.slots.removeValue(forKey: predecessor)?.connection }
+        self.apply { $0.connectionLost(predecessor, at: Date()) }
+        await old?.close()
+        self.apply { $0.resumeConfirmed(id, at: Date()) }
+        client.emit(
+            RedisRotationEvent(
+                kind: .connectionReplaced,
+                credentialVersion: version,
+                detail: "subscriber connection replaced without the marker channel; subscriptions were told of a gap"
+            )
+        )
+        return true
+    }
+
+    /// Records `connection` as a slot and gives its id to the machine, in one decision.
+    private func adopt(
+        _ connection: RedisConnection,
+        version: String,
+        _ body: (inout SubscriberStateMachine, Int) -> Void
+    ) -> Int {
+        self.state.withLock { state in
+            state.nextSlot += 1
+            state.slots[state.nextSlot] = Slot(connection: connection, version: version, tlsGeneration: connection.tlsInfo?.contextGeneration)
+            body(&state.machine, state.nextSlot)
+            return state.nextSlot
+        }
+    }
+
+    private func forget(_ id: Int) {
+        self.state.withLock { state in
+            state.slots[id] = nil
+            _ = state.machine.connectionLost(id, at: Date())
+        }
+    }
+
+    // MARK: Decisions
+
+    /// Decides under the lock and delivers there too: `yield` only buffers or wakes the reading task, and
+    /// delivering in decision order is what keeps two event loops' messages in the server's order.
+    /// Closing, waking waiters and queueing work happen after the lock.
+    @discardableResult
+    private func apply(_ event: (inout SubscriberStateMachine) -> SubscriberStateMachine.Action) -> SubscriberStateMachine.Action {
+        let (action, closing, handover) = self.state.withLock { state -> (SubscriberStateMachine.Action, [RedisConnection], Completion?) in
+            guard state.phase == .running else { return (.init(), [], nil) }
+            let action = event(&state.machine)
+            for delivery in action.deliveries {
+                let element: RedisSubscriptionEvent
+                switch delivery.element {
+                case .message(let message): element = .message(message)
+                case .gap(let from, let to): element = .gap(from: from, to: to)
+                }
+                state.continuations[delivery.subscription]?.yield(element)
+            }
+            let closing = action.close.compactMap { state.slots.removeValue(forKey: $0)?.connection }
+            let handover = (action.handoverCompleted || action.handoverAbandoned) ? state.handover.take() : nil
+            return (action, closing, handover)
+        }
+        for connection in closing { Task { await connection.close() } }
+        if action.handoverCompleted {
+            handover?.resume(.success(()))
+        } else if action.handoverAbandoned {
+            handover?.resume(.failure(RedisError(code: .connectionClosed, message: "the subscriber replacement failed")))
+        }
+        if action.reconnect { self.workContinuation.yield(.reconnect) }
+        return action
+    }
+
+    fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
+        self.apply { $0.pushReceived(push, on: connection) }
+    }
+
+    fileprivate func connectionClosed(_ connection: Int) {
+        let known = self.state.withLock { $0.slots.removeValue(forKey: connection) != nil }
+        guard known else { return }
+        self.apply { $0.connectionLost(connection, at: Date()) }
+    }
+}
+
+/// Hears one subscriber connection for the hub.
+private final class Receiver: PubSubPushReceiver, Sendable {
+    let hub: SubscriberHub
+    let connection: Int
+
+    init(hub: SubscriberHub, connection: Int) {
+        self.hub = hub
+        self.connection = connection
+    }
+
+    func received(_ push: PubSubStateMachine.Push) {
+        self.hub.pushReceived(push, on: self.connection)
+    }
+
+    func connectionClosed(_ error: RedisError) {
+        self.hub.connectionClosed(self.connection)
+    }
+}
+
+/// A one-time result that one task waits for, with a deadline; whoever comes second finds it.
+final class Completion: Sendable {
+    private enum State {
+        case pending(CheckedContinuation<Void, any Error>?)
+        case done(Result<Void, any Error>)
+    }
+
+    private let state = Lock<State>(.pending(nil))
+
+    func resume(_ result: Result<Void, any Error>) {
+        let continuation = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            guard case .pending(let continuation) = state else { return nil }
+            state = .done(result)
+            return continuation
+        }
+        continuation?.resume(with: result)
+    }
+
+    /// Waits for the result; fails with `commandTimeout` after `timeout`, or when the task is cancelled.
+    func wait(timeout: Duration) async throws {
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            self.resume(.failure(RedisError(code: .commandTimeout, message: "the subscriber did not confirm within \(timeout)")))
+        }
+        defer { timer.cancel() }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = self.state.withLock { state -> Result<Void, any Error>? in
+                    switch state {
+                    case .done(let result): return result
+                    case .pending: state = .pending(continuation)
+                        return nil
+                    }
+                }
+                if let result { continuation.resume(with: result) }
+            }
+        } onCancel: {
+            self.resume(.failure(CancellationError()))
+        }
+    }
+}

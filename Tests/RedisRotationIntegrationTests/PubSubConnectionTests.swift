@@ -1,0 +1,200 @@
+import Foundation
+import NIOCore
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+@Suite("Pub/sub on one connection against a real redis-server", .timeLimit(.minutes(2)))
+struct PubSubConnectionTests {
+    func connect(_ server: RedisServerProcess, _ password: RedisSecret) async throws -> RedisConnection {
+        try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: password))
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many connections the server has subscribed to it.
+    func subscribers(of channel: String, on server: RedisServerProcess) async throws -> Int {
+        try await server.admin("PUBSUB", "NUMSUB", .string(channel)).array?.last?.int ?? -1
+    }
+
+    @Test("messages arrive in order after subscribe returns; the channel, pattern and payload are as published")
+    func subscribeAndReceive() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let subscriber = try await self.connect(server, password)
+            let publisher = try await self.connect(server, password)
+            let channels = try await subscriber.subscribe(to: ["orders", "payments"])
+            let patterns = try await subscriber.psubscribe(to: ["news.*"])
+            let shards = try await subscriber.ssubscribe(to: ["shard"])
+            for index in 0..<5 {
+                #expect(try await publisher.send(RedisCommand("PUBLISH", "orders", .string("o\(index)"))).int == 1)
+            }
+            try await publisher.send(RedisCommand("PUBLISH", "payments", .bytes([0, 255, 13, 10])))
+            try await publisher.send(RedisCommand("PUBLISH", "news.today", "headline"))
+            try await publisher.send(RedisCommand("SPUBLISH", "shard", "s-payload"))
+
+            var iterator = channels.makeAsyncIterator()
+            for index in 0..<5 {
+                let message = try await iterator.next()
+                #expect(message?.channel == "orders" && message?.string == "o\(index)" && message?.pattern == nil)
+            }
+            let binary = try await iterator.next()
+            #expect(binary?.channel == "payments" && binary?.payload == ByteBuffer(bytes: [0, 255, 13, 10]))
+            var patternIterator = patterns.makeAsyncIterator()
+            let news = try await patternIterator.next()
+            #expect(news?.channel == "news.today" && news?.pattern == "news.*" && news?.string == "headline")
+            var shardIterator = shards.makeAsyncIterator()
+            let sharded = try await shardIterator.next()
+            #expect(sharded?.channel == "shard" && sharded?.isSharded == true && sharded?.string == "s-payload")
+            // The description is safe to log: no channel name, no payload.
+            #expect(!"\(sharded!)".contains("s-payload") && !"\(news!)".contains("news.today") && !"\(news!)".contains("headline"))
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
+
+    @Test("a raw SUBSCRIBE no longer kills the connection: its confirmations are one reply, PING still answers")
+    func rawSubscribe() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            let reply = try await connection.send(RedisCommand("SUBSCRIBE", "a", "b"))
+            #expect(reply.array?.count == 2)
+            #expect(reply.array?.last?.array?.last?.int == 2)
+            // In RESP2 subscribed mode PING is answered with an array.
+            let pong = try await connection.send(RedisCommand("PING"))
+            #expect(pong.array?.first?.string == "pong")
+            // Messages nobody listens to are dropped; the replies stay matched.
+            try await server.admin("PUBLISH", "a", "unheard")
+            let refused = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("GET", "k")) }
+            #expect(refused?.code == .serverError)
+            let unsubscribed = try await connection.send(RedisCommand("UNSUBSCRIBE"))
+            #expect(unsubscribed.array?.count == 2)
+            #expect(try await connection.send(RedisCommand("SET", "k", "v")).string == "OK")
+            #expect(connection.isActive)
+            await connection.close()
+        }
+    }
+
+    @Test("a SUBSCRIBE inside MULTI is refused before anything is written (Redis answers it outside EXEC's reply)")
+    func subscribeInsideMulti() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            try await connection.send(RedisCommand("MULTI"))
+            let refused = await #expect(throws: RedisError.self) { try await connection.send(RedisCommand("SUBSCRIBE", "a", "b")) }
+            #expect(refused?.code == .invalidArgument && refused?.commandWasNotSent == true)
+            try await connection.send(RedisCommand("INCR", "multi-counter"))
+            #expect(try await connection.send(RedisCommand("EXEC")).array?.first?.int == 1)
+            // In one pipeline too.
+            let results = try? await connection.pipeline([RedisCommand("MULTI"), RedisCommand("PSUBSCRIBE", "p*"), RedisCommand("EXEC")])
+            #expect(results == nil)
+            #expect(try await self.subscribers(of: "a", on: server) == 0)
+            #expect(try await connection.send(RedisCommand("PING")).string == "PONG")
+            await connection.close()
+        }
+    }
+
+    @Test("subscriptions sharing a channel: the server unsubscribes only when the last one ends")
+    func sharedChannelIsReferenceCounted() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            var first: RedisSubscription? = try await connection.subscribe(to: ["shared", "only-first"])
+            let second = try await connection.subscribe(to: ["shared"])
+            #expect(try await self.subscribers(of: "shared", on: server) == 1)
+            first = nil
+            await eventually("only-first is unsubscribed") { (try? await self.subscribers(of: "only-first", on: server)) == 0 }
+            #expect(try await self.subscribers(of: "shared", on: server) == 1)
+            #expect(first == nil)
+            try await server.admin("PUBLISH", "shared", "still")
+            var iterator = second.makeAsyncIterator()
+            #expect(try await iterator.next()?.string == "still")
+            await connection.close()
+        }
+    }
+
+    @Test("cancelling the task that iterates unsubscribes on the server")
+    func cancellationUnsubscribes() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            let subscription = try await connection.subscribe(to: ["cancel-me"])
+            let consumer = Task {
+                var count = 0
+                for try await _ in subscription { count += 1 }
+                return count
+            }
+            try await server.admin("PUBLISH", "cancel-me", "one")
+            #expect(try await self.subscribers(of: "cancel-me", on: server) == 1)
+            consumer.cancel()
+            _ = try? await consumer.value
+            await eventually("the server has no subscriber left") { (try? await self.subscribers(of: "cancel-me", on: server)) == 0 }
+            // Out of subscribed mode again: an ordinary command works.
+            await eventually("the connection serves ordinary commands") {
+                (try? await connection.send(RedisCommand("SET", "after", "1")))?.string == "OK"
+            }
+            await connection.close()
+        }
+    }
+
+    @Test("a subscribe cancelled before its confirmation leaves nothing subscribed")
+    func cancelledBeforeConfirmation() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            var configuration = server.connectionConfiguration(username: "alice", password: password)
+            configuration.port = proxy.port
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            // Already cancelled when it starts: nothing is written.
+            let early = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await connection.subscribe(to: ["early"])
+            }
+            await #expect(throws: CancellationError.self) { try await early.value }
+            // Cancelled while its SUBSCRIBE is held on the way: the confirmation comes later and is
+            // dropped, and the name is unsubscribed again.
+            await proxy.setMode(.paused)
+            let late = Task { try await connection.subscribe(to: ["late"]) }
+            await eventually("the SUBSCRIBE is held") { await proxy.chunksInTransit(towardServer: true) > 0 }
+            late.cancel()
+            await #expect(throws: CancellationError.self) { try await late.value }
+            await proxy.setMode(.forward)
+            await eventually("nothing is subscribed") {
+                let late = try? await self.subscribers(of: "late", on: server)
+                let early = try? await self.subscribers(of: "early", on: server)
+                return late == 0 && early == 0
+            }
+            #expect(try await connection.send(RedisCommand("SET", "k", "v")).string == "OK")
+            await connection.close()
+            await proxy.close()
+        }
+    }
+
+    @Test("a channel the user may not read: NOPERM, and the connection keeps working")
+    func subscribeRefused() async throws {
+        let password = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [password], rules: "~* resetchannels &allowed +@all")])
+        ) { server in
+            let connection = try await self.connect(server, password)
+            let error = await #expect(throws: RedisError.self) { try await connection.subscribe(to: ["forbidden"]) }
+            #expect(error?.serverErrorPrefix == "NOPERM")
+            let allowed = try await connection.subscribe(to: ["allowed"])
+            try await server.admin("PUBLISH", "allowed", "yes")
+            var iterator = allowed.makeAsyncIterator()
+            #expect(try await iterator.next()?.string == "yes")
+            await connection.close()
+        }
+    }
+
+    @Test("a killed connection ends its subscriptions with connectionClosed")
+    func killEndsSubscription() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await self.connect(server, password)
+            let subscription = try await connection.subscribe(to: ["k"])
+            try await server.admin("CLIENT", "KILL", "USER", "alice")
+            let error = await #expect(throws: RedisError.self) { for try await _ in subscription {} }
+            #expect(error?.code == .connectionClosed)
+        }
+    }
+}
