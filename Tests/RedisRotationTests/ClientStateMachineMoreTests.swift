@@ -161,11 +161,11 @@ extension ClientStateMachineMoreTests {
                     actions = machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
                 }
             case 2:
-                if let lease = shell.waiting.keys.randomElement(using: &random) {
+                if let lease = shell.waiting.keys.sorted().randomElement(using: &random) {
                     actions = machine.leaseCancelled(lease, at: moment())
                 }
             case 3, 4:
-                if let id = shell.connecting.randomElement(using: &random) {
+                if let id = shell.connecting.sorted().randomElement(using: &random) {
                     shell.connecting.remove(id)
                     switch Int.random(in: 0..<5, using: &random) {
                     case 0:
@@ -189,13 +189,13 @@ extension ClientStateMachineMoreTests {
                     }
                 }
             case 5, 6:
-                if let (id, _) = shell.leasedBy.randomElement(using: &random) {
+                if let (id, _) = shell.leasedBy.sorted(by: { $0.key < $1.key }).randomElement(using: &random) {
                     shell.leasedBy[id] = nil
                     let outcome = [Machine.LeaseOutcome.clean, .clean, .needsRestore, .unusable].randomElement(using: &random)!
                     actions = machine.leaseEnded(id, outcome: shell.established.contains(id) ? outcome : .unusable, at: moment())
                 }
             case 7:
-                if let id = shell.working.randomElement(using: &random) {
+                if let id = shell.working.sorted().randomElement(using: &random) {
                     shell.working.remove(id)
                     if let credentials = shell.reauthenticating.removeValue(forKey: id) {
                         actions = Bool.random(using: &random)
@@ -206,7 +206,7 @@ extension ClientStateMachineMoreTests {
                     }
                 }
             case 8:
-                if let id = shell.closing.randomElement(using: &random) ?? (Int.random(in: 0..<4, using: &random) == 0 ? shell.established.randomElement(using: &random) : nil) {
+                if let id = shell.closing.sorted().randomElement(using: &random) ?? (Int.random(in: 0..<4, using: &random) == 0 ? shell.established.sorted().randomElement(using: &random) : nil) {
                     shell.closing.remove(id)
                     shell.established.remove(id)
                     shell.working.remove(id)
@@ -282,36 +282,47 @@ extension ClientStateMachineMoreTests {
         for step in 420..<720 {
             var actions: [Action] = []
             let draining = step >= 620
-            if let id = shell.connecting.first {
-                shell.connecting.remove(id)
-                let candidate = machine.nextCandidate(after: []) ?? self.v1
-                if case .adopted(let adopted) = machine.connectionEstablished(
-                    id, credentials: candidate, rejected: [], generation: generation, peerCertificate: nil, clientCertificate: nil, at: moment()
-                ) {
-                    shell.established.insert(id)
-                    actions = adopted
+            // Each kind of pending work in turn, oldest first: none starves the others.
+            var done = false
+            for offset in 0..<5 where !done {
+                switch (step + offset) % 5 {
+                case 0:
+                    guard let id = shell.connecting.min() else { continue }
+                    shell.connecting.remove(id)
+                    let candidate = machine.nextCandidate(after: []) ?? self.v1
+                    if case .adopted(let adopted) = machine.connectionEstablished(
+                        id, credentials: candidate, rejected: [], generation: generation, peerCertificate: nil, clientCertificate: nil, at: moment()
+                    ) {
+                        shell.established.insert(id)
+                        actions = adopted
+                    }
+                case 1:
+                    guard let id = shell.working.min() else { continue }
+                    shell.working.remove(id)
+                    if let credentials = shell.reauthenticating.removeValue(forKey: id) {
+                        actions = machine.reauthenticated(id, credentials: credentials, at: moment())
+                    } else {
+                        actions = machine.connectionReleased(id, reusable: true, at: moment())
+                    }
+                case 2:
+                    guard let id = shell.closing.min() else { continue }
+                    shell.closing.remove(id)
+                    shell.established.remove(id)
+                    actions = machine.connectionClosed(id, at: moment())
+                case 3:
+                    guard let id = shell.leasedBy.keys.min() else { continue }
+                    shell.leasedBy[id] = nil
+                    actions = machine.leaseEnded(id, outcome: .clean, at: moment())
+                default:
+                    guard !shell.probing.isEmpty else { continue }
+                    actions = machine.probeCompleted(shell.probing.removeFirst(), result: .accepted, at: moment())
                 }
-            } else if let id = shell.working.first {
-                shell.working.remove(id)
-                if let credentials = shell.reauthenticating.removeValue(forKey: id) {
-                    actions = machine.reauthenticated(id, credentials: credentials, at: moment())
-                } else {
-                    actions = machine.connectionReleased(id, reusable: true, at: moment())
-                }
-            } else if let id = shell.closing.first {
-                shell.closing.remove(id)
-                shell.established.remove(id)
-                actions = machine.connectionClosed(id, at: moment())
-            } else if let (id, _) = shell.leasedBy.first {
-                shell.leasedBy[id] = nil
-                actions = machine.leaseEnded(id, outcome: .clean, at: moment())
-            } else if !shell.probing.isEmpty {
-                actions = machine.probeCompleted(shell.probing.removeFirst(), result: .accepted, at: moment())
-            } else if !draining {
+                done = true
+            }
+            if !done {
+                if draining { break }
                 elapsed = elapsed + .milliseconds(100)
                 if let timer = shell.timer, timer <= moment().now { actions = machine.timerFired(at: moment()) }
-            } else {
-                break
             }
             for case .reauthenticate(let id, _) in actions { shell.working.insert(id) }
             shell.apply(actions, step: step)
@@ -327,5 +338,54 @@ extension ClientStateMachineMoreTests {
             shell.problems.append("pool slots \(slots.keys.sorted()) but the shell holds \(shell.established.sorted())")
         }
         return shell.problems
+    }
+}
+
+extension ClientStateMachineMoreTests {
+    @Test("connections held by long leases through a TLS rollover get one replacement each, not a stream of surplus connections")
+    func noChurnUnderLongLeases() {
+        var configuration = self.configuration()
+        configuration.pool.minimumConnections = 1
+        configuration.pool.maximumConnections = 3
+        configuration.pool.maximumConcurrentHandshakes = 2
+        configuration.pool.handshakeHedgeDelay = .milliseconds(500)
+        configuration.tlsRolloverWindow = .seconds(2)
+        var machine = Machine(configuration: configuration, tls: .init(generation: 1, trustAnchors: [], clientCertificate: nil))
+        var connecting: [Int] = []
+        func collect(_ actions: [Action]) { for case .connect(let id) in actions { connecting.append(id) } }
+        collect(machine.start(at: self.at()))
+        collect(machine.sourceReported(self.v1, at: self.at()))
+        // Three leases held for good (blocking commands, say).
+        for _ in 0..<3 {
+            let lease = machine.registerLease()
+            collect(machine.leaseWaiting(lease, deadline: self.t0 + .seconds(3600), at: self.at()))
+        }
+        var established = 0
+        var elapsed = TimeAmount.zero
+        for step in 0..<200 {
+            if !connecting.isEmpty {
+                let id = connecting.removeFirst()
+                if case .adopted(let actions) = machine.connectionEstablished(
+                    id, credentials: self.v1, rejected: [], generation: step < 20 ? 1 : 2, peerCertificate: nil, clientCertificate: nil, at: self.at(elapsed)
+                ) {
+                    established += 1
+                    collect(actions)
+                    for case .closeConnection(let closed) in actions { collect(machine.connectionClosed(closed, at: self.at(elapsed))) }
+                }
+            } else {
+                elapsed = elapsed + .milliseconds(100)
+                collect(machine.timerFired(at: self.at(elapsed)))
+            }
+            if step == 20 {
+                collect(machine.tlsMaterialAccepted(.init(generation: 2, trustAnchors: [], clientCertificate: nil), at: self.at(elapsed)))
+                // And more work arrives while every connection is held.
+                for _ in 0..<2 {
+                    let lease = machine.registerLease()
+                    collect(machine.leaseWaiting(lease, deadline: self.t0 + .seconds(3600), at: self.at(elapsed)))
+                }
+            }
+        }
+        // Three for the leases, at most one replacement each for the rollover.
+        #expect(established <= 6, "\(established) connections opened; slots: \(machine.pool.slots.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.state) g\($0.value.generation ?? 0) closeWhenFree \($0.value.closeWhenFree)" })")
     }
 }
