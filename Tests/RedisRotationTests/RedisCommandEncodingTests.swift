@@ -152,7 +152,7 @@ struct IdempotencyTests {
             RedisCommand("SET", "k", "v"), RedisCommand("SET", "k", "v", "EXAT", "1900000000"), RedisCommand("SET", "k", "v", "KEEPTTL"),
             RedisCommand("MSET", "a", "1", "b", "2"), RedisCommand("HSET", "h", "f", "v"), RedisCommand("DEL", "k"),
             RedisCommand("UNLINK", "k"), RedisCommand("SADD", "s", "m"), RedisCommand("EXPIREAT", "k", "1900000000"),
-            RedisCommand("XREAD", "BLOCK", "10", "STREAMS", "s", "$"), RedisCommand("SORT_RO", "k"), RedisCommand("EVAL_RO", "return 1", "0"),
+            RedisCommand("XREAD", "BLOCK", "10", "STREAMS", "s", "0-0"), RedisCommand("SORT_RO", "k"), RedisCommand("EVAL_RO", "return 1", "0"),
         ] {
             #expect(command.isIdempotent, "\(command.name)")
         }
@@ -161,7 +161,7 @@ struct IdempotencyTests {
             RedisCommand("SET", "k", "v", "EX", "10"), RedisCommand("set", "k", "v", "px", "10"), RedisCommand("EXPIREAT", "k", "1900000000", "GT"),
             RedisCommand("EXPIRE", "k", "10"), RedisCommand("PUBLISH", "c", "m"), RedisCommand("EVAL", "return 1", "0"),
             RedisCommand("BLPOP", "l", "1"), RedisCommand("CONFIG", "SET", "maxmemory", "1"), RedisCommand("CLIENT", "KILL", "ID", "1"),
-            RedisCommand("FLUSHALL"), RedisCommand("XADD", "s", "*", "f", "v"),
+            RedisCommand("FLUSHALL"), RedisCommand("XADD", "s", "*", "f", "v"), RedisCommand("XREAD", "BLOCK", "10", "STREAMS", "s", "$"),
         ] {
             #expect(!command.isIdempotent, "\(command.name)")
         }

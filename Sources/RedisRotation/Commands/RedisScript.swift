@@ -24,8 +24,9 @@ public struct RedisScript: Sendable, Hashable {
 }
 
 extension RedisCommandExecutor {
-    /// Runs `script` with `EVALSHA` (`EVALSHA_RO` when `readOnly`); when the server answers `NOSCRIPT`,
-    /// sends the source with `EVAL` (which also loads it), once.
+    /// Runs `script` with `EVALSHA` (`EVALSHA_RO` when `readOnly`); when the server answers `NOSCRIPT`
+    /// and `SCRIPT EXISTS` confirms it lacks the script, sends the source with `EVAL` (which also loads
+    /// it), once.
     ///
     /// Scripts are never resent after a lost connection or a transient refusal unless `readOnly`: a
     /// script may have written before it failed.
@@ -40,6 +41,10 @@ extension RedisCommandExecutor {
         do {
             return try await self.send(RedisCommand(readOnly ? "EVALSHA_RO" : "EVALSHA", arguments: [.string(script.sha1)] + tail), timeout: timeout)
         } catch let error as RedisError where error.serverErrorPrefix == "NOSCRIPT" {
+            // A loaded script may itself return an error that starts with NOSCRIPT after it wrote: run
+            // the source only when the server really lacks the script.
+            let exists = try await self.send(RedisCommand("SCRIPT", "EXISTS", .string(script.sha1)), timeout: timeout)
+            guard exists.array?.first?.int == 0 else { throw error }
             return try await self.send(RedisCommand(readOnly ? "EVAL_RO" : "EVAL", arguments: [.string(script.source)] + tail), timeout: timeout)
         }
     }

@@ -392,9 +392,13 @@ public final class RedisConnection: Sendable {
             }
             if let refused { throw refused }
         }
-        // A blocking command may wait on the server as long as its own timeout says, then answer.
+        // A blocking command may wait on the server as long as its own timeout says, then answer; inside
+        // a transaction (queued after MULTI, here or earlier) nothing blocks.
         let commandTimeout = self.configuration.commandTimeout
-        let replyTimeout = timeout ?? commands.map { $0.blockDuration?.replyTimeout(commandTimeout: commandTimeout) ?? commandTimeout }.max() ?? commandTimeout
+        let queued = commands.contains { $0.sessionEffect == .beginsTransaction } || self.isInTransaction
+        let replyTimeout = timeout
+            ?? (queued ? nil : commands.map { $0.blockDuration?.replyTimeout(commandTimeout: commandTimeout) ?? commandTimeout }.max())
+            ?? commandTimeout
         let now = NIODeadline.now()
         let results = try await Self.exchange(
             payload,

@@ -40,15 +40,35 @@ extension RedisClient {
         var pause: Duration?
         while !pending.isEmpty {
             attempts += 1
-            let lease = try await self.lease(within: deadline.map { $0 - clock.now })
             let replies: [Result<RESPValue, RedisError>]
             do {
-                replies = try await lease.connection.pipeline(pending.map { commands[$0] }, timeout: deadline.map { max($0 - clock.now, .milliseconds(1)) })
-            } catch {
+                let lease = try await self.lease(within: deadline.map { $0 - clock.now })
+                do {
+                    replies = try await lease.connection.pipeline(pending.map { commands[$0] }, timeout: deadline.map { max($0 - clock.now, .milliseconds(1)) })
+                } catch {
+                    self.finish(lease)
+                    throw error
+                }
                 self.finish(lease)
-                throw error
+            } catch {
+                // The first attempt throws as any command does; a resend that cannot go out must not
+                // discard the results of commands that already ran: each pending one fails on its own.
+                guard attempts > 1 else { throw error }
+                let failure = (error as? RedisError) ?? RedisError(code: .cancelled, message: "the pipeline's resend was cancelled")
+                for index in pending {
+                    results[index] = .failure(
+                        mayHaveExecuted.contains(index) && !commands[index].isReadOnly
+                            ? RedisError(
+                                code: .outcomeUnknown,
+                                message: "\(commands[index].name) in a pipeline may or may not have executed: its connection died in flight and the resend failed (\(failure.code))",
+                                underlying: failure
+                            )
+                            : failure
+                    )
+                }
+                pending = []
+                break
             }
-            self.finish(lease)
             var again: [Int] = []
             for (index, result) in zip(pending, replies) {
                 guard case .failure(let error) = result, Self.connectionFailures.contains(error.code) else {
@@ -77,7 +97,7 @@ extension RedisClient {
                 self.retrying()
                 let next = Self.retryPause(after: pause)
                 pause = next
-                try await Task.sleep(for: next)
+                try? await Task.sleep(for: next)  // A cancellation shows at the next lease, as a result per command.
             }
         }
         return RedisCommandResults(results: results.map { $0! })
@@ -128,7 +148,10 @@ extension RedisClient {
     /// ```
     ///
     /// Whatever `body` leaves on the connection (the watch when it throws) is undone before anyone else
-    /// uses it.
+    /// uses it. `body` runs once per attempt and only after a successful `WATCH`; its errors (including
+    /// a connection that died under its reads) end the call as they are, never a rerun, since the body
+    /// may have written. `timeout` bounds the lease, the `WATCH` and `EXEC`; the body's own commands
+    /// have their own timeouts.
     ///
     /// - Throws: ``RedisError/Code/transactionAborted`` when a watched key changed on every attempt, or
     ///   the server refused a queued command; errors of `body` as they are.
@@ -152,6 +175,13 @@ extension RedisClient {
         return results
     }
 
+    private enum TransactionPhase { case watching, body, transaction }
+
+    /// An error of the caller's body, passed through as it is.
+    private struct TransactionBodyFailure: Error {
+        let error: any Error
+    }
+
     /// Failures of the connection rather than of the commands.
     private static let connectionFailures: Set<RedisError.Code> = [.connectionClosed, .connectionFailed, .commandTimeout, .protocolError]
 
@@ -170,22 +200,39 @@ extension RedisClient {
         var pause: Duration?
         while true {
             let lease = try await self.lease(within: deadline.map { $0 - clock.now })
-            // Set once MULTI … EXEC is handed to the connection: before that, nothing of it can have run.
-            var written = false
+            // Where the attempt is: a failure while watching can always be retried (nothing ran), one in
+            // the body never (the body may have written: its errors are the caller's), one in MULTI … EXEC
+            // only when it never left (a transaction built up front has no body that ran).
+            var phase = TransactionPhase.watching
             do {
                 if !keys.isEmpty {
-                    try await lease.connection.send(RedisCommand("WATCH", arguments: keys.map(\.argument)))
+                    try await lease.connection.send(
+                        RedisCommand("WATCH", arguments: keys.map(\.argument)),
+                        timeout: deadline.map { max($0 - clock.now, .milliseconds(1)) }
+                    )
                 }
-                let transaction = try await body(lease.connection)
+                phase = .body
+                let transaction: RedisTransaction
+                do {
+                    transaction = try await body(lease.connection)
+                } catch {
+                    self.finish(lease)
+                    throw TransactionBodyFailure(error: error)
+                }
                 if let refusal = transaction.refusal { throw refusal }
-                let remaining = deadline.map { max($0 - clock.now, .milliseconds(1)) }
-                written = true
+                let remaining = deadline.map { max($0 - clock.now, .milliseconds(1)) } ?? self.configuration.commandTimeout
+                phase = .transaction
                 let results = try await transaction.run(on: lease.connection, timeout: remaining)
                 self.finish(lease)
                 if let results { return results }
                 conflicts += 1
                 if conflicts >= maximumAttempts { return nil }
-            } catch let error as RedisError where Self.connectionFailures.contains(error.code) && (!written || error.commandWasNotSent) {
+            } catch let failure as TransactionBodyFailure {
+                throw failure.error
+            } catch let error as RedisError
+                where Self.connectionFailures.contains(error.code)
+                && (phase == .watching || (phase == .transaction && error.commandWasNotSent && keys.isEmpty))
+            {
                 // The connection failed before the transaction left it: nothing ran, so it all goes again
                 // (the watch and the body's reads too) on another connection.
                 self.finish(lease)
@@ -195,7 +242,7 @@ extension RedisClient {
                 let next = Self.retryPause(after: pause)
                 pause = next
                 try await Task.sleep(for: next)
-            } catch let error as RedisError where Self.connectionFailures.contains(error.code) {
+            } catch let error as RedisError where Self.connectionFailures.contains(error.code) && !error.commandWasNotSent {
                 self.finish(lease)
                 throw RedisError(
                     code: .outcomeUnknown,

@@ -72,6 +72,7 @@ public struct RedisURL: Sendable, CustomStringConvertible {
             host = rest
         }
         guard !host.isEmpty else { throw invalid("the host is missing") }
+        guard rest.hasPrefix("[") || !host.contains(":") else { throw invalid("an IPv6 address goes in brackets: redis://[::1]:6379") }
         var port = tls ? 6380 : 6379
         if let portText {
             guard let value = Int(portText), (1...65535).contains(value) else { throw invalid("the port must be a number from 1 to 65535") }

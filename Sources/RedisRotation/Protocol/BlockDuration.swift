@@ -19,7 +19,7 @@ enum BlockDuration: Hashable, Sendable {
         case "WAIT", "WAITAOF":
             (text, unit) = (arguments.last?.numberText, 0.001)
         case "XREAD", "XREADGROUP":
-            let index = arguments.firstIndex { $0.keyword == "BLOCK" }
+            let index = Self.blockOptionIndex(name: name, keywords: arguments.map(\.keyword))
             (text, unit) = (index.flatMap { $0 + 1 < arguments.count ? arguments[$0 + 1].numberText : nil }, 0.001)
         default:
             return nil
@@ -34,6 +34,16 @@ enum BlockDuration: Hashable, Sendable {
             // Beyond 30 years is as good as forever, and keeps deadline arithmetic far from overflow.
             self = .upTo(.nanoseconds(Int64(min(value * unit, 30 * 365 * 86400) * 1e9)))
         }
+    }
+
+    /// Where `XREAD`'s or `XREADGROUP`'s `BLOCK` option is among `keywords` (the arguments' upper-cased
+    /// short texts): only among the options, that is after `GROUP group consumer` and before `STREAMS`,
+    /// so a consumer or a stream named `block` is not taken for it.
+    static func blockOptionIndex(name: String, keywords: [String?]) -> Int? {
+        let start = name == "XREADGROUP" ? 3 : 0
+        let end = keywords.firstIndex(of: "STREAMS") ?? keywords.count
+        guard start < end else { return nil }
+        return keywords[start..<end].firstIndex(of: "BLOCK")
     }
 
     /// The most a caller waits for any reply: used for a timeout of 0.
@@ -52,6 +62,6 @@ extension RedisArgument {
     /// The argument as text when it is a short number candidate (an integer, or short text).
     fileprivate var numberText: String? {
         if let integer = self.integerValue { return String(integer) }
-        return self.keyword
+        return self.text(maximumLength: 64)
     }
 }

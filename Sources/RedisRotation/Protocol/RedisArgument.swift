@@ -50,6 +50,16 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
         return nil
     }
 
+    /// The text of a text argument of at most `maximumLength` bytes; `nil` for secrets, integers and
+    /// longer arguments.
+    func text(maximumLength: Int) -> String? {
+        switch self.storage {
+        case .string(let string) where string.utf8.count <= maximumLength: return string
+        case .bytes(let buffer) where buffer.readableBytes <= maximumLength: return String(buffer: buffer)
+        default: return nil
+        }
+    }
+
     /// The upper-cased text of a short text argument (a subcommand or an option such as `BLOCK`);
     /// `nil` otherwise. Secrets and long arguments are never looked at.
     var keyword: String? {

@@ -54,7 +54,7 @@ enum SessionEffect: Hashable, Sendable {
         case "UNWATCH": self = .unwatches
         case "SELECT": self = .selectsDatabase
         case "XREAD", "XREADGROUP":
-            self = keywords.contains("BLOCK") ? .blocks : .none
+            self = BlockDuration.blockOptionIndex(name: name, keywords: keywords) != nil ? .blocks : .none
         case "CLIENT":
             switch keywords.first ?? nil {
             case "SETNAME": self = .renames

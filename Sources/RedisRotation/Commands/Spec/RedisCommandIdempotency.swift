@@ -47,6 +47,8 @@ enum RedisCommandIdempotency {
     }
 
     static func isIdempotent(_ specificationName: String, arguments: [RedisArgument]) -> Bool {
+        // `XREAD ... $` means "entries after now": a resend would skip an entry whose reply was lost.
+        if specificationName == "XREAD", arguments.contains(where: { $0.keyword == "$" }) { return false }
         if Self.isReadOnly(specificationName) { return true }
         guard Self.idempotentWrites.contains(specificationName) else { return false }
         guard let excluded = Self.excludingOptions[specificationName] else { return true }

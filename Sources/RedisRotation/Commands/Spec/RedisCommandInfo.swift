@@ -79,6 +79,7 @@ public struct RedisCommandInfo: Sendable, Hashable {
     ///   at (keywords, key counts) are read.
     public func keyIndices(in argv: [String]) -> [Int]? {
         if self.name == "SORT" || self.name == "SORT_RO" { return Self.sortKeyIndices(in: argv, store: self.name == "SORT") }
+        if self.name == "MIGRATE" { return Self.migrateKeyIndices(in: argv) }
         var indices: [Int] = []
         for spec in self.keySpecs {
             switch spec.indices(in: argv) {
@@ -87,6 +88,23 @@ public struct RedisCommandInfo: Sendable, Hashable {
             }
         }
         return indices
+    }
+
+    /// `MIGRATE`'s keys, by the server's own rule: the key at 3, unless a `KEYS` option (found after
+    /// the fixed arguments, skipping the passwords of `AUTH` and `AUTH2`) lists them instead.
+    private static func migrateKeyIndices(in argv: [String]) -> [Int]? {
+        guard argv.count > 3 else { return nil }
+        var index = 6
+        while index < argv.count {
+            switch argv[index].uppercased() {
+            case "AUTH2" where index + 2 < argv.count: index += 2
+            case "AUTH" where index + 1 < argv.count: index += 1
+            case "KEYS": return Array((index + 1)..<argv.count)
+            default: break
+            }
+            index += 1
+        }
+        return [3]
     }
 
     /// `SORT`'s keys, whose specification is partly unknown to the server too: the sorted key, and the
