@@ -20,7 +20,7 @@ import Synchronization
 ///    published. (A new rotation also ends with only its own password.)
 /// 2. ``addPassword()``: `ACL SETUSER user >new` and persist, on every node; then the new password must
 ///    log in on a fresh connection to every node, or it is removed again and nothing is published.
-/// 3. ``publish()``: the password file is replaced (``RedisCredentialFile/write(to:)``, never readable
+/// 3. ``publish()``: the password file is replaced (`RedisCredentialFile.write(to:)`, never readable
 ///    by others); once renamed it is never taken back.
 /// 4. ``waitForClients()``: until no connection of the user on any node is on another version
 ///    (unnamed and renamed connections included), or the wait ends.
@@ -109,7 +109,10 @@ public final class RedisPasswordRotation: Sendable {
     private let report: @Sendable (Step) -> Void
     private let progress = Lock(Progress())
 
-    /// - Parameter report: Called with each step as it happens.
+    /// - Parameters:
+    ///   - topology: The nodes to change (every node of the replication tree or cluster).
+    ///   - options: The user, the password file, the version and what to do about stragglers.
+    ///   - report: Called with each step as it happens.
     public init(topology: RedisAdminTopology, options: Options, report: @escaping @Sendable (Step) -> Void = { _ in }) {
         self.topology = topology
         self.options = options
@@ -568,7 +571,7 @@ public final class RedisPasswordRotation: Sendable {
     }
 
     /// Whether `version` can label a rotation: a valid credential version
-    /// (``RedisCredentials/isValidVersion(_:)``) that a connection name reports back unchanged. A
+    /// (`RedisCredentials.isValidVersion(_:)`) that a connection name reports back unchanged. A
     /// connection's version is read after the last `@` of its name and a trailing `-probe` is a
     /// probe's mark, so a version holding `@` or ending in `-probe` would never be seen as moved.
     public static func isUsableVersion(_ version: String) -> Bool {

@@ -10,7 +10,7 @@ public import RedisRotation
 /// 1. ``check(certificateFile:keyFile:serverName:now:)`` refuses, before anything changes, a key that
 ///    does not match the certificate, a certificate that is expired or not yet valid, and one whose
 ///    names do not cover the name clients verify.
-/// 2. ``apply(on:verifyWith:report:)`` sets the pair with `CONFIG SET`, then opens a fresh TLS
+/// 2. ``apply(certificateFile:keyFile:certificate:on:verifyWith:report:)`` sets the pair with `CONFIG SET`, then opens a fresh TLS
 ///    connection and requires the server to present the new certificate; otherwise it restores the
 ///    previous pair. Then it persists with `CONFIG REWRITE` when the server has a configuration file.
 ///
@@ -19,7 +19,11 @@ public import RedisRotation
 public enum RedisServerCertificateRotation {
     /// Checks the pair; returns the certificate that will be presented.
     ///
-    /// - Parameter serverName: The name (DNS name or IP address) clients verify.
+    /// - Parameters:
+    ///   - certificateFile: The new certificate chain (PEM), leaf first.
+    ///   - keyFile: The new private key (PEM).
+    ///   - serverName: The name (DNS name or IP address) clients verify.
+    ///   - now: The time the certificate must be valid at.
     /// - Throws: ``RedisAdminError`` `certificateRefused`, saying which check failed.
     public static func check(certificateFile: String, keyFile: String, serverName: String, now: Date = Date()) throws -> RedisCertificate {
         let chain: [RedisCertificate]

@@ -135,7 +135,7 @@ public final class RedisServerProcess: Sendable {
     public let plainTextPort: Int?
     /// The TLS context the harness's administrator connections use; `nil` when they use plain text.
     private let adminTLSContext: RedisTLSContext?
-    /// The server's process id (a new one after ``restart()``).
+    /// The server's process id (a new one after ``restart(timeout:)``).
     public var pid: Int32 { self.process.withLock { $0.pid } }
     /// The temporary folder holding the server's configuration, ACL file and log.
     public let directory: URL

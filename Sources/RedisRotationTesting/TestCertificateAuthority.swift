@@ -55,6 +55,10 @@ public final class TestCertificateAuthority: Sendable {
     /// Issues a certificate signed by this CA.
     ///
     /// - Parameters:
+    ///   - commonName: The subject's common name.
+    ///   - usage: What the certificate is for (server, client, both, or a deliberately odd usage).
+    ///   - dnsNames: Subject alternative DNS names.
+    ///   - ipAddresses: Subject alternative IP addresses.
     ///   - notBefore: Default: an hour ago.
     ///   - notAfter: Default: 30 days from now. A past date makes an expired certificate.
     public func issue(

@@ -281,9 +281,11 @@ public final class RedisConnection: Sendable {
 
     /// Sends `command` and returns its reply.
     ///
-    /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`,
-    ///   plus, for a blocking command (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...), its own timeout (a
-    ///   timeout of 0 waits until the server answers or the task is cancelled).
+    /// - Parameters:
+    ///   - command: The command.
+    ///   - timeout: How long to wait for the reply; `nil` uses the configured `commandTimeout`,
+    ///     plus, for a blocking command (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...), its own timeout (a
+    ///     timeout of 0 waits until the server answers or the task is cancelled).
     /// - Throws: ``RedisError`` with `serverError` for an error reply (the prefix in
     ///   ``RedisError/serverErrorPrefix``), `commandTimeout`, `connectionClosed` or `protocolError`;
     ///   `invalidArgument`, with nothing written, for an argument larger than the server accepts;
@@ -307,7 +309,9 @@ public final class RedisConnection: Sendable {
     /// Sends all `commands` in one write and returns their results in the same order. One command's
     /// error reply fails only that command's result.
     ///
-    /// - Parameter timeout: How long each command may wait for its reply; `nil` uses `commandTimeout`.
+    /// - Parameters:
+    ///   - commands: The commands, in the order they are written.
+    ///   - timeout: How long each command may wait for its reply; `nil` uses `commandTimeout`.
     /// - Throws: `CancellationError` when the task is cancelled; `invalidArgument`, with none of the
     ///   commands written, when one has an argument larger than the server accepts.
     public func pipeline(

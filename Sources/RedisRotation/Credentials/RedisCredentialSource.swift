@@ -47,7 +47,12 @@ public struct RedisCredentialSource: Sendable {
     /// the file, so that their connection names agree; otherwise versions are `<file name>-1`, `-2`, ...
     /// in the order this process sees them.
     ///
-    /// - Parameter username: The user, unless the file names one.
+    /// - Parameters:
+    ///   - path: The password file.
+    ///   - username: The user, unless the file names one.
+    ///   - pollInterval: How often the file is read even without a change notification (a secret
+    ///     manager may replace it in ways the directory watch misses).
+    ///   - debounce: How long a change must stay still before it is read (writers that truncate, then write).
     public static func file(
         _ path: String,
         username: String,

@@ -7,7 +7,9 @@ extension RedisClient {
     /// (``RedisCommand/isIdempotent``) are sent again on another connection, after the rest (within
     /// `maximumCommandAttempts`); any other fails with ``RedisError/Code/outcomeUnknown``.
     ///
-    /// - Parameter timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    /// - Parameters:
+    ///   - timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    ///   - build: Queues the commands.
     /// - Throws: ``RedisError/Code/invalidArgument`` for a command that would change the pooled
     ///   connection's session, before anything is sent.
     public func pipeline(
@@ -89,7 +91,9 @@ extension RedisClient {
     /// another connection (within `maximumCommandAttempts`); when it dies after, the transaction may or
     /// may not have run: ``RedisError/Code/outcomeUnknown``. It is never reported as run when it did not.
     ///
-    /// - Parameter timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    /// - Parameters:
+    ///   - timeout: Bounds the whole call, as for ``send(_:timeout:)``.
+    ///   - build: Queues the commands.
     /// - Throws: ``RedisError/Code/invalidArgument`` for a queued command that would change the pooled
     ///   connection's session (`SELECT`, `MULTI`, `WATCH`, ...), ``RedisError/Code/transactionAborted``
     ///   when the server refused a queued command (nothing ran).

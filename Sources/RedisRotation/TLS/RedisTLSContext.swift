@@ -38,7 +38,9 @@ public final class RedisTLSContext: Sendable {
 
     /// Builds and validates a context.
     ///
-    /// - Parameter now: The time the client certificate must be valid at (tests pass a fixed one).
+    /// - Parameters:
+    ///   - configuration: The trust anchors, client identity and protocol settings.
+    ///   - now: The time the client certificate must be valid at (tests pass a fixed one).
     /// - Throws: ``RedisError`` with `tlsMalformedPEM`, `tlsKeyMismatch`, `tlsClientCertificateExpired`,
     ///   `tlsClientCertificateNotYetValid`, `tlsClientCertificateMissingClientAuth` or `tlsInvalidConfiguration`.
     public convenience init(configuration: RedisTLSConfiguration, now: Date = Date()) throws(RedisError) {
