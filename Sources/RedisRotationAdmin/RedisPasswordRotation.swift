@@ -192,6 +192,19 @@ public final class RedisPasswordRotation: Sendable {
                 message: "\(self.options.passwordFile) is the password file of \(fileUser), not of \(user): its clients would log in as \(fileUser) with \(user)'s new password. Nothing was changed"
             )
         }
+        // One server reached under two addresses would count twice against --expect-nodes, hiding
+        // a node that is down.
+        var addressByRunID: [String: String] = [:]
+        for node in self.topology.nodes {
+            let runID = try await node.runID()
+            if let other = addressByRunID[runID] {
+                throw RedisAdminError(
+                    code: .unexpectedTopology,
+                    message: "\(other) and \(node.address) are the same server (run_id \(runID)); counted twice, it would hide a node that is down. Nothing was changed"
+                )
+            }
+            addressByRunID[runID] = node.address
+        }
         if let expected = self.options.expectedNodeCount, expected != self.topology.nodes.count {
             throw RedisAdminError(
                 code: .unexpectedTopology,

@@ -80,6 +80,51 @@ extension RotatePasswordReplicaTests {
         }
     }
 
+    @Test("a replica reached as localhost and listed as 127.0.0.1 counts once: --expect-nodes still sees the replica that is down")
+    func sameServerUnderTwoNamesCountsOnce() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { up in
+                try await self.withReplica(of: primary, password: old, replicaCount: 2) { down in
+                    await down.stop()
+                    let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                    await eventually("the primary no longer lists the stopped replica") { (try? await node.replicas().count) == 1 }
+                    await node.close()
+                    let files = try self.files(primary, password: old)
+                    let result = try await runTool(self.arguments(up, admin: primary, files, ["--host", "localhost", "--version", "v2", "--wait", "1", "--expect-nodes", "3"]))
+                    #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                    #expect(result.stderr.contains("found 2 node(s)") && result.stderr.contains("expected 3"), "\(result.stderr)")
+                    #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+                    let admin = try await RedisServerAdmin.connect(configuration: up.adminConnectionConfiguration())
+                    #expect(try await admin.passwordHashes(of: "alice") == [old.sha256Hex])
+                    await admin.close()
+                }
+            }
+        }
+    }
+
+    @Test("a topology naming one server twice is refused before any change")
+    func sameServerTwiceRefused() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            let files = try self.files(primary, password: old)
+            var renamed = primary.adminConnectionConfiguration()
+            renamed.host = "localhost"
+            let nodes = [
+                try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                try await RedisServerAdmin.connect(configuration: renamed),
+            ]
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: nodes),
+                options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", expectedNodeCount: 2)
+            )
+            let error = await #expect(throws: RedisAdminError.self) { try await rotation.prepare() }
+            #expect(error?.code == .unexpectedTopology && error?.message.contains("are the same server") == true, "\(String(describing: error))")
+            #expect(rotation.state == "nothing was changed")
+            for node in nodes { await node.close() }
+        }
+    }
+
     @Test("the user replicas authenticate with is refused, and replication keeps working; a replication link is never a straggler")
     func replicationUserRefused() async throws {
         let old = makePassword()
