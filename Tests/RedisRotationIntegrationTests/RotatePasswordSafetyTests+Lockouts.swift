@@ -231,3 +231,18 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+extension RotatePasswordSafetyTests {
+    @Test("a lock file that is a hard link to the password file is refused; the password file is left as it was")
+    func hardLinkedLockFileRefused() async throws {
+        try await self.withSetup { setup in
+            let before = try String(contentsOfFile: setup.passwordFile, encoding: .utf8)
+            #expect(link(setup.passwordFile, setup.passwordFile + ".lock") == 0)
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "1"]))
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("refusing the lock file") && result.stderr.contains("Nothing was changed"), "\(result.stderr)")
+            #expect(try String(contentsOfFile: setup.passwordFile, encoding: .utf8) == before, "the password file is unchanged")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+        }
+    }
+}
