@@ -246,3 +246,39 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+extension RotatePasswordSafetyTests {
+    /// `system.posix_acl_access` as `setfacl -m u:<uid>:r` on a 0600 file stores it: user::rw-,
+    /// user:<uid>:r--, group::---, mask::r--, other::---.
+    static func readableByACL(uid: UInt32) -> [UInt8] {
+        var bytes: [UInt8] = []
+        func u16(_ value: UInt16) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+        func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+        u32(2)
+        for (tag, permissions, id) in [(UInt16(0x01), UInt16(6), UInt32.max), (0x02, 4, uid), (0x04, 0, .max), (0x10, 4, .max), (0x20, 0, .max)] {
+            u16(tag)
+            u16(permissions)
+            u32(id)
+        }
+        return bytes
+    }
+
+    static func accessACL(_ path: String) -> [UInt8]? { ExtendedAttributes.value(ExtendedAttributes.posixAccessACL, of: path) }
+
+    @Test("the password file keeps its POSIX ACL across a rotation: a client reading through it is not locked out")
+    func posixACLKept() async throws {
+        try await self.withSetup { setup in
+            #expect(chmod(setup.passwordFile, 0o600) == 0)
+            let acl = Self.readableByACL(uid: 65534)
+            let set = ExtendedAttributes.set(ExtendedAttributes.posixAccessACL, to: acl, on: setup.passwordFile)
+            try #require(set || errno == ENOTSUP || errno == EOPNOTSUPP, "setxattr: \(String(cString: strerror(errno)))")
+            guard set else {
+                try Test.cancel("the test directory's file system has no POSIX ACLs")
+            }
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "1"]))
+            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+            #expect(try setup.file().version == "v2")
+            #expect(Self.accessACL(setup.passwordFile) == acl, "u:nobody:r is still on the file")
+        }
+    }
+}
