@@ -3,6 +3,11 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 public import RedisRotation
 import Synchronization
 
@@ -185,6 +190,15 @@ public final class RedisPasswordRotation: Sendable {
             file = try RedisCredentialFile.read(from: self.options.passwordFile)
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
+        }
+        // Publishing never leaves a password readable by others; a client that reads the file as
+        // "others" would lose it at the publish and, with --kill-stragglers, be locked out.
+        var status = stat()
+        if lstat(self.options.passwordFile, &status) == 0, status.st_mode & 0o004 != 0 {
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(self.options.passwordFile) is readable by others (mode \(String(status.st_mode & 0o7777, radix: 8))): the new password will not be, so a client reading it as others would be locked out; nothing was changed. chmod o-r and give the client's group access (or an ACL entry), then run again"
+            )
         }
         if let fileUser = file?.username, fileUser != user {
             throw RedisAdminError(

@@ -202,16 +202,18 @@ extension RotatePasswordSafetyTests {
         }
     }
 
-    @Test("a password file readable by others gets the new password without that permission, with a warning")
-    func worldReadableFileRestricted() async throws {
+    @Test("a password file readable by others is refused before any change: its client reading as others would be locked out")
+    func othersReadableFileRefused() async throws {
         try await self.withSetup { setup in
-            #expect(chmod(setup.passwordFile, 0o644) == 0)
-            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "2"]))
-            #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
-            #expect(result.stdout.contains("[warn]") && result.stdout.contains("readable by others (mode 644)") && result.stdout.contains("mode 640"), "\(result.stdout)")
+            #expect(chmod(setup.passwordFile, 0o604) == 0)
+            let result = try await runTool(setup.arguments(["--version", "v2", "--wait", "1", "--kill-stragglers"]))
+            #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+            #expect(result.stderr.contains("readable by others (mode 604)") && result.stderr.contains("chmod o-r"), "\(result.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
             var info = stat()
             #expect(stat(setup.passwordFile, &info) == 0)
-            #expect(info.st_mode & 0o7777 == 0o640)
+            #expect(info.st_mode & 0o7777 == 0o604, "the mode is left to the operator")
         }
     }
 
