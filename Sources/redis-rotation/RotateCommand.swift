@@ -45,6 +45,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
     @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
     @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
+    @Flag(help: "Go on with a warning where the administrator's permissions cannot be checked in advance (no ACL DRYRUN).") var skipPermissionCheck = false
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
@@ -75,7 +76,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
                 clientWait: .seconds(self.wait),
                 killStragglers: self.killStragglers,
                 allowUnpersisted: self.noPersist,
-                expectedNodeCount: self.expectNodes
+                expectedNodeCount: self.expectNodes,
+                skipPermissionCheck: self.skipPermissionCheck
             ),
             report: { printer.step($0) }
         )

@@ -191,3 +191,72 @@ extension RotatePasswordReplicaTests {
         }
     }
 }
+
+/// What the rotation reports and takes back when a node fails half way.
+extension RotatePasswordReplicaTests {
+    @Test("a removal that fails on the second node reports each node's state, not that every server holds only the new password")
+    func partialRemovalStatePerNode() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                let files = try self.files(primary, password: old)
+                let nodes = [
+                    try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                    try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration()),
+                ]
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: nodes),
+                    options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", clientWait: .seconds(1))
+                )
+                try await rotation.prepare()
+                try await rotation.addPassword()
+                try await rotation.publish()
+                try await rotation.waitForClients()
+                // The replica dies between the wait and the removal (it persisted old + new at the add).
+                replica.kill()
+                _ = await replica.waitForExit(timeout: .seconds(10))
+                await #expect(throws: RedisAdminError.self) { try await rotation.removeOldPasswords() }
+                try await replica.restart()
+                let admin = try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration())
+                #expect(try await admin.passwordHashes(of: "alice")?.count == 2, "the replica still accepts the old password")
+                await admin.close()
+                let state = rotation.state
+                #expect(!state.contains("the servers hold only the password"), "state: \(state)")
+                #expect(state.contains("127.0.0.1:\(primary.port) hold(s) only the password of version v2"), "state: \(state)")
+                #expect(state.contains("127.0.0.1:\(replica.port) may no longer accept the old password"), "state: \(state)")
+                for node in nodes { await node.close() }
+            }
+        }
+    }
+
+    @Test("a node that fails during the add step: the password already added elsewhere is taken back, nothing is published")
+    func addFailureTakesBack() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                let files = try self.files(primary, password: old)
+                let nodes = [
+                    try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                    try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration()),
+                ]
+                let replicaAddress = nodes[1].address
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: nodes),
+                    options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", clientWait: .seconds(1)),
+                    // The replica dies right after the primary got the new password.
+                    report: { step in if step.name == "persist" && step.node != replicaAddress { replica.kill() } }
+                )
+                try await rotation.prepare()
+                let error = await #expect(throws: RedisAdminError.self) { try await rotation.addPassword() }
+                #expect(error?.message.contains("the password file was not changed") == true, "\(String(describing: error))")
+                #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+                let admin = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                #expect(try await admin.passwordHashes(of: "alice") == [old.sha256Hex], "the unpublished password was taken back from the primary")
+                await admin.close()
+                _ = await replica.waitForExit(timeout: .seconds(10))
+                try await replica.restart()
+                for node in nodes { await node.close() }
+            }
+        }
+    }
+}

@@ -284,3 +284,75 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+/// Interruptions and failures half way: what is taken back and what the state line says.
+extension RotatePasswordSafetyTests {
+    @Test("a resumed rotation whose verification fails keeps the published password and says so")
+    func resumedVerificationFailureMessage() async throws {
+        try await self.withSetup { setup in
+            // An interrupted rotation: the server accepts old and new, the file holds the new one (v2).
+            let new = makePassword()
+            try await setup.server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+            try await setup.server.admin("ACL", "SAVE")
+            try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: setup.passwordFile)
+            // Something makes the fresh login fail (here the user is switched off on the node).
+            try await setup.server.admin("ACL", "SETUSER", "alice", "off")
+            let result = try await runTool(setup.arguments(["--wait", "1"]))
+            #expect(result.status == 1, "\(result.stdout)\(result.stderr)")
+            #expect(try setup.file().version == "v2")
+            #expect(try await setup.hashes()?.contains(new.sha256Hex) == true, "the published password was not removed")
+            #expect(!result.stderr.contains("the new password was removed again"), "\(result.stderr)")
+            #expect(result.stderr.contains("the password file already held version v2"), "\(result.stderr)")
+        }
+    }
+
+    @Test("a removal cancelled in flight does not claim the old password is still accepted")
+    func cancelledDuringRemovalState() async throws {
+        try await self.withSetup { setup in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: setup.server.port)
+            var proxied = setup.server.adminConnectionConfiguration()
+            proxied.port = proxy.port
+            let node = try await RedisServerAdmin.connect(configuration: proxied)
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [node]),
+                options: .init(user: "alice", passwordFile: setup.passwordFile, version: "v2", clientWait: .seconds(1))
+            )
+            try await rotation.prepare()
+            try await rotation.addPassword()
+            try await rotation.publish()
+            try await rotation.waitForClients()
+            await proxy.setMode(.paused)  // ACL SETUSER resetpass is sent, its reply held
+            let work = Task { try await rotation.removeOldPasswords() }
+            try await Task.sleep(for: .milliseconds(500))
+            work.cancel()
+            _ = await work.result
+            await proxy.setMode(.forward)
+            let new = try setup.file().password
+            await eventually("the held command reached the server") { (try? await setup.hashes()) == [new.sha256Hex] }
+            #expect(await !setup.canLogIn(setup.old), "the server no longer accepts the old password")
+            #expect(!rotation.state.contains("accept the old and the new password"), "state: \(rotation.state)")
+            #expect(rotation.state.contains("may no longer accept the old password"), "state: \(rotation.state)")
+            await proxy.close()
+            await node.close()
+        }
+    }
+
+    @Test("an administrator who cannot run ACL DRYRUN is refused unless --skip-permission-check; then a failed persist takes the password back")
+    func permissionCheckUnavailable() async throws {
+        try await self.withSetup { setup in
+            try await setup.server.admin("ACL", "SETUSER", .string(setup.server.adminUsername), "-acl|dryrun", "-acl|save")
+            let refused = try await runTool(setup.arguments(["--version", "v2", "--wait", "1"]))
+            #expect(refused.status == 2, "\(refused.stdout)\(refused.stderr)")
+            #expect(refused.stderr.contains("--skip-permission-check") && refused.stderr.contains("Nothing was changed"), "\(refused.stderr)")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex])
+
+            let skipped = try await runTool(setup.arguments(["--version", "v2", "--wait", "1", "--skip-permission-check"]))
+            #expect(skipped.status == 1, "\(skipped.stdout)\(skipped.stderr)")
+            #expect(skipped.stdout.contains("[warn]"), "\(skipped.stdout)")
+            // Removed live; saving that could not work either (no ACL SAVE), which the message admits.
+            #expect(skipped.stderr.contains("ACL SAVE failed") && skipped.stderr.contains("the password file was not changed"), "\(skipped.stderr)")
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex], "the unpublished password was taken back")
+        }
+    }
+}
