@@ -108,6 +108,8 @@ public final class RedisPasswordRotation: Sendable {
     private struct Progress: Sendable {
         var plan: Plan?
         var password: RedisSecret?
+        /// The `username=` line of the file as prepare() read it, kept for the publish.
+        var fileUsername: String?
         var persistence: [String: RedisACLPersistence] = [:]
         var added = false
         var published = false
@@ -342,6 +344,7 @@ public final class RedisPasswordRotation: Sendable {
         self.progress.withLock {
             $0.plan = plan
             $0.password = password
+            $0.fileUsername = file?.username
             $0.persistence = persistence
             $0.published = resuming
         }
@@ -450,7 +453,9 @@ public final class RedisPasswordRotation: Sendable {
     public func publish() async throws {
         let (plan, password, persistence) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
-        if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
+        // From prepare()'s read: a re-read that fails now (the file briefly replaced or unreadable)
+        // would drop the line, and clients would log in as the default user.
+        file.username = self.progress.withLock { $0.fileUsername }
         let replacement: FileReplacement
         do {
             replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: true)

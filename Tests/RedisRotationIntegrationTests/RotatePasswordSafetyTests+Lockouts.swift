@@ -356,3 +356,26 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+extension RotatePasswordSafetyTests {
+    @Test("the published file keeps the username= line read before the change, even when the file cannot be read again at the publish")
+    func publishKeepsUsername() async throws {
+        try await self.withSetup { setup in
+            try writeAtomically("username=alice\npassword=\(text(of: setup.old))\nversion=v1\n", to: setup.passwordFile)
+            let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [node]),
+                options: .init(user: "alice", passwordFile: setup.passwordFile, version: "v2", clientWait: .seconds(1))
+            )
+            try await rotation.prepare()
+            try await rotation.addPassword()
+            // Something leaves the file unreadable as a password file for a moment.
+            try writeAtomically("half written\n", to: setup.passwordFile)
+            try await rotation.publish()
+            let published = try setup.file()
+            #expect(published.username == "alice", "clients keep logging in as alice")
+            #expect(published.version == "v2")
+            await node.close()
+        }
+    }
+}
