@@ -379,3 +379,25 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+extension RotatePasswordSafetyTests {
+    @Test("a rename that reports ENOENT after it succeeded (NFS) keeps the new password published, not taken back")
+    func renameReportedFailedAfterSuccess() async throws {
+        try await self.withSetup { setup in
+            fileReplacementRenamesFailingAfterSuccess.withLock { _ = $0.insert(setup.passwordFile) }
+            defer { fileReplacementRenamesFailingAfterSuccess.withLock { _ = $0.remove(setup.passwordFile) } }
+            let node = try await RedisServerAdmin.connect(configuration: setup.server.adminConnectionConfiguration())
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [node]),
+                options: .init(user: "alice", passwordFile: setup.passwordFile, version: "v2", clientWait: .seconds(1))
+            )
+            try await rotation.prepare()
+            try await rotation.addPassword()
+            try await rotation.publish()
+            let published = try setup.file()
+            #expect(published.version == "v2")
+            #expect(await setup.canLogIn(published.password), "the file's password is not taken back")
+            await node.close()
+        }
+    }
+}

@@ -44,6 +44,9 @@ package struct FileReplacement: Sendable {
 /// A test seam: directories whose `fsync` after the rename fails with `EIO`, as a failing disk would.
 package let fileReplacementFailingDirectoryFlushes = Mutex<Set<String>>([])
 
+/// A test seam: paths whose rename succeeds but reports `ENOENT`, as a retried rename over NFS can.
+package let fileReplacementRenamesFailingAfterSuccess = Mutex<Set<String>>([])
+
 /// Replaces the file at `path` with `content` as ``RedisCredentialFile/write(to:)`` describes: a
 /// temporary file created `O_EXCL|O_NOFOLLOW` with mode 0600, given the original's owner, group and
 /// mode, written, `fsync`ed, renamed over `path`, the directory `fsync`ed; removed on any error.
@@ -95,10 +98,21 @@ package func replaceFileSafely(at path: String, with content: RedisSecret, what:
     let writeError = content.withUnsafeBytes { writeAll(fd, $0) }
     if let writeError { throw failure("cannot write the new content", writeError) }
     guard fsync(fd) == 0 else { throw failure("cannot flush the new content to disk", errno) }
+    var written = stat()
+    guard fstat(fd, &written) == 0 else { throw failure("cannot examine the new file", errno) }
     let closed = close(fd)
     fd = -1
     guard closed == 0 else { throw failure("cannot close the new file", errno) }
-    guard rename(temporary, path) == 0 else { throw failure("cannot rename the new file over it", errno) }
+    let injectedRenameError = fileReplacementRenamesFailingAfterSuccess.withLock { $0.contains(path) }
+    if rename(temporary, path) != 0 || injectedRenameError {
+        let code = injectedRenameError ? ENOENT : errno
+        // Over NFS a retried rename can report ENOENT although the first attempt succeeded: when the
+        // path now names the new file, it was renamed, and a caller must not take it back.
+        var current = stat()
+        guard lstat(path, &current) == 0, current.st_dev == written.st_dev, current.st_ino == written.st_ino else {
+            throw failure("cannot rename the new file over it", code)
+        }
+    }
     renamed = true
     var replacement = FileReplacement(durabilityWarning: nil, mode: mode, originalMode: originalMode)
     // The rename itself survives a crash only once the directory is on disk.
