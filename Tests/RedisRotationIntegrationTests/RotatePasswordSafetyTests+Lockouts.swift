@@ -401,3 +401,34 @@ extension RotatePasswordSafetyTests {
         }
     }
 }
+
+extension RotatePasswordSafetyTests {
+    @Test("Ctrl-C while ACL SETUSER is in flight takes the new password back once it lands; the state says nothing changed")
+    func cancelledDuringAdd() async throws {
+        try await self.withSetup { setup in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: setup.server.port)
+            var proxied = setup.server.adminConnectionConfiguration()
+            proxied.port = proxy.port
+            let node = try await RedisServerAdmin.connect(configuration: proxied)
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: [node]),
+                options: .init(user: "alice", passwordFile: setup.passwordFile, version: "v2", clientWait: .seconds(1))
+            )
+            try await rotation.prepare()
+            // Every byte takes a second: the add reaches the server after the Ctrl-C, the take-back after the add.
+            await proxy.setMode(.latency(.seconds(1)))
+            let work = Task { try await rotation.addPassword() }
+            try await Task.sleep(for: .milliseconds(300))
+            work.cancel()  // what the tool's SIGINT handler does
+            let result = await work.result
+            #expect(throws: CancellationError.self) { try result.get() }
+            // Long enough for a command still on its way to land (the proxy's delay, twice).
+            try await Task.sleep(for: .seconds(2))
+            #expect(try setup.file().version == "v1")
+            #expect(try await setup.hashes() == [setup.old.sha256Hex], "the unpublished password was taken back")
+            #expect(rotation.state == "nothing was changed", "state: \(rotation.state)")
+            await proxy.close()
+            await node.close()
+        }
+    }
+}
