@@ -22,6 +22,23 @@ final class PasswordFileLock: Sendable {
         guard fd >= 0 else {
             throw RedisAdminError(code: .passwordFile, message: "cannot open the lock file \(path): \(String(cString: strerror(errno)))")
         }
+        // The journal is written into this file: one that is also another name (a hard link to the
+        // password file), not a file, or someone else's would have that file overwritten.
+        var status = stat()
+        guard fstat(fd, &status) == 0 else {
+            let code = errno
+            close(fd)
+            throw RedisAdminError(code: .passwordFile, message: "cannot examine the lock file \(path): \(String(cString: strerror(code))); nothing was changed")
+        }
+        let problem: String? =
+            if (status.st_mode & S_IFMT) != S_IFREG { "it is not a regular file" }
+            else if status.st_nlink != 1 { "it has \(status.st_nlink) names (a hard link, perhaps to the password file, which the journal would overwrite)" }
+            else if status.st_uid != geteuid() { "it belongs to uid \(status.st_uid), not to this user (uid \(geteuid()))" }
+            else { nil }
+        if let problem {
+            close(fd)
+            throw RedisAdminError(code: .passwordFile, message: "refusing the lock file \(path): \(problem); remove it (it holds no secret) and run again. Nothing was changed")
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let code = errno
             close(fd)

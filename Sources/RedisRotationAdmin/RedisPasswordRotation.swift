@@ -3,6 +3,11 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 public import RedisRotation
 import Synchronization
 
@@ -51,6 +56,10 @@ public final class RedisPasswordRotation: Sendable {
         /// How many nodes the topology must have; `nil` accepts what discovery found. A replica that
         /// is down is listed by nobody, so only this catches it. Default: `nil`.
         public var expectedNodeCount: Int?
+        /// Whether a node that cannot check the administrator's permissions in advance (no
+        /// `ACL DRYRUN`, or the administrator may not run it) is accepted with a warning. Default: no,
+        /// it is refused: a missing permission would stop the run half way.
+        public var skipPermissionCheck: Bool
 
         public init(
             user: String,
@@ -60,7 +69,8 @@ public final class RedisPasswordRotation: Sendable {
             pollInterval: Duration = .milliseconds(200),
             killStragglers: Bool = false,
             allowUnpersisted: Bool = false,
-            expectedNodeCount: Int? = nil
+            expectedNodeCount: Int? = nil,
+            skipPermissionCheck: Bool = false
         ) {
             self.user = user
             self.passwordFile = passwordFile
@@ -70,6 +80,7 @@ public final class RedisPasswordRotation: Sendable {
             self.killStragglers = killStragglers
             self.allowUnpersisted = allowUnpersisted
             self.expectedNodeCount = expectedNodeCount
+            self.skipPermissionCheck = skipPermissionCheck
         }
     }
 
@@ -97,10 +108,15 @@ public final class RedisPasswordRotation: Sendable {
     private struct Progress: Sendable {
         var plan: Plan?
         var password: RedisSecret?
+        /// The `username=` line of the file as prepare() read it, kept for the publish.
+        var fileUsername: String?
         var persistence: [String: RedisACLPersistence] = [:]
         var added = false
         var published = false
-        var removed = false
+        /// Nodes sent the removal (marked before the command: it may apply though its reply is lost)
+        /// and nodes that confirmed it.
+        var removalSent: [String] = []
+        var removalDone: [String] = []
         var lock: PasswordFileLock?
     }
 
@@ -186,11 +202,33 @@ public final class RedisPasswordRotation: Sendable {
         } catch {
             throw RedisAdminError(code: .passwordFile, message: "\(error.message); nothing was changed", underlying: error)
         }
+        // Publishing never leaves a password readable by others; a client that reads the file as
+        // "others" would lose it at the publish and, with --kill-stragglers, be locked out.
+        var status = stat()
+        if lstat(self.options.passwordFile, &status) == 0, status.st_mode & 0o004 != 0 {
+            throw RedisAdminError(
+                code: .passwordFile,
+                message: "\(self.options.passwordFile) is readable by others (mode \(String(status.st_mode & 0o7777, radix: 8))): the new password will not be, so a client reading it as others would be locked out; nothing was changed. chmod o-r and give the client's group access (or an ACL entry), then run again"
+            )
+        }
         if let fileUser = file?.username, fileUser != user {
             throw RedisAdminError(
                 code: .passwordFile,
                 message: "\(self.options.passwordFile) is the password file of \(fileUser), not of \(user): its clients would log in as \(fileUser) with \(user)'s new password. Nothing was changed"
             )
+        }
+        // One server reached under two addresses would count twice against --expect-nodes, hiding
+        // a node that is down.
+        var addressByRunID: [String: String] = [:]
+        for node in self.topology.nodes {
+            let runID = try await node.runID()
+            if let other = addressByRunID[runID] {
+                throw RedisAdminError(
+                    code: .unexpectedTopology,
+                    message: "\(other) and \(node.address) are the same server (run_id \(runID)); counted twice, it would hide a node that is down. Nothing was changed"
+                )
+            }
+            addressByRunID[runID] = node.address
         }
         if let expected = self.options.expectedNodeCount, expected != self.topology.nodes.count {
             throw RedisAdminError(
@@ -306,6 +344,7 @@ public final class RedisPasswordRotation: Sendable {
         self.progress.withLock {
             $0.plan = plan
             $0.password = password
+            $0.fileUsername = file?.username
             $0.persistence = persistence
             $0.published = resuming
         }
@@ -325,7 +364,14 @@ public final class RedisPasswordRotation: Sendable {
             do {
                 denial = try await node.permissionDenial(for: command)
             } catch let error as RedisAdminError where error.code == .serverRefused {
-                self.say("warn", node, "cannot check the administrator's permissions in advance (\(error.message)); a missing one stops the run half way")
+                guard self.options.skipPermissionCheck else {
+                    throw RedisAdminError(
+                        code: .unsafeSetup,
+                        message: "cannot check the administrator's permissions on \(node.address) in advance (\(error.message)); a missing one would stop the run half way. Allow ACL DRYRUN (+acl|dryrun), or accept the risk with --skip-permission-check. Nothing was changed",
+                        underlying: error
+                    )
+                }
+                self.say("warn", node, "cannot check the administrator's permissions in advance (\(error.message)); a missing one stops the run half way (the new password is then taken back)")
                 return
             }
             if let denial {
@@ -345,23 +391,45 @@ public final class RedisPasswordRotation: Sendable {
     public func addPassword() async throws {
         let (plan, password, persistence) = try self.prepared()
         if !plan.resuming { self.progress.withLock { $0.lock }?.record("adding=\(plan.version)") }
-        for node in self.topology.nodes {
-            // Marked before the command: sent, it may have been applied even if the reply is lost.
-            self.progress.withLock { $0.added = true }
-            try await node.addPassword(password, to: plan.user)
-            self.say("add", node, "added the password of version \(plan.version) to \(plan.user) (the old one stays valid)")
-            if let mode = persistence[node.address], mode != .none {
-                try await node.persist(mode)
-                self.say("persist", node, "saved with \(mode)")
+        do {
+            for node in self.topology.nodes {
+                try Task.checkCancellation()
+                // Marked before the command: sent, it may have been applied even if the reply is lost.
+                self.progress.withLock { $0.added = true }
+                try await node.addPassword(password, to: plan.user)
+                self.say("add", node, "added the password of version \(plan.version) to \(plan.user) (the old one stays valid)")
+                if let mode = persistence[node.address], mode != .none {
+                    try await node.persist(mode)
+                    self.say("persist", node, "saved with \(mode)")
+                }
             }
+        } catch {
+            // A failure or Ctrl-C half way: unpublished, the new password only widens access.
+            guard !plan.resuming, self.progress.withLock({ $0.added }) else { throw error }
+            let removed = await self.takeBack(password, plan: plan, persistence: persistence)
+            if error is CancellationError || Task.isCancelled { throw CancellationError() }
+            let reason = (error as? RedisAdminError)?.message ?? "\(error)"
+            throw RedisAdminError(
+                code: (error as? RedisAdminError)?.code ?? .serverRefused,
+                message: "\(reason); \(removed ? "the new password was removed again" : "the new password could not be removed from every node") and the password file was not changed",
+                underlying: error
+            )
         }
         for node in self.topology.nodes {
             if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
                 // Ctrl-C fails the verification too: take the password back all the same, then say
                 // it was an interruption, not a password that does not work.
                 let cancelled = Task.isCancelled
-                var removed = true
-                if !plan.resuming { removed = await self.takeBack(password, plan: plan, persistence: persistence) }
+                if plan.resuming {
+                    // The file already holds this password and clients may use it: never take it back.
+                    if cancelled { throw CancellationError() }
+                    throw RedisAdminError(
+                        code: .verificationFailed,
+                        message: "\(error.message); the password file already held version \(plan.version) (published by the interrupted run), so it stays, and so does the old password. Fix the node, then run again",
+                        underlying: error
+                    )
+                }
+                let removed = await self.takeBack(password, plan: plan, persistence: persistence)
                 if cancelled { throw CancellationError() }
                 throw RedisAdminError(
                     code: .verificationFailed,
@@ -385,7 +453,9 @@ public final class RedisPasswordRotation: Sendable {
     public func publish() async throws {
         let (plan, password, persistence) = try self.prepared()
         var file = RedisCredentialFile(password: password, version: plan.version)
-        if let previous = try? RedisCredentialFile.read(from: self.options.passwordFile) { file.username = previous.username }
+        // From prepare()'s read: a re-read that fails now (the file briefly replaced or unreadable)
+        // would drop the line, and clients would log in as the default user.
+        file.username = self.progress.withLock { $0.fileUsername }
         let replacement: FileReplacement
         do {
             replacement = try file.replace(at: self.options.passwordFile, restrictingOthers: true)
@@ -496,8 +566,9 @@ public final class RedisPasswordRotation: Sendable {
             )
         }
         for node in self.topology.nodes {
+            self.progress.withLock { $0.removalSent.append(node.address) }
             try await node.keepOnlyPassword(password, of: plan.user)
-            self.progress.withLock { $0.removed = true }
+            self.progress.withLock { $0.removalDone.append(node.address) }
             self.say("remove", node, "\(plan.user) now has only the password of version \(plan.version)")
             if let mode = persistence[node.address], mode != .none {
                 try await node.persist(mode)
@@ -545,8 +616,19 @@ public final class RedisPasswordRotation: Sendable {
     public var state: String {
         let progress = self.progress.withLock { $0 }
         guard let plan = progress.plan else { return "nothing was changed" }
-        if progress.removed {
-            return "the servers hold only the password of version \(plan.version); the password file holds version \(plan.version)"
+        if !progress.removalSent.isEmpty {
+            let file = "the password file holds version \(plan.version), so every client can log in"
+            let done = progress.removalDone
+            let unknown = progress.removalSent.filter { !done.contains($0) }
+            let untouched = plan.nodes.filter { !progress.removalSent.contains($0) }
+            if unknown.isEmpty && untouched.isEmpty {
+                return "the servers hold only the password of version \(plan.version); the password file holds version \(plan.version)"
+            }
+            var parts: [String] = []
+            if !done.isEmpty { parts.append("\(done.joined(separator: ", ")) hold(s) only the password of version \(plan.version)") }
+            if !unknown.isEmpty { parts.append("\(unknown.joined(separator: ", ")) may no longer accept the old password (the removal was sent, its answer not received)") }
+            if !untouched.isEmpty { parts.append("\(untouched.joined(separator: ", ")) accept(s) the old and the new password (version \(plan.version))") }
+            return parts.joined(separator: "; ") + "; " + file
         }
         if progress.published {
             return "the servers accept the old and the new password (version \(plan.version)); the password file holds version \(plan.version), so every client can log in"

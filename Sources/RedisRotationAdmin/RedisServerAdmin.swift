@@ -321,6 +321,16 @@ public final class RedisServerAdmin: Sendable {
         }
     }
 
+    /// The server's `run_id` (`INFO server`): what tells one server reached under two addresses
+    /// (`localhost:6380` and `127.0.0.1:6380`) from two servers.
+    public func runID() async throws -> String {
+        let info = try await self.send(RedisCommand("INFO", "server")).string ?? ""
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("run_id:") {
+            return String(line.dropFirst("run_id:".count))
+        }
+        throw RedisAdminError(code: .unexpectedState, message: "\(self.address) reports no run_id in INFO server")
+    }
+
     /// The primary of a replica (`ROLE` of a replica), `nil` when the node is a primary.
     public func primary() async throws -> (host: String, port: Int)? {
         let role = try await self.send(RedisCommand("ROLE")).array ?? []

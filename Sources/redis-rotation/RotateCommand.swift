@@ -45,6 +45,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     @Flag(help: "After the wait, kill connections of the user still not on the new version (unnamed ones too).") var killStragglers = false
     @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
     @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
+    @Flag(help: "Go on with a warning where the administrator's permissions cannot be checked in advance (no ACL DRYRUN).") var skipPermissionCheck = false
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
@@ -75,7 +76,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
                 clientWait: .seconds(self.wait),
                 killStragglers: self.killStragglers,
                 allowUnpersisted: self.noPersist,
-                expectedNodeCount: self.expectNodes
+                expectedNodeCount: self.expectNodes,
+                skipPermissionCheck: self.skipPermissionCheck
             ),
             report: { printer.step($0) }
         )
@@ -271,12 +273,14 @@ struct RotateCACommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for those connections.") var wait = 300
     @Option(help: "Seconds the clients may take to notice the bundle change.") var reloadGrace = 2
     @Flag(help: "After the wait, kill connections opened before the new bundle.") var killStragglers = false
+    @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
     func validate() throws {
         guard self.wait >= 0, self.reloadGrace >= 0 else { throw ValidationError("--wait and --reload-grace must not be negative") }
         guard !self.user.isEmpty else { throw ValidationError("name the users whose clients trust the bundle with --user") }
+        if let count = self.expectNodes, count < 1 { throw ValidationError("--expect-nodes must be at least 1") }
         try requireAbsolute(["--new-cert-file": self.newCertFile, "--new-key-file": self.newKeyFile])
     }
 
@@ -290,6 +294,14 @@ struct RotateCACommand: AsyncParsableCommand {
             topology = try await RedisAdminTopology.discover(configuration: try self.target.connectionConfiguration())
         } catch let error as RedisAdminError {
             throw RunFailure(description: "\(error.message)", exitCode: 1)
+        }
+        // A replica that is down is listed by nobody: only the operator's count reveals it, and it
+        // would come back presenting a certificate from the old CA.
+        if let expected = self.expectNodes, expected != topology.nodes.count {
+            await topology.close()
+            let message = "found \(topology.nodes.count) node(s) (\(topology.addresses.joined(separator: ", "))), expected \(expected): a node that is down or not linked is listed by nobody and would miss the switch. Nothing was changed"
+            if self.json { printer.emit(["type": "result", "result": "refused", "code": "\(RedisAdminError.Code.unexpectedTopology)", "message": message]) }
+            throw RunFailure(description: message, exitCode: 2)
         }
         guard topology.nodes.count == 1 else {
             await topology.close()

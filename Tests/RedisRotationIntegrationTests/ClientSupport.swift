@@ -38,7 +38,8 @@ func eventually(_ what: String, timeout: Duration = .seconds(20), _ condition: (
 func writeAtomically(_ contents: String, to path: String) throws {
     let temporary = path + ".tmp-\(UUID().uuidString.prefix(6))"
     try contents.write(toFile: temporary, atomically: false, encoding: .utf8)
-    guard rename(temporary, path) == 0 else { throw POSIXError(.EIO) }
+    // As a password file should be: `rotate password` refuses one readable by others.
+    guard chmod(temporary, 0o640) == 0, rename(temporary, path) == 0 else { throw POSIXError(.EIO) }
 }
 
 /// Tells traffic loops to stop, and counts the commands they completed so far.

@@ -80,6 +80,51 @@ extension RotatePasswordReplicaTests {
         }
     }
 
+    @Test("a replica reached as localhost and listed as 127.0.0.1 counts once: --expect-nodes still sees the replica that is down")
+    func sameServerUnderTwoNamesCountsOnce() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { up in
+                try await self.withReplica(of: primary, password: old, replicaCount: 2) { down in
+                    await down.stop()
+                    let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                    await eventually("the primary no longer lists the stopped replica") { (try? await node.replicas().count) == 1 }
+                    await node.close()
+                    let files = try self.files(primary, password: old)
+                    let result = try await runTool(self.arguments(up, admin: primary, files, ["--host", "localhost", "--version", "v2", "--wait", "1", "--expect-nodes", "3"]))
+                    #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                    #expect(result.stderr.contains("found 2 node(s)") && result.stderr.contains("expected 3"), "\(result.stderr)")
+                    #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+                    let admin = try await RedisServerAdmin.connect(configuration: up.adminConnectionConfiguration())
+                    #expect(try await admin.passwordHashes(of: "alice") == [old.sha256Hex])
+                    await admin.close()
+                }
+            }
+        }
+    }
+
+    @Test("a topology naming one server twice is refused before any change")
+    func sameServerTwiceRefused() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            let files = try self.files(primary, password: old)
+            var renamed = primary.adminConnectionConfiguration()
+            renamed.host = "localhost"
+            let nodes = [
+                try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                try await RedisServerAdmin.connect(configuration: renamed),
+            ]
+            let rotation = RedisPasswordRotation(
+                topology: RedisAdminTopology(nodes: nodes),
+                options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", expectedNodeCount: 2)
+            )
+            let error = await #expect(throws: RedisAdminError.self) { try await rotation.prepare() }
+            #expect(error?.code == .unexpectedTopology && error?.message.contains("are the same server") == true, "\(String(describing: error))")
+            #expect(rotation.state == "nothing was changed")
+            for node in nodes { await node.close() }
+        }
+    }
+
     @Test("the user replicas authenticate with is refused, and replication keeps working; a replication link is never a straggler")
     func replicationUserRefused() async throws {
         let old = makePassword()
@@ -125,6 +170,30 @@ extension RotatePasswordReplicaTests {
         }
     }
 
+    @Test("rotate ca with --expect-nodes refuses a server whose replica is down, before any change")
+    func caRolloverExpectNodes() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                await replica.stop()
+                let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                await eventually("the primary no longer lists the replica") { (try? await node.replicas().count) == 0 }
+                await node.close()
+                let files = try self.files(primary, password: old)
+                let bundle = primary.directory.appendingPathComponent("trusted.pem").path
+                try "unchanged\n".write(toFile: bundle, atomically: true, encoding: .utf8)
+                let result = try await runTool([
+                    "rotate", "ca", "--port", "\(primary.port)", "--admin-user", primary.adminUsername,
+                    "--admin-password-file", files.adminFile, "--bundle-file", bundle, "--new-ca-file", bundle,
+                    "--new-cert-file", bundle, "--new-key-file", bundle, "--user", "alice", "--expect-nodes", "2",
+                ])
+                #expect(result.status == 2, "\(result.stdout)\(result.stderr)")
+                #expect(result.stderr.contains("found 1 node(s)") && result.stderr.contains("expected 2"), "\(result.stderr)")
+                #expect(try String(contentsOfFile: bundle, encoding: .utf8) == "unchanged\n")
+            }
+        }
+    }
+
     @Test("rotate ca refuses a server with replicas: it switches one node's certificate")
     func caRolloverRefusesReplicas() async throws {
         let old = makePassword()
@@ -142,6 +211,75 @@ extension RotatePasswordReplicaTests {
                 #expect(result.stderr.contains("is one of 2 nodes") && result.stderr.contains("127.0.0.1:\(replica.port)"), "\(result.stderr)")
                 #expect(result.stdout.contains("\"result\":\"refused\""), "\(result.stdout)")
                 #expect(try String(contentsOfFile: bundle, encoding: .utf8) == "unchanged\n")
+            }
+        }
+    }
+}
+
+/// What the rotation reports and takes back when a node fails half way.
+extension RotatePasswordReplicaTests {
+    @Test("a removal that fails on the second node reports each node's state, not that every server holds only the new password")
+    func partialRemovalStatePerNode() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                let files = try self.files(primary, password: old)
+                let nodes = [
+                    try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                    try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration()),
+                ]
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: nodes),
+                    options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", clientWait: .seconds(1))
+                )
+                try await rotation.prepare()
+                try await rotation.addPassword()
+                try await rotation.publish()
+                try await rotation.waitForClients()
+                // The replica dies between the wait and the removal (it persisted old + new at the add).
+                replica.kill()
+                _ = await replica.waitForExit(timeout: .seconds(10))
+                await #expect(throws: RedisAdminError.self) { try await rotation.removeOldPasswords() }
+                try await replica.restart()
+                let admin = try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration())
+                #expect(try await admin.passwordHashes(of: "alice")?.count == 2, "the replica still accepts the old password")
+                await admin.close()
+                let state = rotation.state
+                #expect(!state.contains("the servers hold only the password"), "state: \(state)")
+                #expect(state.contains("127.0.0.1:\(primary.port) hold(s) only the password of version v2"), "state: \(state)")
+                #expect(state.contains("127.0.0.1:\(replica.port) may no longer accept the old password"), "state: \(state)")
+                for node in nodes { await node.close() }
+            }
+        }
+    }
+
+    @Test("a node that fails during the add step: the password already added elsewhere is taken back, nothing is published")
+    func addFailureTakesBack() async throws {
+        let old = makePassword()
+        try await withAliceServer(password: old) { primary in
+            try await self.withReplica(of: primary, password: old) { replica in
+                let files = try self.files(primary, password: old)
+                let nodes = [
+                    try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration()),
+                    try await RedisServerAdmin.connect(configuration: replica.adminConnectionConfiguration()),
+                ]
+                let replicaAddress = nodes[1].address
+                let rotation = RedisPasswordRotation(
+                    topology: RedisAdminTopology(nodes: nodes),
+                    options: .init(user: "alice", passwordFile: files.passwordFile, version: "v2", clientWait: .seconds(1)),
+                    // The replica dies right after the primary got the new password.
+                    report: { step in if step.name == "persist" && step.node != replicaAddress { replica.kill() } }
+                )
+                try await rotation.prepare()
+                let error = await #expect(throws: RedisAdminError.self) { try await rotation.addPassword() }
+                #expect(error?.message.contains("the password file was not changed") == true, "\(String(describing: error))")
+                #expect(try RedisCredentialFile.read(from: files.passwordFile).version == "v1")
+                let admin = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
+                #expect(try await admin.passwordHashes(of: "alice") == [old.sha256Hex], "the unpublished password was taken back from the primary")
+                await admin.close()
+                _ = await replica.waitForExit(timeout: .seconds(10))
+                try await replica.restart()
+                for node in nodes { await node.close() }
             }
         }
     }

@@ -368,7 +368,9 @@ struct RotatePasswordSafetyTests {
 @Suite("redis-rotation rotate password: replicas", .timeLimit(.minutes(3)))
 struct RotatePasswordReplicaTests {
     /// A replica of `primary` with alice (`password`) and the primary's admin password.
-    func withReplica(of primary: RedisServerProcess, password: RedisSecret, extra: [String] = [], _ body: (RedisServerProcess) async throws -> Void) async throws {
+    func withReplica(
+        of primary: RedisServerProcess, password: RedisSecret, extra: [String] = [], replicaCount: Int = 1, _ body: (RedisServerProcess) async throws -> Void
+    ) async throws {
         try await RedisServerProcess.withServer(
             .init(
                 users: [.init(name: "alice", passwords: [password])],
@@ -381,7 +383,7 @@ struct RotatePasswordReplicaTests {
             try await replica.admin("ACL", "SETUSER", .string(replica.adminUsername), .string(">\(text(of: primary.adminPassword))"))
             try await replica.admin("ACL", "SAVE")
             let node = try await RedisServerAdmin.connect(configuration: primary.adminConnectionConfiguration())
-            await eventually("the primary lists its replica") { (try? await node.replicas().count) == 1 }
+            await eventually("the primary lists its replica") { (try? await node.replicas().count) == replicaCount }
             await node.close()
             try await body(replica)
         }

@@ -10,8 +10,8 @@ extension RedisCredentialFile {
     /// never a mix, never a file with looser permissions, and never the new one lost in a crash.
     ///
     /// A temporary file is created next to `path` (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600), given the
-    /// original's owner, group and mode (0600 when there is no original), written, `fsync`ed and renamed
-    /// over `path`; then the directory is `fsync`ed. On any error the temporary file is removed and the
+    /// original's owner, group, mode and POSIX access ACL (0600 when there is no original), written,
+    /// `fsync`ed and renamed over `path`; then the directory is `fsync`ed. On any error the temporary file is removed and the
     /// original is untouched. A `path` that is a symbolic link is refused: the rename would replace the
     /// link, not its target.
     ///
@@ -43,6 +43,9 @@ package struct FileReplacement: Sendable {
 
 /// A test seam: directories whose `fsync` after the rename fails with `EIO`, as a failing disk would.
 package let fileReplacementFailingDirectoryFlushes = Mutex<Set<String>>([])
+
+/// A test seam: paths whose rename succeeds but reports `ENOENT`, as a retried rename over NFS can.
+package let fileReplacementRenamesFailingAfterSuccess = Mutex<Set<String>>([])
 
 /// Replaces the file at `path` with `content` as ``RedisCredentialFile/write(to:)`` describes: a
 /// temporary file created `O_EXCL|O_NOFOLLOW` with mode 0600, given the original's owner, group and
@@ -86,14 +89,30 @@ package func replaceFileSafely(at path: String, with content: RedisSecret, what:
     if let owner, fchown(fd, owner.uid, owner.gid) != 0 {
         throw failure("cannot give the new file the original's owner \(owner.uid):\(owner.gid)", errno)
     }
+    // A POSIX ACL (`setfacl -m u:app:r`) is how some clients read the file; the rename would drop it.
+    // Copied before fchmod, which then sets the owner, mask and other entries from `mode`.
+    if originalMode != nil, let acl = try accessACL(of: path, what: what) {
+        guard ExtendedAttributes.set(ExtendedAttributes.posixAccessACL, to: acl, onDescriptor: fd) else { throw failure("cannot give the new file the original's access ACL", errno) }
+    }
     guard fchmod(fd, mode) == 0 else { throw failure("cannot set the new file's mode", errno) }
     let writeError = content.withUnsafeBytes { writeAll(fd, $0) }
     if let writeError { throw failure("cannot write the new content", writeError) }
     guard fsync(fd) == 0 else { throw failure("cannot flush the new content to disk", errno) }
+    var written = stat()
+    guard fstat(fd, &written) == 0 else { throw failure("cannot examine the new file", errno) }
     let closed = close(fd)
     fd = -1
     guard closed == 0 else { throw failure("cannot close the new file", errno) }
-    guard rename(temporary, path) == 0 else { throw failure("cannot rename the new file over it", errno) }
+    let injectedRenameError = fileReplacementRenamesFailingAfterSuccess.withLock { $0.contains(path) }
+    if rename(temporary, path) != 0 || injectedRenameError {
+        let code = injectedRenameError ? ENOENT : errno
+        // Over NFS a retried rename can report ENOENT although the first attempt succeeded: when the
+        // path now names the new file, it was renamed, and a caller must not take it back.
+        var current = stat()
+        guard lstat(path, &current) == 0, current.st_dev == written.st_dev, current.st_ino == written.st_ino else {
+            throw failure("cannot rename the new file over it", code)
+        }
+    }
     renamed = true
     var replacement = FileReplacement(durabilityWarning: nil, mode: mode, originalMode: originalMode)
     // The rename itself survives a crash only once the directory is on disk.
@@ -133,6 +152,14 @@ private func existingFile(at path: String, what: String) throws(RedisError) -> s
         throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): it is not a regular file")
     }
     return original
+}
+
+/// The POSIX access ACL of the file at `path` as stored; `nil` when it has none or the file system
+/// has no ACLs.
+private func accessACL(of path: String, what: String) throws(RedisError) -> [UInt8]? {
+    if let acl = ExtendedAttributes.value(ExtendedAttributes.posixAccessACL, of: path) { return acl }
+    if errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP { return nil }
+    throw RedisError(code: .invalidArgument, message: "cannot write \(what) \(path): cannot read its access ACL: \(String(cString: strerror(errno)))")
 }
 
 /// Writes all of `bytes` to `fd`; the `errno` of a failure, or `nil`.
