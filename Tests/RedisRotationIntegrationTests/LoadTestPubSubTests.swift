@@ -10,7 +10,7 @@ struct LoadTestPubSubTests {
         let password = makePassword()
         try await withAliceServer(password: password) { server in
             let passwordFile = server.directory.appendingPathComponent("alice.password").path
-            try "password=\(text(of: password))\nversion=v1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: passwordFile)
             let adminFile = server.directory.appendingPathComponent("admin.password").path
             try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
             let report = server.directory.appendingPathComponent("report.json").path

@@ -13,7 +13,7 @@ struct ScriptAndScanTests {
         let password = makePassword()
         try await withAliceServer(password: password) { server in
             let client = try RedisClient(
-                configuration: RedisClientConfiguration(host: server.host, port: server.port, name: "test"),
+                configuration: RedisClientConfiguration(host: server.host, port: server.port, name: "test", pool: .init(leaseTimeout: .seconds(20))),
                 credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
             )
             try await withRunningClient(client) { client in try await body(server, client) }

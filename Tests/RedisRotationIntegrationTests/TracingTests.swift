@@ -14,7 +14,13 @@ struct TracingTests {
         try await withAliceServer(password: password) { server in
             let tracer = InMemoryTracer()
             let client = try RedisClient(
-                configuration: RedisClientConfiguration(host: server.host, port: server.port, name: "traced", tracer: tracer),
+                configuration: RedisClientConfiguration(
+                    host: server.host,
+                    port: server.port,
+                    name: "traced",
+                    pool: .init(leaseTimeout: .seconds(20)),  // a starved test process may take a while to connect
+                    tracer: tracer
+                ),
                 credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v7"))
             )
             try await withRunningClient(client) { client in
