@@ -60,6 +60,8 @@ struct ReviewFindingsTests {
                 configuration: RedisClientConfiguration(
                     port: fake.port,
                     name: "test",
+                    // The deadline bounds transient retries; a starved test process must not reach it first.
+                    commandTimeout: .seconds(30),
                     maximumCommandAttempts: 2,
                     pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
                 ),
