@@ -162,8 +162,6 @@ struct ClientStateMachine {
 
     // MARK: Queries
 
-    var isRunning: Bool { self.runState == .running }
-
     var hasStarted: Bool { self.runState != .notStarted }
 
     /// Lease requests not yet granted, failed or cancelled (tests: nothing may stay behind).

@@ -309,8 +309,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 late.commandWasNotSent = true
                 throw self.failed(command, late, mayHaveExecuted: mayHaveExecuted)
             }
-            span.attributes["redis.credential_version"] = lease.connection.credentialVersion
-            span.attributes["redis.attempts"] = attempt
+            // Only for a tracer that records: the version costs a lock and a string per command.
+            if span.isRecording {
+                span.attributes["redis.credential_version"] = lease.connection.credentialVersion
+                span.attributes["redis.attempts"] = attempt
+            }
             do {
                 if deadline == nil { deadline = clock.now + commandTimeout }
                 // An attempt after a transient refusal gets only what is left of the deadline, so refusals
@@ -493,17 +496,34 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     ///
     /// - Returns: The connection and the version it authenticated with.
     func openDedicatedConnection(suffix: String) async throws -> (connection: RedisConnection, version: String) {
-        let tlsContext = self.state.withLock { $0.tlsContext }
+        let opened = try await self.openWithCandidates(tlsContext: self.state.withLock { $0.tlsContext }, suffix: suffix)
+        return (opened.connection, opened.credentials.version)
+    }
+
+    /// Opens a connection with the first candidate credential the server accepts, reading the candidates
+    /// afresh at every try (one that became a candidate during a handshake, a new pending password, is
+    /// tried before every candidate counts as rejected). Each `WRONGPASS` is reported to `rejectedOne`.
+    ///
+    /// - Returns: The connection, the credentials it authenticated with, and those rejected before.
+    /// - Throws: The error of the first attempt that failed otherwise; `credentialsRejected`, naming the
+    ///   versions tried, when every candidate was rejected (or there is none yet).
+    private func openWithCandidates(
+        tlsContext: RedisTLSContext?,
+        suffix: String = "",
+        rejectedOne: (RedisCredentials) -> Void = { _ in }
+    ) async throws -> (connection: RedisConnection, credentials: RedisCredentials, rejected: [RedisCredentials]) {
         var rejected: [RedisCredentials] = []
+        // Each candidate once; the bound only guards against a source that changes without end.
         while rejected.count < 8, let candidate = self.state.withLock({ $0.machine.nextCandidate(after: rejected) }) {
             do {
                 let connection = try await self.connectionFactory(
                     self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext, suffix: suffix),
                     self.logger
                 )
-                return (connection, candidate.version)
+                return (connection, candidate, rejected)
             } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
                 rejected.append(candidate)
+                rejectedOne(candidate)
             }
         }
         throw RedisError(
@@ -784,63 +804,46 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private func connect(_ id: PoolStateMachine.ConnectionID) async {
         let tlsContext = self.state.withLock { $0.tlsContext }
         let started = ContinuousClock.now
-        var rejected: [RedisCredentials] = []
-        var failure: RedisError?
-        // Each candidate once; the bound only guards against a source that changes without end.
-        while rejected.count < 8, let candidate = self.state.withLock({ $0.machine.nextCandidate(after: rejected) }) {
-            do {
-                let connection = try await self.connectionFactory(
-                    self.configuration.connectionConfiguration(for: candidate, tlsContext: tlsContext),
-                    self.logger
-                )
-                self.metrics.handshake.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
-                self.metrics.connects.increment()
-                self.counters.connectionsOpened.add(1, ordering: .relaxed)
-                var refused = false
-                self.decide { state, moment in
-                    let establishment = state.machine.connectionEstablished(
-                        id,
-                        credentials: candidate,
-                        rejected: rejected,
-                        generation: connection.tlsInfo?.contextGeneration,
-                        peerCertificate: connection.tlsInfo?.peerCertificate,
-                        clientCertificate: tlsContext?.clientCertificateChain.first,
-                        at: moment
-                    )
-                    switch establishment {
-                    case .adopted(let actions):
-                        state.connections[id] = connection
-                        return actions
-                    case .refused:
-                        refused = true
-                        return []
-                    }
-                }
-                if refused {
-                    await connection.close()
-                } else {
-                    self.perform([.work(.watch(id, connection))])
-                }
-                return
-            } catch let error as RedisError where error.code == .authenticationFailed && error.serverErrorPrefix == "WRONGPASS" {
-                rejected.append(candidate)
+        let opened: (connection: RedisConnection, credentials: RedisCredentials, rejected: [RedisCredentials])
+        do {
+            opened = try await self.openWithCandidates(tlsContext: tlsContext) { candidate in
                 self.decide { state, moment in state.machine.connectAttemptRejected(id, credentials: candidate, at: moment) }
-            } catch let error as RedisError {
-                failure = error
-                break
-            } catch {
-                failure = RedisError(code: .connectionFailed, message: "\(error)", underlying: error)
-                break
+            }
+        } catch {
+            let failure = (error as? RedisError) ?? RedisError(code: .connectionFailed, message: "\(error)", underlying: error)
+            self.logger.debug("connect failed", metadata: [LoggingKeys.error: "\(failure)"])
+            self.decide { state, moment in state.machine.connectionFailed(id, error: failure, at: moment) }
+            return
+        }
+        let connection = opened.connection
+        self.metrics.handshake.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
+        self.metrics.connects.increment()
+        self.counters.connectionsOpened.add(1, ordering: .relaxed)
+        var refused = false
+        self.decide { state, moment in
+            let establishment = state.machine.connectionEstablished(
+                id,
+                credentials: opened.credentials,
+                rejected: opened.rejected,
+                generation: connection.tlsInfo?.contextGeneration,
+                peerCertificate: connection.tlsInfo?.peerCertificate,
+                clientCertificate: tlsContext?.clientCertificateChain.first,
+                at: moment
+            )
+            switch establishment {
+            case .adopted(let actions):
+                state.connections[id] = connection
+                return actions
+            case .refused:
+                refused = true
+                return []
             }
         }
-        let error = failure ?? RedisError(
-            code: .credentialsRejected,
-            message: rejected.isEmpty
-                ? "no credentials yet: the credential source has not delivered any"
-                : "all \(rejected.count) candidate credential\(rejected.count == 1 ? "" : "s") for user \(rejected[0].username) were rejected; versions tried: \(rejected.map(\.version).joined(separator: ", "))"
-        )
-        self.logger.debug("connect failed", metadata: [LoggingKeys.error: "\(error)"])
-        self.decide { state, moment in state.machine.connectionFailed(id, error: error, at: moment) }
+        if refused {
+            await connection.close()
+        } else {
+            self.perform([.work(.watch(id, connection))])
+        }
     }
 
     private func connectionGone(_ id: PoolStateMachine.ConnectionID) {
