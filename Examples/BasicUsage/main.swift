@@ -21,18 +21,21 @@ func readmeClientExample() async throws {
     // Commands safe to repeat (reads, a plain SET, DEL, HSET) are resent when their connection dies
     // in flight; INCR fails with outcomeUnknown instead. Mark others you know are safe to repeat:
     try await client.send(RedisCommand("SET", "last-seen", "now", "EX", "60").idempotent())
+    // Every command of the server has a typed method, generated from its own specification.
+    try await client.hincrby("stats:orders", field: "created", increment: 1)
+    try await client.zadd("leaders", scoreMembers: [.init(score: 42, member: "ada")])
+    let top = try await client.zscore("leaders", member: "ada")  // Double?
     // A transaction: MULTI ... EXEC in one write on one connection; all of it runs, or none.
-    let counts = try await client.transaction { tx in
-        tx.queue(RedisCommand("INCR", "orders"))
-        tx.queue(RedisCommand("EXPIRE", "orders", "3600"))
-    }
-    let orders = try counts.value(at: 0, as: Int.self)
+    var tx = RedisTransaction()
+    let orderCount = tx.incr("orders")
+    tx.expire("orders", seconds: 3600)
+    let orders = try await client.transaction(tx)[orderCount]  // Int
     // Blocking commands wait as long as their own timeout says (here 5 s) plus the command timeout.
-    let job = try await client.send(RedisCommand("BLPOP", "jobs", "5"))
+    let job = try await client.blpop(keys: ["jobs"], timeout: 5)
     for await event in client.events {
         print(event)  // credentialSourceChanged, probeSucceeded, promoted, connectionReauthenticated, ...
     }
-    _ = (greeting, orders, job)
+    _ = (greeting, top, orders, job)
 }
 
 /// The README's publish/subscribe example, verbatim.
@@ -67,12 +70,13 @@ func readmeExample() async throws {
     let greeting = try await connection.get("greeting", as: String.self)
 
     // Many commands, one write, results in order; an error reply fails only its own result.
-    let results = try await connection.pipeline([
-        RedisCommand("INCR", "visits"),
-        RedisCommand("GET", "visits"),
-    ])
+    var pipeline = RedisPipeline()
+    let visits = pipeline.incr("visits")
+    let names = pipeline.hkeys("user:42")
+    let results = try await connection.pipeline(pipeline)
+    let (count, fields) = (try results[visits], try results[names])  // Int, [ByteBuffer]
     await connection.close()
-    _ = (greeting, results)
+    _ = (greeting, count, fields)
 }
 
 /// The README's TLS example, verbatim.

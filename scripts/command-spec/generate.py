@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Generates Sources/RedisRotation/Commands/Generated/RedisCommandInfo+Table.swift from the command
+"""Generates Sources/RedisRotation/Commands/Generated/RedisCommandInfo+Table.swift (and, through
+generate_api.py, the typed command API next to it) from the command
 specification that scripts/command-spec/dump.sh wrote to spec/ (COMMAND INFO and COMMAND DOCS of the
 pinned redis-server). Deterministic: the same spec gives the same file. Run from anywhere."""
 import json
 import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import generate_api  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERIES = "7.0"
@@ -95,3 +100,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    generate_api.main()

@@ -204,13 +204,17 @@ extension RedisCommandExecutor {
         try await self.send(RedisCommand("LRANGE", key.argument, .integer(start), .integer(stop)), as: [ByteBuffer].self)
     }
 
-    /// `CLIENT SETNAME`: names this connection on the server.
-    public func clientSetName(_ name: String) async throws {
-        _ = try await self.send(RedisCommand("CLIENT", "SETNAME", .string(name)), timeout: nil)
-    }
-
     /// `CLIENT GETNAME`: this connection's name, or `nil` when it has none.
     public func clientGetName() async throws -> String? {
         try await self.send(RedisCommand("CLIENT", "GETNAME"), as: String?.self)
+    }
+}
+
+extension RedisConnection {
+    /// `CLIENT SETNAME`: names this connection on the server. Only on a connection of your own (or one
+    /// lent by ``RedisClient/withConnection(_:)``, which restores the pool's name afterwards): the pooled
+    /// client names its connections with their credential version.
+    public func clientSetName(_ name: String) async throws {
+        _ = try await self.send(RedisCommand("CLIENT", "SETNAME", .string(name)), timeout: nil)
     }
 }

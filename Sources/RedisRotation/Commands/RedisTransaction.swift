@@ -121,3 +121,22 @@ extension RedisTransaction {
         }
     }
 }
+
+extension RedisConnection {
+    /// Sends the pipeline's commands in one write and returns their results in order; an error reply
+    /// fails only its own result. Read each with the handle its queue method returned.
+    public func pipeline(_ pipeline: RedisPipeline, timeout: Duration? = nil) async throws -> RedisCommandResults {
+        RedisCommandResults(results: try await self.pipeline(pipeline.commands, timeout: timeout))
+    }
+
+    /// Runs the transaction on this connection: `MULTI`, the commands, `EXEC`, in one write.
+    ///
+    /// - Returns: The results, or `nil` when `EXEC` answered nil (a key this connection `WATCH`ed
+    ///   changed).
+    /// - Throws: ``RedisError/Code/transactionAborted`` when the server refused a queued command
+    ///   (nothing ran).
+    public func transaction(_ transaction: RedisTransaction, timeout: Duration? = nil) async throws -> RedisCommandResults? {
+        if let error = transaction.commands.lazy.compactMap(\.encodingError).first { throw error }
+        return try await transaction.run(on: self, timeout: timeout)
+    }
+}

@@ -24,6 +24,20 @@ extension RedisClient {
         }
     }
 
+    /// Sends a pipeline built beforehand, as ``pipeline(timeout:_:)`` does; read each result with the
+    /// handle its queue method returned:
+    ///
+    /// ```swift
+    /// var p = RedisPipeline()
+    /// let name = p.hget("user:1", field: "name")
+    /// let visits = p.incr("visits")
+    /// let results = try await client.pipeline(p)
+    /// let count = try results[visits]  // Int
+    /// ```
+    public func pipeline(_ pipeline: RedisPipeline, timeout: Duration? = nil) async throws -> RedisCommandResults {
+        try await self.pipeline(timeout: timeout) { $0 = pipeline }
+    }
+
     private func run(_ pipeline: RedisPipeline, timeout: Duration?) async throws -> RedisCommandResults {
         let commands = pipeline.commands
         if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
@@ -132,6 +146,19 @@ extension RedisClient {
             throw RedisError(code: .unexpectedReply, message: "EXEC answered nil to a transaction that watched no key")
         }
         return results
+    }
+
+    /// Runs a transaction built beforehand, as ``transaction(timeout:_:)`` does; read each result with
+    /// the handle its queue method returned:
+    ///
+    /// ```swift
+    /// var tx = RedisTransaction()
+    /// let visits = tx.incr("visits")
+    /// tx.expire("visits", seconds: 60)
+    /// let count = try await client.transaction(tx)[visits]  // Int
+    /// ```
+    public func transaction(_ transaction: RedisTransaction, timeout: Duration? = nil) async throws -> RedisCommandResults {
+        try await self.transaction(timeout: timeout) { $0 = transaction }
     }
 
     /// Optimistic concurrency: `WATCH`es `keys`, runs `body` (which reads through the connection and

@@ -31,6 +31,10 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
     public static func integer(_ value: some BinaryInteger) -> RedisArgument {
         RedisArgument(.integer(Int64(value)))
     }
+    /// A number as the server parses it (`1.5`, `-0.25`, `1e+20`, `inf`, `-inf`).
+    public static func double(_ value: Double) -> RedisArgument {
+        RedisArgument(.string(value.isInfinite ? (value < 0 ? "-inf" : "inf") : String(value)))
+    }
     /// A key, as an argument of a command built by hand.
     public static func key(_ key: RedisKey) -> RedisArgument { key.argument }
     /// A secret (a password): its bytes go on the wire and nowhere else.
