@@ -19,15 +19,17 @@ struct LoadTestCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Server host (only loopback is used in this project's tests).") var host = "127.0.0.1"
-    @Option(help: "Server port.") var port = 6379
+    @Option(help: "The server as a URL, instead of the options below: redis://user@host:port?password_file=PATH, or rediss://...&ca_file=PATH&cert_file=PATH&key_file=PATH&server_name=NAME for TLS. A password in the URL works but cannot rotate: prefer password_file.")
+    var url: String?
+    @Option(help: "Server host (default 127.0.0.1; only loopback is used in this project's tests).") var host: String?
+    @Option(help: "Server port (default 6379).") var port: Int?
     @Flag(help: "Connect with TLS.") var tls = false
     @Option(help: "PEM file of the CA(s) to trust (with --tls).") var caFile: String?
     @Option(help: "PEM file of the client certificate for mutual TLS.") var certFile: String?
     @Option(help: "PEM file of the client key for mutual TLS.") var keyFile: String?
     @Option(help: "Name the server certificate must carry (default: the host).") var serverName: String?
-    @Option(help: "ACL user.") var user = "default"
-    @Option(help: "File holding the password (plain, or password=/version= lines); watched.") var passwordFile: String
+    @Option(help: "ACL user (default: default).") var user: String?
+    @Option(help: "File holding the password (plain, or password=/version= lines); watched. Required without --url.") var passwordFile: String?
 
     @Option(help: "Seconds of traffic.") var duration = 30
     @Option(help: "Concurrent tasks.") var concurrency = 32
@@ -49,8 +51,69 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Write the HTML timeline here.") var reportHtml: String?
     @Flag(help: "Print a progress line every second.") var progress = false
 
+    /// Where and as whom the traffic goes: from `--url`, or from the separate options.
+    struct Target {
+        var host: String
+        var port: Int
+        var tls: RedisClientConfiguration.TLS?
+        var serverName: String?
+        var user: String
+        var passwordFile: String?
+        var credentials: RedisCredentialSource
+    }
+
+    func target() throws -> Target {
+        if let url = self.url {
+            let parsed: RedisURL
+            do {
+                parsed = try RedisURL(url)
+            } catch {
+                throw ValidationError("--url: \(error.message)")
+            }
+            return Target(
+                host: parsed.configuration.host,
+                port: parsed.configuration.port,
+                tls: parsed.configuration.tls,
+                serverName: parsed.configuration.tls?.serverName,
+                user: parsed.username,
+                passwordFile: parsed.passwordFile,
+                credentials: parsed.credentials
+            )
+        }
+        guard let passwordFile = self.passwordFile else { throw ValidationError("give --url or --password-file") }
+        var tlsSettings: RedisClientConfiguration.TLS?
+        if self.tls {
+            let identity = self.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.keyFile!)) }
+            tlsSettings = .reloading(
+                RedisTLSConfiguration(trustAnchors: self.caFile.map { [.file($0)] } ?? [], clientIdentity: identity),
+                serverName: self.serverName,
+                pollInterval: .seconds(5),
+                rolloverWindow: .seconds(5)
+            )
+        }
+        let user = self.user ?? "default"
+        return Target(
+            host: self.host ?? "127.0.0.1",
+            port: self.port ?? 6379,
+            tls: tlsSettings,
+            serverName: self.serverName,
+            user: user,
+            passwordFile: passwordFile,
+            credentials: .file(passwordFile, username: user, pollInterval: .seconds(5))
+        )
+    }
+
     func validate() throws {
-        guard (1...65535).contains(self.port) else { throw ValidationError("--port must be between 1 and 65535") }
+        if self.url != nil {
+            let separate: [(String, Bool)] = [
+                ("--host", self.host != nil), ("--port", self.port != nil), ("--tls", self.tls), ("--ca-file", self.caFile != nil),
+                ("--cert-file", self.certFile != nil), ("--key-file", self.keyFile != nil), ("--server-name", self.serverName != nil),
+                ("--user", self.user != nil), ("--password-file", self.passwordFile != nil),
+            ]
+            if let (flag, _) = separate.first(where: \.1) { throw ValidationError("--url already says it all: leave out \(flag)") }
+        }
+        let target = try self.target()
+        guard (1...65535).contains(target.port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard self.duration > 0, self.concurrency > 0, self.rate >= 0, self.keys > 0, self.valueSize >= 0 else {
             throw ValidationError("--duration, --concurrency and --keys must be positive; --rate and --value-size not negative")
         }
@@ -66,7 +129,10 @@ struct LoadTestCommand: AsyncParsableCommand {
         if !self.rotations.isEmpty && (self.adminUser == nil || self.adminPasswordFile == nil) {
             throw ValidationError("--rotate needs --admin-user and --admin-password-file")
         }
-        for (flag, path) in [("--password-file", self.passwordFile), ("--ca-file", self.caFile), ("--cert-file", self.certFile), ("--key-file", self.keyFile), ("--admin-password-file", self.adminPasswordFile)] {
+        if !self.rotations.isEmpty && target.passwordFile == nil {
+            throw ValidationError("--rotate needs the user's password in a file (--password-file, or password_file in --url) to rotate it")
+        }
+        for (flag, path) in [("--password-file", target.passwordFile), ("--ca-file", self.caFile), ("--cert-file", self.certFile), ("--key-file", self.keyFile), ("--admin-password-file", self.adminPasswordFile)] {
             if let path, !FileManager.default.isReadableFile(atPath: path) {
                 throw ValidationError("\(flag) \(path): no such file, or not readable")
             }
@@ -82,32 +148,23 @@ struct LoadTestCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var tlsSettings: RedisClientConfiguration.TLS?
-        if self.tls {
-            let identity = self.certFile.map { RedisTLSClientIdentity(certificateChain: .file($0), privateKey: .file(self.keyFile!)) }
-            tlsSettings = .reloading(
-                RedisTLSConfiguration(trustAnchors: self.caFile.map { [.file($0)] } ?? [], clientIdentity: identity),
-                serverName: self.serverName,
-                pollInterval: .seconds(5),
-                rolloverWindow: .seconds(5)
-            )
-        }
+        let target = try self.target()
         let client: RedisClient
         do {
             client = try RedisClient(
                 configuration: RedisClientConfiguration(
-                    host: self.host,
-                    port: self.port,
+                    host: target.host,
+                    port: target.port,
                     name: "loadtest",
-                    tls: tlsSettings,
+                    tls: target.tls,
                     pool: .init(minimumConnections: 1, maximumConnections: max(1, min(self.concurrency, 64)), leaseTimeout: .seconds(10))
                 ),
-                credentials: .file(self.passwordFile, username: self.user, pollInterval: .seconds(5))
+                credentials: target.credentials
             )
         } catch let error as RedisError {
             throw RunFailure(description: error.message, exitCode: 2)
         }
-        let steps = try self.rotationSteps(client: client)
+        let steps = try self.rotationSteps(client: client, target: target)
         let workload = Workload(
             duration: .seconds(self.duration),
             concurrency: self.concurrency,
@@ -144,7 +201,7 @@ struct LoadTestCommand: AsyncParsableCommand {
         print(report.text())
         if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
         if let path = self.reportHtml {
-            try report.html(title: "redis-rotation loadtest \(self.host):\(self.port)").write(toFile: path, atomically: true, encoding: .utf8)
+            try report.html(title: "redis-rotation loadtest \(target.host):\(target.port)").write(toFile: path, atomically: true, encoding: .utf8)
         }
         // A rotation step that failed fails the run too: the rotation it was meant to exercise did not happen.
         let failedSteps = report.events.filter { $0.kind == "stepFailed" }
@@ -153,8 +210,10 @@ struct LoadTestCommand: AsyncParsableCommand {
     }
 
     /// The steps of `--rotate`, performed through RedisRotationAdmin on the server and its replicas.
-    private func rotationSteps(client: RedisClient) throws -> [RotationStep] {
-        guard !self.rotations.isEmpty, let adminUser = self.adminUser, let adminPasswordFile = self.adminPasswordFile else { return [] }
+    private func rotationSteps(client: RedisClient, target: Target) throws -> [RotationStep] {
+        guard !self.rotations.isEmpty, let adminUser = self.adminUser, let adminPasswordFile = self.adminPasswordFile,
+            let passwordFile = target.passwordFile
+        else { return [] }
         let adminPassword: RedisSecret
         do {
             adminPassword = try RedisCredentialFile.read(from: adminPasswordFile).password
@@ -162,21 +221,21 @@ struct LoadTestCommand: AsyncParsableCommand {
             throw RunFailure(description: "--admin-password-file: \(error.message)", exitCode: 2)
         }
         let adminConfiguration = RedisConnectionConfiguration(
-            host: self.host,
-            port: self.port,
+            host: target.host,
+            port: target.port,
             username: adminUser,
             password: adminPassword,
             name: "loadtest-admin",
-            tls: client.currentTLSContext.map { .init(context: $0, serverName: self.serverName) }
+            tls: client.currentTLSContext.map { .init(context: $0, serverName: target.serverName) }
         )
         let options = RedisPasswordRotation.Options(
-            user: self.user,
-            passwordFile: self.passwordFile,
+            user: target.user,
+            passwordFile: passwordFile,
             clientWait: .seconds(60),
             pollInterval: .milliseconds(50),
             allowUnpersisted: self.noPersist
         )
-        let user = self.user
+        let user = target.user
         return try self.rotations.map { text in
             let (kind, at) = try Self.parseStep(text)
             switch kind {

@@ -226,11 +226,20 @@ struct HotReloadTests {
                 for (certificate, privateKey, code) in writes {
                     try writeAtomically(privateKey, to: files.privateKey)
                     try writeAtomically(certificate, to: files.certificate)
+                    // The two files are written one after the other, as secret managers do: a reload may
+                    // see the new key next to the previous certificate first (a starved test process
+                    // leaves more than the 20 ms debounce between the writes). That pair is rejected too,
+                    // for its own reason; the one for the pair as written must follow.
+                    var rejections: [String] = []
                     while let event = await events.next() {
                         if event.kind == .tlsMaterialReloaded { Issue.record("bad material was accepted: \(event)") }
                         if event.kind == .tlsMaterialRejected {
-                            #expect(event.detail.hasPrefix(code), "\(event.detail)")
-                            break
+                            rejections.append(event.detail)
+                            if event.detail.hasPrefix(code) { break }
+                            if rejections.count >= 3 {
+                                Issue.record("no \(code) rejection: \(rejections)")
+                                break
+                            }
                         }
                     }
                     await stop.waitForProgress(100, "after writing bad material (\(code))")

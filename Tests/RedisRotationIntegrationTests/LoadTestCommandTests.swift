@@ -142,7 +142,7 @@ struct LoadTestCommandTests {
         }
     }
 
-    @Test("loadtest --rotate password@N rotates through RedisRotationAdmin: no failed command, one password left, the file's")
+    @Test("loadtest --url ... --rotate password@N rotates through RedisRotationAdmin: no failed command, one password left, the file's")
     func rotationPerformedByTheTool() async throws {
         let password = makePassword()
         try await withAliceServer(password: password) { server in
@@ -152,8 +152,10 @@ struct LoadTestCommandTests {
             let adminFile = server.directory.appendingPathComponent("admin.password").path
             try text(of: server.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
             let report = server.directory.appendingPathComponent("report.json").path
+            // The server, user and password file as one URL (--url), as an application would configure them.
+            let url = "redis://alice@127.0.0.1:\(server.port)?password_file=\(passwordFile.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? passwordFile)"
             let (status, stdout, stderr) = try await runTool([
-                "loadtest", "--port", "\(server.port)", "--user", "alice", "--password-file", passwordFile,
+                "loadtest", "--url", url,
                 "--duration", "8", "--concurrency", "4", "--verify-writes", "--key-prefix", "ltr", "--report-json", report,
                 "--rotate", "password@2", "--rotate", "kill@6", "--admin-user", server.adminUsername, "--admin-password-file", adminFile,
             ])
@@ -167,6 +169,23 @@ struct LoadTestCommandTests {
             let node = try await RedisServerAdmin.connect(configuration: server.adminConnectionConfiguration())
             #expect(try await node.passwordHashes(of: "alice") == [file.password.sha256Hex])
             await node.close()
+        }
+    }
+
+    @Test("--url with separate connection options, a bad URL, or --rotate without a password file: exit 2 with the reason, the password never shown")
+    func urlValidation() async throws {
+        let secret = "url-secret-\(UUID().uuidString)"
+        let cases: [([String], String)] = [
+            (["--url", "redis://alice@127.0.0.1:6399", "--port", "6399"], "leave out --port"),
+            (["--url", "http://127.0.0.1"], "redis:// or rediss://"),
+            (["--url", "redis://alice:\(secret)@127.0.0.1:6399", "--rotate", "password@1", "--admin-user", "a", "--admin-password-file", "/dev/null"], "password in a file"),
+            ([], "--url or --password-file"),
+        ]
+        for (arguments, reason) in cases {
+            let (status, stdout, stderr) = try await runTool(["loadtest"] + arguments + ["--duration", "1"])
+            #expect(status == 64 || status == 2, "\(arguments): \(status)")
+            #expect((stdout + stderr).contains(reason), "\(arguments): \(stdout)\(stderr)")
+            #expect(!(stdout + stderr).contains(secret))
         }
     }
 

@@ -14,6 +14,10 @@
 public struct RedisURL: Sendable, CustomStringConvertible {
     public var configuration: RedisClientConfiguration
     public var credentials: RedisCredentialSource
+    /// The ACL user (`default` when the URL names none).
+    public let username: String
+    /// The `password_file` option, if the URL has one.
+    public let passwordFile: String?
     /// The URL with the password replaced by `<redacted>`.
     public let description: String
 
@@ -118,6 +122,8 @@ public struct RedisURL: Sendable, CustomStringConvertible {
             name: options["name"] ?? "redis-rotation",
             tls: tlsConfiguration
         )
+        self.username = username
+        self.passwordFile = options["password_file"]
         if let file = options["password_file"] {
             self.credentials = .file(file, username: username)
         } else {
