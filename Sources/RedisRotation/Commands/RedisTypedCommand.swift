@@ -27,7 +27,9 @@ extension RedisTypedCommand {
 extension RedisCommandExecutor {
     /// Sends `command` and converts its reply to the command's ``RedisTypedCommand/Response``.
     ///
-    /// - Parameter timeout: How long to wait for the reply; `nil` uses the configured command timeout.
+    /// - Parameters:
+    ///   - command: The command value, as `RedisCommands.HINCRBY(key: "h", field: "f", increment: 1)`.
+    ///   - timeout: How long to wait for the reply; `nil` uses the configured command timeout.
     @discardableResult
     public func execute<Command: RedisTypedCommand>(_ command: Command, timeout: Duration? = nil) async throws -> Command.Response {
         try Command.Response(fromRESP: try await self.send(command.command, timeout: timeout))
