@@ -122,6 +122,26 @@ let package = Package(
             path: "Examples/CredentialProvider",
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "MutualTLSHotReloadExample",
+            dependencies: [
+                "RedisRotation",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/MutualTLSHotReload",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "PubSubExample",
+            dependencies: [
+                "RedisRotation",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/PubSub",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RedisRotationTests",
             dependencies: [

@@ -6,13 +6,18 @@ import Testing
 
 /// The `redis-rotation` binary next to the test bundle (SwiftPM builds it with the tests).
 func redisRotationBinary() throws -> String {
+    try builtExecutable("redis-rotation")
+}
+
+/// An executable of this package (the tool, an example) next to the test bundle.
+func builtExecutable(_ name: String) throws -> String {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("redis-rotation").path,
-        root.appendingPathComponent(".build/debug/redis-rotation").path,
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path,
+        root.appendingPathComponent(".build/debug/\(name)").path,
     ]
     guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw RedisError(code: .invalidArgument, message: "redis-rotation is not built: run swift build first (looked in \(candidates))")
+        throw RedisError(code: .invalidArgument, message: "\(name) is not built: run swift build first (looked in \(candidates))")
     }
     return path
 }
@@ -33,11 +38,12 @@ struct RunningTool: Sendable {
 /// and output (bounded by `timeout`).
 func runTool(
     _ arguments: [String],
+    executable: String = "redis-rotation",
     timeout: Duration = .seconds(120),
     whileRunning: (RunningTool) async throws -> Void = { _ in }
 ) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: try redisRotationBinary())
+    process.executableURL = URL(fileURLWithPath: try builtExecutable(executable))
     process.arguments = arguments
     let output = Pipe()
     let errors = Pipe()
@@ -62,7 +68,7 @@ func runTool(
     while !finished.isStopped && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
     if !finished.isStopped {
         process.terminate()
-        Issue.record("redis-rotation \(arguments.first ?? "") did not finish within \(timeout)")
+        Issue.record("\(executable) \(arguments.first ?? "") did not finish within \(timeout)")
     }
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: await out, as: UTF8.self), String(decoding: await err, as: UTF8.self))
