@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-dependencies.sh
 swift build --build-tests
+# The Hummingbird example is a package of its own (the library's users do not resolve Hummingbird);
+# a test runs it, so it is built here.
+swift build --package-path Examples/HummingbirdApp
 # At most 8 tests at a time: each integration test starts its own redis-server (some several, or the
 # tool as a subprocess), and with every test started at once a 2-core machine starves the test
 # process past the deadlines the tests wait for. 8 keeps the run near 45 s and the timings honest.

@@ -545,7 +545,7 @@ public final class RedisServerProcess: Sendable {
     }
 
     /// A loopback port that was free a moment ago.
-    static func freeLoopbackPort() throws -> Int {
+    public static func freeLoopbackPort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw StartError(description: "socket() failed: errno \(errno)", mayRetry: false) }
         defer { close(fd) }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import RedisRotation
 import RedisRotationTesting
 import Testing
@@ -67,6 +70,49 @@ struct ExampleProgramTests {
             #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
             #expect(stdout.contains("tlsMaterialReloaded"), "\(stdout)")
             #expect(!stdout.contains("command failed"), "\(stdout)")
+        }
+    }
+
+    /// One HTTP request to the example app; nil when it does not answer (yet).
+    func http(_ method: String, _ port: Int, _ path: String) async -> String? {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+        request.httpMethod = method
+        request.timeoutInterval = 5
+        guard let (data, response) = try? await URLSession.shared.data(for: request),
+            (response as? HTTPURLResponse)?.statusCode == 200
+        else { return nil }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("HummingbirdApp: requests are served through a password rotation; SIGTERM shuts the HTTP server and the client down")
+    func hummingbirdApp() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: passwordFile)
+            let httpPort = try RedisServerProcess.freeLoopbackPort()
+            let (status, stdout, stderr) = try await runTool(
+                [passwordFile, "\(server.port)", "alice", "\(httpPort)"],
+                executable: "HummingbirdApp",
+                timeout: .seconds(60)
+            ) { tool in
+                await eventually("the app answers") { await self.http("GET", httpPort, "/health") != nil }
+                #expect(await self.http("POST", httpPort, "/visits/home") == "1")
+                #expect(await self.http("POST", httpPort, "/visits/home") == "2")
+                // The password rotated under the running app: added on the server, then published in the file.
+                let new = makePassword()
+                try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: passwordFile)
+                await eventually("the app's pool moved to v2") {
+                    await self.http("GET", httpPort, "/health")?.hasPrefix("redis v2 connections v2=") == true
+                }
+                try await server.admin("ACL", "SETUSER", "alice", .string("<\(text(of: password))"))
+                #expect(await self.http("POST", httpPort, "/visits/home") == "3")
+                #expect(await self.http("GET", httpPort, "/visits/home") == "3")
+                #expect(tool.terminate())
+            }
+            #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
+            #expect(!(stdout + stderr).contains(text(of: password)))
         }
     }
 }

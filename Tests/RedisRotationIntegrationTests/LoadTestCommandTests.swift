@@ -15,6 +15,8 @@ func builtExecutable(_ name: String) throws -> String {
     let candidates = [
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path,
         root.appendingPathComponent(".build/debug/\(name)").path,
+        // An example in a package of its own (scripts/test.sh builds it).
+        root.appendingPathComponent("Examples/\(name)/.build/debug/\(name)").path,
     ]
     guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
         throw RedisError(code: .invalidArgument, message: "\(name) is not built: run swift build first (looked in \(candidates))")
@@ -31,6 +33,12 @@ struct RunningTool: Sendable {
     func interrupt() -> Bool {
         guard !self.finished.isStopped else { return false }
         return kill(self.pid, SIGINT) == 0
+    }
+
+    /// Sends SIGTERM, as a service manager stops a service; false when it had already exited.
+    func terminate() -> Bool {
+        guard !self.finished.isStopped else { return false }
+        return kill(self.pid, SIGTERM) == 0
     }
 }
 
