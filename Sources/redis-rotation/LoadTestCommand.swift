@@ -55,6 +55,7 @@ struct LoadTestCommand: AsyncParsableCommand {
     struct Target {
         var host: String
         var port: Int
+        var database: Int?
         var tls: RedisClientConfiguration.TLS?
         var serverName: String?
         var user: String
@@ -73,6 +74,7 @@ struct LoadTestCommand: AsyncParsableCommand {
             return Target(
                 host: parsed.configuration.host,
                 port: parsed.configuration.port,
+                database: parsed.configuration.database,
                 tls: parsed.configuration.tls,
                 serverName: parsed.configuration.tls?.serverName,
                 user: parsed.username,
@@ -95,6 +97,7 @@ struct LoadTestCommand: AsyncParsableCommand {
         return Target(
             host: self.host ?? "127.0.0.1",
             port: self.port ?? 6379,
+            database: nil,
             tls: tlsSettings,
             serverName: self.serverName,
             user: user,
@@ -155,6 +158,7 @@ struct LoadTestCommand: AsyncParsableCommand {
                 configuration: RedisClientConfiguration(
                     host: target.host,
                     port: target.port,
+                    database: target.database,
                     name: "loadtest",
                     tls: target.tls,
                     pool: .init(minimumConnections: 1, maximumConnections: max(1, min(self.concurrency, 64)), leaseTimeout: .seconds(10))

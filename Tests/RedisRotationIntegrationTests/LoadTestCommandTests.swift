@@ -203,6 +203,28 @@ struct LoadTestCommandTests {
         }
     }
 
+    @Test("loadtest --url redis://host:port/N sends its traffic to database N")
+    func loadtestURLKeepsTheDatabase() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let passwordFile = server.directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: passwordFile)
+            let encodedFile = passwordFile.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? passwordFile
+            let url = "redis://alice@127.0.0.1:\(server.port)/3?password_file=\(encodedFile)"
+            let (status, stdout, stderr) = try await runTool([
+                "loadtest", "--url", url, "--duration", "2", "--concurrency", "2", "--key-prefix", "ltdb",
+            ])
+            #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
+            let admin = try await server.adminConnection()
+            let inDatabase0 = try await admin.send(RedisCommand("KEYS", "ltdb*")).array?.count ?? -1
+            _ = try await admin.send(RedisCommand("SELECT", "3"))
+            let inDatabase3 = try await admin.send(RedisCommand("KEYS", "ltdb*")).array?.count ?? -1
+            await admin.close()
+            #expect(inDatabase0 == 0, "the URL named database 3, but \(inDatabase0) loadtest keys are in database 0")
+            #expect(inDatabase3 > 0, "the URL named database 3, which has no loadtest key")
+        }
+    }
+
     @Test("a --rotate step that fails fails the run, naming the step")
     func failedStepFailsTheRun() async throws {
         let password = makePassword()

@@ -58,7 +58,7 @@ struct GeneratedCommandTests {
         #expect(try self.argv(RedisCommands.SINTERCARD(keys: ["a"], limit: 5)) == ["SINTERCARD", "1", "a", "LIMIT", "5"])
         #expect(
             try self.argv(RedisCommands.ZUNIONSTORE(destination: "d", keys: ["a", "b"], weights: [2, 3], aggregate: .max))
-                == ["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "2", "3", "AGGREGATE", "MAX"]
+                == ["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "2.0", "3.0", "AGGREGATE", "MAX"]
         )
     }
 
@@ -164,5 +164,47 @@ struct GeneratedCommandTests {
         let reply = RESPValue.array([.bulkString(ByteBuffer(string: "a")), .bulkString(ByteBuffer(string: "1"))])
         #expect(try [String: Int](fromRESP: reply) == ["a": 1])
         #expect(throws: RedisError.self) { try [String: Int](fromRESP: .array([.bulkString(ByteBuffer(string: "a"))])) }
+    }
+
+    @Test("score bounds take exclusive and infinite bounds; weights take fractions")
+    func scoreBoundsAndWeights() throws {
+        #expect(try self.argv(RedisCommands.ZCOUNT(key: "z", min: "(1.5", max: "+inf")) == ["ZCOUNT", "z", "(1.5", "+inf"])
+        #expect(try self.argv(RedisCommands.ZRANGEBYSCORE(key: "z", min: "-inf", max: .double(2.5))) == ["ZRANGEBYSCORE", "z", "-inf", "2.5"])
+        #expect(try self.argv(RedisCommands.ZREVRANGEBYSCORE(key: "z", max: "(5", min: 1)) == ["ZREVRANGEBYSCORE", "z", "(5", "1"])
+        #expect(try self.argv(RedisCommands.ZREMRANGEBYSCORE(key: "z", min: 0, max: "(1")) == ["ZREMRANGEBYSCORE", "z", "0", "(1"])
+        #expect(
+            try self.argv(RedisCommands.ZUNIONSTORE(destination: "d", keys: ["a", "b"], weights: [0.5, 2]))
+                == ["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "0.5", "2.0"]
+        )
+        #expect(try self.argv(RedisCommands.ZINTER(keys: ["a"], weights: [0.25])) == ["ZINTER", "1", "a", "WEIGHTS", "0.25"])
+    }
+
+    @Test("commands whose documentation lists no arguments take them as they are (COMMAND GETKEYS, DEBUG)")
+    func undocumentedArguments() throws {
+        #expect(
+            try self.argv(RedisCommands.COMMAND.GETKEYS(arguments: ["SET", "k", "v"])) == ["COMMAND", "GETKEYS", "SET", "k", "v"]
+        )
+        #expect(try self.argv(RedisCommands.DEBUG(arguments: ["SLEEP", "0"])) == ["DEBUG", "SLEEP", "0"])
+    }
+
+    @Test("CLIENT REPLY OFF/SKIP and HELLO 3 cannot be sent; CLIENT REPLY ON and HELLO 2 can")
+    func unsupportedCommands() throws {
+        for command in [RedisCommands.CLIENT.REPLY(onOffSkip: .off).command, RedisCommands.CLIENT.REPLY(onOffSkip: .skip).command] {
+            #expect(command.encodingError?.code == .invalidArgument)
+        }
+        #expect(RedisCommands.CLIENT.REPLY(onOffSkip: .on).command.encodingError == nil)
+        #expect(RedisCommands.HELLO(arguments: .init(protover: 3)).command.encodingError?.code == .invalidArgument)
+        #expect(RedisCommands.HELLO(arguments: .init(protover: 2)).command.encodingError == nil)
+        #expect(RedisCommands.HELLO().command.encodingError == nil)
+    }
+
+    @Test("a handle read from another batch is an error, not a crash")
+    func foreignHandle() {
+        var pipeline = RedisPipeline()
+        _ = pipeline.incr("a")
+        let second = pipeline.incr("b")
+        let results = RedisCommandResults(results: [.success(.integer(1))])
+        let error = #expect(throws: RedisError.self) { try results[second] }
+        #expect(error?.code == .invalidArgument)
     }
 }

@@ -49,4 +49,14 @@ struct RedisURLTests {
             }
         }
     }
+
+    @Test("a password with an unencoded ? or / is refused without repeating any of it")
+    func unencodedSeparatorInPassword() {
+        for url in ["redis://alice:12?tail-of-the-password@127.0.0.1:6379", "redis://alice:12?x=tail@127.0.0.1", "redis://alice:12/tail@127.0.0.1"] {
+            let error = #expect(throws: RedisError.self) { try RedisURL(url) }
+            #expect(error.map { !$0.message.contains("tail") } == true, "\(error?.message ?? "")")
+        }
+        // An @ in a password file's path is no password.
+        #expect((try? RedisURL("redis://127.0.0.1:6379/0?password_file=/run/secrets/app@prod"))?.passwordFile == "/run/secrets/app@prod")
+    }
 }

@@ -9,6 +9,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import generate_api  # noqa: E402
+import generate_syntax_corpus  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERIES = "7.0"
@@ -101,3 +102,4 @@ def main():
 if __name__ == "__main__":
     main()
     generate_api.main()
+    generate_syntax_corpus.main()

@@ -24,6 +24,13 @@ from responses import RESPONSES  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERIES = "7.0"
 DOCS = json.loads((ROOT / f"spec/redis-{SERIES}-command-docs.json").read_text())
+INFO = json.loads((ROOT / f"spec/redis-{SERIES}-command-info.json").read_text())
+# The arity of every command and subcommand ("CONFIG GET"), counting the name (and subcommand).
+ARITY = {}
+for _info in INFO:
+    ARITY[_info[0].upper()] = _info[1]
+    for _sub in _info[9] or []:
+        ARITY[_sub[0].upper().replace("|", " ")] = _sub[1]
 VERSION = (ROOT / f"spec/redis-{SERIES}-version.txt").read_text().strip()
 OUT = ROOT / "Sources/RedisRotation/Commands/Generated"
 
@@ -51,16 +58,26 @@ ELSEWHERE = {
 # RedisClient.transaction is the pooled form.
 SESSION = {
     "SELECT", "AUTH", "HELLO", "RESET", "READONLY", "READWRITE", "MULTI", "EXEC", "DISCARD", "WATCH",
-    "UNWATCH", "CLIENT SETNAME", "CLIENT REPLY", "CLIENT TRACKING", "CLIENT NO-EVICT",
+    "UNWATCH", "CLIENT SETNAME", "CLIENT REPLY", "CLIENT TRACKING", "CLIENT NO-EVICT", "SCRIPT DEBUG",
 }
 
-# Hand-written executor methods with richer types or conventions kept from before the generator (they
-# come first in the documentation and tests); the generator writes the command value and the queue
-# method, not a second executor method of the same name.
-HANDWRITTEN = {
-    "PING", "GET", "SET", "DEL", "EXISTS", "INCR", "INCRBY", "EXPIRE", "TTL", "MGET", "MSET", "HSET", "HGET",
-    "HGETALL", "LPUSH", "RPOP", "LRANGE", "CLIENT SETNAME", "CLIENT GETNAME", "PUBLISH", "SPUBLISH", "SCAN",
-    "HSCAN", "SSCAN", "ZSCAN",
+# Hand-written executor methods (richer types, kept from before the generator) whose generated twin
+# would clash with them: the same name and labels, or a call that would be ambiguous (`ping()`,
+# `rpop(key)`, a reply type alone telling them apart). For these the generator writes the command value
+# and the queue method, not a second executor method. Every other hand-written helper (`set(_:to:)`,
+# `lrange(_:from:to:)`, ...) sits next to its generated, specification-shaped twin.
+HANDWRITTEN = {"PING", "GET", "INCR", "TTL", "HGET", "HGETALL", "RPOP"}
+
+# Arguments whose specification type cannot express what the server accepts: score bounds may be
+# exclusive or infinite (`(1.5`, `-inf`), which a Double cannot say; WEIGHTS are floats although 7.0's
+# COMMAND DOCS calls them integers.
+TYPE_OVERRIDES = {
+    ("ZCOUNT", "min"): "string", ("ZCOUNT", "max"): "string",
+    ("ZRANGEBYSCORE", "min"): "string", ("ZRANGEBYSCORE", "max"): "string",
+    ("ZREVRANGEBYSCORE", "min"): "string", ("ZREVRANGEBYSCORE", "max"): "string",
+    ("ZREMRANGEBYSCORE", "min"): "string", ("ZREMRANGEBYSCORE", "max"): "string",
+    ("ZUNIONSTORE", "weight"): "double", ("ZINTERSTORE", "weight"): "double",
+    ("ZUNION", "weight"): "double", ("ZINTER", "weight"): "double",
 }
 
 SWIFT_KEYWORDS = {
@@ -115,6 +132,8 @@ def ident(text):
 def plural(name):
     if name.endswith("s") or name.endswith("data"):
         return name
+    if name.endswith("x"):
+        return name + "es"
     if name.endswith("y") and not name.endswith("ey"):
         return name[:-1] + "ies"
     return name + "s"
@@ -385,7 +404,17 @@ class Command:
         self.path = "RedisCommands." + ".".join(p.replace("-", "_") for p in parts)
         self.method = camel(parts[0]) + "".join(p[:1].upper() + p[1:].lower() for p in re.split(r"[^A-Za-z0-9]+", " ".join(parts[1:])) if p)
         scope = {self.struct_name}
-        self.args = [Arg(spec, scope) for spec in docs.get("arguments", [])]
+        specs = [dict(spec) for spec in docs.get("arguments", [])]
+        for spec in specs:
+            override = TYPE_OVERRIDES.get((full_name, spec["name"]))
+            if override:
+                spec["type"] = override
+        # A command whose documentation lists no arguments although its arity needs some (COMMAND
+        # GETKEYS, DEBUG): its arguments are taken as they are.
+        arity = ARITY.get(full_name, 0)
+        if not specs and abs(arity) > len(parts):
+            specs = [{"name": "arguments", "type": "string", "flags": ["multiple"]}]
+        self.args = [Arg(spec, scope) for spec in specs]
         prepare(self.args)
         # Leading pure tokens that are required and not in a one-of are part of the command, always sent.
         self.response = RESPONSES.get(full_name, "RESPValue")

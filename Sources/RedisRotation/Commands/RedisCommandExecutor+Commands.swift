@@ -125,12 +125,6 @@ extension RedisCommandExecutor {
         try await self.send(RedisCommand("INCRBY", key.argument, .integer(amount)), as: Int.self)
     }
 
-    /// `EXPIRE`: sets a time to live in seconds; returns whether the key exists (and so got it).
-    @discardableResult
-    public func expire(_ key: RedisKey, seconds: Int) async throws -> Bool {
-        try await self.send(RedisCommand("EXPIRE", key.argument, .integer(seconds)), as: Bool.self)
-    }
-
     /// `TTL`: the time to live of `key`.
     public func ttl(_ key: RedisKey) async throws -> RedisTimeToLive {
         let seconds = try await self.send(RedisCommand("TTL", key.argument), as: Int.self)

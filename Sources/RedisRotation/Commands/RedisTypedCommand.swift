@@ -31,8 +31,18 @@ extension RedisCommandExecutor {
     ///   - command: The command value, as `RedisCommands.HINCRBY(key: "h", field: "f", increment: 1)`.
     ///   - timeout: How long to wait for the reply; `nil` uses the configured command timeout.
     @discardableResult
+    ///
+    /// Inside a `MULTI` opened on a connection by hand, the server answers each command `QUEUED`, not
+    /// with its reply, so a typed command (other than `EXEC` and `DISCARD`) is refused there before it is
+    /// sent: queue it in a ``RedisTransaction`` instead, or send it raw and read its result from `EXEC`.
     public func execute<Command: RedisTypedCommand>(_ command: Command, timeout: Duration? = nil) async throws -> Command.Response {
-        try Command.Response(fromRESP: try await self.send(command.command, timeout: timeout))
+        if let connection = self as? RedisConnection, connection.isInTransaction, Command.name != "EXEC", Command.name != "DISCARD" {
+            throw RedisError(
+                code: .invalidArgument,
+                message: "\(Command.name) inside MULTI would be answered QUEUED, not with its reply: queue it in a RedisTransaction, or send it raw and read its result from EXEC; nothing was sent"
+            )
+        }
+        return try Command.Response(fromRESP: try await self.send(command.command, timeout: timeout))
     }
 }
 
@@ -79,7 +89,12 @@ extension RedisCommandResults {
     /// The typed result of the command `handle` names; throws its error reply (or the error that kept it
     /// from running).
     public subscript<Response>(_ handle: RedisQueued<Response>) -> Response {
-        get throws { try Response(fromRESP: self.results[handle.index].get()) }
+        get throws {
+            guard self.results.indices.contains(handle.index) else {
+                throw RedisError(code: .invalidArgument, message: "the handle is for command \(handle.index) of another batch; this one has \(self.results.count)")
+            }
+            return try Response(fromRESP: self.results[handle.index].get())
+        }
     }
 }
 

@@ -34,6 +34,11 @@ public struct RedisURL: Sendable, CustomStringConvertible {
         } else {
             throw invalid("it must start with redis:// or rediss://")
         }
+        // A `?` or `/` left unencoded in a password splits it: the rest of it then reads as a path or a
+        // query. When an `@` follows such a split and none precedes it, nothing after the split is
+        // repeated in an error.
+        let split = rest.firstIndex(where: { $0 == "?" || $0 == "/" })
+        let mayHoldPassword = split.map { !rest[..<$0].contains("@") && rest[$0...].contains("@") } ?? false
         var query: Substring = ""
         if let mark = rest.firstIndex(of: "?") {
             query = rest[rest.index(after: mark)...]
@@ -92,6 +97,9 @@ public struct RedisURL: Sendable, CustomStringConvertible {
             let parts = pair.split(separator: "=", maxSplits: 1)
             let key = try Self.decode(parts[0], what: "option")
             guard ["password_file", "ca_file", "cert_file", "key_file", "server_name", "name"].contains(key) else {
+                if mayHoldPassword {
+                    throw invalid("an unknown option, and an @ after it: a ?, / or # in a user name or password must be percent-encoded (%3F, %2F, %23)")
+                }
                 throw invalid("unknown option \(key) (known: password_file, ca_file, cert_file, key_file, server_name, name)")
             }
             options[key] = parts.count == 2 ? try Self.decode(parts[1], what: key) : ""

@@ -17,7 +17,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// sensitive: then they live only in `encodedSecret`, wiped when the last copy goes away.
     private let encodedBytes: ByteBuffer
     private let encodedSecret: RedisSecret?
-    /// Why the command cannot be sent: an argument or the whole command is too large.
+    /// Why the command cannot be sent: an argument or the whole command is too large, or the command
+    /// would break the one-reply-per-command protocol this client speaks (`CLIENT REPLY OFF|SKIP`,
+    /// `HELLO 3`).
     let encodingError: RedisError?
     /// Whether the command carries a secret (a ``RedisArgument/secret(_:)`` argument, or a command such
     /// as `AUTH`, `HELLO`, `ACL`, `CONFIG` or `MIGRATE` whose arguments may be credentials). The server's
@@ -72,7 +74,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
         self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
-        self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount))
+        self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount)) ?? Self.unsupported(name: self.name, arguments: arguments)
         if self.encodingError != nil {
             (self.encodedBytes, self.encodedSecret) = (ByteBuffer(), nil)
         } else if self.isSensitive {
@@ -115,6 +117,22 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     }
 
     /// Why a command whose name and arguments have `lengths` bytes (name first) cannot be sent, if so.
+    /// Commands the client refuses to send: the server would answer them (and the commands after them)
+    /// in a way that pairs replies with the wrong commands or that the RESP2 reader cannot read.
+    static func unsupported(name: String, arguments: [RedisArgument]) -> RedisError? {
+        switch name {
+        case "CLIENT" where arguments.count >= 2 && arguments[0].keyword == "REPLY" && ["OFF", "SKIP"].contains(arguments[1].keyword):
+            return RedisError(
+                code: .invalidArgument,
+                message: "CLIENT REPLY OFF and SKIP are not supported: the client pairs every command with a reply (CLIENT REPLY ON is)"
+            )
+        case "HELLO" where !arguments.isEmpty && (arguments[0].integerValue.map { String($0) } ?? arguments[0].keyword) != "2":
+            return RedisError(code: .invalidArgument, message: "HELLO with a protocol version other than 2: this client speaks RESP2")
+        default:
+            return nil
+        }
+    }
+
     static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {
         // A name is shown, but not one that is itself absurdly long.
         let name = name.utf8.count <= 64 ? name : "a command"

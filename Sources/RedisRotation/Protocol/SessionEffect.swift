@@ -38,9 +38,10 @@ enum SessionEffect: Hashable, Sendable {
     private static let irreversibleClientSubcommands: Set<String> = ["REPLY", "TRACKING", "NO-EVICT", "NO-TOUCH"]
 
     /// Classifies a command from its upper-cased name and its arguments. Arguments are looked at only
-    /// for `CLIENT` (the subcommand) and `XREAD`/`XREADGROUP` (`BLOCK`): no other argument is copied.
+    /// for `CLIENT` and `SCRIPT` (the subcommand) and `XREAD`/`XREADGROUP` (`BLOCK`): no other argument
+    /// is copied.
     init(name: String, arguments: [RedisArgument]) {
-        let keywords = (name == "CLIENT" || name == "XREAD" || name == "XREADGROUP") ? arguments.map(\.keyword) : []
+        let keywords = (name == "CLIENT" || name == "SCRIPT" || name == "XREAD" || name == "XREADGROUP") ? arguments.map(\.keyword) : []
         self.init(name: name, keywords: keywords)
     }
 
@@ -55,6 +56,10 @@ enum SessionEffect: Hashable, Sendable {
         case "SELECT": self = .selectsDatabase
         case "XREAD", "XREADGROUP":
             self = BlockDuration.blockOptionIndex(name: name, keywords: keywords) != nil ? .blocks : .none
+        case "SCRIPT":
+            // SCRIPT DEBUG YES|SYNC turns the connection's next EVAL into a debugging session (SYNC
+            // blocks the whole server): nothing to hand on to the next lease.
+            self = (keywords.first ?? nil) == "DEBUG" ? .irreversible("SCRIPT DEBUG") : .none
         case "CLIENT":
             switch keywords.first ?? nil {
             case "SETNAME": self = .renames

@@ -474,16 +474,16 @@ extension RedisCommands.CLIENT {
 
         public var status: Status
         public var clientId: Int?
-        public var prefixs: [RedisArgument]
+        public var prefixes: [RedisArgument]
         public var bcast: Bool
         public var optin: Bool
         public var optout: Bool
         public var noloop: Bool
 
-        public init(status: Status, clientId: Int? = nil, prefixs: [RedisArgument] = [], bcast: Bool = false, optin: Bool = false, optout: Bool = false, noloop: Bool = false) {
+        public init(status: Status, clientId: Int? = nil, prefixes: [RedisArgument] = [], bcast: Bool = false, optin: Bool = false, optout: Bool = false, noloop: Bool = false) {
             self.status = status
             self.clientId = clientId
-            self.prefixs = prefixs
+            self.prefixes = prefixes
             self.bcast = bcast
             self.optin = optin
             self.optout = optout
@@ -503,7 +503,7 @@ extension RedisCommands.CLIENT {
                 arguments.append("REDIRECT")
                 arguments.append(.integer(clientIdValue))
             }
-            for element in self.prefixs {
+            for element in self.prefixes {
                 arguments.append("PREFIX")
                 arguments.append(element)
             }
@@ -751,6 +751,15 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.CLIENT.CACHING(mode: mode))
     }
 
+    /// `CLIENT GETNAME`: Get the current connection name.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 2.6.9.
+    @discardableResult
+    public func clientGetname() async throws -> String? {
+        try await self.execute(RedisCommands.CLIENT.GETNAME())
+    }
+
     /// `CLIENT GETREDIR`: Get tracking notifications redirection client ID if any.
     ///
     /// Complexity: O(1)
@@ -880,13 +889,22 @@ extension RedisConnection {
         try await self.execute(RedisCommands.CLIENT.REPLY(onOffSkip: onOffSkip))
     }
 
+    /// `CLIENT SETNAME`: Set the current connection name.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 2.6.9.
+    @discardableResult
+    public func clientSetname(connectionName: RedisArgument) async throws -> RESPValue {
+        try await self.execute(RedisCommands.CLIENT.SETNAME(connectionName: connectionName))
+    }
+
     /// `CLIENT TRACKING`: Enable or disable server assisted client side caching support.
     ///
     /// Complexity: O(1). Some options may introduce additional complexity.
     /// Since: Redis 6.0.0.
     @discardableResult
-    public func clientTracking(status: RedisCommands.CLIENT.TRACKING.Status, clientId: Int? = nil, prefixs: [RedisArgument] = [], bcast: Bool = false, optin: Bool = false, optout: Bool = false, noloop: Bool = false) async throws -> RESPValue {
-        try await self.execute(RedisCommands.CLIENT.TRACKING(status: status, clientId: clientId, prefixs: prefixs, bcast: bcast, optin: optin, optout: optout, noloop: noloop))
+    public func clientTracking(status: RedisCommands.CLIENT.TRACKING.Status, clientId: Int? = nil, prefixes: [RedisArgument] = [], bcast: Bool = false, optin: Bool = false, optout: Bool = false, noloop: Bool = false) async throws -> RESPValue {
+        try await self.execute(RedisCommands.CLIENT.TRACKING(status: status, clientId: clientId, prefixes: prefixes, bcast: bcast, optin: optin, optout: optout, noloop: noloop))
     }
 
     /// `HELLO`: Handshake with Redis.

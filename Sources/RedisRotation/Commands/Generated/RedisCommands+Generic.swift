@@ -1110,6 +1110,15 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.COPY(source: source, destination: destination, destinationDb: destinationDb, replace: replace))
     }
 
+    /// `DEL`: Delete a key.
+    ///
+    /// Complexity: O(N) where N is the number of keys that will be removed. When a key to remove holds a value other than a string, the individual complexity for this key is O(M) where M is the number of elements in the list, set, sorted set or hash. Removing a single key that holds a string value is O(1).
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func del(keys: [RedisKey]) async throws -> Int {
+        try await self.execute(RedisCommands.DEL(keys: keys))
+    }
+
     /// `DUMP`: Return a serialized version of the value stored at the specified key.
     ///
     /// Complexity: O(1) to access the key and additional O(N*M) to serialize it, where N is the number of Redis objects composing the value and M their average size. For small string values the time complexity is thus O(1)+O(1*M) where M is small, so simply O(1).
@@ -1117,6 +1126,24 @@ extension RedisCommandExecutor {
     @discardableResult
     public func dump(_ key: RedisKey) async throws -> ByteBuffer? {
         try await self.execute(RedisCommands.DUMP(key: key))
+    }
+
+    /// `EXISTS`: Determine if a key exists.
+    ///
+    /// Complexity: O(N) where N is the number of keys to check.
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func exists(keys: [RedisKey]) async throws -> Int {
+        try await self.execute(RedisCommands.EXISTS(keys: keys))
+    }
+
+    /// `EXPIRE`: Set a key's time to live in seconds.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func expire(_ key: RedisKey, seconds: Int, condition: RedisCommands.EXPIRE.Condition? = nil) async throws -> Bool {
+        try await self.execute(RedisCommands.EXPIRE(key: key, seconds: seconds, condition: condition))
     }
 
     /// `EXPIREAT`: Set the expiration for a key as a UNIX timestamp.
@@ -1288,6 +1315,15 @@ extension RedisCommandExecutor {
     @discardableResult
     public func restore(_ key: RedisKey, ttl: Int, serializedValue: RedisArgument, replace: Bool = false, absttl: Bool = false, seconds: Int? = nil, frequency: Int? = nil) async throws -> String {
         try await self.execute(RedisCommands.RESTORE(key: key, ttl: ttl, serializedValue: serializedValue, replace: replace, absttl: absttl, seconds: seconds, frequency: frequency))
+    }
+
+    /// `SCAN`: Incrementally iterate the keys space.
+    ///
+    /// Complexity: O(1) for every call. O(N) for a complete iteration, including enough command calls for the cursor to return back to 0. N is the number of elements inside the collection.
+    /// Since: Redis 2.8.0.
+    @discardableResult
+    public func scan(cursor: Int, pattern: RedisArgument? = nil, count: Int? = nil, type: RedisArgument? = nil) async throws -> RESPValue {
+        try await self.execute(RedisCommands.SCAN(cursor: cursor, pattern: pattern, count: count, type: type))
     }
 
     /// `SORT`: Sort the elements in a list, set or sorted set.

@@ -558,6 +558,24 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.HRANDFIELD(key: key, options: options))
     }
 
+    /// `HSCAN`: Incrementally iterate hash fields and associated values.
+    ///
+    /// Complexity: O(1) for every call. O(N) for a complete iteration, including enough command calls for the cursor to return back to 0. N is the number of elements inside the collection..
+    /// Since: Redis 2.8.0.
+    @discardableResult
+    public func hscan(_ key: RedisKey, cursor: Int, pattern: RedisArgument? = nil, count: Int? = nil) async throws -> RESPValue {
+        try await self.execute(RedisCommands.HSCAN(key: key, cursor: cursor, pattern: pattern, count: count))
+    }
+
+    /// `HSET`: Set the string value of a hash field.
+    ///
+    /// Complexity: O(1) for each field/value pair added, so O(N) to add N field/value pairs when the command is called with multiple field/value pairs.
+    /// Since: Redis 2.0.0.
+    @discardableResult
+    public func hset(_ key: RedisKey, fieldValues: [RedisCommands.HSET.FieldValue]) async throws -> Int {
+        try await self.execute(RedisCommands.HSET(key: key, fieldValues: fieldValues))
+    }
+
     /// `HSETNX`: Set the value of a hash field, only if the field does not exist.
     ///
     /// Complexity: O(1)

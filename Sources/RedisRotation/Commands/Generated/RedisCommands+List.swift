@@ -866,6 +866,15 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.LPOS(key: key, element: element, rank: rank, numMatches: numMatches, len: len))
     }
 
+    /// `LPUSH`: Prepend one or multiple elements to a list.
+    ///
+    /// Complexity: O(1) for each element added, so O(N) to add N elements when the command is called with multiple arguments.
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func lpush(_ key: RedisKey, elements: [RedisArgument]) async throws -> Int {
+        try await self.execute(RedisCommands.LPUSH(key: key, elements: elements))
+    }
+
     /// `LPUSHX`: Prepend an element to a list, only if the list exists.
     ///
     /// Complexity: O(1) for each element added, so O(N) to add N elements when the command is called with multiple arguments.
@@ -873,6 +882,15 @@ extension RedisCommandExecutor {
     @discardableResult
     public func lpushx(_ key: RedisKey, elements: [RedisArgument]) async throws -> Int {
         try await self.execute(RedisCommands.LPUSHX(key: key, elements: elements))
+    }
+
+    /// `LRANGE`: Get a range of elements from a list.
+    ///
+    /// Complexity: O(S+N) where S is the distance of start offset from HEAD for small lists, from nearest end (HEAD or TAIL) for large lists; and N is the number of elements in the specified range.
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func lrange(_ key: RedisKey, start: Int, stop: Int) async throws -> [ByteBuffer] {
+        try await self.execute(RedisCommands.LRANGE(key: key, start: start, stop: stop))
     }
 
     /// `LREM`: Remove elements from a list.

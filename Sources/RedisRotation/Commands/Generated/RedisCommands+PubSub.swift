@@ -196,6 +196,15 @@ extension RedisCommands {
 }
 
 extension RedisCommandExecutor {
+    /// `PUBLISH`: Post a message to a channel.
+    ///
+    /// Complexity: O(N+M) where N is the number of clients subscribed to the receiving channel and M is the total number of subscribed patterns (by any client).
+    /// Since: Redis 2.0.0.
+    @discardableResult
+    public func publish(channel: RedisArgument, message: RedisArgument) async throws -> Int {
+        try await self.execute(RedisCommands.PUBLISH(channel: channel, message: message))
+    }
+
     /// `PUBSUB CHANNELS`: List active channels.
     ///
     /// Complexity: O(N) where N is the number of active channels, and assuming constant time pattern matching (relatively short channels and patterns)
@@ -248,6 +257,15 @@ extension RedisCommandExecutor {
     @discardableResult
     public func pubsubShardnumsub(shardchannels: [RedisArgument] = []) async throws -> RESPValue {
         try await self.execute(RedisCommands.PUBSUB.SHARDNUMSUB(shardchannels: shardchannels))
+    }
+
+    /// `SPUBLISH`: Post a message to a shard channel.
+    ///
+    /// Complexity: O(N) where N is the number of clients subscribed to the receiving shard channel.
+    /// Since: Redis 7.0.0.
+    @discardableResult
+    public func spublish(shardchannel: RedisArgument, message: RedisArgument) async throws -> Int {
+        try await self.execute(RedisCommands.SPUBLISH(shardchannel: shardchannel, message: message))
     }
 }
 

@@ -745,15 +745,6 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.FUNCTION.STATS())
     }
 
-    /// `SCRIPT DEBUG`: Set the debug mode for executed scripts.
-    ///
-    /// Complexity: O(1)
-    /// Since: Redis 3.2.0.
-    @discardableResult
-    public func scriptDebug(mode: RedisCommands.SCRIPT.DEBUG.Mode) async throws -> RESPValue {
-        try await self.execute(RedisCommands.SCRIPT.DEBUG(mode: mode))
-    }
-
     /// `SCRIPT EXISTS`: Check existence of scripts in the script cache.
     ///
     /// Complexity: O(N) with N being the number of scripts to check (so checking a single script is an O(1) operation).
@@ -797,6 +788,18 @@ extension RedisCommandExecutor {
     @discardableResult
     public func scriptLoad(script: RedisArgument) async throws -> String {
         try await self.execute(RedisCommands.SCRIPT.LOAD(script: script))
+    }
+}
+
+// Commands that change the connection's session: on a single or lent connection only.
+extension RedisConnection {
+    /// `SCRIPT DEBUG`: Set the debug mode for executed scripts.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 3.2.0.
+    @discardableResult
+    public func scriptDebug(mode: RedisCommands.SCRIPT.DEBUG.Mode) async throws -> RESPValue {
+        try await self.execute(RedisCommands.SCRIPT.DEBUG(mode: mode))
     }
 }
 
@@ -934,15 +937,6 @@ extension RedisCommandQueue {
     @discardableResult
     public mutating func functionStats() -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.FUNCTION.STATS())
-    }
-
-    /// `SCRIPT DEBUG`: Set the debug mode for executed scripts.
-    ///
-    /// Complexity: O(1)
-    /// Since: Redis 3.2.0.
-    @discardableResult
-    public mutating func scriptDebug(mode: RedisCommands.SCRIPT.DEBUG.Mode) -> RedisQueued<RESPValue> {
-        self.queue(RedisCommands.SCRIPT.DEBUG(mode: mode))
     }
 
     /// `SCRIPT EXISTS`: Check existence of scripts in the script cache.

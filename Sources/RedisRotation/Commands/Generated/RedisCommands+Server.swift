@@ -407,11 +407,19 @@ extension RedisCommands.COMMAND {
         public typealias Response = [ByteBuffer]
         public static let name = "COMMAND GETKEYS"
 
-        public init() {
+        public var arguments: [RedisArgument]
+
+        public init(arguments: [RedisArgument]) {
+            self.arguments = arguments
         }
 
         public var command: RedisCommand {
-            RedisCommand("COMMAND", "GETKEYS")
+            var arguments: [RedisArgument] = []
+            arguments.append("GETKEYS")
+            for element in self.arguments {
+                arguments.append(element)
+            }
+            return RedisCommand("COMMAND", arguments: arguments)
         }
     }
 }
@@ -425,11 +433,19 @@ extension RedisCommands.COMMAND {
         public typealias Response = RESPValue
         public static let name = "COMMAND GETKEYSANDFLAGS"
 
-        public init() {
+        public var arguments: [RedisArgument]
+
+        public init(arguments: [RedisArgument]) {
+            self.arguments = arguments
         }
 
         public var command: RedisCommand {
-            RedisCommand("COMMAND", "GETKEYSANDFLAGS")
+            var arguments: [RedisArgument] = []
+            arguments.append("GETKEYSANDFLAGS")
+            for element in self.arguments {
+                arguments.append(element)
+            }
+            return RedisCommand("COMMAND", arguments: arguments)
         }
     }
 }
@@ -670,11 +686,18 @@ extension RedisCommands {
         public typealias Response = RESPValue
         public static let name = "DEBUG"
 
-        public init() {
+        public var arguments: [RedisArgument]
+
+        public init(arguments: [RedisArgument]) {
+            self.arguments = arguments
         }
 
         public var command: RedisCommand {
-            RedisCommand("DEBUG")
+            var arguments: [RedisArgument] = []
+            for element in self.arguments {
+                arguments.append(element)
+            }
+            return RedisCommand("DEBUG", arguments: arguments)
         }
     }
 }
@@ -1796,8 +1819,8 @@ extension RedisCommandExecutor {
     /// Complexity: O(N) where N is the number of arguments to the command
     /// Since: Redis 2.8.13.
     @discardableResult
-    public func commandGetkeys() async throws -> [ByteBuffer] {
-        try await self.execute(RedisCommands.COMMAND.GETKEYS())
+    public func commandGetkeys(arguments: [RedisArgument]) async throws -> [ByteBuffer] {
+        try await self.execute(RedisCommands.COMMAND.GETKEYS(arguments: arguments))
     }
 
     /// `COMMAND GETKEYSANDFLAGS`: Extract keys and access flags given a full Redis command.
@@ -1805,8 +1828,8 @@ extension RedisCommandExecutor {
     /// Complexity: O(N) where N is the number of arguments to the command
     /// Since: Redis 7.0.0.
     @discardableResult
-    public func commandGetkeysandflags() async throws -> RESPValue {
-        try await self.execute(RedisCommands.COMMAND.GETKEYSANDFLAGS())
+    public func commandGetkeysandflags(arguments: [RedisArgument]) async throws -> RESPValue {
+        try await self.execute(RedisCommands.COMMAND.GETKEYSANDFLAGS(arguments: arguments))
     }
 
     /// `COMMAND HELP`: Show helpful text about the different subcommands.
@@ -1895,8 +1918,8 @@ extension RedisCommandExecutor {
     /// Complexity: Depends on subcommand.
     /// Since: Redis 1.0.0.
     @discardableResult
-    public func debug() async throws -> RESPValue {
-        try await self.execute(RedisCommands.DEBUG())
+    public func debug(arguments: [RedisArgument]) async throws -> RESPValue {
+        try await self.execute(RedisCommands.DEBUG(arguments: arguments))
     }
 
     /// `FAILOVER`: Start a coordinated failover between this server and one of its replicas.
@@ -2383,8 +2406,8 @@ extension RedisCommandQueue {
     /// Complexity: O(N) where N is the number of arguments to the command
     /// Since: Redis 2.8.13.
     @discardableResult
-    public mutating func commandGetkeys() -> RedisQueued<[ByteBuffer]> {
-        self.queue(RedisCommands.COMMAND.GETKEYS())
+    public mutating func commandGetkeys(arguments: [RedisArgument]) -> RedisQueued<[ByteBuffer]> {
+        self.queue(RedisCommands.COMMAND.GETKEYS(arguments: arguments))
     }
 
     /// `COMMAND GETKEYSANDFLAGS`: Extract keys and access flags given a full Redis command.
@@ -2392,8 +2415,8 @@ extension RedisCommandQueue {
     /// Complexity: O(N) where N is the number of arguments to the command
     /// Since: Redis 7.0.0.
     @discardableResult
-    public mutating func commandGetkeysandflags() -> RedisQueued<RESPValue> {
-        self.queue(RedisCommands.COMMAND.GETKEYSANDFLAGS())
+    public mutating func commandGetkeysandflags(arguments: [RedisArgument]) -> RedisQueued<RESPValue> {
+        self.queue(RedisCommands.COMMAND.GETKEYSANDFLAGS(arguments: arguments))
     }
 
     /// `COMMAND HELP`: Show helpful text about the different subcommands.
@@ -2482,8 +2505,8 @@ extension RedisCommandQueue {
     /// Complexity: Depends on subcommand.
     /// Since: Redis 1.0.0.
     @discardableResult
-    public mutating func debug() -> RedisQueued<RESPValue> {
-        self.queue(RedisCommands.DEBUG())
+    public mutating func debug(arguments: [RedisArgument]) -> RedisQueued<RESPValue> {
+        self.queue(RedisCommands.DEBUG(arguments: arguments))
     }
 
     /// `FAILOVER`: Start a coordinated failover between this server and one of its replicas.

@@ -600,6 +600,15 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.SREM(key: key, members: members))
     }
 
+    /// `SSCAN`: Incrementally iterate Set elements.
+    ///
+    /// Complexity: O(1) for every call. O(N) for a complete iteration, including enough command calls for the cursor to return back to 0. N is the number of elements inside the collection..
+    /// Since: Redis 2.8.0.
+    @discardableResult
+    public func sscan(_ key: RedisKey, cursor: Int, pattern: RedisArgument? = nil, count: Int? = nil) async throws -> RESPValue {
+        try await self.execute(RedisCommands.SSCAN(key: key, cursor: cursor, pattern: pattern, count: count))
+    }
+
     /// `SUNION`: Add multiple sets.
     ///
     /// Complexity: O(N) where N is the total number of elements in all given sets.

@@ -225,10 +225,10 @@ extension RedisCommands {
         public static let name = "ZCOUNT"
 
         public var key: RedisKey
-        public var min: Double
-        public var max: Double
+        public var min: RedisArgument
+        public var max: RedisArgument
 
-        public init(key: RedisKey, min: Double, max: Double) {
+        public init(key: RedisKey, min: RedisArgument, max: RedisArgument) {
             self.key = key
             self.min = min
             self.max = max
@@ -237,8 +237,8 @@ extension RedisCommands {
         public var command: RedisCommand {
             var arguments: [RedisArgument] = []
             arguments.append(self.key.argument)
-            arguments.append(.double(self.min))
-            arguments.append(.double(self.max))
+            arguments.append(self.min)
+            arguments.append(self.max)
             return RedisCommand("ZCOUNT", arguments: arguments)
         }
     }
@@ -351,11 +351,11 @@ extension RedisCommands {
         }
 
         public var keys: [RedisKey]
-        public var weights: [Int]
+        public var weights: [Double]
         public var aggregate: Aggregate?
         public var withscores: Bool
 
-        public init(keys: [RedisKey], weights: [Int] = [], aggregate: Aggregate? = nil, withscores: Bool = false) {
+        public init(keys: [RedisKey], weights: [Double] = [], aggregate: Aggregate? = nil, withscores: Bool = false) {
             self.keys = keys
             self.weights = weights
             self.aggregate = aggregate
@@ -370,7 +370,7 @@ extension RedisCommands {
             }
             if !self.weights.isEmpty { arguments.append("WEIGHTS") }
             for element in self.weights {
-                arguments.append(.integer(element))
+                arguments.append(.double(element))
             }
             if let aggregateValue = self.aggregate {
                 arguments.append("AGGREGATE")
@@ -442,10 +442,10 @@ extension RedisCommands {
 
         public var destination: RedisKey
         public var keys: [RedisKey]
-        public var weights: [Int]
+        public var weights: [Double]
         public var aggregate: Aggregate?
 
-        public init(destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: Aggregate? = nil) {
+        public init(destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: Aggregate? = nil) {
             self.destination = destination
             self.keys = keys
             self.weights = weights
@@ -461,7 +461,7 @@ extension RedisCommands {
             }
             if !self.weights.isEmpty { arguments.append("WEIGHTS") }
             for element in self.weights {
-                arguments.append(.integer(element))
+                arguments.append(.double(element))
             }
             if let aggregateValue = self.aggregate {
                 arguments.append("AGGREGATE")
@@ -821,12 +821,12 @@ extension RedisCommands {
         }
 
         public var key: RedisKey
-        public var min: Double
-        public var max: Double
+        public var min: RedisArgument
+        public var max: RedisArgument
         public var withscores: Bool
         public var offsetCount: OffsetCount?
 
-        public init(key: RedisKey, min: Double, max: Double, withscores: Bool = false, offsetCount: OffsetCount? = nil) {
+        public init(key: RedisKey, min: RedisArgument, max: RedisArgument, withscores: Bool = false, offsetCount: OffsetCount? = nil) {
             self.key = key
             self.min = min
             self.max = max
@@ -837,8 +837,8 @@ extension RedisCommands {
         public var command: RedisCommand {
             var arguments: [RedisArgument] = []
             arguments.append(self.key.argument)
-            arguments.append(.double(self.min))
-            arguments.append(.double(self.max))
+            arguments.append(self.min)
+            arguments.append(self.max)
             if self.withscores { arguments.append("WITHSCORES") }
             if let offsetCountValue = self.offsetCount {
                 arguments.append("LIMIT")
@@ -1043,10 +1043,10 @@ extension RedisCommands {
         public static let name = "ZREMRANGEBYSCORE"
 
         public var key: RedisKey
-        public var min: Double
-        public var max: Double
+        public var min: RedisArgument
+        public var max: RedisArgument
 
-        public init(key: RedisKey, min: Double, max: Double) {
+        public init(key: RedisKey, min: RedisArgument, max: RedisArgument) {
             self.key = key
             self.min = min
             self.max = max
@@ -1055,8 +1055,8 @@ extension RedisCommands {
         public var command: RedisCommand {
             var arguments: [RedisArgument] = []
             arguments.append(self.key.argument)
-            arguments.append(.double(self.min))
-            arguments.append(.double(self.max))
+            arguments.append(self.min)
+            arguments.append(self.max)
             return RedisCommand("ZREMRANGEBYSCORE", arguments: arguments)
         }
     }
@@ -1165,12 +1165,12 @@ extension RedisCommands {
         }
 
         public var key: RedisKey
-        public var max: Double
-        public var min: Double
+        public var max: RedisArgument
+        public var min: RedisArgument
         public var withscores: Bool
         public var offsetCount: OffsetCount?
 
-        public init(key: RedisKey, max: Double, min: Double, withscores: Bool = false, offsetCount: OffsetCount? = nil) {
+        public init(key: RedisKey, max: RedisArgument, min: RedisArgument, withscores: Bool = false, offsetCount: OffsetCount? = nil) {
             self.key = key
             self.max = max
             self.min = min
@@ -1181,8 +1181,8 @@ extension RedisCommands {
         public var command: RedisCommand {
             var arguments: [RedisArgument] = []
             arguments.append(self.key.argument)
-            arguments.append(.double(self.max))
-            arguments.append(.double(self.min))
+            arguments.append(self.max)
+            arguments.append(self.min)
             if self.withscores { arguments.append("WITHSCORES") }
             if let offsetCountValue = self.offsetCount {
                 arguments.append("LIMIT")
@@ -1304,11 +1304,11 @@ extension RedisCommands {
         }
 
         public var keys: [RedisKey]
-        public var weights: [Int]
+        public var weights: [Double]
         public var aggregate: Aggregate?
         public var withscores: Bool
 
-        public init(keys: [RedisKey], weights: [Int] = [], aggregate: Aggregate? = nil, withscores: Bool = false) {
+        public init(keys: [RedisKey], weights: [Double] = [], aggregate: Aggregate? = nil, withscores: Bool = false) {
             self.keys = keys
             self.weights = weights
             self.aggregate = aggregate
@@ -1323,7 +1323,7 @@ extension RedisCommands {
             }
             if !self.weights.isEmpty { arguments.append("WEIGHTS") }
             for element in self.weights {
-                arguments.append(.integer(element))
+                arguments.append(.double(element))
             }
             if let aggregateValue = self.aggregate {
                 arguments.append("AGGREGATE")
@@ -1363,10 +1363,10 @@ extension RedisCommands {
 
         public var destination: RedisKey
         public var keys: [RedisKey]
-        public var weights: [Int]
+        public var weights: [Double]
         public var aggregate: Aggregate?
 
-        public init(destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: Aggregate? = nil) {
+        public init(destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: Aggregate? = nil) {
             self.destination = destination
             self.keys = keys
             self.weights = weights
@@ -1382,7 +1382,7 @@ extension RedisCommands {
             }
             if !self.weights.isEmpty { arguments.append("WEIGHTS") }
             for element in self.weights {
-                arguments.append(.integer(element))
+                arguments.append(.double(element))
             }
             if let aggregateValue = self.aggregate {
                 arguments.append("AGGREGATE")
@@ -1451,7 +1451,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(log(N)) with N being the number of elements in the sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public func zcount(_ key: RedisKey, min: Double, max: Double) async throws -> Int {
+    public func zcount(_ key: RedisKey, min: RedisArgument, max: RedisArgument) async throws -> Int {
         try await self.execute(RedisCommands.ZCOUNT(key: key, min: min, max: max))
     }
 
@@ -1487,7 +1487,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(N*K)+O(M*log(M)) worst case with N being the smallest input sorted set, K being the number of input sorted sets and M being the number of elements in the resulting sorted set.
     /// Since: Redis 6.2.0.
     @discardableResult
-    public func zinter(keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZINTER.Aggregate? = nil, withscores: Bool = false) async throws -> RESPValue {
+    public func zinter(keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZINTER.Aggregate? = nil, withscores: Bool = false) async throws -> RESPValue {
         try await self.execute(RedisCommands.ZINTER(keys: keys, weights: weights, aggregate: aggregate, withscores: withscores))
     }
 
@@ -1505,7 +1505,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(N*K)+O(M*log(M)) worst case with N being the smallest input sorted set, K being the number of input sorted sets and M being the number of elements in the resulting sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public func zinterstore(_ destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZINTERSTORE.Aggregate? = nil) async throws -> Int {
+    public func zinterstore(_ destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZINTERSTORE.Aggregate? = nil) async throws -> Int {
         try await self.execute(RedisCommands.ZINTERSTORE(destination: destination, keys: keys, weights: weights, aggregate: aggregate))
     }
 
@@ -1588,7 +1588,7 @@ extension RedisCommandExecutor {
     /// Since: Redis 1.0.5.
     /// Deprecated since Redis 6.2.0; use ZRANGE with the BYSCORE argument instead.
     @discardableResult
-    public func zrangebyscore(_ key: RedisKey, min: Double, max: Double, withscores: Bool = false, offsetCount: RedisCommands.ZRANGEBYSCORE.OffsetCount? = nil) async throws -> RESPValue {
+    public func zrangebyscore(_ key: RedisKey, min: RedisArgument, max: RedisArgument, withscores: Bool = false, offsetCount: RedisCommands.ZRANGEBYSCORE.OffsetCount? = nil) async throws -> RESPValue {
         try await self.execute(RedisCommands.ZRANGEBYSCORE(key: key, min: min, max: max, withscores: withscores, offsetCount: offsetCount))
     }
 
@@ -1642,7 +1642,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(log(N)+M) with N being the number of elements in the sorted set and M the number of elements removed by the operation.
     /// Since: Redis 1.2.0.
     @discardableResult
-    public func zremrangebyscore(_ key: RedisKey, min: Double, max: Double) async throws -> Int {
+    public func zremrangebyscore(_ key: RedisKey, min: RedisArgument, max: RedisArgument) async throws -> Int {
         try await self.execute(RedisCommands.ZREMRANGEBYSCORE(key: key, min: min, max: max))
     }
 
@@ -1672,7 +1672,7 @@ extension RedisCommandExecutor {
     /// Since: Redis 2.2.0.
     /// Deprecated since Redis 6.2.0; use ZRANGE with the REV and BYSCORE arguments instead.
     @discardableResult
-    public func zrevrangebyscore(_ key: RedisKey, max: Double, min: Double, withscores: Bool = false, offsetCount: RedisCommands.ZREVRANGEBYSCORE.OffsetCount? = nil) async throws -> RESPValue {
+    public func zrevrangebyscore(_ key: RedisKey, max: RedisArgument, min: RedisArgument, withscores: Bool = false, offsetCount: RedisCommands.ZREVRANGEBYSCORE.OffsetCount? = nil) async throws -> RESPValue {
         try await self.execute(RedisCommands.ZREVRANGEBYSCORE(key: key, max: max, min: min, withscores: withscores, offsetCount: offsetCount))
     }
 
@@ -1683,6 +1683,15 @@ extension RedisCommandExecutor {
     @discardableResult
     public func zrevrank(_ key: RedisKey, member: RedisArgument) async throws -> Int? {
         try await self.execute(RedisCommands.ZREVRANK(key: key, member: member))
+    }
+
+    /// `ZSCAN`: Incrementally iterate sorted sets elements and associated scores.
+    ///
+    /// Complexity: O(1) for every call. O(N) for a complete iteration, including enough command calls for the cursor to return back to 0. N is the number of elements inside the collection..
+    /// Since: Redis 2.8.0.
+    @discardableResult
+    public func zscan(_ key: RedisKey, cursor: Int, pattern: RedisArgument? = nil, count: Int? = nil) async throws -> RESPValue {
+        try await self.execute(RedisCommands.ZSCAN(key: key, cursor: cursor, pattern: pattern, count: count))
     }
 
     /// `ZSCORE`: Get the score associated with the given member in a sorted set.
@@ -1699,7 +1708,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(N)+O(M*log(M)) with N being the sum of the sizes of the input sorted sets, and M being the number of elements in the resulting sorted set.
     /// Since: Redis 6.2.0.
     @discardableResult
-    public func zunion(keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZUNION.Aggregate? = nil, withscores: Bool = false) async throws -> RESPValue {
+    public func zunion(keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZUNION.Aggregate? = nil, withscores: Bool = false) async throws -> RESPValue {
         try await self.execute(RedisCommands.ZUNION(keys: keys, weights: weights, aggregate: aggregate, withscores: withscores))
     }
 
@@ -1708,7 +1717,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(N)+O(M log(M)) with N being the sum of the sizes of the input sorted sets, and M being the number of elements in the resulting sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public func zunionstore(_ destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZUNIONSTORE.Aggregate? = nil) async throws -> Int {
+    public func zunionstore(_ destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZUNIONSTORE.Aggregate? = nil) async throws -> Int {
         try await self.execute(RedisCommands.ZUNIONSTORE(destination: destination, keys: keys, weights: weights, aggregate: aggregate))
     }
 }
@@ -1764,7 +1773,7 @@ extension RedisCommandQueue {
     /// Complexity: O(log(N)) with N being the number of elements in the sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public mutating func zcount(_ key: RedisKey, min: Double, max: Double) -> RedisQueued<Int> {
+    public mutating func zcount(_ key: RedisKey, min: RedisArgument, max: RedisArgument) -> RedisQueued<Int> {
         self.queue(RedisCommands.ZCOUNT(key: key, min: min, max: max))
     }
 
@@ -1800,7 +1809,7 @@ extension RedisCommandQueue {
     /// Complexity: O(N*K)+O(M*log(M)) worst case with N being the smallest input sorted set, K being the number of input sorted sets and M being the number of elements in the resulting sorted set.
     /// Since: Redis 6.2.0.
     @discardableResult
-    public mutating func zinter(keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZINTER.Aggregate? = nil, withscores: Bool = false) -> RedisQueued<RESPValue> {
+    public mutating func zinter(keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZINTER.Aggregate? = nil, withscores: Bool = false) -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.ZINTER(keys: keys, weights: weights, aggregate: aggregate, withscores: withscores))
     }
 
@@ -1818,7 +1827,7 @@ extension RedisCommandQueue {
     /// Complexity: O(N*K)+O(M*log(M)) worst case with N being the smallest input sorted set, K being the number of input sorted sets and M being the number of elements in the resulting sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public mutating func zinterstore(_ destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZINTERSTORE.Aggregate? = nil) -> RedisQueued<Int> {
+    public mutating func zinterstore(_ destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZINTERSTORE.Aggregate? = nil) -> RedisQueued<Int> {
         self.queue(RedisCommands.ZINTERSTORE(destination: destination, keys: keys, weights: weights, aggregate: aggregate))
     }
 
@@ -1901,7 +1910,7 @@ extension RedisCommandQueue {
     /// Since: Redis 1.0.5.
     /// Deprecated since Redis 6.2.0; use ZRANGE with the BYSCORE argument instead.
     @discardableResult
-    public mutating func zrangebyscore(_ key: RedisKey, min: Double, max: Double, withscores: Bool = false, offsetCount: RedisCommands.ZRANGEBYSCORE.OffsetCount? = nil) -> RedisQueued<RESPValue> {
+    public mutating func zrangebyscore(_ key: RedisKey, min: RedisArgument, max: RedisArgument, withscores: Bool = false, offsetCount: RedisCommands.ZRANGEBYSCORE.OffsetCount? = nil) -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.ZRANGEBYSCORE(key: key, min: min, max: max, withscores: withscores, offsetCount: offsetCount))
     }
 
@@ -1955,7 +1964,7 @@ extension RedisCommandQueue {
     /// Complexity: O(log(N)+M) with N being the number of elements in the sorted set and M the number of elements removed by the operation.
     /// Since: Redis 1.2.0.
     @discardableResult
-    public mutating func zremrangebyscore(_ key: RedisKey, min: Double, max: Double) -> RedisQueued<Int> {
+    public mutating func zremrangebyscore(_ key: RedisKey, min: RedisArgument, max: RedisArgument) -> RedisQueued<Int> {
         self.queue(RedisCommands.ZREMRANGEBYSCORE(key: key, min: min, max: max))
     }
 
@@ -1985,7 +1994,7 @@ extension RedisCommandQueue {
     /// Since: Redis 2.2.0.
     /// Deprecated since Redis 6.2.0; use ZRANGE with the REV and BYSCORE arguments instead.
     @discardableResult
-    public mutating func zrevrangebyscore(_ key: RedisKey, max: Double, min: Double, withscores: Bool = false, offsetCount: RedisCommands.ZREVRANGEBYSCORE.OffsetCount? = nil) -> RedisQueued<RESPValue> {
+    public mutating func zrevrangebyscore(_ key: RedisKey, max: RedisArgument, min: RedisArgument, withscores: Bool = false, offsetCount: RedisCommands.ZREVRANGEBYSCORE.OffsetCount? = nil) -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.ZREVRANGEBYSCORE(key: key, max: max, min: min, withscores: withscores, offsetCount: offsetCount))
     }
 
@@ -2021,7 +2030,7 @@ extension RedisCommandQueue {
     /// Complexity: O(N)+O(M*log(M)) with N being the sum of the sizes of the input sorted sets, and M being the number of elements in the resulting sorted set.
     /// Since: Redis 6.2.0.
     @discardableResult
-    public mutating func zunion(keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZUNION.Aggregate? = nil, withscores: Bool = false) -> RedisQueued<RESPValue> {
+    public mutating func zunion(keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZUNION.Aggregate? = nil, withscores: Bool = false) -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.ZUNION(keys: keys, weights: weights, aggregate: aggregate, withscores: withscores))
     }
 
@@ -2030,7 +2039,7 @@ extension RedisCommandQueue {
     /// Complexity: O(N)+O(M log(M)) with N being the sum of the sizes of the input sorted sets, and M being the number of elements in the resulting sorted set.
     /// Since: Redis 2.0.0.
     @discardableResult
-    public mutating func zunionstore(_ destination: RedisKey, keys: [RedisKey], weights: [Int] = [], aggregate: RedisCommands.ZUNIONSTORE.Aggregate? = nil) -> RedisQueued<Int> {
+    public mutating func zunionstore(_ destination: RedisKey, keys: [RedisKey], weights: [Double] = [], aggregate: RedisCommands.ZUNIONSTORE.Aggregate? = nil) -> RedisQueued<Int> {
         self.queue(RedisCommands.ZUNIONSTORE(destination: destination, keys: keys, weights: weights, aggregate: aggregate))
     }
 }

@@ -764,6 +764,15 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.GETSET(key: key, value: value))
     }
 
+    /// `INCRBY`: Increment the integer value of a key by the given amount.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func incrby(_ key: RedisKey, increment: Int) async throws -> Int {
+        try await self.execute(RedisCommands.INCRBY(key: key, increment: increment))
+    }
+
     /// `INCRBYFLOAT`: Increment the float value of a key by the given amount.
     ///
     /// Complexity: O(1)
@@ -782,6 +791,24 @@ extension RedisCommandExecutor {
         try await self.execute(RedisCommands.LCS(key1: key1, key2: key2, len: len, idx: idx, minmatchlen: minmatchlen, withmatchlen: withmatchlen))
     }
 
+    /// `MGET`: Get the values of all the given keys.
+    ///
+    /// Complexity: O(N) where N is the number of keys to retrieve.
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func mget(keys: [RedisKey]) async throws -> [ByteBuffer?] {
+        try await self.execute(RedisCommands.MGET(keys: keys))
+    }
+
+    /// `MSET`: Set multiple keys to multiple values.
+    ///
+    /// Complexity: O(N) where N is the number of keys to set.
+    /// Since: Redis 1.0.1.
+    @discardableResult
+    public func mset(keyValues: [RedisCommands.MSET.KeyValue]) async throws -> String {
+        try await self.execute(RedisCommands.MSET(keyValues: keyValues))
+    }
+
     /// `MSETNX`: Set multiple keys to multiple values, only if none of the keys exist.
     ///
     /// Complexity: O(N) where N is the number of keys to set.
@@ -798,6 +825,15 @@ extension RedisCommandExecutor {
     @discardableResult
     public func psetex(_ key: RedisKey, milliseconds: Int, value: RedisArgument) async throws -> String {
         try await self.execute(RedisCommands.PSETEX(key: key, milliseconds: milliseconds, value: value))
+    }
+
+    /// `SET`: Set the string value of a key.
+    ///
+    /// Complexity: O(1)
+    /// Since: Redis 1.0.0.
+    @discardableResult
+    public func `set`(_ key: RedisKey, value: RedisArgument, condition: RedisCommands.SET.Condition? = nil, `get`: Bool = false, expiration: RedisCommands.SET.Expiration? = nil) async throws -> RESPValue {
+        try await self.execute(RedisCommands.SET(key: key, value: value, condition: condition, get: `get`, expiration: expiration))
     }
 
     /// `SETEX`: Set the value and expiration of a key.

@@ -396,6 +396,7 @@ public enum RedisCommands {
         "READONLY",
         "READWRITE",
         "RESET",
+        "SCRIPT DEBUG",
         "SELECT",
         "UNWATCH",
         "WATCH",
