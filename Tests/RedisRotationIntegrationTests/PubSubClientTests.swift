@@ -458,6 +458,8 @@ struct PubSubClientTests {
                 let afterGap = events.drop { $0.message != nil }.dropFirst().compactMap { $0.message.flatMap { Int($0.string) } }
                 #expect(afterGap.last == published - 1)
                 #expect(zip(afterGap, afterGap.dropFirst()).allSatisfy { $0 < $1 })
+                // The replacement without a marker repeats nothing from before the gap.
+                #expect((afterGap.first ?? .max) > (beforeGap.last ?? -1), "before the gap: ...\(beforeGap.suffix(3)); after: \(afterGap.prefix(3))...")
             }
         }
     }
@@ -565,6 +567,38 @@ struct PubSubClientTests {
             let late = await #expect(throws: RedisError.self) { try await client.subscribe(to: ["bye"]) }
             #expect(late?.code == .clientShutdown)
             await eventually("the subscriber connection is closed") { (try? await self.subscriberNames(server))?.isEmpty == true }
+        }
+    }
+
+    @Test("a reader that falls behind: messages beyond the buffer limit are dropped, and a gap says so before the next one")
+    func slowConsumerGetsGap() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            var configuration = self.configuration(server)
+            configuration.subscriptionBufferLimits = RedisSubscriptionBufferLimits(maximumMessages: 10)
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                for number in 0..<30 { try await client.publish(.string("\(number)"), to: "numbers") }
+                // Let the subscriber's connection read them all.
+                try await Task.sleep(for: .milliseconds(300))
+                var iterator = subscription.makeAsyncIterator()
+                var events: [RedisSubscriptionEvent] = []
+                for _ in 0..<10 { events.append(try await iterator.next()!) }
+                #expect(events.map { $0.message?.string } == (0..<10).map { "\($0)" })
+                // Caught up: the next message comes after a gap that covers the dropped ones.
+                let before = Date()
+                try await client.publish("after", to: "numbers")
+                guard case .gap(let from, let to) = try await iterator.next() else {
+                    Issue.record("expected a gap")
+                    return
+                }
+                #expect(from <= to && to >= before)
+                #expect(try await iterator.next()?.message?.string == "after")
+            }
         }
     }
 }
