@@ -601,4 +601,34 @@ struct PubSubClientTests {
             }
         }
     }
+
+    @Test("a channel the ACL stops allowing: its subscription ends with NOPERM instead of being retried forever; the others go on")
+    func permissionRevoked() async throws {
+        let password = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [password], rules: "~* resetchannels &revoked &kept &__redis-rotation:* +@all")])
+        ) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let revoked = try await client.subscribe(to: ["revoked"])
+                let kept = try await client.subscribe(to: ["kept"])
+                try await server.admin("ACL", "SETUSER", "alice", "resetchannels", "&kept", "&__redis-rotation:*")
+                // The server drops subscribers of channels no longer allowed; make sure of it.
+                _ = try? await server.admin("CLIENT", "KILL", "USER", "alice")
+                let error = await #expect(throws: RedisError.self) { for try await _ in revoked {} }
+                #expect(error?.serverErrorPrefix == "NOPERM")
+                var iterator = kept.makeAsyncIterator()
+                let published = await eventually("the subscriber is back") {
+                    (try? await client.publish("back", to: "kept")) == 1
+                }
+                #expect(published)
+                var next = try await iterator.next()
+                if case .gap = next { next = try await iterator.next() }
+                #expect(next?.message?.string == "back")
+            }
+        }
+    }
 }

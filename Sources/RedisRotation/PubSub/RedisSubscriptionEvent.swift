@@ -29,8 +29,9 @@ public enum RedisSubscriptionEvent: Sendable, Hashable {
 ///
 /// Ending the iteration ends the subscription: when the iterating task is cancelled, or the
 /// subscription and its iterator are gone, the client unsubscribes from whatever no other subscription
-/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running. Events
-/// wait in memory until they are read, within ``RedisClientConfiguration/subscriptionBufferLimits``: beyond
+/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running, and the
+/// server's error (`NOPERM`) when the user's ACL no longer allows one of its channels. Events wait in
+/// memory until they are read, within ``RedisClientConfiguration/subscriptionBufferLimits``: beyond
 /// them messages are dropped and a gap says so.
 public struct RedisClientSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisSubscriptionEvent

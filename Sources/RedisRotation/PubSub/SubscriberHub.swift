@@ -367,7 +367,13 @@ final class SubscriberHub: Sendable {
         let (wanted, marker, markerRefused) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel, $0.markerRefused) }
         for kind in Kind.allCases {
             guard let names = wanted[kind], !names.isEmpty else { continue }
-            try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
+            do {
+                try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                // The ACL changed under the subscriptions: not transient, so retrying would never end. The
+                // server refuses the whole command; one name at a time tells which are refused.
+                try await self.subscribeEach(kind, names, on: connection, timeout: timeout, client: client)
+            }
         }
         guard !markerRefused else { return }
         do {
@@ -377,6 +383,30 @@ final class SubscriberHub: Sendable {
             client.logger.warning(
                 "the user may not subscribe to the subscriber's marker channel: replacing the subscriber after a rotation will signal a gap; allow &__redis-rotation:* in the user's ACL"
             )
+        }
+    }
+
+    /// Subscribes `names` one by one; the subscriptions using a name the server refuses (`NOPERM`) end
+    /// with its error, and what only they used is unsubscribed again.
+    private func subscribeEach(_ kind: Kind, _ names: [String], on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
+        var unused: [Kind: [String]] = [:]
+        for name in names {
+            do {
+                try await connection.sendSubscriptionCommand(kind.subscribeCommand, [name], timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                client.logger.debug("subscription refused by the server", metadata: [LoggingKeys.error: "\(error)"])
+                let ended = self.state.withLock { state in
+                    state.machine.subscriptions(using: kind, name).map { id in
+                        for (kind, names) in state.machine.unsubscribe(id) { unused[kind, default: []] += names }
+                        return state.continuations.removeValue(forKey: id)
+                    }
+                }
+                for sink in ended { sink?.continuation.finish(throwing: error) }
+            }
+        }
+        for (kind, names) in unused {
+            // The refused names were never subscribed; the others of the ended subscriptions may be.
+            try? await connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: timeout)
         }
     }
 

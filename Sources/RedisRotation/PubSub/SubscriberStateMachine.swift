@@ -124,6 +124,11 @@ struct SubscriberStateMachine {
 
     var hasSubscriptions: Bool { !self.subscriptions.isEmpty }
 
+    /// The subscriptions that listen to `name`, in subscription order.
+    func subscriptions(using kind: Kind, _ name: String) -> [SubscriptionID] {
+        (self.listeners[Key(kind: kind, name: name)] ?? []).sorted()
+    }
+
     /// The connection that delivers now, if any (not during a handover's switch, by construction).
     var deliveringConnection: ConnectionID? {
         self.roles.first { if case .active = $0.value { return true } else { return false } }?.key
