@@ -24,8 +24,9 @@ import Foundation
 /// O's buffer is delivered and O stays. If O fails after its marker, N takes over at its marker with
 /// nothing missed. If O fails before its marker, N still delivers only after its own marker (what it
 /// received before the marker may have been delivered by O already), and a gap from O's loss to N's
-/// marker comes first: what O did not deliver before it died is in that window. If N fails after O was
-/// lost, the replacement after the loss signals the gap instead.
+/// marker comes first: what O did not deliver before it died was published before that marker (as with
+/// any kill, some of it may have been published shortly before the loss was noticed). If N fails after
+/// O was lost, the replacement after the loss signals the gap instead.
 ///
 /// **Without the marker channel** (the user's ACL refuses it) the successor N subscribes and drops what
 /// it receives; O delivers until the reply to a `PING` on it (``connectionRetired(_:at:)``: everything
