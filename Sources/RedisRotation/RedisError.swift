@@ -41,6 +41,8 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
             case credentialsRejected
             case clientShutdown
             case transactionAborted
+            case subscriptionEnded
+            case slowConsumer
         }
 
         private let base: Base
@@ -116,6 +118,13 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
         /// A transaction did not run: a watched key changed on every attempt (`EXEC` answered nil), or
         /// the server refused a queued command (`EXECABORT`; the message names it). Nothing was applied.
         public static let transactionAborted = Code(.transactionAborted)
+        /// A subscription ended because its channel or pattern was unsubscribed under it: by an
+        /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE` or `RESET` sent on its connection, or by the server
+        /// (a shard channel's slot moved away). A new subscription to the name subscribes again.
+        public static let subscriptionEnded = Code(.subscriptionEnded)
+        /// A subscription on a ``RedisConnection`` ended because its reader fell behind by more than
+        /// ``RedisSubscriptionBufferLimits`` allow; what it had received can still be read before the error.
+        public static let slowConsumer = Code(.slowConsumer)
 
         public var description: String { self.base.rawValue }
     }

@@ -458,6 +458,8 @@ struct PubSubClientTests {
                 let afterGap = events.drop { $0.message != nil }.dropFirst().compactMap { $0.message.flatMap { Int($0.string) } }
                 #expect(afterGap.last == published - 1)
                 #expect(zip(afterGap, afterGap.dropFirst()).allSatisfy { $0 < $1 })
+                // The replacement without a marker repeats nothing from before the gap.
+                #expect((afterGap.first ?? .max) > (beforeGap.last ?? -1), "before the gap: ...\(beforeGap.suffix(3)); after: \(afterGap.prefix(3))...")
             }
         }
     }
@@ -565,6 +567,75 @@ struct PubSubClientTests {
             let late = await #expect(throws: RedisError.self) { try await client.subscribe(to: ["bye"]) }
             #expect(late?.code == .clientShutdown)
             await eventually("the subscriber connection is closed") { (try? await self.subscriberNames(server))?.isEmpty == true }
+        }
+    }
+
+    @Test("a reader that falls behind: messages beyond the buffer limit are dropped, and a gap says so before the next one")
+    func slowConsumerGetsGap() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            var configuration = self.configuration(server)
+            configuration.subscriptionBufferLimits = RedisSubscriptionBufferLimits(maximumMessages: 10)
+            let client = try RedisClient(
+                configuration: configuration,
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let subscription = try await client.subscribe(to: ["numbers"])
+                // 200 messages in one write, none read: the server has queued them all for the subscriber
+                // once the replies are in, and the subscriber reads them long before the reader starts.
+                let batch = (0..<200).map { RedisCommand("PUBLISH", "numbers", .string("\($0)")) }
+                let results = try await client.withConnection { try await $0.pipeline(batch) }
+                #expect(results.allSatisfy { (try? $0.get())?.int == 1 })
+                try await Task.sleep(for: .seconds(1))
+                var iterator = subscription.makeAsyncIterator()
+                var events: [RedisSubscriptionEvent] = []
+                for _ in 0..<10 { events.append(try await iterator.next()!) }
+                // Caught up: the next message comes after a gap for the dropped ones.
+                try await client.publish("after", to: "numbers")
+                while events.last?.message?.string != "after", let event = try await iterator.next() { events.append(event) }
+                // The first ten were held; then the gap; then, in order, whatever came once the reader had
+                // caught up (none, unless the subscriber read slower than the reader), and the last message.
+                #expect(events.prefix(10).map { $0.message?.string } == (0..<10).map { "\($0)" })
+                guard events.count > 10, case .gap(let from, let to) = events[10] else {
+                    Issue.record("expected a gap after the first ten: \(events.dropFirst(10).prefix(3))")
+                    return
+                }
+                #expect(from <= to)
+                let after = events.dropFirst(11).compactMap { $0.message.flatMap { Int($0.string) } }
+                #expect(events.dropFirst(11).allSatisfy { $0.message != nil }, "one gap")
+                #expect(after.allSatisfy { $0 > 9 } && zip(after, after.dropFirst()).allSatisfy { $0 < $1 })
+            }
+        }
+    }
+
+    @Test("a channel the ACL stops allowing: its subscription ends with NOPERM instead of being retried forever; the others go on")
+    func permissionRevoked() async throws {
+        let password = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [password], rules: "~* resetchannels &revoked &kept &__redis-rotation:* +@all")])
+        ) { server in
+            let client = try RedisClient(
+                configuration: self.configuration(server),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                let revoked = try await client.subscribe(to: ["revoked"])
+                let kept = try await client.subscribe(to: ["kept"])
+                try await server.admin("ACL", "SETUSER", "alice", "resetchannels", "&kept", "&__redis-rotation:*")
+                // The server drops subscribers of channels no longer allowed; make sure of it.
+                _ = try? await server.admin("CLIENT", "KILL", "USER", "alice")
+                let error = await #expect(throws: RedisError.self) { for try await _ in revoked {} }
+                #expect(error?.serverErrorPrefix == "NOPERM")
+                var iterator = kept.makeAsyncIterator()
+                let published = await eventually("the subscriber is back") {
+                    (try? await client.publish("back", to: "kept")) == 1
+                }
+                #expect(published)
+                var next = try await iterator.next()
+                while case .gap = next { next = try await iterator.next() }
+                #expect(next?.message?.string == "back")
+            }
         }
     }
 }

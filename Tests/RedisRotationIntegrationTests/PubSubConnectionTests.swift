@@ -197,4 +197,141 @@ struct PubSubConnectionTests {
             #expect(error?.code == .connectionClosed)
         }
     }
+
+    @Test("a second subscription to a channel whose SUBSCRIBE is on its way returns only once the server confirmed it")
+    func sameChannelWhileSubscribing() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let subscriber = try await self.connect(server, password)
+            let publisher = try await self.connect(server, password)
+            // The first SUBSCRIBE is written but waits on the server behind a BLPOP on the same connection.
+            let blocker = Task { try? await subscriber.send(RedisCommand("BLPOP", "nothing-\(UUID().uuidString)", "1")) }
+            try await Task.sleep(for: .milliseconds(100))
+            let first = Task { try await subscriber.subscribe(to: ["a"]) }
+            try await Task.sleep(for: .milliseconds(100))
+            let second = try await subscriber.subscribe(to: ["a"])
+            #expect(try await publisher.send(RedisCommand("PUBLISH", "a", "after-second-returned")).int == 1)
+            var iterator = second.makeAsyncIterator()
+            #expect(try await iterator.next()?.string == "after-second-returned")
+            _ = await blocker.value
+            _ = try await first.value
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
+
+    @Test("a second subscription to a channel whose SUBSCRIBE is on its way fails with the same refusal")
+    func sameChannelWhileSubscribingRefused() async throws {
+        let password = makePassword()
+        try await RedisServerProcess.withServer(
+            .init(users: [.init(name: "alice", passwords: [password], rules: "~* resetchannels &allowed +@all")])
+        ) { server in
+            let connection = try await self.connect(server, password)
+            let blocker = Task { try? await connection.send(RedisCommand("BLPOP", "nothing", "1")) }
+            try await Task.sleep(for: .milliseconds(100))
+            let first = Task { try await connection.subscribe(to: ["forbidden"]) }
+            try await Task.sleep(for: .milliseconds(100))
+            let second = await #expect(throws: RedisError.self) { try await connection.subscribe(to: ["forbidden", "allowed"]) }
+            #expect(second?.serverErrorPrefix == "NOPERM")
+            let firstError = await #expect(throws: RedisError.self) { try await first.value }
+            #expect(firstError?.serverErrorPrefix == "NOPERM")
+            _ = await blocker.value
+            // Nothing is left behind: a later subscription to the allowed channel works.
+            let allowed = try await connection.subscribe(to: ["allowed"])
+            try await server.admin("PUBLISH", "allowed", "yes")
+            var iterator = allowed.makeAsyncIterator()
+            #expect(try await iterator.next()?.string == "yes")
+            await connection.close()
+        }
+    }
+
+    @Test("RESET sent on the connection ends its subscriptions with subscriptionEnded; a new subscribe subscribes again")
+    func resetEndsSubscriptions() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let subscriber = try await self.connect(server, password)
+            let publisher = try await self.connect(server, password)
+            let old = try await subscriber.subscribe(to: ["a"])
+            let pattern = try await subscriber.psubscribe(to: ["p.*"])
+            try await subscriber.send(RedisCommand("RESET"))
+            for subscription in [old] {
+                let error = await #expect(throws: RedisError.self) { for try await _ in subscription {} }
+                #expect(error?.code == .subscriptionEnded)
+            }
+            let patternError = await #expect(throws: RedisError.self) { for try await _ in pattern {} }
+            #expect(patternError?.code == .subscriptionEnded)
+            // RESET also dropped the identity: authenticate again so that SUBSCRIBE is allowed.
+            try await subscriber.authenticate(as: RedisCredentials(username: "alice", password: password, version: "v1"), name: nil)
+            let new = try await subscriber.subscribe(to: ["a"])
+            #expect(try await publisher.send(RedisCommand("PUBLISH", "a", "after-reset")).int == 1)
+            var iterator = new.makeAsyncIterator()
+            #expect(try await iterator.next()?.string == "after-reset")
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
+
+    @Test("a raw UNSUBSCRIBE ends the subscriptions of that channel only; a new subscribe subscribes again")
+    func rawUnsubscribeEndsSubscriptions() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let subscriber = try await self.connect(server, password)
+            let publisher = try await self.connect(server, password)
+            let old = try await subscriber.subscribe(to: ["a"])
+            let other = try await subscriber.subscribe(to: ["b"])
+            try await subscriber.send(RedisCommand("UNSUBSCRIBE", "a"))
+            let error = await #expect(throws: RedisError.self) { for try await _ in old {} }
+            #expect(error?.code == .subscriptionEnded)
+            let new = try await subscriber.subscribe(to: ["a"])
+            #expect(try await publisher.send(RedisCommand("PUBLISH", "a", "after-raw-unsubscribe")).int == 1)
+            #expect(try await publisher.send(RedisCommand("PUBLISH", "b", "still-there")).int == 1)
+            var newIterator = new.makeAsyncIterator()
+            #expect(try await newIterator.next()?.string == "after-raw-unsubscribe")
+            var otherIterator = other.makeAsyncIterator()
+            #expect(try await otherIterator.next()?.string == "still-there")
+            // Unsubscribing everything ends the rest too.
+            try await subscriber.send(RedisCommand("UNSUBSCRIBE"))
+            for subscription in [new, other] {
+                let error = await #expect(throws: RedisError.self) { for try await _ in subscription {} }
+                #expect(error?.code == .subscriptionEnded)
+            }
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
+
+    @Test("a reader that never reads: after the buffer limit the subscription ends with slowConsumer and the server unsubscribes")
+    func slowConsumerEndsSubscription() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            var configuration = server.connectionConfiguration(username: "alice", password: password)
+            configuration.subscriptionBufferLimits = RedisSubscriptionBufferLimits(maximumMessages: 1_000, maximumBytes: 8 << 20)
+            let subscriber = try await RedisConnection.connect(configuration: configuration)
+            let publisher = try await self.connect(server, password)
+            let subscription = try await subscriber.subscribe(to: ["big"])
+            // 64 MB published, nothing read.
+            let payload = [UInt8](repeating: 0x5A, count: 1 << 20)
+            for _ in 0..<64 {
+                try await publisher.send(RedisCommand("PUBLISH", "big", .bytes(payload)))
+            }
+            let unsubscribed = await eventually("the server no longer sends to the subscriber") {
+                (try? await self.subscribers(of: "big", on: server)) == 0
+            }
+            #expect(unsubscribed)
+            // What was held (at most the limit) is read first, then the error.
+            var held = 0
+            let error = await #expect(throws: RedisError.self) {
+                for try await message in subscription {
+                    #expect(message.payload.readableBytes == 1 << 20)
+                    held += 1
+                }
+            }
+            #expect(error?.code == .slowConsumer)
+            #expect(held >= 1 && held <= 8, "held \(held) MB")
+            // The connection itself works on.
+            #expect(try await subscriber.send(RedisCommand("PING")).string == "PONG")
+            await subscriber.close()
+            await publisher.close()
+        }
+    }
 }

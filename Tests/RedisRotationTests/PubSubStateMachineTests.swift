@@ -132,6 +132,26 @@ struct PubSubStateMachineTests {
         #expect(!machine.isSubscribed)
     }
 
+    @Test("names that UNSUBSCRIBE or RESET removed are reported once, in order; names never confirmed are not")
+    func unsubscribedByCommandReported() {
+        var machine = Machine()
+        machine.commandsEnqueued([.subscribe(.channel, count: 2), .subscribe(.pattern, count: 1), .unsubscribe(.channel, count: 2), .reset])
+        _ = machine.valueReceived(self.confirmation("subscribe", "a", 1))
+        _ = machine.valueReceived(self.confirmation("subscribe", "b", 2))
+        _ = machine.valueReceived(self.confirmation("psubscribe", "p*", 3))
+        #expect(machine.takeUnsubscribedByCommand().isEmpty)
+        // "never" was not subscribed: the server confirms its unsubscribe all the same.
+        #expect(machine.valueReceived(self.confirmation("unsubscribe", "a", 2)) == .consumed)
+        let last = self.confirmation("unsubscribe", "never", 2)
+        #expect(machine.valueReceived(last) == .reply(.array([self.confirmation("unsubscribe", "a", 2), last])))
+        #expect(machine.takeUnsubscribedByCommand().map { "\($0.kind):\($0.name)" } == ["channel:a"])
+        #expect(machine.takeUnsubscribedByCommand().isEmpty)
+        let reset = RESPValue.simpleString(ByteBuffer(string: "RESET"))
+        #expect(machine.valueReceived(reset) == .reply(reset))
+        #expect(machine.takeUnsubscribedByCommand().map { "\($0.kind):\($0.name)" } == ["channel:b", "pattern:p*"])
+        #expect(!machine.isSubscribed)
+    }
+
     @Test("a reply that interrupts a command's confirmations closes the connection")
     func interruptedConfirmations() {
         var machine = Machine()

@@ -63,17 +63,17 @@ struct SubscriberStateMachineTests {
         var machine = self.running()
         _ = machine.subscribe(2, kind: .channel, names: ["c"])
         _ = machine.subscribe(3, kind: .pattern, names: ["c*"])
-        let r10 = machine.pushReceived(self.message("c", "x"), on: 1)
+        let r10 = machine.pushReceived(self.message("c", "x"), on: 1, at: self.t1)
         #expect(r10.deliveries == [self.delivered(1, "c", "x"), self.delivered(2, "c", "x")])
         let patterned = PubSubStateMachine.Push.message(.pattern, channel: "cc", pattern: "c*", payload: ByteBuffer(string: "y"))
-        let viaPattern = machine.pushReceived(patterned, on: 1).deliveries
+        let viaPattern = machine.pushReceived(patterned, on: 1, at: self.t1).deliveries
         #expect(
             viaPattern
                 == [Machine.Delivery(subscription: 3, element: .message(RedisPubSubMessage(channel: "cc", pattern: "c*", payload: ByteBuffer(string: "y"))))]
         )
-        let r11 = machine.pushReceived(self.markerPush("stray"), on: 1)
+        let r11 = machine.pushReceived(self.markerPush("stray"), on: 1, at: self.t1)
         #expect(r11 == Machine.Action())
-        let r12 = machine.pushReceived(self.message("other", "z"), on: 1)
+        let r12 = machine.pushReceived(self.message("other", "z"), on: 1, at: self.t1)
         #expect(r12 == Machine.Action())
     }
 
@@ -82,11 +82,11 @@ struct SubscriberStateMachineTests {
         var machine = self.running()
         _ = machine.subscribe(2, kind: .pattern, names: ["*"])
         let viaPattern = PubSubStateMachine.Push.message(.pattern, channel: self.marker, pattern: "*", payload: ByteBuffer(string: "T"))
-        let steady = machine.pushReceived(viaPattern, on: 1)
+        let steady = machine.pushReceived(viaPattern, on: 1, at: self.t1)
         #expect(steady == Machine.Action())
         let started = machine.handoverStarted(to: 2, token: "T")
         #expect(started)
-        let during = machine.pushReceived(viaPattern, on: 2)
+        let during = machine.pushReceived(viaPattern, on: 2, at: self.t1)
         #expect(during == Machine.Action())
     }
 
@@ -97,19 +97,19 @@ struct SubscriberStateMachineTests {
         #expect(r13)
         var actions: [Machine.Action] = []
         // Server order: m1 (only on 1), [2 subscribed] m2, m2 again (a legitimate duplicate), [marker], m3, m4.
-        actions.append(machine.pushReceived(self.message("c", "m1"), on: 1))
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2))
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2))
-        actions.append(machine.pushReceived(self.markerPush("T"), on: 2))
-        actions.append(machine.pushReceived(self.message("c", "m3"), on: 2))
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1))
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1))
+        actions.append(machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.markerPush("T"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m3"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1, at: self.t1))
         #expect(actions.allSatisfy { !$0.handoverCompleted })
-        let last = machine.pushReceived(self.markerPush("T"), on: 1)
+        let last = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1)
         #expect(last.handoverCompleted && last.close == [1])
         actions.append(last)
-        actions.append(machine.pushReceived(self.message("c", "m3"), on: 1))  // after the switch: closed, ignored
-        actions.append(machine.pushReceived(self.message("c", "m4"), on: 2))
+        actions.append(machine.pushReceived(self.message("c", "m3"), on: 1, at: self.t1))  // after the switch: closed, ignored
+        actions.append(machine.pushReceived(self.message("c", "m4"), on: 2, at: self.t1))
         #expect(
             self.deliveries(actions) == ["m1", "m2", "m2", "m3", "m4"].map { self.delivered(1, "c", $0) }
         )
@@ -122,14 +122,14 @@ struct SubscriberStateMachineTests {
         let r14 = machine.handoverStarted(to: 2, token: "T")
         #expect(r14)
         var actions: [Machine.Action] = []
-        actions.append(machine.pushReceived(self.message("c", "m1"), on: 1))
-        actions.append(machine.pushReceived(self.markerPush("T"), on: 1))
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1))
-        actions.append(machine.pushReceived(self.message("c", "m1"), on: 2))
-        actions.append(machine.pushReceived(self.markerPush("T"), on: 2))
+        actions.append(machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1))
+        actions.append(machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 1, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m1"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.markerPush("T"), on: 2, at: self.t1))
         // m2 came after the marker on the predecessor: it is delivered once, from the successor.
-        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2))
-        actions.append(machine.pushReceived(self.message("c", "m3"), on: 2))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2, at: self.t1))
+        actions.append(machine.pushReceived(self.message("c", "m3"), on: 2, at: self.t1))
         #expect(self.deliveries(actions) == ["m1", "m2", "m3"].map { self.delivered(1, "c", $0) })
     }
 
@@ -138,9 +138,9 @@ struct SubscriberStateMachineTests {
         var machine = self.running()
         let r15 = machine.handoverStarted(to: 2, token: "new")
         #expect(r15)
-        let r16 = machine.pushReceived(self.markerPush("old"), on: 1)
+        let r16 = machine.pushReceived(self.markerPush("old"), on: 1, at: self.t1)
         #expect(r16 == Machine.Action())
-        let r17 = machine.pushReceived(self.message("c", "m1"), on: 1)
+        let r17 = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1)
         #expect(r17.deliveries == [self.delivered(1, "c", "m1")])
     }
 
@@ -149,13 +149,13 @@ struct SubscriberStateMachineTests {
         var machine = self.running()
         let r18 = machine.handoverStarted(to: 2, token: "T")
         #expect(r18)
-        _ = machine.pushReceived(self.markerPush("T"), on: 1)
-        let r19 = machine.pushReceived(self.message("c", "m1"), on: 1)
+        _ = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1)
+        let r19 = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1)
         #expect(r19.deliveries.isEmpty)
         let lost = machine.connectionLost(2, at: self.t1)
         #expect(lost.handoverAbandoned && !lost.reconnect && lost.close.isEmpty)
         #expect(lost.deliveries == [self.delivered(1, "c", "m1")])
-        let r20 = machine.pushReceived(self.message("c", "m2"), on: 1)
+        let r20 = machine.pushReceived(self.message("c", "m2"), on: 1, at: self.t1)
         #expect(r20.deliveries == [self.delivered(1, "c", "m2")])
 
         // Abandoned by the shell (a timeout) rather than lost: the successor is closed.
@@ -171,25 +171,131 @@ struct SubscriberStateMachineTests {
         var machine = self.running()
         let r22 = machine.handoverStarted(to: 2, token: "T")
         #expect(r22)
-        _ = machine.pushReceived(self.markerPush("T"), on: 1)
+        _ = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1)
         let r23 = machine.connectionLost(1, at: self.t1)
         #expect(r23 == Machine.Action())
-        _ = machine.pushReceived(self.message("c", "before"), on: 2)
-        let switched = machine.pushReceived(self.markerPush("T"), on: 2)
+        _ = machine.pushReceived(self.message("c", "before"), on: 2, at: self.t1)
+        let switched = machine.pushReceived(self.markerPush("T"), on: 2, at: self.t1)
         #expect(switched.handoverCompleted && switched.close.isEmpty && switched.deliveries.isEmpty)
-        let r24 = machine.pushReceived(self.message("c", "after"), on: 2)
+        let r24 = machine.pushReceived(self.message("c", "after"), on: 2, at: self.t1)
         #expect(r24.deliveries == [self.delivered(1, "c", "after")])
     }
 
-    @Test("the predecessor is lost before its marker: the successor takes over at once, after a gap")
+    @Test("the predecessor is lost before its marker: the successor still waits for its own marker, which ends a gap from the loss")
     func predecessorLostBeforeMarker() {
         var machine = self.running()
+        let t2 = self.t1.addingTimeInterval(1)
         let r25 = machine.handoverStarted(to: 2, token: "T")
         #expect(r25)
+        // m1 is on both streams (the successor was confirmed before it was published); the predecessor
+        // delivers it and dies; the lagging successor reads it only afterwards.
+        let r25a = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t0)
+        #expect(r25a == Machine.Action(deliveries: [self.delivered(1, "c", "m1")]))
         let lost = machine.connectionLost(1, at: self.t1)
-        #expect(lost.handoverCompleted && lost.deliveries == [self.gap(1, self.t1, self.t1)])
-        let r26 = machine.pushReceived(self.message("c", "next"), on: 2)
-        #expect(r26.deliveries == [self.delivered(1, "c", "next")])
+        #expect(lost == Machine.Action())
+        let r25b = machine.pushReceived(self.message("c", "m1"), on: 2, at: self.t1)
+        #expect(r25b == Machine.Action())
+        let switched = machine.pushReceived(self.markerPush("T"), on: 2, at: t2)
+        #expect(switched == Machine.Action(deliveries: [self.gap(1, self.t1, t2)], handoverCompleted: true))
+        let r26 = machine.pushReceived(self.message("c", "m2"), on: 2, at: t2)
+        #expect(r26 == Machine.Action(deliveries: [self.delivered(1, "c", "m2")]))
+        #expect(machine.deliveringConnection == 2)
+    }
+
+    @Test("the predecessor is lost before its marker, after the successor's: a gap, then what the successor held back")
+    func predecessorLostBeforeMarkerSuccessorPastIt() {
+        var machine = self.running()
+        let r1 = machine.handoverStarted(to: 2, token: "T")
+        #expect(r1)
+        let r2 = machine.pushReceived(self.markerPush("T"), on: 2, at: self.t0)
+        #expect(r2 == Machine.Action())
+        let r3 = machine.pushReceived(self.message("c", "after"), on: 2, at: self.t0)
+        #expect(r3 == Machine.Action())
+        let lost = machine.connectionLost(1, at: self.t1)
+        #expect(lost == Machine.Action(deliveries: [self.gap(1, self.t1, self.t1), self.delivered(1, "c", "after")], handoverCompleted: true))
+    }
+
+    @Test(
+        "the predecessor is lost (before or after its marker), then the successor before its marker: the replacement signals a gap from the loss or the marker",
+        arguments: [false, true]
+    )
+    func bothLostDuringHandover(predecessorSawMarker: Bool) {
+        var machine = self.running()
+        let later = self.t1.addingTimeInterval(5)
+        let r1 = machine.handoverStarted(to: 2, token: "T")
+        #expect(r1)
+        if predecessorSawMarker {
+            let r2 = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t0)
+            #expect(r2 == Machine.Action())
+        }
+        let loss = self.t0.addingTimeInterval(1)
+        let r3 = machine.connectionLost(1, at: loss)
+        #expect(r3 == Machine.Action())
+        let r4 = machine.connectionLost(2, at: self.t1)
+        #expect(r4 == Machine.Action(reconnect: true, handoverAbandoned: true))
+        machine.resumeStarted(3)
+        let r5 = machine.resumeConfirmed(3, at: later)
+        // After its marker the predecessor held messages back for the successor: those are missing too.
+        #expect(r5 == Machine.Action(deliveries: [self.gap(1, predecessorSawMarker ? self.t0 : loss, later)]))
+    }
+
+    @Test("a replacement that fails while the old connection delivers leaves no loss behind: a later loss's gap starts at that loss")
+    func failedReplacementLeavesNoLoss() {
+        var machine = self.running()
+        // A marker-less successor, and a plain resuming one, each lost before they delivered anything.
+        machine.markerlessReplacementStarted(2)
+        let r1 = machine.connectionLost(2, at: self.t0)
+        #expect(r1 == Machine.Action())
+        machine.resumeStarted(3)
+        let r2 = machine.connectionLost(3, at: self.t0)
+        #expect(r2 == Machine.Action())
+        let r3 = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t0)
+        #expect(r3 == Machine.Action(deliveries: [self.delivered(1, "c", "m1")]))
+        // Much later the delivering connection is really lost and replaced.
+        let r4 = machine.connectionLost(1, at: self.t1)
+        #expect(r4 == Machine.Action(reconnect: true))
+        machine.resumeStarted(4)
+        let later = self.t1.addingTimeInterval(1)
+        let r5 = machine.resumeConfirmed(4, at: later)
+        #expect(r5 == Machine.Action(deliveries: [self.gap(1, self.t1, later)]))
+    }
+
+    @Test("without the marker: the old connection delivers to its PING's reply, the new one after its own; a gap between, nothing twice")
+    func markerlessReplacement() {
+        var machine = self.running()
+        let t2 = self.t1.addingTimeInterval(1)
+        machine.markerlessReplacementStarted(2)
+        // m1 reaches both; the successor's copy is dropped.
+        let r1 = machine.pushReceived(self.message("c", "m1"), on: 2, at: self.t0)
+        #expect(r1 == Machine.Action())
+        let r2 = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t0)
+        #expect(r2 == Machine.Action(deliveries: [self.delivered(1, "c", "m1")]))
+        // The predecessor's PING reply: it stops there and is closed.
+        let retired = machine.connectionRetired(1, at: self.t1)
+        #expect(retired == Machine.Action(close: [1]))
+        let r3 = machine.pushReceived(self.message("c", "m2"), on: 1, at: self.t1)
+        #expect(r3 == Machine.Action())
+        // m2 reached the successor before its PING's reply: maybe delivered by the predecessor, dropped.
+        let r4 = machine.pushReceived(self.message("c", "m2"), on: 2, at: self.t1)
+        #expect(r4 == Machine.Action())
+        let confirmed = machine.resumeConfirmed(2, at: t2)
+        #expect(confirmed == Machine.Action(deliveries: [self.gap(1, self.t1, t2)]))
+        let r5 = machine.pushReceived(self.message("c", "m3"), on: 2, at: t2)
+        #expect(r5 == Machine.Action(deliveries: [self.delivered(1, "c", "m3")]))
+        #expect(machine.deliveringConnection == 2)
+    }
+
+    @Test("without the marker, the successor lost after the predecessor retired: reconnect, and the replacement's gap starts at the retirement")
+    func markerlessSuccessorLost() {
+        var machine = self.running()
+        machine.markerlessReplacementStarted(2)
+        let retired = machine.connectionRetired(1, at: self.t0)
+        #expect(retired == Machine.Action(close: [1]))
+        let lost = machine.connectionLost(2, at: self.t1)
+        #expect(lost == Machine.Action(reconnect: true))
+        machine.resumeStarted(3)
+        let r1 = machine.resumeConfirmed(3, at: self.t1)
+        #expect(r1 == Machine.Action(deliveries: [self.gap(1, self.t0, self.t1)]))
     }
 
     @Test("a lost connection: reconnect; the replacement's messages wait for its confirmations and follow one gap")
@@ -199,7 +305,7 @@ struct SubscriberStateMachineTests {
         let lost = machine.connectionLost(1, at: self.t0)
         #expect(lost.reconnect && lost.deliveries.isEmpty)
         machine.resumeStarted(2)
-        let r27 = machine.pushReceived(self.message("d", "early"), on: 2)
+        let r27 = machine.pushReceived(self.message("d", "early"), on: 2, at: self.t1)
         #expect(r27 == Machine.Action())
         let resumed = machine.resumeConfirmed(2, at: self.t1)
         #expect(resumed.deliveries == [self.gap(1, self.t0, self.t1), self.gap(2, self.t0, self.t1), self.delivered(2, "d", "early")])

@@ -112,10 +112,20 @@ struct PubSubStateMachine {
     private var expected: Int?
     /// What the server has confirmed subscribed, per kind.
     private(set) var confirmed: [Kind: Set<String>] = [:]
+    /// Confirmed names an unsubscribe-family command or `RESET` removed, not yet taken by the shell.
+    private var unsubscribedByCommand: [(kind: Kind, name: String)] = []
     private var isClosed = false
 
     /// Whether the server holds at least one subscription: only then can a message arrive.
     var isSubscribed: Bool { self.confirmed.values.contains { !$0.isEmpty } }
+
+    /// The confirmed names that commands (`UNSUBSCRIBE` and siblings, `RESET`) removed since the last call,
+    /// in the order the server removed them: whoever relied on them must be told.
+    mutating func takeUnsubscribedByCommand() -> [(kind: Kind, name: String)] {
+        guard !self.unsubscribedByCommand.isEmpty else { return [] }
+        defer { self.unsubscribedByCommand = [] }
+        return self.unsubscribedByCommand
+    }
 
     /// Commands were written, in this order (`nil` for ordinary ones).
     mutating func commandsEnqueued(_ commands: [Command?]) {
@@ -140,11 +150,18 @@ struct PubSubStateMachine {
                 // has confirmed so far, since it runs commands in order.
                 let expected = count == 0 ? max(1, self.confirmed[kind]?.count ?? 0) : count
                 return self.confirmationReceived(value, expected: expected) { machine in
-                    if let name { machine.confirmed[kind]?.remove(name) }
+                    if let name, machine.confirmed[kind]?.remove(name) != nil {
+                        machine.unsubscribedByCommand.append((kind, name))
+                    }
                 }
             }
         case .reset?:
-            if case .simpleString = value { self.confirmed = [:] }
+            if case .simpleString = value {
+                for kind in Kind.allCases {
+                    for name in (self.confirmed[kind] ?? []).sorted() { self.unsubscribedByCommand.append((kind, name)) }
+                }
+                self.confirmed = [:]
+            }
         case nil:
             break
         }

@@ -94,6 +94,10 @@ final class RedisCommandHandler: ChannelInboundHandler {
         var value = self.unwrapInboundIn(data)
         switch self.pubSub.valueReceived(value) {
         case .reply(let reply):
+            // Told before the command's caller hears the reply.
+            for (kind, name) in self.pubSub.takeUnsubscribedByCommand() {
+                self.pushReceiver?.unsubscribedByCommand(kind, name: name)
+            }
             value = reply
         case .consumed:
             return

@@ -39,6 +39,9 @@ public struct RedisConnectionConfiguration: Sendable {
     public var readerLimits: RESPReaderLimits
     /// TLS settings; `nil` connects over plain TCP. The TLS handshake counts toward `handshakeTimeout`.
     public var tls: TLS?
+    /// How many unread messages each ``RedisConnection/subscribe(to:)`` subscription may hold before it
+    /// ends with ``RedisError/Code/slowConsumer``. Default: 100,000 messages or 16 MiB of payload.
+    public var subscriptionBufferLimits: RedisSubscriptionBufferLimits
 
     public init(
         host: String = "127.0.0.1",
@@ -51,8 +54,10 @@ public struct RedisConnectionConfiguration: Sendable {
         handshakeTimeout: Duration = .seconds(5),
         commandTimeout: Duration = .seconds(5),
         readerLimits: RESPReaderLimits = RESPReaderLimits(),
-        tls: TLS? = nil
+        tls: TLS? = nil,
+        subscriptionBufferLimits: RedisSubscriptionBufferLimits = RedisSubscriptionBufferLimits()
     ) {
+        self.subscriptionBufferLimits = subscriptionBufferLimits
         self.host = host
         self.port = port
         self.username = username

@@ -168,6 +168,10 @@ public struct RedisClientConfiguration: Sendable {
     /// `db.operation`, `server.address`, `server.port`, `redis.credential_version`; never arguments or
     /// values). Default: the process's `InstrumentationSystem.tracer` (a no-op until bootstrapped).
     public var tracer: (any Tracer)?
+    /// How many unread messages each subscription made with ``RedisClient/subscribe(to:)`` may hold;
+    /// beyond that messages are dropped and a ``RedisSubscriptionEvent/gap(from:to:)`` says so once the
+    /// reader has caught up by half. Default: 100,000 messages or 16 MiB of payload.
+    public var subscriptionBufferLimits: RedisSubscriptionBufferLimits
 
     public init(
         host: String = "127.0.0.1",
@@ -184,8 +188,10 @@ public struct RedisClientConfiguration: Sendable {
         rotation: Rotation = Rotation(),
         expiry: Expiry = Expiry(),
         metricsLabel: String? = nil,
-        tracer: (any Tracer)? = nil
+        tracer: (any Tracer)? = nil,
+        subscriptionBufferLimits: RedisSubscriptionBufferLimits = RedisSubscriptionBufferLimits()
     ) {
+        self.subscriptionBufferLimits = subscriptionBufferLimits
         precondition(maximumCommandAttempts >= 1)
         self.host = host
         self.port = port
@@ -221,7 +227,8 @@ public struct RedisClientConfiguration: Sendable {
             handshakeTimeout: self.handshakeTimeout,
             commandTimeout: self.commandTimeout,
             readerLimits: self.readerLimits,
-            tls: tlsContext.map { RedisConnectionConfiguration.TLS(context: $0, serverName: self.tls?.serverName) }
+            tls: tlsContext.map { RedisConnectionConfiguration.TLS(context: $0, serverName: self.tls?.serverName) },
+            subscriptionBufferLimits: self.subscriptionBufferLimits
         )
     }
 

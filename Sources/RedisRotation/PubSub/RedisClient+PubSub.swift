@@ -21,17 +21,17 @@ extension RedisClient {
     /// - Throws: ``RedisError`` with `serverError` (`NOPERM` for a channel the user may not read),
     ///   `commandTimeout` when no confirmation came within the lease timeout, `clientShutdown`.
     public func subscribe(to channels: [String]) async throws -> RedisClientSubscription {
-        try await self.subscriberHub.subscribe(.channel, channels, timeout: self.configuration.pool.leaseTimeout)
+        try await self.subscriberHub.subscribe(.channel, channels, timeout: self.configuration.pool.leaseTimeout, limits: self.configuration.subscriptionBufferLimits)
     }
 
     /// Subscribes to the channels matching `patterns` (`PSUBSCRIBE`); messages carry the pattern.
     public func psubscribe(to patterns: [String]) async throws -> RedisClientSubscription {
-        try await self.subscriberHub.subscribe(.pattern, patterns, timeout: self.configuration.pool.leaseTimeout)
+        try await self.subscriberHub.subscribe(.pattern, patterns, timeout: self.configuration.pool.leaseTimeout, limits: self.configuration.subscriptionBufferLimits)
     }
 
     /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7).
     public func ssubscribe(to channels: [String]) async throws -> RedisClientSubscription {
-        try await self.subscriberHub.subscribe(.shardChannel, channels, timeout: self.configuration.pool.leaseTimeout)
+        try await self.subscriberHub.subscribe(.shardChannel, channels, timeout: self.configuration.pool.leaseTimeout, limits: self.configuration.subscriptionBufferLimits)
     }
 }
 

@@ -4,6 +4,9 @@ import Synchronization
 /// Hears a connection's pub/sub pushes, and its close, on the connection's event loop.
 protocol PubSubPushReceiver: AnyObject {
     func received(_ push: PubSubStateMachine.Push)
+    /// A command on the connection (`UNSUBSCRIBE` and siblings, `RESET`) ended the server's subscription
+    /// to `name`; called before that command's reply is handed on.
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String)
     /// The connection closed; called once, and nothing is received after it.
     func connectionClosed(_ error: RedisError)
 }
@@ -13,7 +16,14 @@ extension RedisConnection {
     /// message published to them from then on is in the returned sequence.
     ///
     /// Several subscriptions may share the connection; a channel is subscribed on the server while any of
-    /// them uses it. While subscribed, the server refuses other commands on this connection (RESP2).
+    /// them uses it (a subscription to a channel whose `SUBSCRIBE` is still on its way waits for the same
+    /// confirmation, and fails with it). While subscribed, the server refuses other commands on this
+    /// connection (RESP2).
+    ///
+    /// The sequence ends by throwing ``RedisError/Code/subscriptionEnded`` when one of its channels is
+    /// unsubscribed under it (an `UNSUBSCRIBE` or `RESET` sent on this connection with `send`, or the
+    /// server), and ``RedisError/Code/slowConsumer`` when its unread messages exceed
+    /// ``RedisConnectionConfiguration/subscriptionBufferLimits``.
     ///
     /// - Throws: ``RedisError`` with `serverError` (`NOPERM` for a channel the user may not read),
     ///   `commandTimeout` or `connectionClosed`; `CancellationError`.
@@ -35,6 +45,7 @@ extension RedisConnection {
         precondition(!names.isEmpty, "a subscription needs at least one channel or pattern")
         try Task.checkCancellation()
         let (stream, continuation) = AsyncThrowingStream<RedisPubSubMessage, any Error>.makeStream()
+        let backlog = SubscriptionBacklog(limits: self.configuration.subscriptionBufferLimits)
         let id = subscriptionIDs.add(1, ordering: .relaxed).newValue
         let handler = self.handler
         let eventLoop = self.eventLoop
@@ -49,7 +60,6 @@ extension RedisConnection {
             }
         }
         let promise = eventLoop.makePromise(of: RESPValue.self)
-        let commandID = subscriptionCommandIDs.add(1, ordering: .relaxed).newValue
         let deadline = NIODeadline.now() + TimeAmount(self.configuration.commandTimeout)
         eventLoop.execute {
             let router: SubscriptionRouter
@@ -59,16 +69,33 @@ extension RedisConnection {
                 router = SubscriptionRouter()
                 handler.value.installPushReceiver(router)
             }
-            let new = router.add(id, kind: kind, names: names, continuation: continuation)
-            guard !new.isEmpty else { return promise.succeed(.array([])) }
-            handler.value.sendSubscriptionCommand(kind.subscribeCommand, new, promise: promise, deadline: deadline, id: commandID)
+            let (new, awaited) = router.add(id, kind: kind, names: names, continuation: continuation, backlog: backlog)
+            var replies = awaited
+            if !new.isEmpty {
+                let own = eventLoop.makePromise(of: RESPValue.self)
+                router.subscribing(kind, new, reply: own.futureResult)
+                handler.value.sendSubscriptionCommand(kind.subscribeCommand, new, promise: own, deadline: deadline)
+                replies.append(own.futureResult)
+            }
+            // Confirmed once every name is: ours, and those another subscription's command is waiting for.
+            EventLoopFuture.whenAllComplete(replies, on: eventLoop).whenSuccess { results in
+                for result in results {
+                    switch result {
+                    case .failure(let error): return promise.fail(error)
+                    case .success(let value): if case .error = value { return promise.succeed(value) }
+                    }
+                }
+                promise.succeed(.array([]))
+            }
         }
         let reply: RESPValue
         do {
             reply = try await withTaskCancellationHandler {
                 try await promise.futureResult.get()
             } onCancel: {
-                eventLoop.execute { handler.value.cancel(id: commandID) }
+                // The command itself goes on: others may wait for its confirmation, and ending this
+                // registration unsubscribes, after it, what only this one used.
+                promise.fail(CancellationError())
             }
         } catch {
             // Ends the registration (and unsubscribes what only it used).
@@ -79,7 +106,7 @@ extension RedisConnection {
             continuation.finish()
             throw Self.serverError(buffer, command: RedisCommand(kind.subscribeCommand))
         }
-        return RedisSubscription(stream: stream)
+        return RedisSubscription(stream: stream, backlog: backlog)
     }
 
     /// Installs `receiver` as the one hearer of this connection's pushes (the client's subscriber,
@@ -88,6 +115,28 @@ extension RedisConnection {
         let handler = self.handler
         self.session.withLock { $0.state.commandEnqueued(.irreversible("SUBSCRIBE")) }
         try? await self.eventLoop.submit { handler.value.installPushReceiver(receiver) }.get()
+    }
+
+    /// Sends `PING` and calls `atReply` on the event loop when the reply arrives, before anything the
+    /// connection receives after it is handed on: a point in the server's order of this connection's
+    /// stream (everything published before the server ran the `PING` came before it).
+    ///
+    /// - Throws: `serverError`, `commandTimeout`, `connectionClosed`.
+    func ping(timeout: Duration, atReply: @escaping @Sendable () -> Void) async throws {
+        let handler = self.handler
+        let promise = self.eventLoop.makePromise(of: RESPValue.self)
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
+        self.eventLoop.execute {
+            // Registered before the command goes out, so it runs inside the read of the reply.
+            promise.futureResult.whenSuccess { value in
+                if case .error = value { return }
+                atReply()
+            }
+            handler.value.sendSubscriptionCommand("PING", [], promise: promise, deadline: deadline)
+        }
+        if case .error(let buffer) = try await promise.futureResult.get() {
+            throw Self.serverError(buffer, command: RedisCommand("PING"))
+        }
     }
 
     /// Sends a subscribe-family command for `names` and waits for every confirmation.
@@ -110,8 +159,8 @@ private let subscriptionIDs = Atomic<UInt64>(0)
 private let subscriptionCommandIDs = Atomic<UInt64>(1 << 62)
 
 extension RedisCommandHandler {
-    /// Writes `name names...` (a subscribe-family command). A `nil` promise drops the replies. On the
-    /// event loop.
+    /// Writes `name names...` (a subscribe-family command, or `PING`). A `nil` promise drops the replies.
+    /// On the event loop.
     func sendSubscriptionCommand(
         _ name: String,
         _ names: [String],
@@ -136,36 +185,61 @@ extension RedisCommandHandler {
 }
 
 /// The subscriptions of one connection made with ``RedisConnection/subscribe(to:)`` and its siblings:
-/// which channels and patterns each uses, how many use each, and where messages go. On the
-/// connection's event loop.
+/// which channels and patterns each uses, how many use each, which are still waiting for the server's
+/// confirmation, and where messages go. On the connection's event loop.
 final class SubscriptionRouter: PubSubPushReceiver {
     struct Key: Hashable {
         var kind: PubSubStateMachine.Kind
         var name: String
     }
 
-    private var subscribers: [UInt64: (keys: [Key], continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation)] = [:]
-    private var listeners: [Key: Set<UInt64>] = [:]
+    private struct Subscriber {
+        var keys: [Key]
+        let continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation
+        let backlog: SubscriptionBacklog
+    }
 
-    /// Registers subscription `id`; returns the names nobody was subscribed to yet, to subscribe on the
-    /// server.
+    private var subscribers: [UInt64: Subscriber] = [:]
+    private var listeners: [Key: Set<UInt64>] = [:]
+    /// Names whose subscribe command is written and not confirmed yet, with its reply; a failed reply
+    /// stays until the subscriptions using the name are gone, so that a newcomer fails with it too.
+    private var pending: [Key: EventLoopFuture<RESPValue>] = [:]
+
+    /// Registers subscription `id`; returns the names nobody was subscribed to yet (to subscribe on the
+    /// server), and the replies of the commands still subscribing to the others (to wait for).
     func add(
         _ id: UInt64,
         kind: PubSubStateMachine.Kind,
         names: [String],
-        continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation
-    ) -> [String] {
+        continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation,
+        backlog: SubscriptionBacklog
+    ) -> (new: [String], awaited: [EventLoopFuture<RESPValue>]) {
         var new: [String] = []
+        var awaited: [EventLoopFuture<RESPValue>] = []
         var keys: [Key] = []
         for name in names {
             let key = Key(kind: kind, name: name)
             guard !keys.contains(key) else { continue }
             keys.append(key)
-            if self.listeners[key, default: []].isEmpty { new.append(name) }
+            if self.listeners[key, default: []].isEmpty {
+                new.append(name)
+            } else if let reply = self.pending[key], !awaited.contains(where: { $0 === reply }) {
+                awaited.append(reply)
+            }
             self.listeners[key, default: []].insert(id)
         }
-        self.subscribers[id] = (keys, continuation)
-        return new
+        self.subscribers[id] = Subscriber(keys: keys, continuation: continuation, backlog: backlog)
+        return (new, awaited)
+    }
+
+    /// A subscribe command for `names` was written; they are confirmed when `reply` succeeds.
+    func subscribing(_ kind: PubSubStateMachine.Kind, _ names: [String], reply: EventLoopFuture<RESPValue>) {
+        let keys = names.map { Key(kind: kind, name: $0) }
+        for key in keys { self.pending[key] = reply }
+        reply.assumeIsolated().whenSuccess { value in
+            if case .error = value { return }
+            for key in keys where self.pending[key] === reply { self.pending[key] = nil }
+        }
     }
 
     /// Forgets subscription `id`; returns the names nobody uses any more, to unsubscribe on the server.
@@ -176,6 +250,7 @@ final class SubscriptionRouter: PubSubPushReceiver {
             self.listeners[key]?.remove(id)
             if self.listeners[key]?.isEmpty == true {
                 self.listeners[key] = nil
+                self.pending[key] = nil
                 unused[key.kind, default: []].append(key.name)
             }
         }
@@ -187,11 +262,42 @@ final class SubscriptionRouter: PubSubPushReceiver {
         case .message(let kind, let channel, let pattern, let payload):
             let key = pattern.map { Key(kind: .pattern, name: $0) } ?? Key(kind: kind, name: channel)
             let message = RedisPubSubMessage(kind: kind, channel: channel, pattern: pattern, payload: payload)
-            for id in self.listeners[key] ?? [] { self.subscribers[id]?.continuation.yield(message) }
+            for id in self.listeners[key] ?? [] {
+                guard let subscriber = self.subscribers[id] else { continue }
+                if subscriber.backlog.admit(payload.readableBytes) {
+                    subscriber.continuation.yield(message)
+                } else {
+                    // Ending it unsubscribes what only it used (its termination handler), so the server's
+                    // own output limit guards the connection from then on.
+                    subscriber.continuation.finish(
+                        throwing: RedisError(
+                            code: .slowConsumer,
+                            message: "the subscription was ended: its reader fell behind by more than \(subscriber.backlog.limits)"
+                        )
+                    )
+                }
+            }
         case .unsubscribed(let kind, let name):
-            let key = Key(kind: kind, name: name)
-            let error = RedisError(code: .connectionClosed, message: "the server ended a subscription on its own")
-            for id in self.listeners[key] ?? [] { self.subscribers[id]?.continuation.finish(throwing: error) }
+            self.end(Key(kind: kind, name: name), because: "the server ended the subscription on its own")
+        }
+    }
+
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String) {
+        self.end(
+            Key(kind: kind, name: name),
+            because: "the subscription was ended by \(kind.unsubscribeCommand) or RESET sent on its connection"
+        )
+    }
+
+    /// The server no longer holds `key`: the subscriptions using it end with `subscriptionEnded`, and the
+    /// name is forgotten, so that a new subscription subscribes again. A name still waiting for its
+    /// confirmation was subscribed again after this unsubscribe was sent: it stays.
+    private func end(_ key: Key, because reason: String) {
+        guard self.pending[key] == nil, let ids = self.listeners.removeValue(forKey: key) else { return }
+        let error = RedisError(code: .subscriptionEnded, message: reason)
+        for id in ids.sorted() {
+            self.subscribers[id]?.keys.removeAll { $0 == key }
+            self.subscribers[id]?.continuation.finish(throwing: error)
         }
     }
 
@@ -199,6 +305,7 @@ final class SubscriptionRouter: PubSubPushReceiver {
         let subscribers = self.subscribers
         self.subscribers = [:]
         self.listeners = [:]
+        self.pending = [:]
         for subscriber in subscribers.values { subscriber.continuation.finish(throwing: error) }
     }
 }

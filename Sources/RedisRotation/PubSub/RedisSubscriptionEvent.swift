@@ -8,10 +8,12 @@ public import Foundation
 public enum RedisSubscriptionEvent: Sendable, Hashable {
     /// A message published to a subscribed channel (or one matching a subscribed pattern).
     case message(RedisPubSubMessage)
-    /// The subscriber connection was lost (killed, reset, a server restart) and a new one confirmed the
-    /// subscriptions again: messages published between `from` and `to` may not have arrived. Messages
-    /// after the gap arrive as before. Never sent for a planned replacement (a rotation), which misses
-    /// nothing.
+    /// Messages published between `from` and `to` may not have arrived: the subscriber connection was
+    /// lost (killed, reset, a server restart) and a new one confirmed the subscriptions again, or was
+    /// replaced without the marker channel its ACL refuses, or the reader fell behind by more than
+    /// ``RedisClientConfiguration/subscriptionBufferLimits`` and messages were dropped. Messages after
+    /// the gap arrive as before, and none before it is repeated after it. Never sent for a planned
+    /// replacement with the marker channel (a rotation), which misses nothing.
     case gap(from: Date, to: Date)
 
     /// The message, when this is one.
@@ -27,22 +29,28 @@ public enum RedisSubscriptionEvent: Sendable, Hashable {
 ///
 /// Ending the iteration ends the subscription: when the iterating task is cancelled, or the
 /// subscription and its iterator are gone, the client unsubscribes from whatever no other subscription
-/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running. Events
-/// wait in memory until they are read.
+/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running, and the
+/// server's error (`NOPERM`) when the user's ACL no longer allows one of its channels. Events wait in
+/// memory until they are read, within ``RedisClientConfiguration/subscriptionBufferLimits``: beyond
+/// them messages are dropped and a gap says so.
 public struct RedisClientSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisSubscriptionEvent
 
     let stream: AsyncThrowingStream<RedisSubscriptionEvent, any Error>
+    let backlog: SubscriptionBacklog
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.AsyncIterator
+        let backlog: SubscriptionBacklog
 
         public mutating func next() async throws -> RedisSubscriptionEvent? {
-            try await self.base.next()
+            let event = try await self.base.next()
+            if case .message(let message) = event { self.backlog.taken(message.payload.readableBytes) }
+            return event
         }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: self.stream.makeAsyncIterator())
+        AsyncIterator(base: self.stream.makeAsyncIterator(), backlog: self.backlog)
     }
 }

@@ -27,10 +27,39 @@ final class SubscriberHub: Sendable {
         let tlsGeneration: UInt64?
     }
 
+    /// Where one subscription's events go.
+    private struct Sink {
+        let continuation: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation
+        let backlog: SubscriptionBacklog
+        /// Messages are dropped since then: the reader fell behind by more than the limits.
+        var droppingSince: Date?
+
+        /// Yields `event`, unless the reader is too far behind: then messages are dropped until it has
+        /// taken half of what waits, and a gap from the first dropped one comes before the next message.
+        mutating func yield(_ event: RedisSubscriptionEvent, at now: Date) {
+            if case .message(let message) = event {
+                if let since = self.droppingSince {
+                    guard self.backlog.isHalfEmpty else { return }
+                    self.continuation.yield(.gap(from: since, to: now))
+                    self.droppingSince = nil
+                }
+                if self.backlog.admit(message.payload.readableBytes) {
+                    self.continuation.yield(event)
+                } else {
+                    self.droppingSince = now
+                }
+            } else {
+                // A gap of the subscriber's own: one for the dropped messages comes first, in order.
+                if let since = self.droppingSince.take() { self.continuation.yield(.gap(from: since, to: now)) }
+                self.continuation.yield(event)
+            }
+        }
+    }
+
     private struct State {
         var machine: SubscriberStateMachine
         var phase = Phase.notStarted
-        var continuations: [UInt64: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation] = [:]
+        var continuations: [UInt64: Sink] = [:]
         var slots: [Int: Slot] = [:]
         var nextSlot = 0
         /// Callers waiting for their subscribe to be performed.
@@ -68,15 +97,21 @@ final class SubscriberHub: Sendable {
 
     /// Subscribes to `names` and returns once the server confirmed them (or they were already
     /// subscribed for another subscription), at most `timeout` later.
-    func subscribe(_ kind: Kind, _ names: [String], timeout: Duration) async throws -> RedisClientSubscription {
+    func subscribe(
+        _ kind: Kind,
+        _ names: [String],
+        timeout: Duration,
+        limits: RedisSubscriptionBufferLimits
+    ) async throws -> RedisClientSubscription {
         precondition(!names.isEmpty, "a subscription needs at least one channel or pattern")
         try Task.checkCancellation()
         let id = Self.subscriptionIDs.add(1, ordering: .relaxed).newValue
         let (stream, continuation) = AsyncThrowingStream<RedisSubscriptionEvent, any Error>.makeStream()
         let completion = Completion()
+        let backlog = SubscriptionBacklog(limits: limits)
         let accepted = self.state.withLock { state -> Bool in
             guard state.phase != .shutDown else { return false }
-            state.continuations[id] = continuation
+            state.continuations[id] = Sink(continuation: continuation, backlog: backlog)
             state.waiting[id] = completion
             return true
         }
@@ -90,7 +125,7 @@ final class SubscriberHub: Sendable {
             continuation.finish()
             throw error
         }
-        return RedisClientSubscription(stream: stream)
+        return RedisClientSubscription(stream: stream, backlog: backlog)
     }
 
     // MARK: Running
@@ -134,7 +169,7 @@ final class SubscriberHub: Sendable {
             return (Array(state.continuations.values), Array(state.slots.values), Array(state.waiting.values), state.handover)
         }
         for slot in slots { await slot.connection.close() }
-        for continuation in continuations { continuation.finish(throwing: Self.shutdownError) }
+        for sink in continuations { sink.continuation.finish(throwing: Self.shutdownError) }
         for completion in waiting { completion.resume(.failure(Self.shutdownError)) }
         handover?.resume(.failure(Self.shutdownError))
     }
@@ -332,7 +367,13 @@ final class SubscriberHub: Sendable {
         let (wanted, marker, markerRefused) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel, $0.markerRefused) }
         for kind in Kind.allCases {
             guard let names = wanted[kind], !names.isEmpty else { continue }
-            try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
+            do {
+                try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                // The ACL changed under the subscriptions: not transient, so retrying would never end. The
+                // server refuses the whole command; one name at a time tells which are refused.
+                try await self.subscribeEach(kind, names, on: connection, timeout: timeout, client: client)
+            }
         }
         guard !markerRefused else { return }
         do {
@@ -345,9 +386,35 @@ final class SubscriberHub: Sendable {
         }
     }
 
-    /// A replacement without the marker channel: the successor subscribes, the predecessor closes, and
-    /// the successor's messages follow a gap (they may repeat some of the predecessor's).
+    /// Subscribes `names` one by one; the subscriptions using a name the server refuses (`NOPERM`) end
+    /// with its error, and what only they used is unsubscribed again.
+    private func subscribeEach(_ kind: Kind, _ names: [String], on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
+        var unused: [Kind: [String]] = [:]
+        for name in names {
+            do {
+                try await connection.sendSubscriptionCommand(kind.subscribeCommand, [name], timeout: timeout)
+            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+                client.logger.debug("subscription refused by the server", metadata: [LoggingKeys.error: "\(error)"])
+                let ended = self.state.withLock { state in
+                    state.machine.subscriptions(using: kind, name).map { id in
+                        for (kind, names) in state.machine.unsubscribe(id) { unused[kind, default: []] += names }
+                        return state.continuations.removeValue(forKey: id)
+                    }
+                }
+                for sink in ended { sink?.continuation.finish(throwing: error) }
+            }
+        }
+        for (kind, names) in unused {
+            // The refused names were never subscribed; the others of the ended subscriptions may be.
+            try? await connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: timeout)
+        }
+    }
+
+    /// A replacement without the marker channel: the successor subscribes and drops what it receives; the
+    /// predecessor delivers up to the reply to a `PING`, the successor from the reply to a `PING` sent
+    /// after that, and a gap covers what was published in between (nothing is delivered twice).
     private func handoverWithoutMarker(from predecessor: Int, client: RedisClient) async -> Bool {
+        let timeout = client.configuration.commandTimeout
         let connection: RedisConnection
         let version: String
         do {
@@ -355,19 +422,29 @@ final class SubscriberHub: Sendable {
         } catch {
             return false
         }
-        let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
+        let id = self.adopt(connection, version: version) { machine, id in machine.markerlessReplacementStarted(id) }
         await connection.installPushReceiver(Receiver(hub: self, connection: id))
         do {
-            try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
+            try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
         } catch {
             self.forget(id)
             await connection.close()
             return false
         }
-        let old = self.state.withLock { $0.slots.removeValue(forKey: predecessor)?.connection }
-        self.apply { $0.connectionLost(predecessor, at: Date()) }
-        await old?.close()
-        self.apply { $0.resumeConfirmed(id, at: Date()) }
+        if let old = self.state.withLock({ $0.slots[predecessor]?.connection }) {
+            let start = Date()
+            try? await old.ping(timeout: timeout) { self.apply { $0.connectionRetired(predecessor, at: start) } }
+            // No reply (the predecessor was lost, or is silent): it stops here, the gap still from `start`.
+            self.apply { $0.connectionRetired(predecessor, at: start) }
+        }
+        do {
+            try await connection.ping(timeout: timeout) { self.apply { $0.resumeConfirmed(id, at: Date()) } }
+        } catch {
+            // Its loss starts a reconnect, whose replacement signals the gap.
+            self.connectionClosed(id)
+            await connection.close()
+            return false
+        }
         client.emit(
             RedisRotationEvent(
                 kind: .connectionReplaced,
@@ -409,13 +486,14 @@ final class SubscriberHub: Sendable {
         let (action, closing, handover) = self.state.withLock { state -> (SubscriberStateMachine.Action, [RedisConnection], Completion?) in
             guard state.phase == .running else { return (.init(), [], nil) }
             let action = event(&state.machine)
+            let now = Date()
             for delivery in action.deliveries {
                 let element: RedisSubscriptionEvent
                 switch delivery.element {
                 case .message(let message): element = .message(message)
                 case .gap(let from, let to): element = .gap(from: from, to: to)
                 }
-                state.continuations[delivery.subscription]?.yield(element)
+                state.continuations[delivery.subscription]?.yield(element, at: now)
             }
             let closing = action.close.compactMap { state.slots.removeValue(forKey: $0)?.connection }
             let handover = (action.handoverCompleted || action.handoverAbandoned) ? state.handover.take() : nil
@@ -432,7 +510,7 @@ final class SubscriberHub: Sendable {
     }
 
     fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
-        self.apply { $0.pushReceived(push, on: connection) }
+        self.apply { $0.pushReceived(push, on: connection, at: Date()) }
     }
 
     fileprivate func connectionClosed(_ connection: Int) {
@@ -455,6 +533,9 @@ private final class Receiver: PubSubPushReceiver, Sendable {
     func received(_ push: PubSubStateMachine.Push) {
         self.hub.pushReceived(push, on: self.connection)
     }
+
+    /// Only the hub's own unsubscribes run on its connections: of names no subscription uses.
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String) {}
 
     func connectionClosed(_ error: RedisError) {
         self.hub.connectionClosed(self.connection)

@@ -22,16 +22,30 @@ import Foundation
 /// To keep the order, O's messages after its marker and N's after its marker wait in buffers until both
 /// markers are in; then O's buffer is discarded, N's delivered, and O closed. If N fails before that,
 /// O's buffer is delivered and O stays. If O fails after its marker, N takes over at its marker with
-/// nothing missed; if O fails before its marker, N takes over at once and a gap is signalled from O's
-/// loss to then.
+/// nothing missed. If O fails before its marker, N still delivers only after its own marker (what it
+/// received before the marker may have been delivered by O already), and a gap from O's loss to N's
+/// marker comes first: what O did not deliver before it died was published before that marker (as with
+/// any kill, some of it may have been published shortly before the loss was noticed). If N fails after
+/// O was lost, the replacement after the loss signals the gap instead.
+///
+/// **Without the marker channel** (the user's ACL refuses it) the successor N subscribes and drops what
+/// it receives; O delivers until the reply to a `PING` on it (``connectionRetired(_:at:)``: everything
+/// published before the server ran that `PING` was delivered by O), then N delivers after the reply to a
+/// `PING` sent on it after that (``resumeConfirmed(_:at:)``: everything published after the server ran
+/// it reaches N). What was published between the two `PING`s is dropped and covered by a gap from the
+/// first `PING` to the second reply: nothing twice, and every possible loss inside a signalled gap.
 ///
 /// **Gaps.** When the only connection is lost, nothing receives messages until a new one has confirmed
 /// its subscriptions: every subscription then gets one `gap(from: loss, to: confirmation)` before the
 /// new connection's first message.
 ///
-/// States per connection: `active` (delivers; can move to: retiring, lost), `retiring` (O during a
-/// handover; can move to: active, closed, lost), `joining` (N; can move to: active, closed), `resuming`
-/// (a replacement after a loss, until its confirmations; can move to: active, lost).
+/// States per connection: `active` (delivers; can move to: retiring, retired, lost), `retiring` (O during
+/// a handover; can move to: active, closed, lost), `joining` (N; can move to: active, closed), `resuming`
+/// (a replacement after a loss, or a marker-less successor, until its confirmations; can move to: active,
+/// lost).
+///
+/// `lostAt` (the start of the next gap) is set only when no connection delivers any more: losing a
+/// successor that never delivered, while another connection still does, loses nothing.
 struct SubscriberStateMachine {
     typealias SubscriptionID = UInt64
     typealias ConnectionID = Int
@@ -50,9 +64,22 @@ struct SubscriberStateMachine {
 
     private enum Role {
         case active
-        case retiring(token: String, sawMarker: Bool, buffer: [Push])
-        case joining(token: String, sawMarker: Bool, buffer: [Push], predecessorDone: Bool)
-        case resuming(buffer: [Push])
+        /// `markerAt`: when its marker arrived (what it holds back after it is lost if the successor fails too).
+        case retiring(token: String, markerAt: Date?, buffer: [Push])
+        case joining(token: String, sawMarker: Bool, buffer: [Push], predecessor: Predecessor)
+        /// `discarding`: a marker-less successor, which drops what it receives until it is confirmed.
+        case resuming(buffer: [Push], discarding: Bool)
+    }
+
+    /// What became of a joining successor's predecessor.
+    private enum Predecessor {
+        /// It still delivers, up to its marker.
+        case running
+        /// It was lost after its marker: it delivered everything before the marker.
+        case lostAfterMarker
+        /// It was lost before its marker: what it had not delivered is missing, and the successor's
+        /// messages before its marker may repeat what it had.
+        case lostBeforeMarker
     }
 
     /// The channel every subscriber connection listens to for handover markers; never a user's.
@@ -98,6 +125,11 @@ struct SubscriberStateMachine {
 
     var hasSubscriptions: Bool { !self.subscriptions.isEmpty }
 
+    /// The subscriptions that listen to `name`, in subscription order.
+    func subscriptions(using kind: Kind, _ name: String) -> [SubscriptionID] {
+        (self.listeners[Key(kind: kind, name: name)] ?? []).sorted()
+    }
+
     /// The connection that delivers now, if any (not during a handover's switch, by construction).
     var deliveringConnection: ConnectionID? {
         self.roles.first { if case .active = $0.value { return true } else { return false } }?.key
@@ -140,19 +172,29 @@ struct SubscriberStateMachine {
     /// A replacement connection for a lost one (or the first connection) was opened; it buffers until
     /// its subscriptions are confirmed.
     mutating func resumeStarted(_ connection: ConnectionID) {
-        self.roles[connection] = .resuming(buffer: [])
+        self.roles[connection] = .resuming(buffer: [], discarding: false)
+    }
+
+    /// A successor for a replacement without the marker channel was opened: it drops what it receives
+    /// until ``resumeConfirmed(_:at:)`` (the reply to a `PING` sent after the predecessor was retired).
+    mutating func markerlessReplacementStarted(_ connection: ConnectionID) {
+        self.roles[connection] = .resuming(buffer: [], discarding: true)
+    }
+
+    /// The delivering connection stops delivering at this point of its stream (the reply to a `PING`, in
+    /// a replacement without the marker channel) and is closed; a gap from `date` will precede the
+    /// successor's messages.
+    mutating func connectionRetired(_ connection: ConnectionID, at date: Date) -> Action {
+        guard case .active = self.roles[connection] else { return Action() }
+        self.roles[connection] = nil
+        if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
+        return Action(close: [connection], reconnect: self.hasSubscriptions && self.roles.isEmpty)
     }
 
     /// The replacement's subscriptions are confirmed: a gap when one was lost, then what it buffered.
     mutating func resumeConfirmed(_ connection: ConnectionID, at date: Date) -> Action {
-        guard case .resuming(let buffer) = self.roles[connection] else { return Action() }
-        var action = Action()
-        if let lostAt = self.lostAt {
-            for id in self.subscriptions.keys.sorted() {
-                action.deliveries.append(Delivery(subscription: id, element: .gap(from: lostAt, to: date)))
-            }
-        }
-        self.lostAt = nil
+        guard case .resuming(let buffer, _) = self.roles[connection] else { return Action() }
+        var action = Action(deliveries: self.gapDeliveries(to: date))
         self.roles[connection] = .active
         for push in buffer { action.deliveries += self.route(push) }
         return action
@@ -162,8 +204,8 @@ struct SubscriberStateMachine {
     /// carries `token`. Returns `false` (and changes nothing) when no connection delivers.
     mutating func handoverStarted(to successor: ConnectionID, token: String) -> Bool {
         guard let predecessor = self.deliveringConnection else { return false }
-        self.roles[predecessor] = .retiring(token: token, sawMarker: false, buffer: [])
-        self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessorDone: false)
+        self.roles[predecessor] = .retiring(token: token, markerAt: nil, buffer: [])
+        self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .running)
         return true
     }
 
@@ -176,7 +218,7 @@ struct SubscriberStateMachine {
         guard let (predecessor, role) = self.roles.first(where: { if case .retiring = $0.value { return true } else { return false } }),
             case .retiring(_, _, let buffer) = role
         else {
-            // The predecessor is gone too: nothing delivers.
+            // The predecessor is gone too (its loss set `lostAt`): nothing delivers.
             action.reconnect = self.hasSubscriptions
             return action
         }
@@ -185,37 +227,38 @@ struct SubscriberStateMachine {
         return action
     }
 
-    /// A connection received `push`.
-    mutating func pushReceived(_ push: Push, on connection: ConnectionID) -> Action {
+    /// A connection received `push` at `date`.
+    mutating func pushReceived(_ push: Push, on connection: ConnectionID, at date: Date) -> Action {
         guard let role = self.roles[connection] else { return Action() }
         let marker = self.marker(in: push)
         switch role {
         case .active:
             return marker == nil ? Action(deliveries: self.route(push)) : Action()
-        case .resuming(var buffer):
+        case .resuming(var buffer, let discarding):
+            guard !discarding else { return Action() }
             if marker == nil { buffer.append(push) }
-            self.roles[connection] = .resuming(buffer: buffer)
+            self.roles[connection] = .resuming(buffer: buffer, discarding: false)
             return Action()
-        case .retiring(let token, let sawMarker, var buffer):
-            if sawMarker {
+        case .retiring(let token, let markerAt, var buffer):
+            if markerAt != nil {
                 if marker == nil { buffer.append(push) }
-                self.roles[connection] = .retiring(token: token, sawMarker: true, buffer: buffer)
+                self.roles[connection] = .retiring(token: token, markerAt: markerAt, buffer: buffer)
                 return Action()
             }
             if marker == token {
-                self.roles[connection] = .retiring(token: token, sawMarker: true, buffer: [])
-                return self.switchIfReady()
+                self.roles[connection] = .retiring(token: token, markerAt: date, buffer: [])
+                return self.switchIfReady(at: date)
             }
             return marker == nil ? Action(deliveries: self.route(push)) : Action()
-        case .joining(let token, let sawMarker, var buffer, let predecessorDone):
+        case .joining(let token, let sawMarker, var buffer, let predecessor):
             if sawMarker {
                 if marker == nil { buffer.append(push) }
-                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: buffer, predecessorDone: predecessorDone)
+                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: buffer, predecessor: predecessor)
                 return Action()
             }
             if marker == token {
-                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: [], predecessorDone: predecessorDone)
-                return self.switchIfReady()
+                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: [], predecessor: predecessor)
+                return self.switchIfReady(at: date)
             }
             // Before its marker, everything the successor receives reached the predecessor too.
             return Action()
@@ -227,70 +270,89 @@ struct SubscriberStateMachine {
         guard let role = self.roles.removeValue(forKey: connection) else { return Action() }
         switch role {
         case .active, .resuming:
-            if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
+            // A successor that never delivered, lost while another connection delivers, misses nothing.
+            let othersDeliver = self.roles.values.contains { if case .resuming = $0 { return false } else { return true } }
+            if !othersDeliver && self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
             return Action(reconnect: self.hasSubscriptions && self.deliveringConnection == nil)
         case .joining:
             self.roles[connection] = role
             var action = self.handoverAbandoned(connection)
             action.close = []
             return action
-        case .retiring(_, let sawMarker, _):
+        case .retiring(_, let markerAt, _):
             guard let (successor, successorRole) = self.roles.first(where: { if case .joining = $0.value { return true } else { return false } }),
                 case .joining(let token, let successorSawMarker, let buffer, _) = successorRole
             else {
                 if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
                 return Action(reconnect: self.hasSubscriptions)
             }
-            if sawMarker {
-                // Everything up to the marker was delivered: the successor takes over at its marker.
-                self.roles[successor] = .joining(token: token, sawMarker: successorSawMarker, buffer: buffer, predecessorDone: true)
+            if let markerAt {
+                // Everything up to the marker was delivered: the successor takes over at its marker. Should
+                // the successor fail before it, what came after the marker is missing from then on.
+                self.roles[successor] = .joining(token: token, sawMarker: successorSawMarker, buffer: buffer, predecessor: .lostAfterMarker)
+                if self.lostAt == nil && self.hasSubscriptions { self.lostAt = markerAt }
                 return Action()
             }
-            // Lost before its marker: what was published between the loss and now may be missing.
+            if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
+            guard successorSawMarker else {
+                // Lost before its marker: the successor's messages before its own marker may repeat what
+                // the predecessor delivered, so it still waits for its marker, which ends the gap.
+                self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .lostBeforeMarker)
+                return Action()
+            }
+            // The successor is past its marker: after a gap, it delivers what it held back.
             self.roles[successor] = .active
             var action = Action(handoverCompleted: true)
-            for id in self.subscriptions.keys.sorted() {
-                action.deliveries.append(Delivery(subscription: id, element: .gap(from: date, to: date)))
-            }
-            if successorSawMarker {
-                for push in buffer { action.deliveries += self.route(push) }
-            }
+            action.deliveries = self.gapDeliveries(to: date)
+            for push in buffer { action.deliveries += self.route(push) }
             return action
         }
     }
 
-    /// Both markers are in (or the predecessor finished at its own): the successor delivers its buffer
-    /// and then alone; the predecessor is closed.
-    private mutating func switchIfReady() -> Action {
+    /// Both markers are in (or the predecessor was lost): the successor delivers its buffer and then
+    /// alone, after a gap ending at `date` when the predecessor was lost before its marker; the
+    /// predecessor is closed.
+    private mutating func switchIfReady(at date: Date) -> Action {
         var predecessor: ConnectionID?
         var predecessorReady = false
         var successor: ConnectionID?
         var successorBuffer: [Push] = []
         var successorReady = false
-        var predecessorDone = false
+        var predecessorEnd = Predecessor.running
         for (connection, role) in self.roles {
             switch role {
-            case .retiring(_, let sawMarker, _):
+            case .retiring(_, let markerAt, _):
                 predecessor = connection
-                predecessorReady = sawMarker
-            case .joining(_, let sawMarker, let buffer, let done):
+                predecessorReady = markerAt != nil
+            case .joining(_, let sawMarker, let buffer, let end):
                 successor = connection
                 successorReady = sawMarker
                 successorBuffer = buffer
-                predecessorDone = done
+                predecessorEnd = end
             default:
                 break
             }
         }
-        guard let successor, successorReady, predecessorReady || predecessorDone else { return Action() }
+        guard let successor, successorReady, predecessorReady || predecessorEnd != .running else { return Action() }
         var action = Action(handoverCompleted: true)
         if let predecessor {
             self.roles[predecessor] = nil
             action.close = [predecessor]
         }
         self.roles[successor] = .active
+        switch predecessorEnd {
+        case .running: break
+        case .lostAfterMarker: self.lostAt = nil
+        case .lostBeforeMarker: action.deliveries = self.gapDeliveries(to: date)
+        }
         for push in successorBuffer { action.deliveries += self.route(push) }
         return action
+    }
+
+    /// One gap from `lostAt` to `date` for every subscription; the loss is then accounted for.
+    private mutating func gapDeliveries(to date: Date) -> [Delivery] {
+        guard let lostAt = self.lostAt.take() else { return [] }
+        return self.subscriptions.keys.sorted().map { Delivery(subscription: $0, element: .gap(from: lostAt, to: date)) }
     }
 
     /// The marker token `push` carries, if it is a marker.
