@@ -51,6 +51,28 @@ struct GeneratedCommandIntegrationTests {
         }
     }
 
+    @Test("JSON values: set(_:json:) and get(_:json:); a value of another shape is unexpectedReply naming the field, not the value")
+    func jsonValues() async throws {
+        struct User: Codable, Equatable {
+            var name: String
+            var visits: Int
+        }
+        struct Other: Codable {
+            var name: Int
+        }
+        try await withOneConnectionClient { (_, client) async throws in
+            let key = uniqueKey("json")
+            let user = User(name: "ada-secret-name", visits: 3)
+            #expect(try await client.set(key, json: user, expiration: .seconds(60)))
+            #expect(try await client.get(key, json: User.self) == user)
+            #expect(try await client.get(uniqueKey("none"), json: User.self) == nil)
+            let error = await #expect(throws: RedisError.self) { try await client.get(key, json: Other.self) }
+            #expect(error?.code == .unexpectedReply)
+            #expect(error?.message.contains(".name") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("ada-secret-name") == false)
+        }
+    }
+
     @Test("hashes")
     func hashCommands() async throws {
         try await withOneConnectionClient { (_, client) async throws in
