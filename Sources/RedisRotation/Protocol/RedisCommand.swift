@@ -41,6 +41,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     let isReadOnly: Bool
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
+    /// The arguments after the name, kept for routing by key (Redis Cluster); empty for a sensitive
+    /// command, whose arguments may be credentials (none of those has keys).
+    let routingArguments: [RedisArgument]
     /// How long a blocking command may wait on the server, from its own timeout argument; `nil` for
     /// commands that do not block (or whose timeout is not a number: the server refuses those).
     let blockDuration: BlockDuration?
@@ -72,6 +75,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
         self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
+        self.routingArguments = self.isSensitive ? [] : arguments
         self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount)) ?? Self.unsupported(name: self.name, arguments: arguments)
