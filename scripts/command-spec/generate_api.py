@@ -68,6 +68,10 @@ SESSION = {
 # `lrange(_:from:to:)`, ...) sits next to its generated, specification-shaped twin.
 HANDWRITTEN = {"PING", "GET", "INCR", "TTL", "HGET", "HGETALL", "RPOP"}
 
+# Method names that would read as something else on a client: `client.shutdown()` must never stop the
+# server for someone who meant to stop the client.
+METHOD_RENAMES = {"SHUTDOWN": "shutdownServer"}
+
 # Arguments whose specification type cannot express what the server accepts: score bounds may be
 # exclusive or infinite (`(1.5`, `-inf`), which a Double cannot say; WEIGHTS are floats although 7.0's
 # COMMAND DOCS calls them integers.
@@ -402,7 +406,7 @@ class Command:
         parts = full_name.split(" ")
         self.struct_name = parts[-1].replace("-", "_")
         self.path = "RedisCommands." + ".".join(p.replace("-", "_") for p in parts)
-        self.method = camel(parts[0]) + "".join(p[:1].upper() + p[1:].lower() for p in re.split(r"[^A-Za-z0-9]+", " ".join(parts[1:])) if p)
+        self.method = METHOD_RENAMES.get(full_name) or camel(parts[0]) + "".join(p[:1].upper() + p[1:].lower() for p in re.split(r"[^A-Za-z0-9]+", " ".join(parts[1:])) if p)
         scope = {self.struct_name}
         specs = [dict(spec) for spec in docs.get("arguments", [])]
         for spec in specs:

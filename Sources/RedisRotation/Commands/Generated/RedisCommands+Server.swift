@@ -2178,7 +2178,7 @@ extension RedisCommandExecutor {
     /// Complexity: O(N) when saving, where N is the total number of keys in all databases when saving data, otherwise O(1)
     /// Since: Redis 1.0.0.
     @discardableResult
-    public func shutdown(nosaveSave: RedisCommands.SHUTDOWN.NosaveSave? = nil, now: Bool = false, force: Bool = false, abort: Bool = false) async throws -> RESPValue {
+    public func shutdownServer(nosaveSave: RedisCommands.SHUTDOWN.NosaveSave? = nil, now: Bool = false, force: Bool = false, abort: Bool = false) async throws -> RESPValue {
         try await self.execute(RedisCommands.SHUTDOWN(nosaveSave: nosaveSave, now: now, force: force, abort: abort))
     }
 
@@ -2765,7 +2765,7 @@ extension RedisCommandQueue {
     /// Complexity: O(N) when saving, where N is the total number of keys in all databases when saving data, otherwise O(1)
     /// Since: Redis 1.0.0.
     @discardableResult
-    public mutating func shutdown(nosaveSave: RedisCommands.SHUTDOWN.NosaveSave? = nil, now: Bool = false, force: Bool = false, abort: Bool = false) -> RedisQueued<RESPValue> {
+    public mutating func shutdownServer(nosaveSave: RedisCommands.SHUTDOWN.NosaveSave? = nil, now: Bool = false, force: Bool = false, abort: Bool = false) -> RedisQueued<RESPValue> {
         self.queue(RedisCommands.SHUTDOWN(nosaveSave: nosaveSave, now: now, force: force, abort: abort))
     }
 

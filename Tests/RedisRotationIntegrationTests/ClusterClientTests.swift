@@ -1,0 +1,126 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// RedisClusterClient against a real 3 + 3 cluster on loopback.
+@Suite("Cluster client", .timeLimit(.minutes(3)))
+struct ClusterClientTests {
+    func withClusterClient(
+        _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
+    ) async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: RedisClientConfiguration(
+                        host: "127.0.0.1",
+                        port: 0,
+                        name: "cluster-test",
+                        pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: .seconds(10))
+                    )
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                try await body(cluster, client, password)
+                group.cancelAll()
+            }
+        }
+    }
+
+    @Test("commands go to the primary of their keys' slot; keys across slots are refused; keyless commands run anywhere")
+    func routing() async throws {
+        try await self.withClusterClient { cluster, client, password in
+            for index in 0..<200 {
+                try await client.set(RedisKey("route:\(index)"), to: .integer(index))
+            }
+            for index in 0..<200 {
+                #expect(try await client.get(RedisKey("route:\(index)"), as: Int.self) == index)
+            }
+            // Each key is on the node that serves its slot, not only reachable through redirections.
+            let slot = RedisClusterSlot.slot(for: RedisKey("route:7"))
+            let owner = try await cluster.primary(forSlot: slot)
+            let direct = try await RedisConnection.connect(configuration: owner.connectionConfiguration(username: "alice", password: password))
+            #expect(try await direct.get("route:7", as: Int.self) == 7)
+            await direct.close()
+
+            try await client.mset(keyValues: [.init(key: "{user:1}:a", value: "1"), .init(key: "{user:1}:b", value: "2")])
+            #expect(try await client.mget(["{user:1}:a", "{user:1}:b"]).count == 2)
+            let crossSlot = await #expect(throws: RedisError.self) {
+                try await client.mset(keyValues: [.init(key: "a", value: "1"), .init(key: "b", value: "2")])
+            }
+            #expect(crossSlot?.code == .invalidArgument)
+            #expect(try await client.ping() == "PONG")
+            #expect(client.topology?.coversAllSlots == true)
+        }
+    }
+
+    @Test("100 slots migrated and a replica promoted mid-traffic: no idempotent command fails, every acknowledged write is on a primary")
+    func migrationAndFailoverUnderTraffic() async throws {
+        try await self.withClusterClient { cluster, client, password in
+            let stop = StopFlag()
+            let acknowledged = Locked<Set<String>>([])
+            let failures = Locked<[String]>([])
+            let traffic = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for task in 0..<8 {
+                        group.addTask {
+                            var index = 0
+                            while !stop.isStopped && index < 200_000 {
+                                index += 1
+                                let key = "mt:\(task):\(index)"
+                                do {
+                                    try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
+                                    acknowledged.withLock { _ = $0.insert(key) }
+                                    _ = try await client.get(RedisKey("mt:\(task):\(max(1, index - 1))"))
+                                    stop.recordSuccess()
+                                } catch {
+                                    failures.withLock { $0.append("\(key): \(error)") }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            await stop.waitForProgress(200, "before the migration")
+            let topology = try await cluster.topology()
+            let target = try await cluster.primary(forSlot: 6000)
+            // Slots 0...99 hold keys by now (mt:* hash all over the slot space).
+            try await cluster.migrate(slots: 0...99, to: target)
+            await stop.waitForProgress(200, "after the migration")
+            let shard = try #require(topology.shard(forSlot: 12000))
+            let replicaID = try #require(shard.replicas.first?.id)
+            let replica = try #require(cluster.node(id: replicaID))
+            try await cluster.failover(to: replica)
+            await stop.waitForProgress(200, "after the failover")
+            stop.stop()
+            await traffic.value
+
+            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { Array($0.prefix(5)) })")
+            // The migration and the failover were seen as redirections, not hidden by a lucky refresh.
+            #expect(client.redirectionsFollowed.moved > 0, "\(client.redirectionsFollowed)")
+            // Every acknowledged key is on the primary that serves its slot now.
+            var counted = 0
+            for shard in try await cluster.topology().shards {
+                let primaryID = try #require(shard.primary?.id)
+                let primary = try #require(cluster.node(id: primaryID))
+                let connection = try await RedisConnection.connect(configuration: primary.connectionConfiguration(username: "alice", password: password))
+                counted += try await connection.dbsize()
+                await connection.close()
+            }
+            #expect(counted == acknowledged.withLock { $0.count })
+        }
+    }
+}
+
+/// A value shared by concurrent tasks.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { self.mutex = Mutex(value) }
+    func withLock<Result>(_ body: (inout Value) -> Result) -> Result { self.mutex.withLock { body(&$0) } }
+}
