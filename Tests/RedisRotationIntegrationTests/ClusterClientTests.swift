@@ -9,10 +9,13 @@ import Testing
 @Suite("Cluster client", .timeLimit(.minutes(3)))
 struct ClusterClientTests {
     func withClusterClient(
+        passwordFile: Bool = false,
         _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
     ) async throws {
         let password = makePassword()
         try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: file)
             let client = try RedisClusterClient(
                 configuration: RedisClusterConfiguration(
                     seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
@@ -23,7 +26,9 @@ struct ClusterClientTests {
                         pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: .seconds(10))
                     )
                 ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+                credentials: passwordFile
+                    ? .file(file, username: "alice", pollInterval: .milliseconds(200))
+                    : .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
             )
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
@@ -114,6 +119,85 @@ struct ClusterClientTests {
                 await connection.close()
             }
             #expect(counted == acknowledged.withLock { $0.count })
+        }
+    }
+}
+
+extension ClusterClientTests {
+    @Test("the password rotated on every node, the user's connections killed on every node, a failover, all mid-traffic: no failed command, nothing lost")
+    func rotationAcrossTheCluster() async throws {
+        try await self.withClusterClient(passwordFile: true) { cluster, client, password in
+            let stop = StopFlag()
+            let acknowledged = Locked<Set<String>>([])
+            let failures = Locked<[String]>([])
+            let traffic = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for task in 0..<8 {
+                        group.addTask {
+                            var index = 0
+                            while !stop.isStopped && index < 200_000 {
+                                index += 1
+                                let key = "rot:\(task):\(index)"
+                                do {
+                                    try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
+                                    acknowledged.withLock { _ = $0.insert(key) }
+                                    stop.recordSuccess()
+                                } catch {
+                                    failures.withLock { $0.append("\(key): \(error)") }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            await stop.waitForProgress(200, "before the rotation")
+            // Per node, as in open-source Redis where ACLs do not propagate: add the new password
+            // everywhere, publish it, wait until every pool moved, then remove the old one everywhere.
+            let new = makePassword()
+            for node in cluster.nodes {
+                try await node.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+            }
+            let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+            await eventually("every node's pool is on v2") {
+                let versions = client.connectionsByCredentialVersion.values
+                return !versions.isEmpty && versions.allSatisfy { $0.keys.allSatisfy { $0 == "v2" } && !$0.isEmpty }
+            }
+            for node in cluster.nodes {
+                try await node.admin("ACL", "SETUSER", "alice", .string("<\(text(of: password))"))
+            }
+            await stop.waitForProgress(200, "after the rotation")
+            for node in cluster.nodes {
+                _ = try await node.admin("CLIENT", "KILL", "USER", "alice")
+            }
+            await stop.waitForProgress(200, "after the kills")
+            let topology = try await cluster.topology()
+            let replicaID = try #require(topology.shard(forSlot: 100)?.replicas.first?.id)
+            let replica = try #require(cluster.node(id: replicaID))
+            try await cluster.failover(to: replica)
+            await stop.waitForProgress(200, "after the failover")
+            stop.stop()
+            await traffic.value
+
+            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { Array($0.prefix(5)) })")
+            var counted = 0
+            for shard in try await cluster.topology().shards {
+                let primaryID = try #require(shard.primary?.id)
+                let primary = try #require(cluster.node(id: primaryID))
+                let connection = try await RedisConnection.connect(configuration: primary.connectionConfiguration(username: "alice", password: new))
+                counted += try await connection.dbsize()
+                await connection.close()
+            }
+            #expect(counted == acknowledged.withLock { $0.count })
+            // Every node has exactly the new password.
+            for node in cluster.nodes {
+                let admin = try await node.adminConnection()
+                let user = try await admin.send(RedisCommand("ACL", "GETUSER", "alice"))
+                await admin.close()
+                let fields = user.array ?? []
+                let index = try #require(fields.firstIndex { $0.string == "passwords" })
+                #expect(fields[index + 1].array?.count == 1)
+            }
         }
     }
 }
