@@ -55,13 +55,26 @@ public struct RedisClusterConfiguration: Sendable {
 /// Like ``RedisClient`` it is a `Service`: it works only while ``run()`` runs. Each node's pool runs the
 /// same rotation machinery as a single-node client (probing, promotion and re-authentication per node,
 /// since ACLs are per node and differ while a rotation moves through the cluster).
+///
+/// Commands about the whole keyspace (`DBSIZE`, `KEYS`, `SCAN`, `RANDOMKEY`, `FLUSHALL`, `FLUSHDB`)
+/// would answer for one node only: they are refused; ask each primary through ``primaryClients()``.
+/// Scripts and functions (`SCRIPT LOAD`, `SCRIPT FLUSH`, `FUNCTION LOAD`, ...) go to every primary.
 public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
+    typealias Endpoint = RedisClusterConfiguration.Endpoint
+
+    private struct Pool {
+        var client: RedisClient
+        var task: Task<Void, Never>?
+    }
+
     private struct State {
         var topology: RedisClusterTopology?
-        var clients: [RedisClusterConfiguration.Endpoint: RedisClient] = [:]
-        var topologyWaiters: [CheckedContinuation<RedisClusterTopology, any Error>] = []
+        var pools: [Endpoint: Pool] = [:]
+        var topologyWaiters: [Int: CheckedContinuation<RedisClusterTopology, any Error>] = [:]
+        var nextWaiter = 0
         var lastRefresh: ContinuousClock.Instant?
-        var refreshing = false
+        var lastRefreshError: String?
+        var running = false
         var shutDown = false
     }
 
@@ -72,10 +85,15 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     private let state = Mutex(State())
     private let redirections = Atomic<Int>(0)
     private let askRedirections = Atomic<Int>(0)
-    private let starts: AsyncStream<RedisClient>
-    private let startsContinuation: AsyncStream<RedisClient>.Continuation
     private let refreshRequests: AsyncStream<Void>
     private let refreshContinuation: AsyncStream<Void>.Continuation
+
+    /// Commands whose answer is about one node's keyspace only.
+    static let wholeKeyspaceCommands: Set<String> = ["DBSIZE", "KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB"]
+    /// Commands that change what every primary must hold alike (scripts and functions).
+    static let everyPrimaryCommands: Set<String> = [
+        "SCRIPT LOAD", "SCRIPT FLUSH", "FUNCTION LOAD", "FUNCTION DELETE", "FUNCTION FLUSH", "FUNCTION RESTORE",
+    ]
 
     /// Creates a cluster client. Nothing connects until ``run()`` runs.
     ///
@@ -90,37 +108,42 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         self.credentials = credentials
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
-        (self.starts, self.startsContinuation) = AsyncStream.makeStream()
         (self.refreshRequests, self.refreshContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-        // Fail fast on credentials, as RedisClient does: build the first seed's pool now.
-        _ = try self.client(for: configuration.seeds[0])
+        // Fail fast on credentials, as RedisClient does.
+        var probe = configuration.node
+        probe.host = configuration.seeds[0].host
+        probe.port = configuration.seeds[0].port
+        _ = try RedisClient(configuration: probe, credentials: credentials, eventLoopGroup: eventLoopGroup, logger: logger)
     }
 
     /// Runs the node pools and keeps the topology fresh, until cancelled or shut down gracefully.
     public func run() async throws {
+        let pending = self.state.withLock { state -> [Endpoint] in
+            precondition(!state.running && !state.shutDown, "RedisClusterClient.run() may be called once")
+            state.running = true
+            return Array(state.pools.keys)
+        }
+        for endpoint in pending { self.startPool(endpoint) }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.refreshLoop() }
-            group.addTask {
-                await self.waitForShutdownSignal()
-                self.finishShutdown()
-            }
             self.refreshContinuation.yield()
-            for await client in self.starts {
-                group.addTask { try? await client.run() }
-            }
+            await self.waitForShutdownSignal()
+            self.finishShutdown()
             group.cancelAll()
         }
+        let tasks = self.state.withLock { state in state.pools.values.compactMap(\.task) }
+        for task in tasks { await task.value }
     }
 
     private func finishShutdown() {
-        let waiters = self.state.withLock { state -> [CheckedContinuation<RedisClusterTopology, any Error>] in
+        let (waiters, tasks) = self.state.withLock { state -> ([CheckedContinuation<RedisClusterTopology, any Error>], [Task<Void, Never>]) in
             state.shutDown = true
-            defer { state.topologyWaiters = [] }
-            return state.topologyWaiters
+            defer { state.topologyWaiters = [:] }
+            return (Array(state.topologyWaiters.values), state.pools.values.compactMap(\.task))
         }
         for waiter in waiters { waiter.resume(throwing: RedisError(code: .clientShutdown, message: "the cluster client shut down")) }
+        for task in tasks { task.cancel() }
         self.refreshContinuation.finish()
-        self.startsContinuation.finish()
     }
 
     private func waitForShutdownSignal() async {
@@ -141,7 +164,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
 
     /// How many pooled connections of each node are authenticated with each credential version.
     public var connectionsByCredentialVersion: [RedisClusterConfiguration.Endpoint: [String: Int]] {
-        self.state.withLock { $0.clients }.mapValues(\.connectionsByCredentialVersion)
+        self.state.withLock { $0.pools }.mapValues(\.client.connectionsByCredentialVersion)
     }
 
     /// How many `MOVED` and `ASK` redirections commands have followed since the client was created.
@@ -149,41 +172,65 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         (self.redirections.load(ordering: .relaxed), self.askRedirections.load(ordering: .relaxed))
     }
 
+    /// The pool of every primary, for what must be asked of each node (`DBSIZE`, `SCAN`, `KEYS`).
+    ///
+    /// - Parameter timeout: How long to wait for the first topology; `nil` uses the lease timeout.
+    public func primaryClients(timeout: Duration? = nil) async throws -> [RedisClient] {
+        let topology = try await self.currentTopology(within: timeout ?? self.configuration.node.pool.leaseTimeout)
+        return try topology.shards.compactMap(\.primary).map { try self.client(for: self.endpoint(of: $0)) }
+    }
+
     // MARK: Sending
 
     /// Sends `command` to the primary that serves its keys (any primary for a keyless command),
     /// following redirections. See ``RedisClient/send(_:timeout:)`` for deadlines and retries within a
-    /// node; a command answered `MOVED` or `ASK` did not run, so it is always sent again at the target.
+    /// node; a command answered `MOVED`, `ASK` or `TRYAGAIN` did not run, so it is always sent again;
+    /// when a node cannot be reached, the command waits for the topology to name another, within its
+    /// deadline (`timeout`, else the command timeout).
     ///
-    /// - Throws: ``RedisError/Code/invalidArgument`` for keys in different slots (before anything is
-    ///   sent); the node's errors otherwise; `serverError` with `MOVED`/`ASK` after
-    ///   ``RedisClusterConfiguration/maximumRedirects`` redirections.
+    /// - Throws: ``RedisError/Code/invalidArgument`` for keys in different slots and for commands about
+    ///   the whole keyspace (before anything is sent); the node's errors otherwise; `serverError` with
+    ///   `MOVED`/`ASK` after ``RedisClusterConfiguration/maximumRedirects`` redirections.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        let specificationName = RedisCommandIdempotency.specificationName(command.name, arguments: command.routingArguments)
+        if Self.wholeKeyspaceCommands.contains(command.name) {
+            throw RedisError(
+                code: .invalidArgument,
+                message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients(); nothing was sent"
+            )
+        }
+        if Self.everyPrimaryCommands.contains(specificationName) {
+            return try await self.sendToEveryPrimary(command, timeout: timeout)
+        }
         let slot = try command.clusterSlot()
-        var redirects = 0
-        var redirect: (endpoint: RedisClusterConfiguration.Endpoint, asking: Bool)?
-        var failures = 0
         let clock = ContinuousClock()
-        let start = clock.now
+        let deadline = clock.now + (timeout ?? self.configuration.node.commandTimeout)
+        var redirects = 0
+        var redirect: (endpoint: Endpoint, asking: Bool)?
+        var failures = 0
         while true {
-            let endpoint: RedisClusterConfiguration.Endpoint
+            let endpoint: Endpoint
             if let redirect {
                 endpoint = redirect.endpoint
             } else {
-                endpoint = try await self.endpoint(forSlot: slot)
+                endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
             }
             let client = try self.client(for: endpoint)
+            // After a failure, an attempt gets only what is left of the deadline.
+            let attemptTimeout = failures == 0 ? timeout : max(deadline - clock.now, .milliseconds(1))
             do {
                 if redirect?.asking == true {
                     return try await client.withConnection { connection in
-                        let replies = try await connection.pipeline([RedisCommand("ASKING"), command], timeout: timeout)
+                        let replies = try await connection.pipeline([RedisCommand("ASKING"), command], timeout: attemptTimeout)
                         return try replies[1].get()
                     }
                 }
-                return try await client.send(command, timeout: timeout)
+                return try await client.send(command, timeout: attemptTimeout)
             } catch let error as RedisError where error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" {
                 redirects += 1
-                guard redirects <= self.configuration.maximumRedirects, let target = Self.redirectTarget(error) else { throw error }
+                guard redirects <= self.configuration.maximumRedirects, let target = Self.redirectTarget(error, askedHost: endpoint.host) else {
+                    throw error
+                }
                 if error.serverErrorPrefix == "MOVED" {
                     self.redirections.add(1, ordering: .relaxed)
                     self.requestRefresh()
@@ -192,42 +239,64 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                     self.askRedirections.add(1, ordering: .relaxed)
                     redirect = (target, true)
                 }
-            } catch let error as RedisError where Self.nodeUnreachable(error, command: command) {
-                // The node is gone (a failover, a restart): the topology decides where to go next, within
-                // the command's deadline.
+            } catch let error as RedisError where error.serverErrorPrefix == "TRYAGAIN" || Self.nodeUnreachable(error, command: command, shutDown: self.isShutDown) {
+                // A slot being migrated with keys on both sides (TRYAGAIN), or a node gone (a failover,
+                // a restart): start again from the topology after a pause, within the deadline.
                 failures += 1
-                let deadline = timeout ?? self.configuration.node.commandTimeout
-                guard failures <= self.configuration.node.maximumCommandAttempts, clock.now - start < deadline else { throw error }
+                let pause = Duration.milliseconds(min(500, 25 << min(failures, 5)))
+                guard clock.now + pause < deadline else { throw error }
                 redirect = nil
-                self.requestRefresh()
-                try await Task.sleep(for: .milliseconds(50 * failures))
+                if error.serverErrorPrefix != "TRYAGAIN" { self.requestRefresh() }
+                try await Task.sleep(for: pause)
             }
         }
     }
 
+    private var isShutDown: Bool { self.state.withLock { $0.shutDown } }
+
     /// Whether the command never reached a node that is now unreachable, or may be repeated.
-    private static func nodeUnreachable(_ error: RedisError, command: RedisCommand) -> Bool {
+    private static func nodeUnreachable(_ error: RedisError, command: RedisCommand, shutDown: Bool) -> Bool {
         switch error.code {
-        case .connectionFailed, .credentialsRejected: return true
+        case .connectionFailed, .credentialsRejected, .leaseTimeout: return true
+        case .clientShutdown: return !shutDown  // a node's pool retired after it left the cluster
         case .connectionClosed, .commandTimeout: return error.commandWasNotSent || command.isIdempotent
         default: return false
         }
     }
 
-    /// The node a `MOVED 3999 127.0.0.1:6381` or `ASK ...` reply names.
-    static func redirectTarget(_ error: RedisError) -> RedisClusterConfiguration.Endpoint? {
+    /// Sends a script or function change to every primary; the first primary's reply is returned.
+    private func sendToEveryPrimary(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+        let clients = try await self.primaryClients(timeout: timeout)
+        var first: RESPValue?
+        for client in clients {
+            let reply = try await client.send(command, timeout: timeout)
+            if first == nil { first = reply }
+        }
+        guard let first else { throw RedisError(code: .serverError, message: "the cluster has no primary", serverErrorPrefix: "CLUSTERDOWN") }
+        return first
+    }
+
+    /// The node a `MOVED 3999 127.0.0.1:6381` or `ASK ...` reply names; an empty host (the server's
+    /// `unknown-endpoint`) means the host that was asked.
+    static func redirectTarget(_ error: RedisError, askedHost: String? = nil) -> Endpoint? {
         guard let message = error.serverMessage else { return nil }
         let words = message.split(separator: " ")
-        guard let address = words.last, let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+        guard words.count >= 3, let address = words.last, let colon = address.lastIndex(of: ":"),
+            let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port)
+        else {
             return nil
         }
         var host = String(address[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty || host == "?" {
+            guard let askedHost else { return nil }
+            host = askedHost
+        }
         return .init(host: host, port: port)
     }
 
-    private func endpoint(forSlot slot: Int?) async throws -> RedisClusterConfiguration.Endpoint {
-        let topology = try await self.currentTopology()
+    private func endpoint(forSlot slot: Int?, within wait: Duration) async throws -> Endpoint {
+        let topology = try await self.currentTopology(within: wait)
         let shard = slot.map { topology.shard(forSlot: $0) } ?? topology.shards.first
         guard let primary = shard?.primary else {
             self.requestRefresh()
@@ -236,39 +305,71 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return self.endpoint(of: primary)
     }
 
-    private func endpoint(of node: RedisClusterNode) -> RedisClusterConfiguration.Endpoint {
+    private func endpoint(of node: RedisClusterNode) -> Endpoint {
         let port = self.configuration.node.tls != nil ? (node.tlsPort ?? node.port ?? 0) : (node.port ?? 0)
         return .init(host: node.endpoint, port: port)
     }
 
-    /// The pool of `endpoint`, created (and started by ``run()``) on first use.
-    private func client(for endpoint: RedisClusterConfiguration.Endpoint) throws -> RedisClient {
-        if let existing = self.state.withLock({ $0.clients[endpoint] }) { return existing }
+    /// The pool of `endpoint`, created (and run while ``run()`` runs) on first use.
+    private func client(for endpoint: Endpoint) throws -> RedisClient {
+        if let existing = self.state.withLock({ $0.pools[endpoint]?.client }) { return existing }
         var configuration = self.configuration.node
         configuration.host = endpoint.host
         configuration.port = endpoint.port
         let created = try RedisClient(configuration: configuration, credentials: self.credentials, eventLoopGroup: self.eventLoopGroup, logger: self.logger)
-        let (client, isNew) = self.state.withLock { state -> (RedisClient, Bool) in
-            if let existing = state.clients[endpoint] { return (existing, false) }
-            state.clients[endpoint] = created
-            return (created, true)
+        let (client, start) = self.state.withLock { state -> (RedisClient, Bool) in
+            if let existing = state.pools[endpoint] { return (existing.client, false) }
+            if state.shutDown { return (created, false) }
+            state.pools[endpoint] = Pool(client: created, task: nil)
+            return (created, state.running)
         }
-        if isNew { self.startsContinuation.yield(client) }
+        if start { self.startPool(endpoint) }
         return client
+    }
+
+    private func startPool(_ endpoint: Endpoint) {
+        self.state.withLock { state in
+            guard var pool = state.pools[endpoint], pool.task == nil, !state.shutDown else { return }
+            let client = pool.client
+            pool.task = Task { try? await client.run() }
+            state.pools[endpoint] = pool
+        }
     }
 
     // MARK: Topology
 
-    private func currentTopology() async throws -> RedisClusterTopology {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready = self.state.withLock { state -> Result<RedisClusterTopology, RedisError>? in
-                if let topology = state.topology { return .success(topology) }
-                if state.shutDown { return .failure(RedisError(code: .clientShutdown, message: "the cluster client shut down")) }
-                state.topologyWaiters.append(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
+    /// The topology, waiting for the first one at most `wait` (and never past cancellation).
+    private func currentTopology(within wait: Duration) async throws -> RedisClusterTopology {
+        if let topology = self.state.withLock({ $0.topology }) { return topology }
+        let id = self.state.withLock { state -> Int in
+            state.nextWaiter += 1
+            return state.nextWaiter
         }
+        let timer = Task {
+            try await Task.sleep(for: wait)
+            let reason = self.state.withLock { $0.lastRefreshError }
+            self.failWaiter(id, RedisError(code: .leaseTimeout, message: "no node gave the cluster's topology within \(wait)\(reason.map { " (last: \($0))" } ?? "")"))
+        }
+        defer { timer.cancel() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready = self.state.withLock { state -> Result<RedisClusterTopology, RedisError>? in
+                    if let topology = state.topology { return .success(topology) }
+                    if state.shutDown { return .failure(RedisError(code: .clientShutdown, message: "the cluster client shut down")) }
+                    state.topologyWaiters[id] = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(with: ready) }
+                if Task.isCancelled { self.failWaiter(id, CancellationError()) }
+            }
+        } onCancel: {
+            self.failWaiter(id, CancellationError())
+        }
+    }
+
+    private func failWaiter(_ id: Int, _ error: any Error) {
+        let waiter = self.state.withLock { $0.topologyWaiters.removeValue(forKey: id) }
+        waiter?.resume(throwing: error)
     }
 
     /// Asks for a refresh; requests while one is pending collapse into it.
@@ -296,41 +397,84 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    /// Asks the known nodes, then the seeds, for `CLUSTER SHARDS` (`CLUSTER SLOTS` on older servers),
-    /// until one answers.
+    /// Asks the known nodes and the seeds at once for `CLUSTER SHARDS` (`CLUSTER SLOTS` on older
+    /// servers); the first answer wins. Pools of endpoints that are not part of the cluster (a dead or
+    /// foreign seed) are retired.
     private func refresh() async {
-        let known = self.state.withLock { state -> [RedisClusterConfiguration.Endpoint] in
+        let known = self.state.withLock { state -> [Endpoint] in
             state.lastRefresh = ContinuousClock.now
-            return state.topology.map { $0.nodes.map(self.endpoint(of:)) } ?? []
+            return state.topology.map { $0.nodes.filter { $0.role == .primary }.map(self.endpoint(of:)) } ?? []
         }
-        var lastError: (any Error)?
-        for endpoint in known + self.configuration.seeds.filter({ !known.contains($0) }) {
-            do {
-                let client = try self.client(for: endpoint)
-                let topology: RedisClusterTopology
-                do {
-                    topology = try RedisClusterTopology.fromShards(try await client.send(RedisCommand("CLUSTER", "SHARDS"), timeout: self.configuration.node.commandTimeout))
-                } catch let error as RedisError where error.code == .serverError && error.serverErrorPrefix == "ERR" {
-                    topology = try RedisClusterTopology.fromSlots(
-                        try await client.send(RedisCommand("CLUSTER", "SLOTS"), timeout: self.configuration.node.commandTimeout),
-                        tls: self.configuration.node.tls != nil
-                    )
+        let wait = self.configuration.node.connectTimeout + self.configuration.node.commandTimeout
+        // The known primaries first; the seeds only when none of them answers (a seed that is not part
+        // of the cluster would otherwise get a pool at every refresh).
+        var found = await self.askFirst(known, timeout: wait)
+        if case .failure = found {
+            found = await self.askFirst(self.configuration.seeds.filter { !known.contains($0) }, timeout: wait)
+        }
+        switch found {
+        case .success(let topology):
+            let members = Set((topology.nodes + topology.nodesWithoutSlots).map(self.endpoint(of:)))
+            let (waiters, retired) = self.state.withLock { state -> ([CheckedContinuation<RedisClusterTopology, any Error>], [Task<Void, Never>]) in
+                state.topology = topology
+                state.lastRefreshError = nil
+                let waiters = Array(state.topologyWaiters.values)
+                state.topologyWaiters = [:]
+                var retired: [Task<Void, Never>] = []
+                for (endpoint, pool) in state.pools where !members.contains(endpoint) {
+                    state.pools[endpoint] = nil
+                    if let task = pool.task { retired.append(task) }
                 }
-                guard !topology.shards.isEmpty else { continue }
-                let waiters = self.state.withLock { state -> [CheckedContinuation<RedisClusterTopology, any Error>] in
-                    state.topology = topology
-                    defer { state.topologyWaiters = [] }
-                    return state.topologyWaiters
-                }
-                for waiter in waiters { waiter.resume(returning: topology) }
-                return
-            } catch {
-                lastError = error
+                return (waiters, retired)
             }
+            for task in retired { task.cancel() }
+            for waiter in waiters { waiter.resume(returning: topology) }
+        case .failure(let error):
+            self.state.withLock { $0.lastRefreshError = "\(error)" }
+            self.logger.warning("no node answered the topology request", metadata: ["error": "\(error)"])
+            // Try again soon: commands may be waiting or being redirected.
+            try? await Task.sleep(for: self.configuration.minimumRefreshInterval)
+            self.requestRefresh()
         }
-        self.logger.warning("no node answered the topology request", metadata: ["error": "\(lastError.map { "\($0)" } ?? "none")"])
-        // Try again soon: commands are waiting or being redirected.
-        try? await Task.sleep(for: self.configuration.minimumRefreshInterval)
-        self.requestRefresh()
+    }
+
+    /// Asks every endpoint at once; the first topology that serves slots wins.
+    private func askFirst(_ endpoints: [Endpoint], timeout: Duration) async -> Result<RedisClusterTopology, any Error> {
+        await withTaskGroup(of: Result<RedisClusterTopology, any Error>.self) { group in
+            for endpoint in endpoints {
+                group.addTask {
+                    do {
+                        return .success(try await self.askTopology(endpoint, timeout: timeout))
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+            }
+            var lastError: any Error = RedisError(code: .connectionFailed, message: "no node to ask")
+            for await result in group {
+                switch result {
+                case .success(let topology) where !topology.shards.isEmpty:
+                    group.cancelAll()
+                    return .success(topology)
+                case .success:
+                    lastError = RedisError(code: .serverError, message: "a node answered with a cluster that serves no slot", serverErrorPrefix: "CLUSTERDOWN")
+                case .failure(let error):
+                    lastError = error
+                }
+            }
+            return .failure(lastError)
+        }
+    }
+
+    private func askTopology(_ endpoint: Endpoint, timeout: Duration) async throws -> RedisClusterTopology {
+        let client = try self.client(for: endpoint)
+        do {
+            return try RedisClusterTopology.fromShards(try await client.send(RedisCommand("CLUSTER", "SHARDS"), timeout: timeout))
+        } catch let error as RedisError where error.code == .serverError && error.serverErrorPrefix == "ERR" {
+            return try RedisClusterTopology.fromSlots(
+                try await client.send(RedisCommand("CLUSTER", "SLOTS"), timeout: timeout),
+                tls: self.configuration.node.tls != nil
+            )
+        }
     }
 }

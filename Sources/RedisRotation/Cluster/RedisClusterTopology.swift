@@ -105,7 +105,7 @@ public struct RedisClusterTopology: Sendable, Hashable {
                 slots.append(start...end)
                 index += 2
             }
-            var primary: RedisClusterNode?
+            var primaries: [RedisClusterNode] = []
             var replicas: [RedisClusterNode] = []
             for nodeReply in fields["nodes"]?.array ?? [] {
                 let node = try Self.fields(nodeReply, "CLUSTER SHARDS")
@@ -121,8 +121,11 @@ public struct RedisClusterTopology: Sendable, Hashable {
                     role: role == "master" ? .primary : .replica,
                     health: node["health"]?.string
                 )
-                if parsed.role == .primary { primary = parsed } else { replicas.append(parsed) }
+                if parsed.role == .primary { primaries.append(parsed) } else { replicas.append(parsed) }
             }
+            // Since 7.2 (and in Valkey) a failed former primary stays in its shard, still flagged
+            // master, next to the replica that took over: the one that is not failed serves.
+            let primary = primaries.first { $0.health != "fail" && $0.health != "failed" } ?? primaries.first
             shards.append(RedisClusterShard(slots: slots, primary: primary, replicas: replicas))
         }
         return RedisClusterTopology(shards: shards)

@@ -11,16 +11,21 @@ extension RedisCommand {
     ///   would answer `CROSSSLOT`; use hash tags, `{user:42}:a` and `{user:42}:b`), or when the
     ///   arguments do not match the command's specification (the server would refuse it).
     func clusterSlot() throws(RedisError) -> Int? {
-        let arguments = self.routingArguments
-        let specificationName = RedisCommandIdempotency.specificationName(self.name, arguments: arguments)
-        guard let info = RedisCommandInfo.lookup(specificationName) ?? RedisCommandInfo.lookup(self.name) else {
+        if let sensitiveSlot = self.sensitiveSlot { return try sensitiveSlot.get() }
+        return try Self.clusterSlot(name: self.name, arguments: self.routingArguments)
+    }
+
+    /// The slot of the keys of command `name` (upper case) with `arguments`.
+    static func clusterSlot(name: String, arguments: [RedisArgument]) throws(RedisError) -> Int? {
+        let specificationName = RedisCommandIdempotency.specificationName(name, arguments: arguments)
+        guard let info = RedisCommandInfo.lookup(specificationName) ?? RedisCommandInfo.lookup(name) else {
             // A command the pinned specification does not know (a module's): no keys known.
             return nil
         }
         guard !info.keySpecs.isEmpty || info.name == "SORT" || info.name == "SORT_RO" || info.name == "MIGRATE" else { return nil }
         // Only what a key specification looks at is turned into text: short arguments (keywords,
         // counts). A long argument can be neither; it stays empty.
-        let argv = [self.name] + arguments.map { argument in
+        let argv = [name] + arguments.map { argument in
             argument.integerValue.map { String($0) } ?? argument.text(maximumLength: 64) ?? ""
         }
         guard let indices = info.keyIndices(in: argv) else {

@@ -42,8 +42,11 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// What the command does to its connection's session (transaction, database, name, blocking).
     let sessionEffect: SessionEffect
     /// The arguments after the name, kept for routing by key (Redis Cluster); empty for a sensitive
-    /// command, whose arguments may be credentials (none of those has keys).
+    /// command, whose arguments may be credentials: its slot is found once, here, instead.
     let routingArguments: [RedisArgument]
+    /// The slot of a sensitive command (`MIGRATE ... AUTH`, a `SET` of a secret value), found when it
+    /// was built so that its arguments need not be kept.
+    let sensitiveSlot: Result<Int?, RedisError>?
     /// How long a blocking command may wait on the server, from its own timeout argument; `nil` for
     /// commands that do not block (or whose timeout is not a number: the server refuses those).
     let blockDuration: BlockDuration?
@@ -76,6 +79,15 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
         self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
         self.routingArguments = self.isSensitive ? [] : arguments
+        if self.isSensitive {
+            do throws(RedisError) {
+                self.sensitiveSlot = .success(try Self.clusterSlot(name: self.name, arguments: arguments))
+            } catch {
+                self.sensitiveSlot = .failure(error)
+            }
+        } else {
+            self.sensitiveSlot = nil
+        }
         self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount)) ?? Self.unsupported(name: self.name, arguments: arguments)

@@ -1,0 +1,277 @@
+import Foundation
+import NIOCore
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+/// RedisClusterClient when nodes die, seeds are dead, no node answers, slots move, and commands are
+/// about the whole keyspace.
+@Suite("Cluster client: failures, discovery and keyless commands", .serialized, .timeLimit(.minutes(3)))
+struct ClusterClientFailureTests {
+    static func nodeConfiguration(leaseTimeout: Duration = .seconds(5)) -> RedisClientConfiguration {
+        RedisClientConfiguration(
+            host: "127.0.0.1",
+            port: 0,
+            name: "cluster-review",
+            pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: leaseTimeout)
+        )
+    }
+
+    /// A cluster client over `seeds` (the live cluster's first node when nil), run for the body.
+    func withClusterClient(
+        seeds: [RedisClusterConfiguration.Endpoint]? = nil,
+        _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
+    ) async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: seeds ?? [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: Self.nodeConfiguration()
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                try await body(cluster, client, password)
+                group.cancelAll()
+            }
+        }
+    }
+
+    /// Polls `condition` every 10 ms for at most `timeout`, without recording anything.
+    static func poll(timeout: Duration, _ condition: () -> Bool) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return condition()
+    }
+
+    /// One key per shard of the initial 3-primary layout (slots 0-5460, 5461-10921, 10922-16383).
+    static func keyPerShard(prefix: String) -> [String] {
+        var found: [Int: String] = [:]
+        var index = 0
+        while found.count < 3 {
+            let key = "\(prefix):\(index)"
+            let shard = min(RedisClusterSlot.slot(for: RedisKey(key)) / (RedisClusterSlot.count / 3), 2)
+            if found[shard] == nil { found[shard] = key }
+            index += 1
+        }
+        return (0..<3).map { found[$0]! }
+    }
+
+    // MARK: A primary that dies
+
+    @Test("a primary killed with SIGKILL: a read with a 20 s deadline succeeds once its replica is promoted")
+    func sigkilledPrimaryRecoveredWithinDeadline() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let key = RedisKey("crash:key")
+            try await client.set(key, to: "kept")
+            // Let replication catch up (loopback: immediate, but be generous).
+            try await Task.sleep(for: .milliseconds(500))
+            let victim = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key))
+            victim.kill()
+            let clock = ContinuousClock()
+            let start = clock.now
+            let result: Result<RESPValue, any Error>
+            do {
+                result = .success(try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(20)))
+            } catch {
+                result = .failure(error)
+            }
+            let elapsed = clock.now - start
+            // cluster-node-timeout is 2 s: the replica is promoted after about 3-4 s, well within 20 s.
+            switch result {
+            case .success(let value):
+                #expect(value.string == "kept")
+            case .failure(let error):
+                Issue.record("the read failed after \(elapsed) although its deadline was 20 s and a replica took over: \(error)")
+            }
+        }
+    }
+
+    @Test("one dead seed among several: the first command is not held beyond its deadline, and no pool is kept for the dead seed")
+    func deadSeedDoesNotStallDiscovery() async throws {
+        let deadPort = try RedisServerProcess.freeLoopbackPort()
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let dead = RedisClusterConfiguration.Endpoint(host: "127.0.0.1", port: deadPort)
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [dead, .init(host: "127.0.0.1", port: cluster.nodes[1].port)],
+                    node: Self.nodeConfiguration()
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                let clock = ContinuousClock()
+                let start = clock.now
+                let reply = try? await client.send(RedisCommand("PING"), timeout: .seconds(2))
+                let elapsed = clock.now - start
+                #expect(elapsed < .seconds(3), "a PING with a 2 s deadline took \(elapsed): discovery waited on the dead seed's pool")
+                #expect(reply?.string == "PONG", "a live seed was available: the PING should succeed within its deadline")
+                _ = await eventually("the topology is known") { client.topology != nil }
+                try await Task.sleep(for: .seconds(1))
+                #expect(client.connectionsByCredentialVersion[dead] == nil, "a pool of the dead seed, not part of the cluster, is kept (and reconnects) forever")
+                group.cancelAll()
+            }
+        }
+    }
+
+    // MARK: Waiting for the first topology
+
+    @Test("no node answers: a command fails by its deadline instead of waiting for a topology forever")
+    func commandHonoursDeadlineWithoutTopology() async throws {
+        let client = try RedisClusterClient(
+            configuration: RedisClusterConfiguration(
+                seeds: [.init(host: "127.0.0.1", port: try RedisServerProcess.freeLoopbackPort()), .init(host: "127.0.0.1", port: try RedisServerProcess.freeLoopbackPort())],
+                node: Self.nodeConfiguration(leaseTimeout: .milliseconds(300))
+            ),
+            credentials: .fixed(RedisCredentials(username: "alice", password: makePassword(), version: "v1"))
+        )
+        let run = Task { try await client.run() }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let outcome = Task { () -> String in
+            do {
+                _ = try await client.send(RedisCommand("PING"), timeout: .seconds(1))
+                return "answered"
+            } catch {
+                return "failed: \(error)"
+            }
+        }
+        // Give it far more than its deadline; then shut the client down, which ends any wait.
+        let done = Locked<ContinuousClock.Instant?>(nil)
+        let watcher = Task { _ = await outcome.value; done.withLock { $0 = clock.now } }
+        _ = await Self.poll(timeout: .seconds(6)) { done.withLock { $0 } != nil }
+        run.cancel()
+        let result = await outcome.value
+        await watcher.value
+        let elapsed = (done.withLock { $0 } ?? clock.now) - start
+        #expect(elapsed < .seconds(5), "a PING with a 1 s deadline was still waiting after \(elapsed) (\(result)); only the shutdown ended it")
+        _ = try? await run.value
+    }
+
+    @Test("cancelling a command that waits for the first topology ends it promptly")
+    func cancellingCommandWaitingForTopology() async throws {
+        let client = try RedisClusterClient(
+            configuration: RedisClusterConfiguration(
+                seeds: [.init(host: "127.0.0.1", port: try RedisServerProcess.freeLoopbackPort())],
+                node: Self.nodeConfiguration(leaseTimeout: .milliseconds(300))
+            ),
+            credentials: .fixed(RedisCredentials(username: "alice", password: makePassword(), version: "v1"))
+        )
+        let run = Task { try await client.run() }
+        let finished = Locked<ContinuousClock.Instant?>(nil)
+        let command = Task {
+            defer { finished.withLock { $0 = ContinuousClock.now } }
+            _ = try await client.send(RedisCommand("PING"), timeout: nil)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let cancelledAt = ContinuousClock.now
+        command.cancel()
+        _ = await Self.poll(timeout: .seconds(3)) { finished.withLock { $0 } != nil }
+        let took = finished.withLock { $0 }.map { $0 - cancelledAt }
+        #expect(took != nil && took! < .seconds(1), "the cancelled command was still waiting 3 s later (the topology wait ignores cancellation)")
+        run.cancel()
+        _ = try? await command.value
+        _ = try? await run.value
+    }
+
+    // MARK: Keyless commands
+
+    @Test("commands about the whole keyspace (DBSIZE, KEYS, SCAN) cover every shard, or are refused; never one shard's answer")
+    func wholeKeyspaceCommandsCoverEveryShard() async throws {
+        try await self.withClusterClient { _, client, _ in
+            let keys = (0..<30).map { "ks:\($0)" }
+            for key in keys { try await client.set(RedisKey(key), to: "1") }
+            // Sanity: the keys span all three shards.
+            let shards = Set(keys.map { min(RedisClusterSlot.slot(for: RedisKey($0)) / (RedisClusterSlot.count / 3), 2) })
+            try #require(shards.count == 3)
+
+            let size: Result<Int, any Error> = await { do { return .success(try await client.dbsize()) } catch { return .failure(error) } }()
+            if case .success(let count) = size {
+                #expect(count == 30, "DBSIZE answered \(count) for 30 keys: one shard's count, silently")
+            }
+            let listed: Result<Int, any Error> = await { do { return .success(try await client.keys(pattern: "ks:*").count) } catch { return .failure(error) } }()
+            if case .success(let count) = listed {
+                #expect(count == 30, "KEYS ks:* listed \(count) of 30 keys, silently")
+            }
+            var scanned = Set<String>()
+            do {
+                for try await key in client.scan(matching: "ks:*") { scanned.insert(String(buffer: key)) }
+                #expect(scanned.count == 30, "SCAN found \(scanned.count) of 30 keys, silently")
+            } catch {
+                // Refusing is acceptable; a partial answer is not.
+            }
+        }
+    }
+
+    @Test("a script loaded through the cluster client runs with EVALSHA on a key of any shard")
+    func scriptLoadReachesEveryShard() async throws {
+        try await self.withClusterClient { _, client, _ in
+            let sha = try await client.scriptLoad(script: "return redis.call('GET', KEYS[1])")
+            for key in Self.keyPerShard(prefix: "sc") {
+                try await client.set(RedisKey(key), to: "v")
+                do {
+                    let value = try await client.evalsha(sha1: .string(sha), keys: [RedisKey(key)])
+                    #expect(value.string == "v")
+                } catch {
+                    Issue.record("EVALSHA on \(key) (slot \(RedisClusterSlot.slot(for: RedisKey(key)))) failed: \(error)")
+                }
+            }
+        }
+    }
+
+    // MARK: Migration
+
+    @Test("a multi-key read answered TRYAGAIN after ASK (slot importing, keys split) is retried within its deadline")
+    func tryAgainAfterAskIsRetried() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let a = RedisKey("{tg}a")
+            let b = RedisKey("{tg}b")  // never written
+            let slot = RedisClusterSlot.slot(for: a)
+            try await client.set(a, to: "1")
+            let source = try await cluster.primary(forSlot: slot)
+            let topology = try await cluster.topology()
+            let targetID = try #require(topology.shards.compactMap(\.primary?.id).first { cluster.node(id: $0) !== source })
+            let target = try #require(cluster.node(id: targetID))
+            let sourceID = try #require(cluster.nodeIDs[cluster.nodes.firstIndex { $0 === source }!] as String?)
+            let sourceAdmin = try await source.adminConnection()
+            let targetAdmin = try await target.adminConnection()
+            _ = try await targetAdmin.send(RedisCommand("CLUSTER", "SETSLOT", .integer(slot), "IMPORTING", .string(sourceID)))
+            _ = try await sourceAdmin.send(RedisCommand("CLUSTER", "SETSLOT", .integer(slot), "MIGRATING", .string(targetID)))
+            _ = try await sourceAdmin.send(
+                RedisCommand(
+                    "MIGRATE",
+                    arguments: ["127.0.0.1", .integer(target.port), "", 0, 10_000, "AUTH2", .string(target.adminUsername), .secret(target.adminPassword), "KEYS", .key(a)]
+                )
+            )
+            // The migration finishes 700 ms later, as a reshard would.
+            let finish = Task {
+                try await Task.sleep(for: .milliseconds(700))
+                _ = try await targetAdmin.send(RedisCommand("CLUSTER", "SETSLOT", .integer(slot), "NODE", .string(targetID)))
+                _ = try await sourceAdmin.send(RedisCommand("CLUSTER", "SETSLOT", .integer(slot), "NODE", .string(targetID)))
+                for shard in topology.shards {
+                    guard let id = shard.primary?.id, id != targetID, id != sourceID, let node = cluster.node(id: id) else { continue }
+                    let admin = try await node.adminConnection()
+                    _ = try await admin.send(RedisCommand("CLUSTER", "SETSLOT", .integer(slot), "NODE", .string(targetID)))
+                    await admin.close()
+                }
+            }
+            do {
+                let values = try await client.send(RedisCommand("MGET", .key(a), .key(b)), timeout: .seconds(5))
+                #expect(values.array?.first?.string == "1")
+            } catch {
+                Issue.record("MGET during the migration failed instead of being retried within its 5 s deadline: \(error)")
+            }
+            try await finish.value
+            await sourceAdmin.close()
+            await targetAdmin.close()
+        }
+    }
+}
