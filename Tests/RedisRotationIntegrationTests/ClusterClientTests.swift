@@ -68,30 +68,8 @@ struct ClusterClientTests {
     @Test("100 slots migrated and a replica promoted mid-traffic: no idempotent command fails, every acknowledged write is on a primary")
     func migrationAndFailoverUnderTraffic() async throws {
         try await self.withClusterClient { cluster, client, password in
-            let stop = StopFlag()
-            let acknowledged = Locked<Set<String>>([])
-            let failures = Locked<[String]>([])
-            let traffic = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for task in 0..<8 {
-                        group.addTask {
-                            var index = 0
-                            while !stop.isStopped && index < 200_000 {
-                                index += 1
-                                let key = "mt:\(task):\(index)"
-                                do {
-                                    try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
-                                    acknowledged.withLock { _ = $0.insert(key) }
-                                    _ = try await client.get(RedisKey("mt:\(task):\(max(1, index - 1))"))
-                                    stop.recordSuccess()
-                                } catch {
-                                    failures.withLock { $0.append("\(key): \(error)") }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let traffic = ClusterTraffic(client: client, prefix: "mt", readBack: true)
+            let stop = traffic.stop
             await stop.waitForProgress(200, "before the migration")
             let topology = try await cluster.topology()
             let target = try await cluster.primary(forSlot: 6000)
@@ -103,10 +81,9 @@ struct ClusterClientTests {
             let replica = try #require(cluster.node(id: replicaID))
             try await cluster.failover(to: replica)
             await stop.waitForProgress(200, "after the failover")
-            stop.stop()
-            await traffic.value
+            let (acknowledged, failures) = await traffic.finish()
 
-            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { Array($0.prefix(5)) })")
+            #expect(failures.isEmpty, "\(failures.prefix(5))")
             // The migration and the failover were seen as redirections, not hidden by a lucky refresh.
             #expect(client.redirectionsFollowed.moved > 0, "\(client.redirectionsFollowed)")
             // Every acknowledged key is on the primary that serves its slot now.
@@ -118,7 +95,7 @@ struct ClusterClientTests {
                 counted += try await connection.dbsize()
                 await connection.close()
             }
-            #expect(counted == acknowledged.withLock { $0.count })
+            #expect(counted == acknowledged.count)
         }
     }
 }
@@ -127,29 +104,8 @@ extension ClusterClientTests {
     @Test("the password rotated on every node, the user's connections killed on every node, a failover, all mid-traffic: no failed command, nothing lost")
     func rotationAcrossTheCluster() async throws {
         try await self.withClusterClient(passwordFile: true) { cluster, client, password in
-            let stop = StopFlag()
-            let acknowledged = Locked<Set<String>>([])
-            let failures = Locked<[String]>([])
-            let traffic = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for task in 0..<8 {
-                        group.addTask {
-                            var index = 0
-                            while !stop.isStopped && index < 200_000 {
-                                index += 1
-                                let key = "rot:\(task):\(index)"
-                                do {
-                                    try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
-                                    acknowledged.withLock { _ = $0.insert(key) }
-                                    stop.recordSuccess()
-                                } catch {
-                                    failures.withLock { $0.append("\(key): \(error)") }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let traffic = ClusterTraffic(client: client, prefix: "rot", readBack: false)
+            let stop = traffic.stop
             await stop.waitForProgress(200, "before the rotation")
             // Per node, as in open-source Redis where ACLs do not propagate: add the new password
             // everywhere, publish it, wait until every pool moved, then remove the old one everywhere.
@@ -176,10 +132,9 @@ extension ClusterClientTests {
             let replica = try #require(cluster.node(id: replicaID))
             try await cluster.failover(to: replica)
             await stop.waitForProgress(200, "after the failover")
-            stop.stop()
-            await traffic.value
+            let (acknowledged, failures) = await traffic.finish()
 
-            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { Array($0.prefix(5)) })")
+            #expect(failures.isEmpty, "\(failures.prefix(5))")
             var counted = 0
             for shard in try await cluster.topology().shards {
                 let primaryID = try #require(shard.primary?.id)
@@ -188,7 +143,7 @@ extension ClusterClientTests {
                 counted += try await connection.dbsize()
                 await connection.close()
             }
-            #expect(counted == acknowledged.withLock { $0.count })
+            #expect(counted == acknowledged.count)
             // Every node has exactly the new password.
             for node in cluster.nodes {
                 let admin = try await node.adminConnection()
@@ -199,6 +154,47 @@ extension ClusterClientTests {
                 #expect(fields[index + 1].array?.count == 1)
             }
         }
+    }
+}
+
+/// 8 tasks writing unique keys (SET marked idempotent, and optionally reading the previous one back)
+/// through a cluster client until ``finish()``; at most 200,000 writes per task.
+struct ClusterTraffic: Sendable {
+    let stop = StopFlag()
+    private let acknowledged = Locked<Set<String>>([])
+    private let failures = Locked<[String]>([])
+    private let task: Task<Void, Never>
+
+    init(client: RedisClusterClient, prefix: String, readBack: Bool) {
+        let (stop, acknowledged, failures) = (self.stop, self.acknowledged, self.failures)
+        self.task = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for worker in 0..<8 {
+                    group.addTask {
+                        var index = 0
+                        while !stop.isStopped && index < 200_000 {
+                            index += 1
+                            let key = "\(prefix):\(worker):\(index)"
+                            do {
+                                try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
+                                acknowledged.withLock { _ = $0.insert(key) }
+                                if readBack { _ = try await client.get(RedisKey("\(prefix):\(worker):\(max(1, index - 1))")) }
+                                stop.recordSuccess()
+                            } catch {
+                                failures.withLock { $0.append("\(key): \(error)") }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the traffic; the keys acknowledged and the failures.
+    func finish() async -> (acknowledged: Set<String>, failures: [String]) {
+        self.stop.stop()
+        await self.task.value
+        return (self.acknowledged.withLock { $0 }, self.failures.withLock { $0 })
     }
 }
 

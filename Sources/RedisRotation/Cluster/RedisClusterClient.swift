@@ -127,7 +127,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.refreshLoop() }
             self.refreshContinuation.yield()
-            await self.waitForShutdownSignal()
+            await waitForShutdownSignal()
             self.finishShutdown()
             group.cancelAll()
         }
@@ -144,19 +144,6 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         for waiter in waiters { waiter.resume(throwing: RedisError(code: .clientShutdown, message: "the cluster client shut down")) }
         for task in tasks { task.cancel() }
         self.refreshContinuation.finish()
-    }
-
-    private func waitForShutdownSignal() async {
-        let (stream, continuation) = AsyncStream<Void>.makeStream()
-        await withGracefulShutdownHandler {
-            await withTaskCancellationHandler {
-                for await _ in stream {}
-            } onCancel: {
-                continuation.finish()
-            }
-        } onGracefulShutdown: {
-            continuation.finish()
-        }
     }
 
     /// The topology the client routes by, once it has one.

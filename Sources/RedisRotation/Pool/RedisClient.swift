@@ -209,26 +209,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             group.addTask { await self.subscriberHub.run(client: self) }
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
-                await self.waitForShutdownSignal()
+                await waitForShutdownSignal()
                 await self.shutdown()
             }
             for await item in self.work {
                 group.addTask { await self.perform(item) }
             }
             group.cancelAll()
-        }
-    }
-
-    private func waitForShutdownSignal() async {
-        let (stream, continuation) = AsyncStream<Void>.makeStream()
-        await withGracefulShutdownHandler {
-            await withTaskCancellationHandler {
-                for await _ in stream {}
-            } onCancel: {
-                continuation.finish()
-            }
-        } onGracefulShutdown: {
-            continuation.finish()
         }
     }
 
@@ -969,5 +956,20 @@ private struct ClientMetrics: Sendable {
             dimensions: [("client", self.label), ("credential_version", version)],
             factory: self.factory
         )
+    }
+}
+
+/// Returns once the task is cancelled or a graceful shutdown begins: how a service's `run()` learns
+/// that it must stop.
+func waitForShutdownSignal() async {
+    let (stream, continuation) = AsyncStream<Void>.makeStream()
+    await withGracefulShutdownHandler {
+        await withTaskCancellationHandler {
+            for await _ in stream {}
+        } onCancel: {
+            continuation.finish()
+        }
+    } onGracefulShutdown: {
+        continuation.finish()
     }
 }
