@@ -274,4 +274,111 @@ struct ClusterClientFailureTests {
             await targetAdmin.close()
         }
     }
+
+    // MARK: Rotation shard by shard
+
+    @Test("mid-rotation (new password on two shards, only the old one on the third), a replica promoted in the third shard is served with the old password the client still holds")
+    func poolCreatedMidRotationKnowsTheOldPassword() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: file)
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)], node: Self.nodeConfiguration()),
+                credentials: .file(file, username: "alice", pollInterval: .milliseconds(200))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                let keys = Self.keyPerShard(prefix: "mid")
+                for key in keys { try await client.set(RedisKey(key), to: "v") }
+                let topology = try await cluster.topology()
+                let lateShard = try #require(topology.shard(forSlot: RedisClusterSlot.slot(for: RedisKey(keys[2]))))
+                let lateIDs = Set([lateShard.primary?.id].compactMap { $0 } + lateShard.replicas.map(\.id))
+                // The rotation reached two shards: there the user has only the new password.
+                let new = makePassword()
+                for (index, node) in cluster.nodes.enumerated() where !lateIDs.contains(cluster.nodeIDs[index]) {
+                    let admin = try await node.adminConnection()
+                    _ = try await admin.send(RedisCommand("ACL", "SETUSER", "alice", .string(">\(text(of: new))"), .string("<\(text(of: password))")))
+                    await admin.close()
+                }
+                try writeAtomically("password=\(text(of: new))\nversion=v2\n", to: file)
+                try await Task.sleep(for: .seconds(2))
+                // Every shard still serves: the late shard's pool keeps its v1 connections.
+                for key in keys {
+                    do { _ = try await client.get(RedisKey(key)) } catch { Issue.record("before the failover, \(key) failed: \(error)") }
+                }
+                // The late shard fails over (its replica, like its primary, has only the old password).
+                let replica = try #require(lateShard.replicas.first.flatMap { cluster.node(id: $0.id) })
+                try await cluster.failover(to: replica)
+                do {
+                    let value = try await client.send(RedisCommand("GET", .key(RedisKey(keys[2]))), timeout: .seconds(10))
+                    #expect(value.string == "v")
+                } catch {
+                    Issue.record("after the failover of the shard the rotation has not reached yet, its keys fail: \(error)")
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
+    @Test("after a SIGKILLed primary's replica took over, commands reach the new primary without waiting for the periodic refresh (30 s)")
+    func routesToPromotedReplicaAfterCrash() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let key = RedisKey("crash2:key")
+            try await client.set(key, to: "kept")
+            try await Task.sleep(for: .milliseconds(500))
+            let slot = RedisClusterSlot.slot(for: key)
+            let victim = try await cluster.primary(forSlot: slot)
+            let victimID = cluster.nodeIDs[cluster.nodes.firstIndex { $0 === victim }!]
+            victim.kill()
+            // The application keeps sending meanwhile; these may fail (the shard has no primary yet).
+            _ = try? await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(1))
+            // Wait until the cluster itself says a replica took over.
+            var promoted = false
+            for _ in 0..<100 {
+                if let id = try? await cluster.topology().shard(forSlot: slot)?.primary?.id, id != victimID { promoted = true; break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            try #require(promoted, "the replica was not promoted within 20 s")
+            try await cluster.waitUntilHealthy(timeout: .seconds(20))
+            do {
+                let value = try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(3))
+                #expect(value.string == "kept")
+            } catch {
+                Issue.record("the cluster has a new primary for the slot, yet the client still fails: \(error)")
+            }
+        }
+    }
+
+    @Test("a node configuration with a database other than 0 (which Redis Cluster refuses) is reported, not a silent hang")
+    func nonZeroDatabaseIsRefused() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            var node = Self.nodeConfiguration(leaseTimeout: .milliseconds(500))
+            node.database = 1
+            let client: RedisClusterClient
+            do {
+                client = try RedisClusterClient(
+                    configuration: RedisClusterConfiguration(seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)], node: node),
+                    credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+                )
+            } catch {
+                return  // Refused up front: good.
+            }
+            let run = Task { try await client.run() }
+            let clock = ContinuousClock()
+            let start = clock.now
+            let done = Locked<String?>(nil)
+            let command = Task {
+                do { _ = try await client.send(RedisCommand("PING"), timeout: .seconds(2)); done.withLock { $0 = "answered" } } catch { done.withLock { $0 = "\(error)" } }
+            }
+            _ = await Self.poll(timeout: .seconds(6)) { done.withLock { $0 } != nil }
+            let outcome = done.withLock { $0 }
+            #expect(outcome != nil && clock.now - start < .seconds(5), "with database 1 a PING (2 s deadline) was still waiting after 6 s; the user is told nothing")
+            if let outcome { #expect(outcome.contains("SELECT") || outcome.contains("database"), "the error does not say why: \(outcome)") }
+            run.cancel()
+            _ = await command.value
+            _ = try? await run.value
+        }
+    }
 }

@@ -76,6 +76,9 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         var lastRefreshError: String?
         var running = false
         var shutDown = false
+        /// Nodes whose last command failed as unreachable: until one succeeds, an attempt there gets at
+        /// most a second, so a dead node cannot take a command's whole deadline.
+        var suspects: Set<Endpoint> = []
     }
 
     public let configuration: RedisClusterConfiguration
@@ -104,6 +107,9 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
+        if let database = configuration.node.database, database != 0 {
+            throw RedisError(code: .invalidArgument, message: "Redis Cluster has only database 0, and node.database is \(database)")
+        }
         self.configuration = configuration
         self.credentials = credentials
         self.eventLoopGroup = eventLoopGroup
@@ -200,19 +206,38 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             if let redirect {
                 endpoint = redirect.endpoint
             } else {
-                endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+                do {
+                    endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+                } catch let error as RedisError where error.serverErrorPrefix == "CLUSTERDOWN" {
+                    // No primary serves the slot in the topology we have (a failover under way): ask
+                    // again within the deadline.
+                    failures += 1
+                    let pause = Duration.milliseconds(min(500, 25 << min(failures, 5)))
+                    guard clock.now + pause < deadline else { throw error }
+                    try await Task.sleep(for: pause)
+                    continue
+                }
             }
             let client = try self.client(for: endpoint)
-            // After a failure, an attempt gets only what is left of the deadline.
-            let attemptTimeout = failures == 0 ? timeout : max(deadline - clock.now, .milliseconds(1))
+            // After a failure, an attempt gets only what is left of the deadline; at a node that just
+            // failed, at most a second of it.
+            var attemptTimeout = failures == 0 ? timeout : max(deadline - clock.now, .milliseconds(1))
+            let suspect = self.state.withLock { $0.suspects.contains(endpoint) }
+            if suspect {
+                attemptTimeout = min(attemptTimeout ?? .seconds(1), .seconds(1))
+            }
             do {
+                let reply: RESPValue
                 if redirect?.asking == true {
-                    return try await client.withConnection { connection in
+                    reply = try await client.withConnection { connection in
                         let replies = try await connection.pipeline([RedisCommand("ASKING"), command], timeout: attemptTimeout)
                         return try replies[1].get()
                     }
+                } else {
+                    reply = try await client.send(command, timeout: attemptTimeout)
                 }
-                return try await client.send(command, timeout: attemptTimeout)
+                if suspect { self.state.withLock { _ = $0.suspects.remove(endpoint) } }
+                return reply
             } catch let error as RedisError where error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" {
                 redirects += 1
                 guard redirects <= self.configuration.maximumRedirects, let target = Self.redirectTarget(error, askedHost: endpoint.host) else {
@@ -230,10 +255,13 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 // A slot being migrated with keys on both sides (TRYAGAIN), or a node gone (a failover,
                 // a restart): start again from the topology after a pause, within the deadline.
                 failures += 1
+                if error.serverErrorPrefix != "TRYAGAIN" {
+                    self.state.withLock { _ = $0.suspects.insert(endpoint) }
+                    self.requestRefresh()
+                }
                 let pause = Duration.milliseconds(min(500, 25 << min(failures, 5)))
                 guard clock.now + pause < deadline else { throw error }
                 redirect = nil
-                if error.serverErrorPrefix != "TRYAGAIN" { self.requestRefresh() }
                 try await Task.sleep(for: pause)
             }
         }
@@ -303,7 +331,22 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         var configuration = self.configuration.node
         configuration.host = endpoint.host
         configuration.port = endpoint.port
-        let created = try RedisClient(configuration: configuration, credentials: self.credentials, eventLoopGroup: self.eventLoopGroup, logger: self.logger)
+        // Mid-rotation, nodes accept different passwords: a new node's pool starts from what the
+        // existing pools use (the source's newest, if different, is probed as in any rotation), so a
+        // replica promoted in a shard the rotation has not reached yet is served at once.
+        // A pool that has pending credentials is on a node the rotation has not reached: its current
+        // ones are the older credentials still in use somewhere, and the newest come from the source.
+        let seed = self.state.withLock { state in
+            state.pools.values.lazy.compactMap(\.client.credentialsBehind).first
+                ?? state.pools.values.lazy.compactMap(\.client.currentCredentials).first
+        }
+        let created = try RedisClient(
+            configuration: configuration,
+            credentials: self.credentials,
+            seedCredentials: seed,
+            eventLoopGroup: self.eventLoopGroup,
+            logger: self.logger
+        )
         let (client, start) = self.state.withLock { state -> (RedisClient, Bool) in
             if let existing = state.pools[endpoint] { return (existing.client, false) }
             if state.shutDown { return (created, false) }

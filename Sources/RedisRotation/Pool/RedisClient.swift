@@ -46,6 +46,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let eventContinuation: AsyncStream<RedisRotationEvent>.Continuation
     private let source: CredentialSourceRunner
     private let initialCredentials: RedisCredentials?
+    /// Credentials known to work elsewhere (another node of a cluster, mid-rotation), tried first and
+    /// kept until the source's own are accepted here: set by ``RedisClusterClient`` for a pool it creates.
+    private let seedCredentials: RedisCredentials?
     /// The clock of every decision and the loop of the one timer (a manual one in tests).
     private let timerLoop: any EventLoop
     private let connectionFactory: ConnectionFactory
@@ -133,6 +136,38 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         )
     }
 
+    /// A client that starts with `seedCredentials` as its current credentials (see ``seedCredentials``).
+    convenience init(
+        configuration: RedisClientConfiguration,
+        credentials: RedisCredentialSource,
+        seedCredentials: RedisCredentials?,
+        eventLoopGroup: any EventLoopGroup,
+        logger: Logger
+    ) throws {
+        try self.init(
+            configuration: configuration,
+            credentials: credentials,
+            timerLoop: eventLoopGroup.any(),
+            randomSeed: UInt64.random(in: .min ... .max),
+            logger: logger,
+            seedCredentials: seedCredentials,
+            connectionFactory: { configuration, logger in
+                try await RedisConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
+            }
+        )
+    }
+
+    /// The credentials in use, for a cluster client seeding a new node's pool.
+    var currentCredentials: RedisCredentials? {
+        self.state.withLock { $0.machine.credentials.current }
+    }
+
+    /// The credentials in use while newer ones are pending (not accepted here yet): what a node the
+    /// rotation has not reached still takes.
+    var credentialsBehind: RedisCredentials? {
+        self.state.withLock { $0.machine.credentials.pending == nil ? nil : $0.machine.credentials.current }
+    }
+
     /// Creates a client whose clock and timer are `timerLoop`'s (a manual one in tests), whose jitter
     /// comes from a generator seeded with `randomSeed`, and whose connections come from
     /// `connectionFactory`.
@@ -142,11 +177,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         timerLoop: any EventLoop,
         randomSeed: UInt64,
         logger: Logger,
+        seedCredentials: RedisCredentials? = nil,
         connectionFactory: @escaping ConnectionFactory
     ) throws {
         self.configuration = configuration
         self.source = CredentialSourceRunner(source: credentials)
         self.initialCredentials = try self.source.initialCredentials()
+        self.seedCredentials = seedCredentials
         self.timerLoop = timerLoop
         self.connectionFactory = connectionFactory
         self.logger = logger
@@ -195,6 +232,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             return state.machine.start(at: moment)
         }
         precondition(started, "RedisClient.run() may be called once")
+        // Seed credentials first: they become current, and the source's, when different, a pending
+        // credential probed as in any rotation.
+        if let seed = self.seedCredentials { self.sourceReported(.credentials(seed)) }
         if let initial = self.initialCredentials { self.sourceReported(.credentials(initial)) }
 
         await withDiscardingTaskGroup { group in
