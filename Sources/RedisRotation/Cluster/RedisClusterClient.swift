@@ -57,7 +57,7 @@ public struct RedisClusterConfiguration: Sendable {
 /// since ACLs are per node and differ while a rotation moves through the cluster).
 ///
 /// Commands about the whole keyspace (`DBSIZE`, `KEYS`, `SCAN`, `RANDOMKEY`, `FLUSHALL`, `FLUSHDB`)
-/// would answer for one node only: they are refused; ask each primary through ``primaryClients()``.
+/// would answer for one node only: they are refused; ask each primary through ``primaryClients(timeout:)``.
 /// Scripts and functions (`SCRIPT LOAD`, `SCRIPT FLUSH`, `FUNCTION LOAD`, ...) go to every primary.
 public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     typealias Endpoint = RedisClusterConfiguration.Endpoint
