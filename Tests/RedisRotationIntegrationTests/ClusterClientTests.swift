@@ -65,6 +65,41 @@ struct ClusterClientTests {
         }
     }
 
+    @Test("a pipeline split by node and reassembled in order; a transaction on one slot; keys across slots fail only themselves")
+    func batches() async throws {
+        try await self.withClusterClient { _, client, _ in
+            var pipeline = RedisPipeline()
+            var handles: [RedisQueued<Int>] = []
+            for index in 0..<30 {
+                handles.append(pipeline.incrby(RedisKey("batch:\(index)"), increment: index))
+            }
+            let crossSlot = pipeline.mset(keyValues: [.init(key: "a", value: "1"), .init(key: "b", value: "2")])
+            let size = pipeline.dbsize()
+            let last = pipeline.get("batch:29")
+            let results = try await client.pipeline(pipeline)
+            for (index, handle) in handles.enumerated() {
+                #expect(try results[handle] == index)
+            }
+            #expect(throws: RedisError.self) { try results[crossSlot] }
+            #expect(throws: RedisError.self) { try results[size] }
+            #expect(try results[last].map { String(buffer: $0) } == "29")
+
+            var tx = RedisTransaction()
+            let first = tx.incr("{order:9}:count")
+            tx.expire("{order:9}:count", seconds: 60)
+            let second = tx.incr("{order:9}:count")
+            let committed = try await client.transaction(tx)
+            #expect(try committed[first] == 1)
+            #expect(try committed[second] == 2)
+
+            var spread = RedisTransaction()
+            spread.incr("a")
+            spread.incr("b")
+            let refused = await #expect(throws: RedisError.self) { try await client.transaction(spread) }
+            #expect(refused?.code == .invalidArgument)
+        }
+    }
+
     @Test("100 slots migrated and a replica promoted mid-traffic: no idempotent command fails, every acknowledged write is on a primary")
     func migrationAndFailoverUnderTraffic() async throws {
         try await self.withClusterClient { cluster, client, password in

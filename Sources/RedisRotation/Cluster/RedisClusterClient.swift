@@ -310,7 +310,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return .init(host: host, port: port)
     }
 
-    private func endpoint(forSlot slot: Int?, within wait: Duration) async throws -> Endpoint {
+    func endpoint(forSlot slot: Int?, within wait: Duration) async throws -> Endpoint {
         let topology = try await self.currentTopology(within: wait)
         let shard = slot.map { topology.shard(forSlot: $0) } ?? topology.shards.first
         guard let primary = shard?.primary else {
@@ -326,7 +326,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     }
 
     /// The pool of `endpoint`, created (and run while ``run()`` runs) on first use.
-    private func client(for endpoint: Endpoint) throws -> RedisClient {
+    func client(for endpoint: Endpoint) throws -> RedisClient {
         if let existing = self.state.withLock({ $0.pools[endpoint]?.client }) { return existing }
         var configuration = self.configuration.node
         configuration.host = endpoint.host
@@ -400,6 +400,11 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     private func failWaiter(_ id: Int, _ error: any Error) {
         let waiter = self.state.withLock { $0.topologyWaiters.removeValue(forKey: id) }
         waiter?.resume(throwing: error)
+    }
+
+    /// Refreshes the topology now and returns once it is done (or failed).
+    func refreshNow() async {
+        await self.refresh()
     }
 
     /// Asks for a refresh; requests while one is pending collapse into it.

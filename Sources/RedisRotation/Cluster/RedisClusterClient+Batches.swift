@@ -1,0 +1,90 @@
+extension RedisClusterClient {
+    /// Sends the pipeline's commands, split by the node that serves each command's slot (in parallel,
+    /// one write per node) and reassembled in order; an error fails only its own result. A command
+    /// answered `MOVED` or `ASK` (a slot that moved meanwhile) is sent again on its own, following the
+    /// redirection; keys across slots and whole-keyspace commands fail their own result.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` for a command that would change a pooled
+    ///   connection's session, before anything is sent.
+    public func pipeline(_ pipeline: RedisPipeline, timeout: Duration? = nil) async throws -> RedisCommandResults {
+        let commands = pipeline.commands
+        if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
+            throw RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: it changes the connection's session")
+        }
+        var results = [Result<RESPValue, RedisError>?](repeating: nil, count: commands.count)
+        var byNode: [Endpoint: [Int]] = [:]
+        for (index, command) in commands.enumerated() {
+            do {
+                if Self.wholeKeyspaceCommands.contains(command.name) {
+                    throw RedisError(code: .invalidArgument, message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients()")
+                }
+                let endpoint = try await self.endpoint(forSlot: try command.clusterSlot(), within: timeout ?? self.configuration.node.pool.leaseTimeout)
+                byNode[endpoint, default: []].append(index)
+            } catch let error as RedisError {
+                results[index] = .failure(error)
+            }
+        }
+        let groups = try byNode.map { (endpoint, indices) in (try self.client(for: endpoint), indices) }
+        let replies = await withTaskGroup(of: [(Int, Result<RESPValue, RedisError>)].self) { group in
+            for (client, indices) in groups {
+                group.addTask {
+                    var part = RedisPipeline()
+                    for index in indices { part.queue(commands[index]) }
+                    do {
+                        let partial = try await client.pipeline(part, timeout: timeout)
+                        return Array(zip(indices, partial.results))
+                    } catch {
+                        let failure = (error as? RedisError) ?? RedisError(code: .cancelled, message: "the pipeline was cancelled")
+                        return indices.map { ($0, .failure(failure)) }
+                    }
+                }
+            }
+            var all: [(Int, Result<RESPValue, RedisError>)] = []
+            for await part in group { all += part }
+            return all
+        }
+        for (index, result) in replies { results[index] = result }
+        // Commands whose slot moved meanwhile did not run: each again, following the redirection.
+        for (index, result) in results.enumerated() {
+            guard case .failure(let error) = result, error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" else { continue }
+            do {
+                results[index] = .success(try await self.send(commands[index], timeout: timeout))
+            } catch let error as RedisError {
+                results[index] = .failure(error)
+            }
+        }
+        return RedisCommandResults(results: results.map { $0! })
+    }
+
+    /// Runs the transaction on the primary that serves its keys: every key of every queued command must
+    /// share one slot (use hash tags), as a transaction runs on one node. When the slot moved before
+    /// `EXEC`, nothing ran, and the transaction is sent again to the new owner once.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` for keys in more than one slot, before anything is
+    ///   sent; otherwise as ``RedisClient/transaction(_:timeout:)``.
+    public func transaction(_ transaction: RedisTransaction, timeout: Duration? = nil) async throws -> RedisCommandResults {
+        var slot: Int?
+        for command in transaction.commands {
+            guard let commandSlot = try command.clusterSlot() else { continue }
+            if let slot, slot != commandSlot {
+                throw RedisError(
+                    code: .invalidArgument,
+                    message: "a transaction runs on one node: its keys must share one slot (\(slot) and \(commandSlot)); give them a common hash tag"
+                )
+            }
+            slot = commandSlot
+        }
+        for attempt in 1...2 {
+            let endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+            do {
+                return try await self.client(for: endpoint).transaction(transaction, timeout: timeout)
+            } catch let error as RedisError where attempt == 1 && error.code == .transactionAborted
+                && ["MOVED", "ASK"].contains((error.underlying as? RedisError)?.serverErrorPrefix ?? "")
+            {
+                // The slot moved: the server refused the queued commands, so nothing ran.
+                await self.refreshNow()
+            }
+        }
+        throw RedisError(code: .transactionAborted, message: "the transaction's slot kept moving; nothing ran")
+    }
+}
