@@ -334,4 +334,52 @@ struct PubSubConnectionTests {
             await publisher.close()
         }
     }
+
+    /// Redis channel names are bytes, while Swift compares (and hashes) `String`s by Unicode canonical
+    /// equivalence: "café" written precomposed (U+00E9) and decomposed (e + U+0301) are two channels on
+    /// the server, and must be two subscriptions here too.
+    static let precomposed = "caf\u{E9}"
+    static let decomposed = "cafe\u{301}"
+
+    @Test("RedisConnection: channels whose names differ only in Unicode normalization are two subscriptions")
+    func connectionChannelNamesAreBytes() async throws {
+        #expect(Array(Self.precomposed.utf8) != Array(Self.decomposed.utf8))
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let subscriber = try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: password))
+            let first = try await subscriber.subscribe(to: [Self.precomposed])
+            let second = try await subscriber.subscribe(to: [Self.decomposed])
+            let receivers = try await server.admin("PUBSUB", "NUMSUB", .string(Self.decomposed)).array?.last?.int
+            #expect(receivers == 1, "the server holds no subscription to the decomposed channel")
+            try await server.admin("PUBLISH", .string(Self.precomposed), "for-first")
+            try await server.admin("PUBLISH", .string(Self.decomposed), "for-second")
+            var firstIterator = first.makeAsyncIterator()
+            var secondIterator = second.makeAsyncIterator()
+            #expect(try await firstIterator.next()?.string == "for-first")
+            let received = try await secondIterator.next()
+            #expect(received?.string == "for-second", "the second subscription got \(String(describing: received?.string)) from \(Array(received?.channel.utf8 ?? "".utf8))")
+            await subscriber.close()
+        }
+    }
+
+    /// The same root cause in `PubSubStateMachine`: `confirmed` is a `Set<String>`, so two channels whose
+    /// names are canonically equivalent count as one. An `UNSUBSCRIBE` without names then expects one
+    /// confirmation where the server sends two, and the second is handed to the next command as its
+    /// reply: from then on replies are matched to the wrong commands.
+    @Test("RedisConnection: UNSUBSCRIBE without names after two canonically equivalent channels keeps replies matched")
+    func unsubscribeAllKeepsRepliesMatched() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let connection = try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: password))
+            let subscribed = try await connection.send(RedisCommand("SUBSCRIBE", .string(Self.precomposed), .string(Self.decomposed)))
+            #expect(subscribed.array?.count == 2)
+            let unsubscribed = try await connection.send(RedisCommand("UNSUBSCRIBE"))
+            #expect(unsubscribed.array?.count == 2, "the server confirms both channels: \(unsubscribed)")
+            let pong = try await connection.send(RedisCommand("PING"))
+            #expect(pong.string == "PONG", "PING was answered with \(pong)")
+            let echo = try? await connection.send(RedisCommand("ECHO", "after"))
+            #expect(echo?.string == "after", "ECHO was answered with \(String(describing: echo))")
+            await connection.close()
+        }
+    }
 }

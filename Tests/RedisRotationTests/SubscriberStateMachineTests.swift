@@ -8,11 +8,11 @@ import Testing
 struct SubscriberStateMachineTests {
     typealias Machine = SubscriberStateMachine
 
-    let marker = "__marker"
+    let marker: PubSubName = "__marker"
     let t0 = Date(timeIntervalSince1970: 1_000)
     let t1 = Date(timeIntervalSince1970: 1_005)
 
-    func message(_ channel: String, _ payload: String) -> PubSubStateMachine.Push {
+    func message(_ channel: PubSubName, _ payload: String) -> PubSubStateMachine.Push {
         .message(.channel, channel: channel, pattern: nil, payload: ByteBuffer(string: payload))
     }
     func markerPush(_ token: String) -> PubSubStateMachine.Push { self.message(self.marker, token) }
@@ -84,16 +84,41 @@ struct SubscriberStateMachineTests {
         let viaPattern = PubSubStateMachine.Push.message(.pattern, channel: self.marker, pattern: "*", payload: ByteBuffer(string: "T"))
         let steady = machine.pushReceived(viaPattern, on: 1, at: self.t1)
         #expect(steady == Machine.Action())
-        let started = machine.handoverStarted(to: 2, token: "T")
+        let started = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(started)
         let during = machine.pushReceived(viaPattern, on: 2, at: self.t1)
         #expect(during == Machine.Action())
     }
 
+    @Test("a pattern that matches another client's marker channel never delivers it: the prefix is reserved")
+    func patternMatchingOtherClientsMarker() {
+        var machine = self.running()
+        _ = machine.subscribe(2, kind: .pattern, names: ["*"])
+        let other = PubSubStateMachine.Push.message(.pattern, channel: "__redis-rotation:handover:other", pattern: "*", payload: ByteBuffer(string: "T"))
+        let dropped = machine.pushReceived(other, on: 1, at: self.t1)
+        #expect(dropped == Machine.Action())
+        let user = PubSubStateMachine.Push.message(.pattern, channel: "__redis-rotation", pattern: "*", payload: ByteBuffer(string: "m"))
+        let delivered = machine.pushReceived(user, on: 1, at: self.t1)
+        let message = RedisPubSubMessage(channel: "__redis-rotation", pattern: "*", payload: ByteBuffer(string: "m"))
+        #expect(delivered == Machine.Action(deliveries: [Machine.Delivery(subscription: 2, element: .message(message))]))
+    }
+
+    @Test("names are bytes: channels that differ only in Unicode normalization are two subscriptions")
+    func namesAreBytes() {
+        var machine = self.running()
+        let precomposed = PubSubName("caf\u{E9}")
+        let decomposed = PubSubName("cafe\u{301}")
+        #expect(machine.subscribe(2, kind: .channel, names: [precomposed]) == [precomposed])
+        #expect(machine.subscribe(3, kind: .channel, names: [decomposed]) == [decomposed])
+        let r1 = machine.pushReceived(self.message(decomposed, "m"), on: 1, at: self.t1)
+        let message = RedisPubSubMessage(kind: .channel, channel: decomposed, pattern: nil, payload: ByteBuffer(string: "m"))
+        #expect(r1 == Machine.Action(deliveries: [Machine.Delivery(subscription: 3, element: .message(message))]))
+    }
+
     @Test("handover: the predecessor's messages before its marker, then the successor's after its marker; nothing twice, nothing lost")
     func handoverExactlyOnce() {
         var machine = self.running()
-        let r13 = machine.handoverStarted(to: 2, token: "T")
+        let r13 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r13)
         var actions: [Machine.Action] = []
         // Server order: m1 (only on 1), [2 subscribed] m2, m2 again (a legitimate duplicate), [marker], m3, m4.
@@ -119,7 +144,7 @@ struct SubscriberStateMachineTests {
     @Test("handover: the predecessor's marker first; its later messages wait and are discarded at the switch")
     func predecessorMarkerFirst() {
         var machine = self.running()
-        let r14 = machine.handoverStarted(to: 2, token: "T")
+        let r14 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r14)
         var actions: [Machine.Action] = []
         actions.append(machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1))
@@ -136,7 +161,7 @@ struct SubscriberStateMachineTests {
     @Test("a marker with another token (an earlier, abandoned handover) is not this handover's")
     func staleMarker() {
         var machine = self.running()
-        let r15 = machine.handoverStarted(to: 2, token: "new")
+        let r15 = machine.handoverStarted(to: 2, token: "new", at: self.t0)
         #expect(r15)
         let r16 = machine.pushReceived(self.markerPush("old"), on: 1, at: self.t1)
         #expect(r16 == Machine.Action())
@@ -147,7 +172,7 @@ struct SubscriberStateMachineTests {
     @Test("the successor fails before the switch: the predecessor delivers what it held back and goes on")
     func successorFails() {
         var machine = self.running()
-        let r18 = machine.handoverStarted(to: 2, token: "T")
+        let r18 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r18)
         _ = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1)
         let r19 = machine.pushReceived(self.message("c", "m1"), on: 1, at: self.t1)
@@ -159,7 +184,7 @@ struct SubscriberStateMachineTests {
         #expect(r20.deliveries == [self.delivered(1, "c", "m2")])
 
         // Abandoned by the shell (a timeout) rather than lost: the successor is closed.
-        let r21 = machine.handoverStarted(to: 3, token: "U")
+        let r21 = machine.handoverStarted(to: 3, token: "U", at: self.t0)
         #expect(r21)
         let abandoned = machine.handoverAbandoned(3)
         #expect(abandoned.close == [3] && abandoned.handoverAbandoned)
@@ -169,7 +194,7 @@ struct SubscriberStateMachineTests {
     @Test("the predecessor is lost after its marker: the successor takes over at its own, with no gap")
     func predecessorLostAfterMarker() {
         var machine = self.running()
-        let r22 = machine.handoverStarted(to: 2, token: "T")
+        let r22 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r22)
         _ = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t1)
         let r23 = machine.connectionLost(1, at: self.t1)
@@ -181,11 +206,11 @@ struct SubscriberStateMachineTests {
         #expect(r24.deliveries == [self.delivered(1, "c", "after")])
     }
 
-    @Test("the predecessor is lost before its marker: the successor still waits for its own marker, which ends a gap from the loss")
+    @Test("the predecessor is lost before its marker: the successor still waits for its own marker, which ends a gap from its SUBSCRIBE")
     func predecessorLostBeforeMarker() {
         var machine = self.running()
         let t2 = self.t1.addingTimeInterval(1)
-        let r25 = machine.handoverStarted(to: 2, token: "T")
+        let r25 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r25)
         // m1 is on both streams (the successor was confirmed before it was published); the predecessor
         // delivers it and dies; the lagging successor reads it only afterwards.
@@ -196,7 +221,7 @@ struct SubscriberStateMachineTests {
         let r25b = machine.pushReceived(self.message("c", "m1"), on: 2, at: self.t1)
         #expect(r25b == Machine.Action())
         let switched = machine.pushReceived(self.markerPush("T"), on: 2, at: t2)
-        #expect(switched == Machine.Action(deliveries: [self.gap(1, self.t1, t2)], handoverCompleted: true))
+        #expect(switched == Machine.Action(deliveries: [self.gap(1, self.t0, t2)], handoverCompleted: true))
         let r26 = machine.pushReceived(self.message("c", "m2"), on: 2, at: t2)
         #expect(r26 == Machine.Action(deliveries: [self.delivered(1, "c", "m2")]))
         #expect(machine.deliveringConnection == 2)
@@ -205,27 +230,29 @@ struct SubscriberStateMachineTests {
     @Test("the predecessor is lost before its marker, after the successor's: a gap, then what the successor held back")
     func predecessorLostBeforeMarkerSuccessorPastIt() {
         var machine = self.running()
-        let r1 = machine.handoverStarted(to: 2, token: "T")
+        let r1 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r1)
         let r2 = machine.pushReceived(self.markerPush("T"), on: 2, at: self.t0)
         #expect(r2 == Machine.Action())
         let r3 = machine.pushReceived(self.message("c", "after"), on: 2, at: self.t0)
         #expect(r3 == Machine.Action())
         let lost = machine.connectionLost(1, at: self.t1)
-        #expect(lost == Machine.Action(deliveries: [self.gap(1, self.t1, self.t1), self.delivered(1, "c", "after")], handoverCompleted: true))
+        #expect(lost == Machine.Action(deliveries: [self.gap(1, self.t0, self.t1), self.delivered(1, "c", "after")], handoverCompleted: true))
     }
 
     @Test(
-        "the predecessor is lost (before or after its marker), then the successor before its marker: the replacement signals a gap from the loss or the marker",
+        "the predecessor is lost (before or after its marker), then the successor before its marker: the replacement signals a gap from the successor's SUBSCRIBE or the marker's PUBLISH",
         arguments: [false, true]
     )
     func bothLostDuringHandover(predecessorSawMarker: Bool) {
         var machine = self.running()
         let later = self.t1.addingTimeInterval(5)
-        let r1 = machine.handoverStarted(to: 2, token: "T")
+        let r1 = machine.handoverStarted(to: 2, token: "T", at: self.t0)
         #expect(r1)
+        let published = self.t0.addingTimeInterval(0.2)
         if predecessorSawMarker {
-            let r2 = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t0)
+            machine.markerPublished(at: published)
+            let r2 = machine.pushReceived(self.markerPush("T"), on: 1, at: self.t0.addingTimeInterval(0.5))
             #expect(r2 == Machine.Action())
         }
         let loss = self.t0.addingTimeInterval(1)
@@ -235,8 +262,9 @@ struct SubscriberStateMachineTests {
         #expect(r4 == Machine.Action(reconnect: true, handoverAbandoned: true))
         machine.resumeStarted(3)
         let r5 = machine.resumeConfirmed(3, at: later)
-        // After its marker the predecessor held messages back for the successor: those are missing too.
-        #expect(r5 == Machine.Action(deliveries: [self.gap(1, predecessorSawMarker ? self.t0 : loss, later)]))
+        // After its marker the predecessor held messages back for the successor, published after the
+        // marker's PUBLISH: those are missing too. Before it, the successor's dropped ones are.
+        #expect(r5 == Machine.Action(deliveries: [self.gap(1, predecessorSawMarker ? published : self.t0, later)]))
     }
 
     @Test("a replacement that fails while the old connection delivers leaves no loss behind: a later loss's gap starts at that loss")
@@ -337,5 +365,35 @@ struct SubscriberStateMachineTests {
         let r31 = machine.resumeConfirmed(3, at: self.t1)
         #expect(r31.deliveries.isEmpty)
     }
-}
 
+    /// The predecessor (1) delivers m1, then dies with m2 still on its way (a kill drops the server's
+    /// output buffer). The successor (2), subscribed before m2 was published, receives m2 at t=1.5 before
+    /// its marker and drops it, as the rule says: the predecessor might have delivered it. It did not: m2
+    /// is missing, so the gap must cover t=1.5; it starts at the successor's SUBSCRIBE (t=0.5), before the
+    /// loss (t=3), also when the successor's marker came first.
+    @Test(
+        "predecessor lost before its marker: the gap covers what the successor dropped before its marker",
+        arguments: [false, true]
+    )
+    func gapCoversWhatTheSuccessorDroppedBeforeItsMarker(successorMarkerFirst: Bool) {
+        func at(_ seconds: Double) -> Date { self.t0.addingTimeInterval(seconds) }
+        var machine = self.running()
+        let started = machine.handoverStarted(to: 2, token: "T", at: at(0.5))
+        #expect(started)
+        var actions: [Machine.Action] = []
+        actions.append(machine.pushReceived(self.message("c", "m1"), on: 1, at: at(1)))
+        actions.append(machine.pushReceived(self.message("c", "m1"), on: 2, at: at(1.2)))
+        actions.append(machine.pushReceived(self.message("c", "m2"), on: 2, at: at(1.5)))
+        if successorMarkerFirst {
+            actions.append(machine.pushReceived(self.markerPush("T"), on: 2, at: at(2)))
+            actions.append(machine.pushReceived(self.message("c", "m3"), on: 2, at: at(2.5)))
+            actions.append(machine.connectionLost(1, at: at(3)))
+        } else {
+            actions.append(machine.connectionLost(1, at: at(3)))
+            actions.append(machine.pushReceived(self.markerPush("T"), on: 2, at: at(4)))
+            actions.append(machine.pushReceived(self.message("c", "m3"), on: 2, at: at(4.5)))
+        }
+        let end = successorMarkerFirst ? at(3) : at(4)
+        #expect(self.deliveries(actions) == [self.delivered(1, "c", "m1"), self.gap(1, at(0.5), end), self.delivered(1, "c", "m3")])
+    }
+}

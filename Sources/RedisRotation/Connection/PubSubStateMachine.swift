@@ -85,9 +85,9 @@ struct PubSubStateMachine {
     /// Something the server sent that answers no command.
     enum Push: Hashable, Sendable {
         /// A published message. `pattern` is set for `pmessage`.
-        case message(Kind, channel: String, pattern: String?, payload: ByteBuffer)
+        case message(Kind, channel: PubSubName, pattern: PubSubName?, payload: ByteBuffer)
         /// The server ended a subscription on its own (a shard channel's slot moved away).
-        case unsubscribed(Kind, name: String)
+        case unsubscribed(Kind, name: PubSubName)
     }
 
     enum Action: Hashable {
@@ -110,10 +110,10 @@ struct PubSubStateMachine {
     private var confirmations: [RESPValue] = []
     /// How many confirmations the head command expects, once known.
     private var expected: Int?
-    /// What the server has confirmed subscribed, per kind.
-    private(set) var confirmed: [Kind: Set<String>] = [:]
+    /// What the server has confirmed subscribed, per kind; names are bytes, as the server compares them.
+    private(set) var confirmed: [Kind: Set<PubSubName>] = [:]
     /// Confirmed names an unsubscribe-family command or `RESET` removed, not yet taken by the shell.
-    private var unsubscribedByCommand: [(kind: Kind, name: String)] = []
+    private var unsubscribedByCommand: [(kind: Kind, name: PubSubName)] = []
     private var isClosed = false
 
     /// Whether the server holds at least one subscription: only then can a message arrive.
@@ -121,7 +121,7 @@ struct PubSubStateMachine {
 
     /// The confirmed names that commands (`UNSUBSCRIBE` and siblings, `RESET`) removed since the last call,
     /// in the order the server removed them: whoever relied on them must be told.
-    mutating func takeUnsubscribedByCommand() -> [(kind: Kind, name: String)] {
+    mutating func takeUnsubscribedByCommand() -> [(kind: Kind, name: PubSubName)] {
         guard !self.unsubscribedByCommand.isEmpty else { return [] }
         defer { self.unsubscribedByCommand = [] }
         return self.unsubscribedByCommand
@@ -142,7 +142,7 @@ struct PubSubStateMachine {
         switch head {
         case .subscribe(let kind, let count)?:
             if let name = Self.confirmation(value, named: kind.subscribeConfirmation) {
-                return self.confirmationReceived(value, expected: count) { $0.confirmed[kind, default: []].insert(name ?? "") }
+                return self.confirmationReceived(value, expected: count) { $0.confirmed[kind, default: []].insert(name ?? PubSubName(bytes: [])) }
             }
         case .unsubscribe(let kind, let count)?:
             if let name = Self.confirmation(value, named: kind.unsubscribeConfirmation) {
@@ -195,29 +195,29 @@ struct PubSubStateMachine {
 
     /// The name in a confirmation array `[kind, name-or-null, count]`, `.some(nil)` for a null name;
     /// `nil` when `value` is not such a confirmation.
-    private static func confirmation(_ value: RESPValue, named kind: String) -> String?? {
+    private static func confirmation(_ value: RESPValue, named kind: String) -> PubSubName?? {
         guard case .array(let elements) = value, elements.count == 3, elements[0].string == kind,
             case .integer = elements[2]
         else { return nil }
         if elements[1].isNull { return .some(nil) }
-        guard let name = elements[1].string else { return nil }
-        return .some(name)
+        guard let name = elements[1].bytes else { return nil }
+        return .some(PubSubName(bytes: name.readableBytesView))
     }
 
-    private static func push(in value: RESPValue, confirmed: [Kind: Set<String>]) -> Push? {
+    private static func push(in value: RESPValue, confirmed: [Kind: Set<PubSubName>]) -> Push? {
         guard case .array(let elements) = value, let first = elements.first?.string else { return nil }
         for kind in Kind.allCases {
             if first == kind.messageName {
                 if kind == .pattern {
-                    guard elements.count == 4, let pattern = elements[1].string, let channel = elements[2].string,
+                    guard elements.count == 4, let pattern = elements[1].name, let channel = elements[2].name,
                         let payload = elements[3].bytes
                     else { return nil }
                     return .message(kind, channel: channel, pattern: pattern, payload: payload)
                 }
-                guard elements.count == 3, let channel = elements[1].string, let payload = elements[2].bytes else { return nil }
+                guard elements.count == 3, let channel = elements[1].name, let payload = elements[2].bytes else { return nil }
                 return .message(kind, channel: channel, pattern: nil, payload: payload)
             }
-            if first == kind.unsubscribeConfirmation, elements.count == 3, let name = elements[1].string,
+            if first == kind.unsubscribeConfirmation, elements.count == 3, let name = elements[1].name,
                 confirmed[kind]?.contains(name) == true
             {
                 return .unsubscribed(kind, name: name)
@@ -225,4 +225,9 @@ struct PubSubStateMachine {
         }
         return nil
     }
+}
+
+extension RESPValue {
+    /// A string's bytes as a channel or pattern name, exactly as the server sent them.
+    fileprivate var name: PubSubName? { self.bytes.map { PubSubName(bytes: $0.readableBytesView) } }
 }

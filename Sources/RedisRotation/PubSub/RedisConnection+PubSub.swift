@@ -6,7 +6,7 @@ protocol PubSubPushReceiver: AnyObject {
     func received(_ push: PubSubStateMachine.Push)
     /// A command on the connection (`UNSUBSCRIBE` and siblings, `RESET`) ended the server's subscription
     /// to `name`; called before that command's reply is handed on.
-    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String)
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: PubSubName)
     /// The connection closed; called once, and nothing is received after it.
     func connectionClosed(_ error: RedisError)
 }
@@ -32,6 +32,10 @@ extension RedisConnection {
     }
 
     /// Subscribes to the channels matching `patterns` (`PSUBSCRIBE`); messages carry the pattern.
+    ///
+    /// A connection is raw: it delivers whatever the server sends, including the handover markers that
+    /// ``RedisClient`` subscribers publish on the reserved `__redis-rotation:` channels (a pattern such as
+    /// `*` matches them). ``RedisClient/psubscribe(to:)`` filters them out.
     public func psubscribe(to patterns: [String]) async throws -> RedisSubscription {
         try await self.subscribe(.pattern, patterns)
     }
@@ -43,6 +47,7 @@ extension RedisConnection {
 
     private func subscribe(_ kind: PubSubStateMachine.Kind, _ names: [String]) async throws -> RedisSubscription {
         precondition(!names.isEmpty, "a subscription needs at least one channel or pattern")
+        let names = names.map { PubSubName($0) }
         try Task.checkCancellation()
         let (stream, continuation) = AsyncThrowingStream<RedisPubSubMessage, any Error>.makeStream()
         let backlog = SubscriptionBacklog(limits: self.configuration.subscriptionBufferLimits)
@@ -142,7 +147,7 @@ extension RedisConnection {
     /// Sends a subscribe-family command for `names` and waits for every confirmation.
     ///
     /// - Throws: `serverError` for an error reply, `commandTimeout`, `connectionClosed`.
-    func sendSubscriptionCommand(_ name: String, _ names: [String], timeout: Duration) async throws {
+    func sendSubscriptionCommand(_ name: String, _ names: [PubSubName], timeout: Duration) async throws {
         let handler = self.handler
         let promise = self.eventLoop.makePromise(of: RESPValue.self)
         let deadline = NIODeadline.now() + TimeAmount(timeout)
@@ -163,12 +168,12 @@ extension RedisCommandHandler {
     /// On the event loop.
     func sendSubscriptionCommand(
         _ name: String,
-        _ names: [String],
+        _ names: [PubSubName],
         promise: EventLoopPromise<RESPValue>?,
         deadline: NIODeadline,
         id: UInt64 = subscriptionCommandIDs.add(1, ordering: .relaxed).newValue
     ) {
-        let command = RedisCommand(name, arguments: names.map { .string($0) })
+        let command = RedisCommand(name, arguments: names.map { .bytes($0.bytes) })
         var payload = ByteBuffer()
         do {
             try command.write(to: &payload)
@@ -190,7 +195,7 @@ extension RedisCommandHandler {
 final class SubscriptionRouter: PubSubPushReceiver {
     struct Key: Hashable {
         var kind: PubSubStateMachine.Kind
-        var name: String
+        var name: PubSubName
     }
 
     private struct Subscriber {
@@ -210,11 +215,11 @@ final class SubscriptionRouter: PubSubPushReceiver {
     func add(
         _ id: UInt64,
         kind: PubSubStateMachine.Kind,
-        names: [String],
+        names: [PubSubName],
         continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation,
         backlog: SubscriptionBacklog
-    ) -> (new: [String], awaited: [EventLoopFuture<RESPValue>]) {
-        var new: [String] = []
+    ) -> (new: [PubSubName], awaited: [EventLoopFuture<RESPValue>]) {
+        var new: [PubSubName] = []
         var awaited: [EventLoopFuture<RESPValue>] = []
         var keys: [Key] = []
         for name in names {
@@ -233,7 +238,7 @@ final class SubscriptionRouter: PubSubPushReceiver {
     }
 
     /// A subscribe command for `names` was written; they are confirmed when `reply` succeeds.
-    func subscribing(_ kind: PubSubStateMachine.Kind, _ names: [String], reply: EventLoopFuture<RESPValue>) {
+    func subscribing(_ kind: PubSubStateMachine.Kind, _ names: [PubSubName], reply: EventLoopFuture<RESPValue>) {
         let keys = names.map { Key(kind: kind, name: $0) }
         for key in keys { self.pending[key] = reply }
         reply.assumeIsolated().whenSuccess { value in
@@ -243,9 +248,9 @@ final class SubscriptionRouter: PubSubPushReceiver {
     }
 
     /// Forgets subscription `id`; returns the names nobody uses any more, to unsubscribe on the server.
-    func remove(_ id: UInt64) -> [PubSubStateMachine.Kind: [String]] {
+    func remove(_ id: UInt64) -> [PubSubStateMachine.Kind: [PubSubName]] {
         guard let subscriber = self.subscribers.removeValue(forKey: id) else { return [:] }
-        var unused: [PubSubStateMachine.Kind: [String]] = [:]
+        var unused: [PubSubStateMachine.Kind: [PubSubName]] = [:]
         for key in subscriber.keys {
             self.listeners[key]?.remove(id)
             if self.listeners[key]?.isEmpty == true {
@@ -282,7 +287,7 @@ final class SubscriptionRouter: PubSubPushReceiver {
         }
     }
 
-    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String) {
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: PubSubName) {
         self.end(
             Key(kind: kind, name: name),
             because: "the subscription was ended by \(kind.unsubscribeCommand) or RESET sent on its connection"

@@ -37,20 +37,20 @@ public struct RedisClientSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisSubscriptionEvent
 
     let stream: AsyncThrowingStream<RedisSubscriptionEvent, any Error>
-    let backlog: SubscriptionBacklog
+    let sink: ClientSubscriptionSink
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.AsyncIterator
-        let backlog: SubscriptionBacklog
+        let sink: ClientSubscriptionSink
 
         public mutating func next() async throws -> RedisSubscriptionEvent? {
             let event = try await self.base.next()
-            if case .message(let message) = event { self.backlog.taken(message.payload.readableBytes) }
+            if case .message(let message) = event { self.sink.taken(message.payload.readableBytes) }
             return event
         }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: self.stream.makeAsyncIterator(), backlog: self.backlog)
+        AsyncIterator(base: self.stream.makeAsyncIterator(), sink: self.sink)
     }
 }

@@ -27,52 +27,35 @@ final class SubscriberHub: Sendable {
         let tlsGeneration: UInt64?
     }
 
-    /// Where one subscription's events go.
-    private struct Sink {
-        let continuation: AsyncThrowingStream<RedisSubscriptionEvent, any Error>.Continuation
-        let backlog: SubscriptionBacklog
-        /// Messages are dropped since then: the reader fell behind by more than the limits.
-        var droppingSince: Date?
-
-        /// Yields `event`, unless the reader is too far behind: then messages are dropped until it has
-        /// taken half of what waits, and a gap from the first dropped one comes before the next message.
-        mutating func yield(_ event: RedisSubscriptionEvent, at now: Date) {
-            if case .message(let message) = event {
-                if let since = self.droppingSince {
-                    guard self.backlog.isHalfEmpty else { return }
-                    self.continuation.yield(.gap(from: since, to: now))
-                    self.droppingSince = nil
-                }
-                if self.backlog.admit(message.payload.readableBytes) {
-                    self.continuation.yield(event)
-                } else {
-                    self.droppingSince = now
-                }
-            } else {
-                // A gap of the subscriber's own: one for the dropped messages comes first, in order.
-                if let since = self.droppingSince.take() { self.continuation.yield(.gap(from: since, to: now)) }
-                self.continuation.yield(event)
-            }
-        }
-    }
-
     private struct State {
         var machine: SubscriberStateMachine
         var phase = Phase.notStarted
-        var continuations: [UInt64: Sink] = [:]
+        var continuations: [UInt64: ClientSubscriptionSink] = [:]
         var slots: [Int: Slot] = [:]
         var nextSlot = 0
         /// Callers waiting for their subscribe to be performed.
         var waiting: [UInt64: Completion] = [:]
         /// The handover in progress waits for both markers.
         var handover: Completion?
-        /// The user's ACL refuses the marker channel: replacements are signalled as gaps.
-        var markerRefused = false
+        /// The user's ACL refused the marker channel on the last connection that tried (each new
+        /// connection tries again, so that granting it ends the marker-less mode).
+        var markerSubscribeRefused = false
+        /// The connections not subscribed to the marker channel.
+        var withoutMarker: Set<Int> = []
+        /// The user's ACL refused the marker's `PUBLISH` during this rotation (tried again at the next).
+        var markerPublishRefused = false
+        var markerPublishWarned = false
+        /// Each connection's last sign of life (opened, a push received, a `PING` answered): a loss
+        /// noticed later (a silent peer is noticed by the health check) may have lost what was published
+        /// since then.
+        var lastSeen: [Int: Date] = [:]
     }
 
     private enum Work: Sendable {
-        case subscribe(UInt64, Kind, [String])
-        case unsubscribe(UInt64)
+        case subscribe(UInt64, Kind, [PubSubName])
+        /// A subscription ended (already gone from the machine): unsubscribe on the server what nobody
+        /// uses any more, or close the connection when nothing is left.
+        case unsubscribe([Kind: [PubSubName]])
         case checkRotation
         case reconnect
         /// PINGs the delivering connection: a peer that vanished silently (no EOF) fails it at the
@@ -89,7 +72,8 @@ final class SubscriberHub: Sendable {
     private static let rotationKinds: Set<RedisRotationEvent.Kind> = [.promoted, .credentialDemoted, .tlsMaterialReloaded]
 
     init() {
-        self.state = Lock(State(machine: SubscriberStateMachine(markerChannel: "__redis-rotation:handover:\(UUID().uuidString)")))
+        let marker = PubSubName("\(SubscriberStateMachine.reservedPrefix.string)handover:\(UUID().uuidString)")
+        self.state = Lock(State(machine: SubscriberStateMachine(markerChannel: marker)))
         (self.work, self.workContinuation) = AsyncStream.makeStream()
     }
 
@@ -108,16 +92,16 @@ final class SubscriberHub: Sendable {
         let id = Self.subscriptionIDs.add(1, ordering: .relaxed).newValue
         let (stream, continuation) = AsyncThrowingStream<RedisSubscriptionEvent, any Error>.makeStream()
         let completion = Completion()
-        let backlog = SubscriptionBacklog(limits: limits)
+        let sink = ClientSubscriptionSink(continuation: continuation, backlog: SubscriptionBacklog(limits: limits))
         let accepted = self.state.withLock { state -> Bool in
             guard state.phase != .shutDown else { return false }
-            state.continuations[id] = Sink(continuation: continuation, backlog: backlog)
+            state.continuations[id] = sink
             state.waiting[id] = completion
             return true
         }
         guard accepted else { throw Self.shutdownError }
-        continuation.onTermination = { [workContinuation] _ in workContinuation.yield(.unsubscribe(id)) }
-        self.workContinuation.yield(.subscribe(id, kind, names))
+        continuation.onTermination = { [weak self] _ in self?.subscriptionEnded(id) }
+        self.workContinuation.yield(.subscribe(id, kind, names.map { PubSubName($0) }))
         do {
             try await completion.wait(timeout: timeout)
         } catch {
@@ -125,7 +109,18 @@ final class SubscriberHub: Sendable {
             continuation.finish()
             throw error
         }
-        return RedisClientSubscription(stream: stream, backlog: backlog)
+        return RedisClientSubscription(stream: stream, sink: sink)
+    }
+
+    /// A subscription ended (its reader cancelled, the sequence dropped, or it failed): it leaves the
+    /// machine at once, so that a reconnect in progress stops wanting its names and never subscribes
+    /// them again; only the server-side unsubscribe waits for its turn.
+    private func subscriptionEnded(_ id: UInt64) {
+        let unused = self.state.withLock { state in
+            state.continuations[id] = nil
+            return state.machine.unsubscribe(id)
+        }
+        self.workContinuation.yield(.unsubscribe(unused))
     }
 
     // MARK: Running
@@ -184,26 +179,35 @@ final class SubscriberHub: Sendable {
             let result = await self.performSubscribe(id, kind, names, client: client)
             let completion = self.state.withLock { $0.waiting.removeValue(forKey: id) }
             completion?.resume(result)
-        case .unsubscribe(let id):
-            await self.performUnsubscribe(id, client: client)
+        case .unsubscribe(let unused):
+            await self.performUnsubscribe(unused, client: client)
         case .checkRotation:
             await self.rotateIfNeeded(client: client)
         case .reconnect:
             await self.reconnect(client: client)
         case .healthCheck:
-            guard let (_, slot) = self.delivering() else { return }
-            _ = try? await slot.connection.send(RedisCommand("PING"), timeout: client.configuration.commandTimeout)
+            guard let (id, slot) = self.delivering() else { return }
+            let sent = Date()
+            guard (try? await slot.connection.send(RedisCommand("PING"), timeout: client.configuration.commandTimeout)) != nil else { return }
+            // Everything published before the server ran the PING arrived before its reply.
+            self.state.withLock { state in
+                if let seen = state.lastSeen[id], seen < sent { state.lastSeen[id] = sent }
+            }
         }
     }
 
-    private func performSubscribe(_ id: UInt64, _ kind: Kind, _ names: [String], client: RedisClient) async -> Result<Void, any Error> {
+    private func performSubscribe(_ id: UInt64, _ kind: Kind, _ names: [PubSubName], client: RedisClient) async -> Result<Void, any Error> {
         // The caller gave up (timeout, cancellation) before its turn: nothing to do.
         guard self.state.withLock({ $0.waiting[id] != nil && $0.continuations[id] != nil }) else { return .failure(CancellationError()) }
         if self.delivering() == nil { await self.reconnect(client: client) }
         guard let (_, slot) = self.delivering() else {
             return .failure(RedisError(code: .connectionFailed, message: "the subscriber connection could not be opened"))
         }
-        let new = self.state.withLock { $0.machine.subscribe(id, kind: kind, names: names) }
+        // Checked in the same decision: a subscription that ended meanwhile must not enter the machine.
+        let new = self.state.withLock { state in
+            state.continuations[id] == nil ? nil : state.machine.subscribe(id, kind: kind, names: names)
+        }
+        guard let new else { return .failure(CancellationError()) }
         guard !new.isEmpty else { return .success(()) }
         do {
             try await slot.connection.sendSubscriptionCommand(kind.subscribeCommand, new, timeout: client.configuration.commandTimeout)
@@ -225,10 +229,9 @@ final class SubscriberHub: Sendable {
         }
     }
 
-    private func performUnsubscribe(_ id: UInt64, client: RedisClient) async {
-        let (unused, delivering, hasSubscriptions) = self.state.withLock { state in
-            state.continuations[id] = nil
-            return (state.machine.unsubscribe(id), state.machine.deliveringConnection, state.machine.hasSubscriptions)
+    private func performUnsubscribe(_ unused: [Kind: [PubSubName]], client: RedisClient) async {
+        let (delivering, hasSubscriptions) = self.state.withLock { state in
+            (state.machine.deliveringConnection, state.machine.hasSubscriptions)
         }
         guard let delivering, let slot = self.state.withLock({ $0.slots[delivering] }) else { return }
         if !hasSubscriptions {
@@ -269,7 +272,7 @@ final class SubscriberHub: Sendable {
                 let id = self.adopt(connection, version: version) { machine, id in machine.resumeStarted(id) }
                 opened = id
                 await connection.installPushReceiver(Receiver(hub: self, connection: id))
-                try await self.subscribeEverything(on: connection, timeout: client.configuration.commandTimeout, client: client)
+                try await self.subscribeEverything(on: connection, id: id, timeout: client.configuration.commandTimeout, client: client)
                 let action = self.apply { $0.resumeConfirmed(id, at: Date()) }
                 client.logger.debug("subscriber connected", metadata: [LoggingKeys.credentialVersion: "\(version)"])
                 if action.deliveries.contains(where: { if case .gap = $0.element { return true } else { return false } }) {
@@ -285,7 +288,6 @@ final class SubscriberHub: Sendable {
             } catch {
                 client.logger.debug("subscriber connection failed", metadata: [LoggingKeys.error: "\(error)"])
                 if let opened, let slot = self.state.withLock({ $0.slots[opened] }) {
-                    self.apply { $0.connectionLost(opened, at: Date()) }
                     self.forget(opened)
                     await slot.connection.close()
                 }
@@ -299,6 +301,8 @@ final class SubscriberHub: Sendable {
     /// Replaces the delivering connection make-before-break when it is on another credential version
     /// or TLS generation than new connections get; up to three tries, then until the next rotation event.
     private func rotateIfNeeded(client: RedisClient) async {
+        // A PUBLISH the ACL refused at the last rotation is tried again: the operator may have allowed it.
+        self.state.withLock { $0.markerPublishRefused = false }
         for attempt in 0..<3 {
             guard let (predecessor, slot) = self.delivering(), self.state.withLock({ $0.machine.hasSubscriptions }) else { return }
             let target = client.dedicatedConnectionTarget
@@ -311,8 +315,10 @@ final class SubscriberHub: Sendable {
 
     /// One make-before-break replacement; `true` when the successor delivers alone.
     private func handover(from predecessor: Int, client: RedisClient) async -> Bool {
-        if self.state.withLock({ $0.markerRefused }) { return await self.handoverWithoutMarker(from: predecessor, client: client) }
         let timeout = client.configuration.commandTimeout
+        if await !self.markerUsable(on: predecessor, timeout: timeout, client: client) {
+            return await self.handoverWithoutMarker(from: predecessor, client: client)
+        }
         let connection: RedisConnection
         let version: String
         do {
@@ -324,7 +330,8 @@ final class SubscriberHub: Sendable {
         let token = UUID().uuidString
         let completion = Completion()
         var started = false
-        let id = self.adopt(connection, version: version) { machine, id in started = machine.handoverStarted(to: id, token: token) }
+        // Before the successor's SUBSCRIBE is sent: what it receives was published after this.
+        let id = self.adopt(connection, version: version) { machine, id in started = machine.handoverStarted(to: id, token: token, at: Date()) }
         guard started else {
             self.forget(id)
             await connection.close()
@@ -333,16 +340,31 @@ final class SubscriberHub: Sendable {
         self.state.withLock { $0.handover = completion }
         await connection.installPushReceiver(Receiver(hub: self, connection: id))
         do {
-            try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
-            let marker = self.state.withLock { $0.machine.markerChannel }
+            try await self.subscribeEverything(on: connection, id: id, timeout: timeout, client: client)
+            guard self.state.withLock({ !$0.withoutMarker.contains(id) }) else {
+                throw RedisError(code: .serverError, message: "the successor may not subscribe to the marker channel")
+            }
+            // Before the PUBLISH is sent: what the predecessor holds back after its marker was published
+            // after this, which may be well before the marker arrives.
+            let marker = self.state.withLock { state in
+                state.machine.markerPublished(at: Date())
+                return state.machine.markerChannel
+            }
             do {
-                _ = try await client.send(RedisCommand("PUBLISH", .string(marker), .string(token)), timeout: timeout)
+                _ = try await client.send(RedisCommand("PUBLISH", .bytes(marker.bytes), .string(token)), timeout: timeout)
+                self.state.withLock { $0.markerPublishWarned = false }
             } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
                 // The user may not publish: the next try replaces without the marker (with a gap).
-                self.state.withLock { $0.markerRefused = true }
-                client.logger.warning(
-                    "the user may not publish the subscriber's marker: replacing the subscriber after a rotation will signal a gap; allow PUBLISH to &__redis-rotation:* in the user's ACL"
-                )
+                let warn = self.state.withLock { state in
+                    state.markerPublishRefused = true
+                    defer { state.markerPublishWarned = true }
+                    return !state.markerPublishWarned
+                }
+                if warn {
+                    client.logger.warning(
+                        "the user may not publish the subscriber's marker: replacing the subscriber after a rotation will signal a gap; allow PUBLISH to &__redis-rotation:* in the user's ACL"
+                    )
+                }
                 throw error
             }
             try await completion.wait(timeout: timeout)
@@ -363,8 +385,8 @@ final class SubscriberHub: Sendable {
         }
     }
 
-    private func subscribeEverything(on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
-        let (wanted, marker, markerRefused) = self.state.withLock { ($0.machine.wanted, $0.machine.markerChannel, $0.markerRefused) }
+    private func subscribeEverything(on connection: RedisConnection, id: Int, timeout: Duration, client: RedisClient) async throws {
+        let wanted = self.state.withLock { $0.machine.wanted }
         for kind in Kind.allCases {
             guard let names = wanted[kind], !names.isEmpty else { continue }
             do {
@@ -375,21 +397,50 @@ final class SubscriberHub: Sendable {
                 try await self.subscribeEach(kind, names, on: connection, timeout: timeout, client: client)
             }
         }
-        guard !markerRefused else { return }
+        try await self.subscribeMarker(on: connection, id: id, timeout: timeout, client: client)
+    }
+
+    /// Subscribes `connection` to the marker channel, also after the ACL refused it before: an operator
+    /// who follows the warning ends the marker-less mode. Warns when the ACL starts refusing it.
+    private func subscribeMarker(on connection: RedisConnection, id: Int, timeout: Duration, client: RedisClient) async throws {
+        let marker = self.state.withLock { $0.machine.markerChannel }
         do {
             try await connection.sendSubscriptionCommand("SUBSCRIBE", [marker], timeout: timeout)
+            self.state.withLock { state in
+                state.markerSubscribeRefused = false
+                state.withoutMarker.remove(id)
+            }
         } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
-            self.state.withLock { $0.markerRefused = true }
-            client.logger.warning(
-                "the user may not subscribe to the subscriber's marker channel: replacing the subscriber after a rotation will signal a gap; allow &__redis-rotation:* in the user's ACL"
-            )
+            let warn = self.state.withLock { state in
+                state.withoutMarker.insert(id)
+                defer { state.markerSubscribeRefused = true }
+                return !state.markerSubscribeRefused
+            }
+            if warn {
+                client.logger.warning(
+                    "the user may not subscribe to the subscriber's marker channel: replacing the subscriber after a rotation will signal a gap; allow &__redis-rotation:* in the user's ACL"
+                )
+            }
         }
+    }
+
+    /// Whether a handover from `predecessor` can use the marker: both connections must listen to it and
+    /// the user publish it. A predecessor opened while the ACL refused the channel tries again now.
+    private func markerUsable(on predecessor: Int, timeout: Duration, client: RedisClient) async -> Bool {
+        let (lacksMarker, publishRefused, slot) = self.state.withLock {
+            ($0.withoutMarker.contains(predecessor), $0.markerPublishRefused, $0.slots[predecessor])
+        }
+        guard !publishRefused else { return false }
+        guard lacksMarker else { return true }
+        guard let slot else { return false }
+        try? await self.subscribeMarker(on: slot.connection, id: predecessor, timeout: timeout, client: client)
+        return self.state.withLock { !$0.withoutMarker.contains(predecessor) }
     }
 
     /// Subscribes `names` one by one; the subscriptions using a name the server refuses (`NOPERM`) end
     /// with its error, and what only they used is unsubscribed again.
-    private func subscribeEach(_ kind: Kind, _ names: [String], on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
-        var unused: [Kind: [String]] = [:]
+    private func subscribeEach(_ kind: Kind, _ names: [PubSubName], on connection: RedisConnection, timeout: Duration, client: RedisClient) async throws {
+        var unused: [Kind: [PubSubName]] = [:]
         for name in names {
             do {
                 try await connection.sendSubscriptionCommand(kind.subscribeCommand, [name], timeout: timeout)
@@ -401,7 +452,7 @@ final class SubscriberHub: Sendable {
                         return state.continuations.removeValue(forKey: id)
                     }
                 }
-                for sink in ended { sink?.continuation.finish(throwing: error) }
+                        for sink in ended { sink?.continuation.finish(throwing: error) }
             }
         }
         for (kind, names) in unused {
@@ -425,7 +476,7 @@ final class SubscriberHub: Sendable {
         let id = self.adopt(connection, version: version) { machine, id in machine.markerlessReplacementStarted(id) }
         await connection.installPushReceiver(Receiver(hub: self, connection: id))
         do {
-            try await self.subscribeEverything(on: connection, timeout: timeout, client: client)
+            try await self.subscribeEverything(on: connection, id: id, timeout: timeout, client: client)
         } catch {
             self.forget(id)
             await connection.close()
@@ -464,6 +515,7 @@ final class SubscriberHub: Sendable {
         self.state.withLock { state in
             state.nextSlot += 1
             state.slots[state.nextSlot] = Slot(connection: connection, version: version, tlsGeneration: connection.tlsInfo?.contextGeneration)
+            state.lastSeen[state.nextSlot] = Date()
             body(&state.machine, state.nextSlot)
             return state.nextSlot
         }
@@ -472,7 +524,9 @@ final class SubscriberHub: Sendable {
     private func forget(_ id: Int) {
         self.state.withLock { state in
             state.slots[id] = nil
-            _ = state.machine.connectionLost(id, at: Date())
+            state.withoutMarker.remove(id)
+            let lastSeen = state.lastSeen.removeValue(forKey: id) ?? Date()
+            _ = state.machine.connectionLost(id, at: lastSeen)
         }
     }
 
@@ -482,10 +536,10 @@ final class SubscriberHub: Sendable {
     /// delivering in decision order is what keeps two event loops' messages in the server's order.
     /// Closing, waking waiters and queueing work happen after the lock.
     @discardableResult
-    private func apply(_ event: (inout SubscriberStateMachine) -> SubscriberStateMachine.Action) -> SubscriberStateMachine.Action {
+    private func applyWithState(_ event: (inout State) -> SubscriberStateMachine.Action) -> SubscriberStateMachine.Action {
         let (action, closing, handover) = self.state.withLock { state -> (SubscriberStateMachine.Action, [RedisConnection], Completion?) in
             guard state.phase == .running else { return (.init(), [], nil) }
-            let action = event(&state.machine)
+            let action = event(&state)
             let now = Date()
             for delivery in action.deliveries {
                 let element: RedisSubscriptionEvent
@@ -494,6 +548,10 @@ final class SubscriberHub: Sendable {
                 case .gap(let from, let to): element = .gap(from: from, to: to)
                 }
                 state.continuations[delivery.subscription]?.yield(element, at: now)
+            }
+            for id in action.close {
+                state.lastSeen[id] = nil
+                state.withoutMarker.remove(id)
             }
             let closing = action.close.compactMap { state.slots.removeValue(forKey: $0)?.connection }
             let handover = (action.handoverCompleted || action.handoverAbandoned) ? state.handover.take() : nil
@@ -509,14 +567,28 @@ final class SubscriberHub: Sendable {
         return action
     }
 
-    fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
-        self.apply { $0.pushReceived(push, on: connection, at: Date()) }
+    @discardableResult
+    private func apply(_ event: (inout SubscriberStateMachine) -> SubscriberStateMachine.Action) -> SubscriberStateMachine.Action {
+        self.applyWithState { event(&$0.machine) }
     }
 
+    fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
+        let now = Date()
+        self.applyWithState { state in
+            if state.slots[connection] != nil { state.lastSeen[connection] = now }
+            return state.machine.pushReceived(push, on: connection, at: now)
+        }
+    }
+
+    /// The loss starts at the connection's last sign of life: a peer that went silent is noticed only by
+    /// the health check, long after what it lost was published.
     fileprivate func connectionClosed(_ connection: Int) {
-        let known = self.state.withLock { $0.slots.removeValue(forKey: connection) != nil }
-        guard known else { return }
-        self.apply { $0.connectionLost(connection, at: Date()) }
+        self.applyWithState { state in
+            guard state.slots.removeValue(forKey: connection) != nil else { return .init() }
+            state.withoutMarker.remove(connection)
+            let lastSeen = state.lastSeen.removeValue(forKey: connection) ?? Date()
+            return state.machine.connectionLost(connection, at: lastSeen)
+        }
     }
 }
 
@@ -535,7 +607,7 @@ private final class Receiver: PubSubPushReceiver, Sendable {
     }
 
     /// Only the hub's own unsubscribes run on its connections: of names no subscription uses.
-    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: String) {}
+    func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: PubSubName) {}
 
     func connectionClosed(_ error: RedisError) {
         self.hub.connectionClosed(self.connection)

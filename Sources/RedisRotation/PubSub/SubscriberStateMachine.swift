@@ -23,10 +23,13 @@ import Foundation
 /// markers are in; then O's buffer is discarded, N's delivered, and O closed. If N fails before that,
 /// O's buffer is delivered and O stays. If O fails after its marker, N takes over at its marker with
 /// nothing missed. If O fails before its marker, N still delivers only after its own marker (what it
-/// received before the marker may have been delivered by O already), and a gap from O's loss to N's
-/// marker comes first: what O did not deliver before it died was published before that marker (as with
-/// any kill, some of it may have been published shortly before the loss was noticed). If N fails after
-/// O was lost, the replacement after the loss signals the gap instead.
+/// received before the marker may have been delivered by O already), and a gap to N's marker comes
+/// first, from O's loss or from when N's `SUBSCRIBE` was sent, whichever is earlier: what N dropped was
+/// published after that, and what O did not deliver was published before N's marker. If N fails after
+/// O was lost, the replacement after the loss signals the gap instead; when O was lost after its marker,
+/// that gap starts when the marker's `PUBLISH` was sent (``markerPublished(at:)``), since what O held back
+/// after its marker was published after that. A loss's time is the connection's last sign of life (the
+/// shell's choice), not when it was noticed.
 ///
 /// **Without the marker channel** (the user's ACL refuses it) the successor N subscribes and drops what
 /// it receives; O delivers until the reply to a `PING` on it (``connectionRetired(_:at:)``: everything
@@ -54,7 +57,7 @@ struct SubscriberStateMachine {
 
     struct Key: Hashable {
         var kind: Kind
-        var name: String
+        var name: PubSubName
     }
 
     enum Element: Hashable, Sendable {
@@ -64,9 +67,11 @@ struct SubscriberStateMachine {
 
     private enum Role {
         case active
-        /// `markerAt`: when its marker arrived (what it holds back after it is lost if the successor fails too).
-        case retiring(token: String, markerAt: Date?, buffer: [Push])
-        case joining(token: String, sawMarker: Bool, buffer: [Push], predecessor: Predecessor)
+        /// `markerAt`: when its marker arrived; `publishedAt`: when the marker's `PUBLISH` was sent (what it
+        /// holds back after its marker was published after that, and is lost if the successor fails too).
+        case retiring(token: String, markerAt: Date?, publishedAt: Date?, buffer: [Push])
+        /// `subscribedAt`: when its `SUBSCRIBE` was sent; everything it receives was published after that.
+        case joining(token: String, sawMarker: Bool, buffer: [Push], predecessor: Predecessor, subscribedAt: Date)
         /// `discarding`: a marker-less successor, which drops what it receives until it is confirmed.
         case resuming(buffer: [Push], discarding: Bool)
     }
@@ -82,15 +87,19 @@ struct SubscriberStateMachine {
         case lostBeforeMarker
     }
 
+    /// Channels starting with this are the client's own (handover markers, of this client and of others
+    /// on the same server): never delivered to a subscription, also when a pattern matches them.
+    static let reservedPrefix: PubSubName = "__redis-rotation:"
+
     /// The channel every subscriber connection listens to for handover markers; never a user's.
-    let markerChannel: String
+    let markerChannel: PubSubName
     private var listeners: [Key: Set<SubscriptionID>] = [:]
     private var subscriptions: [SubscriptionID: [Key]] = [:]
     private var roles: [ConnectionID: Role] = [:]
     /// When the last delivering connection was lost, while no replacement has confirmed.
     private var lostAt: Date?
 
-    init(markerChannel: String) {
+    init(markerChannel: PubSubName) {
         self.markerChannel = markerChannel
     }
 
@@ -117,8 +126,8 @@ struct SubscriberStateMachine {
 
     /// Every name some subscription uses, per kind, to subscribe on a new connection (the marker channel
     /// comes on top).
-    var wanted: [Kind: [String]] {
-        var names: [Kind: [String]] = [:]
+    var wanted: [Kind: [PubSubName]] {
+        var names: [Kind: [PubSubName]] = [:]
         for key in self.listeners.keys { names[key.kind, default: []].append(key.name) }
         return names.mapValues { $0.sorted() }
     }
@@ -126,7 +135,7 @@ struct SubscriberStateMachine {
     var hasSubscriptions: Bool { !self.subscriptions.isEmpty }
 
     /// The subscriptions that listen to `name`, in subscription order.
-    func subscriptions(using kind: Kind, _ name: String) -> [SubscriptionID] {
+    func subscriptions(using kind: Kind, _ name: PubSubName) -> [SubscriptionID] {
         (self.listeners[Key(kind: kind, name: name)] ?? []).sorted()
     }
 
@@ -137,9 +146,9 @@ struct SubscriberStateMachine {
 
     /// Subscription `id` listens to `names`; returns the ones no subscription used yet (to subscribe on
     /// the server).
-    mutating func subscribe(_ id: SubscriptionID, kind: Kind, names: [String]) -> [String] {
+    mutating func subscribe(_ id: SubscriptionID, kind: Kind, names: [PubSubName]) -> [PubSubName] {
         var keys: [Key] = []
-        var new: [String] = []
+        var new: [PubSubName] = []
         for name in names {
             let key = Key(kind: kind, name: name)
             guard !keys.contains(key) else { continue }
@@ -152,9 +161,9 @@ struct SubscriberStateMachine {
     }
 
     /// Subscription `id` ended; returns the names nobody uses any more (to unsubscribe on the server).
-    mutating func unsubscribe(_ id: SubscriptionID) -> [Kind: [String]] {
+    mutating func unsubscribe(_ id: SubscriptionID) -> [Kind: [PubSubName]] {
         guard let keys = self.subscriptions.removeValue(forKey: id) else { return [:] }
-        var unused: [Kind: [String]] = [:]
+        var unused: [Kind: [PubSubName]] = [:]
         for key in keys {
             self.listeners[key]?.remove(id)
             if self.listeners[key]?.isEmpty == true {
@@ -201,12 +210,22 @@ struct SubscriberStateMachine {
     }
 
     /// A handover from the delivering connection to `successor` starts; the marker it will look for
-    /// carries `token`. Returns `false` (and changes nothing) when no connection delivers.
-    mutating func handoverStarted(to successor: ConnectionID, token: String) -> Bool {
+    /// carries `token`; `date` is no later than when the successor's `SUBSCRIBE` is sent. Returns `false`
+    /// (and changes nothing) when no connection delivers.
+    mutating func handoverStarted(to successor: ConnectionID, token: String, at date: Date) -> Bool {
         guard let predecessor = self.deliveringConnection else { return false }
-        self.roles[predecessor] = .retiring(token: token, markerAt: nil, buffer: [])
-        self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .running)
+        self.roles[predecessor] = .retiring(token: token, markerAt: nil, publishedAt: nil, buffer: [])
+        self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .running, subscribedAt: date)
         return true
+    }
+
+    /// The handover's marker is about to be published (`date` is before its `PUBLISH` is sent): what the
+    /// predecessor receives after its marker was published after `date`.
+    mutating func markerPublished(at date: Date) {
+        for (connection, role) in self.roles {
+            guard case .retiring(let token, let markerAt, nil, let buffer) = role else { continue }
+            self.roles[connection] = .retiring(token: token, markerAt: markerAt, publishedAt: date, buffer: buffer)
+        }
     }
 
     /// The successor could not be set up (open, subscribe, publish, or the markers did not arrive in
@@ -216,7 +235,7 @@ struct SubscriberStateMachine {
         self.roles[successor] = nil
         var action = Action(close: [successor], handoverAbandoned: true)
         guard let (predecessor, role) = self.roles.first(where: { if case .retiring = $0.value { return true } else { return false } }),
-            case .retiring(_, _, let buffer) = role
+            case .retiring(_, _, _, let buffer) = role
         else {
             // The predecessor is gone too (its loss set `lostAt`): nothing delivers.
             action.reconnect = self.hasSubscriptions
@@ -239,25 +258,25 @@ struct SubscriberStateMachine {
             if marker == nil { buffer.append(push) }
             self.roles[connection] = .resuming(buffer: buffer, discarding: false)
             return Action()
-        case .retiring(let token, let markerAt, var buffer):
+        case .retiring(let token, let markerAt, let publishedAt, var buffer):
             if markerAt != nil {
                 if marker == nil { buffer.append(push) }
-                self.roles[connection] = .retiring(token: token, markerAt: markerAt, buffer: buffer)
+                self.roles[connection] = .retiring(token: token, markerAt: markerAt, publishedAt: publishedAt, buffer: buffer)
                 return Action()
             }
             if marker == token {
-                self.roles[connection] = .retiring(token: token, markerAt: date, buffer: [])
+                self.roles[connection] = .retiring(token: token, markerAt: date, publishedAt: publishedAt, buffer: [])
                 return self.switchIfReady(at: date)
             }
             return marker == nil ? Action(deliveries: self.route(push)) : Action()
-        case .joining(let token, let sawMarker, var buffer, let predecessor):
+        case .joining(let token, let sawMarker, var buffer, let predecessor, let subscribedAt):
             if sawMarker {
                 if marker == nil { buffer.append(push) }
-                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: buffer, predecessor: predecessor)
+                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: buffer, predecessor: predecessor, subscribedAt: subscribedAt)
                 return Action()
             }
             if marker == token {
-                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: [], predecessor: predecessor)
+                self.roles[connection] = .joining(token: token, sawMarker: true, buffer: [], predecessor: predecessor, subscribedAt: subscribedAt)
                 return self.switchIfReady(at: date)
             }
             // Before its marker, everything the successor receives reached the predecessor too.
@@ -279,25 +298,30 @@ struct SubscriberStateMachine {
             var action = self.handoverAbandoned(connection)
             action.close = []
             return action
-        case .retiring(_, let markerAt, _):
+        case .retiring(_, let markerAt, let publishedAt, _):
             guard let (successor, successorRole) = self.roles.first(where: { if case .joining = $0.value { return true } else { return false } }),
-                case .joining(let token, let successorSawMarker, let buffer, _) = successorRole
+                case .joining(let token, let successorSawMarker, let buffer, _, let subscribedAt) = successorRole
             else {
                 if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
                 return Action(reconnect: self.hasSubscriptions)
             }
             if let markerAt {
                 // Everything up to the marker was delivered: the successor takes over at its marker. Should
-                // the successor fail before it, what came after the marker is missing from then on.
-                self.roles[successor] = .joining(token: token, sawMarker: successorSawMarker, buffer: buffer, predecessor: .lostAfterMarker)
-                if self.lostAt == nil && self.hasSubscriptions { self.lostAt = markerAt }
+                // the successor fail before it, what the predecessor held back is missing: published after
+                // the marker, so after the marker's PUBLISH was sent (its arrival can be much later).
+                self.roles[successor] = .joining(
+                    token: token, sawMarker: successorSawMarker, buffer: buffer, predecessor: .lostAfterMarker, subscribedAt: subscribedAt
+                )
+                if self.lostAt == nil && self.hasSubscriptions { self.lostAt = min(publishedAt ?? markerAt, markerAt) }
                 return Action()
             }
-            if self.lostAt == nil && self.hasSubscriptions { self.lostAt = date }
+            // What the successor dropped before its marker (the predecessor might have delivered it) was
+            // published after its SUBSCRIBE was sent, possibly long before the loss was noticed.
+            if self.lostAt == nil && self.hasSubscriptions { self.lostAt = min(date, subscribedAt) }
             guard successorSawMarker else {
                 // Lost before its marker: the successor's messages before its own marker may repeat what
                 // the predecessor delivered, so it still waits for its marker, which ends the gap.
-                self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .lostBeforeMarker)
+                self.roles[successor] = .joining(token: token, sawMarker: false, buffer: [], predecessor: .lostBeforeMarker, subscribedAt: subscribedAt)
                 return Action()
             }
             // The successor is past its marker: after a gap, it delivers what it held back.
@@ -321,10 +345,10 @@ struct SubscriberStateMachine {
         var predecessorEnd = Predecessor.running
         for (connection, role) in self.roles {
             switch role {
-            case .retiring(_, let markerAt, _):
+            case .retiring(_, let markerAt, _, _):
                 predecessor = connection
                 predecessorReady = markerAt != nil
-            case .joining(_, let sawMarker, let buffer, let end):
+            case .joining(_, let sawMarker, let buffer, let end, _):
                 successor = connection
                 successorReady = sawMarker
                 successorBuffer = buffer
@@ -363,8 +387,10 @@ struct SubscriberStateMachine {
 
     /// The subscriptions a message reaches, in subscription order.
     private func route(_ push: Push) -> [Delivery] {
-        // A marker is never a user's message, also when a pattern (`*`) matches its channel.
-        guard case .message(let kind, let channel, let pattern, let payload) = push, channel != self.markerChannel else { return [] }
+        // A marker (this client's or another's) is never a user's message, also when a pattern (`*`)
+        // matches its channel.
+        guard case .message(let kind, let channel, let pattern, let payload) = push, channel != self.markerChannel, !channel.hasPrefix(Self.reservedPrefix)
+        else { return [] }
         let key = pattern.map { Key(kind: .pattern, name: $0) } ?? Key(kind: kind, name: channel)
         let message = RedisPubSubMessage(kind: kind, channel: channel, pattern: pattern, payload: payload)
         return (self.listeners[key] ?? []).sorted().map { Delivery(subscription: $0, element: .message(message)) }
