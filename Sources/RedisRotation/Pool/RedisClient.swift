@@ -124,16 +124,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
-        try self.init(
-            configuration: configuration,
-            credentials: credentials,
-            timerLoop: eventLoopGroup.any(),
-            randomSeed: UInt64.random(in: .min ... .max),
-            logger: logger,
-            connectionFactory: { configuration, logger in
-                try await RedisConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
-            }
-        )
+        try self.init(configuration: configuration, credentials: credentials, seedCredentials: nil, eventLoopGroup: eventLoopGroup, logger: logger)
     }
 
     /// A client that starts with `seedCredentials` as its current credentials (see ``seedCredentials``).
