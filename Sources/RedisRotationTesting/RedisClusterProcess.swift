@@ -25,13 +25,18 @@ public final class RedisClusterProcess: Sendable {
         /// `cluster-node-timeout` in milliseconds: how soon a silent node counts as failed. Default:
         /// 2000, short so that failure tests do not wait long.
         public var nodeTimeoutMilliseconds: Int
+        /// TLS everywhere (`tls-cluster yes`, `tls-replication yes`, no plain-text port): each node gets a
+        /// certificate for localhost/127.0.0.1 from this authority, usable as server and as client (the
+        /// nodes' bus and replication connections present it). `nil`: plain TCP.
+        public var tlsAuthority: TestCertificateAuthority?
 
         public init(
             primaries: Int = 3,
             replicasPerPrimary: Int = 1,
             users: [RedisServerProcess.User] = [],
             extraConfiguration: [String] = [],
-            nodeTimeoutMilliseconds: Int = 2000
+            nodeTimeoutMilliseconds: Int = 2000,
+            tlsAuthority: TestCertificateAuthority? = nil
         ) {
             precondition(primaries >= 1 && replicasPerPrimary >= 0)
             self.primaries = primaries
@@ -39,6 +44,7 @@ public final class RedisClusterProcess: Sendable {
             self.users = users
             self.extraConfiguration = extraConfiguration
             self.nodeTimeoutMilliseconds = nodeTimeoutMilliseconds
+            self.tlsAuthority = tlsAuthority
         }
     }
 
@@ -77,7 +83,20 @@ public final class RedisClusterProcess: Sendable {
                     "masterauth \(replicatorPassword.withUnsafeBytes { String(decoding: $0, as: UTF8.self) })",
                 ]
                 let users = configuration.users + [.init(name: "replicator", passwords: [replicatorPassword], rules: "+psync +replconf +ping")]
-                nodes.append(try await RedisServerProcess.start(.init(users: users, extraConfiguration: lines + configuration.extraConfiguration)))
+                var tls: RedisServerProcess.TLS?
+                var tlsLines: [String] = []
+                if let authority = configuration.tlsAuthority {
+                    tls = RedisServerProcess.TLS(
+                        // Nodes connect to each other with the certificate they serve with: both usages.
+                        certificate: try authority.issue(commonName: "cluster-node", usage: .serverAndClient),
+                        clientCertificateAuthorities: [authority.certificate],
+                        adminTLS: RedisTLSConfiguration(trustAnchors: [authority.certificate.certificateSource])
+                    )
+                    tlsLines = ["tls-cluster yes", "tls-replication yes"]
+                }
+                nodes.append(
+                    try await RedisServerProcess.start(.init(users: users, extraConfiguration: lines + tlsLines + configuration.extraConfiguration, tls: tls))
+                )
             }
             let cluster = try await Self.form(nodes: nodes, configuration: configuration)
             try await cluster.waitUntilHealthy(timeout: .seconds(30))

@@ -36,7 +36,7 @@ public final class TestCertificateAuthority: Sendable {
     /// What a certificate may be used for.
     public struct Usage: Sendable, Hashable {
         enum Base: Sendable, Hashable {
-            case certificateAuthority, server, client, clientWithoutClientAuth, clientWithoutExtendedKeyUsage
+            case certificateAuthority, server, client, clientWithoutClientAuth, clientWithoutExtendedKeyUsage, serverAndClient
         }
 
         let base: Base
@@ -49,6 +49,9 @@ public final class TestCertificateAuthority: Sendable {
         public static let clientWithoutClientAuth = Usage(base: .clientWithoutClientAuth)
         /// A client certificate with no extended key usage extension at all (acceptable for clients).
         public static let clientWithoutExtendedKeyUsage = Usage(base: .clientWithoutExtendedKeyUsage)
+        /// Both (serverAuth and clientAuth): a cluster node, which connects to the others with the
+        /// certificate it serves with.
+        public static let serverAndClient = Usage(base: .serverAndClient)
         static let certificateAuthority = Usage(base: .certificateAuthority)
     }
 
@@ -224,7 +227,7 @@ private enum Issuer {
                 (NID_key_usage, "critical,keyCertSign,cRLSign"),
                 (NID_subject_key_identifier, "hash"),
             ]
-        case .server, .client, .clientWithoutClientAuth, .clientWithoutExtendedKeyUsage:
+        case .server, .client, .clientWithoutClientAuth, .clientWithoutExtendedKeyUsage, .serverAndClient:
             extensions = [
                 (NID_basic_constraints, "critical,CA:FALSE"),
                 (NID_key_usage, "critical,digitalSignature"),
@@ -234,6 +237,7 @@ private enum Issuer {
             switch usage.base {
             case .server, .clientWithoutClientAuth: extensions.append((NID_ext_key_usage, "serverAuth"))
             case .client: extensions.append((NID_ext_key_usage, "clientAuth"))
+            case .serverAndClient: extensions.append((NID_ext_key_usage, "serverAuth,clientAuth"))
             default: break
             }
             let names = dnsNames.map { "DNS:\($0)" } + ipAddresses.map { "IP:\($0)" }

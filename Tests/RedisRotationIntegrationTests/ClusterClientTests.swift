@@ -65,6 +65,39 @@ struct ClusterClientTests {
         }
     }
 
+    @Test("a TLS cluster (tls-cluster, tls-replication, no plain-text port): routing by slot, a failover, and every node's certificate verified")
+    func tlsCluster() async throws {
+        let authority = try TestCertificateAuthority(name: "Cluster CA \(UUID().uuidString.prefix(6))")
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])], tlsAuthority: authority)) { cluster in
+            let context = try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [authority.certificate.certificateSource]))
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: RedisClientConfiguration(host: "127.0.0.1", port: 0, name: "cluster-tls", tls: .init(context: context))
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                for index in 0..<100 {
+                    try await client.set(RedisKey("tls:\(index)"), to: .integer(index))
+                }
+                let topology = try await cluster.topology()
+                #expect(topology.nodes.allSatisfy { $0.tlsPort != nil })
+                let replicaID = try #require(topology.shard(forSlot: 0)?.replicas.first?.id)
+                let replica = try #require(cluster.node(id: replicaID))
+                try await cluster.failover(to: replica)
+                for index in 0..<100 {
+                    #expect(try await client.send(RedisCommand("GET", .key(RedisKey("tls:\(index)"))), timeout: .seconds(10)).int == index)
+                }
+                // Connections went to the TLS ports the cluster announced.
+                #expect(client.connectionsByCredentialVersion.keys.allSatisfy { endpoint in cluster.nodes.contains { $0.port == endpoint.port } })
+                group.cancelAll()
+            }
+        }
+    }
+
     @Test("a pipeline split by node and reassembled in order; a transaction on one slot; keys across slots fail only themselves")
     func batches() async throws {
         try await self.withClusterClient { _, client, _ in
