@@ -95,6 +95,27 @@ struct ClusterClientTests {
                 #expect(client.connectionsByCredentialVersion.keys.allSatisfy { endpoint in cluster.nodes.contains { $0.port == endpoint.port } })
                 group.cancelAll()
             }
+            // A client that trusts another CA gets nowhere: the nodes' certificates are verified.
+            let stranger = try TestCertificateAuthority(name: "Other CA \(UUID().uuidString.prefix(6))")
+            let untrusting = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: RedisClientConfiguration(
+                        host: "127.0.0.1",
+                        port: 0,
+                        name: "cluster-tls-untrusting",
+                        tls: .init(context: try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [stranger.certificate.certificateSource]))),
+                        pool: .init(leaseTimeout: .seconds(1))
+                    )
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await untrusting.run() }
+                let error = await #expect(throws: RedisError.self) { try await untrusting.get("tls:1") }
+                #expect(error?.message.contains("topology") == true || error?.code == .tlsUntrustedServerCertificate, "\(String(describing: error))")
+                group.cancelAll()
+            }
         }
     }
 
