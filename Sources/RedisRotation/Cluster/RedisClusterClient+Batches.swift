@@ -15,9 +15,7 @@ extension RedisClusterClient {
         var byNode: [Endpoint: [Int]] = [:]
         for (index, command) in commands.enumerated() {
             do {
-                if Self.wholeKeyspaceCommands.contains(command.name) {
-                    throw RedisError(code: .invalidArgument, message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients()")
-                }
+                if let refusal = Self.wholeKeyspaceRefusal(command) { throw refusal }
                 let endpoint = try await self.endpoint(forSlot: try command.clusterSlot(), within: timeout ?? self.configuration.node.pool.leaseTimeout)
                 byNode[endpoint, default: []].append(index)
             } catch let error as RedisError {

@@ -93,6 +93,20 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
 
     /// Commands whose answer is about one node's keyspace only.
     static let wholeKeyspaceCommands: Set<String> = ["DBSIZE", "KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB"]
+    /// Why `command` is not sent through the cluster client: it is about one node's whole keyspace.
+    static func wholeKeyspaceRefusal(_ command: RedisCommand) -> RedisError? {
+        guard Self.wholeKeyspaceCommands.contains(command.name) else { return nil }
+        return RedisError(
+            code: .invalidArgument,
+            message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients(); nothing was sent"
+        )
+    }
+
+    /// The pause before attempt `failures + 1` after a node failure or a retryable refusal.
+    static func retryPause(after failures: Int) -> Duration {
+        .milliseconds(min(500, 25 << min(failures, 5)))
+    }
+
     /// Commands that change what every primary must hold alike (scripts and functions).
     static let everyPrimaryCommands: Set<String> = [
         "SCRIPT LOAD", "SCRIPT FLUSH", "FUNCTION LOAD", "FUNCTION DELETE", "FUNCTION FLUSH", "FUNCTION RESTORE",
@@ -186,12 +200,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     ///   `MOVED`/`ASK` after ``RedisClusterConfiguration/maximumRedirects`` redirections.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         let specificationName = RedisCommandIdempotency.specificationName(command.name, arguments: command.routingArguments)
-        if Self.wholeKeyspaceCommands.contains(command.name) {
-            throw RedisError(
-                code: .invalidArgument,
-                message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients(); nothing was sent"
-            )
-        }
+        if let refusal = Self.wholeKeyspaceRefusal(command) { throw refusal }
         if Self.everyPrimaryCommands.contains(specificationName) {
             return try await self.sendToEveryPrimary(command, timeout: timeout)
         }
@@ -212,7 +221,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                     // No primary serves the slot in the topology we have (a failover under way): ask
                     // again within the deadline.
                     failures += 1
-                    let pause = Duration.milliseconds(min(500, 25 << min(failures, 5)))
+                    let pause = Self.retryPause(after: failures)
                     guard clock.now + pause < deadline else { throw error }
                     try await Task.sleep(for: pause)
                     continue
@@ -259,7 +268,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                     self.state.withLock { _ = $0.suspects.insert(endpoint) }
                     self.requestRefresh()
                 }
-                let pause = Duration.milliseconds(min(500, 25 << min(failures, 5)))
+                let pause = Self.retryPause(after: failures)
                 guard clock.now + pause < deadline else { throw error }
                 redirect = nil
                 try await Task.sleep(for: pause)
