@@ -246,7 +246,7 @@ extension ClusterClientTests {
     }
 }
 
-/// 8 tasks writing unique keys (SET marked idempotent, and optionally reading the previous one back)
+/// `workers` tasks (8 unless told) writing unique keys (SET marked idempotent, and optionally reading the previous one back and checking it)
 /// through a cluster client until ``finish()``; at most 200,000 writes per task.
 struct ClusterTraffic: Sendable {
     let stop = StopFlag()
@@ -254,11 +254,11 @@ struct ClusterTraffic: Sendable {
     private let failures = Locked<[String]>([])
     private let task: Task<Void, Never>
 
-    init(client: RedisClusterClient, prefix: String, readBack: Bool) {
+    init(client: RedisClusterClient, prefix: String, workers: Int = 8, readBack: Bool) {
         let (stop, acknowledged, failures) = (self.stop, self.acknowledged, self.failures)
         self.task = Task {
             await withTaskGroup(of: Void.self) { group in
-                for worker in 0..<8 {
+                for worker in 0..<workers {
                     group.addTask {
                         var index = 0
                         while !stop.isStopped && index < 200_000 {
@@ -267,7 +267,11 @@ struct ClusterTraffic: Sendable {
                             do {
                                 try await client.send(RedisCommand("SET", .key(RedisKey(key)), .integer(index)).idempotent())
                                 acknowledged.withLock { _ = $0.insert(key) }
-                                if readBack { _ = try await client.get(RedisKey("\(prefix):\(worker):\(max(1, index - 1))")) }
+                                // The previous write, acknowledged, must read back as written.
+                                if readBack, index > 1 {
+                                    let previous = try await client.get(RedisKey("\(prefix):\(worker):\(index - 1)"), as: Int.self)
+                                    if previous != index - 1 { failures.withLock { $0.append("\(prefix):\(worker):\(index - 1) read back as \(String(describing: previous))") } }
+                                }
                                 stop.recordSuccess()
                             } catch {
                                 failures.withLock { $0.append("\(key): \(error)") }
