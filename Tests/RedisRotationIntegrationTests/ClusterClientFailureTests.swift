@@ -20,6 +20,7 @@ struct ClusterClientFailureTests {
     /// A cluster client over `seeds` (the live cluster's first node when nil), run for the body.
     func withClusterClient(
         seeds: [RedisClusterConfiguration.Endpoint]? = nil,
+        minimumRefreshInterval: Duration = .milliseconds(100),
         _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
     ) async throws {
         let password = makePassword()
@@ -27,7 +28,8 @@ struct ClusterClientFailureTests {
             let client = try RedisClusterClient(
                 configuration: RedisClusterConfiguration(
                     seeds: seeds ?? [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
-                    node: Self.nodeConfiguration()
+                    node: Self.nodeConfiguration(),
+                    minimumRefreshInterval: minimumRefreshInterval
                 ),
                 credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
             )
@@ -347,6 +349,27 @@ struct ClusterClientFailureTests {
             } catch {
                 Issue.record("the cluster has a new primary for the slot, yet the client still fails: \(error)")
             }
+        }
+    }
+
+    @Test("a MOVED reply re-routes its slot at once: later commands on that slot go straight to the new owner, before any refresh")
+    func movedPatchesTheSlotMap() async throws {
+        // Refreshes asked for by redirections wait two minutes: only the patched slot map can route.
+        try await self.withClusterClient(minimumRefreshInterval: .seconds(120)) { cluster, client, _ in
+            let key = RedisKey("patched")
+            try await client.set(key, to: "1")
+            let slot = RedisClusterSlot.slot(for: key)
+            let owner = try await cluster.primary(forSlot: slot)
+            let otherID = try #require(try await cluster.topology().shards.compactMap(\.primary).first { cluster.node(id: $0.id) !== owner }?.id)
+            let target = try #require(cluster.node(id: otherID))
+            try await cluster.migrate(slots: slot...slot, to: target)
+            for _ in 0..<20 {
+                #expect(try await client.get(key, as: String.self) == "1")
+            }
+            #expect(client.redirectionsFollowed.moved == 1, "\(client.redirectionsFollowed)")
+            // Another key of another slot still goes where the topology says, without a redirection.
+            try await client.set(RedisKey("elsewhere:\(slot)"), to: "2")
+            #expect(client.redirectionsFollowed.moved == 1, "\(client.redirectionsFollowed)")
         }
     }
 

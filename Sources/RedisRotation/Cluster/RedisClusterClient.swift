@@ -79,6 +79,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         /// Nodes whose last command failed as unreachable: until one succeeds, an attempt there gets at
         /// most a second, so a dead node cannot take a command's whole deadline.
         var suspects: Set<Endpoint> = []
+        /// Slots a `MOVED` reply placed elsewhere since the last topology: followed at once by every
+        /// command, so a reshard costs one redirection per slot rather than one per command until the
+        /// refresh. Cleared by each new topology.
+        var movedSlots: [Int: Endpoint] = [:]
     }
 
     public let configuration: RedisClusterConfiguration
@@ -254,6 +258,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 }
                 if error.serverErrorPrefix == "MOVED" {
                     self.redirections.add(1, ordering: .relaxed)
+                    self.recordMoved(error, to: target)
                     self.requestRefresh()
                     redirect = (target, false)
                 } else {
@@ -319,8 +324,27 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return .init(host: host, port: port)
     }
 
+    /// Remembers the slot a `MOVED` reply names as served by `target` until the next topology.
+    func recordMoved(_ error: RedisError, to target: Endpoint) {
+        guard let message = error.serverMessage else { return }
+        let words = message.split(separator: " ")
+        guard words.count >= 3, let slot = Int(words[1]), (0..<RedisClusterSlot.count).contains(slot) else { return }
+        self.state.withLock { $0.movedSlots[slot] = target }
+    }
+
     func endpoint(forSlot slot: Int?, within wait: Duration) async throws -> Endpoint {
-        let topology = try await self.currentTopology(within: wait)
+        // One lock for both: a slot moved since the topology, else the topology.
+        let known = self.state.withLock { state -> (moved: Endpoint?, topology: RedisClusterTopology?) in
+            if let slot, let moved = state.movedSlots[slot] { return (moved, nil) }
+            return (nil, state.topology)
+        }
+        if let moved = known.moved { return moved }
+        let topology: RedisClusterTopology
+        if let current = known.topology {
+            topology = current
+        } else {
+            topology = try await self.currentTopology(within: wait)
+        }
         let shard = slot.map { topology.shard(forSlot: $0) } ?? topology.shards.first
         guard let primary = shard?.primary else {
             self.requestRefresh()
@@ -461,6 +485,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             let members = Set((topology.nodes + topology.nodesWithoutSlots).map(self.endpoint(of:)))
             let (waiters, retired) = self.state.withLock { state -> ([CheckedContinuation<RedisClusterTopology, any Error>], [Task<Void, Never>]) in
                 state.topology = topology
+                state.movedSlots = [:]
                 state.lastRefreshError = nil
                 let waiters = Array(state.topologyWaiters.values)
                 state.topologyWaiters = [:]
