@@ -9,12 +9,7 @@ import Testing
 @Suite("Cluster client: failures, discovery and keyless commands", .serialized, .timeLimit(.minutes(3)))
 struct ClusterClientFailureTests {
     static func nodeConfiguration(leaseTimeout: Duration = .seconds(5)) -> RedisClientConfiguration {
-        RedisClientConfiguration(
-            host: "127.0.0.1",
-            port: 0,
-            name: "cluster-review",
-            pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: leaseTimeout)
-        )
+        testClusterNodeConfiguration(name: "cluster-review", leaseTimeout: leaseTimeout)
     }
 
     /// A cluster client over `seeds` (the live cluster's first node when nil), run for the body.
@@ -23,22 +18,7 @@ struct ClusterClientFailureTests {
         minimumRefreshInterval: Duration = .milliseconds(100),
         _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
     ) async throws {
-        let password = makePassword()
-        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
-            let client = try RedisClusterClient(
-                configuration: RedisClusterConfiguration(
-                    seeds: seeds ?? [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
-                    node: Self.nodeConfiguration(),
-                    minimumRefreshInterval: minimumRefreshInterval
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await client.run() }
-                try await body(cluster, client, password)
-                group.cancelAll()
-            }
-        }
+        try await withTestClusterClient(seeds: seeds, node: Self.nodeConfiguration(), minimumRefreshInterval: minimumRefreshInterval, body)
     }
 
     /// Polls `condition` every 10 ms for at most `timeout`, without recording anything.

@@ -12,30 +12,7 @@ struct ClusterClientTests {
         passwordFile: Bool = false,
         _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
     ) async throws {
-        let password = makePassword()
-        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
-            let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
-            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: file)
-            let client = try RedisClusterClient(
-                configuration: RedisClusterConfiguration(
-                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
-                    node: RedisClientConfiguration(
-                        host: "127.0.0.1",
-                        port: 0,
-                        name: "cluster-test",
-                        pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: .seconds(10))
-                    )
-                ),
-                credentials: passwordFile
-                    ? .file(file, username: "alice", pollInterval: .milliseconds(200))
-                    : .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await client.run() }
-                try await body(cluster, client, password)
-                group.cancelAll()
-            }
-        }
+        try await withTestClusterClient(node: testClusterNodeConfiguration(leaseTimeout: .seconds(10)), passwordFile: passwordFile, body)
     }
 
     @Test("commands go to the primary of their keys' slot; keys across slots are refused; keyless commands run anywhere")

@@ -61,8 +61,86 @@ extension RedisClusterClient {
     /// - Throws: ``RedisError/Code/invalidArgument`` for keys in more than one slot, before anything is
     ///   sent; otherwise as ``RedisClient/transaction(_:timeout:)``.
     public func transaction(_ transaction: RedisTransaction, timeout: Duration? = nil) async throws -> RedisCommandResults {
-        var slot: Int?
-        for command in transaction.commands {
+        let slot = try Self.transactionSlot(transaction.commands, slot: nil)
+        for attempt in 1...2 {
+            let endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+            do {
+                return try await self.client(for: endpoint).transaction(transaction, timeout: timeout)
+            } catch let error as RedisError where attempt == 1 && error.code == .transactionAborted
+                && ["MOVED", "ASK"].contains((error.underlying as? RedisError)?.serverErrorPrefix ?? "")
+            {
+                // The slot moved: the server refused the queued commands, so nothing ran.
+                if let moved = error.underlying as? RedisError, moved.serverErrorPrefix == "MOVED",
+                    let target = Self.redirectTarget(moved, askedHost: endpoint.host)
+                {
+                    self.recordMoved(moved, to: target)
+                }
+                await self.refreshNow()
+            }
+        }
+        throw RedisError(code: .transactionAborted, message: "the transaction's slot kept moving; nothing ran")
+    }
+
+    /// Optimistic concurrency on one slot, as ``RedisClient/transaction(watching:maximumAttempts:timeout:_:)``
+    /// does on one server: `WATCH`es `keys` on the primary that serves their slot, runs `body` with that
+    /// connection (its reads must stay in the slot), then the transaction it returns, which must touch
+    /// only that slot too; when a watched key changed in between, it all goes again, at most
+    /// `maximumAttempts` times. When the slot moved (`MOVED`/`ASK` to the `WATCH`, or to the queued
+    /// commands, so that nothing ran), it goes again once on the new owner.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` when the watched keys, or the keys of the returned
+    ///   transaction, are in more than one slot (nothing is sent, or the transaction is not sent);
+    ///   otherwise as the single-node method.
+    public func transaction(
+        watching keys: [RedisKey],
+        maximumAttempts: Int = 3,
+        timeout: Duration? = nil,
+        _ body: (RedisConnection) async throws -> RedisTransaction
+    ) async throws -> RedisCommandResults {
+        precondition(!keys.isEmpty, "watch at least one key, or use transaction(_:)")
+        let slot = try Self.transactionSlot([RedisCommand("WATCH", arguments: keys.map(\.argument))], slot: nil)
+        for attempt in 1...3 {
+            let endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+            var bodyRan = false
+            do {
+                return try await self.client(for: endpoint).transaction(watching: keys, maximumAttempts: maximumAttempts, timeout: timeout) { connection in
+                    bodyRan = true
+                    let transaction = try await body(connection)
+                    _ = try Self.transactionSlot(transaction.commands, slot: slot)
+                    return transaction
+                }
+            } catch let error as RedisError where attempt < 3 {
+                // Only a refusal by the slot's owner that ran nothing is tried again: the WATCH itself
+                // redirected (before the body), or the queued commands refused (EXECABORT). A slot being
+                // migrated (ASK) cannot hold a transaction: wait for the migration of the slot to end.
+                let redirect: RedisError? =
+                    if !bodyRan, error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" {
+                        error
+                    } else if error.code == .transactionAborted, let underlying = error.underlying as? RedisError,
+                        underlying.serverErrorPrefix == "MOVED" || underlying.serverErrorPrefix == "ASK"
+                    {
+                        underlying
+                    } else {
+                        nil
+                    }
+                guard let redirect else { throw error }
+                if redirect.serverErrorPrefix == "MOVED", let target = Self.redirectTarget(redirect, askedHost: endpoint.host) {
+                    self.recordMoved(redirect, to: target)
+                    await self.refreshNow()
+                } else {
+                    try await Task.sleep(for: Self.retryPause(after: attempt + 1))
+                }
+            }
+        }
+        throw RedisError(code: .transactionAborted, message: "the transaction's slot kept moving; nothing ran")
+    }
+
+    /// The one slot all keys of `commands` share (and `slot`, when given), or `nil` for no key.
+    ///
+    /// - Throws: ``RedisError/Code/invalidArgument`` naming two slots when they differ.
+    static func transactionSlot(_ commands: [RedisCommand], slot: Int?) throws -> Int? {
+        var slot = slot
+        for command in commands {
             guard let commandSlot = try command.clusterSlot() else { continue }
             if let slot, slot != commandSlot {
                 throw RedisError(
@@ -72,17 +150,6 @@ extension RedisClusterClient {
             }
             slot = commandSlot
         }
-        for attempt in 1...2 {
-            let endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
-            do {
-                return try await self.client(for: endpoint).transaction(transaction, timeout: timeout)
-            } catch let error as RedisError where attempt == 1 && error.code == .transactionAborted
-                && ["MOVED", "ASK"].contains((error.underlying as? RedisError)?.serverErrorPrefix ?? "")
-            {
-                // The slot moved: the server refused the queued commands, so nothing ran.
-                await self.refreshNow()
-            }
-        }
-        throw RedisError(code: .transactionAborted, message: "the transaction's slot kept moving; nothing ran")
+        return slot
     }
 }

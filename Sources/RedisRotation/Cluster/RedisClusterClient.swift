@@ -257,7 +257,6 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                     throw error
                 }
                 if error.serverErrorPrefix == "MOVED" {
-                    self.redirections.add(1, ordering: .relaxed)
                     self.recordMoved(error, to: target)
                     self.requestRefresh()
                     redirect = (target, false)
@@ -324,8 +323,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return .init(host: host, port: port)
     }
 
-    /// Remembers the slot a `MOVED` reply names as served by `target` until the next topology.
+    /// Counts a `MOVED` redirection followed, and remembers the slot it names as served by `target`
+    /// until the next topology.
     func recordMoved(_ error: RedisError, to target: Endpoint) {
+        self.redirections.add(1, ordering: .relaxed)
         guard let message = error.serverMessage else { return }
         let words = message.split(separator: " ")
         guard words.count >= 3, let slot = Int(words[1]), (0..<RedisClusterSlot.count).contains(slot) else { return }

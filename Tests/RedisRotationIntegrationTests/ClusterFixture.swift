@@ -1,0 +1,49 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+
+/// The node pool configuration the cluster suites use: 1 to 8 connections, a 5 s lease timeout.
+func testClusterNodeConfiguration(name: String = "cluster-test", leaseTimeout: Duration = .seconds(5)) -> RedisClientConfiguration {
+    RedisClientConfiguration(
+        host: "127.0.0.1",
+        port: 0,
+        name: name,
+        pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: leaseTimeout)
+    )
+}
+
+/// Starts a 3 + 3 cluster with the ACL user `alice`, runs a cluster client as `alice` (seeded with the
+/// first node unless `seeds` says otherwise) for `body`, and stops everything after.
+///
+/// - Parameters:
+///   - passwordFile: Whether the client reads `alice.password` in the first node's directory (version
+///     `v1` at first; write it to rotate), instead of fixed credentials.
+///   - minimumRefreshInterval: The client's shortest time between topology refreshes.
+func withTestClusterClient(
+    seeds: [RedisClusterConfiguration.Endpoint]? = nil,
+    node: RedisClientConfiguration = testClusterNodeConfiguration(),
+    passwordFile: Bool = false,
+    minimumRefreshInterval: Duration = .milliseconds(100),
+    _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
+) async throws {
+    let password = makePassword()
+    try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+        let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
+        try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: file)
+        let client = try RedisClusterClient(
+            configuration: RedisClusterConfiguration(
+                seeds: seeds ?? [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                node: node,
+                minimumRefreshInterval: minimumRefreshInterval
+            ),
+            credentials: passwordFile
+                ? .file(file, username: "alice", pollInterval: .milliseconds(200))
+                : .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.run() }
+            try await body(cluster, client, password)
+            group.cancelAll()
+        }
+    }
+}
