@@ -29,6 +29,11 @@ public final class RedisClusterProcess: Sendable {
         /// certificate for localhost/127.0.0.1 from this authority, usable as server and as client (the
         /// nodes' bus and replication connections present it). `nil`: plain TCP.
         public var tlsAuthority: TestCertificateAuthority?
+        /// Whether node `i` announces the host name ``hostname(ofNode:)`` (`cluster-announce-hostname`;
+        /// clients still connect to its IP address). With ``tlsAuthority``, its certificate then names
+        /// only that host name, no address: a client must verify each node against its own announced
+        /// name. Default: no.
+        public var announcesHostnames: Bool
 
         public init(
             primaries: Int = 3,
@@ -36,7 +41,8 @@ public final class RedisClusterProcess: Sendable {
             users: [RedisServerProcess.User] = [],
             extraConfiguration: [String] = [],
             nodeTimeoutMilliseconds: Int = 2000,
-            tlsAuthority: TestCertificateAuthority? = nil
+            tlsAuthority: TestCertificateAuthority? = nil,
+            announcesHostnames: Bool = false
         ) {
             precondition(primaries >= 1 && replicasPerPrimary >= 0)
             self.primaries = primaries
@@ -45,7 +51,11 @@ public final class RedisClusterProcess: Sendable {
             self.extraConfiguration = extraConfiguration
             self.nodeTimeoutMilliseconds = nodeTimeoutMilliseconds
             self.tlsAuthority = tlsAuthority
+            self.announcesHostnames = announcesHostnames
         }
+
+        /// The host name node `index` announces when ``announcesHostnames`` is set.
+        public static func hostname(ofNode index: Int) -> String { "node\(index).redis-cluster.test" }
     }
 
     /// The nodes: the initial primaries first, then their replicas in order (replica `r` of primary
@@ -71,7 +81,8 @@ public final class RedisClusterProcess: Sendable {
         let count = configuration.primaries * (1 + configuration.replicasPerPrimary)
         var nodes: [RedisServerProcess] = []
         do {
-            for _ in 0..<count {
+            for index in 0..<count {
+                let hostname = configuration.announcesHostnames ? Configuration.hostname(ofNode: index) : nil
                 let busPort = try RedisServerProcess.freeLoopbackPort()
                 let lines = [
                     "cluster-enabled yes",
@@ -82,20 +93,24 @@ public final class RedisClusterProcess: Sendable {
                     "masteruser replicator",
                     "masterauth \(replicatorPassword.withUnsafeBytes { String(decoding: $0, as: UTF8.self) })",
                 ]
+                let announced = hostname.map { ["cluster-announce-hostname \($0)"] } ?? []
                 let users = configuration.users + [.init(name: "replicator", passwords: [replicatorPassword], rules: "+psync +replconf +ping")]
                 var tls: RedisServerProcess.TLS?
                 var tlsLines: [String] = []
                 if let authority = configuration.tlsAuthority {
                     tls = RedisServerProcess.TLS(
                         // Nodes connect to each other with the certificate they serve with: both usages.
-                        certificate: try authority.issue(commonName: "cluster-node", usage: .serverAndClient),
+                        certificate: try hostname.map {
+                            try authority.issue(commonName: $0, usage: .serverAndClient, dnsNames: [$0], ipAddresses: [])
+                        } ?? authority.issue(commonName: "cluster-node", usage: .serverAndClient),
                         clientCertificateAuthorities: [authority.certificate],
-                        adminTLS: RedisTLSConfiguration(trustAnchors: [authority.certificate.certificateSource])
+                        adminTLS: RedisTLSConfiguration(trustAnchors: [authority.certificate.certificateSource]),
+                        adminServerName: hostname
                     )
                     tlsLines = ["tls-cluster yes", "tls-replication yes"]
                 }
                 nodes.append(
-                    try await RedisServerProcess.start(.init(users: users, extraConfiguration: lines + tlsLines + configuration.extraConfiguration, tls: tls))
+                    try await RedisServerProcess.start(.init(users: users, extraConfiguration: lines + announced + tlsLines + configuration.extraConfiguration, tls: tls))
                 )
             }
             let cluster = try await Self.form(nodes: nodes, configuration: configuration)

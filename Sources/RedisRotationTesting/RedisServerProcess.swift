@@ -57,6 +57,8 @@ public final class RedisServerProcess: Sendable {
         /// How the harness itself connects as the administrator (its trust anchors and, with client
         /// authentication, its identity); unused when ``plainTextPort`` is kept.
         public var adminTLS: RedisTLSConfiguration
+        /// The name the harness verifies the server's certificate against; `nil` uses the address.
+        public var adminServerName: String?
         /// Whether the plain-text port stays open next to the TLS port (else `port 0`). Default: closed.
         public var keepPlainTextPort: Bool
         /// `tls-protocols`, such as `"TLSv1.2"`; `nil` keeps the server's default (1.2 and 1.3).
@@ -67,6 +69,7 @@ public final class RedisServerProcess: Sendable {
             clientCertificateAuthorities: [TestCertificate],
             clientAuthentication: ClientAuthentication = .none,
             adminTLS: RedisTLSConfiguration,
+            adminServerName: String? = nil,
             keepPlainTextPort: Bool = false,
             protocols: String? = nil
         ) {
@@ -75,6 +78,7 @@ public final class RedisServerProcess: Sendable {
             self.clientCertificateAuthorities = clientCertificateAuthorities
             self.clientAuthentication = clientAuthentication
             self.adminTLS = adminTLS
+            self.adminServerName = adminServerName
             self.keepPlainTextPort = keepPlainTextPort
             self.protocols = protocols
         }
@@ -134,7 +138,7 @@ public final class RedisServerProcess: Sendable {
     /// The plain-text port, when the server has one (always without TLS; with TLS only if kept).
     public let plainTextPort: Int?
     /// The TLS context the harness's administrator connections use; `nil` when they use plain text.
-    private let adminTLSContext: RedisTLSContext?
+    private let adminTLS: RedisConnectionConfiguration.TLS?
     /// The server's process id (a new one after ``restart(timeout:)``).
     public var pid: Int32 { self.process.withLock { $0.pid } }
     /// The temporary folder holding the server's configuration, ACL file and log.
@@ -151,7 +155,7 @@ public final class RedisServerProcess: Sendable {
     private init(
         port: Int,
         plainTextPort: Int?,
-        adminTLSContext: RedisTLSContext?,
+        adminTLS: RedisConnectionConfiguration.TLS?,
         directory: URL,
         pid: Int32,
         exit: ExitMonitor,
@@ -161,7 +165,7 @@ public final class RedisServerProcess: Sendable {
     ) {
         self.port = port
         self.plainTextPort = plainTextPort
-        self.adminTLSContext = adminTLSContext
+        self.adminTLS = adminTLS
         self.directory = directory
         self.process = Lock((pid, exit))
         self.executable = executable
@@ -232,8 +236,8 @@ public final class RedisServerProcess: Sendable {
         var configuration = self.connectionConfiguration(name: "rr-admin")
         if let plainTextPort = self.plainTextPort {
             configuration.port = plainTextPort
-        } else if let context = self.adminTLSContext {
-            configuration.tls = .init(context: context)
+        } else if let adminTLS = self.adminTLS {
+            configuration.tls = adminTLS
         }
         return configuration
     }
@@ -325,11 +329,13 @@ public final class RedisServerProcess: Sendable {
         let port = try Self.freeLoopbackPort()
         var plainTextPort: Int? = port
         var tlsPort: Int?
-        var adminTLSContext: RedisTLSContext?
+        var adminTLS: RedisConnectionConfiguration.TLS?
         if let tls = configuration.tls {
             tlsPort = try Self.freeLoopbackPort()
             plainTextPort = tls.keepPlainTextPort ? port : nil
-            if !tls.keepPlainTextPort { adminTLSContext = try RedisTLSContext(configuration: tls.adminTLS) }
+            if !tls.keepPlainTextPort {
+                adminTLS = .init(context: try RedisTLSContext(configuration: tls.adminTLS), serverName: tls.adminServerName)
+            }
         }
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("redis-rotation-\(port)-\(UUID().uuidString.prefix(8))")
@@ -359,7 +365,7 @@ public final class RedisServerProcess: Sendable {
             let server = RedisServerProcess(
                 port: tlsPort ?? port,
                 plainTextPort: plainTextPort,
-                adminTLSContext: adminTLSContext,
+                adminTLS: adminTLS,
                 directory: directory,
                 pid: pid,
                 exit: exit,

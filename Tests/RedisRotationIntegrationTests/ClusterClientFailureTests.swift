@@ -353,6 +353,32 @@ struct ClusterClientFailureTests {
         }
     }
 
+    @Test("a slot nobody serves for a while (CLUSTERDOWN from its node): a read waits within its deadline and succeeds once the slot is served again")
+    func clusterDownForAWhile() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let key = RedisKey("down:1")
+            try await client.set(key, to: "kept")
+            let slot = RedisClusterSlot.slot(for: key)
+            let owner = try await cluster.primary(forSlot: slot)
+            let admin = try await owner.adminConnection()
+            func clusterDownCount() async throws -> Int {
+                let stats = try await admin.send(RedisCommand("INFO", "errorstats"), as: String.self)
+                let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("errorstat_CLUSTERDOWN:") }
+                return line.flatMap { Int($0.split(separator: "=")[1].prefix { $0.isNumber }) } ?? 0
+            }
+            _ = try await admin.send(RedisCommand("CLUSTER", "DELSLOTS", .integer(slot)))
+            let before = try await clusterDownCount()
+            let read = Task { try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(20)).string }
+            // The node refuses the read (CLUSTERDOWN) at least once before the slot comes back.
+            try await eventually("the owner answered CLUSTERDOWN to the client", timeout: .seconds(10)) {
+                try await clusterDownCount() > before
+            }
+            _ = try await admin.send(RedisCommand("CLUSTER", "ADDSLOTS", .integer(slot)))
+            #expect(try await read.value == "kept")
+            await admin.close()
+        }
+    }
+
     @Test("a node configuration with a database other than 0 (which Redis Cluster refuses) is reported, not a silent hang")
     func nonZeroDatabaseIsRefused() async throws {
         let password = makePassword()

@@ -96,6 +96,53 @@ struct ClusterClientTests {
         }
     }
 
+    @Test("nodes announcing host names (cluster-announce-hostname) over TLS: each node's certificate, which names only its host name, is verified against the name that node announces")
+    func announcedHostnames() async throws {
+        let authority = try TestCertificateAuthority(name: "Hostname CA \(UUID().uuidString.prefix(6))")
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(
+            .init(users: [.init(name: "alice", passwords: [password])], tlsAuthority: authority, announcesHostnames: true)
+        ) { cluster in
+            let topology = try await cluster.topology()
+            #expect(Set(topology.nodes.compactMap(\.hostname)) == Set((0..<6).map(RedisClusterProcess.Configuration.hostname(ofNode:))))
+            let context = try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [authority.certificate.certificateSource]))
+            func makeClient(seedName: String?) throws -> RedisClusterClient {
+                try RedisClusterClient(
+                    configuration: RedisClusterConfiguration(
+                        seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                        node: RedisClientConfiguration(
+                            host: "127.0.0.1",
+                            port: 0,
+                            name: "cluster-hostnames",
+                            // The seed is known by its address only: its name is given for it.
+                            tls: .init(context: context, serverName: seedName),
+                            pool: .init(leaseTimeout: .seconds(3))
+                        )
+                    ),
+                    credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+                )
+            }
+            let client = try makeClient(seedName: RedisClusterProcess.Configuration.hostname(ofNode: 0))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                // Keys on every shard: every primary's certificate verified by its own name.
+                for index in 0..<60 {
+                    try await client.set(RedisKey("named:\(index)"), to: .integer(index))
+                    #expect(try await client.get(RedisKey("named:\(index)"), as: Int.self) == index)
+                }
+                #expect(client.connectionsByCredentialVersion.count >= 3)
+                group.cancelAll()
+            }
+            // Without a name for the seed, its address is checked, which its certificate does not carry.
+            let unnamed = try makeClient(seedName: nil)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { try? await unnamed.run() }
+                await #expect(throws: RedisError.self) { try await unnamed.get("named:1") }
+                group.cancelAll()
+            }
+        }
+    }
+
     @Test("a pipeline split by node and reassembled in order; a transaction on one slot; keys across slots fail only themselves")
     func batches() async throws {
         try await self.withClusterClient { _, client, _ in

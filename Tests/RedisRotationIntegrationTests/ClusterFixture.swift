@@ -24,6 +24,7 @@ func withTestClusterClient(
     node: RedisClientConfiguration = testClusterNodeConfiguration(),
     passwordFile: Bool = false,
     minimumRefreshInterval: Duration = .milliseconds(100),
+    reads: RedisClusterConfiguration.ReadRouting = .primary,
     _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
 ) async throws {
     let password = makePassword()
@@ -34,7 +35,8 @@ func withTestClusterClient(
             configuration: RedisClusterConfiguration(
                 seeds: seeds ?? [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
                 node: node,
-                minimumRefreshInterval: minimumRefreshInterval
+                minimumRefreshInterval: minimumRefreshInterval,
+                reads: reads
             ),
             credentials: passwordFile
                 ? .file(file, username: "alice", pollInterval: .milliseconds(200))

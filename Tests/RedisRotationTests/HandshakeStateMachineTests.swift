@@ -127,4 +127,25 @@ struct HandshakeStateMachineTests {
         #expect(error.code == .serverError)
         #expect(error.serverErrorPrefix == "LOADING")
     }
+
+    @Test("a cluster replica reader sends READONLY behind HELLO (and behind AUTH on a server without HELLO); a refusal names READONLY")
+    func readOnly() {
+        var machine = Machine(settings: .init(username: "alice", hasPassword: true, name: "app", database: nil, readOnly: true))
+        #expect(machine.start() == .send([.hello(authUsername: "alice", name: "app"), .readOnly]))
+        #expect(machine.repliesReceived([self.helloReply, self.ok]) == .succeed(.init(version: "7.0.15", clientID: 42)))
+
+        var old = Machine(settings: .init(username: "alice", hasPassword: true, name: nil, database: nil, readOnly: true))
+        _ = old.start()
+        #expect(old.repliesReceived([self.error("ERR unknown command 'HELLO'"), self.ok]) == .send([.auth(username: "alice"), .readOnly]))
+        #expect(old.repliesReceived([self.ok, self.ok]) == .succeed(.init()))
+
+        var refused = Machine(settings: .init(username: "alice", hasPassword: true, name: nil, database: nil, readOnly: true))
+        _ = refused.start()
+        guard case .fail(let error) = refused.repliesReceived([self.helloReply, self.error("ERR This instance has cluster support disabled")]) else {
+            Issue.record("expected failure")
+            return
+        }
+        #expect(error.code == .serverError)
+        #expect(error.message.contains("READONLY"))
+    }
 }

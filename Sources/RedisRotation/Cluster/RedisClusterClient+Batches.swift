@@ -11,12 +11,18 @@ extension RedisClusterClient {
         if let command = commands.first(where: { $0.sessionEffect.changesSession }) {
             throw RedisError(code: .invalidArgument, message: "\(command.name) is not sent through the pool: it changes the connection's session")
         }
+        let clock = ContinuousClock()
+        let deadline = clock.now + (timeout ?? self.configuration.node.commandTimeout)
         var results = [Result<RESPValue, RedisError>?](repeating: nil, count: commands.count)
         var byNode: [Endpoint: [Int]] = [:]
         for (index, command) in commands.enumerated() {
             do {
                 if let refusal = Self.wholeKeyspaceRefusal(command) { throw refusal }
-                let endpoint = try await self.endpoint(forSlot: try command.clusterSlot(), within: timeout ?? self.configuration.node.pool.leaseTimeout)
+                let endpoint = try await self.endpoint(
+                    forSlot: try command.clusterSlot(),
+                    within: timeout ?? self.configuration.node.pool.leaseTimeout,
+                    replica: self.configuration.reads == .replicas && command.isReadOnly
+                )
                 byNode[endpoint, default: []].append(index)
             } catch let error as RedisError {
                 results[index] = .failure(error)
@@ -42,11 +48,17 @@ extension RedisClusterClient {
             return all
         }
         for (index, result) in replies { results[index] = result }
-        // Commands whose slot moved meanwhile did not run: each again, following the redirection.
+        // Commands whose slot moved meanwhile did not run, and commands a node failed that did not run
+        // or may run twice (a failover under way): each again on its own, following the topology,
+        // within what is left of the pipeline's deadline.
+        let shutDown = self.isShutDown
         for (index, result) in results.enumerated() {
-            guard case .failure(let error) = result, error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" else { continue }
+            guard case .failure(let error) = result,
+                error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" || error.serverErrorPrefix == "TRYAGAIN"
+                    || Self.nodeUnreachable(error, command: commands[index], shutDown: shutDown)
+            else { continue }
             do {
-                results[index] = .success(try await self.send(commands[index], timeout: timeout))
+                results[index] = .success(try await self.send(commands[index], timeout: max(deadline - clock.now, .milliseconds(1))))
             } catch let error as RedisError {
                 results[index] = .failure(error)
             }

@@ -19,6 +19,23 @@ public struct RedisClusterConfiguration: Sendable {
         public var description: String { "\(self.host):\(self.port)" }
     }
 
+    /// Where read-only commands go: the slot's primary, or its replicas.
+    public struct ReadRouting: Sendable, Hashable, CustomStringConvertible {
+        enum Base: Hashable { case primary, replicas }
+        let base: Base
+
+        /// Every command goes to the primary of its slot, so reads see every acknowledged write. The
+        /// default.
+        public static let primary = ReadRouting(base: .primary)
+        /// Read-only commands (by the command table: `GET`, `HGETALL`, `EXISTS`, ...) go to the replicas
+        /// of their slot's shard in turn, every connection having sent `READONLY`; to the primary when
+        /// the shard has no online replica, and for the rest of a command's attempts once a replica
+        /// failed it. Replication is asynchronous: a read may not see the latest acknowledged writes.
+        public static let replicas = ReadRouting(base: .replicas)
+
+        public var description: String { self.base == .primary ? "primary" : "replicas" }
+    }
+
     /// Nodes to ask for the topology first; any node of the cluster will do.
     public var seeds: [Endpoint]
     /// The configuration of every node's pool: its `host` and `port` are replaced by the node's, the
@@ -31,13 +48,16 @@ public struct RedisClusterConfiguration: Sendable {
     public var minimumRefreshInterval: Duration
     /// How often the topology is refreshed without a reason. Default: 30 seconds.
     public var refreshInterval: Duration
+    /// Where read-only commands go. Default: ``ReadRouting/primary``.
+    public var reads: ReadRouting
 
     public init(
         seeds: [Endpoint],
         node: RedisClientConfiguration,
         maximumRedirects: Int = 5,
         minimumRefreshInterval: Duration = .milliseconds(100),
-        refreshInterval: Duration = .seconds(30)
+        refreshInterval: Duration = .seconds(30),
+        reads: ReadRouting = .primary
     ) {
         precondition(!seeds.isEmpty, "a cluster client needs at least one seed node")
         self.seeds = seeds
@@ -45,6 +65,7 @@ public struct RedisClusterConfiguration: Sendable {
         self.maximumRedirects = maximumRedirects
         self.minimumRefreshInterval = minimumRefreshInterval
         self.refreshInterval = refreshInterval
+        self.reads = reads
     }
 }
 
@@ -65,6 +86,8 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     private struct Pool {
         var client: RedisClient
         var task: Task<Void, Never>?
+        /// The name the node's certificate was verified against (TLS only).
+        var serverName: String?
     }
 
     private struct State {
@@ -91,6 +114,8 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let redirections = Atomic<Int>(0)
+    /// Turns replica reads take across a shard's replicas.
+    private let replicaTurn = Atomic<Int>(0)
     private let askRedirections = Atomic<Int>(0)
     private let refreshRequests: AsyncStream<Void>
     private let refreshContinuation: AsyncStream<Void>.Continuation
@@ -214,13 +239,19 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         var redirects = 0
         var redirect: (endpoint: Endpoint, asking: Bool)?
         var failures = 0
+        // A read-only command goes to a replica, if so configured, until one fails it.
+        var replicaRead = self.configuration.reads == .replicas && command.isReadOnly
         while true {
             let endpoint: Endpoint
             if let redirect {
                 endpoint = redirect.endpoint
             } else {
                 do {
-                    endpoint = try await self.endpoint(forSlot: slot, within: timeout ?? self.configuration.node.pool.leaseTimeout)
+                    endpoint = try await self.endpoint(
+                        forSlot: slot,
+                        within: timeout ?? self.configuration.node.pool.leaseTimeout,
+                        replica: replicaRead
+                    )
                 } catch let error as RedisError where error.serverErrorPrefix == "CLUSTERDOWN" {
                     // No primary serves the slot in the topology we have (a failover under way): ask
                     // again within the deadline.
@@ -271,6 +302,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 if error.serverErrorPrefix != "TRYAGAIN" {
                     self.state.withLock { _ = $0.suspects.insert(endpoint) }
                     self.requestRefresh()
+                    replicaRead = false
                 }
                 let pause = Self.retryPause(after: failures)
                 guard clock.now + pause < deadline else { throw error }
@@ -280,10 +312,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private var isShutDown: Bool { self.state.withLock { $0.shutDown } }
+    var isShutDown: Bool { self.state.withLock { $0.shutDown } }
 
     /// Whether the command never reached a node that is now unreachable, or may be repeated.
-    private static func nodeUnreachable(_ error: RedisError, command: RedisCommand, shutDown: Bool) -> Bool {
+    static func nodeUnreachable(_ error: RedisError, command: RedisCommand, shutDown: Bool) -> Bool {
         switch error.code {
         case .connectionFailed, .credentialsRejected, .leaseTimeout: return true
         case .clientShutdown: return !shutDown  // a node's pool retired after it left the cluster
@@ -333,7 +365,9 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         self.state.withLock { $0.movedSlots[slot] = target }
     }
 
-    func endpoint(forSlot slot: Int?, within wait: Duration) async throws -> Endpoint {
+    /// The node for a command on `slot` (any primary for `nil`): the primary, or with `replica` one of
+    /// the shard's online replicas in turn (the primary when it has none).
+    func endpoint(forSlot slot: Int?, within wait: Duration, replica: Bool = false) async throws -> Endpoint {
         // One lock for both: a slot moved since the topology, else the topology.
         let known = self.state.withLock { state -> (moved: Endpoint?, topology: RedisClusterTopology?) in
             if let slot, let moved = state.movedSlots[slot] { return (moved, nil) }
@@ -347,6 +381,16 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             topology = try await self.currentTopology(within: wait)
         }
         let shard = slot.map { topology.shard(forSlot: $0) } ?? topology.shards.first
+        if replica, let replicas = shard?.replicas, !replicas.isEmpty {
+            let online = replicas.filter { $0.health == nil || $0.health == "online" }
+            if !online.isEmpty {
+                let turn = self.replicaTurn.add(1, ordering: .relaxed).oldValue
+                return self.endpoint(of: online[turn % online.count])
+            }
+            // Replicas still loading (a first sync): the primary serves, and a refresh (at most one per
+            // minimumRefreshInterval) tells when they are online.
+            self.requestRefresh()
+        }
         guard let primary = shard?.primary else {
             self.requestRefresh()
             throw RedisError(code: .serverError, message: "no primary serves slot \(slot.map(String.init) ?? "-") (the cluster is down for it)", serverErrorPrefix: "CLUSTERDOWN")
@@ -359,12 +403,27 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return .init(host: node.endpoint, port: port)
     }
 
+    /// The name a node's certificate is verified against: the host name it announces
+    /// (`cluster-announce-hostname`), else the configured `tls.serverName`, else (`nil`) its address.
+    private func serverName(of endpoint: Endpoint, in topology: RedisClusterTopology?) -> String? {
+        guard self.configuration.node.tls != nil else { return nil }
+        let node = topology.flatMap { topology in
+            (topology.nodes + topology.nodesWithoutSlots).first { self.endpoint(of: $0) == endpoint }
+        }
+        return node?.hostname ?? self.configuration.node.tls?.serverName
+    }
+
     /// The pool of `endpoint`, created (and run while ``run()`` runs) on first use.
     func client(for endpoint: Endpoint) throws -> RedisClient {
         if let existing = self.state.withLock({ $0.pools[endpoint]?.client }) { return existing }
         var configuration = self.configuration.node
         configuration.host = endpoint.host
         configuration.port = endpoint.port
+        let serverName = self.state.withLock { self.serverName(of: endpoint, in: $0.topology) }
+        configuration.tls?.serverName = serverName
+        // Replicas serve reads only after READONLY; a primary ignores it, and every pool may serve a
+        // replica after a failover.
+        configuration.readOnly = self.configuration.reads == .replicas
         // Mid-rotation, nodes accept different passwords: a new node's pool starts from what the
         // existing pools use (the source's newest, if different, is probed as in any rotation), so a
         // replica promoted in a shard the rotation has not reached yet is served at once.
@@ -384,7 +443,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         let (client, start) = self.state.withLock { state -> (RedisClient, Bool) in
             if let existing = state.pools[endpoint] { return (existing.client, false) }
             if state.shutDown { return (created, false) }
-            state.pools[endpoint] = Pool(client: created, task: nil)
+            state.pools[endpoint] = Pool(client: created, task: nil, serverName: serverName)
             return (created, state.running)
         }
         if start { self.startPool(endpoint) }
@@ -491,7 +550,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 let waiters = Array(state.topologyWaiters.values)
                 state.topologyWaiters = [:]
                 var retired: [Task<Void, Never>] = []
-                for (endpoint, pool) in state.pools where !members.contains(endpoint) {
+                // Pools of nodes that left, and pools that verify a node by another name than the one it
+                // announces now (created from a seed or a redirection before the topology named it).
+                for (endpoint, pool) in state.pools
+                where !members.contains(endpoint) || (self.configuration.node.tls != nil && pool.serverName != self.serverName(of: endpoint, in: topology)) {
                     state.pools[endpoint] = nil
                     if let task = pool.task { retired.append(task) }
                 }

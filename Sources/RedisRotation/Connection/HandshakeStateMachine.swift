@@ -2,7 +2,8 @@
 /// (the shell adds the password when it builds `AUTH`/`HELLO`) and does no I/O.
 ///
 /// The first attempt is one round trip: `HELLO 2 [AUTH user pass] [SETNAME name]`, pipelined with
-/// `SELECT db`. A server without `HELLO` (Redis before 6) gets `AUTH` + `CLIENT SETNAME` + `SELECT`.
+/// `SELECT db` and `READONLY` (a cluster replica serving reads). A server without `HELLO` (Redis before 6)
+/// gets `AUTH` + `CLIENT SETNAME` + `SELECT` + `READONLY`.
 ///
 /// States: `idle` (can move to: hello), `hello` (can move to: fallback, done), `fallback` (can move to:
 /// done), `done` (final).
@@ -12,6 +13,8 @@ struct HandshakeStateMachine {
         var hasPassword: Bool
         var name: String?
         var database: Int?
+        /// Whether the connection reads from a cluster replica (`READONLY`).
+        var readOnly = false
     }
 
     /// A handshake command, without its secret.
@@ -24,6 +27,8 @@ struct HandshakeStateMachine {
         case setName(String)
         /// `SELECT <database>`.
         case select(Int)
+        /// `READONLY`: a cluster replica serves this connection's reads of the slots its primary serves.
+        case readOnly
     }
 
     /// What the server told us about itself in its `HELLO` reply.
@@ -61,6 +66,7 @@ struct HandshakeStateMachine {
             .hello(authUsername: self.settings.hasPassword ? (self.settings.username ?? "default") : nil, name: self.settings.name)
         ]
         if let database = self.settings.database, database != 0 { commands.append(.select(database)) }
+        if self.settings.readOnly { commands.append(.readOnly) }
         self.state = .hello(commands)
         return .send(commands)
     }
@@ -107,6 +113,7 @@ struct HandshakeStateMachine {
         if self.settings.hasPassword { commands.append(.auth(username: self.settings.username)) }
         if let name = self.settings.name { commands.append(.setName(name)) }
         if let database = self.settings.database, database != 0 { commands.append(.select(database)) }
+        if self.settings.readOnly { commands.append(.readOnly) }
         if commands.isEmpty {
             self.state = .done
             return .succeed(ServerInfo())
@@ -125,7 +132,7 @@ struct HandshakeStateMachine {
         switch command {
         case .hello(let user, _): carriesSecret = user != nil
         case .auth: carriesSecret = true
-        case .setName, .select: carriesSecret = false
+        case .setName, .select, .readOnly: carriesSecret = false
         }
         let serverMessage = carriesSecret ? nil : text
         switch prefix {
@@ -150,6 +157,7 @@ struct HandshakeStateMachine {
             case .auth: step = "AUTH"
             case .setName: step = "CLIENT SETNAME"
             case .select: step = "SELECT"
+            case .readOnly: step = "READONLY"
             }
             return RedisError(
                 code: .serverError,

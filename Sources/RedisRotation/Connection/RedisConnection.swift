@@ -513,7 +513,8 @@ public final class RedisConnection: Sendable {
                 username: configuration.username,
                 hasPassword: configuration.password != nil,
                 name: configuration.name,
-                database: configuration.database
+                database: configuration.database,
+                readOnly: configuration.readOnly
             )
         )
         let deadline = NIODeadline.now() + TimeAmount(configuration.handshakeTimeout)
@@ -576,6 +577,8 @@ public final class RedisConnection: Sendable {
             return RedisCommand("CLIENT", "SETNAME", .string(name))
         case .select(let database):
             return RedisCommand("SELECT", .integer(database))
+        case .readOnly:
+            return RedisCommand("READONLY")
         }
     }
 }

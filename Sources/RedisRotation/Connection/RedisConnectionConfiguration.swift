@@ -42,6 +42,8 @@ public struct RedisConnectionConfiguration: Sendable {
     /// How many unread messages each ``RedisConnection/subscribe(to:)`` subscription may hold before it
     /// ends with ``RedisError/Code/slowConsumer``. Default: 100,000 messages or 16 MiB of payload.
     public var subscriptionBufferLimits: RedisSubscriptionBufferLimits
+    /// Whether the handshake sends `READONLY` (set by ``RedisClusterClient`` for replica reads).
+    var readOnly = false
 
     public init(
         host: String = "127.0.0.1",

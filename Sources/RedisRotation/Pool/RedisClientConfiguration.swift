@@ -172,6 +172,9 @@ public struct RedisClientConfiguration: Sendable {
     /// beyond that messages are dropped and a ``RedisSubscriptionEvent/gap(from:to:)`` says so once the
     /// reader has caught up by half. Default: 100,000 messages or 16 MiB of payload.
     public var subscriptionBufferLimits: RedisSubscriptionBufferLimits
+    /// Whether every connection sends `READONLY` after authenticating: set by ``RedisClusterClient`` when
+    /// replicas serve reads (``RedisClusterConfiguration/reads``).
+    var readOnly = false
 
     public init(
         host: String = "127.0.0.1",
@@ -216,7 +219,7 @@ public struct RedisClientConfiguration: Sendable {
         tlsContext: RedisTLSContext?,
         suffix: String = ""
     ) -> RedisConnectionConfiguration {
-        RedisConnectionConfiguration(
+        var configuration = RedisConnectionConfiguration(
             host: self.host,
             port: self.port,
             username: credentials.username,
@@ -230,6 +233,8 @@ public struct RedisClientConfiguration: Sendable {
             tls: tlsContext.map { RedisConnectionConfiguration.TLS(context: $0, serverName: self.tls?.serverName) },
             subscriptionBufferLimits: self.subscriptionBufferLimits
         )
+        configuration.readOnly = self.readOnly
+        return configuration
     }
 
     func connectionName(version: String) -> String {

@@ -1,0 +1,88 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+/// Reads from replicas (`READONLY`), off by default.
+@Suite("Cluster client: reads from replicas", .serialized, .timeLimit(.minutes(3)))
+struct ClusterReplicaReadTests {
+    /// `calls` of `command` in each node's `INFO commandstats`, by node id.
+    static func calls(of command: String, on cluster: RedisClusterProcess) async throws -> [String: Int] {
+        var result: [String: Int] = [:]
+        for (index, node) in cluster.nodes.enumerated() {
+            let admin = try await node.adminConnection()
+            let stats = try await admin.send(RedisCommand("INFO", "commandstats"), as: String.self)
+            await admin.close()
+            let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("cmdstat_\(command):calls=") }
+            result[cluster.nodeIDs[index]] = line.flatMap { Int($0.dropFirst("cmdstat_\(command):calls=".count).prefix { $0.isNumber }) } ?? 0
+        }
+        return result
+    }
+
+    static func resetStatistics(_ cluster: RedisClusterProcess) async throws {
+        for node in cluster.nodes { _ = try await node.admin("CONFIG", "RESETSTAT") }
+    }
+
+    @Test("with reads: .replicas, GETs are served by the replicas of each key's shard (READONLY) and survive a failover; writes still go to primaries")
+    func readsFromReplicas() async throws {
+        try await withTestClusterClient(reads: .replicas) { cluster, client, _ in
+            for index in 0..<100 {
+                try await client.set(RedisKey("replica:\(index)"), to: .integer(index))
+            }
+            // Replicas still loading their first copy are not read from: reads go to the primary and
+            // ask for a refresh, until the client's topology shows them online.
+            try await eventually("the client sees every replica online") {
+                _ = try await client.get("replica:0")
+                return client.topology?.shards.allSatisfy { !$0.replicas.isEmpty && $0.replicas.allSatisfy { $0.health == "online" } } == true
+            }
+            try await Self.resetStatistics(cluster)
+            // Replication is asynchronous: a replica may not have a write yet, never a wrong value.
+            for index in 0..<100 {
+                try await eventually("replica:\(index) is readable from a replica") {
+                    let value = try await client.get(RedisKey("replica:\(index)"), as: Int.self)
+                    #expect(value == nil || value == index)
+                    return value == index
+                }
+            }
+            let topology = try await cluster.topology()
+            let primaries = Set(topology.shards.compactMap(\.primary?.id))
+            let gets = try await Self.calls(of: "get", on: cluster)
+            #expect(gets.filter { primaries.contains($0.key) }.values.reduce(0, +) == 0, "\(gets)")
+            #expect(gets.filter { !primaries.contains($0.key) }.values.reduce(0, +) >= 100, "\(gets)")
+
+            // A failover under replica reads: every read still answers.
+            let replicaID = try #require(topology.shard(forSlot: 0)?.replicas.first?.id)
+            let replica = try #require(cluster.node(id: replicaID))
+            try await cluster.failover(to: replica)
+            for index in 0..<100 {
+                let value = try await client.send(RedisCommand("GET", .key(RedisKey("replica:\(index)"))), timeout: .seconds(10)).int
+                #expect(value == index)
+            }
+            // Writes are never sent to a replica.
+            try await Self.resetStatistics(cluster)
+            for index in 0..<30 {
+                try await client.set(RedisKey("replica:w:\(index)"), to: .integer(index))
+            }
+            let nowPrimaries = Set(try await cluster.topology().shards.compactMap(\.primary?.id))
+            let sets = try await Self.calls(of: "set", on: cluster)
+            #expect(sets.filter { nowPrimaries.contains($0.key) }.values.reduce(0, +) == 30, "\(sets)")
+        }
+    }
+
+    @Test("by default replicas serve no command of the client")
+    func primariesByDefault() async throws {
+        try await withTestClusterClient { cluster, client, _ in
+            for index in 0..<50 {
+                try await client.set(RedisKey("primary:\(index)"), to: .integer(index))
+            }
+            try await Self.resetStatistics(cluster)
+            for index in 0..<50 {
+                #expect(try await client.get(RedisKey("primary:\(index)"), as: Int.self) == index)
+            }
+            let primaries = Set(try await cluster.topology().shards.compactMap(\.primary?.id))
+            let gets = try await Self.calls(of: "get", on: cluster)
+            #expect(gets.filter { primaries.contains($0.key) }.values.reduce(0, +) == 50, "\(gets)")
+            #expect(gets.filter { !primaries.contains($0.key) }.values.reduce(0, +) == 0, "\(gets)")
+        }
+    }
+}
