@@ -175,13 +175,9 @@ public struct RedisAdminTopology: Sendable {
         do {
             let expected = Set(members.map(\.id))
             for member in ordered {
-                var node = configuration
-                node.host = member.host
-                node.port = tlsPorts[member.id] ?? member.port
-                node.tls?.serverName = member.hostname
                 let admin: RedisServerAdmin
                 do {
-                    admin = try await RedisServerAdmin.connect(configuration: node)
+                    admin = try await RedisServerAdmin.connect(configuration: Self.configuration(of: member, from: configuration, tlsPorts: tlsPorts))
                 } catch let error as RedisAdminError {
                     throw RedisAdminError(
                         code: .nodeUnreachable,
@@ -212,6 +208,21 @@ public struct RedisAdminTopology: Sendable {
             throw error
         }
         return RedisAdminTopology(nodes: reached, clusterMembers: byAddress)
+    }
+
+    /// How the administrator reaches `member`: `configuration` with the member's announced address,
+    /// its TLS port from `tlsPorts` (``RedisServerAdmin/clusterTLSPorts()``) when listed, and, with TLS,
+    /// its certificate verified against its announced hostname, else its announced IP address.
+    public static func configuration(
+        of member: RedisClusterMember,
+        from configuration: RedisConnectionConfiguration,
+        tlsPorts: [String: Int] = [:]
+    ) -> RedisConnectionConfiguration {
+        var node = configuration
+        node.host = member.host
+        node.port = configuration.tls == nil ? member.port : tlsPorts[member.id] ?? member.port
+        node.tls?.serverName = member.hostname
+        return node
     }
 
     /// Closes every administrator connection.

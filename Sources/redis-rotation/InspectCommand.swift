@@ -19,12 +19,12 @@ struct InspectCommand: AsyncParsableCommand {
             connection names), and how many passwords the user holds there; warnings when the nodes hold \
             different passwords or more than one (a rotation under way or interrupted). With --tls, \
             --ca-file is trusted and --cert-file/--key-file are presented. Exit status: 0 without \
-            warnings, 1 with warnings, 2 for a usage or configuration error (or a cluster node that cannot \
-            be reached). Passwords are never printed.
+            warnings, 1 with warnings (a cluster node failed or unreachable among them), 2 for a usage or \
+            configuration error. Passwords are never printed.
             """
     )
 
-    @Option(help: "ACL user of the password file.") var user = "default"
+    @Option(help: "ACL user of the password file (with --cluster, whose connections and passwords are shown).") var user = "default"
     @Option(help: "Password file (plain, or password=/version=/expires= lines).") var passwordFile: String?
     @Option(help: "PEM file of trusted CA(s) (repeatable).") var caFile: [String] = []
     @Option(help: "PEM file of the client certificate chain.") var certFile: String?
@@ -214,54 +214,91 @@ struct InspectCommand: AsyncParsableCommand {
         let configuration = RedisConnectionConfiguration(
             host: self.host, port: self.port, username: self.adminUser, password: password, name: "redis-rotation-admin", tls: tls
         )
-        let topology: RedisAdminTopology
+        // Every node the first one lists, each on a connection of its own: a node that is failed or
+        // cannot be reached is shown as such (and warned about) rather than hiding the others.
+        let members: [RedisClusterMember]
+        var tlsPorts: [String: Int] = [:]
         do {
-            topology = try await RedisAdminTopology.discoverCluster(configuration: configuration)
+            let seed = try await RedisServerAdmin.connect(configuration: configuration)
+            do {
+                guard let listed = try await seed.clusterMembers() else {
+                    await seed.close()
+                    throw RunFailure(description: "\(self.host):\(self.port) is not in cluster mode (cluster_enabled:0): leave out --cluster", exitCode: 2)
+                }
+                members = listed
+                if tls != nil { tlsPorts = try await seed.clusterTLSPorts() }
+            } catch {
+                await seed.close()
+                throw error
+            }
+            await seed.close()
         } catch let error as RedisAdminError {
             throw RunFailure(description: error.message, exitCode: 2)
         }
         var warnings: [String] = []
         var nodes: [[String: Any]] = []
         var hashSets: Set<[String]> = []
-        let addressByID = Dictionary(topology.clusterMembers.values.map { ($0.id, $0.address) }) { first, _ in first }
-        print("cluster (\(topology.nodes.count) nodes, seen from \(self.host):\(self.port)), user \(self.user):")
-        do {
-            for node in topology.nodes {
-                guard let member = topology.clusterMembers[node.address] else { continue }
+        let addressByID = Dictionary(members.map { ($0.id, $0.address) }) { first, _ in first }
+        // Shard by shard: each primary, then its replicas.
+        var ordered: [RedisClusterMember] = []
+        for primary in members.filter(\.isPrimary).sorted(by: { $0.address < $1.address }) {
+            ordered.append(primary)
+            ordered += members.filter { $0.primaryID == primary.id }.sorted { $0.address < $1.address }
+        }
+        ordered += members.filter { member in !ordered.contains { $0.id == member.id } }
+        print("cluster (\(members.count) nodes, seen from \(self.host):\(self.port)), user \(self.user):")
+        for member in ordered {
+            var object: [String: Any] = ["address": member.address, "id": member.id, "role": member.isPrimary ? "primary" : "replica", "flags": member.flags]
+            let role: String
+            if member.isPrimary {
+                object["slots"] = member.slotCount
+                role = "primary, \(member.slotCount) slot(s)"
+            } else {
+                let primary = member.primaryID.flatMap { addressByID[$0] } ?? member.primaryID ?? "?"
+                object["primary"] = primary
+                role = "replica of \(primary)"
+            }
+            defer { nodes.append(object) }
+            if let reason = member.unusableReason {
+                object["error"] = reason
+                warnings.append("the cluster node \(member.address) is \(reason): a rotation would refuse to start")
+                print("  \(member.address)  \(role)  \(reason)")
+                continue
+            }
+            let node: RedisServerAdmin
+            do {
+                node = try await RedisServerAdmin.connect(configuration: RedisAdminTopology.configuration(of: member, from: configuration, tlsPorts: tlsPorts))
+            } catch let error as RedisAdminError {
+                object["error"] = error.message
+                warnings.append("the cluster node \(member.address) cannot be reached (\(error.message)): a rotation would refuse to start")
+                print("  \(member.address)  \(role)  cannot be reached: \(error.message)")
+                continue
+            }
+            do {
                 let counts = try await node.connectionCountsByVersion(of: self.user)
                 let hashes = try await node.passwordHashes(of: self.user)
-                var object: [String: Any] = [
-                    "address": node.address, "id": member.id, "role": member.isPrimary ? "primary" : "replica",
-                    "connections": counts, "user_exists": hashes != nil,
-                ]
-                let role: String
-                if member.isPrimary {
-                    object["slots"] = member.slotCount
-                    role = "primary, \(member.slotCount) slot(s)"
-                } else {
-                    let primary = member.primaryID.flatMap { addressByID[$0] } ?? member.primaryID ?? "?"
-                    object["primary"] = primary
-                    role = "replica of \(primary)"
-                }
+                await node.close()
+                object["connections"] = counts
+                object["user_exists"] = hashes != nil
                 let versions = counts.isEmpty ? "none" : counts.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")
                 if let hashes {
                     object["passwords"] = hashes.count
                     hashSets.insert(hashes.sorted())
                     if hashes.count > 1 {
-                        warnings.append("\(node.address) holds \(hashes.count) passwords for \(self.user): a rotation is under way or was interrupted (running rotate password --cluster again finishes it)")
+                        warnings.append("\(member.address) holds \(hashes.count) passwords for \(self.user): a rotation is under way or was interrupted (running rotate password --cluster again finishes it)")
                     }
-                    print("  \(node.address)  \(role)  passwords: \(hashes.count)  connections: \(versions)")
+                    print("  \(member.address)  \(role)  passwords: \(hashes.count)  connections: \(versions)")
                 } else {
-                    warnings.append("the user \(self.user) does not exist on \(node.address)")
-                    print("  \(node.address)  \(role)  user \(self.user) does not exist  connections: \(versions)")
+                    warnings.append("the user \(self.user) does not exist on \(member.address)")
+                    print("  \(member.address)  \(role)  user \(self.user) does not exist  connections: \(versions)")
                 }
-                nodes.append(object)
+            } catch let error as RedisAdminError {
+                await node.close()
+                object["error"] = error.message
+                warnings.append("\(member.address): \(error.message)")
+                print("  \(member.address)  \(role)  \(error.message)")
             }
-        } catch let error as RedisAdminError {
-            await topology.close()
-            throw RunFailure(description: error.message, exitCode: 2)
         }
-        await topology.close()
         if hashSets.count > 1 {
             warnings.append("the nodes do not hold the same passwords for \(self.user): a client may log in on some nodes and not on others")
         }

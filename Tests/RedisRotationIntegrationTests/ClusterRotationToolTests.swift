@@ -195,9 +195,17 @@ struct ClusterRotationToolTests {
             #expect(try setup.file().version == "v1")
             let hashes = try await setup.hashes()
             #expect(hashes.count == 5 && hashes.allSatisfy { $0 == [setup.old.sha256Hex] }, "\(hashes)")
-            // inspect refuses too, naming the node, rather than showing a partial cluster.
+            // inspect shows every node, the one that is down as such, with a warning (exit 1).
             let inspected = try await runTool(setup.inspect())
-            #expect(inspected.status == 2 && inspected.stderr.contains("127.0.0.1:\(replica.port)"), "\(inspected.stdout)\(inspected.stderr)")
+            #expect(inspected.status == 1, "\(inspected.stdout)\(inspected.stderr)")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(inspected.stdout.utf8)) as? [String: Any], "\(inspected.stdout)")
+            let nodes = try #require((object["cluster"] as? [String: Any])?["nodes"] as? [[String: Any]])
+            #expect(nodes.count == 6)
+            let down = nodes.filter { $0["error"] != nil }
+            #expect(down.count == 1 && down.first?["address"] as? String == "127.0.0.1:\(replica.port)", "\(nodes)")
+            #expect(nodes.filter { $0["passwords"] as? Int == 1 }.count == 5)
+            let warnings = try #require(object["warnings"] as? [String])
+            #expect(warnings.contains { $0.contains("127.0.0.1:\(replica.port)") && $0.contains("a rotation would refuse to start") }, "\(warnings)")
         }
         // --cluster against a server that is not in cluster mode.
         let ops = makePassword()
@@ -228,8 +236,13 @@ struct ClusterRotationToolTests {
             let b = try setup.file().password
             #expect(try setup.file().version == "v2")
             #expect(try await setup.hashes().allSatisfy { Set($0) == [setup.old.sha256Hex, b.sha256Hex] }, "both passwords everywhere")
-            let inspected = try await runTool(setup.inspect())
-            #expect(inspected.status == 1 && inspected.stdout.contains("a rotation is under way or was interrupted"), "\(inspected.stdout)")
+            // The text form: one line per node, role, passwords, connections by version.
+            let inspected = try await runTool(setup.inspect().filter { $0 != "--json" })
+            #expect(inspected.status == 1, "\(inspected.stdout)\(inspected.stderr)")
+            #expect(inspected.stdout.contains("cluster (6 nodes, seen from 127.0.0.1:\(setup.cluster.nodes[0].port)), user alice:"), "\(inspected.stdout)")
+            #expect(inspected.stdout.contains("127.0.0.1:\(setup.cluster.nodes[0].port)  primary, 5461 slot(s)  passwords: 2"), "\(inspected.stdout)")
+            #expect(inspected.stdout.contains("127.0.0.1:\(setup.cluster.nodes[5].port)  replica of 127.0.0.1:\(setup.cluster.nodes[2].port)  passwords: 2  connections: (none) ×1"), "\(inspected.stdout)")
+            #expect(inspected.stdout.contains("a rotation is under way or was interrupted"), "\(inspected.stdout)")
             await straggler.close()
 
             let resumed = try await runTool(setup.rotate(["--wait", "20"]))
@@ -286,5 +299,28 @@ struct ClusterRotationToolTests {
                 #expect(await !setup.canLogIn(setup.old, on: node))
             }
         }
+    }
+}
+
+@Suite("RedisClusterMember parsing")
+struct RedisClusterMemberTests {
+    @Test("a CLUSTER NODES line: address, hostname, flags, primary, slots (a migration marker is not a slot)")
+    func parse() throws {
+        let primary = try #require(RedisClusterMember(clusterNodesLine: "07c37dfeb235213a872192d90877d0cd55635b91 10.0.0.5:6379@16379,redis-1.internal myself,master - 0 1426238317239 4 connected 0-99 200 [300->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]"))
+        #expect(primary.id == "07c37dfeb235213a872192d90877d0cd55635b91")
+        #expect(primary.address == "10.0.0.5:6379" && primary.hostname == "redis-1.internal")
+        #expect(primary.isMyself && primary.isPrimary && primary.primaryID == nil)
+        #expect(primary.slotCount == 101)
+        #expect(primary.unusableReason == nil)
+        #expect(primary.roleDescription == "primary, 101 slot(s)")
+
+        let replica = try #require(RedisClusterMember(clusterNodesLine: "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002, slave 07c37dfeb235213a872192d90877d0cd55635b91 0 1426238316232 2 connected"))
+        #expect(replica.hostname == nil && !replica.isPrimary && replica.primaryID == "07c37dfeb235213a872192d90877d0cd55635b91" && replica.slotCount == 0)
+
+        let failed = try #require(RedisClusterMember(clusterNodesLine: "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30003@31003 master,fail? - 1426238316232 0 3 disconnected"))
+        #expect(failed.unusableReason == "marked fail?")
+        let noAddress = try #require(RedisClusterMember(clusterNodesLine: "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca :0@0 master,noaddr - 0 0 3 disconnected"))
+        #expect(noAddress.unusableReason == "marked noaddr")
+        #expect(RedisClusterMember(clusterNodesLine: "garbage") == nil)
     }
 }
