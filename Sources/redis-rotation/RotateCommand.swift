@@ -34,7 +34,9 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
             command that resumes), 2 refused before any change (usage, unknown user, version in use, a \
             nopass or replication user, a file of another user, another run on the same file, a node \
-            count other than --expect-nodes, a missing permission), 130 interrupted.
+            count other than --expect-nodes, a missing permission; with --cluster, a server not in cluster \
+            mode, a node marked failed or unreachable, nodes that disagree on the cluster; without it, a \
+            cluster node), 130 interrupted.
             """
     )
 
