@@ -184,6 +184,38 @@ struct ClusterRotationToolTests {
         }
     }
 
+    @Test("TLS: each node's certificate is verified against the name it announces (cluster-announce-hostname), not the first node's")
+    func tlsVerifiesAnnouncedNames() async throws {
+        try await self.withSetup(tls: true) { setup in
+            let replica = setup.cluster.nodes[4]
+            func announce(_ name: String) async throws {
+                try await replica.admin("CONFIG", "SET", "cluster-announce-hostname", .string(name))
+                let seen = await eventually("every node sees \(replica.port) as \(name)") {
+                    for node in setup.cluster.nodes {
+                        let text = (try? await node.admin("CLUSTER", "NODES").string) ?? ""
+                        if !text.contains(":\(replica.port)@") || !text.split(whereSeparator: \.isNewline).contains(where: { $0.contains(":\(replica.port)@") && $0.contains(",\(name) ") }) {
+                            return false
+                        }
+                    }
+                    return true
+                }
+                #expect(seen)
+            }
+            // A name its certificate (localhost, 127.0.0.1) does not carry: refused, naming the node.
+            try await announce("not-in-the-certificate.invalid")
+            let refused = try await runTool(setup.rotate(["--version", "v2", "--wait", "5"]))
+            #expect(refused.status == 2, "\(refused.stdout)\(refused.stderr)")
+            #expect(refused.stderr.contains("127.0.0.1:\(replica.port) cannot be reached") && refused.stderr.contains("not-in-the-certificate.invalid"), "\(refused.stderr)")
+            #expect(try await setup.hashes() == Array(repeating: [setup.old.sha256Hex], count: 6), "nothing changed")
+            #expect(try setup.file().version == "v1")
+            // A name it carries: verified against that name, and the rotation goes through.
+            try await announce("localhost")
+            let rotated = try await runTool(setup.rotate(["--version", "v2", "--wait", "5"]))
+            #expect(rotated.status == 0, "\(rotated.stdout)\(rotated.stderr)")
+            #expect(try await setup.hashes() == Array(repeating: [try setup.file().password.sha256Hex], count: 6))
+        }
+    }
+
     @Test("refusals before any change: a replica down, --cluster against a standalone server, a cluster node without --cluster")
     func refusals() async throws {
         try await self.withSetup { setup in
