@@ -30,8 +30,8 @@ public struct RedisAdminTopology: Sendable {
     /// (`INFO replication`), all with the same administrator credentials and TLS settings. A replica
     /// that is down is listed by nobody: compare the count with what you expect
     /// (``RedisPasswordRotation/Options/expectedNodeCount``). Replicas are addressed as the primary sees
-    /// them (`replica-announce-ip`/`-port`). In a Redis Cluster, ``discoverCluster(configuration:)``
-    /// instead.
+    /// them (`replica-announce-ip`/`-port`). A node in cluster mode is handed to
+    /// ``discoverCluster(configuration:)``, with its checks.
     ///
     /// A server is one node however it is reached: two addresses answering with the same `run_id`
     /// (`localhost` and `127.0.0.1`) are merged, so ``nodes`` counts each server once.

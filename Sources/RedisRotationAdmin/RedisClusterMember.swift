@@ -64,7 +64,7 @@ public struct RedisClusterMember: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
-    /// `primary, 5461 slots` or `replica of <id>`.
+    /// `primary, 5461 slot(s)` or `replica of <primary id>`.
     public var roleDescription: String {
         self.isPrimary ? "primary, \(self.slotCount) slot(s)" : "replica of \(self.primaryID ?? "?")"
     }

@@ -226,6 +226,15 @@ struct ClusterRotationToolTests {
             #expect(withoutFlag.status == 2, "\(withoutFlag.stdout)\(withoutFlag.stderr)")
             #expect(withoutFlag.stderr.contains("pass --cluster") && withoutFlag.stderr.contains("Nothing was changed"), "\(withoutFlag.stderr)")
 
+            // A dry run lists every node and changes nothing.
+            let dryRun = try await runTool(setup.rotate(["--version", "v2", "--dry-run"]))
+            #expect(dryRun.status == 0, "\(dryRun.stdout)\(dryRun.stderr)")
+            #expect(dryRun.stdout.contains("dry run, nothing changed"), "\(dryRun.stdout)")
+            for node in setup.cluster.nodes {
+                #expect(dryRun.stdout.contains("127.0.0.1:\(node.port): ACL SAVE"), "\(dryRun.stdout)")
+            }
+            #expect(try await setup.hashes() == Array(repeating: [setup.old.sha256Hex], count: 6))
+
             // A replica stopped before the run: the cluster still lists it, and nothing changes anywhere.
             let replica = setup.cluster.nodes[4]
             replica.kill()
