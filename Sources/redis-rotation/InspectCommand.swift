@@ -10,9 +10,9 @@ struct InspectCommand: AsyncParsableCommand {
         commandName: "inspect",
         abstract: "Show versions, fingerprints and expiry dates of credentials and certificates, with warnings.",
         discussion: """
-            Warnings: the default user in use, a password file older than the rotation policy, anything
-            expiring within --warn-days (or expired), a CA file entry that is not a CA, a client
-            certificate without the TLS Web Client Authentication extended key usage, a key that does not
+            Warnings: the default user in use, a password file older than the rotation policy, anything \
+            expiring within --warn-days (or expired), a CA file entry that is not a CA, a client \
+            certificate without the TLS Web Client Authentication extended key usage, a key that does not \
             match its certificate. With --cluster (and --admin-user/--admin-password-file), every node \
             CLUSTER NODES lists, seen from --host/--port: its role (primary with its slot count, or the \
             primary it replicates), the connections of --user by credential version (the <name>@<version> \

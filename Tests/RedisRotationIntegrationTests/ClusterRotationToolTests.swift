@@ -146,6 +146,7 @@ struct ClusterRotationToolTests {
                 let result = try await runTool(setup.rotate(["--version", "v2", "--wait", "60"]))
                 #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
                 #expect(result.stdout.contains("found 6 cluster node(s)"), "\(result.stdout)")
+                #expect(result.stdout.contains("every connection of alice is on version v2"), "the wait saw every node's connections move: \(result.stdout)")
                 let new = try setup.file().password
                 #expect(try setup.file().version == "v2")
                 #expect(!result.stdout.contains(text(of: new)) && !result.stderr.contains(text(of: new)), "the password is never printed")
