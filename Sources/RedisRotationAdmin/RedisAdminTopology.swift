@@ -5,11 +5,18 @@ public import RedisRotation
 public struct RedisAdminTopology: Sendable {
     /// The root primary first, then its replicas, level by level.
     public let nodes: [RedisServerAdmin]
+    /// In a Redis Cluster found by ``discoverCluster(configuration:)``, each node's `CLUSTER NODES`
+    /// entry by its address (``RedisServerAdmin/address``); empty otherwise.
+    public let clusterMembers: [String: RedisClusterMember]
 
-    public init(nodes: [RedisServerAdmin]) {
+    public init(nodes: [RedisServerAdmin], clusterMembers: [String: RedisClusterMember] = [:]) {
         precondition(!nodes.isEmpty, "a topology has at least one node")
         self.nodes = nodes
+        self.clusterMembers = clusterMembers
     }
+
+    /// Whether these are the nodes of a Redis Cluster.
+    public var isCluster: Bool { !self.clusterMembers.isEmpty }
 
     /// `host:port` of every node.
     public var addresses: [String] { self.nodes.map(\.address) }
@@ -22,8 +29,9 @@ public struct RedisAdminTopology: Sendable {
     /// (through replicas of replicas, `ROLE`), and descends to every replica each node reports
     /// (`INFO replication`), all with the same administrator credentials and TLS settings. A replica
     /// that is down is listed by nobody: compare the count with what you expect
-    /// (``RedisPasswordRotation/Options/expectedNodeCount``). Replicas are addressed as the primary sees them (`replica-announce-ip`/`-port`). In a
-    /// Redis Cluster, every node `CLUSTER NODES` lists instead (a node marked `fail` is refused).
+    /// (``RedisPasswordRotation/Options/expectedNodeCount``). Replicas are addressed as the primary sees
+    /// them (`replica-announce-ip`/`-port`). A node in cluster mode is handed to
+    /// ``discoverCluster(configuration:)``, with its checks.
     ///
     /// A server is one node however it is reached: two addresses answering with the same `run_id`
     /// (`localhost` and `127.0.0.1`) are merged, so ``nodes`` counts each server once.
@@ -68,21 +76,10 @@ public struct RedisAdminTopology: Sendable {
         }
         do {
             let first = try await reach(configuration.host, configuration.port) { error in error.message }
-            if let members = try await first.clusterNodes() {
-                // A cluster lists every node, primaries and replicas, itself aside.
-                for member in members {
-                    if member.flags.contains("fail") || member.flags.contains("noaddr") || member.port == 0 {
-                        throw RedisAdminError(
-                            code: .nodeUnreachable,
-                            message: "the cluster node \(member.host):\(member.port) is marked \(member.flags.joined(separator: ",")); ACLs are per node, so nothing was changed"
-                        )
-                    }
-                    _ = try await reach(member.host, member.port) { error in
-                        "the cluster node \(member.host):\(member.port) cannot be reached (\(error.message)); ACLs are per node, so nothing was changed"
-                    }
-                    if connected.count > Self.maximumNodes { throw tooLarge("\(Self.maximumNodes) nodes") }
-                }
-                return RedisAdminTopology(nodes: connected.map(\.node))
+            if try await first.clusterMembers() != nil {
+                for (_, node) in connected { await node.close() }
+                connected = []
+                return try await Self.discoverCluster(configuration: configuration)
             }
             // A replica may itself replicate from a replica (cascading replication): climb to the
             // root, then descend through every node's replicas (each lists only its direct ones).
@@ -119,6 +116,113 @@ public struct RedisAdminTopology: Sendable {
             for (_, node) in connected { await node.close() }
             throw error
         }
+    }
+
+    /// Every node of the Redis Cluster that the node `configuration` names belongs to, as its
+    /// `CLUSTER NODES` lists them (primaries and replicas, itself included), each reached at its
+    /// announced address with the same administrator credentials and TLS settings. With TLS, each node's
+    /// certificate is verified against its announced hostname (`cluster-announce-hostname`), else its
+    /// announced IP address (`serverName` of `configuration` is for the first node only), on the TLS
+    /// port `CLUSTER SHARDS` reports when it differs from the one `CLUSTER NODES` shows.
+    ///
+    /// Every node must be usable: one marked `fail`, `fail?`, `handshake` or `noaddr`, one that cannot
+    /// be reached, or one whose own `CLUSTER NODES` lists other nodes than the first one's refuses the
+    /// whole discovery: ACLs are per node, and a node left out would keep the old password. Nodes come
+    /// shard by shard: each primary, then its replicas.
+    ///
+    /// - Throws: ``RedisAdminError`` `unexpectedTopology` when the node is not in cluster mode or the
+    ///   nodes disagree or one is marked failed; `nodeUnreachable` naming a node that cannot be reached.
+    public static func discoverCluster(configuration: RedisConnectionConfiguration) async throws -> RedisAdminTopology {
+        let seed = try await RedisServerAdmin.connect(configuration: configuration)
+        let members: [RedisClusterMember]
+        var tlsPorts: [String: Int] = [:]
+        do {
+            guard let listed = try await seed.clusterMembers() else {
+                throw RedisAdminError(
+                    code: .unexpectedTopology,
+                    message: "\(seed.address) is not in cluster mode (cluster_enabled:0); nothing was changed. Leave out --cluster for a standalone server and its replicas"
+                )
+            }
+            members = listed
+            if configuration.tls != nil { tlsPorts = try await seed.clusterTLSPorts() }
+        } catch {
+            await seed.close()
+            throw error
+        }
+        await seed.close()
+        for member in members {
+            if let reason = member.unusableReason {
+                throw RedisAdminError(
+                    code: .unexpectedTopology,
+                    message: "the cluster node \(member.address) is \(reason); ACLs are per node and it would miss the change, so nothing was changed. Bring it back (or remove it with CLUSTER FORGET), then run again"
+                )
+            }
+        }
+        if members.count > Self.maximumNodes {
+            throw RedisAdminError(code: .unexpectedTopology, message: "the cluster has \(members.count) nodes, more than \(Self.maximumNodes); nothing was changed")
+        }
+        // Shard by shard: each primary (by address), then its replicas.
+        let primaries = members.filter(\.isPrimary).sorted { $0.address < $1.address }
+        var ordered: [RedisClusterMember] = []
+        for primary in primaries {
+            ordered.append(primary)
+            ordered += members.filter { $0.primaryID == primary.id }.sorted { $0.address < $1.address }
+        }
+        ordered += members.filter { member in !ordered.contains { $0.id == member.id } }
+
+        var reached: [RedisServerAdmin] = []
+        var byAddress: [String: RedisClusterMember] = [:]
+        do {
+            let expected = Set(members.map(\.id))
+            for member in ordered {
+                let admin: RedisServerAdmin
+                do {
+                    admin = try await RedisServerAdmin.connect(configuration: Self.configuration(of: member, from: configuration, tlsPorts: tlsPorts))
+                } catch let error as RedisAdminError {
+                    throw RedisAdminError(
+                        code: .nodeUnreachable,
+                        message: "the cluster node \(member.address) cannot be reached (\(error.message)); ACLs are per node, so nothing was changed",
+                        underlying: error
+                    )
+                }
+                reached.append(admin)
+                byAddress[admin.address] = member
+                // Every node must see the same cluster: a node the first one does not know yet (or
+                // one it lost) would otherwise be missed.
+                let seen = try await admin.clusterMembers() ?? []
+                if Set(seen.map(\.id)) != expected {
+                    throw RedisAdminError(
+                        code: .unexpectedTopology,
+                        message: "\(admin.address) lists \(seen.count) cluster node(s), \(configuration.host):\(configuration.port) lists \(members.count): the nodes do not agree on the cluster, so one could miss the change. Nothing was changed; run again once CLUSTER NODES agrees"
+                    )
+                }
+                if let failing = seen.first(where: { $0.unusableReason != nil }) {
+                    throw RedisAdminError(
+                        code: .unexpectedTopology,
+                        message: "\(admin.address) sees the cluster node \(failing.address) \(failing.unusableReason ?? ""); it would miss the change, so nothing was changed"
+                    )
+                }
+            }
+        } catch {
+            for node in reached { await node.close() }
+            throw error
+        }
+        return RedisAdminTopology(nodes: reached, clusterMembers: byAddress)
+    }
+
+    /// How the administrator reaches `member`: `configuration` with the member's announced address,
+    /// its TLS port from `tlsPorts` (``RedisServerAdmin/clusterTLSPorts()``) when listed, and, with TLS,
+    /// its certificate verified against its announced hostname, else its announced IP address.
+    public static func configuration(
+        of member: RedisClusterMember,
+        from configuration: RedisConnectionConfiguration,
+        tlsPorts: [String: Int] = [:]
+    ) -> RedisConnectionConfiguration {
+        var node = configuration
+        node.host = member.host
+        node.port = configuration.tls == nil ? member.port : tlsPorts[member.id] ?? member.port
+        node.tls?.serverName = member.hostname
+        return node
     }
 
     /// Closes every administrator connection.

@@ -285,7 +285,10 @@ public final class RedisPasswordRotation: Sendable {
             persistence[node.address] = mode
             self.say("check", node, "\(user) has \(account.passwordHashes.count) password(s); ACL changes persist with \(mode)")
         }
-        if self.options.expectedNodeCount == nil {
+        if self.topology.isCluster {
+            let primaries = self.topology.clusterMembers.values.filter(\.isPrimary).count
+            self.say("check", nil, "found \(self.topology.nodes.count) cluster node(s), every one CLUSTER NODES lists (\(primaries) primaries, \(self.topology.nodes.count - primaries) replicas), each reachable and agreeing on the cluster")
+        } else if self.options.expectedNodeCount == nil {
             self.say("check", nil, "found \(self.topology.nodes.count) node(s); a replica that is down is listed by nobody: pass --expect-nodes with the count you run to make sure none is missing")
         }
 

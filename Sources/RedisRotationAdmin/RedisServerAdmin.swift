@@ -306,19 +306,34 @@ public final class RedisServerAdmin: Sendable {
     /// The other nodes of a Redis Cluster (`CLUSTER NODES`), primaries and replicas, as `(host, port,
     /// flags)`; `nil` when cluster mode is off. ACLs are per node there too.
     public func clusterNodes() async throws -> [(host: String, port: Int, flags: [String])]? {
+        try await self.clusterMembers()?.filter { !$0.isMyself }.map { ($0.host, $0.port, $0.flags) }
+    }
+
+    /// Every node of the Redis Cluster this node belongs to, itself included, as its `CLUSTER NODES`
+    /// lists them; `nil` when cluster mode is off (`cluster_enabled:0`).
+    public func clusterMembers() async throws -> [RedisClusterMember]? {
         let info = try await self.send(RedisCommand("INFO", "cluster")).string ?? ""
         guard info.split(whereSeparator: \.isNewline).contains(where: { $0 == "cluster_enabled:1" }) else { return nil }
         let text = try await self.send(RedisCommand("CLUSTER", "NODES")).string ?? ""
-        return text.split(whereSeparator: \.isNewline).compactMap { line in
-            // <id> <ip:port@cport[,hostname]> <flags> ...
-            let fields = line.split(separator: " ")
-            guard fields.count >= 3 else { return nil }
-            let address = fields[1].split(separator: "@").first ?? ""
-            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return nil }
-            let flags = fields[2].split(separator: ",").map(String.init)
-            if flags.contains("myself") { return nil }
-            return (String(address[..<colon]), port, flags)
+        return text.split(whereSeparator: \.isNewline).compactMap { RedisClusterMember(clusterNodesLine: $0) }
+    }
+
+    /// The TLS port of each cluster node by id, from `CLUSTER SHARDS` (Redis 7): with TLS, the port
+    /// `CLUSTER NODES` shows may be the plain-text one (`tls-cluster no`). Empty when the server has no
+    /// `CLUSTER SHARDS` or reports no TLS ports.
+    public func clusterTLSPorts() async throws -> [String: Int] {
+        let reply: RESPValue
+        do {
+            reply = try await self.send(RedisCommand("CLUSTER", "SHARDS"))
+        } catch let error as RedisAdminError where error.code == .serverRefused {
+            return [:]
         }
+        guard let topology = try? RedisClusterTopology.fromShards(reply) else { return [:] }
+        var ports: [String: Int] = [:]
+        for node in topology.nodes + topology.nodesWithoutSlots {
+            if let port = node.tlsPort { ports[node.id] = port }
+        }
+        return ports
     }
 
     /// The server's `run_id` (`INFO server`): what tells one server reached under two addresses

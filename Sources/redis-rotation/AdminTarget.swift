@@ -54,6 +54,26 @@ struct AdminTarget: ParsableArguments {
     }
 }
 
+/// Refuses a node of a Redis Cluster when `--cluster` was not given: a rotation there must reach every
+/// node the cluster lists, and the operator should say so (see docs/DECISIONS.md).
+func refuseClusterWithoutFlag(_ configuration: RedisConnectionConfiguration) async throws {
+    let node = try await RedisServerAdmin.connect(configuration: configuration)
+    let members: [RedisClusterMember]?
+    do {
+        members = try await node.clusterMembers()
+    } catch {
+        await node.close()
+        throw error
+    }
+    await node.close()
+    if let members {
+        throw RedisAdminError(
+            code: .unexpectedTopology,
+            message: "\(configuration.host):\(configuration.port) is a Redis Cluster node (\(members.count) nodes): ACLs are per node, so pass --cluster to rotate on every one of them. Nothing was changed"
+        )
+    }
+}
+
 /// The arguments of this run, quoted for a shell, without the flags that must not repeat.
 func resumeCommand(dropping: Set<String> = ["--dry-run"]) -> String {
     let arguments = ["redis-rotation"] + CommandLine.arguments.dropFirst().filter { !dropping.contains($0) }

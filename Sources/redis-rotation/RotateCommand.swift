@@ -20,7 +20,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         discussion: """
             Checks first, changing nothing: every node (the root primary, found by climbing ROLE, and every \
             replica below it, replicas of replicas included, as INFO replication lists them; or every node \
-            of a cluster) is reachable, as many as --expect-nodes says (a replica that is down is listed by \
+            of a Redis Cluster with --cluster: every node CLUSTER NODES lists, none failed, all agreeing) is \
+            reachable, as many as --expect-nodes says (a replica that is down is listed by \
             nobody, so pass it), the user exists on each (a mistyped name is refused, never created), each node can \
             persist ACL changes (ACL SAVE with an aclfile, else CONFIG REWRITE; --no-persist waives it), and \
             the version is new. Then, on every node: ACL SETUSER <user> >new, persisted; the new password \
@@ -33,7 +34,9 @@ struct RotatePasswordCommand: AsyncParsableCommand {
             command again finishes the rotation. Exit status: 0 done, 1 failed (with the state and the \
             command that resumes), 2 refused before any change (usage, unknown user, version in use, a \
             nopass or replication user, a file of another user, another run on the same file, a node \
-            count other than --expect-nodes, a missing permission), 130 interrupted.
+            count other than --expect-nodes, a missing permission; with --cluster, a server not in cluster \
+            mode, a node marked failed or unreachable, nodes that disagree on the cluster; without it, a \
+            cluster node), 130 interrupted.
             """
     )
 
@@ -46,6 +49,7 @@ struct RotatePasswordCommand: AsyncParsableCommand {
     @Flag(help: "Accept nodes that cannot persist ACL changes (they lose the new password on restart).") var noPersist = false
     @Option(help: "Refuse unless exactly this many nodes are found (a replica that is down is listed by nobody).") var expectNodes: Int?
     @Flag(help: "Go on with a warning where the administrator's permissions cannot be checked in advance (no ACL DRYRUN).") var skipPermissionCheck = false
+    @Flag(help: "The node named is part of a Redis Cluster: rotate on every node CLUSTER NODES lists (primaries and replicas), refusing if one is failed or unreachable.") var cluster = false
     @Flag(help: "Check and show what would happen; change nothing.") var dryRun = false
     @Flag(help: "Print steps and the result as JSON objects, one per line.") var json = false
 
@@ -62,9 +66,16 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         let configuration = try self.target.connectionConfiguration()
         let topology: RedisAdminTopology
         do {
-            topology = try await RedisAdminTopology.discover(configuration: configuration)
+            if self.cluster {
+                topology = try await RedisAdminTopology.discoverCluster(configuration: configuration)
+            } else {
+                try await refuseClusterWithoutFlag(configuration)
+                topology = try await RedisAdminTopology.discover(configuration: configuration)
+            }
         } catch let error as RedisAdminError {
-            throw self.failure(error, state: "nothing was changed", printer: printer, resumable: false)
+            // With --cluster, every discovery failure (a node failed, unreachable, or the nodes
+            // disagree) is a refusal before any change.
+            throw self.failure(error, state: "nothing was changed", printer: printer, resumable: false, refused: self.cluster)
         }
         defer { Task { await topology.close() } }
         let rotation = RedisPasswordRotation(
@@ -146,8 +157,8 @@ struct RotatePasswordCommand: AsyncParsableCommand {
         return steps
     }
 
-    private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool) -> RunFailure {
-        let refusedBeforeChange = [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .unsafeSetup, .concurrentRotation]
+    private func failure(_ error: RedisAdminError, state: String, printer: StepPrinter, resumable: Bool, refused: Bool = false) -> RunFailure {
+        let refusedBeforeChange = refused || [RedisAdminError.Code.userNotFound, .versionInUse, .cannotPersist, .unexpectedTopology, .unsafeSetup, .concurrentRotation]
             .contains(error.code)
         let resume = resumable ? resumeCommand() : nil
         if self.json {

@@ -477,6 +477,7 @@ final class StepLog: Sendable {
 }
 
 /// Redis Cluster: ACLs are per node there too; every node `CLUSTER NODES` lists gets the change.
+/// (The whole procedure on a real 3 + 3 cluster under traffic: ClusterRotationToolTests.)
 @Suite("redis-rotation rotate password: cluster", .timeLimit(.minutes(3)))
 struct RotatePasswordClusterTests {
     /// A cluster node with alice (`password`); its bus on a port of its own.
@@ -503,20 +504,27 @@ struct RotatePasswordClusterTests {
             let bus = try await node.admin("CONFIG", "GET", "cluster-port").array?.last?.string ?? "0"
             try await first.admin("CLUSTER", "MEET", "127.0.0.1", .integer(node.port), .string(bus))
         }
-        await eventually("the cluster knows three nodes") {
-            let text = (try? await first.admin("CLUSTER", "NODES").string) ?? ""
-            let lines = text.split(whereSeparator: \.isNewline)
-            return lines.count == 3 && !lines.contains { $0.contains("handshake") || $0.contains("noaddr") }
+        // Every node, not only the first: --cluster refuses nodes that disagree on the cluster.
+        for node in nodes {
+            await eventually("\(node.port) knows three nodes") {
+                let text = (try? await node.admin("CLUSTER", "NODES").string) ?? ""
+                let lines = text.split(whereSeparator: \.isNewline)
+                return lines.count == 3 && !lines.contains { $0.contains("handshake") || $0.contains("noaddr") || $0.contains("fail") }
+            }
         }
 
         let passwordFile = first.directory.appendingPathComponent("alice.password").path
         try writeAtomically("password=\(text(of: old))\nversion=v1\n", to: passwordFile)
         let adminFile = first.directory.appendingPathComponent("admin.password").path
         try text(of: first.adminPassword).write(toFile: adminFile, atomically: true, encoding: .utf8)
-        let arguments = [
+        var arguments = [
             "rotate", "password", "--port", "\(first.port)", "--admin-user", first.adminUsername,
             "--admin-password-file", adminFile, "--user", "alice", "--password-file", passwordFile, "--version", "v2",
         ]
+        // Without --cluster a cluster node is refused, with the hint (docs/DECISIONS.md).
+        let withoutFlag = try await runTool(arguments + ["--wait", "1"])
+        #expect(withoutFlag.status == 2 && withoutFlag.stderr.contains("pass --cluster"), "\(withoutFlag.stdout)\(withoutFlag.stderr)")
+        arguments.append("--cluster")
         let last = nodes[2]
         let straggler = try await RedisConnection.connect(configuration: last.connectionConfiguration(username: "alice", password: old, name: "app@v1"))
         let blocked = try await runTool(arguments + ["--wait", "1"])
