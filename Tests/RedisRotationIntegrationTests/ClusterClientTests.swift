@@ -143,6 +143,49 @@ struct ClusterClientTests {
         }
     }
 
+    @Test("one credential source for the whole cluster: a provider is called once for every node's pool, and a rotation through it reaches them all")
+    func sharedCredentialSource() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let current = Locked(RedisCredentials(username: "alice", password: password, version: "v1"))
+            let fetches = Locked(0)
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: testClusterNodeConfiguration()
+                ),
+                credentials: .provider(refreshEvery: .seconds(3600)) {
+                    fetches.withLock { $0 += 1 }
+                    return current.withLock { $0 }
+                }
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                for index in 0..<60 {
+                    try await client.set(RedisKey("shared:\(index)"), to: .integer(index))
+                }
+                // The seed's pool and one per primary, one provider call.
+                #expect(client.connectionsByCredentialVersion.count >= 3)
+                #expect(fetches.withLock { $0 } == 1)
+
+                let new = makePassword()
+                for node in cluster.nodes {
+                    try await node.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
+                }
+                current.withLock { $0 = RedisCredentials(username: "alice", password: new, version: "v2") }
+                client.reloadCredentials()
+                await eventually("every node's pool is on v2") {
+                    client.connectionsByCredentialVersion.values.allSatisfy { !$0.isEmpty && $0.keys.allSatisfy { $0 == "v2" } }
+                }
+                #expect(fetches.withLock { $0 } == 2)
+                for index in 0..<60 {
+                    #expect(try await client.get(RedisKey("shared:\(index)"), as: Int.self) == index)
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
     @Test("a pipeline split by node and reassembled in order; a transaction on one slot; keys across slots fail only themselves")
     func batches() async throws {
         try await self.withClusterClient { _, client, _ in

@@ -109,7 +109,8 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     }
 
     public let configuration: RedisClusterConfiguration
-    private let credentials: RedisCredentialSource
+    /// The credential source, read and watched once for every node's pool.
+    private let credentials: SharedCredentialFeed
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -154,15 +155,16 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             throw RedisError(code: .invalidArgument, message: "Redis Cluster has only database 0, and node.database is \(database)")
         }
         self.configuration = configuration
-        self.credentials = credentials
+        // Fails fast on credentials, as RedisClient does.
+        self.credentials = try SharedCredentialFeed(source: credentials)
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         (self.refreshRequests, self.refreshContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-        // Fail fast on credentials, as RedisClient does.
+        // Fails fast on the rest of the node configuration (TLS files), as RedisClient does.
         var probe = configuration.node
         probe.host = configuration.seeds[0].host
         probe.port = configuration.seeds[0].port
-        _ = try RedisClient(configuration: probe, credentials: credentials, eventLoopGroup: eventLoopGroup, logger: logger)
+        _ = try RedisClient(configuration: probe, credentials: .fixed(RedisCredentials(username: "probe", password: RedisSecret(""), version: "probe")), eventLoopGroup: eventLoopGroup, logger: logger)
     }
 
     /// Runs the node pools and keeps the topology fresh, until cancelled or shut down gracefully.
@@ -174,6 +176,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
         for endpoint in pending { self.startPool(endpoint) }
         await withDiscardingTaskGroup { group in
+            group.addTask { await self.credentials.run() }
             group.addTask { await self.refreshLoop() }
             self.refreshContinuation.yield()
             await waitForShutdownSignal()
@@ -201,6 +204,14 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// How many pooled connections of each node are authenticated with each credential version.
     public var connectionsByCredentialVersion: [RedisClusterConfiguration.Endpoint: [String: Int]] {
         self.state.withLock { $0.pools }.mapValues(\.client.connectionsByCredentialVersion)
+    }
+
+    /// Asks the credential source to look again now (once for the whole cluster), and every node's
+    /// pool to retry a pending credential's probe at once and re-read reloading TLS files. See
+    /// ``RedisClient/reloadCredentials()``.
+    public func reloadCredentials() {
+        self.credentials.reload()
+        for pool in self.state.withLock({ Array($0.pools.values) }) { pool.client.reloadTLSAndRetry() }
     }
 
     /// How many `MOVED` and `ASK` redirections commands have followed since the client was created.
@@ -435,7 +446,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
         let created = try RedisClient(
             configuration: configuration,
-            credentials: self.credentials,
+            credentials: self.credentials.source,
             seedCredentials: seed,
             eventLoopGroup: self.eventLoopGroup,
             logger: self.logger

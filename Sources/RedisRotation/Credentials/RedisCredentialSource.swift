@@ -18,6 +18,8 @@ public struct RedisCredentialSource: Sendable {
         case file(FileSettings)
         case environment(variable: String, username: String, version: String?)
         case provider(interval: Duration, fetch: @Sendable () async throws -> RedisCredentials)
+        /// Another source, read and watched once for several clients (a cluster client's node pools).
+        case shared(SharedCredentialFeed)
     }
 
     struct FileSettings: Sendable {
@@ -91,6 +93,7 @@ public struct RedisCredentialSource: Sendable {
         case .file(let settings): return "file \(settings.path)"
         case .environment(let variable, _, _): return "environment variable \(variable)"
         case .provider: return "provider"
+        case .shared(let feed): return feed.runner.source.label
         }
     }
 }
@@ -156,12 +159,22 @@ final class CredentialSourceRunner: Sendable {
             }
         case .provider:
             return nil
+        case .shared(let feed):
+            return feed.latest
         }
     }
 
     /// Watches the source until the task is cancelled, reporting changes after `initial`.
     func run(initial: RedisCredentials?, report: @escaping @Sendable (CredentialSourceReport) -> Void) async {
         switch self.source.kind {
+        case .shared(let feed):
+            // What the feed reports from now on; and what it reported since `initial` was read.
+            let (id, latest) = feed.subscribe(report)
+            if let latest, initial.map({ !$0.authenticatesLike(latest) || $0.version != latest.version }) ?? true {
+                report(.credentials(latest))
+            }
+            for await _ in self.reloads { feed.reload() }
+            feed.unsubscribe(id)
         case .fixed:
             for await _ in self.reloads {}
         case .environment:
@@ -329,5 +342,63 @@ private final class VersionCounter: Sendable {
     private let counter = Synchronization.Atomic<Int>(0)
     func next(prefix: String) -> String {
         "\(prefix)-\(self.counter.add(1, ordering: .relaxed).newValue)"
+    }
+}
+
+/// One credential source read and watched once, its reports passed on to every client that subscribes
+/// (the node pools of a ``RedisClusterClient``: one file watch or one provider call for the whole
+/// cluster, and every pool sees a change at the same moment).
+final class SharedCredentialFeed: Sendable {
+    private struct State {
+        /// The newest credentials the source gave: what a client created later starts from.
+        var latest: RedisCredentials?
+        var subscribers: [Int: @Sendable (CredentialSourceReport) -> Void] = [:]
+        var nextID = 0
+    }
+
+    let runner: CredentialSourceRunner
+    private let initial: RedisCredentials?
+    private let state: Lock<State>
+
+    /// - Throws: ``RedisError`` when the source cannot give usable credentials now (as a client would).
+    init(source: RedisCredentialSource) throws(RedisError) {
+        self.runner = CredentialSourceRunner(source: source)
+        self.initial = try self.runner.initialCredentials()
+        self.state = Lock(State(latest: self.initial))
+    }
+
+    /// The source as a client's credential source.
+    var source: RedisCredentialSource { RedisCredentialSource(kind: .shared(self)) }
+
+    /// The newest credentials the source gave, `nil` before a provider first answered.
+    var latest: RedisCredentials? { self.state.withLock { $0.latest } }
+
+    /// Watches the source until the task is cancelled, passing each report on.
+    func run() async {
+        await self.runner.run(initial: self.initial) { report in
+            let subscribers = self.state.withLock { state in
+                if case .credentials(let credentials) = report { state.latest = credentials }
+                return Array(state.subscribers.values)
+            }
+            for subscriber in subscribers { subscriber(report) }
+        }
+    }
+
+    /// Adds a subscriber; returns its id and, atomically with it, the newest credentials so far.
+    func subscribe(_ report: @escaping @Sendable (CredentialSourceReport) -> Void) -> (id: Int, latest: RedisCredentials?) {
+        self.state.withLock { state in
+            state.nextID += 1
+            state.subscribers[state.nextID] = report
+            return (state.nextID, state.latest)
+        }
+    }
+
+    func unsubscribe(_ id: Int) {
+        self.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
+    }
+
+    /// Asks the source to look again now.
+    func reload() {
+        self.runner.reload()
     }
 }

@@ -461,6 +461,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// retries a pending credential's probe at once, and re-reads reloading TLS files.
     public func reloadCredentials() {
         self.source.reload()
+        self.reloadTLSAndRetry()
+    }
+
+    /// ``reloadCredentials()`` but for the credential source (a cluster client reloads its shared one once).
+    func reloadTLSAndRetry() {
         self.tlsWatcher?.reload()
         self.decide { state, moment in state.machine.retryNow(at: moment) }
     }
