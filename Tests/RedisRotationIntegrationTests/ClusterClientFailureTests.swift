@@ -52,8 +52,7 @@ struct ClusterClientFailureTests {
         try await self.withClusterClient { cluster, client, _ in
             let key = RedisKey("crash:key")
             try await client.set(key, to: "kept")
-            // Let replication catch up (loopback: immediate, but be generous).
-            try await Task.sleep(for: .milliseconds(500))
+            try await waitUntilReplicated(key, in: cluster)
             let victim = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key))
             victim.kill()
             let clock = ContinuousClock()
@@ -209,6 +208,26 @@ struct ClusterClientFailureTests {
         }
     }
 
+    @Test("a script load refused by one primary says how many primaries applied it, and the others have it")
+    func scriptLoadPartlyRefused() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let topology = try await cluster.topology()
+            let refusingID = try #require(topology.shard(forSlot: 0)?.primary?.id)
+            let refusing = try #require(cluster.node(id: refusingID))
+            try await refusing.admin("ACL", "SETUSER", "alice", "-script|load")
+            let error = await #expect(throws: RedisError.self) {
+                try await client.scriptLoad(script: "return 7")
+            }
+            #expect(error?.serverErrorPrefix == "NOPERM")
+            #expect(error?.message.contains("reached 2 of 3 primaries") == true, "\(String(describing: error))")
+            // The two others hold it: EVALSHA works on their keys.
+            let sha = "\(RedisScript("return 7").sha1)"
+            for key in Self.keyPerShard(prefix: "partial") where RedisClusterSlot.slot(for: RedisKey(key)) > 5460 {
+                #expect(try await client.evalsha(sha1: .string(sha), keys: [RedisKey(key)]).int == 7)
+            }
+        }
+    }
+
     // MARK: Migration
 
     @Test("a multi-key read answered TRYAGAIN after ASK (slot importing, keys split) is retried within its deadline")
@@ -308,7 +327,7 @@ struct ClusterClientFailureTests {
         try await self.withClusterClient { cluster, client, _ in
             let key = RedisKey("crash2:key")
             try await client.set(key, to: "kept")
-            try await Task.sleep(for: .milliseconds(500))
+            try await waitUntilReplicated(key, in: cluster)
             let slot = RedisClusterSlot.slot(for: key)
             let victim = try await cluster.primary(forSlot: slot)
             let victimID = cluster.nodeIDs[cluster.nodes.firstIndex { $0 === victim }!]
@@ -376,6 +395,25 @@ struct ClusterClientFailureTests {
             _ = try await admin.send(RedisCommand("CLUSTER", "ADDSLOTS", .integer(slot)))
             #expect(try await read.value == "kept")
             await admin.close()
+        }
+    }
+
+    @Test("a slot patched by MOVED to a node that then dies goes back to the topology's answer: a read follows the failover instead of retrying the dead node until its deadline")
+    func patchedSlotToDeadNode() async throws {
+        // Refreshes asked for wait two minutes: the patch and the redirections are all the client has.
+        try await self.withClusterClient(minimumRefreshInterval: .seconds(120)) { cluster, client, _ in
+            let key = RedisKey("patched:dies")
+            try await client.set(key, to: "kept")
+            let slot = RedisClusterSlot.slot(for: key)
+            let owner = try await cluster.primary(forSlot: slot)
+            let otherID = try #require(try await cluster.topology().shards.compactMap(\.primary).first { cluster.node(id: $0.id) !== owner }?.id)
+            let target = try #require(cluster.node(id: otherID))
+            try await cluster.migrate(slots: slot...slot, to: target)
+            #expect(try await client.get(key, as: String.self) == "kept")  // MOVED: the slot is patched to the target.
+            try await waitUntilReplicated(key, in: cluster)
+            target.kill()
+            let value = try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(20))
+            #expect(value.string == "kept")
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import RedisRotation
 import RedisRotationTesting
+import Testing
 
 /// The node pool configuration the cluster suites use: 1 to 8 connections, a 5 s lease timeout.
 func testClusterNodeConfiguration(name: String = "cluster-test", leaseTimeout: Duration = .seconds(5)) -> RedisClientConfiguration {
@@ -10,6 +11,21 @@ func testClusterNodeConfiguration(name: String = "cluster-test", leaseTimeout: D
         name: name,
         pool: .init(minimumConnections: 1, maximumConnections: 8, leaseTimeout: leaseTimeout)
     )
+}
+
+/// Waits (at most 10 s) until every replica of `key`'s shard holds `key`, so that a primary can be
+/// killed without losing it.
+func waitUntilReplicated(_ key: RedisKey, in cluster: RedisClusterProcess) async throws {
+    let shard = try #require(try await cluster.topology().shard(forSlot: RedisClusterSlot.slot(for: key)))
+    for replica in shard.replicas {
+        let node = try #require(cluster.node(id: replica.id))
+        let admin = try await node.adminConnection()
+        try await eventually("the replica on port \(node.port) holds \(key)", timeout: .seconds(10)) {
+            let replies = try await admin.pipeline([RedisCommand("READONLY"), RedisCommand("EXISTS", .key(key))])
+            return try replies[1].get().int == 1
+        }
+        await admin.close()
+    }
 }
 
 /// Starts a 3 + 3 cluster with the ACL user `alice`, runs a cluster client as `alice` (seeded with the

@@ -311,7 +311,11 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 // a restart): start again from the topology after a pause, within the deadline.
                 failures += 1
                 if error.serverErrorPrefix != "TRYAGAIN" {
-                    self.state.withLock { _ = $0.suspects.insert(endpoint) }
+                    self.state.withLock { state in
+                        state.suspects.insert(endpoint)
+                        // A slot patched to a node that fails goes back to the topology's answer.
+                        state.movedSlots = state.movedSlots.filter { $0.value != endpoint }
+                    }
                     self.requestRefresh()
                     replicaRead = false
                 }
@@ -335,16 +339,40 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    /// Sends a script or function change to every primary; the first primary's reply is returned.
+    /// Sends a script or function change to every primary at once; the first primary's reply is
+    /// returned. When some primaries fail, the error says how many applied it (the change is then on
+    /// those only: send it again, as loading a script or function is safe to repeat).
     private func sendToEveryPrimary(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
-        let clients = try await self.primaryClients(timeout: timeout)
-        var first: RESPValue?
-        for client in clients {
-            let reply = try await client.send(command, timeout: timeout)
-            if first == nil { first = reply }
+        let topology = try await self.currentTopology(within: timeout ?? self.configuration.node.pool.leaseTimeout)
+        let endpoints = topology.shards.compactMap(\.primary).map(self.endpoint(of:))
+        guard !endpoints.isEmpty else { throw RedisError(code: .serverError, message: "the cluster has no primary", serverErrorPrefix: "CLUSTERDOWN") }
+        let clients = try endpoints.map { try self.client(for: $0) }
+        let results = await withTaskGroup(of: (Int, Result<RESPValue, RedisError>).self) { group in
+            for (index, client) in clients.enumerated() {
+                group.addTask {
+                    do {
+                        return (index, .success(try await client.send(command, timeout: timeout)))
+                    } catch {
+                        return (index, .failure((error as? RedisError) ?? RedisError(code: .cancelled, message: "\(command.name) was cancelled")))
+                    }
+                }
+            }
+            var results = [Result<RESPValue, RedisError>?](repeating: nil, count: clients.count)
+            for await (index, result) in group { results[index] = result }
+            return results.map { $0! }
         }
-        guard let first else { throw RedisError(code: .serverError, message: "the cluster has no primary", serverErrorPrefix: "CLUSTERDOWN") }
-        return first
+        let failures = results.enumerated().compactMap { index, result -> (Endpoint, RedisError)? in
+            if case .failure(let error) = result { return (endpoints[index], error) }
+            return nil
+        }
+        guard let (endpoint, firstFailure) = failures.first else { return try results[0].get() }
+        throw RedisError(
+            code: firstFailure.code,
+            message: "\(command.name) reached \(results.count - failures.count) of \(results.count) primaries; \(endpoint) and \(failures.count - 1) other(s) failed: \(firstFailure.message)",
+            serverErrorPrefix: firstFailure.serverErrorPrefix,
+            serverMessage: firstFailure.serverMessage,
+            underlying: firstFailure
+        )
     }
 
     /// The node a `MOVED 3999 127.0.0.1:6381` or `ASK ...` reply names; an empty host (the server's
