@@ -165,7 +165,7 @@ struct ClusterClientFailureTests {
 
     // MARK: Keyless commands
 
-    @Test("commands about the whole keyspace (DBSIZE, KEYS, SCAN) cover every shard, or are refused; never one shard's answer")
+    @Test("commands about the whole keyspace answer for the cluster: DBSIZE sums, KEYS joins, SCAN visits every primary, RANDOMKEY finds a key, FLUSHALL empties every primary; a raw SCAN cursor is refused")
     func wholeKeyspaceCommandsCoverEveryShard() async throws {
         try await self.withClusterClient { _, client, _ in
             let keys = (0..<30).map { "ks:\($0)" }
@@ -174,21 +174,39 @@ struct ClusterClientFailureTests {
             let shards = Set(keys.map { min(RedisClusterSlot.slot(for: RedisKey($0)) / (RedisClusterSlot.count / 3), 2) })
             try #require(shards.count == 3)
 
-            let size: Result<Int, any Error> = await { do { return .success(try await client.dbsize()) } catch { return .failure(error) } }()
-            if case .success(let count) = size {
-                #expect(count == 30, "DBSIZE answered \(count) for 30 keys: one shard's count, silently")
-            }
-            let listed: Result<Int, any Error> = await { do { return .success(try await client.keys(pattern: "ks:*").count) } catch { return .failure(error) } }()
-            if case .success(let count) = listed {
-                #expect(count == 30, "KEYS ks:* listed \(count) of 30 keys, silently")
-            }
+            #expect(try await client.dbsize() == 30)
+            #expect(Set(try await client.keys(pattern: "ks:*").map { String(buffer: $0) }) == Set(keys))
             var scanned = Set<String>()
-            do {
-                for try await key in client.scan(matching: "ks:*") { scanned.insert(String(buffer: key)) }
-                #expect(scanned.count == 30, "SCAN found \(scanned.count) of 30 keys, silently")
-            } catch {
-                // Refusing is acceptable; a partial answer is not.
+            for try await key in client.scan(matching: "ks:*", count: 5) { scanned.insert(String(buffer: key)) }
+            #expect(scanned == Set(keys))
+            #expect(try await client.randomkey().map { String(buffer: $0) }.map(keys.contains) == true)
+            let raw = await #expect(throws: RedisError.self) { try await client.send(RedisCommand("SCAN", "0")) }
+            #expect(raw?.code == .invalidArgument)
+
+            try await client.flushall()
+            #expect(try await client.dbsize() == 0)
+            #expect(try await client.randomkey() == nil)
+        }
+    }
+
+    @Test("a cluster SCAN goes on through a failover: every key present the whole time comes at least once")
+    func scanThroughFailover() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let keys = (0..<300).map { "sf:\($0)" }
+            for key in keys { try await client.set(RedisKey(key), to: "1") }
+            for key in Self.keyPerShard(prefix: "sf") { try await waitUntilReplicated(RedisKey(key), in: cluster) }
+            var iterator = client.scan(matching: "sf:*", count: 10).makeAsyncIterator()
+            var scanned = Set<String>()
+            // A few pages of the first shard, then its primary is replaced.
+            for _ in 0..<15 {
+                if let key = try await iterator.next() { scanned.insert(String(buffer: key)) }
             }
+            let topology = try await cluster.topology()
+            let replicaID = try #require(topology.shard(forSlot: 0)?.replicas.first?.id)
+            let replica = try #require(cluster.node(id: replicaID))
+            try await cluster.failover(to: replica)
+            while let key = try await iterator.next() { scanned.insert(String(buffer: key)) }
+            #expect(scanned == Set(keys))
         }
     }
 

@@ -77,9 +77,11 @@ public struct RedisClusterConfiguration: Sendable {
 /// same rotation machinery as a single-node client (probing, promotion and re-authentication per node,
 /// since ACLs are per node and differ while a rotation moves through the cluster).
 ///
-/// Commands about the whole keyspace (`DBSIZE`, `KEYS`, `SCAN`, `RANDOMKEY`, `FLUSHALL`, `FLUSHDB`)
-/// would answer for one node only: they are refused; ask each primary through ``primaryClients(timeout:)``.
-/// Scripts and functions (`SCRIPT LOAD`, `SCRIPT FLUSH`, `FUNCTION LOAD`, ...) go to every primary.
+/// Commands about the whole keyspace answer for the cluster: `DBSIZE` sums every primary's, `KEYS`
+/// joins them, `RANDOMKEY` asks primaries in random order, `FLUSHALL`/`FLUSHDB` reach every primary, and
+/// ``scan(matching:type:count:)`` visits every primary in turn (a raw `SCAN`, whose cursor is one
+/// node's, is refused). Scripts and functions (`SCRIPT LOAD`, `SCRIPT FLUSH`, `FUNCTION LOAD`, ...) go
+/// to every primary.
 public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     typealias Endpoint = RedisClusterConfiguration.Endpoint
 
@@ -121,14 +123,16 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     private let refreshRequests: AsyncStream<Void>
     private let refreshContinuation: AsyncStream<Void>.Continuation
 
-    /// Commands whose answer is about one node's keyspace only.
+    /// Commands about the whole keyspace: each primary answers for its own keys.
     static let wholeKeyspaceCommands: Set<String> = ["DBSIZE", "KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB"]
-    /// Why `command` is not sent through the cluster client: it is about one node's whole keyspace.
+    /// Why `command` is not sent as it is (in a pipeline or transaction, or `SCAN`, whose cursor belongs
+    /// to one node): one node's answer would pass for the cluster's.
     static func wholeKeyspaceRefusal(_ command: RedisCommand) -> RedisError? {
         guard Self.wholeKeyspaceCommands.contains(command.name) else { return nil }
+        let instead = command.name == "SCAN" ? "use scan(matching:type:count:), which visits every primary" : "send it on its own (the cluster client asks every primary) or ask each primary through primaryClients()"
         return RedisError(
             code: .invalidArgument,
-            message: "\(command.name) answers for one node's keys in a cluster: ask each primary through primaryClients(); nothing was sent"
+            message: "\(command.name) answers for one node's keys in a cluster: \(instead); nothing was sent"
         )
     }
 
@@ -235,16 +239,35 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// when a node cannot be reached, the command waits for the topology to name another, within its
     /// deadline (`timeout`, else the command timeout).
     ///
-    /// - Throws: ``RedisError/Code/invalidArgument`` for keys in different slots and for commands about
-    ///   the whole keyspace (before anything is sent); the node's errors otherwise; `serverError` with
-    ///   `MOVED`/`ASK` after ``RedisClusterConfiguration/maximumRedirects`` redirections.
+    /// - Throws: ``RedisError/Code/invalidArgument`` for keys in different slots and for a raw `SCAN`
+    ///   (before anything is sent); the node's errors otherwise (for a command sent to every primary,
+    ///   saying how many applied it); `serverError` with `MOVED`/`ASK` after
+    ///   ``RedisClusterConfiguration/maximumRedirects`` redirections.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         let specificationName = RedisCommandIdempotency.specificationName(command.name, arguments: command.routingArguments)
-        if let refusal = Self.wholeKeyspaceRefusal(command) { throw refusal }
-        if Self.everyPrimaryCommands.contains(specificationName) {
-            return try await self.sendToEveryPrimary(command, timeout: timeout)
+        switch command.name {
+        case "DBSIZE":
+            return .integer(Int64(try await self.sendToEveryPrimary(command, timeout: timeout).reduce(0) { $0 + ($1.int ?? 0) }))
+        case "KEYS":
+            return .array(try await self.sendToEveryPrimary(command, timeout: timeout).flatMap { $0.array ?? [] })
+        case "FLUSHALL", "FLUSHDB":
+            return try await self.sendToEveryPrimary(command, timeout: timeout)[0]
+        case "RANDOMKEY":
+            return try await self.randomKey(command, timeout: timeout)
+        case "SCAN":
+            throw Self.wholeKeyspaceRefusal(command)!
+        default:
+            break
         }
-        let slot = try command.clusterSlot()
+        if Self.everyPrimaryCommands.contains(specificationName) {
+            return try await self.sendToEveryPrimary(command, timeout: timeout)[0]
+        }
+        return try await self.send(command, slot: try command.clusterSlot(), timeout: timeout)
+    }
+
+    /// Sends `command` to the node serving `slot` (any primary for `nil`), following redirections and
+    /// node failures within its deadline.
+    func send(_ command: RedisCommand, slot: Int?, timeout: Duration?) async throws -> RESPValue {
         let clock = ContinuousClock()
         let deadline = clock.now + (timeout ?? self.configuration.node.commandTimeout)
         var redirects = 0
@@ -339,10 +362,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    /// Sends a script or function change to every primary at once; the first primary's reply is
-    /// returned. When some primaries fail, the error says how many applied it (the change is then on
-    /// those only: send it again, as loading a script or function is safe to repeat).
-    private func sendToEveryPrimary(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
+    /// Sends `command` to every primary at once and returns their replies (in topology order). When
+    /// some primaries fail, the error says how many applied it (a script load or a flush is then done
+    /// on those only: send it again, both are safe to repeat).
+    func sendToEveryPrimary(_ command: RedisCommand, timeout: Duration?) async throws -> [RESPValue] {
         let topology = try await self.currentTopology(within: timeout ?? self.configuration.node.pool.leaseTimeout)
         let endpoints = topology.shards.compactMap(\.primary).map(self.endpoint(of:))
         guard !endpoints.isEmpty else { throw RedisError(code: .serverError, message: "the cluster has no primary", serverErrorPrefix: "CLUSTERDOWN") }
@@ -365,7 +388,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             if case .failure(let error) = result { return (endpoints[index], error) }
             return nil
         }
-        guard let (endpoint, firstFailure) = failures.first else { return try results[0].get() }
+        guard let (endpoint, firstFailure) = failures.first else { return try results.map { try $0.get() } }
         throw RedisError(
             code: firstFailure.code,
             message: "\(command.name) reached \(results.count - failures.count) of \(results.count) primaries; \(endpoint) and \(failures.count - 1) other(s) failed: \(firstFailure.message)",
@@ -501,7 +524,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     // MARK: Topology
 
     /// The topology, waiting for the first one at most `wait` (and never past cancellation).
-    private func currentTopology(within wait: Duration) async throws -> RedisClusterTopology {
+    func currentTopology(within wait: Duration) async throws -> RedisClusterTopology {
         if let topology = self.state.withLock({ $0.topology }) { return topology }
         let id = self.state.withLock { state -> Int in
             state.nextWaiter += 1
