@@ -210,6 +210,33 @@ public struct RedisAdminTopology: Sendable {
         return RedisAdminTopology(nodes: reached, clusterMembers: byAddress)
     }
 
+    /// For a cluster: checks that no node joined or left since discovery, as every node's
+    /// `CLUSTER NODES` lists them now (a node added during a rotation would keep only the old password
+    /// while the others lose it). Does nothing for a standalone server and its replicas.
+    ///
+    /// - Throws: ``RedisAdminError`` `unexpectedTopology` naming the nodes that joined or left.
+    public func checkClusterMembership() async throws {
+        guard self.isCluster else { return }
+        let known = Set(self.clusterMembers.values.map(\.id))
+        var joined: [String: String] = [:]
+        var left: Set<String> = []
+        for node in self.nodes {
+            guard let seen = try await node.clusterMembers() else { continue }
+            for member in seen where !known.contains(member.id) { joined[member.id] = member.address }
+            left.formUnion(known.subtracting(seen.map(\.id)))
+        }
+        guard joined.isEmpty && left.isEmpty else {
+            let leftAddresses = self.clusterMembers.values.filter { left.contains($0.id) }.map(\.address).sorted()
+            var changes: [String] = []
+            if !joined.isEmpty { changes.append("joined: \(joined.values.sorted().joined(separator: ", "))") }
+            if !leftAddresses.isEmpty { changes.append("left: \(leftAddresses.joined(separator: ", "))") }
+            throw RedisAdminError(
+                code: .unexpectedTopology,
+                message: "the cluster changed during the rotation (\(changes.joined(separator: "; "))): ACLs are per node, so run the rotation again to cover every node"
+            )
+        }
+    }
+
     /// How the administrator reaches `member`: `configuration` with the member's announced address,
     /// its TLS port from `tlsPorts` (``RedisServerAdmin/clusterTLSPorts()``) when listed, and, with TLS,
     /// its certificate verified against its announced hostname, else its announced IP address.

@@ -568,6 +568,13 @@ public final class RedisPasswordRotation: Sendable {
                 message: "\(self.options.passwordFile) no longer holds version \(plan.version) (it holds \(current?.version ?? "something unreadable")): something else rewrote it; no password was removed"
             )
         }
+        // A node that joined the cluster since discovery would keep only the old password: nothing is
+        // removed until the rotation covers it (a run again does).
+        do {
+            try await self.topology.checkClusterMembership()
+        } catch let error as RedisAdminError {
+            throw RedisAdminError(code: error.code, message: "\(error.message); no password was removed", underlying: error)
+        }
         for node in self.topology.nodes {
             self.progress.withLock { $0.removalSent.append(node.address) }
             try await node.keepOnlyPassword(password, of: plan.user)
@@ -606,6 +613,16 @@ public final class RedisPasswordRotation: Sendable {
             if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
                 throw error
             }
+        }
+        // A node that joined while the removal ran was not covered: not done.
+        do {
+            try await self.topology.checkClusterMembership()
+        } catch let error as RedisAdminError {
+            throw RedisAdminError(
+                code: error.code,
+                message: "\(error.message); the \(self.topology.nodes.count) node(s) of the rotation hold only the new password, which the file holds",
+                underlying: error
+            )
         }
         self.progress.withLock { $0.lock }?.record("")
         self.progress.withLock { $0.lock = nil }

@@ -21,6 +21,7 @@ struct PoolStateMachineTests {
         maximumAge: TimeAmount? = nil,
         hedge: TimeAmount? = nil,
         healthCheck: TimeAmount? = nil,
+        failsLeasesWhenUnreachable: Bool = false,
         sourceLocation: SourceLocation = #_sourceLocation
     ) -> Machine {
         var configuration = Machine.Configuration()
@@ -33,6 +34,7 @@ struct PoolStateMachineTests {
         configuration.connectBackoff = Backoff(base: .milliseconds(100), cap: .seconds(2))
         configuration.healthCheckInterval = healthCheck
         configuration.handshakeHedgeDelay = hedge
+        configuration.failsLeasesWhenUnreachable = failsLeasesWhenUnreachable
         var machine = Machine(configuration: configuration)
         let opening = (0..<min(minimum, handshakes)).map(Machine.Action.createConnection)
         #expect(machine.targetVersionChanged("v1", now: self.t0) == opening, sourceLocation: sourceLocation)
@@ -244,6 +246,26 @@ struct PoolStateMachineTests {
         // New credentials: the pool tries at once (the lease timer at 5 s is still scheduled), and leases wait again.
         #expect(pool.targetVersionChanged("v2", now: self.t0 + .milliseconds(10)) == [])
         #expect(pool.leaseRequested(4, deadline: self.t0 + .seconds(5), now: self.t0 + .milliseconds(10)) == [.createConnection(1)])
+    }
+
+    @Test("a cluster node pool (failsLeasesWhenUnreachable): a server that cannot be reached fails waiting and new leases at once, until a connection opens; other pools wait")
+    func unreachableFailsFastWhenAsked() {
+        let refused = RedisError(code: .connectionFailed, message: "could not connect: connection refused")
+        var pool = self.machine(maximum: 2, handshakes: 1, failsLeasesWhenUnreachable: true)
+        #expect(pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0) == [.createConnection(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(pool.leaseRequested(2, deadline: self.t0 + .seconds(5), now: self.t0) == [])
+        #expect(pool.connectionFailed(0, error: refused, now: self.t0, random: 0) == [.failLease(1, refused), .failLease(2, refused)])
+        // Within the backoff nothing would try: a new lease fails at once.
+        #expect(pool.leaseRequested(3, deadline: self.t0 + .seconds(5), now: self.t0 + .milliseconds(50)) == [.failLease(3, refused)])
+        // After it, a lease waits for the next attempt; once a connection opens, leases are served again.
+        #expect(pool.leaseRequested(4, deadline: self.t0 + .seconds(6), now: self.t0 + .milliseconds(150)) == [.createConnection(1), .scheduleTimer(self.t0 + .seconds(6))])
+        #expect(pool.connectionEstablished(1, version: "v1", now: self.t0 + .milliseconds(160), random: 0).contains(.lease(1, to: 4)))
+        #expect(pool.unreachable == nil)
+
+        // Without the setting (a single server's pool), the same failure leaves leases waiting for a restart.
+        var waiting = self.machine(maximum: 2, handshakes: 1)
+        #expect(waiting.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0) == [.createConnection(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(!waiting.connectionFailed(0, error: refused, now: self.t0, random: 0).contains(.failLease(1, refused)))
     }
 
     @Test("after a rejection's backoff a lease waits for a new attempt; new candidates end the fast failures at once")

@@ -86,4 +86,18 @@ struct RedisClusterTopologyTests {
             #expect(throws: RedisError.self) { try RedisClusterTopology.fromSlots(reply) }
         }
     }
+
+    @Test("a node that announces no address (only sent CLUSTER MEETs) is reached at the address that was asked")
+    func unknownEndpointsResolved() {
+        let lone = RedisClusterNode(id: String(repeating: "a", count: 40), endpoint: "", port: 7000, role: .primary)
+        let known = RedisClusterNode(id: String(repeating: "b", count: 40), endpoint: "10.0.0.2", port: 7001, role: .replica)
+        let unknown = RedisClusterNode(id: String(repeating: "c", count: 40), endpoint: "?", port: 7002, role: .primary)
+        let topology = RedisClusterTopology(shards: [
+            RedisClusterShard(slots: [0...16383], primary: lone, replicas: [known]),
+            RedisClusterShard(slots: [], primary: unknown, replicas: []),
+        ]).resolvingUnknownEndpoints(to: "10.0.0.9")
+        #expect(topology.shard(forSlot: 5)?.primary?.endpoint == "10.0.0.9")
+        #expect(topology.shard(forSlot: 5)?.replicas.first?.endpoint == "10.0.0.2")
+        #expect(topology.nodesWithoutSlots.map(\.endpoint) == ["10.0.0.9"])
+    }
 }

@@ -99,3 +99,35 @@ extension RedisClusterClient {
         return .null
     }
 }
+
+extension RedisClusterClient {
+    /// Runs `script` with `EVALSHA` (`EVALSHA_RO` when `readOnly`) on the node that serves its keys, as
+    /// ``RedisCommandExecutor/eval(_:keys:arguments:readOnly:timeout:)`` does on one server. Scripts
+    /// are per node: `SCRIPT LOAD` reaches every primary, not their replicas, nor a replica promoted
+    /// later. When a node answers `NOSCRIPT`, the source is sent with `EVAL`/`EVAL_RO` (which loads it
+    /// there): at once for a read-only script (it cannot have written); for another, only when the
+    /// slot's primary confirms with `SCRIPT EXISTS` that it lacks the script (a loaded script may itself
+    /// return an error starting with `NOSCRIPT` after it wrote).
+    public func eval(
+        _ script: RedisScript,
+        keys: [RedisKey] = [],
+        arguments: [RedisArgument] = [],
+        readOnly: Bool = false,
+        timeout: Duration? = nil
+    ) async throws -> RESPValue {
+        let tail: [RedisArgument] = [.integer(Int64(keys.count))] + keys.map(\.argument) + arguments
+        let shaCommand = RedisCommand(readOnly ? "EVALSHA_RO" : "EVALSHA", arguments: [.string(script.sha1)] + tail)
+        let sourceCommand = RedisCommand(readOnly ? "EVAL_RO" : "EVAL", arguments: [.string(script.source)] + tail)
+        let slot = try shaCommand.clusterSlot()
+        do {
+            return try await self.send(shaCommand, slot: slot, timeout: timeout)
+        } catch let error as RedisError where error.serverErrorPrefix == "NOSCRIPT" {
+            if !readOnly {
+                // The primary of the slot is where a writing script runs: ask it.
+                let exists = try await self.send(RedisCommand("SCRIPT", "EXISTS", .string(script.sha1)), slot: slot, timeout: timeout, replicaAllowed: false)
+                guard exists.array?.first?.int == 0 else { throw error }
+            }
+            return try await self.send(sourceCommand, slot: slot, timeout: timeout)
+        }
+    }
+}

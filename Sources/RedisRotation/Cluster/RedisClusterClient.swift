@@ -267,21 +267,22 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
 
     /// Sends `command` to the node serving `slot` (any primary for `nil`), following redirections and
     /// node failures within its deadline.
-    func send(_ command: RedisCommand, slot: Int?, timeout: Duration?) async throws -> RESPValue {
+    func send(_ command: RedisCommand, slot: Int?, timeout: Duration?, replicaAllowed: Bool = true) async throws -> RESPValue {
         let clock = ContinuousClock()
         let deadline = clock.now + (timeout ?? self.configuration.node.commandTimeout)
         var redirects = 0
         var redirect: (endpoint: Endpoint, asking: Bool)?
         var failures = 0
         // A read-only command goes to a replica, if so configured, until one fails it.
-        var replicaRead = self.configuration.reads == .replicas && command.isReadOnly
+        var replicaRead = replicaAllowed && self.configuration.reads == .replicas && command.isReadOnly
         while true {
             let endpoint: Endpoint
+            var atReplica = false
             if let redirect {
                 endpoint = redirect.endpoint
             } else {
                 do {
-                    endpoint = try await self.endpoint(
+                    (endpoint, atReplica) = try await self.route(
                         forSlot: slot,
                         within: timeout ?? self.configuration.node.pool.leaseTimeout,
                         replica: replicaRead
@@ -304,6 +305,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             if suspect {
                 attemptTimeout = min(attemptTimeout ?? .seconds(1), .seconds(1))
             }
+            if atReplica {
+                // A replica gets at most half of what is left, so its primary can still answer.
+                attemptTimeout = min(attemptTimeout ?? self.configuration.node.commandTimeout, max((deadline - clock.now) / 2, .milliseconds(1)))
+            }
             do {
                 let reply: RESPValue
                 if redirect?.asking == true {
@@ -315,7 +320,20 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                     reply = try await client.send(command, timeout: attemptTimeout)
                 }
                 if suspect { self.state.withLock { _ = $0.suspects.remove(endpoint) } }
+                if atReplica, case .null = reply, slot != nil {
+                    // A replica does not know its primary's migrations: a key already moved to the
+                    // importing node reads as missing there. The primary confirms (or redirects).
+                    replicaRead = false
+                    continue
+                }
                 return reply
+            } catch let error as RedisError where atReplica && error.serverErrorPrefix != "MOVED" && error.serverErrorPrefix != "ASK"
+                && (error.isTransientServerState || [.commandTimeout, .leaseTimeout, .connectionFailed, .connectionClosed, .clientShutdown].contains(error.code))
+            {
+                // The replica could not serve the read (stopped, cut off from its primary: MASTERDOWN,
+                // still loading): the primary serves it, at once. The command only reads.
+                if !error.isTransientServerState { self.nodeFailed(endpoint) }
+                replicaRead = false
             } catch let error as RedisError where error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" {
                 redirects += 1
                 guard redirects <= self.configuration.maximumRedirects, let target = Self.redirectTarget(error, askedHost: endpoint.host) else {
@@ -334,13 +352,11 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 // a restart): start again from the topology after a pause, within the deadline.
                 failures += 1
                 if error.serverErrorPrefix != "TRYAGAIN" {
-                    self.state.withLock { state in
-                        state.suspects.insert(endpoint)
-                        // A slot patched to a node that fails goes back to the topology's answer.
-                        state.movedSlots = state.movedSlots.filter { $0.value != endpoint }
-                    }
-                    self.requestRefresh()
+                    self.nodeFailed(endpoint)
                     replicaRead = false
+                    // A redirection to a node that then failed (its shard failing over) is not a loop of
+                    // redirections: the pauses and the deadline bound these rounds.
+                    redirects = 0
                 }
                 let pause = Self.retryPause(after: failures)
                 guard clock.now + pause < deadline else { throw error }
@@ -417,6 +433,16 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return .init(host: host, port: port)
     }
 
+    /// Notes that `endpoint` could not serve a command: later attempts there get at most a second until
+    /// it answers again, slots patched to it go back to the topology's answer, and a refresh is asked for.
+    func nodeFailed(_ endpoint: Endpoint) {
+        self.state.withLock { state in
+            state.suspects.insert(endpoint)
+            state.movedSlots = state.movedSlots.filter { $0.value != endpoint }
+        }
+        self.requestRefresh()
+    }
+
     /// Counts a `MOVED` redirection followed, and remembers the slot it names as served by `target`
     /// until the next topology.
     func recordMoved(_ error: RedisError, to target: Endpoint) {
@@ -430,12 +456,17 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// The node for a command on `slot` (any primary for `nil`): the primary, or with `replica` one of
     /// the shard's online replicas in turn (the primary when it has none).
     func endpoint(forSlot slot: Int?, within wait: Duration, replica: Bool = false) async throws -> Endpoint {
+        try await self.route(forSlot: slot, within: wait, replica: replica).endpoint
+    }
+
+    /// ``endpoint(forSlot:within:replica:)``, and whether the node is a replica.
+    func route(forSlot slot: Int?, within wait: Duration, replica: Bool = false) async throws -> (endpoint: Endpoint, replica: Bool) {
         // One lock for both: a slot moved since the topology, else the topology.
         let known = self.state.withLock { state -> (moved: Endpoint?, topology: RedisClusterTopology?) in
             if let slot, let moved = state.movedSlots[slot] { return (moved, nil) }
             return (nil, state.topology)
         }
-        if let moved = known.moved { return moved }
+        if let moved = known.moved { return (moved, false) }
         let topology: RedisClusterTopology
         if let current = known.topology {
             topology = current
@@ -447,7 +478,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             let online = replicas.filter { $0.health == nil || $0.health == "online" }
             if !online.isEmpty {
                 let turn = self.replicaTurn.add(1, ordering: .relaxed).oldValue
-                return self.endpoint(of: online[turn % online.count])
+                return (self.endpoint(of: online[turn % online.count]), true)
             }
             // Replicas still loading (a first sync): the primary serves, and a refresh (at most one per
             // minimumRefreshInterval) tells when they are online.
@@ -457,7 +488,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             self.requestRefresh()
             throw RedisError(code: .serverError, message: "no primary serves slot \(slot.map(String.init) ?? "-") (the cluster is down for it)", serverErrorPrefix: "CLUSTERDOWN")
         }
-        return self.endpoint(of: primary)
+        return (self.endpoint(of: primary), false)
     }
 
     private func endpoint(of node: RedisClusterNode) -> Endpoint {
@@ -486,6 +517,9 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         // Replicas serve reads only after READONLY; a primary ignores it, and every pool may serve a
         // replica after a failover.
         configuration.readOnly = self.configuration.reads == .replicas
+        // A node that cannot be reached fails commands at once: the cluster client looks elsewhere
+        // (the topology, a redirection) within the command's deadline.
+        configuration.failsLeasesWhenUnreachable = true
         // Mid-rotation, nodes accept different passwords: a new node's pool starts from what the
         // existing pools use (the source's newest, if different, is probed as in any rotation), so a
         // replica promoted in a shard the rotation has not reached yet is served at once.
@@ -563,7 +597,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     }
 
     /// Asks for a refresh; requests while one is pending collapse into it.
-    private func requestRefresh() {
+    func requestRefresh() {
         self.refreshContinuation.yield()
     }
 
@@ -664,11 +698,12 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         let client = try self.client(for: endpoint)
         do {
             return try RedisClusterTopology.fromShards(try await client.send(RedisCommand("CLUSTER", "SHARDS"), timeout: timeout))
+                .resolvingUnknownEndpoints(to: endpoint.host)
         } catch let error as RedisError where error.code == .serverError && error.serverErrorPrefix == "ERR" {
             return try RedisClusterTopology.fromSlots(
                 try await client.send(RedisCommand("CLUSTER", "SLOTS"), timeout: timeout),
                 tls: self.configuration.node.tls != nil
-            )
+            ).resolvingUnknownEndpoints(to: endpoint.host)
         }
     }
 }

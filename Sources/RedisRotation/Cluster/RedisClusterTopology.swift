@@ -79,6 +79,21 @@ public struct RedisClusterTopology: Sendable, Hashable {
         return owner < 0 ? nil : self.shards[owner]
     }
 
+    /// The topology with `host` as the address of nodes that announce none (`""` or `?`): a node that
+    /// only sent `CLUSTER MEET`s and was never met does not know its own address, and lists itself so;
+    /// `host` is the address of the node that was asked.
+    func resolvingUnknownEndpoints(to host: String) -> RedisClusterTopology {
+        func resolved(_ node: RedisClusterNode) -> RedisClusterNode {
+            var node = node
+            if node.endpoint.isEmpty || node.endpoint == "?" { node.endpoint = host }
+            return node
+        }
+        var copy = self
+        copy.shards = self.shards.map { RedisClusterShard(slots: $0.slots, primary: $0.primary.map(resolved), replicas: $0.replicas.map(resolved)) }
+        copy.nodesWithoutSlots = self.nodesWithoutSlots.map(resolved)
+        return copy
+    }
+
     /// Whether every slot is served.
     public var coversAllSlots: Bool { !self.owners.contains(-1) }
 

@@ -25,8 +25,15 @@ extension RedisCommand {
         guard !info.keySpecs.isEmpty || info.name == "SORT" || info.name == "SORT_RO" || info.name == "MIGRATE" else { return nil }
         // Only what a key specification looks at is turned into text: short arguments (keywords,
         // counts). A long argument can be neither; it stays empty.
-        let argv = [name] + arguments.map { argument in
-            argument.integerValue.map { String($0) } ?? argument.text(maximumLength: 64) ?? ""
+        // (A loop, not a closure: Swift 6.3.1's optimizer crashed on the closure at -O.)
+        var argv = [name]
+        argv.reserveCapacity(arguments.count + 1)
+        for argument in arguments {
+            if let integer = argument.integerValue {
+                argv.append(String(integer))
+            } else {
+                argv.append(argument.text(maximumLength: 64) ?? "")
+            }
         }
         guard let indices = info.keyIndices(in: argv) else {
             throw RedisError(code: .invalidArgument, message: "\(specificationName): the arguments do not match the command's specification, so its keys cannot be found")

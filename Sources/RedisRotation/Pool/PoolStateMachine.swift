@@ -44,6 +44,11 @@ struct PoolStateMachine {
         /// server that accepted the connection and went silent (a blackhole, a stopped process) does not
         /// hold back new attempts until the handshake deadline once it answers again. `nil` never.
         var handshakeHedgeDelay: TimeAmount? = .seconds(1)
+        /// Whether a server that cannot be reached (connection refused, connect timeout) fails waiting
+        /// and new leases at once while no open connection could serve them, as rejected credentials
+        /// do. A cluster client's node pools set it: elsewhere in the cluster the command may succeed,
+        /// and the cluster client retries within the command's deadline.
+        var failsLeasesWhenUnreachable = false
     }
 
     enum Action: Hashable {
@@ -115,6 +120,9 @@ struct PoolStateMachine {
     /// connection opens or the credentials change: leases then fail at once instead of waiting for their
     /// deadline, when no open connection could serve them.
     private(set) var rejection: RedisError?
+    /// With ``Configuration/failsLeasesWhenUnreachable``: the last connection attempt could not reach
+    /// the server, until a connection opens.
+    private(set) var unreachable: RedisError?
 
     init(configuration: Configuration) {
         precondition(configuration.maximumConnections >= 1, "a pool needs room for one connection")
@@ -193,6 +201,9 @@ struct PoolStateMachine {
         if let rejection = self.rejection, !self.hasUsableConnection, let next = self.nextConnectAt, next > now {
             return [.failLease(id, rejection)] + self.rebalance(now: now)
         }
+        if let unreachable = self.unreachable, !self.hasUsableConnection, let next = self.nextConnectAt, next > now {
+            return [.failLease(id, unreachable)] + self.rebalance(now: now)
+        }
         self.waiters.append(Waiter(id: id, deadline: deadline))
         return self.rebalance(now: now)
     }
@@ -227,6 +238,7 @@ struct PoolStateMachine {
     ) -> [Action] {
         guard self.slots[id]?.state == .connecting else { return [] }
         self.rejection = nil
+        self.unreachable = nil
         // A connection that must re-authenticate first has not proven the target credentials: the
         // backoff is reset only once it serves on them (else a rejected re-authentication loops).
         if self.targetVersion == nil || self.targetVersion == version {
@@ -291,6 +303,13 @@ struct PoolStateMachine {
             self.rejection = error
             if !self.hasUsableConnection {
                 actions = self.waiters.map { .failLease($0.id, error) }
+                self.waiters.removeAll()
+            }
+        }
+        if self.configuration.failsLeasesWhenUnreachable, let error, error.code == .connectionFailed || error.code == .connectTimeout {
+            self.unreachable = error
+            if !self.hasUsableConnection {
+                actions += self.waiters.map { .failLease($0.id, error) }
                 self.waiters.removeAll()
             }
         }

@@ -914,6 +914,7 @@ extension RedisClientConfiguration {
         // and went silent); waiting the other half before the next attempt would only add to the outage.
         pool.handshakeHedgeDelay = max(TimeAmount(self.handshakeTimeout / 2), .milliseconds(100))
         pool.connectBackoff = Backoff(base: TimeAmount(self.pool.reconnectBackoffBase), cap: TimeAmount(self.pool.reconnectBackoffCap))
+        pool.failsLeasesWhenUnreachable = self.failsLeasesWhenUnreachable
         var credentials = CredentialStateMachine.Configuration()
         credentials.probeBackoff = Backoff(base: TimeAmount(self.rotation.probeBackoffBase), cap: TimeAmount(self.rotation.probeBackoffCap))
         credentials.maximumProbeAttempts = self.rotation.maximumProbeAttempts

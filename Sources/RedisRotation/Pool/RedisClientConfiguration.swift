@@ -175,6 +175,9 @@ public struct RedisClientConfiguration: Sendable {
     /// Whether every connection sends `READONLY` after authenticating: set by ``RedisClusterClient`` when
     /// replicas serve reads (``RedisClusterConfiguration/reads``).
     var readOnly = false
+    /// Whether leases fail at once while the server cannot be reached (see the pool's configuration):
+    /// set by ``RedisClusterClient``, which retries elsewhere in the cluster.
+    var failsLeasesWhenUnreachable = false
 
     public init(
         host: String = "127.0.0.1",
