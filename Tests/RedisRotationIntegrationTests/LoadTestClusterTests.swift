@@ -66,6 +66,48 @@ struct LoadTestClusterTests {
         }
     }
 
+    @Test("loadtest --cluster --tls on a TLS-only cluster: password@, kill@, failover@ and migrate@ with no failed command and no lost write")
+    func loadtestTLSCluster() async throws {
+        let authority = try TestCertificateAuthority(name: "Loadtest Cluster CA \(UUID().uuidString.prefix(6))")
+        let password = makePassword()
+        let opsPassword = makePassword()
+        let users: [RedisServerProcess.User] = [.init(name: "alice", passwords: [password]), .init(name: "ops", passwords: [opsPassword])]
+        try await RedisClusterProcess.withCluster(.init(users: users, tlsAuthority: authority)) { cluster in
+            let folder = cluster.nodes[0].directory
+            let passwordFile = folder.appendingPathComponent("alice.password").path
+            try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: passwordFile)
+            let adminFile = folder.appendingPathComponent("ops.password").path
+            try writeAtomically("\(text(of: opsPassword))\n", to: adminFile)
+            let caFile = folder.appendingPathComponent("ca.pem").path
+            try authority.certificate.certificatePEM.write(toFile: caFile, atomically: true, encoding: .utf8)
+            let report = folder.appendingPathComponent("report.json").path
+
+            let (status, stdout, stderr) = try await runTool(
+                [
+                    "loadtest", "--cluster", "--port", "\(cluster.nodes[0].port)", "--tls", "--ca-file", caFile,
+                    "--user", "alice", "--password-file", passwordFile,
+                    "--duration", "12", "--concurrency", "32", "--verify-writes", "--key-prefix", "ltct", "--report-json", report,
+                    "--rotate", "password@1", "--rotate", "kill@3", "--rotate", "failover@5", "--rotate", "migrate@7",
+                    "--admin-user", "ops", "--admin-password-file", adminFile,
+                ],
+                timeout: .seconds(150)
+            )
+            #expect(status == 0, "stdout: \(stdout)\nstderr: \(stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any] ?? [:]
+            let writes = json["writes"] as? [String: Int] ?? [:]
+            #expect((json["commands"] as? [String: Int])?["failed"] == 0)
+            #expect((writes["acknowledged"] ?? 0) > 0 && writes["lost"] == 0 && writes["on_primaries"] == writes["acknowledged"], "\(writes)")
+            let events = json["events"] as? [[String: Any]] ?? []
+            #expect(!events.contains { $0["kind"] as? String == "stepFailed" }, "\(events.filter { $0["kind"] as? String == "stepFailed" })")
+            let file = try RedisCredentialFile.read(from: passwordFile)
+            for node in cluster.nodes {
+                let admin = try await RedisServerAdmin.connect(configuration: node.adminConnectionConfiguration())
+                #expect(try await admin.passwordHashes(of: "alice") == [file.password.sha256Hex], "node :\(node.port)")
+                await admin.close()
+            }
+        }
+    }
+
     @Test("demo --cluster runs its whole flow on its own cluster: exit 0, zero failed, zero lost")
     func demoCluster() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("demo-cluster-\(UUID().uuidString.prefix(8))")
