@@ -22,7 +22,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds of traffic (the steps are spread over it).") var duration = 40
     @Option(help: "Concurrent tasks.") var concurrency = 32
-    @Option(help: "Subscriptions fed numbered messages through the whole flow (0 for none).") var subscribers = 2
+    @Option(help: "Subscriptions fed numbered messages through the whole flow (0 for none; not used with --cluster yet).") var subscribers = 2
     @Option(help: "Write the HTML timeline here.") var reportHtml = "redis-rotation-demo.html"
     @Option(help: "Write the JSON report here.") var reportJson: String?
     @Flag(help: "Run the demo on a Redis Cluster (3 primaries, 3 replicas) through the cluster client.") var cluster = false
@@ -306,7 +306,6 @@ struct DemoCommand: AsyncParsableCommand {
                 keyPrefix: "demo",
                 verifyWrites: true
             )
-            if self.subscribers > 0 { self.say("(--subscribers is not used with --cluster yet)") }
             let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true)
             let redirections = client.redirectionsFollowed
             self.say("redirections followed: \(redirections.moved) MOVED, \(redirections.ask) ASK")

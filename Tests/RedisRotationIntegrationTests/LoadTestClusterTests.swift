@@ -108,6 +108,21 @@ struct LoadTestClusterTests {
         }
     }
 
+    @Test("failover@ and migrate@ need --cluster; --subscribers is refused with --cluster: exit 2 with the reason")
+    func clusterValidation() async throws {
+        let cases: [([String], String)] = [
+            (["--rotate", "failover@1", "--admin-user", "a", "--admin-password-file", "/dev/null"], "--rotate failover@1 needs --cluster"),
+            (["--rotate", "migrate@1", "--admin-user", "a", "--admin-password-file", "/dev/null"], "--rotate migrate@1 needs --cluster"),
+            (["--cluster", "--subscribers", "2"], "--subscribers is not supported with --cluster"),
+            (["--rotate", "reshard@1"], "failover@SECONDS or migrate@SECONDS"),
+        ]
+        for (arguments, reason) in cases {
+            let (status, stdout, stderr) = try await runTool(["loadtest", "--port", "6399", "--password-file", "/dev/null", "--duration", "1"] + arguments)
+            #expect(status == 64 || status == 2, "\(arguments): \(status)")
+            #expect((stdout + stderr).contains(reason), "\(arguments): \(stdout)\(stderr)")
+        }
+    }
+
     @Test("demo --cluster runs its whole flow on its own cluster: exit 0, zero failed, zero lost")
     func demoCluster() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("demo-cluster-\(UUID().uuidString.prefix(8))")
