@@ -13,16 +13,19 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "Rotate a password, the server certificate, the CA and the client certificate under live traffic.",
         discussion: """
             Starts its own redis-server (TLS, ACL users) in a temporary folder on a free loopback port and
-            stops it and removes the folder on exit, also on Ctrl-C. Exit status 0 only with zero failed
-            commands and zero lost writes.
+            stops it and removes the folder on exit, also on Ctrl-C. With --cluster, starts a Redis Cluster
+            of 3 primaries and 3 replicas instead and, under traffic through the cluster client, rotates the
+            password on every node, kills the connections on every node, fails a shard over and migrates
+            100 slots. Exit status 0 only with zero failed commands and zero lost writes.
             """
     )
 
     @Option(help: "Seconds of traffic (the steps are spread over it).") var duration = 40
     @Option(help: "Concurrent tasks.") var concurrency = 32
-    @Option(help: "Subscriptions fed numbered messages through the whole flow (0 for none).") var subscribers = 2
+    @Option(help: "Subscriptions fed numbered messages through the whole flow (0 for none; not used with --cluster yet).") var subscribers = 2
     @Option(help: "Write the HTML timeline here.") var reportHtml = "redis-rotation-demo.html"
     @Option(help: "Write the JSON report here.") var reportJson: String?
+    @Flag(help: "Run the demo on a Redis Cluster (3 primaries, 3 replicas) through the cluster client.") var cluster = false
 
     func validate() throws {
         guard self.duration >= 20 else { throw ValidationError("--duration must be at least 20 seconds, so that every step fits") }
@@ -40,7 +43,7 @@ struct DemoCommand: AsyncParsableCommand {
         do {
             try await work.value
         } catch where work.isCancelled {
-            FileHandle.standardError.write(Data("interrupted: the demo server is stopped and its folder removed\n".utf8))
+            FileHandle.standardError.write(Data("interrupted: the demo server\(self.cluster ? "s are" : " is") stopped and \(self.cluster ? "their folders" : "its folder") removed\n".utf8))
             throw ExitCode(130)
         }
     }
@@ -50,6 +53,14 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     private func demo() async throws {
+        if self.cluster {
+            try await self.clusterDemo()
+        } else {
+            try await self.singleServerDemo()
+        }
+    }
+
+    private func singleServerDemo() async throws {
         let rootCA = try TestCertificateAuthority(name: "Demo Root CA 1")
         let nextCA = try TestCertificateAuthority(name: "Demo Root CA 2")
         let password = RedisPasswordRotation.randomPassword()
@@ -184,22 +195,121 @@ struct DemoCommand: AsyncParsableCommand {
                 verifyWrites: true
             )
             let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true, subscribers: self.subscribers)
-            print("")
-            print(report.text())
-            let failedSteps = report.events.filter { $0.kind == "stepFailed" }
-            for failed in failedSteps { print("step failed: \(failed.detail)") }
-            try report.html(title: "redis-rotation demo").write(toFile: self.reportHtml, atomically: true, encoding: .utf8)
-            print("\ntimeline: \(URL(fileURLWithPath: self.reportHtml).path)")
-            if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
-            print("connections at the end: \(report.connections_by_version.sorted { $0.key < $1.key }.map { "\($0.value) on \($0.key)" }.joined(separator: ", "))")
-            guard report.succeeded && failedSteps.isEmpty else {
-                let pubsub = report.pubsub.map { ", \($0.lost) lost, \($0.duplicated) duplicated and \($0.out_of_order) reordered messages" } ?? ""
-                print("FAILED: \(report.commands.failed) failed commands, \(report.writes?.lost ?? 0) lost writes\(pubsub), \(failedSteps.count) failed steps")
-                throw ExitCode(1)
+            try self.conclude(report, title: "redis-rotation demo")
+        }
+    }
+
+    /// Prints the report, writes the timeline, and fails unless nothing failed and nothing was lost.
+    private func conclude(_ report: LoadReport, title: String) throws {
+        print("")
+        print(report.text())
+        let failedSteps = report.events.filter { $0.kind == "stepFailed" }
+        for failed in failedSteps { print("step failed: \(failed.detail)") }
+        try report.html(title: title).write(toFile: self.reportHtml, atomically: true, encoding: .utf8)
+        print("\ntimeline: \(URL(fileURLWithPath: self.reportHtml).path)")
+        if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
+        print("connections at the end: \(report.connections_by_version.sorted { $0.key < $1.key }.map { "\($0.value) on \($0.key)" }.joined(separator: ", "))")
+        if let nodes = report.connections_by_node {
+            for (node, versions) in nodes.sorted(by: { $0.key < $1.key }) {
+                print("  \(node): \(versions.sorted { $0.key < $1.key }.map { "\($0.value) on \($0.key)" }.joined(separator: ", "))")
             }
-            print(
-                "OK: zero failed commands and zero lost writes\(report.pubsub == nil ? "" : ", no message lost outside a signalled gap or delivered twice,") through the whole rotation"
+        }
+        guard report.succeeded && failedSteps.isEmpty else {
+            let pubsub = report.pubsub.map { ", \($0.lost) lost, \($0.duplicated) duplicated and \($0.out_of_order) reordered messages" } ?? ""
+            let counted = report.writes?.on_primaries.map { ", \($0) keys counted on the primaries for \(report.writes?.acknowledged ?? 0) acknowledged" } ?? ""
+            print("FAILED: \(report.commands.failed) failed commands, \(report.writes?.lost ?? 0) lost writes\(counted)\(pubsub), \(failedSteps.count) failed steps")
+            throw ExitCode(1)
+        }
+        print(
+            "OK: zero failed commands and zero lost writes\(report.pubsub == nil ? "" : ", no message lost outside a signalled gap or delivered twice,") through the whole rotation"
+        )
+    }
+
+    /// The cluster flow: 3 primaries with a replica each, the users `app` (traffic) and `ops` (the
+    /// operator, same password on every node, since ACLs are per node), traffic through the cluster
+    /// client, and every step applied to every node.
+    private func clusterDemo() async throws {
+        let password = RedisPasswordRotation.randomPassword()
+        let operatorPassword = RedisPasswordRotation.randomPassword()
+        self.say("starting a Redis Cluster (3 primaries, 3 replicas) with ACL users...")
+        let configuration = RedisClusterProcess.Configuration(
+            users: [.init(name: "app", passwords: [password]), .init(name: "ops", passwords: [operatorPassword])]
+        )
+        try await RedisClusterProcess.withCluster(configuration) { cluster in
+            let seed = cluster.nodes[0]
+            let folder = seed.directory
+            let passwordFile = folder.appendingPathComponent("app.password").path
+            try RedisCredentialFile(password: password, version: "v1").write(to: passwordFile)
+            self.say("cluster nodes on 127.0.0.1: \(cluster.nodes.map { ":\($0.port)" }.joined(separator: " ")) (pids \(cluster.nodes.map { "\($0.pid)" }.joined(separator: " ")))")
+
+            let node = RedisClientConfiguration(
+                host: seed.host,
+                port: seed.port,
+                name: "demo",
+                pool: .init(minimumConnections: 4, maximumConnections: 16, leaseTimeout: .seconds(10))
             )
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(seeds: [.init(host: seed.host, port: seed.port)], node: node),
+                credentials: .file(passwordFile, username: "app", pollInterval: .seconds(5))
+            )
+
+            // Every step goes through RedisRotationAdmin, on every node the discovery finds.
+            let adminConfiguration = RedisConnectionConfiguration(
+                host: seed.host,
+                port: seed.port,
+                username: "ops",
+                password: operatorPassword,
+                name: "demo-admin"
+            )
+            let operations = try await RedisClusterOperations.connect(configuration: adminConfiguration)
+            defer { Task { await operations.close() } }
+            let topology = operations.topology
+            self.say("the operator reaches \(topology.nodes.count) nodes: \(topology.addresses.joined(separator: " "))")
+            let rotation = RedisPasswordRotation(
+                topology: topology,
+                options: .init(user: "app", passwordFile: passwordFile, version: "v2", clientWait: .seconds(30), pollInterval: .milliseconds(50))
+            )
+            let d = Double(self.duration)
+            func at(_ fraction: Double) -> Duration { .milliseconds(Int64(d * fraction * 1000)) }
+            let steps: [RotationStep] = [
+                RotationStep(name: "1 add a second password on every node (ACL SETUSER app >new, ACL SAVE)", at: at(0.10)) {
+                    try await rotation.prepare()
+                    try await rotation.addPassword()
+                },
+                RotationStep(name: "2 publish it to the password file (atomic rename)", at: at(0.18)) {
+                    try await rotation.publish()
+                    try await rotation.waitForClients()
+                },
+                RotationStep(name: "3 remove the old password on every node (ACL SETUSER app resetpass >new, ACL SAVE)", at: at(0.28)) {
+                    try await rotation.removeOldPasswords()
+                },
+                RotationStep(name: "4 kill the user's connections on every node (CLIENT KILL ID each of app)", at: at(0.38)) {
+                    for admin in topology.nodes { try await admin.killConnections(of: "app") }
+                },
+                RotationStep(name: "5 fail a shard over (CLUSTER FAILOVER on its replica)", at: at(0.50)) {
+                    let (from, to) = try await operations.failoverSomeShard()
+                    self.say("failover: \(to) replaced \(from) as primary")
+                },
+                RotationStep(name: "6 migrate 100 slots (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE)", at: at(0.64)) {
+                    let (slots, from, to) = try await operations.migrateSomeSlots(count: 100)
+                    self.say("migrated slots \(slots.lowerBound)-\(slots.upperBound) from \(from) to \(to)")
+                },
+                RotationStep(name: "7 steady state on the new password and topology", at: at(0.84)) {},
+            ]
+            let workload = Workload(
+                duration: .seconds(self.duration),
+                concurrency: self.concurrency,
+                rate: 0,
+                readRatio: 0.7,
+                keys: 10_000,
+                valueSize: 64,
+                keyPrefix: "demo",
+                verifyWrites: true
+            )
+            let report = try await LoadRun.execute(client: client, workload: workload, steps: steps, progress: true)
+            let redirections = client.redirectionsFollowed
+            self.say("redirections followed: \(redirections.moved) MOVED, \(redirections.ask) ASK")
+            try self.conclude(report, title: "redis-rotation demo --cluster")
         }
     }
 }

@@ -22,7 +22,7 @@ enum LoadRun {
     /// requested) while performing `steps`, verifies the writes, and returns the report. Prints a progress
     /// line every second when `progress` is set.
     static func execute(
-        client: RedisClient,
+        client: some LoadTarget,
         workload: Workload,
         steps: [RotationStep],
         progress: Bool,
@@ -45,15 +45,17 @@ enum LoadRun {
             let current = StepName("steady state")
             recorder.beginPhase("steady state")
 
-            group.addTask {
-                for await event in client.events {
-                    recorder.event("\(event.kind)", "\(event)")
-                }
-            }
-            group.addTask {
+            group.addTask { await client.forwardEvents(to: recorder) }
+            // Steps not begun when the traffic ends are skipped; the one in progress is finished before
+            // the writes are counted (a slot migration half done would move keys under the count).
+            let trafficOver = TrafficStop()
+            let performer = Task {
                 for step in steps.sorted(by: { $0.at < $1.at }) {
-                    try? await Task.sleep(until: recorder.start + step.at, clock: .continuous)
-                    if Task.isCancelled { return }
+                    // In slices, so that the end of the traffic is noticed (bounded by the step's time).
+                    while ContinuousClock.now < recorder.start + step.at && !trafficOver.isRequested && !Task.isCancelled {
+                        try? await Task.sleep(for: min(.milliseconds(100), recorder.start + step.at - ContinuousClock.now))
+                    }
+                    if Task.isCancelled || trafficOver.isRequested { return }
                     recorder.beginPhase(step.name)
                     current.set(step.name)
                     do {
@@ -63,17 +65,16 @@ enum LoadRun {
                     }
                 }
             }
+            defer { performer.cancel() }
             if progress {
                 group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .seconds(1))
                         let second = recorder.lastSecond()
-                        let versions = client.connectionsByCredentialVersion.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
-                        let generations = client.connectionsByTLSGeneration.sorted { $0.key < $1.key }.map { "g\($0.key):\($0.value)" }.joined(separator: ",")
                         let line = String(
-                            format: "t=%3ds  %6d ops/s  p99 %7.2f ms  failed %d  credentials %@  tls %@  step: %@%@",
+                            format: "t=%3ds  %6d ops/s  p99 %7.2f ms  failed %d  %@  step: %@%@",
                             Int(recorder.elapsed), second.ops, Double(second.p99) / 1000, recorder.failedCount,
-                            versions.isEmpty ? "-" : versions, generations.isEmpty ? "-" : generations, current.get(), status()
+                            client.progressConnections, current.get(), status()
                         )
                         FileHandle.standardError.write(Data((line + "\n").utf8))
                     }
@@ -82,19 +83,26 @@ enum LoadRun {
 
             let pubsub: PubSubLoad?
             do {
-                pubsub = subscribers > 0 ? try await PubSubLoad(client: client, subscribers: subscribers, channel: "\(workload.keyPrefix):pubsub") : nil
+                if subscribers > 0, let single = client.singleNode {
+                    pubsub = try await PubSubLoad(client: single, subscribers: subscribers, channel: "\(workload.keyPrefix):pubsub")
+                } else {
+                    pubsub = nil
+                }
             } catch let error as RedisError {
                 throw RunFailure(description: "cannot subscribe: \(error.message)", exitCode: 1)
             }
             let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder, stop: stop)
             let duration = recorder.elapsed
+            trafficOver.request()
+            await performer.value
             let pubsubReport = await pubsub?.finish()
-            let verification = workload.verifyWrites ? try await LoadGenerator.verify(acknowledged, client: client) : nil
+            let verification = workload.verifyWrites ? try await client.verify(acknowledged) : nil
             return LoadReport(
                 snapshot: recorder.snapshot(),
                 duration: duration,
-                retried: client.statistics.commandsRetried,
-                connectionsByVersion: client.connectionsByCredentialVersion,
+                retried: await client.retriedCommands(),
+                connectionsByVersion: client.connectionsByVersion,
+                connectionsByNode: client.connectionsByNode,
                 writes: verification,
                 pubsub: pubsubReport
             )

@@ -41,7 +41,9 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Flag(help: "Write every value to a new key and count the keys on the server at the end.") var verifyWrites = false
     @Option(help: "Subscriptions to one channel, fed numbered messages (one at a time, at most one a millisecond) for the whole run; the report counts lost, duplicated and out-of-order messages and gaps.") var subscribers = 0
 
-    @Option(name: .customLong("rotate"), help: "A step the tool performs: password@SECONDS or kill@SECONDS (repeatable).")
+    @Flag(help: "The server is a node of a Redis Cluster (the seed): traffic goes through the cluster client to every primary, and --rotate steps reach every node.") var cluster = false
+
+    @Option(name: .customLong("rotate"), help: "A step the tool performs: password@SECONDS or kill@SECONDS (repeatable); with --cluster also failover@SECONDS (a replica promoted with CLUSTER FAILOVER) and migrate@SECONDS (100 slots moved between two primaries).")
     var rotations: [String] = []
     @Option(help: "ACL user for the rotation steps.") var adminUser: String?
     @Option(help: "File holding the admin password.") var adminPasswordFile: String?
@@ -122,12 +124,17 @@ struct LoadTestCommand: AsyncParsableCommand {
         }
         guard (0...1).contains(self.readRatio) else { throw ValidationError("--read-ratio must be between 0 and 1") }
         guard (0...1000).contains(self.subscribers) else { throw ValidationError("--subscribers must be between 0 and 1000") }
+        if self.cluster {
+            if self.subscribers > 0 { throw ValidationError("--subscribers is not supported with --cluster yet") }
+            if let database = target.database, database != 0 { throw ValidationError("--cluster: Redis Cluster has only database 0") }
+        }
         if !self.tls && (self.caFile != nil || self.certFile != nil || self.keyFile != nil) {
             throw ValidationError("--ca-file, --cert-file and --key-file need --tls")
         }
         if (self.certFile == nil) != (self.keyFile == nil) { throw ValidationError("--cert-file and --key-file go together") }
         for step in self.rotations {
-            _ = try Self.parseStep(step)
+            let (kind, _) = try Self.parseStep(step)
+            if ["failover", "migrate"].contains(kind) && !self.cluster { throw ValidationError("--rotate \(step) needs --cluster") }
         }
         if !self.rotations.isEmpty && (self.adminUser == nil || self.adminPasswordFile == nil) {
             throw ValidationError("--rotate needs --admin-user and --admin-password-file")
@@ -144,27 +151,33 @@ struct LoadTestCommand: AsyncParsableCommand {
 
     static func parseStep(_ text: String) throws -> (kind: String, at: Int) {
         let parts = text.split(separator: "@")
-        guard parts.count == 2, ["password", "kill"].contains(parts[0]), let at = Int(parts[1]), at >= 0 else {
-            throw ValidationError("--rotate \(text): expected password@SECONDS or kill@SECONDS")
+        guard parts.count == 2, ["password", "kill", "failover", "migrate"].contains(parts[0]), let at = Int(parts[1]), at >= 0 else {
+            throw ValidationError("--rotate \(text): expected password@SECONDS, kill@SECONDS, failover@SECONDS or migrate@SECONDS")
         }
         return (String(parts[0]), at)
     }
 
     func run() async throws {
         let target = try self.target()
+        let nodeConfiguration = RedisClientConfiguration(
+            host: target.host,
+            port: target.port,
+            database: self.cluster ? nil : target.database,
+            name: "loadtest",
+            tls: target.tls,
+            pool: .init(minimumConnections: 1, maximumConnections: max(1, min(self.concurrency, 64)), leaseTimeout: .seconds(10))
+        )
         let client: RedisClient
+        let clusterClient: RedisClusterClient?
         do {
-            client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: target.host,
-                    port: target.port,
-                    database: target.database,
-                    name: "loadtest",
-                    tls: target.tls,
-                    pool: .init(minimumConnections: 1, maximumConnections: max(1, min(self.concurrency, 64)), leaseTimeout: .seconds(10))
-                ),
-                credentials: target.credentials
-            )
+            // The seed's pool gives the TLS context the rotation steps connect with; with --cluster it
+            // carries no traffic (the cluster client keeps a pool per node).
+            client = try RedisClient(configuration: nodeConfiguration, credentials: target.credentials)
+            clusterClient = self.cluster
+                ? try RedisClusterClient(
+                    configuration: RedisClusterConfiguration(seeds: [.init(host: target.host, port: target.port)], node: nodeConfiguration),
+                    credentials: target.credentials
+                ) : nil
         } catch let error as RedisError {
             throw RunFailure(description: error.message, exitCode: 2)
         }
@@ -177,7 +190,9 @@ struct LoadTestCommand: AsyncParsableCommand {
             keys: self.keys,
             valueSize: self.valueSize,
             keyPrefix: self.keyPrefix,
-            verifyWrites: self.verifyWrites
+            verifyWrites: self.verifyWrites,
+            // A cluster run counts its keys on every primary by pattern: they must be this run's only.
+            runTag: self.cluster && self.verifyWrites ? String(UInt32.random(in: .min ... .max), radix: 16) : nil
         )
         // Ctrl-C ends the traffic, not the run: what was acknowledged is still verified and reported.
         let stop = TrafficStop()
@@ -194,18 +209,23 @@ struct LoadTestCommand: AsyncParsableCommand {
             interrupt.cancel()
             signal(SIGINT, SIG_DFL)
         }
-        let report = try await LoadRun.execute(
-            client: client,
-            workload: workload,
-            steps: steps,
-            progress: self.progress,
-            subscribers: self.subscribers,
-            stop: stop
-        )
+        let report: LoadReport
+        if let clusterClient {
+            report = try await LoadRun.execute(client: clusterClient, workload: workload, steps: steps, progress: self.progress, stop: stop)
+        } else {
+            report = try await LoadRun.execute(
+                client: client,
+                workload: workload,
+                steps: steps,
+                progress: self.progress,
+                subscribers: self.subscribers,
+                stop: stop
+            )
+        }
         print(report.text())
         if let path = self.reportJson { try report.json().write(to: URL(fileURLWithPath: path)) }
         if let path = self.reportHtml {
-            try report.html(title: "redis-rotation loadtest \(target.host):\(target.port)").write(toFile: path, atomically: true, encoding: .utf8)
+            try report.html(title: "redis-rotation loadtest \(self.cluster ? "--cluster " : "")\(target.host):\(target.port)").write(toFile: path, atomically: true, encoding: .utf8)
         }
         // A rotation step that failed fails the run too: the rotation it was meant to exercise did not happen.
         let failedSteps = report.events.filter { $0.kind == "stepFailed" }
@@ -213,7 +233,8 @@ struct LoadTestCommand: AsyncParsableCommand {
         if !report.succeeded || !failedSteps.isEmpty { throw ExitCode(1) }
     }
 
-    /// The steps of `--rotate`, performed through RedisRotationAdmin on the server and its replicas.
+    /// The steps of `--rotate`, performed through RedisRotationAdmin on the server and its replicas (every
+    /// node of the cluster with `--cluster`: discovery follows `CLUSTER NODES`).
     private func rotationSteps(client: RedisClient, target: Target) throws -> [RotationStep] {
         guard !self.rotations.isEmpty, let adminUser = self.adminUser, let adminPasswordFile = self.adminPasswordFile,
             let passwordFile = target.passwordFile
@@ -243,6 +264,18 @@ struct LoadTestCommand: AsyncParsableCommand {
         return try self.rotations.map { text in
             let (kind, at) = try Self.parseStep(text)
             switch kind {
+            case "failover":
+                return RotationStep(name: "fail over a shard (CLUSTER FAILOVER on a replica)", at: .seconds(at)) {
+                    let operations = try await RedisClusterOperations.connect(configuration: adminConfiguration)
+                    defer { Task { await operations.close() } }
+                    try await operations.failoverSomeShard()
+                }
+            case "migrate":
+                return RotationStep(name: "migrate 100 slots (SETSLOT, MIGRATE)", at: .seconds(at)) {
+                    let operations = try await RedisClusterOperations.connect(configuration: adminConfiguration)
+                    defer { Task { await operations.close() } }
+                    try await operations.migrateSomeSlots(count: 100)
+                }
             case "kill":
                 return RotationStep(name: "kill connections of \(user)", at: .seconds(at)) {
                     let topology = try await RedisAdminTopology.discover(configuration: adminConfiguration)

@@ -57,16 +57,23 @@ struct LoadReport: Codable, Sendable {
     var failure_samples: [String]
     /// Pooled connections per credential version when the traffic ended.
     var connections_by_version: [String: Int]
+    /// The same per node (`host:port`) for a cluster run (`--cluster`); absent otherwise.
+    var connections_by_node: [String: [String: Int]]?
     /// Publish/subscribe traffic (`--subscribers`).
     var pubsub: PubSubReport?
 
-    var succeeded: Bool { self.commands.failed == 0 && (self.writes?.lost ?? 0) == 0 && (self.pubsub?.succeeded ?? true) }
+    var succeeded: Bool {
+        self.commands.failed == 0 && (self.writes?.lost ?? 0) == 0 && (self.pubsub?.succeeded ?? true)
+            // In a cluster, the keys counted on the primaries must be exactly the acknowledged ones.
+            && (self.writes.map { writes in writes.on_primaries.map { $0 == writes.acknowledged } ?? true } ?? true)
+    }
 
     init(
         snapshot: LoadRecorder.Snapshot,
         duration: Double,
         retried: Int,
         connectionsByVersion: [String: Int],
+        connectionsByNode: [String: [String: Int]]? = nil,
         writes: WriteVerification?,
         pubsub: PubSubReport? = nil
     ) {
@@ -108,6 +115,7 @@ struct LoadReport: Codable, Sendable {
         }
         self.failure_samples = snapshot.failureSamples
         self.connections_by_version = connectionsByVersion
+        self.connections_by_node = connectionsByNode
         self.pubsub = pubsub
     }
 
@@ -126,7 +134,10 @@ struct LoadReport: Codable, Sendable {
                 + "reconnects: \(self.reconnects); re-authentications: \(self.reauthentications)"
         )
         if let writes = self.writes {
-            lines.append("writes: \(writes.acknowledged) acknowledged, \(writes.found) found, \(writes.lost) lost")
+            lines.append(
+                "writes: \(writes.acknowledged) acknowledged, \(writes.found) found, \(writes.lost) lost"
+                    + (writes.on_primaries.map { "; \($0) keys counted on the primaries" } ?? "")
+            )
         }
         if let pubsub = self.pubsub {
             lines.append(
@@ -227,7 +238,7 @@ struct LoadReport: Codable, Sendable {
             <h1>\(escape(title))</h1>
             <p><span style='color:#1f77b4'>■ operations per second</span> &nbsp; <span style='color:#d62728'>■ p99 latency</span> &nbsp; dashed lines: rotation steps; red marks: seconds with failures</p>
             \(svg)
-            <p>\(self.commands.ok) commands ok, \(self.commands.failed) failed, \(self.commands.retried) retried\(self.writes.map { "; writes: \($0.acknowledged) acknowledged, \($0.lost) lost" } ?? "").</p>
+            <p>\(self.commands.ok) commands ok, \(self.commands.failed) failed, \(self.commands.retried) retried\(self.writes.map { writes in "; writes: \(writes.acknowledged) acknowledged, \(writes.lost) lost\(writes.on_primaries.map { ", \($0) counted on the primaries" } ?? "")" } ?? "").</p>
             <table><tr><th>phase</th><th>ops</th><th>failed</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>reconnects</th><th>re-auths</th></tr>
             \(rows)
             </table></body></html>

@@ -15,6 +15,12 @@ struct Workload: Sendable {
     var keyPrefix: String
     /// Every write goes to a new key, so that the keys can be counted on the server afterwards.
     var verifyWrites: Bool
+    /// With `verifyWrites`, a tag in the written keys (`<prefix>:<tag>:w:...`) that sets this run's
+    /// keys apart from earlier runs', so that they can be counted on the servers by pattern (cluster).
+    var runTag: String? = nil
+
+    /// The prefix of the keys `verifyWrites` writes.
+    var writePrefix: String { self.runTag.map { "\(self.keyPrefix):\($0)" } ?? self.keyPrefix }
 }
 
 /// Ends the traffic before its duration (Ctrl-C). Each task finishes the command it has in flight, so
@@ -32,6 +38,9 @@ struct WriteVerification: Codable, Sendable {
     var acknowledged: Int
     var found: Int
     var lost: Int
+    /// The run's keys counted on every primary (`SCAN` per primary), for a cluster: must equal
+    /// `acknowledged` (a key on two primaries, or on none, shows here).
+    var on_primaries: Int? = nil
 }
 
 /// The writes the server acknowledged with `--verify-writes`, as one count per worker: worker `w`'s
@@ -65,7 +74,7 @@ struct AcknowledgedWrites: Sendable {
 enum LoadGenerator {
     /// Runs `workload` against `client` until its duration is over or `stop` is requested, recording into
     /// `recorder`; returns the acknowledged writes (none unless writes are verified).
-    static func run(_ workload: Workload, client: RedisClient, recorder: LoadRecorder, stop: TrafficStop) async -> AcknowledgedWrites {
+    static func run(_ workload: Workload, client: some RedisCommandExecutor, recorder: LoadRecorder, stop: TrafficStop) async -> AcknowledgedWrites {
         let clock = ContinuousClock()
         let end = clock.now + workload.duration
         let interval: Duration? = workload.rate > 0
@@ -97,7 +106,7 @@ enum LoadGenerator {
                                 let key = "\(workload.keyPrefix):k:\(Int.random(in: 0..<workload.keys, using: &generator))"
                                 _ = try await client.send(RedisCommand("GET", .string(key)))
                             } else if workload.verifyWrites {
-                                let key = AcknowledgedWrites.key(prefix: workload.keyPrefix, worker: worker, sequence: acknowledged)
+                                let key = AcknowledgedWrites.key(prefix: workload.writePrefix, worker: worker, sequence: acknowledged)
                                 _ = try await client.send(RedisCommand("SET", .string(key), .bytes(value)).idempotent())
                                 acknowledged += 1
                             } else {
@@ -116,16 +125,6 @@ enum LoadGenerator {
             for await (worker, acknowledged) in group { counts[worker] = acknowledged }
             return counts
         }
-        return AcknowledgedWrites(keyPrefix: workload.keyPrefix, counts: counts)
-    }
-
-    /// Counts how many of the acknowledged writes' keys exist on the server.
-    static func verify(_ writes: AcknowledgedWrites, client: RedisClient) async throws -> WriteVerification {
-        var found = 0
-        try await writes.forEachBatch(of: 500) { keys in
-            found += try await client.send(RedisCommand("EXISTS", arguments: keys.map { .string($0) }), as: Int.self)
-        }
-        let acknowledged = writes.total
-        return WriteVerification(acknowledged: acknowledged, found: found, lost: acknowledged - found)
+        return AcknowledgedWrites(keyPrefix: workload.writePrefix, counts: counts)
     }
 }

@@ -256,6 +256,8 @@ let benchmarks: @Sendable () -> Void = {
     }
     poolLatency(rotating: false)
     poolLatency(rotating: true)
+
+    clusterBenchmarks()
 }
 
 /// A flag the load tasks poll.
