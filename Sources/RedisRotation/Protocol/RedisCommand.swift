@@ -142,11 +142,18 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
                 code: .invalidArgument,
                 message: "CLIENT REPLY OFF and SKIP are not supported: the client pairs every command with a reply (CLIENT REPLY ON is)"
             )
-        case "HELLO" where !arguments.isEmpty && (arguments[0].integerValue.map { String($0) } ?? arguments[0].keyword) != "2":
+        case "HELLO" where !arguments.isEmpty && !Self.isProtocolTwo(arguments[0]):
             return RedisError(code: .invalidArgument, message: "HELLO with a protocol version other than 2: this client speaks RESP2")
         default:
             return nil
         }
+    }
+
+    /// Whether a `HELLO` protocol version argument is 2. (No closure over the argument: Swift 6.3.1's
+    /// optimizer crashed on `integerValue.map { ... } ?? keyword` at -O.)
+    private static func isProtocolTwo(_ argument: RedisArgument) -> Bool {
+        if let integer = argument.integerValue { return integer == 2 }
+        return argument.keyword == "2"
     }
 
     static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {
