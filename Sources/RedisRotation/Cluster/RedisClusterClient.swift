@@ -84,7 +84,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     public let configuration: RedisClusterConfiguration
     private let credentials: RedisCredentialSource
     private let eventLoopGroup: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex(State())
     private let redirections = Atomic<Int>(0)
     private let askRedirections = Atomic<Int>(0)
@@ -276,7 +276,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private var isShutDown: Bool { self.state.withLock { $0.shutDown } }
+    var isShutDown: Bool { self.state.withLock { $0.shutDown } }
 
     /// Whether the command never reached a node that is now unreachable, or may be repeated.
     private static func nodeUnreachable(_ error: RedisError, command: RedisCommand, shutDown: Bool) -> Bool {
@@ -329,7 +329,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return self.endpoint(of: primary)
     }
 
-    private func endpoint(of node: RedisClusterNode) -> Endpoint {
+    func endpoint(of node: RedisClusterNode) -> Endpoint {
         let port = self.configuration.node.tls != nil ? (node.tlsPort ?? node.port ?? 0) : (node.port ?? 0)
         return .init(host: node.endpoint, port: port)
     }
@@ -417,7 +417,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     }
 
     /// Asks for a refresh; requests while one is pending collapse into it.
-    private func requestRefresh() {
+    func requestRefresh() {
         self.refreshContinuation.yield()
     }
 
