@@ -116,6 +116,8 @@ final class ClusterSubscription: Sendable {
     /// subscription leaves it for another node (a reconnect after a kill takes milliseconds).
     static let moveAfterLoss: Duration = .seconds(1)
     static let watchInterval: Duration = .milliseconds(100)
+    /// How often a shard subscription's node is asked whether it still serves the slot.
+    static let ownerCheckInterval: Duration = .milliseconds(250)
 
     static var shutdownError: RedisError {
         RedisError(code: .clientShutdown, message: "the cluster client stopped running; its subscriptions ended")
@@ -126,7 +128,8 @@ final class ClusterSubscription: Sendable {
     let names: [String]
     /// The slot of shard channels; `nil` for channels and patterns (any node serves them).
     let slot: Int?
-    /// The placement's last sign of life: when it was confirmed or last forwarded something.
+    /// The placement's last sign of life: when it was confirmed, last forwarded something (channels and
+    /// patterns), or was last found serving the slot (shard channels). A move's gap starts here.
     private let lastSign = Lock<Date>(Date())
     private let task = Lock<Task<Void, Never>?>(nil)
 
@@ -290,7 +293,10 @@ final class ClusterSubscription: Sendable {
             group.addTask {
                 do {
                     for try await event in placement.subscription {
-                        self.lastSign.withLock { $0 = Date() }
+                        // A shard channel's message may come from a node that lost the slot (a demoted
+                        // primary hears its new primary again after a hole): only the owner check says
+                        // the node was still the owner.
+                        if self.slot == nil { self.lastSign.withLock { $0 = Date() } }
                         sink.yield(event, at: Date())
                     }
                     return Task.isCancelled ? nil : .move(leaving: nil)
@@ -320,14 +326,47 @@ final class ClusterSubscription: Sendable {
         }
     }
 
+    /// Whether `endpoint` still serves the shard channel's slot: an `EXISTS` of the channel's name (a key
+    /// of the same slot, read only) through its pool, answered `MOVED` by a node that does not (a demoted
+    /// primary, a node the slot left). `ASK` means the slot is being migrated away, while `SPUBLISH` is
+    /// still served here. When it serves the slot, what is published from then on reaches this node: the
+    /// time the check was sent is the subscription's new sign of life. No answer: `true` (a lost
+    /// connection is noticed by the subscriber connection itself).
+    private func stillServesSlot(_ endpoint: Endpoint) async -> Bool {
+        guard let client = try? self.cluster.client(for: endpoint) else { return true }
+        let sent = Date()
+        do {
+            _ = try await client.send(RedisCommand("EXISTS", .key(RedisKey(self.names[0]))), timeout: .seconds(1))
+        } catch let error as RedisError where error.serverErrorPrefix == "MOVED" {
+            return false
+        } catch let error as RedisError where error.serverErrorPrefix != "ASK" {
+            return true
+        } catch {
+            return true
+        }
+        self.lastSign.withLock { $0 = max($0, sent) }
+        return true
+    }
+
     /// Looks at the placement's node until it should be left; `nil` when cancelled.
     private func watch(_ placement: Placement) async -> Outcome? {
         let clock = ContinuousClock()
         var lostNoticed: ContinuousClock.Instant?
+        var lastCheck = clock.now
         while (try? await Task.sleep(for: Self.watchInterval)) != nil {
             if self.cluster.isShutDown { continue }  // the placement's sequence ends with clientShutdown
             guard placement.hub.deliveryLostSince != nil else {
                 lostNoticed = nil
+                // A shard's primary demoted by a failover keeps the subscription but misses what is
+                // published while the shard changes hands, and tells nobody: it must be left as soon as
+                // it no longer serves the slot.
+                if self.slot != nil, clock.now - lastCheck >= Self.ownerCheckInterval {
+                    lastCheck = clock.now
+                    if await !self.stillServesSlot(placement.endpoint) {
+                        self.cluster.requestRefresh()
+                        return .move(leaving: nil)
+                    }
+                }
                 continue
             }
             // Lost: the node may have failed over or died; ask the cluster (rate-limited by the client).
