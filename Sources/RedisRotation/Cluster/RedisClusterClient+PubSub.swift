@@ -131,7 +131,6 @@ final class ClusterSubscription: Sendable {
     /// The placement's last sign of life: when it was confirmed, last forwarded something (channels and
     /// patterns), or was last found serving the slot (shard channels). A move's gap starts here.
     private let lastSign = Lock<Date>(Date())
-    private let task = Lock<Task<Void, Never>?>(nil)
 
     init(cluster: RedisClusterClient, kind: Kind, names: [String], slot: Int?) {
         self.cluster = cluster
@@ -147,9 +146,9 @@ final class ClusterSubscription: Sendable {
             continuation: continuation,
             backlog: SubscriptionBacklog(limits: self.cluster.configuration.node.subscriptionBufferLimits)
         )
+        // The task holds the subscription until it ends; the reader's end cancels it.
         let task = Task { await self.run(first, sink: sink) }
-        self.task.withLock { $0 = task }
-        continuation.onTermination = { [task] _ in task.cancel() }
+        continuation.onTermination = { _ in task.cancel() }
         return RedisClientSubscription(stream: stream, sink: sink)
     }
 
@@ -205,7 +204,7 @@ final class ClusterSubscription: Sendable {
                 try await Task.sleep(for: pause)
             }
         }
-        throw RedisError(code: .serverError, message: "SSUBSCRIBE: too many redirections", serverErrorPrefix: "MOVED")
+        throw RedisError(code: .serverError, message: "\(self.kind.subscribeCommand): too many redirections", serverErrorPrefix: "MOVED")
     }
 
     /// Failures after which another attempt (elsewhere, or after a refresh) may work.
