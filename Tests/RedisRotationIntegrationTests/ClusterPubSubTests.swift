@@ -9,10 +9,11 @@ import Testing
 struct ClusterPubSubTests {
     func withClusterClient(
         passwordFile: Bool = false,
+        rules: String = "~* &* +@all",
         _ body: @Sendable (RedisClusterProcess, RedisClusterClient, RedisSecret) async throws -> Void
     ) async throws {
         let password = makePassword()
-        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password], rules: rules)])) { cluster in
             let file = cluster.nodes[0].directory.appendingPathComponent("alice.password").path
             try writeAtomically("password=\(text(of: password))\nversion=v1\n", to: file)
             let client = try Self.makeClient(cluster, password: password, file: passwordFile ? file : nil)
@@ -149,7 +150,16 @@ struct ClusterPubSubTests {
 
     @Test("the shard's primary failed over (coordinated): the shard subscription ends on the new primary (the demoted one would miss messages silently); a channel subscription elsewhere is untouched; at most once, in order, losses inside gaps")
     func subscriptionsThroughACoordinatedFailover() async throws {
-        try await self.withClusterClient { cluster, client, _ in
+        try await self.coordinatedFailover(rules: "~* &* +@all")
+    }
+
+    @Test("the same failover for a user who may not read keys (the owner check is refused): the shard subscription follows the refreshed topology instead")
+    func coordinatedFailoverWithoutTheOwnerCheck() async throws {
+        try await self.coordinatedFailover(rules: "~* &* +@all -exists")
+    }
+
+    func coordinatedFailover(rules: String) async throws {
+        try await self.withClusterClient(rules: rules) { cluster, client, _ in
             // Shard 1 fails over; the channel subscription and the PUBLISH node (the first primary) stay
             // put. (A PUBLISH node that changes mid-stream lets the cluster bus reorder messages: the
             // cluster orders PUBLISH per publishing node only.)

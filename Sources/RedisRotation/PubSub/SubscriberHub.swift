@@ -100,7 +100,14 @@ final class SubscriberHub: Sendable {
             return true
         }
         guard accepted else { throw Self.shutdownError }
-        continuation.onTermination = { [weak self] _ in self?.subscriptionEnded(id) }
+        // Not under the hub's lock here: a cancellation runs this while it holds the cancelled task's
+        // status lock, and a delivery under the hub's lock resuming that task needs the same status lock
+        // (a deadlock seen when a reader was cancelled mid-traffic). A task of its own takes the lock
+        // a moment later.
+        continuation.onTermination = { [weak self] _ in
+            guard let self else { return }
+            Task { self.subscriptionEnded(id) }
+        }
         self.workContinuation.yield(.subscribe(id, kind, names.map { PubSubName($0) }))
         do {
             try await completion.wait(timeout: timeout)
