@@ -303,6 +303,33 @@ struct ClusterPubSubTests {
         }
     }
 
+    @Test("readers cancelled while messages stream in, 40 times: each cancellation returns and unsubscribes (no deadlock between the cancelled task and a delivery)")
+    func cancellingReadersMidTraffic() async throws {
+        try await self.withClusterClient { cluster, client, _ in
+            let flood = Task {
+                for number in 1...1_000_000 where !Task.isCancelled {
+                    _ = try? await client.publish(.string("\(number)"), to: "ps:flood")
+                }
+            }
+            for _ in 0..<40 {
+                let subscription = try await client.subscribe(to: ["ps:flood"])
+                let reader = Task {
+                    var count = 0
+                    for try await _ in subscription { count += 1 }
+                    return count
+                }
+                try await Task.sleep(for: .milliseconds(20))
+                reader.cancel()
+                _ = try? await reader.value
+            }
+            flood.cancel()
+            await flood.value
+            #expect(await eventually("every reader's subscription is gone", timeout: .seconds(10)) {
+                (try? await Self.subscribers(on: cluster.nodes[0], "NUMSUB", "ps:flood")) == 0
+            })
+        }
+    }
+
     // MARK: Helpers
 
     /// `PUBSUB NUMSUB` or `SHARDNUMSUB` of `channel` on `node`.
