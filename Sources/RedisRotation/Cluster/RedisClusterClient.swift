@@ -114,7 +114,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// The credential source, read and watched once for every node's pool.
     private let credentials: SharedCredentialFeed
     private let eventLoopGroup: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex(State())
     private let redirections = Atomic<Int>(0)
     /// Turns replica reads take across a shard's replicas.
@@ -491,7 +491,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         return (self.endpoint(of: primary), false)
     }
 
-    private func endpoint(of node: RedisClusterNode) -> Endpoint {
+    func endpoint(of node: RedisClusterNode) -> Endpoint {
         let port = self.configuration.node.tls != nil ? (node.tlsPort ?? node.port ?? 0) : (node.port ?? 0)
         return .init(host: node.endpoint, port: port)
     }

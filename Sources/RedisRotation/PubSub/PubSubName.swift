@@ -27,3 +27,24 @@ struct PubSubName: Hashable, Sendable, Comparable, ExpressibleByStringLiteral, C
     /// Sizes only: names are user data.
     var description: String { "\(self.bytes.count) bytes" }
 }
+
+extension PubSubStateMachine.Kind {
+    /// `names` in the groups one command may carry: shard channels one slot per command (a cluster node
+    /// refuses an `SSUBSCRIBE`/`SUNSUBSCRIBE` across slots with `CROSSSLOT`, and one connection may serve
+    /// shard channels of several slots of its node), other names all at once. Order kept within a group.
+    func commandGroups(_ names: [PubSubName]) -> [[PubSubName]] {
+        guard self == .shardChannel, names.count > 1 else { return names.isEmpty ? [] : [names] }
+        var groups: [[PubSubName]] = []
+        var index: [Int: Int] = [:]
+        for name in names {
+            let slot = RedisClusterSlot.slot(for: name.bytes)
+            if let existing = index[slot] {
+                groups[existing].append(name)
+            } else {
+                index[slot] = groups.count
+                groups.append([name])
+            }
+        }
+        return groups
+    }
+}

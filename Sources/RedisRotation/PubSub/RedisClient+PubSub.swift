@@ -29,7 +29,9 @@ extension RedisClient {
         try await self.subscriberHub.subscribe(.pattern, patterns, timeout: self.configuration.pool.leaseTimeout, limits: self.configuration.subscriptionBufferLimits)
     }
 
-    /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7).
+    /// Subscribes to sharded channels (`SSUBSCRIBE`, Redis 7). Against one node of a Redis Cluster the
+    /// subscription ends with ``RedisError/Code/subscriptionEnded`` when a channel's slot moves away (the
+    /// node sends `sunsubscribe`); ``RedisClusterClient/ssubscribe(to:)`` follows the slot instead.
     public func ssubscribe(to channels: [String]) async throws -> RedisClientSubscription {
         try await self.subscriberHub.subscribe(.shardChannel, channels, timeout: self.configuration.pool.leaseTimeout, limits: self.configuration.subscriptionBufferLimits)
     }

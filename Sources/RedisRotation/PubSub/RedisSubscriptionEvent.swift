@@ -29,8 +29,11 @@ public enum RedisSubscriptionEvent: Sendable, Hashable {
 ///
 /// Ending the iteration ends the subscription: when the iterating task is cancelled, or the
 /// subscription and its iterator are gone, the client unsubscribes from whatever no other subscription
-/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running, and the
-/// server's error (`NOPERM`) when the user's ACL no longer allows one of its channels. Events wait in
+/// uses. The sequence throws ``RedisError/Code/clientShutdown`` when the client stops running, the
+/// server's error (`NOPERM`, or `MOVED` from a cluster node that no longer serves a shard channel) when
+/// subscribing again after a reconnect is refused, and ``RedisError/Code/subscriptionEnded`` when the
+/// server ends one of its subscriptions on its own (a cluster node sends `sunsubscribe` when a shard
+/// channel's slot moves away; ``RedisClusterClient/ssubscribe(to:)`` follows the slot instead). Events wait in
 /// memory until they are read, within ``RedisClientConfiguration/subscriptionBufferLimits``: beyond
 /// them messages are dropped and a gap says so.
 public struct RedisClientSubscription: AsyncSequence, Sendable {

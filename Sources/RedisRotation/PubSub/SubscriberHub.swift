@@ -100,7 +100,14 @@ final class SubscriberHub: Sendable {
             return true
         }
         guard accepted else { throw Self.shutdownError }
-        continuation.onTermination = { [weak self] _ in self?.subscriptionEnded(id) }
+        // Not under the hub's lock here: a cancellation runs this while it holds the cancelled task's
+        // status lock, and a delivery under the hub's lock resuming that task needs the same status lock
+        // (a deadlock seen when a reader was cancelled mid-traffic). A task of its own takes the lock
+        // a moment later.
+        continuation.onTermination = { [weak self] _ in
+            guard let self else { return }
+            Task { self.subscriptionEnded(id) }
+        }
         self.workContinuation.yield(.subscribe(id, kind, names.map { PubSubName($0) }))
         do {
             try await completion.wait(timeout: timeout)
@@ -210,7 +217,9 @@ final class SubscriberHub: Sendable {
         guard let new else { return .failure(CancellationError()) }
         guard !new.isEmpty else { return .success(()) }
         do {
-            try await slot.connection.sendSubscriptionCommand(kind.subscribeCommand, new, timeout: client.configuration.commandTimeout)
+            for group in kind.commandGroups(new) {
+                try await slot.connection.sendSubscriptionCommand(kind.subscribeCommand, group, timeout: client.configuration.commandTimeout)
+            }
             return .success(())
         } catch let error as RedisError where error.code == .serverError {
             // Refused (NOPERM): the subscription never existed.
@@ -219,7 +228,9 @@ final class SubscriberHub: Sendable {
                 return state.machine.unsubscribe(id)
             }
             for (kind, names) in unused {
-                try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: client.configuration.commandTimeout)
+                for group in kind.commandGroups(names) {
+                    try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, group, timeout: client.configuration.commandTimeout)
+                }
             }
             return .failure(error)
         } catch {
@@ -241,7 +252,9 @@ final class SubscriberHub: Sendable {
             return
         }
         for (kind, names) in unused {
-            try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: client.configuration.commandTimeout)
+            for group in kind.commandGroups(names) {
+                try? await slot.connection.sendSubscriptionCommand(kind.unsubscribeCommand, group, timeout: client.configuration.commandTimeout)
+            }
         }
     }
 
@@ -389,12 +402,15 @@ final class SubscriberHub: Sendable {
         let wanted = self.state.withLock { $0.machine.wanted }
         for kind in Kind.allCases {
             guard let names = wanted[kind], !names.isEmpty else { continue }
-            do {
-                try await connection.sendSubscriptionCommand(kind.subscribeCommand, names, timeout: timeout)
-            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
-                // The ACL changed under the subscriptions: not transient, so retrying would never end. The
-                // server refuses the whole command; one name at a time tells which are refused.
-                try await self.subscribeEach(kind, names, on: connection, timeout: timeout, client: client)
+            for group in kind.commandGroups(names) {
+                do {
+                    try await connection.sendSubscriptionCommand(kind.subscribeCommand, group, timeout: timeout)
+                } catch let error as RedisError where Self.refusalEndsSubscriptions(error) {
+                    // The ACL changed under the subscriptions (NOPERM), or a cluster node no longer serves
+                    // a shard channel's slot (MOVED): not transient, so retrying would never end. The server
+                    // refuses the whole command; one name at a time tells which are refused.
+                    try await self.subscribeEach(kind, group, on: connection, timeout: timeout, client: client)
+                }
             }
         }
         try await self.subscribeMarker(on: connection, id: id, timeout: timeout, client: client)
@@ -444,7 +460,7 @@ final class SubscriberHub: Sendable {
         for name in names {
             do {
                 try await connection.sendSubscriptionCommand(kind.subscribeCommand, [name], timeout: timeout)
-            } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+            } catch let error as RedisError where Self.refusalEndsSubscriptions(error) {
                 client.logger.debug("subscription refused by the server", metadata: [LoggingKeys.error: "\(error)"])
                 let ended = self.state.withLock { state in
                     state.machine.subscriptions(using: kind, name).map { id in
@@ -457,7 +473,9 @@ final class SubscriberHub: Sendable {
         }
         for (kind, names) in unused {
             // The refused names were never subscribed; the others of the ended subscriptions may be.
-            try? await connection.sendSubscriptionCommand(kind.unsubscribeCommand, names, timeout: timeout)
+            for group in kind.commandGroups(names) {
+                try? await connection.sendSubscriptionCommand(kind.unsubscribeCommand, group, timeout: timeout)
+            }
         }
     }
 
@@ -572,12 +590,54 @@ final class SubscriberHub: Sendable {
         self.applyWithState { event(&$0.machine) }
     }
 
+    /// Refusals of a subscribe that no retry on this connection's server can overcome: `NOPERM` (the ACL)
+    /// and `MOVED` (a cluster node that does not serve a shard channel's slot).
+    static func refusalEndsSubscriptions(_ error: RedisError) -> Bool {
+        error.serverErrorPrefix == "NOPERM" || error.serverErrorPrefix == "MOVED"
+    }
+
+    /// Since when no connection delivers (the last one was lost and no replacement confirmed yet); `nil`
+    /// while one does. A cluster client moves its subscriptions elsewhere when this lasts.
+    var deliveryLostSince: Date? {
+        self.state.withLock { state in state.machine.deliveringConnection == nil ? state.machine.lostSince : nil }
+    }
+
     fileprivate func pushReceived(_ push: PubSubStateMachine.Push, on connection: Int) {
         let now = Date()
+        if case .unsubscribed(let kind, let name) = push {
+            self.serverUnsubscribed(kind, name, on: connection, at: now)
+            return
+        }
         self.applyWithState { state in
             if state.slots[connection] != nil { state.lastSeen[connection] = now }
             return state.machine.pushReceived(push, on: connection, at: now)
         }
+    }
+
+    /// The server ended the subscription to `name` on its own (a cluster node sends `sunsubscribe` when a
+    /// shard channel's slot moves away): the subscriptions using it end with `subscriptionEnded` after what
+    /// was delivered (the server will not deliver the name again, and subscribing it here again would be
+    /// refused with `MOVED`); what else only they used is unsubscribed.
+    private func serverUnsubscribed(_ kind: Kind, _ name: PubSubName, on connection: Int, at now: Date) {
+        let (ended, unused) = self.state.withLock { state -> ([ClientSubscriptionSink], [Kind: [PubSubName]]) in
+            guard state.phase == .running, state.slots[connection] != nil else { return ([], [:]) }
+            state.lastSeen[connection] = now
+            var unused: [Kind: [PubSubName]] = [:]
+            let ended = state.machine.subscriptions(using: kind, name).compactMap { id in
+                for (kind, names) in state.machine.unsubscribe(id) { unused[kind, default: []] += names }
+                return state.continuations.removeValue(forKey: id)
+            }
+            return (ended, unused)
+        }
+        guard !ended.isEmpty else { return }
+        let error = RedisError(
+            code: .subscriptionEnded,
+            message: "the server ended the subscription to a \(kind == .shardChannel ? "shard " : "")channel (in a cluster: its slot moved to another node)"
+        )
+        for sink in ended { sink.continuation.finish(throwing: error) }
+        var rest = unused
+        rest[kind]?.removeAll { $0 == name }
+        self.workContinuation.yield(.unsubscribe(rest.filter { !$0.value.isEmpty }))
     }
 
     /// The loss starts at the connection's last sign of life: a peer that went silent is noticed only by

@@ -134,6 +134,9 @@ struct SubscriberStateMachine {
 
     var hasSubscriptions: Bool { !self.subscriptions.isEmpty }
 
+    /// When the last delivering connection was lost, while no replacement has confirmed.
+    var lostSince: Date? { self.lostAt }
+
     /// The subscriptions that listen to `name`, in subscription order.
     func subscriptions(using kind: Kind, _ name: PubSubName) -> [SubscriptionID] {
         (self.listeners[Key(kind: kind, name: name)] ?? []).sorted()
