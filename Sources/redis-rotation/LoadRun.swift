@@ -46,16 +46,19 @@ enum LoadRun {
             recorder.beginPhase("steady state")
 
             group.addTask { await client.forwardEvents(to: recorder) }
-            // Steps not begun when the traffic ends are skipped; the one in progress is finished before
-            // the writes are counted (a slot migration half done would move keys under the count).
-            let trafficOver = TrafficStop()
+            // Every step runs, even one that slipped past the duration behind a slow step before it:
+            // the traffic goes on until the duration is over and the last step has finished (Ctrl-C
+            // skips the steps not begun; the one in progress is finished before the writes are counted,
+            // since a slot migration half done would move keys under the count).
+            let stepsDone = TrafficStop()
             let performer = Task {
+                defer { stepsDone.request() }
                 for step in steps.sorted(by: { $0.at < $1.at }) {
-                    // In slices, so that the end of the traffic is noticed (bounded by the step's time).
-                    while ContinuousClock.now < recorder.start + step.at && !trafficOver.isRequested && !Task.isCancelled {
+                    // In slices, so that Ctrl-C is noticed (bounded by the step's time).
+                    while ContinuousClock.now < recorder.start + step.at && !stop.isRequested && !Task.isCancelled {
                         try? await Task.sleep(for: min(.milliseconds(100), recorder.start + step.at - ContinuousClock.now))
                     }
-                    if Task.isCancelled || trafficOver.isRequested { return }
+                    if Task.isCancelled || stop.isRequested { return }
                     recorder.beginPhase(step.name)
                     current.set(step.name)
                     do {
@@ -65,6 +68,18 @@ enum LoadRun {
                     }
                 }
             }
+            // Ends the traffic once the duration is over and every step has run, or at Ctrl-C; at most
+            // 15 minutes after the duration (a step waits at most the rotation's client wait).
+            let trafficEnd = TrafficStop()
+            let ender = Task {
+                let end = ContinuousClock.now + workload.duration
+                while !Task.isCancelled && !stop.isRequested && ContinuousClock.now < end + .seconds(900) {
+                    if ContinuousClock.now >= end && stepsDone.isRequested { break }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                trafficEnd.request()
+            }
+            defer { ender.cancel() }
             defer { performer.cancel() }
             if progress {
                 group.addTask {
@@ -91,9 +106,10 @@ enum LoadRun {
             } catch let error as RedisError {
                 throw RunFailure(description: "cannot subscribe: \(error.message)", exitCode: 1)
             }
-            let acknowledged = await LoadGenerator.run(workload, client: client, recorder: recorder, stop: stop)
+            var open = workload
+            open.duration = workload.duration + .seconds(900)
+            let acknowledged = await LoadGenerator.run(open, client: client, recorder: recorder, stop: trafficEnd)
             let duration = recorder.elapsed
-            trafficOver.request()
             await performer.value
             let pubsubReport = await pubsub?.finish()
             let verification = workload.verifyWrites ? try await client.verify(acknowledged) : nil

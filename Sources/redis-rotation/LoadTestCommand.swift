@@ -31,7 +31,7 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "ACL user (default: default).") var user: String?
     @Option(help: "File holding the password (plain, or password=/version= lines); watched. Required without --url.") var passwordFile: String?
 
-    @Option(help: "Seconds of traffic.") var duration = 30
+    @Option(help: "Seconds of traffic; longer when a --rotate step is still running then (every step runs).") var duration = 30
     @Option(help: "Concurrent tasks.") var concurrency = 32
     @Option(help: "Operations per second in total; 0 runs unthrottled (latency then counts from each operation's intended start).") var rate = 0
     @Option(help: "Fraction of operations that are reads.") var readRatio = 0.8
