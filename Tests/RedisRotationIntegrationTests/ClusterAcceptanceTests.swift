@@ -83,27 +83,9 @@ struct ClusterAcceptanceTests {
                 #expect(client.redirectionsFollowed.moved > 0, "\(client.redirectionsFollowed)")
 
                 // Keys summed over the primaries now serving the slots == writes acknowledged.
-                var counted = 0
-                for shard in try await cluster.topology().shards {
-                    let primaryID = try #require(shard.primary?.id)
-                    let primary = try #require(cluster.node(id: primaryID))
-                    let connection = try await RedisConnection.connect(
-                        configuration: primary.connectionConfiguration(username: "alice", password: new, tls: connectionTLS)
-                    )
-                    counted += try await connection.dbsize()
-                    await connection.close()
-                }
-                #expect(counted == acknowledged.count)
-
+                #expect(try await keysOnPrimaries(cluster, password: new, tls: connectionTLS) == acknowledged.count)
                 // Every node, primaries and replicas, holds exactly the new password.
-                for node in cluster.nodes {
-                    let admin = try await node.adminConnection()
-                    let user = try await admin.send(RedisCommand("ACL", "GETUSER", "alice"))
-                    await admin.close()
-                    let fields = user.array ?? []
-                    let index = try #require(fields.firstIndex { $0.string == "passwords" })
-                    #expect(fields[index + 1].array?.map(\.string) == [new.sha256Hex], "node \(node.port)")
-                }
+                #expect(try await passwordHashes(in: cluster) == Array(repeating: [new.sha256Hex], count: cluster.nodes.count))
                 group.cancelAll()
             }
         }

@@ -398,17 +398,12 @@ struct ClusterClientFailureTests {
             let slot = RedisClusterSlot.slot(for: key)
             let owner = try await cluster.primary(forSlot: slot)
             let admin = try await owner.adminConnection()
-            func clusterDownCount() async throws -> Int {
-                let stats = try await admin.send(RedisCommand("INFO", "errorstats"), as: String.self)
-                let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("errorstat_CLUSTERDOWN:") }
-                return line.flatMap { Int($0.split(separator: "=")[1].prefix { $0.isNumber }) } ?? 0
-            }
             _ = try await admin.send(RedisCommand("CLUSTER", "DELSLOTS", .integer(slot)))
-            let before = try await clusterDownCount()
+            let before = try await errorCount("CLUSTERDOWN", on: admin)
             let read = Task { try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(20)).string }
             // The node refuses the read (CLUSTERDOWN) at least once before the slot comes back.
             try await eventually("the owner answered CLUSTERDOWN to the client", timeout: .seconds(10)) {
-                try await clusterDownCount() > before
+                try await errorCount("CLUSTERDOWN", on: admin) > before
             }
             _ = try await admin.send(RedisCommand("CLUSTER", "ADDSLOTS", .integer(slot)))
             #expect(try await read.value == "kept")

@@ -302,13 +302,8 @@ struct ClusterDegradedNodesTests {
             let slot = RedisClusterSlot.slot(for: key)
             let owner = try await cluster.primary(forSlot: slot)
             let admin = try await owner.adminConnection()
-            func clusterDownCount() async throws -> Int {
-                let stats = try await admin.send(RedisCommand("INFO", "errorstats"), as: String.self)
-                let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("errorstat_CLUSTERDOWN:") }
-                return line.flatMap { Int($0.split(separator: "=")[1].prefix { $0.isNumber }) } ?? 0
-            }
             _ = try await admin.send(RedisCommand("CLUSTER", "DELSLOTS", .integer(slot)))
-            let before = try await clusterDownCount()
+            let before = try await errorCount("CLUSTERDOWN", on: admin)
             let done = Locked(false)
             let read = Task { () async throws -> RedisCommandResults in
                 defer { done.withLock { $0 = true } }
@@ -317,7 +312,7 @@ struct ClusterDegradedNodesTests {
                 return try await client.pipeline(pipeline, timeout: .seconds(20))
             }
             _ = try await eventually("the owner answered CLUSTERDOWN to the client, or the pipeline ended", timeout: .seconds(10)) {
-                done.withLock { $0 } ? true : try await clusterDownCount() > before
+                done.withLock { $0 } ? true : try await errorCount("CLUSTERDOWN", on: admin) > before
             }
             _ = try await admin.send(RedisCommand("CLUSTER", "ADDSLOTS", .integer(slot)))
             await admin.close()

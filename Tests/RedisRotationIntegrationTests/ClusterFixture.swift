@@ -65,3 +65,43 @@ func withTestClusterClient(
         }
     }
 }
+
+/// How many errors with `prefix` (`CLUSTERDOWN`, `MOVED`) the server behind `admin` answered so far
+/// (`INFO errorstats`).
+func errorCount(_ prefix: String, on admin: RedisConnection) async throws -> Int {
+    let stats = try await admin.send(RedisCommand("INFO", "errorstats"), as: String.self)
+    let line = stats.split(whereSeparator: \.isNewline).first { $0.hasPrefix("errorstat_\(prefix):") }
+    return line.flatMap { Int($0.split(separator: "=")[1].prefix { $0.isNumber }) } ?? 0
+}
+
+/// Keys summed over the primaries that serve the slots now, counted as `user` with `password`.
+func keysOnPrimaries(
+    _ cluster: RedisClusterProcess,
+    user: String = "alice",
+    password: RedisSecret,
+    tls: RedisConnectionConfiguration.TLS? = nil
+) async throws -> Int {
+    var counted = 0
+    for shard in try await cluster.topology().shards {
+        let primaryID = try #require(shard.primary?.id)
+        let primary = try #require(cluster.node(id: primaryID))
+        let connection = try await RedisConnection.connect(configuration: primary.connectionConfiguration(username: user, password: password, tls: tls))
+        counted += try await connection.dbsize()
+        await connection.close()
+    }
+    return counted
+}
+
+/// The password hashes `user` has on each node of the cluster (`ACL GETUSER`), in node order.
+func passwordHashes(of user: String = "alice", in cluster: RedisClusterProcess) async throws -> [[String]] {
+    var result: [[String]] = []
+    for node in cluster.nodes {
+        let admin = try await node.adminConnection()
+        let reply = try await admin.send(RedisCommand("ACL", "GETUSER", .string(user)))
+        await admin.close()
+        let fields = reply.array ?? []
+        let index = try #require(fields.firstIndex { $0.string == "passwords" })
+        result.append(fields[index + 1].array?.compactMap(\.string) ?? [])
+    }
+    return result
+}
