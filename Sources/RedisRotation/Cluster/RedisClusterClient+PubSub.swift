@@ -175,13 +175,23 @@ final class ClusterSubscription: Sendable {
             if let redirect {
                 endpoint = redirect
             } else {
-                endpoint = try await self.target(excluding: excluded, within: max(remaining, .milliseconds(1)))
+                do {
+                    endpoint = try await self.target(excluding: excluded, within: max(remaining, .milliseconds(1)))
+                } catch let error as RedisError where Self.isTransient(error, shutDown: self.cluster.isShutDown) {
+                    // No node serves the slot yet (CLUSTERDOWN): ask again within the wait.
+                    failures += 1
+                    self.cluster.requestRefresh()
+                    let pause = RedisClusterClient.retryPause(after: failures)
+                    guard clock.now + pause < deadline else { throw error }
+                    try await Task.sleep(for: pause)
+                    continue
+                }
             }
             redirect = nil
             let client = try self.cluster.client(for: endpoint)
-            // A node that cannot be reached would keep the attempt for the whole wait: at most the
-            // connect timeout each.
-            let attempt = min(max(remaining, .milliseconds(1)), self.cluster.configuration.node.connectTimeout)
+            // A node that cannot be reached (or a paused one) would keep the attempt for the whole wait:
+            // at most half of what is left, and at most the connect timeout, so another node can answer.
+            let attempt = min(max(remaining / 2, .milliseconds(1)), self.cluster.configuration.node.connectTimeout)
             do {
                 let subscription = try await client.subscriberHub.subscribe(
                     self.kind,
@@ -199,7 +209,12 @@ final class ClusterSubscription: Sendable {
                 continue
             } catch let error as RedisError where Self.isTransient(error, shutDown: self.cluster.isShutDown) {
                 failures += 1
-                self.cluster.requestRefresh()
+                if error.code == .serverError {
+                    self.cluster.requestRefresh()
+                } else {
+                    // The node did not answer: commands too look elsewhere for a while.
+                    self.cluster.nodeFailed(endpoint)
+                }
                 // A channel subscription tries another node next; a shard channel waits for the topology
                 // to name the slot's new owner.
                 if self.slot == nil { excluded.insert(endpoint) }
@@ -209,6 +224,11 @@ final class ClusterSubscription: Sendable {
             }
         }
         throw RedisError(code: .serverError, message: "\(self.kind.subscribeCommand): too many redirections", serverErrorPrefix: "MOVED")
+    }
+
+    /// Whether the topology marks `node` failed (`CLUSTER SHARDS` says `failed`; `fail` elsewhere).
+    static func isFailed(_ node: RedisClusterNode) -> Bool {
+        node.health == "failed" || node.health == "fail"
     }
 
     /// Failures after which another attempt (elsewhere, or after a refresh) may work.
@@ -229,7 +249,7 @@ final class ClusterSubscription: Sendable {
         // Waits for the first topology.
         let any = try await self.cluster.endpoint(forSlot: nil, within: wait)
         guard let topology = self.cluster.topology else { return any }
-        let candidates = topology.nodes.filter { $0.health != "fail" }.map(self.cluster.endpoint(of:))
+        let candidates = topology.nodes.filter { !Self.isFailed($0) }.map(self.cluster.endpoint(of:))
         return candidates.first { !excluding.contains($0) } ?? candidates.first ?? any
     }
 
@@ -312,6 +332,10 @@ final class ClusterSubscription: Sendable {
                     case .clientShutdown:
                         // The node's pool retired (it left the cluster), or the cluster client stopped.
                         return self.cluster.isShutDown ? .failed(Self.shutdownError) : .move(leaving: placement.endpoint)
+                    case .serverError where error.serverErrorPrefix == "MOVED":
+                        // The node's resubscribe after a reconnect was redirected: the slot moved away.
+                        self.cluster.requestRefresh()
+                        return .move(leaving: nil)
                     default:
                         // NOPERM: the ACL no longer allows it anywhere.
                         return .failed(error)
@@ -329,37 +353,36 @@ final class ClusterSubscription: Sendable {
         }
     }
 
-    /// Whether `endpoint` still serves the shard channel's slot: an `EXISTS` of the channel's name (a key
-    /// of the same slot, read only) through its pool, answered `MOVED` by a node that does not (a demoted
-    /// primary, a node the slot left). `ASK` means the slot is being migrated away, while `SPUBLISH` is
-    /// still served here. When it serves the slot, what is published from then on reaches this node: the
-    /// time the check was sent is the subscription's new sign of life. No answer: `true` (a lost
-    /// connection is noticed by the subscriber connection itself).
-    private func stillServesSlot(_ endpoint: Endpoint) async -> Bool {
-        guard let client = try? self.cluster.client(for: endpoint) else { return true }
-        let sent = Date()
-        do {
-            _ = try await client.send(RedisCommand("EXISTS", .key(RedisKey(self.names[0]))), timeout: .seconds(1))
-        } catch let error as RedisError where error.serverErrorPrefix == "MOVED" {
-            return false
-        } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+    /// What the placement's node says of itself now (`CLUSTER NODES`, shared by every subscription on
+    /// the node, at most once per ``ownerCheckInterval``). For a shard channel: whether it serves the
+    /// slot (a primary demoted by a failover keeps its shard subscribers and tells them nothing; a slot
+    /// migrated away is no longer listed); when it does, what is published from the time it was asked
+    /// reaches it: the subscription's new sign of life.
+    private enum NodeCheck { case serving, notServing, silent, refused }
+
+    private func check(_ endpoint: Endpoint) async -> NodeCheck {
+        let report = await self.cluster.nodeReport(of: endpoint, maxAge: Self.ownerCheckInterval)
+        switch report.role {
+        case .unknown:
+            return .silent
+        case .refused:
             let warn = self.ownerCheckRefused.withLock { refused in
                 defer { refused = true }
                 return !refused
             }
             if warn {
                 self.cluster.logger.warning(
-                    "the user may not read a key named like a shard channel: a failover of its primary is noticed from the topology, refreshed every 2 s, and gaps after a move start at the subscription's last confirmation; allow %R~ on the channel's name in the user's ACL"
+                    "the user may not run CLUSTER NODES: a failover or a paused node is noticed from the topology, refreshed every 2 s, and gaps after a move start at the subscription's last confirmation"
                 )
             }
-            return true
-        } catch let error as RedisError where error.serverErrorPrefix != "ASK" {
-            return true
-        } catch {
-            return true
+            return .refused
+        case .replica:
+            return self.slot == nil ? .serving : .notServing
+        case .primary(let ranges):
+            if let slot = self.slot, !ranges.contains(where: { $0.contains(slot) }) { return .notServing }
+            if self.slot != nil { self.lastSign.withLock { $0 = max($0, report.sent) } }
+            return .serving
         }
-        self.lastSign.withLock { $0 = max($0, sent) }
-        return true
     }
 
     /// Looks at the placement's node until it should be left; `nil` when cancelled.
@@ -368,23 +391,27 @@ final class ClusterSubscription: Sendable {
         var lostNoticed: ContinuousClock.Instant?
         var lastCheck = clock.now
         var refusedChecks = 0
+        // The node's last check went unanswered: as lost, until a check is answered.
+        var silent = false
         while (try? await Task.sleep(for: Self.watchInterval)) != nil {
             if self.cluster.isShutDown { continue }  // the placement's sequence ends with clientShutdown
-            guard placement.hub.deliveryLostSince != nil else {
-                lostNoticed = nil
-                // A shard's primary demoted by a failover keeps the subscription but misses what is
-                // published while the shard changes hands, and tells nobody: it must be left as soon as
-                // it no longer serves the slot.
-                if self.slot != nil, clock.now - lastCheck >= Self.ownerCheckInterval {
-                    lastCheck = clock.now
-                    if await !self.stillServesSlot(placement.endpoint) {
-                        self.cluster.requestRefresh()
-                        return .move(leaving: nil)
-                    }
-                    // Without the check (the ACL refuses it), a newer topology that names another owner
-                    // will do: asked for every 2 s (a demoted primary may keep accepting SPUBLISH, so
-                    // nothing else need bring one).
-                    if self.ownerCheckRefused.withLock({ $0 }), let slot = self.slot {
+            if placement.hub.deliveryLostSince == nil, clock.now - lastCheck >= Self.ownerCheckInterval {
+                lastCheck = clock.now
+                switch await self.check(placement.endpoint) {
+                case .notServing:
+                    // A shard's primary demoted by a failover, or the slot migrated away.
+                    self.cluster.requestRefresh()
+                    return .move(leaving: nil)
+                case .silent:
+                    // No answer (a paused or unreachable node whose connections have not closed): as lost,
+                    // and commands too look elsewhere for a while.
+                    if !silent { self.cluster.nodeFailed(placement.endpoint) }
+                    silent = true
+                case .refused:
+                    // Without the check, a newer topology that names another owner will do: asked for
+                    // every 2 s (a demoted primary may keep accepting SPUBLISH, so nothing else need
+                    // bring one).
+                    if let slot = self.slot {
                         refusedChecks += 1
                         if refusedChecks % 8 == 0 { self.cluster.requestRefresh() }
                         if let topology = self.cluster.topology, topology != placement.topology,
@@ -393,7 +420,12 @@ final class ClusterSubscription: Sendable {
                             return .move(leaving: nil)
                         }
                     }
+                case .serving:
+                    silent = false
                 }
+            }
+            guard placement.hub.deliveryLostSince != nil || silent else {
+                lostNoticed = nil
                 continue
             }
             // Lost: the node may have failed over or died; ask the cluster (rate-limited by the client).
@@ -410,7 +442,7 @@ final class ClusterSubscription: Sendable {
                 }
             } else {
                 let node = topology.nodes.first { self.cluster.endpoint(of: $0) == placement.endpoint }
-                if node == nil || node?.health == "fail" || now - since >= Self.moveAfterLoss {
+                if node == nil || node.map(Self.isFailed) == true || now - since >= Self.moveAfterLoss {
                     return .move(leaving: placement.endpoint)
                 }
             }
@@ -418,3 +450,76 @@ final class ClusterSubscription: Sendable {
         return nil
     }
 }
+
+/// What a node says of itself in `CLUSTER NODES`, asked at `sent`.
+struct NodeReport: Sendable {
+    enum Role: Sendable {
+        /// A primary serving these slots (slots being migrated away included).
+        case primary([ClosedRange<Int>])
+        case replica
+        /// The user may not run `CLUSTER NODES`.
+        case refused
+        /// No answer within a second (a paused or unreachable node), or an unreadable one.
+        case unknown
+    }
+
+    var role: Role
+    var sent: Date
+
+    /// The `myself` line of a `CLUSTER NODES` reply.
+    static func role(fromClusterNodes text: String) -> Role {
+        for line in text.split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 8, fields[2].split(separator: ",").contains("myself") else { continue }
+            let flags = fields[2].split(separator: ",")
+            if flags.contains("slave") || flags.contains("replica") { return .replica }
+            guard flags.contains("master") else { return .unknown }
+            var ranges: [ClosedRange<Int>] = []
+            for field in fields.dropFirst(8) where !field.hasPrefix("[") {
+                let bounds = field.split(separator: "-")
+                if bounds.count == 1, let slot = Int(bounds[0]) {
+                    ranges.append(slot...slot)
+                } else if bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low <= high {
+                    ranges.append(low...high)
+                }
+            }
+            return .primary(ranges)
+        }
+        return .unknown
+    }
+}
+
+/// A node's report, or the request for it in flight, and when it was asked.
+struct NodeReportEntry: Sendable {
+    var asked: ContinuousClock.Instant
+    var report: Task<NodeReport, Never>
+}
+
+extension RedisClusterClient {
+    /// What `endpoint` says of itself, asked at most once per `maxAge` whatever the number of callers
+    /// (every subscription on a node shares it).
+    func nodeReport(of endpoint: Endpoint, maxAge: Duration) async -> NodeReport {
+        let now = ContinuousClock.now
+        let task = self.nodeReports.withLock { reports -> Task<NodeReport, Never> in
+            if let entry = reports[endpoint], now - entry.asked < maxAge { return entry.report }
+            let task = Task { await self.askNodeReport(endpoint) }
+            reports[endpoint] = NodeReportEntry(asked: now, report: task)
+            return task
+        }
+        return await task.value
+    }
+
+    private func askNodeReport(_ endpoint: Endpoint) async -> NodeReport {
+        let sent = Date()
+        do {
+            let client = try self.client(for: endpoint)
+            let text = try await client.send(RedisCommand("CLUSTER", "NODES"), timeout: .seconds(1)).string ?? ""
+            return NodeReport(role: NodeReport.role(fromClusterNodes: text), sent: sent)
+        } catch let error as RedisError where error.serverErrorPrefix == "NOPERM" {
+            return NodeReport(role: .refused, sent: sent)
+        } catch {
+            return NodeReport(role: .unknown, sent: sent)
+        }
+    }
+}
+

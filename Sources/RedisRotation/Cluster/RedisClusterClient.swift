@@ -117,6 +117,8 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     let logger: Logger
     private let state = Mutex(State())
     private let redirections = Atomic<Int>(0)
+    /// Each node's latest account of itself (`CLUSTER NODES`), shared by every subscription on it.
+    let nodeReports = Mutex<[Endpoint: NodeReportEntry]>([:])
     /// Turns replica reads take across a shard's replicas.
     private let replicaTurn = Atomic<Int>(0)
     private let askRedirections = Atomic<Int>(0)
@@ -462,9 +464,9 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// ``endpoint(forSlot:within:replica:)``, and whether the node is a replica.
     func route(forSlot slot: Int?, within wait: Duration, replica: Bool = false) async throws -> (endpoint: Endpoint, replica: Bool) {
         // One lock for both: a slot moved since the topology, else the topology.
-        let known = self.state.withLock { state -> (moved: Endpoint?, topology: RedisClusterTopology?) in
-            if let slot, let moved = state.movedSlots[slot] { return (moved, nil) }
-            return (nil, state.topology)
+        let known = self.state.withLock { state -> (moved: Endpoint?, topology: RedisClusterTopology?, suspects: Set<Endpoint>) in
+            if let slot, let moved = state.movedSlots[slot] { return (moved, nil, []) }
+            return (nil, state.topology, slot == nil ? state.suspects : [])
         }
         if let moved = known.moved { return (moved, false) }
         let topology: RedisClusterTopology
@@ -473,7 +475,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         } else {
             topology = try await self.currentTopology(within: wait)
         }
-        let shard = slot.map { topology.shard(forSlot: $0) } ?? topology.shards.first
+        // A keyless command: the first primary that did not just fail.
+        let shard = slot.map { topology.shard(forSlot: $0) }
+            ?? topology.shards.first { $0.primary.map { !known.suspects.contains(self.endpoint(of: $0)) } ?? false }
+            ?? topology.shards.first
         if replica, let replicas = shard?.replicas, !replicas.isEmpty {
             let online = replicas.filter { $0.health == nil || $0.health == "online" }
             if !online.isEmpty {
