@@ -118,6 +118,9 @@ final class ClusterSubscription: Sendable {
     /// subscription leaves it for another node (a reconnect after a kill takes milliseconds).
     static let moveAfterLoss: Duration = .seconds(1)
     static let watchInterval: Duration = .milliseconds(100)
+    /// How much earlier than its last sign of life a channel subscription's gap starts: the cluster bus
+    /// may bring a node a message later than one published after it through the node itself.
+    static let clusterBusDelay: TimeInterval = 1
     /// How often a shard subscription's node is asked whether it still serves the slot.
     static let ownerCheckInterval: Duration = .milliseconds(250)
 
@@ -268,7 +271,12 @@ final class ClusterSubscription: Sendable {
                 sink.continuation.finish(throwing: error)
                 return
             case .move(let leaving):
-                let lostSince = min(self.lastSign.withLock { $0 }, placement.hub.deliveryLostSince ?? Date())
+                // A channel's last message proves less than its arrival time: a message published
+                // elsewhere reaches this node over the cluster bus, later; one published just before the
+                // last one arrived may still have been on its way (seen under load). The gap starts a
+                // bus delay earlier for channels.
+                let busDelay: TimeInterval = self.slot == nil ? Self.clusterBusDelay : 0
+                let lostSince = min(self.lastSign.withLock { $0 }.addingTimeInterval(-busDelay), placement.hub.deliveryLostSince ?? Date())
                 self.cluster.logger.debug("cluster subscription moving", metadata: ["node": "\(placement.endpoint)"])
                 guard let next = await self.replace(leaving: leaving, sink: sink) else { return }
                 placement = next
