@@ -39,8 +39,9 @@ func cFloor(_ condition: Bool) {
     }
 }
 
-/// The Swift modes. Run from a task while the main thread waits on a semaphore: valgrind 3.19 crashes
-/// (SIGSEGV inside callgrind) in the `sigsuspend` that an async top level's `dispatch_main` parks in.
+/// The Swift modes. Run from a detached task while the main thread waits on a semaphore: valgrind 3.19
+/// crashes (SIGSEGV inside callgrind) in the `sigsuspend` that an async top level's `dispatch_main`
+/// parks in. Detached, because a plain `Task` here inherits the main actor, whose thread is the one waiting.
 func runSwift() async throws {
     if mode == "swift-roundtrip" {
         let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
@@ -60,7 +61,7 @@ func runSwift() async throws {
 switch mode {
 case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls":
     let done = DispatchSemaphore(value: 0)
-    Task {
+    Task.detached {
         do {
             try await runSwift()
         } catch {
