@@ -32,5 +32,15 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
         ),
+        // A small executable for `callgrind.sh`: N operations of one kind (Swift or C floor), so that
+        // valgrind's instruction counts can be taken per operation.
+        .executableTarget(
+            name: "CallgrindProbe",
+            dependencies: [
+                "CFloor",
+                .product(name: "RedisRotation", package: parentPackage),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
     ]
 )

@@ -250,6 +250,22 @@ struct ConnectionTests {
         }
     }
 
+    @Test("cancelling a connect whose handshake the server never answers fails with CancellationError, not at the deadline")
+    func cancelledConnect() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            // A stopped server completes the TCP connect from its backlog and never answers HELLO.
+            server.kill(signal: SIGSTOP)
+            defer { server.kill(signal: SIGCONT) }
+            var configuration = server.connectionConfiguration(username: "alice", password: password)
+            // Far beyond the suite's time limit: only the cancellation can end this connect in time.
+            configuration.handshakeTimeout = .seconds(600)
+            let connect = Task { try await RedisConnection.connect(configuration: configuration) }
+            connect.cancel()
+            await #expect(throws: CancellationError.self) { try await connect.value }
+        }
+    }
+
     @Test("a refused connection fails with connectionFailed")
     func refused() async throws {
         let port = try await RedisServerProcess.withServer { server in server.port }

@@ -257,6 +257,7 @@ let benchmarks: @Sendable () -> Void = {
     poolLatency(rotating: false)
     poolLatency(rotating: true)
 
+    floorBenchmarks()
     clusterBenchmarks()
 }
 

@@ -136,9 +136,17 @@ public final class RedisConnection: Sendable {
         // handshake refused at once), the handlers are already gone from the pipeline, but their
         // recorded failure is what `connect` must report.
         let handlers = Lock<Handlers?>(nil)
-        let channel: any Channel
+        // The handshake's first write is encoded here and goes out on the event loop the moment the TCP
+        // connection is up, in the same callback; the task resumes once, when its replies are in (or
+        // the connection failed). Later handshake steps (a server without HELLO) run as before.
+        var machine = Self.handshakeMachine(configuration: configuration)
+        var first = try Self.encodeHandshakeStep(machine.start(), configuration: configuration)
+        defer { first.wipeSecrets() }
+        let cancelled = Atomic<Bool>(false)
+        let eventLoop = eventLoopGroup.next()
+        let connected: (channel: any Channel, handlers: Handlers, deadline: NIODeadline, results: [Result<RESPValue, any Error>], tlsInfo: RedisTLSConnectionInfo?)
         do {
-            channel = try await ClientBootstrap(group: eventLoopGroup)
+            let bootstrap = ClientBootstrap(group: eventLoop)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
@@ -147,8 +155,44 @@ public final class RedisConnection: Sendable {
                         handlers.withLock { $0 = installed }
                     }
                 }
-                .connect(host: configuration.host, port: configuration.port)
-                .get()
+            // An IP address needs no resolver: NIO's name resolution (getaddrinfo on another thread, then
+            // Happy Eyeballs) is only for names.
+            let channelFuture: EventLoopFuture<any Channel>
+            if let address = try? SocketAddress(ipAddress: configuration.host, port: configuration.port) {
+                channelFuture = bootstrap.connect(to: address)
+            } else {
+                channelFuture = bootstrap.connect(host: configuration.host, port: configuration.port)
+            }
+            let ids = first.ids
+            let payload = first.payload
+            let handshakeTimeout = TimeAmount(configuration.handshakeTimeout)
+            let ready = channelFuture.flatMap { channel in
+                // On the event loop, as the connection comes up.
+                guard let installed = handlers.withLock({ $0 }) else {
+                    preconditionFailure("the channel initializer ran without installing the command handler")
+                }
+                let deadline = NIODeadline.now() + handshakeTimeout
+                let entries = ids.map { id in
+                    RedisCommandHandler.Entry(id: id, promise: channel.eventLoop.makePromise(of: RESPValue.self), deadline: deadline)
+                }
+                if cancelled.load(ordering: .relaxed) {
+                    for entry in entries { entry.promise?.fail(CancellationError()) }
+                } else {
+                    installed.command.value.enqueue(payload, entries: entries)
+                }
+                return EventLoopFuture.whenAllComplete(entries.map { $0.promise!.futureResult }, on: channel.eventLoop).map { results in
+                    (channel, installed, deadline, results, installed.tls?.value.info)
+                }
+            }
+            connected = try await withTaskCancellationHandler {
+                try await ready.get()
+            } onCancel: {
+                cancelled.store(true, ordering: .relaxed)
+                eventLoop.execute {
+                    guard let installed = handlers.withLock({ $0 }) else { return }
+                    for id in ids { installed.command.value.cancel(id: id) }
+                }
+            }
         } catch let error as ChannelError {
             guard case .connectTimeout = error else {
                 throw RedisError(
@@ -169,10 +213,14 @@ public final class RedisConnection: Sendable {
                 underlying: error
             )
         }
-        guard let installed = handlers.withLock({ $0 }) else {
-            preconditionFailure("the channel initializer ran without installing the command handler")
-        }
-        return try await Self.establish(id: id, channel: channel, handlers: installed, configuration: configuration, logger: logger)
+        return try await Self.establish(
+            id: id,
+            channel: connected.channel,
+            handlers: connected.handlers,
+            configuration: configuration,
+            logger: logger,
+            started: (machine, connected.deadline, connected.results, connected.tlsInfo)
+        )
     }
 
     /// Sets a connection up over `channel`, which is already connected (in tests, a channel whose
@@ -224,26 +272,50 @@ public final class RedisConnection: Sendable {
     }
 
     /// Runs the handshake on a channel with its handlers installed; closes the channel when it fails.
+    /// `started`, when `connect` already sent the first step on the event loop: the machine, the
+    /// handshake's deadline, that step's replies, and what the TLS handshake settled on.
     private static func establish(
         id: Int,
         channel: any Channel,
         handlers: Handlers,
         configuration: RedisConnectionConfiguration,
-        logger: Logger
+        logger: Logger,
+        started: (HandshakeStateMachine, NIODeadline, [Result<RESPValue, any Error>], RedisTLSConnectionInfo?)? = nil
     ) async throws -> RedisConnection {
         let handler = handlers.command
         let tlsHandler = handlers.tls
         do {
-            let info = try await Self.handshake(
-                configuration: configuration,
-                handler: handler,
-                logger: logger
-            )
+            let info: HandshakeStateMachine.ServerInfo
             // Ready only now: with TLS 1.3 a server's rejection of our certificate arrives after the TLS
             // handshake, on the first read, so the handshake's round trip is what proves acceptance.
             var tlsInfo: RedisTLSConnectionInfo?
-            if let tlsHandler {
-                tlsInfo = try await channel.eventLoop.submit { tlsHandler.value.info }.get()
+            if let (machine, deadline, results, startedTLSInfo) = started {
+                var machine = machine
+                let action = machine.repliesReceived(try Self.handshakeReplies(results, configuration: configuration))
+                if case .send = action { logger.debug("server has no HELLO: falling back to AUTH") }
+                info = try await Self.handshake(
+                    machine: &machine,
+                    action: action,
+                    deadline: deadline,
+                    configuration: configuration,
+                    handler: handler,
+                    logger: logger
+                )
+                tlsInfo = startedTLSInfo
+            } else {
+                var machine = Self.handshakeMachine(configuration: configuration)
+                let action = machine.start()
+                info = try await Self.handshake(
+                    machine: &machine,
+                    action: action,
+                    deadline: NIODeadline.now() + TimeAmount(configuration.handshakeTimeout),
+                    configuration: configuration,
+                    handler: handler,
+                    logger: logger
+                )
+                if let tlsHandler {
+                    tlsInfo = try await channel.eventLoop.submit { tlsHandler.value.info }.get()
+                }
             }
             logger.debug(
                 "connected",
@@ -502,13 +574,9 @@ public final class RedisConnection: Sendable {
         )
     }
 
-    /// Runs the handshake state machine against the channel.
-    private static func handshake(
-        configuration: RedisConnectionConfiguration,
-        handler: NIOLoopBound<RedisCommandHandler>,
-        logger: Logger
-    ) async throws -> HandshakeStateMachine.ServerInfo {
-        var machine = HandshakeStateMachine(
+    /// The handshake state machine for `configuration`.
+    private static func handshakeMachine(configuration: RedisConnectionConfiguration) -> HandshakeStateMachine {
+        HandshakeStateMachine(
             settings: .init(
                 username: configuration.username,
                 hasPassword: configuration.password != nil,
@@ -517,8 +585,72 @@ public final class RedisConnection: Sendable {
                 readOnly: configuration.readOnly
             )
         )
-        let deadline = NIODeadline.now() + TimeAmount(configuration.handshakeTimeout)
-        var action = machine.start()
+    }
+
+    /// One handshake step's commands encoded in one payload (which may hold the password: `wipeSecrets()` it
+    /// once the replies are in), with the ids their waiters get.
+    private struct EncodedHandshakeStep {
+        var payload: ByteBuffer
+        var ids: [UInt64]
+        var isSensitive: Bool
+
+        mutating func wipeSecrets() {
+            if self.isSensitive { self.payload.withUnsafeMutableReadableBytes { wipe($0) } }
+        }
+    }
+
+    private static func encodeHandshakeStep(
+        _ action: HandshakeStateMachine.Action,
+        configuration: RedisConnectionConfiguration
+    ) throws -> EncodedHandshakeStep {
+        guard case .send(let commands) = action else { preconditionFailure("a handshake starts by sending") }
+        let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
+        var payload = ByteBufferAllocator().buffer(capacity: 256)
+        for command in encoded { try command.write(to: &payload) }
+        let count = UInt64(commands.count)
+        let firstID = Self.nextCommandID.add(count, ordering: .relaxed).newValue - count + 1
+        return EncodedHandshakeStep(
+            payload: payload,
+            ids: (0..<count).map { firstID + $0 },
+            isSensitive: encoded.contains(where: \.isSensitive)
+        )
+    }
+
+    /// The replies of one handshake step, or the error that ends the handshake (a reply that did not
+    /// come in time is a handshake timeout).
+    private static func handshakeReplies(
+        _ results: [Result<RESPValue, any Error>],
+        configuration: RedisConnectionConfiguration
+    ) throws -> [RESPValue] {
+        var replies: [RESPValue] = []
+        replies.reserveCapacity(results.count)
+        for result in results {
+            switch result {
+            case .success(let reply):
+                replies.append(reply)
+            case .failure(let error as RedisError) where error.code == .commandTimeout:
+                throw RedisError(
+                    code: .handshakeTimeout,
+                    message: "the server did not complete the handshake within \(configuration.handshakeTimeout)",
+                    underlying: error
+                )
+            case .failure(let error):
+                throw error
+            }
+        }
+        return replies
+    }
+
+    /// Runs the handshake state machine against the channel from `action` on.
+    private static func handshake(
+        machine: inout HandshakeStateMachine,
+        action: HandshakeStateMachine.Action,
+        deadline: NIODeadline,
+        configuration: RedisConnectionConfiguration,
+        handler: NIOLoopBound<RedisCommandHandler>,
+        logger: Logger
+    ) async throws -> HandshakeStateMachine.ServerInfo {
+        var action = action
         while true {
             switch action {
             case .succeed(let info):
@@ -535,23 +667,8 @@ public final class RedisConnection: Sendable {
                     closesIfAbandoned: encoded.map { _ in false },
                     deadline: deadline,
                     handler: handler
-                )
-                var replies: [RESPValue] = []
-                for result in results {
-                    switch result {
-                    case .success(let reply):
-                        replies.append(reply)
-                    case .failure(let error) where error.code == .commandTimeout:
-                        throw RedisError(
-                            code: .handshakeTimeout,
-                            message: "the server did not complete the handshake within \(configuration.handshakeTimeout)",
-                            underlying: error
-                        )
-                    case .failure(let error):
-                        throw error
-                    }
-                }
-                action = machine.repliesReceived(replies)
+                ).map { $0.mapError { $0 as any Error } }
+                action = machine.repliesReceived(try Self.handshakeReplies(results, configuration: configuration))
                 if case .send = action { logger.debug("server has no HELLO: falling back to AUTH") }
             }
         }

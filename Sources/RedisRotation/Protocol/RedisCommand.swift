@@ -135,25 +135,28 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// Why a command whose name and arguments have `lengths` bytes (name first) cannot be sent, if so.
     /// Commands the client refuses to send: the server would answer them (and the commands after them)
     /// in a way that pairs replies with the wrong commands or that the RESP2 reader cannot read.
+    ///
+    /// Written with plain `if`s and a copy of the first argument: the `switch` with `where` clauses it
+    /// replaces (`arguments[0].integerValue.map { String($0) } ?? arguments[0].keyword`) crashed Swift
+    /// 6.3.1's optimizer ("Found ownership error", CopyPropagation) in release builds.
     static func unsupported(name: String, arguments: [RedisArgument]) -> RedisError? {
-        switch name {
-        case "CLIENT" where arguments.count >= 2 && arguments[0].keyword == "REPLY" && ["OFF", "SKIP"].contains(arguments[1].keyword):
-            return RedisError(
-                code: .invalidArgument,
-                message: "CLIENT REPLY OFF and SKIP are not supported: the client pairs every command with a reply (CLIENT REPLY ON is)"
-            )
-        case "HELLO" where !arguments.isEmpty && !Self.isProtocolTwo(arguments[0]):
-            return RedisError(code: .invalidArgument, message: "HELLO with a protocol version other than 2: this client speaks RESP2")
-        default:
-            return nil
+        if name == "CLIENT", arguments.count >= 2, arguments[0].keyword == "REPLY" {
+            let mode = arguments[1].keyword
+            if mode == "OFF" || mode == "SKIP" {
+                return RedisError(
+                    code: .invalidArgument,
+                    message: "CLIENT REPLY OFF and SKIP are not supported: the client pairs every command with a reply (CLIENT REPLY ON is)"
+                )
+            }
         }
-    }
-
-    /// Whether a `HELLO` protocol version argument is 2. (No closure over the argument: Swift 6.3.1's
-    /// optimizer crashed on `integerValue.map { ... } ?? keyword` at -O.)
-    private static func isProtocolTwo(_ argument: RedisArgument) -> Bool {
-        if let integer = argument.integerValue { return integer == 2 }
-        return argument.keyword == "2"
+        if name == "HELLO", let first = arguments.first {
+            var version = first.keyword
+            if let integer = first.integerValue { version = String(integer) }
+            if version != "2" {
+                return RedisError(code: .invalidArgument, message: "HELLO with a protocol version other than 2: this client speaks RESP2")
+            }
+        }
+        return nil
     }
 
     static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {

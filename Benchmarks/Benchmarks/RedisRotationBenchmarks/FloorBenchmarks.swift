@@ -1,0 +1,131 @@
+import Benchmark
+import Foundation
+import RedisRotation
+
+// Issue 14's measurements: the pool next to redis-benchmark in the same run against the same server,
+// and allocations per operation with the issue's goals.
+
+/// GETs per sample of the pool / redis-benchmark pairs, for each side.
+private let pairRequestsPerSample = 20_000
+
+/// Runs `redis-benchmark -c 64 -t get` against the benchmark server and returns its own requests per
+/// second (parsed from `-q` output, so starting the process is not counted).
+private func redisBenchmarkGETsPerSecond(fixture: Fixture, tls: Bool) throws -> Double {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["redis-benchmark", "-h", "127.0.0.1"]
+        + (tls ? ["-p", "\(fixture.server.port)", "--tls", "--cacert", fixture.caFile, "--sni", "localhost"] : ["-p", "\(fixture.server.plainTextPort!)"])
+        + ["--user", "bench", "-a", fixture.passwordText, "-c", "64", "-n", "\(pairRequestsPerSample)", "-t", "get", "-q"]
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    try process.run()
+    let text = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let report = String(decoding: text, as: UTF8.self)
+    // "GET: 91240.88 requests per second, p50=0.343 msec" (after carriage-return progress lines).
+    guard process.terminationStatus == 0, let line = report.split(whereSeparator: { $0 == "\r" || $0 == "\n" }).last(where: { $0.hasPrefix("GET: ") && $0.contains("requests per second") }),
+        let rate = Double(line.dropFirst(5).prefix(while: { $0 != " " }))
+    else {
+        FileHandle.standardError.write(Data("redis-benchmark failed (status \(process.terminationStatus)): \(report)\n".utf8))
+        throw RedisError(code: .unexpectedReply, message: "redis-benchmark failed")
+    }
+    return rate
+}
+
+func floorBenchmarks() {
+    // Pool / redis-benchmark: each sample runs 20,000 GETs from 64 tasks through a 64-connection pool,
+    // then `redis-benchmark -c 64 -n 20000 -t get` against the same server, and records both rates and
+    // their ratio (goal: ≥ 80 %). The wall clock covers both halves; the custom metrics are the figures.
+    let poolGETs = BenchmarkMetric.custom("pool GET/s", polarity: .prefersLarger, useScalingFactor: false)
+    let toolGETs = BenchmarkMetric.custom("redis-benchmark GET/s", polarity: .prefersLarger, useScalingFactor: false)
+    let ratio = BenchmarkMetric.custom("pool / redis-benchmark %", polarity: .prefersLarger, useScalingFactor: false)
+    for tls in [false, true] {
+        let name = "Pair: 64 tasks GET through the pool / redis-benchmark -c 64\(tls ? " --tls" : ""), \(tls ? "TLS" : "plain TCP")"
+        Benchmark(name, configuration: .init(metrics: [.wallClock, poolGETs, toolGETs, ratio], timeUnits: .milliseconds, warmupIterations: 1, scalingFactor: .one, maxDuration: .seconds(30), maxIterations: 5)) { benchmark in
+            let fixture = Fixture.shared!
+            let client = try RedisClient(
+                configuration: .init(
+                    host: "127.0.0.1",
+                    port: tls ? fixture.server.port : fixture.server.plainTextPort!,
+                    name: "bench",
+                    tls: tls ? .init(context: fixture.tls, serverName: "localhost") : nil,
+                    pool: .init(minimumConnections: 64, maximumConnections: 64)
+                ),
+                credentials: .fixed(RedisCredentials(username: "bench", password: fixture.password, version: "v1"))
+            )
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                try await client.set("bench:key", to: "value")
+                for _ in benchmark.scaledIterations {
+                    benchmark.startMeasurement()
+                    let start = ContinuousClock.now
+                    try await withThrowingTaskGroup(of: Void.self) { tasks in
+                        for task in 0..<64 {
+                            tasks.addTask {
+                                for _ in stride(from: task, to: pairRequestsPerSample, by: 64) { _ = try await client.get("bench:key") }
+                            }
+                        }
+                        try await tasks.waitForAll()
+                    }
+                    let elapsed = ContinuousClock.now - start
+                    let poolRate = Double(pairRequestsPerSample) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+                    let toolRate = try redisBenchmarkGETsPerSecond(fixture: fixture, tls: tls)
+                    benchmark.stopMeasurement()
+                    benchmark.measurement(poolGETs, Int(poolRate))
+                    benchmark.measurement(toolGETs, Int(toolRate))
+                    benchmark.measurement(ratio, Int((poolRate / toolRate * 100).rounded()))
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
+    // Allocations per operation (mallocCountTotal, one operation per iteration). Goals from issue 14:
+    // ≤ 2 per pipelined round trip (18 when the issue was filed), ≤ 100 per plain reconnect (243; the
+    // reconnect benchmarks in RedisRotationBenchmarks.swift report it too, this one closes outside the
+    // measurement as they do).
+    let perOperation = Benchmark.Configuration(
+        metrics: [.mallocCountTotal, .wallClock],
+        timeUnits: .microseconds,
+        warmupIterations: 20,
+        scalingFactor: .one,
+        maxDuration: .seconds(5),
+        maxIterations: 2000
+    )
+    Benchmark("Allocations: one round trip, GET on one connection (Swift; goal ≤ 2)", configuration: perOperation) { benchmark in
+        let connection = try await RedisConnection.connect(configuration: Fixture.shared.configuration(tls: nil))
+        try await connection.set("bench:key", to: "value")
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            _ = try await connection.get("bench:key")
+            benchmark.stopMeasurement()
+        }
+        await connection.close()
+    }
+    // 64 tasks share one connection, so their commands are pipelined; one iteration is 64 GETs:
+    // divide by 64 for allocations per GET.
+    Benchmark("Allocations: 64 pipelined GETs from 64 tasks on one connection (Swift; goal ≤ 128 = 2 per GET)", configuration: perOperation) { benchmark in
+        let connection = try await RedisConnection.connect(configuration: Fixture.shared.configuration(tls: nil))
+        try await connection.set("bench:key", to: "value")
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for _ in 0..<64 { tasks.addTask { _ = try await connection.get("bench:key") } }
+                try await tasks.waitForAll()
+            }
+            benchmark.stopMeasurement()
+        }
+        await connection.close()
+    }
+    Benchmark("Allocations: one plain reconnect, connect + HELLO + PING (Swift; goal ≤ 100)", configuration: perOperation) { benchmark in
+        let configuration = Fixture.shared.configuration(tls: nil)
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            try await connection.ping()
+            benchmark.stopMeasurement()
+            await connection.close()
+        }
+    }
+}

@@ -1,0 +1,92 @@
+import CFloor
+import Foundation
+import RedisRotation
+
+// Usage: CallgrindProbe <mode> <count> <port> [<ca-file>]
+//
+// Does one warm-up operation, then <count> operations of one kind against a server on 127.0.0.1 with
+// the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip,
+// c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
+// PING, close; plain TCP), swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
+// handshake, no resumption; <ca-file> is the CA to trust). callgrind.sh runs two counts and takes the
+// difference, so what is done once (start-up, the warm-up) cancels out.
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 4, let count = Int(arguments[2]), let port = Int(arguments[3]) else {
+    FileHandle.standardError.write(Data("usage: CallgrindProbe <mode> <count> <port> [<ca-file>]\n".utf8))
+    exit(2)
+}
+let mode = arguments[1]
+let caFile = arguments.count > 4 ? arguments[4] : ""
+let user = "bench"
+let passwordText = "benchmark-password"
+
+func swiftConfiguration(tls: Bool) throws -> RedisConnectionConfiguration {
+    let context = tls ? try RedisTLSContext(configuration: .init(trustAnchors: [.file(caFile)], sessionResumption: false)) : nil
+    return RedisConnectionConfiguration(
+        host: "127.0.0.1",
+        port: port,
+        username: user,
+        password: RedisSecret(passwordText),
+        tls: context.map { .init(context: $0, serverName: "localhost") }
+    )
+}
+
+func cFloor(_ condition: Bool) {
+    if !condition {
+        FileHandle.standardError.write(Data("the C floor failed\n".utf8))
+        exit(1)
+    }
+}
+
+/// The Swift modes. Run from a detached task while the main thread waits on a semaphore: valgrind 3.19
+/// crashes (SIGSEGV inside callgrind) in the `sigsuspend` that an async top level's `dispatch_main`
+/// parks in. Detached, because a plain `Task` here inherits the main actor, whose thread is the one waiting.
+func runSwift() async throws {
+    if mode == "swift-roundtrip" {
+        let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
+        try await connection.ping()
+        for _ in 0..<count { try await connection.ping() }
+        await connection.close()
+    } else {
+        let configuration = try swiftConfiguration(tls: mode.hasSuffix("tls"))
+        for _ in 0...count {
+            let connection = try await RedisConnection.connect(configuration: configuration)
+            try await connection.ping()
+            await connection.close()
+        }
+    }
+}
+
+switch mode {
+case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls":
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        do {
+            try await runSwift()
+        } catch {
+            FileHandle.standardError.write(Data("failed: \(error)\n".utf8))
+            exit(1)
+        }
+        done.signal()
+    }
+    done.wait()
+case "c-roundtrip":
+    let connection = rr_floor_open("127.0.0.1", Int32(port), user, passwordText, nil, 0)
+    cFloor(connection != nil)
+    for _ in 0...count { cFloor(rr_floor_ping(connection) == 0) }
+    rr_floor_close(connection)
+case "c-reconnect", "c-reconnect-tls":
+    let context = mode.hasSuffix("tls") ? rr_floor_tls_new(caFile, nil, nil) : nil
+    cFloor(!mode.hasSuffix("tls") || context != nil)
+    for _ in 0...count {
+        // rr_floor_open answers its PING.
+        let connection = rr_floor_open("127.0.0.1", Int32(port), user, passwordText, context, 0)
+        cFloor(connection != nil)
+        rr_floor_close(connection)
+    }
+    rr_floor_tls_free(context)
+default:
+    FileHandle.standardError.write(Data("unknown mode \(mode)\n".utf8))
+    exit(2)
+}
