@@ -20,9 +20,14 @@ func waitUntilReplicated(_ key: RedisKey, in cluster: RedisClusterProcess) async
     for replica in shard.replicas {
         let node = try #require(cluster.node(id: replica.id))
         let admin = try await node.adminConnection()
-        try await eventually("the replica on port \(node.port) holds \(key)", timeout: .seconds(10)) {
-            let replies = try await admin.pipeline([RedisCommand("READONLY"), RedisCommand("EXISTS", .key(key))])
-            return try replies[1].get().int == 1
+        do {
+            try await admin.send(RedisCommand("READONLY"))
+            try await eventually("the replica on port \(node.port) holds \(key)", timeout: .seconds(10)) {
+                try await admin.send(RedisCommand("EXISTS", .key(key))).int == 1
+            }
+        } catch {
+            await admin.close()
+            throw error
         }
         await admin.close()
     }
