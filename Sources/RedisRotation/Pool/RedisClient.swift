@@ -277,6 +277,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Use ``transaction(timeout:_:)`` or ``transaction(watching:maximumAttempts:timeout:_:)`` for
     /// transactions.
     ///
+    /// Ordinary commands (those that neither change the session nor block) share pooled connections:
+    /// each goes to the connection with the fewest commands in flight and is pipelined with other
+    /// callers' commands there (at most ``RedisClientConfiguration/Pool/maximumSharedCommandsPerConnection``
+    /// at once), so many tasks are served by few connections without waiting for one of their own.
+    ///
     /// A blocking command (`BLPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD ... BLOCK`, `WAIT`, ...) holds its
     /// connection for as long as it blocks, and its reply may take its own timeout plus
     /// `commandTimeout` (a timeout of 0: until the server answers or the task is cancelled). A
