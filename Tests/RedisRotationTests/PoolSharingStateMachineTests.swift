@@ -258,6 +258,16 @@ struct PoolSharingStateMachineTests {
         #expect(pool.sharedUseRequested() == nil, "not while it is being checked")
     }
 
+    @Test("a connection that goes idle while an earlier wake-up is scheduled decides nothing more; that wake-up asks for its health check")
+    func idleAgainWithEarlierTimer() {
+        var pool = self.machine(minimum: 1, healthCheck: .seconds(30))
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseEnded(0, needsRestore: false, now: self.t0 + .seconds(10)) == [])
+        #expect(pool.slots[0]?.state == .idle(since: self.t0 + .seconds(10)))
+        #expect(pool.timerFired(now: self.t0 + .seconds(30)) == [.scheduleTimer(self.t0 + .seconds(40))])
+        #expect(pool.timerFired(now: self.t0 + .seconds(40)) == [.healthCheck(0)])
+    }
+
     @Test("a killed shared connection is gone at once; its users' ends are ignored and the minimum is reopened")
     func killedSharedConnection() {
         var pool = self.machine(minimum: 1)

@@ -303,7 +303,10 @@ struct ClientStateMachine {
 
     /// A shared user of connection `id` is done; `needsRestore` when it left a reply owed.
     mutating func sharedUseEnded(_ id: ConnectionID, needsRestore: Bool, at moment: Moment) -> [Action] {
-        self.withTimer(self.handle(self.pool.sharedUseEnded(id, needsRestore: needsRestore, now: moment.now), at: moment))
+        let actions = self.pool.sharedUseEnded(id, needsRestore: needsRestore, now: moment.now)
+        // No action: only counts and idleness changed, not what the gauges show nor any deadline.
+        guard !actions.isEmpty else { return [] }
+        return self.withTimer(self.handle(actions, at: moment))
     }
 
     /// The requesting task was cancelled.

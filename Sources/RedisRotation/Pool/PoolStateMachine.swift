@@ -260,7 +260,7 @@ struct PoolStateMachine {
         }
         switch slot.state {
         case .shared:
-            return self.sharedConnectionFree(id, now: now)
+            return self.sharedConnectionFree(id, afterSharedUse: true, now: now)
         case .reauthenticating:
             // Its re-authentication decides what comes next (or closes it, if it is retiring).
             return self.waiters.isEmpty ? [] : self.rebalance(now: now)
@@ -279,8 +279,9 @@ struct PoolStateMachine {
         return true
     }
 
-    /// Connection `id` (state `shared`) has no shared user left.
-    private mutating func sharedConnectionFree(_ id: ConnectionID, now: NIODeadline) -> [Action] {
+    /// Connection `id` (state `shared`) has no shared user left; `afterSharedUse` when its last shared
+    /// user just left (rather than a re-authentication ending).
+    private mutating func sharedConnectionFree(_ id: ConnectionID, afterSharedUse: Bool = false, now: NIODeadline) -> [Action] {
         let slot = self.slots[id]!
         self.slots[id]!.drained = false
         if slot.closeWhenFree || self.isShutDown {
@@ -298,6 +299,15 @@ struct PoolStateMachine {
             return [.reauthenticate(id)] + self.rebalance(now: now)
         }
         self.slots[id]!.state = .idle(since: now)
+        // Under load connections go idle and back to shared all the time. Idle, it may need a wake-up
+        // (idle timeout, health check): when nothing waits and the timer already scheduled comes first,
+        // that wake-up will ask for the next one, and nothing else in the pool changed: no need to
+        // decide more now.
+        if afterSharedUse, self.waiters.isEmpty, let scheduled = self.scheduledTimer {
+            var due = now + self.configuration.idleTimeout
+            if let interval = self.configuration.healthCheckInterval { due = min(due, max(now, slot.checkedAt ?? now) + interval) }
+            if scheduled <= due { return [] }
+        }
         return self.rebalance(now: now)
     }
 
