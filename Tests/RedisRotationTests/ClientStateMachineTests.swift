@@ -86,6 +86,34 @@ struct ClientStateMachineTests {
         #expect(machine.connectionClosed(0, at: self.at(.seconds(61))) == [])
     }
 
+    @Test("a shared request waits like a lease and is granted; later shared uses need no decision; a reply left owed has the connection restored when its last user leaves")
+    func sharedUses() {
+        var machine = self.machine()
+        let request = machine.registerLease()
+        #expect(machine.leaseWaiting(request, deadline: self.t0 + .seconds(5), shared: true, at: self.at()) == [.connect(0), .scheduleTimer(self.t0 + .seconds(5))])
+        #expect(self.establish(&machine, 0) == [.grantLease(request, 0), .recordConnectionGauges(versions: ["v1": 1], generations: [:], sequence: 1)])
+        #expect(machine.leaseRequestCount == 0)
+        #expect(machine.pool.slots[0]?.state == .shared)
+        #expect(machine.sharedUseRequested() == 0)
+        #expect(machine.sharedUseEnded(0, needsRestore: true, at: self.at()) == [])
+        #expect(machine.sharedUseEnded(0, needsRestore: false, at: self.at(.seconds(1))) == [.restore(0)])
+        #expect(machine.connectionReleased(0, reusable: true, at: self.at(.seconds(1))) == [.scheduleTimer(self.t0 + .seconds(61))])
+        #expect(machine.pool.slots[0]?.state == .idle(since: self.t0 + .seconds(1)))
+    }
+
+    @Test("no shared use once the machine has stopped")
+    func sharedUsesNeedARunningMachine() {
+        var machine = self.machine()
+        let request = machine.registerLease()
+        _ = machine.leaseWaiting(request, deadline: self.t0 + .seconds(5), shared: true, at: self.at())
+        _ = self.establish(&machine, 0)
+        #expect(machine.sharedUseEnded(0, needsRestore: false, at: self.at()) == [])
+        #expect(machine.sharedUseRequested() == 0)
+        _ = machine.sharedUseEnded(0, needsRestore: false, at: self.at())
+        _ = machine.shutdown(at: self.at())
+        #expect(machine.sharedUseRequested() == nil)
+    }
+
     @Test("a lease cancelled before its waiter is installed fails as cancelled when it is; nothing stays behind")
     func cancelledEarly() {
         var machine = self.machine()

@@ -76,6 +76,12 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// Whether nothing has to be undone before another user may have the connection (no owed replies,
+    /// transaction, watches, database or name change).
+    var hasCleanSession: Bool {
+        self.session.withLock { $0.state.isClean }
+    }
+
     /// What must happen before the pool hands this connection to another user.
     var releaseDisposition: SessionState.Release {
         self.session.withLock { $0.state.release }

@@ -274,17 +274,39 @@ struct ClientStateMachine {
     }
 
     /// The lease's waiter is installed: it waits for a connection until `deadline`.
-    mutating func leaseWaiting(_ id: LeaseID, deadline: NIODeadline, at moment: Moment) -> [Action] {
+    mutating func leaseWaiting(_ id: LeaseID, deadline: NIODeadline, shared: Bool = false, at moment: Moment) -> [Action] {
         switch self.leaseRequests[id] {
         case .cancelledEarly:
             self.leaseRequests[id] = nil
             return [.failLease(id, .cancelled)]
         case .registered:
             self.leaseRequests[id] = .waiting(deadline: deadline)
-            return self.withTimer(self.handle(self.pool.leaseRequested(id, deadline: deadline, now: moment.now), at: moment))
+            return self.withTimer(self.handle(self.pool.leaseRequested(id, deadline: deadline, shared: shared, now: moment.now), at: moment))
         case .waiting, nil:
             return []
         }
+    }
+
+    /// A shared use of a connection with room, without waiting and without a decision (see
+    /// ``PoolStateMachine/sharedUseRequested()``); `nil` when the request must wait: ``registerLease()``
+    /// and ``leaseWaiting(_:deadline:shared:at:)`` with `shared`.
+    mutating func sharedUseRequested() -> ConnectionID? {
+        guard self.runState == .running else { return nil }
+        return self.pool.sharedUseRequested()
+    }
+
+    /// The fast form of ``sharedUseEnded(_:needsRestore:at:)`` for a user that owes nothing (see
+    /// ``PoolStateMachine/sharedUseEndedWithoutDecision(_:)``): true when only the count changed.
+    mutating func sharedUseEndedWithoutDecision(_ id: ConnectionID) -> Bool {
+        self.pool.sharedUseEndedWithoutDecision(id)
+    }
+
+    /// A shared user of connection `id` is done; `needsRestore` when it left a reply owed.
+    mutating func sharedUseEnded(_ id: ConnectionID, needsRestore: Bool, at moment: Moment) -> [Action] {
+        let actions = self.pool.sharedUseEnded(id, needsRestore: needsRestore, now: moment.now)
+        // No action: only counts and idleness changed, not what the gauges show nor any deadline.
+        guard !actions.isEmpty else { return [] }
+        return self.withTimer(self.handle(actions, at: moment))
     }
 
     /// The requesting task was cancelled.
@@ -483,6 +505,26 @@ struct ClientStateMachine {
                 }
                 self.leaseRequests[leaseID] = nil
                 result.append(.grantLease(leaseID, id))
+            case .share(let id, let leaseID):
+                guard case .waiting(let deadline) = self.leaseRequests[leaseID] else {
+                    // The waiter left; give the place back.
+                    result += self.handle(self.pool.sharedUseEnded(id, needsRestore: false, now: moment.now), at: moment)
+                    continue
+                }
+                guard self.established.contains(id) else {
+                    // The pool still had a connection that is gone: forget it; the waiter waits on.
+                    result += self.handle(self.pool.connectionClosed(id, now: moment.now), at: moment)
+                    result += self.handle(self.pool.leaseRequested(leaseID, deadline: deadline, shared: true, now: moment.now), at: moment)
+                    continue
+                }
+                self.leaseRequests[leaseID] = nil
+                result.append(.grantLease(leaseID, id))
+            case .restore(let id):
+                if self.established.contains(id) {
+                    result.append(.restore(id))
+                } else {
+                    result += self.handle(self.pool.connectionReleased(id, reusable: false, now: moment.now), at: moment)
+                }
             case .failLease(let leaseID, var error):
                 guard case .waiting = self.leaseRequests.removeValue(forKey: leaseID) else { continue }
                 if error.code == .leaseTimeout, let cause = self.lastConnectError {

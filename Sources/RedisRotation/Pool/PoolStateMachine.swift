@@ -4,18 +4,23 @@ import NIOCore
 /// or close a connection, and when to wake up. Pure: no I/O, no clock reads, no randomness of its own
 /// (time and random numbers come in with the events), so tests drive it with a manual clock.
 ///
-/// Connections are leased exclusively: one lease at a time uses a connection. A connection whose
-/// credential version differs from the target re-authenticates in place: at once when idle, on release
-/// when leased (so a transaction within a lease finishes first).
+/// A connection serves either one exclusive lease (transactions, blocking commands, `withConnection`)
+/// or any number of shared users up to `maximumSharedPerConnection` (ordinary commands, pipelined on
+/// the connection, see "Pool multiplexing" in docs/DECISIONS.md), never both. A connection whose
+/// credential version differs from the target re-authenticates in place: at once when idle or shared
+/// (the re-authentication goes into the pipeline in order, and shared users go on using the connection),
+/// on release when leased (so a transaction within a lease finishes first).
 ///
 /// Retiring a connection (maximum age, a new TLS generation, a certificate about to expire) is
 /// make-before-break: a replacement opens first while the old connection keeps serving, and the old
 /// one closes once the replacement is up and no lease uses it. If no replacement can be opened (the
 /// server is down), the old connection simply goes on serving.
 ///
-/// Connection states: `connecting` (can move to: idle, gone), `idle` (can move to: leased,
-/// reauthenticating, closing), `leased` (can move to: idle, reauthenticating, closing, gone),
-/// `reauthenticating` (can move to: idle, closing, gone), `closing` (can move to: gone).
+/// Connection states: `connecting` (can move to: idle, gone), `idle` (can move to: leased, shared,
+/// reauthenticating, closing), `leased` (can move to: idle, reauthenticating, closing, gone), `shared`
+/// (at least one shared user; can move to: idle, leased for a restoration, reauthenticating, closing,
+/// gone), `reauthenticating` (shared users allowed; can move to: idle, shared, closing, gone), `closing`
+/// (can move to: gone).
 struct PoolStateMachine {
     typealias ConnectionID = Int
     typealias LeaseID = UInt64
@@ -49,6 +54,8 @@ struct PoolStateMachine {
         /// do. A cluster client's node pools set it: elsewhere in the cluster the command may succeed,
         /// and the cluster client retries within the command's deadline.
         var failsLeasesWhenUnreachable = false
+        /// Shared users (commands in flight) one connection serves at most at once.
+        var maximumSharedPerConnection = 32
     }
 
     enum Action: Hashable {
@@ -56,6 +63,12 @@ struct PoolStateMachine {
         case createConnection(ConnectionID)
         /// Hand connection `id` to lease `lease`.
         case lease(ConnectionID, to: LeaseID)
+        /// Connection `id` has one more shared user, the waiting request `lease`; report
+        /// `sharedUseEnded` when its command is done.
+        case share(ConnectionID, to: LeaseID)
+        /// Restore connection `id` (its shared users left replies owed; the pool holds it meanwhile as
+        /// leased); report `connectionReleased`, reusable when the restoration worked.
+        case restore(ConnectionID)
         /// Fail lease `lease` (deadline passed, or shutdown).
         case failLease(LeaseID, RedisError)
         /// Authenticate connection `id` with the target credentials; report `reauthenticated` or
@@ -74,6 +87,8 @@ struct PoolStateMachine {
         case connecting
         case idle(since: NIODeadline)
         case leased
+        /// In use by `Slot.sharedUsers` (at least one) shared users.
+        case shared
         case reauthenticating
         case closing
     }
@@ -97,11 +112,19 @@ struct PoolStateMachine {
         var checkingIdleSince: NIODeadline? = nil
         /// When the connection last passed a health check.
         var checkedAt: NIODeadline? = nil
+        /// Shared users whose commands are in flight (in states `shared` and `reauthenticating`).
+        var sharedUsers = 0
+        /// Takes no new shared users: an exclusive lease waits for it to drain.
+        var drained = false
+        /// A shared user left replies owed: restore it before it is idle again.
+        var needsRestore = false
     }
 
     private struct Waiter: Hashable {
         let id: LeaseID
         let deadline: NIODeadline
+        /// A request for a shared use rather than an exclusive lease.
+        var shared = false
     }
 
     let configuration: Configuration
@@ -183,16 +206,19 @@ struct PoolStateMachine {
         }
         var actions: [Action] = []
         for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) where slot.version != nil && slot.version != version {
-            if case .idle = slot.state {
+            switch slot.state {
+            case .idle, .shared:
+                // Shared users go on: the re-authentication is written in order in their pipeline.
                 self.slots[id]!.state = .reauthenticating
                 actions.append(.reauthenticate(id))
+            case .connecting, .leased, .reauthenticating, .closing:
+                break  // Leased ones re-authenticate on release; connecting ones when established.
             }
-            // Leased ones re-authenticate on release; connecting ones when established.
         }
         return actions + self.rebalance(now: now)
     }
 
-    mutating func leaseRequested(_ id: LeaseID, deadline: NIODeadline, now: NIODeadline) -> [Action] {
+    mutating func leaseRequested(_ id: LeaseID, deadline: NIODeadline, shared: Bool = false, now: NIODeadline) -> [Action] {
         guard !self.isShutDown else {
             return [.failLease(id, RedisError(code: .clientShutdown, message: "the client is shut down"))]
         }
@@ -204,7 +230,84 @@ struct PoolStateMachine {
         if let unreachable = self.unreachable, !self.hasUsableConnection, let next = self.nextConnectAt, next > now {
             return [.failLease(id, unreachable)] + self.rebalance(now: now)
         }
-        self.waiters.append(Waiter(id: id, deadline: deadline))
+        self.waiters.append(Waiter(id: id, deadline: deadline, shared: shared))
+        return self.rebalance(now: now)
+    }
+
+    /// A shared use without waiting: the connection with room and the fewest users, which gains one;
+    /// `nil` when none has room (then the request waits: ``leaseRequested(_:deadline:shared:now:)``).
+    /// Needs no decision beyond the count: no action, no clock.
+    mutating func sharedUseRequested() -> ConnectionID? {
+        guard !self.isShutDown, let id = self.shareableConnection() else { return nil }
+        self.addSharedUser(id)
+        return id
+    }
+
+    private mutating func addSharedUser(_ id: ConnectionID) {
+        self.slots[id]!.sharedUsers += 1
+        if case .idle = self.slots[id]!.state { self.slots[id]!.state = .shared }
+    }
+
+    /// A shared user of connection `id` is done; `needsRestore` when it left a reply owed (cancelled,
+    /// timed out). When the last one leaves, the connection is idle again, restored first if a user left
+    /// a reply owed, closed if it was retiring, re-authenticated if it is behind the target.
+    mutating func sharedUseEnded(_ id: ConnectionID, needsRestore: Bool, now: NIODeadline) -> [Action] {
+        guard let slot = self.slots[id], slot.sharedUsers > 0 else { return [] }
+        self.slots[id]!.sharedUsers -= 1
+        if needsRestore { self.slots[id]!.needsRestore = true }
+        guard slot.sharedUsers == 1 else {
+            return self.waiters.isEmpty ? [] : self.rebalance(now: now)  // A place for a shared waiter.
+        }
+        switch slot.state {
+        case .shared:
+            return self.sharedConnectionFree(id, afterSharedUse: true, now: now)
+        case .reauthenticating:
+            // Its re-authentication decides what comes next (or closes it, if it is retiring).
+            return self.waiters.isEmpty ? [] : self.rebalance(now: now)
+        case .connecting, .idle, .leased, .closing:
+            assertionFailure("shared users on a connection in state \(slot.state)")
+            return []
+        }
+    }
+
+    /// The fast form of ``sharedUseEnded(_:needsRestore:now:)``: when other shared users remain, nothing
+    /// waits and nothing is owed, only the count changes (returns true); otherwise the caller makes the
+    /// full decision.
+    mutating func sharedUseEndedWithoutDecision(_ id: ConnectionID) -> Bool {
+        guard self.waiters.isEmpty, let slot = self.slots[id], slot.sharedUsers > 1 else { return false }
+        self.slots[id]!.sharedUsers -= 1
+        return true
+    }
+
+    /// Connection `id` (state `shared`) has no shared user left; `afterSharedUse` when its last shared
+    /// user just left (rather than a re-authentication ending).
+    private mutating func sharedConnectionFree(_ id: ConnectionID, afterSharedUse: Bool = false, now: NIODeadline) -> [Action] {
+        let slot = self.slots[id]!
+        self.slots[id]!.drained = false
+        if slot.closeWhenFree || self.isShutDown {
+            self.markClosing(id)
+            return [.closeConnection(id)] + self.rebalance(now: now)
+        }
+        if slot.needsRestore {
+            // Held by the pool until the restoration reports back through connectionReleased.
+            self.slots[id]!.needsRestore = false
+            self.slots[id]!.state = .leased
+            return [.restore(id)] + self.rebalance(now: now)
+        }
+        if let target = self.targetVersion, slot.version != target {
+            self.slots[id]!.state = .reauthenticating
+            return [.reauthenticate(id)] + self.rebalance(now: now)
+        }
+        self.slots[id]!.state = .idle(since: now)
+        // Under load connections go idle and back to shared all the time. Idle, it may need a wake-up
+        // (idle timeout, health check): when nothing waits and the timer already scheduled comes first,
+        // that wake-up will ask for the next one, and nothing else in the pool changed: no need to
+        // decide more now.
+        if afterSharedUse, self.waiters.isEmpty, let scheduled = self.scheduledTimer {
+            var due = now + self.configuration.idleTimeout
+            if let interval = self.configuration.healthCheckInterval { due = min(due, max(now, slot.checkedAt ?? now) + interval) }
+            if scheduled <= due { return [] }
+        }
         return self.rebalance(now: now)
     }
 
@@ -212,7 +315,7 @@ struct PoolStateMachine {
     private var hasUsableConnection: Bool {
         self.slots.values.contains { slot in
             switch slot.state {
-            case .idle, .leased, .reauthenticating: return true
+            case .idle, .leased, .shared, .reauthenticating: return true
             case .connecting, .closing: return false
             }
         }
@@ -268,7 +371,7 @@ struct PoolStateMachine {
         }
         let established = self.slots.values.filter { slot in
             switch slot.state {
-            case .idle, .leased, .reauthenticating: return true
+            case .idle, .leased, .shared, .reauthenticating: return true
             case .connecting, .closing: return false
             }
         }.count
@@ -368,15 +471,21 @@ struct PoolStateMachine {
         guard self.slots[id]?.state == .reauthenticating else { return [] }
         self.slots[id]!.version = version
         if version == self.targetVersion { self.resetBackoff() }
-        if self.slots[id]!.closeWhenFree {
-            self.markClosing(id)
-            return [.closeConnection(id)] + self.rebalance(now: now)
-        }
-        if let target = self.targetVersion, target != version {
+        if let target = self.targetVersion, target != version, !self.slots[id]!.closeWhenFree {
             return [.reauthenticate(id)]  // The target moved on while this one was in flight.
         }
-        self.slots[id]!.state = .idle(since: now)
-        return self.rebalance(now: now)
+        return self.reauthenticationEnded(id, now: now)
+    }
+
+    /// Connection `id` is no longer re-authenticating: shared if it has shared users (closing when they
+    /// are gone if it is retiring), else closed when retiring, else idle (or restored first).
+    private mutating func reauthenticationEnded(_ id: ConnectionID, now: NIODeadline) -> [Action] {
+        if self.slots[id]!.sharedUsers > 0 {
+            self.slots[id]!.state = .shared
+            return self.rebalance(now: now)
+        }
+        self.slots[id]!.state = .shared  // Free now: decided as for the last shared user leaving.
+        return self.sharedConnectionFree(id, now: now)
     }
 
     /// The candidate credentials changed (a new pending one): a rejection may be over, so the next
@@ -398,11 +507,17 @@ struct PoolStateMachine {
             if let target = self.targetVersion, slot.version != target {
                 return [.reauthenticate(id)]  // The target moved on meanwhile.
             }
-            self.slots[id]!.state = .idle(since: now)
-            return self.rebalance(now: now)
+            return self.reauthenticationEnded(id, now: now)
         }
         // A connection already replaced (closeWhenFree) was closing anyway: nothing to back off from.
         if !slot.closeWhenFree { self.backOff(now: now, random: random) }
+        if slot.sharedUsers > 0 {
+            // Commands are in flight on it (on its old identity, which the server kept): it takes no new
+            // users and closes when they are done.
+            self.slots[id]!.closeWhenFree = true
+            self.slots[id]!.state = .shared
+            return self.rebalance(now: now)
+        }
         self.markClosing(id)
         return [.closeConnection(id)] + self.rebalance(now: now)
     }
@@ -444,11 +559,13 @@ struct PoolStateMachine {
         self.waiters.removeAll()
         for (id, slot) in self.slots.sorted(by: { $0.key < $1.key }) {
             switch slot.state {
+            case .reauthenticating where slot.sharedUsers > 0:
+                break  // Closed when its shared users are done.
             case .idle, .reauthenticating:
                 self.markClosing(id)
                 actions.append(.closeConnection(id))
-            case .connecting, .leased, .closing:
-                break  // Closed when established or released.
+            case .connecting, .leased, .shared, .closing:
+                break  // Closed when established or released, or when its shared users are done.
             }
         }
         return actions
@@ -471,11 +588,29 @@ struct PoolStateMachine {
         var actions: [Action] = []
         guard !self.isShutDown else { return actions }
 
-        // Serve waiters, oldest first, from idle connections on the target version (longest idle first).
-        while !self.waiters.isEmpty, let id = self.idleConnection() {
-            let waiter = self.waiters.removeFirst()
-            self.slots[id]!.state = .leased
-            actions.append(.lease(id, to: waiter.id))
+        // Serve waiters, oldest first: exclusive ones from idle connections (longest idle first), then
+        // shared ones from connections with room (fewest users first). Exclusive waiters go first because
+        // only an idle connection serves them (a connection drained for one must not go to a shared
+        // waiter when it is free); a waiter that cannot be served yet does not hold back the other kind.
+        if !self.waiters.isEmpty {
+            var waiting = CircularBuffer<Waiter>(initialCapacity: self.waiters.count)
+            for waiter in self.waiters {
+                if !waiter.shared, let id = self.idleConnection() {
+                    self.slots[id]!.state = .leased
+                    actions.append(.lease(id, to: waiter.id))
+                } else {
+                    waiting.append(waiter)
+                }
+            }
+            self.waiters.removeAll(keepingCapacity: true)
+            for waiter in waiting {
+                if waiter.shared, let id = self.shareableConnection() {
+                    self.addSharedUser(id)
+                    actions.append(.share(id, to: waiter.id))
+                } else {
+                    self.waiters.append(waiter)
+                }
+            }
         }
 
         // Open connections for the waiters not covered by connections already opening or re-authenticating,
@@ -491,17 +626,20 @@ struct PoolStateMachine {
         )
         let backingOff = self.nextConnectAt.map { $0 > now } ?? false
         var handshakes = connecting
+        var opened = 0
         if wanted > 0 && !backingOff {
             let room = min(
                 self.configuration.maximumConnections - (regularOpen - stalled),
                 self.configuration.maximumConcurrentHandshakes - handshakes,
                 self.configuration.maximumConnections + self.configuration.maximumConcurrentHandshakes - regularOpen
             )
-            for _ in 0..<max(0, min(wanted, room)) {
+            opened = max(0, min(wanted, room))
+            for _ in 0..<opened {
                 actions.append(.createConnection(self.openSlot(replacing: nil, now: now)))
                 handshakes += 1
             }
         }
+        self.drainForExclusiveWaiters(connecting: connecting + opened, reauthenticating: reauthenticating)
 
         // Connections due for retirement get a replacement first; they close once it is up.
         if !backingOff {
@@ -509,7 +647,7 @@ struct PoolStateMachine {
                 guard handshakes < self.configuration.maximumConcurrentHandshakes else { break }
                 guard let retireAt = slot.retireAt, retireAt <= now, slot.replacement == nil, !slot.closeWhenFree else { continue }
                 switch slot.state {
-                case .idle, .leased, .reauthenticating:
+                case .idle, .leased, .shared, .reauthenticating:
                     let replacement = self.openSlot(replacing: id, now: now)
                     self.slots[id]!.replacement = replacement
                     actions.append(.createConnection(replacement))
@@ -550,6 +688,44 @@ struct PoolStateMachine {
             let since = slot.connectingSince
         else { return false }
         return since + hedge <= now
+    }
+
+    /// Exclusive waiters that neither an opening connection nor a re-authenticating one will serve drain
+    /// shared connections (fewest users first), one each: a drained connection takes no new shared users
+    /// and goes to a waiter when its last one leaves, so a steady shared load cannot starve leases.
+    private mutating func drainForExclusiveWaiters(connecting: Int, reauthenticating: Int) {
+        let exclusive = self.waiters.count { !$0.shared }
+        guard exclusive > 0 else { return }
+        let drained = self.slots.values.count { $0.drained && $0.state == .shared }
+        var needed = exclusive - connecting - reauthenticating - drained
+        while needed > 0 {
+            var best: (id: ConnectionID, users: Int)?
+            for (id, slot) in self.slots where slot.state == .shared && !slot.drained && !slot.closeWhenFree {
+                if best == nil || slot.sharedUsers < best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
+                    best = (id, slot.sharedUsers)
+                }
+            }
+            guard let best else { return }
+            self.slots[best.id]!.drained = true
+            needed -= 1
+        }
+    }
+
+    /// The connection a shared user goes to: room below the cap, not retiring, not drained for a lease;
+    /// idle, shared or re-authenticating in place; fewest users first (then the lowest ID).
+    private func shareableConnection() -> ConnectionID? {
+        var best: (id: ConnectionID, users: Int)?
+        for (id, slot) in self.slots {
+            switch slot.state {
+            case .idle, .shared, .reauthenticating: break
+            case .connecting, .leased, .closing: continue
+            }
+            guard slot.sharedUsers < self.configuration.maximumSharedPerConnection, !slot.closeWhenFree, !slot.drained else { continue }
+            if best == nil || slot.sharedUsers < best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
+                best = (id, slot.sharedUsers)
+            }
+        }
+        return best?.id
     }
 
     private func idleConnection() -> ConnectionID? {

@@ -74,6 +74,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         var machine: ClientStateMachine
         var connections: [PoolStateMachine.ConnectionID: RedisConnection] = [:]
         var waiters: [PoolStateMachine.LeaseID: CheckedContinuation<Lease, any Error>] = [:]
+        /// The waiters among `waiters` that asked for a shared use rather than an exclusive lease.
+        var sharedWaiters: Set<PoolStateMachine.LeaseID> = []
         var tlsContext: RedisTLSContext?
         var timer: Scheduled<Void>?
         /// Numbers timer requests in decision order: a request performed after a newer one is dropped.
@@ -86,6 +88,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     struct Lease: Sendable {
         let id: PoolStateMachine.ConnectionID
         let connection: RedisConnection
+        /// A shared use (an ordinary command pipelined with others' on the connection) rather than an
+        /// exclusive lease.
+        var shared = false
     }
 
     /// Work that needs I/O; `run()` performs each item in a child task.
@@ -272,6 +277,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// Use ``transaction(timeout:_:)`` or ``transaction(watching:maximumAttempts:timeout:_:)`` for
     /// transactions.
     ///
+    /// Ordinary commands (those that neither change the session nor block) share pooled connections:
+    /// each goes to the connection with the fewest commands in flight and is pipelined with other
+    /// callers' commands there (at most ``RedisClientConfiguration/Pool/maximumSharedCommandsPerConnection``
+    /// at once), so many tasks are served by few connections without waiting for one of their own.
+    ///
     /// A blocking command (`BLPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD ... BLOCK`, `WAIT`, ...) holds its
     /// connection for as long as it blocks, and its reply may take its own timeout plus
     /// `commandTimeout` (a timeout of 0: until the server answers or the task is cancelled). A
@@ -316,7 +326,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             attempt += 1
             let lease: Lease
             do {
-                lease = try await self.lease(within: timeout == nil ? nil : deadline.map { $0 - clock.now })
+                let within = timeout == nil ? nil : deadline.map { $0 - clock.now }
+                // Ordinary commands share connections, pipelined with other callers' (see "Pool
+                // multiplexing" in docs/DECISIONS.md); blocking ones hold an exclusive lease.
+                lease = command.sessionEffect == .none ? try await self.share(within: within) : try await self.lease(within: within)
             } catch let error as RedisError where mayHaveExecuted {
                 throw self.failed(command, error, mayHaveExecuted: true)
             }
@@ -609,9 +622,56 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         return lease
     }
 
+    /// A place on a pooled connection for one ordinary command, pipelined with other callers' commands:
+    /// at once (one lock acquisition, no continuation) when a connection has room, else after waiting at
+    /// most `leaseTimeout`, or `within` when that is shorter. End it with ``finish(_:)``.
+    func share(within: Duration? = nil) async throws -> Lease {
+        let immediate = self.state.withLock { state -> Lease? in
+            guard let id = state.machine.sharedUseRequested() else { return nil }
+            guard let connection = state.connections[id] else {
+                assertionFailure("a shared use of connection \(id), which the client does not hold")
+                return nil  // Waits below; the count is given back when the machine learns of the close.
+            }
+            return Lease(id: id, connection: connection, shared: true)
+        }
+        if let immediate {
+            // No wait: recorded as such, so that the timer's distribution says how many commands waited.
+            self.metrics.leaseWait.recordNanoseconds(0)
+            return immediate
+        }
+        let started = ContinuousClock.now
+        let wait = within.map { min($0, self.configuration.pool.leaseTimeout) } ?? self.configuration.pool.leaseTimeout
+        let id = self.state.withLock { $0.machine.registerLease() }
+        let lease = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Lease, any Error>) in
+                self.decide { state, moment in
+                    state.waiters[id] = continuation
+                    state.sharedWaiters.insert(id)
+                    return state.machine.leaseWaiting(id, deadline: moment.now + TimeAmount(max(wait, .zero)), shared: true, at: moment)
+                }
+            }
+        } onCancel: {
+            self.decide { state, moment in state.machine.leaseCancelled(id, at: moment) }
+        }
+        self.metrics.leaseWait.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
+        return lease
+    }
+
     /// Ends a lease: the connection goes back to the pool when it is clean, after a restoration when
-    /// something has to be undone, and is closed when it is dead or cannot be restored.
+    /// something has to be undone, and is closed when it is dead or cannot be restored. A shared use
+    /// gives its place back; a reply it left owed (cancelled, timed out) has the connection restored
+    /// once its last shared user is done.
     func finish(_ lease: Lease) {
+        if lease.shared {
+            let needsRestore = lease.connection.isActive && !lease.connection.hasCleanSession
+            let effects = self.state.withLock { state -> [Effect] in
+                if !needsRestore && state.machine.sharedUseEndedWithoutDecision(lease.id) { return [] }
+                let moment = ClientStateMachine.Moment(now: self.timerLoop.now, date: Date(), random: Double.random(in: 0..<1, using: &state.random))
+                return self.translate(state.machine.sharedUseEnded(lease.id, needsRestore: needsRestore, at: moment), state: &state, at: moment)
+            }
+            self.perform(effects)
+            return
+        }
         let outcome: ClientStateMachine.LeaseOutcome
         if !lease.connection.isActive {
             outcome = .unusable
@@ -677,6 +737,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 effects.append(.work(.probe(credentials)))
             case .grantLease(let leaseID, let id):
                 let continuation = state.waiters.removeValue(forKey: leaseID)
+                let shared = state.sharedWaiters.remove(leaseID) != nil
                 let connection = state.connections[id]
                 assert(continuation != nil && connection != nil, "lease \(leaseID) granted connection \(id), which the client does not hold")
                 guard let continuation else { continue }
@@ -684,8 +745,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                     effects.append(.resume(continuation, .failure(RedisError(code: .connectionClosed, message: "the pooled connection closed as it was leased"))))
                     continue
                 }
-                effects.append(.resume(continuation, .success(Lease(id: id, connection: connection))))
+                effects.append(.resume(continuation, .success(Lease(id: id, connection: connection, shared: shared))))
             case .failLease(let leaseID, let failure):
+                state.sharedWaiters.remove(leaseID)
                 guard let continuation = state.waiters.removeValue(forKey: leaseID) else {
                     assertionFailure("lease \(leaseID) failed, which has no waiter")
                     continue
@@ -915,6 +977,7 @@ extension RedisClientConfiguration {
         pool.handshakeHedgeDelay = max(TimeAmount(self.handshakeTimeout / 2), .milliseconds(100))
         pool.connectBackoff = Backoff(base: TimeAmount(self.pool.reconnectBackoffBase), cap: TimeAmount(self.pool.reconnectBackoffCap))
         pool.failsLeasesWhenUnreachable = self.failsLeasesWhenUnreachable
+        pool.maximumSharedPerConnection = self.pool.maximumSharedCommandsPerConnection
         var credentials = CredentialStateMachine.Configuration()
         credentials.probeBackoff = Backoff(base: TimeAmount(self.rotation.probeBackoffBase), cap: TimeAmount(self.rotation.probeBackoffCap))
         credentials.maximumProbeAttempts = self.rotation.maximumProbeAttempts

@@ -85,6 +85,11 @@ public struct RedisClientConfiguration: Sendable {
         public var reconnectBackoffCap: Duration
         /// Idle connections are checked with `PING` after this long unused; `nil` never. Default: 30 s.
         public var healthCheckInterval: Duration?
+        /// Ordinary commands (those that leave no state on the connection and do not block) share pooled
+        /// connections, pipelined with other callers' commands; at most this many are in flight on one
+        /// connection, and a command goes to the connection with the fewest. Transactions, blocking
+        /// commands and ``RedisClient/withConnection(_:)`` hold a connection of their own. Default: 32.
+        public var maximumSharedCommandsPerConnection: Int
 
         public init(
             minimumConnections: Int = 1,
@@ -96,10 +101,12 @@ public struct RedisClientConfiguration: Sendable {
             leaseTimeout: Duration = .seconds(5),
             reconnectBackoffBase: Duration = .milliseconds(20),
             reconnectBackoffCap: Duration = .seconds(5),
-            healthCheckInterval: Duration? = .seconds(30)
+            healthCheckInterval: Duration? = .seconds(30),
+            maximumSharedCommandsPerConnection: Int = 32
         ) {
             precondition(maximumConnections >= 1 && minimumConnections >= 0 && minimumConnections <= maximumConnections)
             precondition(maximumConcurrentHandshakes >= 1)
+            precondition(maximumSharedCommandsPerConnection >= 1)
             precondition((0...1).contains(maximumConnectionAgeJitter))
             self.minimumConnections = minimumConnections
             self.maximumConnections = maximumConnections
@@ -111,6 +118,7 @@ public struct RedisClientConfiguration: Sendable {
             self.reconnectBackoffBase = reconnectBackoffBase
             self.reconnectBackoffCap = reconnectBackoffCap
             self.healthCheckInterval = healthCheckInterval
+            self.maximumSharedCommandsPerConnection = maximumSharedCommandsPerConnection
         }
     }
 
