@@ -145,6 +145,11 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible, Cu
     /// Whether the command was never written: the connection was closed before it went out. Such a
     /// command can be sent again on another connection whatever it does.
     public var commandWasNotSent: Bool = false
+    /// The connection closed because the server left an *earlier* command unanswered past its deadline
+    /// (on a shared pool connection, another caller's); this command's own deadline had not passed. The
+    /// pool goes on with the command's attempt elsewhere until that deadline instead of counting the
+    /// close as an attempt of its own.
+    var closedBySilenceOfAnother: Bool = false
     /// Where the error was created.
     public var file: String
     /// Where the error was created.

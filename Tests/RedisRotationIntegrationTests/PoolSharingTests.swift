@@ -167,4 +167,45 @@ struct PoolSharingTests {
             }
         }
     }
+
+    @Test("a shared connection closed by another caller's deadline: a command written after it goes on elsewhere until its own deadline, and costs no attempt")
+    func anotherCallersDeadline() async throws {
+        // Before the fix: the SET failed with outcomeUnknown (connectionClosed) at the GET's deadline, a
+        // second before its own, counted as its one attempt; alone on the connection it would have
+        // waited until its own deadline and succeeded once the server answered again.
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let proxy = try await RedisFaultProxy.start(upstreamPort: server.port)
+            let client = try RedisClient(
+                configuration: RedisClientConfiguration(
+                    host: proxy.host,
+                    port: proxy.port,
+                    name: "share",
+                    commandTimeout: .seconds(3),
+                    maximumCommandAttempts: 1,
+                    pool: .init(minimumConnections: 1, maximumConnections: 1, maximumConnectionAge: nil, leaseTimeout: .seconds(10))
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            try await withRunningClient(client) { client in
+                await eventually("the pool's connection is up") { client.connectionsByCredentialVersion == ["v1": 1] }
+                let key = uniqueKey("own-deadline")
+                await proxy.setMode(.paused)
+                // The GET goes out first and times out first (its silence closes the only connection).
+                let first = Task { try await client.send(RedisCommand("GET", .key(key))) }
+                try await Task.sleep(for: .seconds(1))
+                let second = Task { try await client.send(RedisCommand("SET", .key(key), "landed").idempotent()) }
+                let error = await #expect(throws: RedisError.self) { try await first.value }
+                #expect(error?.code == .commandTimeout, "\(String(describing: error))")
+                // The server answers again a second before the SET's own deadline.
+                await proxy.setMode(.forward)
+                _ = try await second.value
+                let admin = try await server.adminConnection()
+                #expect(try await admin.send(RedisCommand("GET", .key(key))).string == "landed")
+                await admin.close()
+                #expect(client.statistics.commandsFailed == 1)
+            }
+            await proxy.close()
+        }
+    }
 }

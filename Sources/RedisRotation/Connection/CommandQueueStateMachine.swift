@@ -111,7 +111,7 @@ struct CommandQueueStateMachine<Promise> {
         guard case .open = self.state, let head = self.queue.first else { return action }
 
         if head.silenceDeadline <= now {
-            return self.closeAll(now: now, because: "the server did not answer an earlier command in time")
+            return self.closeAll(now: now, because: "the server did not answer an earlier command in time", silence: true)
         }
         if self.queue.contains(where: { $0.promise != nil && $0.deadline <= now && $0.closesIfAbandoned }) {
             // A blocking command nobody waits for any more must not stay blocked on the server.
@@ -144,12 +144,16 @@ struct CommandQueueStateMachine<Promise> {
 
     /// Fails every waiter (those past their deadline with `commandTimeout`, the others with
     /// `connectionClosed` naming `reason`) and closes: the reply stream can no longer be trusted.
-    private mutating func closeAll(now: NIODeadline, because reason: String) -> TimerAction {
+    /// `silence`: the server stopped answering; the waiters whose own deadline had not passed are told
+    /// so (``RedisError/closedBySilenceOfAnother``).
+    private mutating func closeAll(now: NIODeadline, because reason: String, silence: Bool = false) -> TimerAction {
         let cause = RedisError(code: .connectionClosed, message: "the connection was closed because \(reason)")
         var action = TimerAction(close: true)
+        var others = cause
+        others.closedBySilenceOfAnother = silence
         for entry in self.queue {
             guard let promise = entry.promise else { continue }
-            action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : cause))
+            action.fail.append((promise, entry.deadline <= now ? Self.timeoutError : others))
         }
         self.queue.removeAll()
         self.state = .closed(cause)

@@ -322,6 +322,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         // Set once an attempt was written and its connection died before the reply: the command may
         // have run, so a later failure cannot say that it did not.
         var mayHaveExecuted = false
+        // Set when a shared connection closed under this command because the server left an earlier
+        // (another caller's) command unanswered: the attempt goes on on another connection until the
+        // instant it would have timed out alone, and only then counts as a timed-out attempt.
+        var attemptContinuesUntil: ContinuousClock.Instant?
         while true {
             attempt += 1
             let lease: Lease
@@ -349,17 +353,44 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 if deadline == nil { deadline = clock.now + commandTimeout }
                 // An attempt after a transient refusal gets only what is left of the deadline, so refusals
                 // never stretch it; a resend after a dead connection (bounded by maximumCommandAttempts)
-                // gets the whole timeout again.
-                let attemptTimeout = (timeout != nil || transientPause != nil) ? max(deadline! - clock.now, .milliseconds(1)) : commandTimeout
-                let value = try await lease.connection.send(command, timeout: attemptTimeout)
+                // gets the whole timeout again; an attempt going on after another caller's silence
+                // closed its connection gets what is left of itself.
+                let attemptTimeout: Duration
+                if let attemptContinuesUntil {
+                    guard clock.now < attemptContinuesUntil else { throw Self.attemptTimedOut }
+                    attemptTimeout = attemptContinuesUntil - clock.now
+                } else if timeout != nil || transientPause != nil {
+                    attemptTimeout = max(deadline! - clock.now, .milliseconds(1))
+                } else {
+                    attemptTimeout = commandTimeout
+                }
+                let attemptStarted = clock.now
+                do {
+                    let value = try await lease.connection.send(command, timeout: attemptTimeout)
+                    self.finish(lease)
+                    return value
+                } catch let error as RedisError where error.closedBySilenceOfAnother && attemptContinuesUntil == nil {
+                    attemptContinuesUntil = attemptStarted + attemptTimeout
+                    throw error
+                }
+            } catch let error as RedisError where error.closedBySilenceOfAnother && (error.commandWasNotSent || command.isIdempotent) {
+                // Not this command's deadline: the server stopped answering an earlier command on the
+                // same (shared) connection. Alone, this command would have waited until its own deadline;
+                // it goes on doing so on another connection, and the close costs it no attempt.
                 self.finish(lease)
-                return value
+                attempt -= 1
+                if !error.commandWasNotSent { mayHaveExecuted = true }
+                self.retrying()
+                let pause = Self.retryPause(after: connectionPause)
+                connectionPause = pause
+                try await Task.sleep(for: pause)
             } catch let error as RedisError where error.isTransientServerState && !command.isScript {
                 // The server refused the command without running it (loading, busy, failing over): any
                 // command may be sent again, within its deadline, and the refusal costs no attempt.
                 // (A script may write and then return an error that starts the same way: never resent.)
                 self.finish(lease)
                 attempt -= 1
+                attemptContinuesUntil = nil
                 let pause = Self.retryPause(after: transientPause)
                 transientPause = pause
                 guard let deadline, clock.now + pause < deadline else {
@@ -378,6 +409,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             } catch let error as RedisError {
                 self.finish(lease)
                 transientPause = nil  // The resend gets the whole timeout again.
+                attemptContinuesUntil = nil
                 if error.commandWasNotSent {
                     // Nothing was written: a free attempt, bounded by the deadline alone.
                     attempt -= 1
@@ -399,6 +431,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 try await Task.sleep(for: pause)
             }
         }
+    }
+
+    /// An attempt that went on after another caller's silence closed its connection reached the instant
+    /// it would have timed out on that connection.
+    private static var attemptTimedOut: RedisError {
+        RedisError(code: .commandTimeout, message: "the server did not answer the command within its deadline")
     }
 
     func retrying() {
