@@ -41,14 +41,14 @@ struct PoolSharingStateMachineTests {
 
     func users(_ pool: Machine, _ id: Machine.ConnectionID) -> Int { pool.slots[id]?.sharedUsers ?? -1 }
 
-    @Test("shared uses go to the connection with the fewest users, without an action; the last one to leave makes it idle")
-    func fewestUsersFirst() {
-        var pool = self.machine(minimum: 2)
+    @Test("shared uses fill one connection up to the cap before the next takes any, without an action; the last one to leave makes it idle")
+    func fillsOneConnectionFirst() {
+        var pool = self.machine(minimum: 2, sharedCap: 3)
         #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 1, "connection 0 is at the cap")
         #expect(pool.sharedUseRequested() == 1)
-        #expect(pool.sharedUseRequested() == 0)
-        #expect(pool.sharedUseRequested() == 1)
-        #expect(pool.sharedUseRequested() == 0)
         #expect(self.users(pool, 0) == 3 && self.users(pool, 1) == 2)
         #expect(pool.slots[0]?.state == .shared)
         // Others remain, nothing waits, nothing owed: only the count changes.
@@ -67,7 +67,16 @@ struct PoolSharingStateMachineTests {
         #expect(self.users(pool, 0) == 1)
         #expect(pool.sharedUseEnded(0, needsRestore: false, now: self.t0 + .seconds(1)) == [])
         #expect(pool.slots[0]?.state == .idle(since: self.t0 + .seconds(1)))
-        #expect(pool.sharedUseRequested() == 0, "the idle one has fewer users now")
+        #expect(pool.sharedUseRequested() == 1, "the connection in use goes on filling while it has room")
+        #expect(pool.sharedUseRequested() == 0, "connection 1 is at the cap: the idle one")
+        #expect(self.users(pool, 0) == 1 && self.users(pool, 1) == 3)
+        // A place freed on another connection does not move shared uses off the one being filled.
+        #expect(pool.sharedUseEnded(1, needsRestore: false, now: self.t0) == [])
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 1, "connection 0 is at the cap again: the one with the place")
+        #expect(pool.sharedUseRequested() == nil, "both at the cap")
+        #expect(self.users(pool, 0) == 3 && self.users(pool, 1) == 3)
         // An end for a connection with no shared user (or none at all) changes nothing.
         #expect(pool.sharedUseEnded(3, needsRestore: false, now: self.t0) == [])
         do {
@@ -125,6 +134,28 @@ struct PoolSharingStateMachineTests {
         #expect(pool.sharedUseRequested() == nil, "a leased connection takes no shared users")
         #expect(pool.leaseRequested(2, deadline: self.t0 + .seconds(5), shared: true, now: self.t0) == [])
         #expect(pool.connectionReleased(0, reusable: true, now: self.t0) == [.share(0, to: 2)])
+    }
+
+    @Test("a resend after a dead connection goes to the connection with the fewest users, and the one being filled stays the same")
+    func resendsSpreadOut() {
+        var pool = self.machine(minimum: 3, sharedCap: 4)
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.sharedUseRequested(spread: true) == 1)
+        #expect(pool.sharedUseRequested(spread: true) == 2)
+        #expect(pool.sharedUseRequested(spread: true) == 1, "1 and 2 have one user each: the lower ID")
+        #expect(pool.sharedUseRequested() == 0, "ordinary commands go on filling connection 0")
+        #expect(self.users(pool, 0) == 3 && self.users(pool, 1) == 2 && self.users(pool, 2) == 1)
+    }
+
+    @Test("a waiting lease drains the shared connection with the fewest users, which frees soonest")
+    func drainsTheLeastUsedConnection() {
+        var pool = self.machine(minimum: 2, maximum: 2, sharedCap: 3)
+        for _ in 0..<4 { _ = pool.sharedUseRequested() }
+        #expect(self.users(pool, 0) == 3 && self.users(pool, 1) == 1)
+        #expect(pool.leaseRequested(1, deadline: self.t0 + .seconds(5), now: self.t0) == [.scheduleTimer(self.t0 + .seconds(5))])
+        #expect(pool.slots[0]?.drained == false && pool.slots[1]?.drained == true)
+        #expect(pool.sharedUseEnded(1, needsRestore: false, now: self.t0) == [.lease(1, to: 1)])
     }
 
     @Test("below the maximum a waiting lease opens a connection instead of draining a shared one")
@@ -285,7 +316,7 @@ struct PoolSharingStateMachineTests {
 
     @Test("shutdown: no new shared uses; a shared connection closes when its last user leaves, also one re-authenticating")
     func shutdownWithSharedUsers() {
-        var pool = self.machine(minimum: 2)
+        var pool = self.machine(minimum: 2, sharedCap: 1)
         #expect(pool.sharedUseRequested() == 0)
         #expect(pool.sharedUseRequested() == 1)
         #expect(pool.targetVersionChanged("v2", now: self.t0) == [.reauthenticate(0), .reauthenticate(1)])

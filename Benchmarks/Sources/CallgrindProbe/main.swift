@@ -8,8 +8,11 @@ import RedisRotation
 // the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip,
 // c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
 // PING, close; plain TCP), swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
-// handshake, no resumption; <ca-file> is the CA to trust). callgrind.sh runs two counts and takes the
-// difference, so what is done once (start-up, the warm-up) cancels out.
+// handshake, no resumption; <ca-file> is the CA to trust), swift-pool (<count> GETs from 64 tasks
+// through a 64-connection RedisClient pool, the pool workload), swift-pipelined (<count> GETs
+// from 64 tasks on one RedisConnection). callgrind.sh runs two counts and takes the difference, so what
+// is done once (start-up, the warm-up) cancels out. With RATE=1 in the environment, the pool and
+// pipelined modes print their GETs per second (wall clock, outside valgrind) on standard output.
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 4, let count = Int(arguments[2]), let port = Int(arguments[3]) else {
@@ -43,7 +46,9 @@ func cFloor(_ condition: Bool) {
 /// crashes (SIGSEGV inside callgrind) in the `sigsuspend` that an async top level's `dispatch_main`
 /// parks in. Detached, because a plain `Task` here inherits the main actor, whose thread is the one waiting.
 func runSwift() async throws {
-    if mode == "swift-roundtrip" {
+    if mode == "swift-pool" || mode == "swift-pipelined" {
+        try await runConcurrentGETs(pooled: mode == "swift-pool")
+    } else if mode == "swift-roundtrip" {
         let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
         try await connection.ping()
         for _ in 0..<count { try await connection.ping() }
@@ -58,8 +63,50 @@ func runSwift() async throws {
     }
 }
 
+/// `count` GETs from 64 tasks, through a 64-connection pool or on one connection, after one warm-up round.
+func runConcurrentGETs(pooled: Bool) async throws {
+    let tasks = 64
+    let connection = try swiftConfiguration(tls: false)
+    let send: @Sendable () async throws -> Void
+    let stop: @Sendable () async -> Void
+    if pooled {
+        let client = try RedisClient(
+            configuration: .init(host: "127.0.0.1", port: port, name: "probe", pool: .init(minimumConnections: tasks, maximumConnections: tasks)),
+            credentials: .fixed(RedisCredentials(username: user, password: RedisSecret(passwordText), version: "v1"))
+        )
+        let running = Task { try await client.run() }
+        // Every connection open before anything is measured (at most 10 s).
+        for _ in 0..<1000 where (client.connectionsByCredentialVersion["v1"] ?? 0) < tasks {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        send = { _ = try await client.get("probe:key") }
+        stop = { running.cancel(); _ = await running.result }
+    } else {
+        let shared = try await RedisConnection.connect(configuration: connection)
+        send = { _ = try await shared.send(RedisCommand("GET", "probe:key")) }
+        stop = { await shared.close() }
+    }
+    func round(_ total: Int) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<tasks {
+                group.addTask { for _ in stride(from: task, to: total, by: tasks) { try await send() } }
+            }
+            try await group.waitForAll()
+        }
+    }
+    try await round(tasks * 4)
+    let start = ContinuousClock.now
+    try await round(count)
+    let elapsed = ContinuousClock.now - start
+    if ProcessInfo.processInfo.environment["RATE"] == "1" {
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        print(Int(Double(count) / seconds))
+    }
+    await stop()
+}
+
 switch mode {
-case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls":
+case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-pool", "swift-pipelined":
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do {

@@ -288,11 +288,11 @@ struct ClientStateMachine {
     }
 
     /// A shared use of a connection with room, without waiting and without a decision (see
-    /// ``PoolStateMachine/sharedUseRequested()``); `nil` when the request must wait: ``registerLease()``
+    /// ``PoolStateMachine/sharedUseRequested(spread:)``); `nil` when the request must wait: ``registerLease()``
     /// and ``leaseWaiting(_:deadline:shared:at:)`` with `shared`.
-    mutating func sharedUseRequested() -> ConnectionID? {
+    mutating func sharedUseRequested(spread: Bool = false) -> ConnectionID? {
         guard self.runState == .running else { return nil }
-        return self.pool.sharedUseRequested()
+        return self.pool.sharedUseRequested(spread: spread)
     }
 
     /// The fast form of ``sharedUseEnded(_:needsRestore:at:)`` for a user that owes nothing (see

@@ -129,6 +129,8 @@ struct PoolStateMachine {
 
     let configuration: Configuration
     private(set) var slots: [ConnectionID: Slot] = [:]
+    /// The connection the last shared use went to (see `shareableConnection()`).
+    private var sharingOn: ConnectionID?
     private var waiters = CircularBuffer<Waiter>()
     private(set) var targetVersion: String?
     private(set) var targetGeneration: UInt64?
@@ -234,11 +236,16 @@ struct PoolStateMachine {
         return self.rebalance(now: now)
     }
 
-    /// A shared use without waiting: the connection with room and the fewest users, which gains one;
+    /// A shared use without waiting: a connection with room (see `shareableConnection()`), which gains one;
     /// `nil` when none has room (then the request waits: ``leaseRequested(_:deadline:shared:now:)``).
     /// Needs no decision beyond the count: no action, no clock.
-    mutating func sharedUseRequested() -> ConnectionID? {
-        guard !self.isShutDown, let id = self.shareableConnection() else { return nil }
+    ///
+    /// `spread`: the command is resent after its connection died under it, with others' commands most
+    /// likely: it goes to the usable connection with the fewest shared users instead, so that the
+    /// commands of a dead connection spread out rather than all moving to the next one, where one more
+    /// failure (a fault that hits several connections) would take them all again.
+    mutating func sharedUseRequested(spread: Bool = false) -> ConnectionID? {
+        guard !self.isShutDown, let id = spread ? self.leastSharedConnection() : self.shareableConnection() else { return nil }
         self.addSharedUser(id)
         return id
     }
@@ -589,7 +596,7 @@ struct PoolStateMachine {
         guard !self.isShutDown else { return actions }
 
         // Serve waiters, oldest first: exclusive ones from idle connections (longest idle first), then
-        // shared ones from connections with room (fewest users first). Exclusive waiters go first because
+        // shared ones from connections with room (filling one first). Exclusive waiters go first because
         // only an idle connection serves them (a connection drained for one must not go to a shared
         // waiter when it is free); a waiter that cannot be served yet does not hold back the other kind.
         if !self.waiters.isEmpty {
@@ -711,21 +718,40 @@ struct PoolStateMachine {
         }
     }
 
-    /// The connection a shared user goes to: room below the cap, not retiring, not drained for a lease;
-    /// idle, shared or re-authenticating in place; fewest users first (then the lowest ID).
-    private func shareableConnection() -> ConnectionID? {
+    /// The connection a shared use goes to: the one the last shared use went to while it has room, else
+    /// the usable connection with the most shared users below the cap (ties: the lowest ID). One
+    /// connection fills before the next takes any, so commands are pipelined (many replies per read,
+    /// on both sides) instead of spread one per connection; idle connections stay free for exclusive
+    /// leases. Usable: idle, shared or re-authenticating in place, not retiring, not drained.
+    private mutating func shareableConnection() -> ConnectionID? {
+        if let id = self.sharingOn, let slot = self.slots[id], self.hasRoomForSharedUse(slot) { return id }
         var best: (id: ConnectionID, users: Int)?
-        for (id, slot) in self.slots {
-            switch slot.state {
-            case .idle, .shared, .reauthenticating: break
-            case .connecting, .leased, .closing: continue
+        for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
+            if best == nil || slot.sharedUsers > best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
+                best = (id, slot.sharedUsers)
             }
-            guard slot.sharedUsers < self.configuration.maximumSharedPerConnection, !slot.closeWhenFree, !slot.drained else { continue }
+        }
+        self.sharingOn = best?.id
+        return best?.id
+    }
+
+    /// The usable connection with room and the fewest shared users (ties: the lowest ID).
+    private func leastSharedConnection() -> ConnectionID? {
+        var best: (id: ConnectionID, users: Int)?
+        for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
             if best == nil || slot.sharedUsers < best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
                 best = (id, slot.sharedUsers)
             }
         }
         return best?.id
+    }
+
+    private func hasRoomForSharedUse(_ slot: Slot) -> Bool {
+        switch slot.state {
+        case .idle, .shared, .reauthenticating: break
+        case .connecting, .leased, .closing: return false
+        }
+        return slot.sharedUsers < self.configuration.maximumSharedPerConnection && !slot.closeWhenFree && !slot.drained
     }
 
     private func idleConnection() -> ConnectionID? {

@@ -278,7 +278,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// transactions.
     ///
     /// Ordinary commands (those that neither change the session nor block) share pooled connections:
-    /// each goes to the connection with the fewest commands in flight and is pipelined with other
+    /// each goes to the connection the previous one went to while it has room (one connection fills
+    /// before the next takes any) and is pipelined with other
     /// callers' commands there (at most ``RedisClientConfiguration/Pool/maximumSharedCommandsPerConnection``
     /// at once), so many tasks are served by few connections without waiting for one of their own.
     ///
@@ -289,12 +290,15 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// first, closes its connection, so that an element it would pop stays in the list. A connection
     /// killed during the block is retried only when the command is marked ``RedisCommand/idempotent(_:)``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
-        try await self.traced(command.name) { span in try await self.send(command, timeout: timeout, span: span) }
+        // Without a tracer (the default), no span is made: no task-local context, no attributes.
+        let tracer = self.configuration.tracer ?? InstrumentationSystem.tracer
+        if tracer is NoOpTracer { return try await self.send(command, timeout: timeout, span: nil) }
+        return try await self.traced(command.name, tracer: tracer) { span in try await self.send(command, timeout: timeout, span: span) }
     }
 
     /// Runs `body` in a client span named `operation`, with the attributes every span of the client has.
-    func traced<Result>(_ operation: String, _ body: (any Span) async throws -> Result) async throws -> Result {
-        try await (self.configuration.tracer ?? InstrumentationSystem.tracer).withSpan(operation, ofKind: .client) { span in
+    func traced<Result>(_ operation: String, tracer: (any Tracer)? = nil, _ body: (any Span) async throws -> Result) async throws -> Result {
+        try await (tracer ?? self.configuration.tracer ?? InstrumentationSystem.tracer).withSpan(operation, ofKind: .client) { span in
             span.attributes["db.system"] = "redis"
             span.attributes["db.operation"] = operation
             span.attributes["server.address"] = self.configuration.host
@@ -303,7 +307,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private func send(_ command: RedisCommand, timeout: Duration?, span: any Span) async throws -> RESPValue {
+    private func send(_ command: RedisCommand, timeout: Duration?, span: (any Span)?) async throws -> RESPValue {
         if command.sessionEffect.changesSession { throw Self.refusal(of: command) }
         // Too large to send: no connection is leased, so none is touched, and no retry can help.
         if let error = command.encodingError { throw error }
@@ -333,7 +337,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 let within = timeout == nil ? nil : deadline.map { $0 - clock.now }
                 // Ordinary commands share connections, pipelined with other callers' (see "Pool
                 // multiplexing" in docs/DECISIONS.md); blocking ones hold an exclusive lease.
-                lease = command.sessionEffect == .none ? try await self.share(within: within) : try await self.lease(within: within)
+                // A resend after a dead connection is spread out (see `PoolStateMachine.sharedUseRequested`).
+                lease = command.sessionEffect == .none
+                    ? try await self.share(within: within, spread: connectionPause != nil) : try await self.lease(within: within)
             } catch let error as RedisError where mayHaveExecuted {
                 throw self.failed(command, error, mayHaveExecuted: true)
             }
@@ -345,7 +351,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 throw self.failed(command, late, mayHaveExecuted: mayHaveExecuted)
             }
             // Only for a tracer that records: the version costs a lock and a string per command.
-            if span.isRecording {
+            if let span, span.isRecording {
                 span.attributes["redis.credential_version"] = lease.connection.credentialVersion
                 span.attributes["redis.attempts"] = attempt
             }
@@ -663,9 +669,9 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// A place on a pooled connection for one ordinary command, pipelined with other callers' commands:
     /// at once (one lock acquisition, no continuation) when a connection has room, else after waiting at
     /// most `leaseTimeout`, or `within` when that is shorter. End it with ``finish(_:)``.
-    func share(within: Duration? = nil) async throws -> Lease {
+    func share(within: Duration? = nil, spread: Bool = false) async throws -> Lease {
         let immediate = self.state.withLock { state -> Lease? in
-            guard let id = state.machine.sharedUseRequested() else { return nil }
+            guard let id = state.machine.sharedUseRequested(spread: spread) else { return nil }
             guard let connection = state.connections[id] else {
                 assertionFailure("a shared use of connection \(id), which the client does not hold")
                 return nil  // Waits below; the count is given back when the machine learns of the close.

@@ -87,7 +87,8 @@ public struct RedisClientConfiguration: Sendable {
         public var healthCheckInterval: Duration?
         /// Ordinary commands (those that leave no state on the connection and do not block) share pooled
         /// connections, pipelined with other callers' commands; at most this many are in flight on one
-        /// connection, and a command goes to the connection with the fewest. Transactions, blocking
+        /// connection. One connection fills up to this before the next takes any, so that commands are
+        /// pipelined (many replies per read) and idle connections stay free for exclusive use. Transactions, blocking
         /// commands and ``RedisClient/withConnection(_:)`` hold a connection of their own. Default: 32.
         public var maximumSharedCommandsPerConnection: Int
 
