@@ -148,6 +148,24 @@ struct PoolSharingStateMachineTests {
         #expect(self.users(pool, 0) == 3 && self.users(pool, 1) == 2 && self.users(pool, 2) == 1)
     }
 
+    @Test("a connection that dies under use has the idle ones checked before they take commands; one the pool closed, or a death while checks are off, does not")
+    func deathChecksIdleConnections() {
+        var pool = self.machine(minimum: 3, healthCheck: .seconds(30))
+        #expect(pool.sharedUseRequested() == 0)
+        #expect(pool.connectionClosed(0, now: self.t0) == [.healthCheck(1), .healthCheck(2), .createConnection(3)])
+        #expect(pool.sharedUseRequested(spread: true) == nil, "both idle ones are being checked")
+        #expect(pool.connectionReleased(1, reusable: true, now: self.t0) == [])
+        #expect(pool.sharedUseRequested(spread: true) == 1)
+        #expect(pool.connectionReleased(2, reusable: false, now: self.t0) == [.closeConnection(2), .createConnection(4)])
+        #expect(pool.connectionClosed(2, now: self.t0) == [], "closed by the pool: nothing more to check")
+        #expect(pool.connectionEstablished(3, version: "v1", now: self.t0, random: 0).allSatisfy { if case .scheduleTimer = $0 { true } else { false } })
+        // Checks off: a death checks nothing.
+        var unchecked = self.machine(minimum: 2)
+        #expect(unchecked.sharedUseRequested() == 0)
+        #expect(unchecked.connectionClosed(0, now: self.t0) == [.createConnection(2)])
+        #expect(unchecked.sharedUseRequested() == 1)
+    }
+
     @Test("a waiting lease drains the shared connection with the fewest users, which frees soonest")
     func drainsTheLeastUsedConnection() {
         var pool = self.machine(minimum: 2, maximum: 2, sharedCap: 3)

@@ -471,7 +471,20 @@ struct PoolStateMachine {
         self.slots.removeValue(forKey: id)
         // Its replacement, still opening, now stands for itself (and counts against the maximum).
         if let replacement = slot.replacement, self.slots[replacement] != nil { self.slots[replacement]!.replaces = nil }
-        return self.rebalance(now: now)
+        var actions: [Action] = []
+        // It died (the pool did not close it): what killed it (a restart, a middlebox, a fault on every
+        // connection) may have killed idle ones too, unnoticed. They are checked now, before they take
+        // commands: with one connection filled at a time, the resends of a dead connection's commands
+        // would otherwise find the dead idle ones one attempt at a time.
+        if slot.state != .closing, !self.isShutDown, self.configuration.healthCheckInterval != nil {
+            for (idleID, idle) in self.slots.sorted(by: { $0.key < $1.key }) {
+                guard case .idle(let since) = idle.state else { continue }
+                self.slots[idleID]!.state = .leased
+                self.slots[idleID]!.checkingIdleSince = since
+                actions.append(.healthCheck(idleID))
+            }
+        }
+        return actions + self.rebalance(now: now)
     }
 
     mutating func reauthenticated(_ id: ConnectionID, version: String, now: NIODeadline) -> [Action] {

@@ -36,7 +36,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// Whether the command runs a script or function, whose error replies are the script's own (one can
     /// write and then return an error that looks like a server state).
     var isScript: Bool { Self.scriptNames.contains(self.name) }
-    private static let scriptNames: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
+    static let scriptNames: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
     /// Whether the command only reads: its effect does not depend on how often it ran.
     let isReadOnly: Bool
     /// What the command does to its connection's session (transaction, database, name, blocking).
@@ -59,7 +59,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     static let maximumEncodedLength = Int(Int32.max) - 1
 
     /// Commands whose arguments can be credentials even when passed as plain strings.
-    private static let sensitiveNames: Set<String> = ["AUTH", "HELLO", "ACL", "CONFIG", "MIGRATE"]
+    static let sensitiveNames: Set<String> = ["AUTH", "HELLO", "ACL", "CONFIG", "MIGRATE"]
 
     /// A command from its name and arguments: `RedisCommand("SET", "key", .bytes(data))`.
     public init(_ name: String, _ arguments: RedisArgument...) {
@@ -71,13 +71,25 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         precondition(!name.isEmpty, "a command needs a name")
         var all = [RedisArgument.string(name)]
         all.append(contentsOf: arguments)
-        self.name = name.uppercased()
+        self.name = CommandNameTraits.upperCased(name)
         self.argumentCount = arguments.count
-        self.isSensitive = Self.sensitiveNames.contains(self.name) || arguments.contains(where: \.isSecret)
-        let specificationName = RedisCommandIdempotency.specificationName(self.name, arguments: arguments)
-        self.isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
-        self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
-        self.sessionEffect = SessionEffect(name: self.name, arguments: arguments)
+        // One lookup for a name the client knows (what the name alone decides, found once per name);
+        // the arguments are looked at only where they decide.
+        let traits = CommandNameTraits.table[self.name]
+        self.isSensitive = (traits?.isSensitiveName ?? Self.sensitiveNames.contains(self.name)) || arguments.contains(where: \.isSecret)
+        switch traits?.idempotence {
+        case .always?, .never?:
+            self.isReadOnly = traits!.isReadOnly
+            self.isIdempotent = traits!.idempotence == .always
+        case .unlessOptions(let excluded)?:
+            self.isReadOnly = traits!.isReadOnly
+            self.isIdempotent = RedisCommandIdempotency.hasNoneOf(excluded, in: arguments)
+        case .dependsOnArguments?, nil:
+            let specificationName = RedisCommandIdempotency.specificationName(self.name, arguments: arguments)
+            self.isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
+            self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
+        }
+        self.sessionEffect = traits?.sessionEffect ?? SessionEffect(name: self.name, arguments: arguments)
         self.routingArguments = self.isSensitive ? [] : arguments
         if self.isSensitive {
             do throws(RedisError) {
@@ -161,20 +173,20 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
 
     static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {
         // A name is shown, but not one that is itself absurdly long.
-        let name = name.utf8.count <= 64 ? name : "a command"
-        let limit = "\(Self.maximumArgumentLength / (1024 * 1024)) MiB"
+        func shown(_ name: String) -> String { name.utf8.count <= 64 ? name : "a command" }
         for (index, length) in lengths.enumerated() where length > Self.maximumArgumentLength {
-            let what = index == 0 ? "the name of a command" : "argument \(index) of \(name)"
+            let what = index == 0 ? "the name of a command" : "argument \(index) of \(shown(name))"
             return RedisError(
                 code: .invalidArgument,
-                message: "\(what) is \(length) bytes; the server accepts at most \(limit)"
+                message: "\(what) is \(length) bytes; the server accepts at most \(Self.maximumArgumentLength / (1024 * 1024)) MiB"
             )
         }
         // `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` for each; each length is at most 512 MiB here.
-        var total = 3 + String(lengths.count).utf8.count
+        var total = 3 + Self.decimalDigits(lengths.count)
         for length in lengths {
-            total += 5 + String(length).utf8.count + length
+            total += 5 + Self.decimalDigits(length) + length
             if total > Self.maximumEncodedLength {
+                let name = shown(name)
                 return RedisError(
                     code: .invalidArgument,
                     message: "\(name) with \(lengths.count - 1) arguments needs more than \(Self.maximumEncodedLength) bytes on the wire, the most hiredis encodes in one command"
@@ -182,6 +194,17 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
             }
         }
         return nil
+    }
+
+    /// The number of decimal digits of `value` (≥ 0), as RESP writes a length.
+    static func decimalDigits(_ value: Int) -> Int {
+        var digits = 1
+        var rest = value
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        return digits
     }
 
     /// This command, marked as safe (or not) to resend after a lost connection.

@@ -24,12 +24,12 @@ enum SessionEffect: Hashable, Sendable {
     case irreversible(String)
 
     /// Commands that block the connection until data arrives or their timeout passes.
-    private static let blockingNames: Set<String> = [
+    static let blockingNames: Set<String> = [
         "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF",
     ]
 
     /// Commands after which the client cannot restore the session it had.
-    private static let irreversibleNames: Set<String> = [
+    static let irreversibleNames: Set<String> = [
         "AUTH", "HELLO", "RESET", "QUIT", "MONITOR", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE",
         "PUNSUBSCRIBE", "SUNSUBSCRIBE", "READONLY", "READWRITE", "SYNC", "PSYNC", "REPLCONF",
     ]

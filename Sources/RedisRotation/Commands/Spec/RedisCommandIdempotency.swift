@@ -27,7 +27,7 @@ enum RedisCommandIdempotency {
 
     /// Options that make a write's effect depend on what an earlier run did (`NX`, `XX`, `GT`, `LT`), on
     /// when it runs (`EX`, `PX`: relative expiry), or its reply on it (`GET`).
-    private static let excludingOptions: [String: Set<String>] = [
+    static let excludingOptions: [String: Set<String>] = [
         "SET": ["GET", "NX", "XX", "EX", "PX"],
         "EXPIREAT": ["NX", "XX", "GT", "LT"],
         "PEXPIREAT": ["NX", "XX", "GT", "LT"],
@@ -52,8 +52,13 @@ enum RedisCommandIdempotency {
         if Self.isReadOnly(specificationName) { return true }
         guard Self.idempotentWrites.contains(specificationName) else { return false }
         guard let excluded = Self.excludingOptions[specificationName] else { return true }
-        // After the key and the value (or time): any short argument that spells an option counts, so
-        // an odd value errs on the safe side (not resent).
-        return !arguments.dropFirst(2).contains { $0.keyword.map(excluded.contains) == true }
+        return Self.hasNoneOf(excluded, in: arguments)
+    }
+
+    /// Whether none of the arguments after the key and the value (or time) spells an option in
+    /// `excluded`: any short argument that spells one counts, so an odd value errs on the safe side
+    /// (not resent).
+    static func hasNoneOf(_ excluded: Set<String>, in arguments: [RedisArgument]) -> Bool {
+        !arguments.dropFirst(2).contains { $0.keyword.map(excluded.contains) == true }
     }
 }
