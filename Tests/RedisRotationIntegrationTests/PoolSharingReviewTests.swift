@@ -386,9 +386,18 @@ struct PoolSharingReviewTests {
         }
     }
 
-    @Test("ordinary commands under a steady load of transactions (8 tasks, 2 connections): every GET is served within its lease deadline, as when leases were served in order")
-    func sharedCommandsDoNotStarveUnderExclusiveLoad() async throws {
+    /// `workers` tasks looping `exclusive` next to `readers` tasks looping `read` for `duration`, on a
+    /// 2-connection pool with a 2 s lease deadline. The first failed read ends the run (one starved read
+    /// shows it). Returns the number of exclusive uses, of reads, and the failures.
+    func starvationRun(
+        workers: Int,
+        readers: Int,
+        duration: Duration,
+        exclusive: @escaping @Sendable (RedisClient) async throws -> Void,
+        read: @escaping @Sendable (RedisClient) async throws -> Void
+    ) async throws -> (exclusive: Int, reads: Int, failures: [String]) {
         let password = makePassword()
+        let result = Locked<(exclusive: Int, reads: Int, failures: [String])>((0, 0, []))
         try await withAliceServer(password: password) { server in
             let client = try RedisClient(
                 configuration: Self.configuration(host: server.host, port: server.port, minimumConnections: 2, maximumConnections: 2, cap: 32, leaseTimeout: .seconds(2)),
@@ -396,93 +405,67 @@ struct PoolSharingReviewTests {
             )
             try await withRunningClient(client) { client in
                 _ = try await client.send(RedisCommand("PING"), timeout: nil)
-                let counter = uniqueKey("starvecounter")
                 let stop = StopFlag()
-                let transactions = Locked(0)
-                let reads = Locked(0)
-                let failures = Locked<[String]>([])
                 let clock = ContinuousClock()
-                let end = clock.now + .seconds(4)
+                let end = clock.now + duration
                 await withTaskGroup(of: Void.self) { group in
-                    for _ in 0..<8 {
+                    for _ in 0..<workers {
                         group.addTask {
                             while clock.now < end && !stop.isStopped {
                                 do {
-                                    _ = try await client.transaction { $0.queue(RedisCommand("INCR", .key(counter))) }
-                                    transactions.withLock { $0 += 1 }
+                                    try await exclusive(client)
+                                    result.withLock { $0.exclusive += 1 }
                                 } catch {
-                                    failures.withLock { $0.append("transaction: \(error)") }
+                                    result.withLock { $0.failures.append("exclusive: \(error)") }
                                 }
                             }
                         }
                     }
-                    for _ in 0..<8 {
+                    for _ in 0..<readers {
                         group.addTask {
                             while clock.now < end && !stop.isStopped {
                                 do {
-                                    _ = try await client.send(RedisCommand("GET", .key(counter)), timeout: nil)
-                                    reads.withLock { $0 += 1 }
+                                    try await read(client)
+                                    result.withLock { $0.reads += 1 }
                                 } catch {
-                                    failures.withLock { $0.append("GET: \(error)") }
-                                    // One starved read is enough to show it; end the run.
+                                    result.withLock { $0.failures.append("GET: \(error)") }
                                     stop.stop()
                                 }
                             }
                         }
                     }
                 }
-                #expect(transactions.withLock { $0 } > 0)
-                #expect(failures.withLock { $0 }.isEmpty, "\(reads.withLock { $0 }) reads, \(transactions.withLock { $0 }) transactions; failures: \(failures.withLock { Array($0.prefix(3)) })")
             }
         }
+        return result.withLock { $0 }
+    }
+
+    @Test("ordinary commands under a steady load of transactions (8 tasks, 2 connections): every GET is served within its lease deadline, as when leases were served in order")
+    func sharedCommandsDoNotStarveUnderExclusiveLoad() async throws {
+        let counter = uniqueKey("starvecounter")
+        let run = try await self.starvationRun(
+            workers: 8,
+            readers: 8,
+            duration: .seconds(4),
+            exclusive: { client in _ = try await client.transaction { $0.queue(RedisCommand("INCR", .key(counter))) } },
+            read: { client in _ = try await client.send(RedisCommand("GET", .key(counter)), timeout: nil) }
+        )
+        #expect(run.exclusive > 0)
+        #expect(run.failures.isEmpty, "\(run.reads) reads, \(run.exclusive) transactions; failures: \(run.failures.prefix(3))")
     }
 
     @Test("ordinary commands next to queue workers (4 tasks looping BLPOP with a 0.2 s timeout on an empty list, 2 connections): every GET is served within its lease deadline")
     func sharedCommandsDoNotStarveNextToBlockingWorkers() async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: Self.configuration(host: server.host, port: server.port, minimumConnections: 2, maximumConnections: 2, cap: 32, leaseTimeout: .seconds(2)),
-                credentials: Self.alice(password)
-            )
-            try await withRunningClient(client) { client in
-                _ = try await client.send(RedisCommand("PING"), timeout: nil)
-                let queue = uniqueKey("workqueue")
-                let stop = StopFlag()
-                let pops = Locked(0)
-                let reads = Locked(0)
-                let failures = Locked<[String]>([])
-                let clock = ContinuousClock()
-                let end = clock.now + .seconds(3)
-                await withTaskGroup(of: Void.self) { group in
-                    for _ in 0..<4 {
-                        group.addTask {
-                            while clock.now < end && !stop.isStopped {
-                                do {
-                                    _ = try await client.send(RedisCommand("BLPOP", .key(queue), "0.2"), timeout: nil)
-                                    pops.withLock { $0 += 1 }
-                                } catch {
-                                    failures.withLock { $0.append("BLPOP: \(error)") }
-                                }
-                            }
-                        }
-                    }
-                    group.addTask {
-                        while clock.now < end && !stop.isStopped {
-                            do {
-                                _ = try await client.send(RedisCommand("GET", .key(queue)), timeout: nil)
-                                reads.withLock { $0 += 1 }
-                            } catch {
-                                failures.withLock { $0.append("GET: \(error)") }
-                                stop.stop()
-                            }
-                        }
-                    }
-                }
-                #expect(pops.withLock { $0 } > 0)
-                #expect(failures.withLock { $0 }.isEmpty, "\(reads.withLock { $0 }) reads, \(pops.withLock { $0 }) empty pops; failures: \(failures.withLock { Array($0.prefix(3)) })")
-            }
-        }
+        let queue = uniqueKey("workqueue")
+        let run = try await self.starvationRun(
+            workers: 4,
+            readers: 1,
+            duration: .seconds(3),
+            exclusive: { client in _ = try await client.send(RedisCommand("BLPOP", .key(queue), "0.2"), timeout: nil) },
+            read: { client in _ = try await client.send(RedisCommand("GET", .key(queue)), timeout: nil) }
+        )
+        #expect(run.exclusive > 0)
+        #expect(run.failures.isEmpty, "\(run.reads) reads, \(run.exclusive) empty pops; failures: \(run.failures.prefix(3))")
     }
 
     // MARK: Rotation

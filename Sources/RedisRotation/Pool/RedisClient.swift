@@ -346,8 +346,14 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             if timeout != nil, let deadline, clock.now >= deadline {
                 // Too late to write: the caller has given up, and a late write could only run unseen.
                 self.finish(lease)
-                var late = RedisError(code: .commandTimeout, message: "the command's deadline passed before a connection was free to send it")
-                late.commandWasNotSent = true
+                var late = RedisError(
+                    code: .commandTimeout,
+                    message: attempt > 1
+                        ? "the command's deadline passed before a connection was free to send it again"
+                        : "the command's deadline passed before a connection was free to send it"
+                )
+                // Not sent at all only when no earlier attempt was written.
+                late.commandWasNotSent = !mayHaveExecuted
                 throw self.failed(command, late, mayHaveExecuted: mayHaveExecuted)
             }
             // Only for a tracer that records: the version costs a lock and a string per command.
@@ -435,6 +441,11 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
                 let pause = Self.retryPause(after: connectionPause)
                 connectionPause = pause
                 try await Task.sleep(for: pause)
+            } catch {
+                // No other error comes from a connection today; the place or lease is given back anyway
+                // (a shared place lost here would shrink the connection's room for good).
+                self.finish(lease)
+                throw error
             }
         }
     }
