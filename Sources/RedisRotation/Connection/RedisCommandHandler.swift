@@ -26,6 +26,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
     /// Why the channel is closing, when we know better than "the server closed it".
     private var closeReason: RedisError?
     private let logger: Logger
+    /// Since when replies have been owed without one arriving (read by the pool, off the event loop).
+    let progress = ReplyProgress()
 
     init(logger: Logger) {
         self.logger = logger
@@ -56,6 +58,7 @@ final class RedisCommandHandler: ChannelInboundHandler {
         case .write(let deadline):
             self.pubSub.commandsEnqueued(pubSubCommands.isEmpty ? Array(repeating: nil, count: entries.count) : pubSubCommands)
             if let deadline { self.scheduleTimer(at: deadline, context: context) }
+            self.progress.commandsWritten()
             context.writeAndFlush(self.wrapOutboundOut(payload), promise: nil)
         }
     }
@@ -108,7 +111,9 @@ final class RedisCommandHandler: ChannelInboundHandler {
             self.closeWith(error, context: context)
             return
         }
-        switch self.queue.replyReceived() {
+        let result = self.queue.replyReceived()
+        self.progress.replyReceived(outstanding: self.queue.outstandingCount)
+        switch result {
         case .succeed(let promise):
             promise.succeed(value)
         case .drop:
@@ -145,6 +150,7 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     private func failAll(_ error: RedisError) {
+        self.progress.closed()
         self.timer?.cancel()
         self.timer = nil
         for promise in self.queue.connectionClosed(error) {

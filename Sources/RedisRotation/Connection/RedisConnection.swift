@@ -32,6 +32,8 @@ public final class RedisConnection: Sendable {
 
     private let channel: any Channel
     let handler: NIOLoopBound<RedisCommandHandler>
+    /// Since when replies have been owed without one arriving (see ``ReplyProgress``).
+    let progress: ReplyProgress
     let logger: Logger
     /// Session state as commands are enqueued, and the name the connection has on the server.
     let session: Lock<(state: SessionState, name: String?)>
@@ -43,6 +45,7 @@ public final class RedisConnection: Sendable {
         configuration: RedisConnectionConfiguration,
         channel: any Channel,
         handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress,
         serverInfo: HandshakeStateMachine.ServerInfo,
         tlsInfo: RedisTLSConnectionInfo?,
         logger: Logger
@@ -51,6 +54,7 @@ public final class RedisConnection: Sendable {
         self.configuration = configuration
         self.channel = channel
         self.handler = handler
+        self.progress = progress
         self.serverVersion = serverInfo.version
         self.clientID = serverInfo.clientID
         self.tlsInfo = tlsInfo
@@ -250,6 +254,8 @@ public final class RedisConnection: Sendable {
     private struct Handlers: Sendable {
         var command: NIOLoopBound<RedisCommandHandler>
         var tls: NIOLoopBound<TLSClientHandler>?
+        /// The command handler's, readable off the event loop.
+        var progress: ReplyProgress
     }
 
     /// Adds TLS (when configured), the reply decoder and the command handler to `channel`'s pipeline.
@@ -274,7 +280,11 @@ public final class RedisConnection: Sendable {
         let commandHandler = RedisCommandHandler(logger: logger)
         try operations.addHandlers([RESPDecoderHandler(limits: configuration.readerLimits), commandHandler])
         let loop = channel.eventLoop
-        return Handlers(command: NIOLoopBound(commandHandler, eventLoop: loop), tls: tlsHandler.map { NIOLoopBound($0, eventLoop: loop) })
+        return Handlers(
+            command: NIOLoopBound(commandHandler, eventLoop: loop),
+            tls: tlsHandler.map { NIOLoopBound($0, eventLoop: loop) },
+            progress: commandHandler.progress
+        )
     }
 
     /// Runs the handshake on a channel with its handlers installed; closes the channel when it fails.
@@ -335,6 +345,7 @@ public final class RedisConnection: Sendable {
                 configuration: configuration,
                 channel: channel,
                 handler: handler,
+                progress: handlers.progress,
                 serverInfo: info,
                 tlsInfo: tlsInfo,
                 logger: logger

@@ -290,9 +290,9 @@ struct ClientStateMachine {
     /// A shared use of a connection with room, without waiting and without a decision (see
     /// ``PoolStateMachine/sharedUseRequested(spread:)``); `nil` when the request must wait: ``registerLease()``
     /// and ``leaseWaiting(_:deadline:shared:at:)`` with `shared`.
-    mutating func sharedUseRequested(spread: Bool = false) -> ConnectionID? {
+    mutating func sharedUseRequested(spread: Bool = false, isHeldBack: (ConnectionID) -> Bool = { _ in false }) -> ConnectionID? {
         guard self.runState == .running else { return nil }
-        return self.pool.sharedUseRequested(spread: spread)
+        return self.pool.sharedUseRequested(spread: spread, isHeldBack: isHeldBack)
     }
 
     /// The fast form of ``sharedUseEnded(_:needsRestore:at:)`` for a user that owes nothing (see

@@ -244,8 +244,15 @@ struct PoolStateMachine {
     /// likely: it goes to the usable connection with the fewest shared users instead, so that the
     /// commands of a dead connection spread out rather than all moving to the next one, where one more
     /// failure (a fault that hits several connections) would take them all again.
-    mutating func sharedUseRequested(spread: Bool = false) -> ConnectionID? {
-        guard !self.isShutDown, let id = spread ? self.leastSharedConnection() : self.shareableConnection() else { return nil }
+    ///
+    /// `isHeldBack`: whether a connection has owed replies and has answered nothing for a while (the
+    /// server holds a command back: `CLIENT PAUSE WRITE` during a failover, a slow command). Such a
+    /// connection is passed over while another has room, so that commands do not queue behind it
+    /// (head-of-line blocking); when every connection with room is held back, the choice is as usual.
+    mutating func sharedUseRequested(spread: Bool = false, isHeldBack: (ConnectionID) -> Bool = { _ in false }) -> ConnectionID? {
+        guard !self.isShutDown,
+            let id = spread ? self.leastSharedConnection(isHeldBack: isHeldBack) : self.shareableConnection(isHeldBack: isHeldBack)
+        else { return nil }
         self.addSharedUser(id)
         return id
     }
@@ -742,24 +749,38 @@ struct PoolStateMachine {
     /// connection fills before the next takes any, so commands are pipelined (many replies per read,
     /// on both sides) instead of spread one per connection; idle connections stay free for exclusive
     /// leases. Usable: idle, shared or re-authenticating in place, not retiring, not drained.
-    private mutating func shareableConnection() -> ConnectionID? {
-        if let id = self.sharingOn, let slot = self.slots[id], self.hasRoomForSharedUse(slot) { return id }
-        var best: (id: ConnectionID, users: Int)?
+    private mutating func shareableConnection(isHeldBack: (ConnectionID) -> Bool = { _ in false }) -> ConnectionID? {
+        if let id = self.sharingOn, let slot = self.slots[id], self.hasRoomForSharedUse(slot), !isHeldBack(id) { return id }
+        var best: (id: ConnectionID, users: Int, heldBack: Bool)?
         for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
-            if best == nil || slot.sharedUsers > best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
-                best = (id, slot.sharedUsers)
+            let heldBack = isHeldBack(id)
+            if best == nil || Self.isBetter((id, slot.sharedUsers, heldBack), than: best!, fewestFirst: false) {
+                best = (id, slot.sharedUsers, heldBack)
             }
         }
         self.sharingOn = best?.id
         return best?.id
     }
 
+    /// The better of two candidates for a shared use: one not held back, then the most users (or the
+    /// fewest, `fewestFirst`), then the lowest ID.
+    private static func isBetter(
+        _ candidate: (id: ConnectionID, users: Int, heldBack: Bool),
+        than best: (id: ConnectionID, users: Int, heldBack: Bool),
+        fewestFirst: Bool
+    ) -> Bool {
+        if candidate.heldBack != best.heldBack { return !candidate.heldBack }
+        if candidate.users != best.users { return fewestFirst ? candidate.users < best.users : candidate.users > best.users }
+        return candidate.id < best.id
+    }
+
     /// The usable connection with room and the fewest shared users (ties: the lowest ID).
-    private func leastSharedConnection() -> ConnectionID? {
-        var best: (id: ConnectionID, users: Int)?
+    private func leastSharedConnection(isHeldBack: (ConnectionID) -> Bool) -> ConnectionID? {
+        var best: (id: ConnectionID, users: Int, heldBack: Bool)?
         for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
-            if best == nil || slot.sharedUsers < best!.users || (slot.sharedUsers == best!.users && id < best!.id) {
-                best = (id, slot.sharedUsers)
+            let heldBack = isHeldBack(id)
+            if best == nil || Self.isBetter((id, slot.sharedUsers, heldBack), than: best!, fewestFirst: true) {
+                best = (id, slot.sharedUsers, heldBack)
             }
         }
         return best?.id

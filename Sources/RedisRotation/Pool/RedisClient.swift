@@ -450,6 +450,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
+    /// How long a connection with owed replies may answer nothing before shared commands pass it over
+    /// while another connection has room (head-of-line blocking: see "Pool multiplexing" in
+    /// docs/DECISIONS.md). Loopback replies take tens of microseconds and a full pipeline a millisecond
+    /// or two; a connection passed over wrongly (a busy machine) only spreads commands out.
+    static let heldBackAfter = TimeAmount.milliseconds(5)
+
     /// An attempt that went on after another caller's silence closed its connection reached the instant
     /// it would have timed out on that connection.
     private static var attemptTimedOut: RedisError {
@@ -681,8 +687,13 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// at once (one lock acquisition, no continuation) when a connection has room, else after waiting at
     /// most `leaseTimeout`, or `within` when that is shorter. End it with ``finish(_:)``.
     func share(within: Duration? = nil, spread: Bool = false) async throws -> Lease {
+        let now = NIODeadline.now()
         let immediate = self.state.withLock { state -> Lease? in
-            guard let id = state.machine.sharedUseRequested(spread: spread) else { return nil }
+            let connections = state.connections
+            let held = { (id: PoolStateMachine.ConnectionID) -> Bool in
+                connections[id]?.progress.isStalled(longerThan: Self.heldBackAfter, now: now) ?? false
+            }
+            guard let id = state.machine.sharedUseRequested(spread: spread, isHeldBack: held) else { return nil }
             guard let connection = state.connections[id] else {
                 assertionFailure("a shared use of connection \(id), which the client does not hold")
                 return nil  // Waits below; the count is given back when the machine learns of the close.

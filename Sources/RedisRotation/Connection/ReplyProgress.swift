@@ -1,0 +1,37 @@
+import NIOCore
+import Synchronization
+
+/// Since when a connection has been waiting for a reply without getting one: written by its command
+/// handler on the event loop, read by the pool when it picks a connection for a shared command. A
+/// connection whose server holds a command back (`CLIENT PAUSE WRITE` during a failover, a slow
+/// command) would otherwise go on taking commands that all queue behind it (head-of-line blocking).
+final class ReplyProgress: Sendable {
+    /// Uptime nanoseconds of the last reply (or of the write that found nothing outstanding); 0 when
+    /// nothing is outstanding.
+    private let waitingSince = Atomic<UInt64>(0)
+
+    /// Commands were written; `now` is read only when nothing was outstanding before.
+    func commandsWritten() {
+        if self.waitingSince.load(ordering: .relaxed) == 0 {
+            self.waitingSince.store(Self.stamp(.now()), ordering: .relaxed)
+        }
+    }
+
+    /// A reply arrived; `outstanding` replies are still owed.
+    func replyReceived(outstanding: Int) {
+        self.waitingSince.store(outstanding == 0 ? 0 : Self.stamp(.now()), ordering: .relaxed)
+    }
+
+    /// The connection closed: nothing is waited for any more.
+    func closed() {
+        self.waitingSince.store(0, ordering: .relaxed)
+    }
+
+    /// Whether replies are owed and none has arrived for longer than `threshold` before `now`.
+    func isStalled(longerThan threshold: TimeAmount, now: NIODeadline) -> Bool {
+        let since = self.waitingSince.load(ordering: .relaxed)
+        return since != 0 && now.uptimeNanoseconds > since && Int64(now.uptimeNanoseconds - since) > threshold.nanoseconds
+    }
+
+    private static func stamp(_ deadline: NIODeadline) -> UInt64 { max(deadline.uptimeNanoseconds, 1) }
+}
