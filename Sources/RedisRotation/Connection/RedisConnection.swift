@@ -485,9 +485,15 @@ public final class RedisConnection: Sendable {
         // a transaction (queued after MULTI, here or earlier) nothing blocks.
         let commandTimeout = self.configuration.commandTimeout
         let queued = commands.contains { $0.sessionEffect == .beginsTransaction } || self.isInTransaction
-        let replyTimeout = timeout
-            ?? (queued ? nil : commands.map { $0.blockDuration?.replyTimeout(commandTimeout: commandTimeout) ?? commandTimeout }.max())
-            ?? commandTimeout
+        var replyTimeout = commandTimeout
+        if let timeout {
+            replyTimeout = timeout
+        } else if !queued {
+            // The longest any of them may take (a loop: no array per write).
+            for command in commands {
+                replyTimeout = max(replyTimeout, command.blockDuration?.replyTimeout(commandTimeout: commandTimeout) ?? commandTimeout)
+            }
+        }
         let now = NIODeadline.now()
         let results = try await Self.exchange(
             payload,

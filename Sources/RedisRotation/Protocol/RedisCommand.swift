@@ -228,38 +228,35 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     ) -> Encoded {
         let total = arguments.reduce(0) { $0 + $1.byteCount }
         var scratch = ByteBufferAllocator().buffer(capacity: total)
-        var lengths: [Int] = []
-        lengths.reserveCapacity(arguments.count)
-        for argument in arguments {
-            let before = scratch.writerIndex
-            argument.write(to: &scratch)
-            lengths.append(scratch.writerIndex - before)
-        }
         defer {
             if sensitive { scratch.withUnsafeMutableReadableBytes { wipe($0) } }
         }
-        return scratch.withUnsafeReadableBytes { bytes -> Encoded in
-            // An empty scratch buffer may have no address; any valid address serves for empty arguments.
-            let base = (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
-            var pointers: [UnsafePointer<CChar>?] = []
-            pointers.reserveCapacity(arguments.count)
-            var offset = 0
-            for length in lengths {
-                pointers.append(base + offset)
-                offset += length
+        // The lengths and the argument pointers live on the stack (no allocation for them).
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: arguments.count) { lengths -> Encoded in
+            for (index, argument) in arguments.enumerated() {
+                let before = scratch.writerIndex
+                argument.write(to: &scratch)
+                lengths[index] = scratch.writerIndex - before
             }
-            var target: UnsafeMutablePointer<CChar>?
-            let written = pointers.withUnsafeMutableBufferPointer { argv in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    redisFormatCommandArgv(&target, Int32(arguments.count), argv.baseAddress, argvlen.baseAddress)
+            return scratch.withUnsafeReadableBytes { bytes -> Encoded in
+                // An empty scratch buffer may have no address; any valid address serves for empty arguments.
+                let base = (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
+                return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: arguments.count) { argv -> Encoded in
+                    var offset = 0
+                    for index in 0..<arguments.count {
+                        argv[index] = base + offset
+                        offset += lengths[index]
+                    }
+                    var target: UnsafeMutablePointer<CChar>?
+                    let written = redisFormatCommandArgv(&target, Int32(arguments.count), argv.baseAddress, lengths.baseAddress)
+                    guard written >= 0, let target else { fatalError("hiredis could not format a command: out of memory") }
+                    defer {
+                        if sensitive { wipe(UnsafeMutableRawBufferPointer(start: target, count: Int(written))) }
+                        redisFreeCommand(target)
+                    }
+                    return keep(UnsafeRawBufferPointer(start: target, count: Int(written)))
                 }
             }
-            guard written >= 0, let target else { fatalError("hiredis could not format a command: out of memory") }
-            defer {
-                if sensitive { wipe(UnsafeMutableRawBufferPointer(start: target, count: Int(written))) }
-                redisFreeCommand(target)
-            }
-            return keep(UnsafeRawBufferPointer(start: target, count: Int(written)))
         }
     }
 }
