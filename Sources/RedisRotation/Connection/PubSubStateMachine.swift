@@ -127,6 +127,11 @@ struct PubSubStateMachine {
         return self.unsubscribedByCommand
     }
 
+    /// `count` ordinary commands were written (none of the subscribe family).
+    mutating func ordinaryCommandsEnqueued(_ count: Int) {
+        self.enqueued += UInt64(count)
+    }
+
     /// Commands were written, in this order (`nil` for ordinary ones).
     mutating func commandsEnqueued(_ commands: [Command?]) {
         for command in commands {

@@ -56,7 +56,11 @@ final class RedisCommandHandler: ChannelInboundHandler {
             error.commandWasNotSent = true
             for entry in entries { entry.promise?.fail(error) }
         case .write(let deadline):
-            self.pubSub.commandsEnqueued(pubSubCommands.isEmpty ? Array(repeating: nil, count: entries.count) : pubSubCommands)
+            if pubSubCommands.isEmpty {
+                self.pubSub.ordinaryCommandsEnqueued(entries.count)
+            } else {
+                self.pubSub.commandsEnqueued(pubSubCommands)
+            }
             if let deadline { self.scheduleTimer(at: deadline, context: context) }
             self.progress.commandsWritten()
             context.writeAndFlush(self.wrapOutboundOut(payload), promise: nil)

@@ -498,7 +498,9 @@ public final class RedisConnection: Sendable {
         let results = try await Self.exchange(
             payload,
             closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
-            pubSubCommands: commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) },
+            // Empty when none is of the subscribe family (the common case: no array per write).
+            pubSubCommands: commands.contains { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) != nil }
+                ? commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) } : [],
             deadline: now + TimeAmount(replyTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
