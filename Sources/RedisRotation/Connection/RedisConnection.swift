@@ -468,8 +468,13 @@ public final class RedisConnection: Sendable {
         tracked: Bool = true
     ) async throws -> [Result<RESPValue, RedisError>] {
         // An oversized command fails here, before anything is written or tracked.
-        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
-        for command in commands { try command.write(to: &payload) }
+        var payload: ByteBuffer
+        if commands.count == 1, let plain = commands[0].plainEncoding {
+            payload = plain  // One ordinary command: its own bytes, shared, not copied.
+        } else {
+            payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
+            for command in commands { try command.write(to: &payload) }
+        }
         // A password in the payload is wiped once the replies are in (the write is long done by then, so
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
         defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }

@@ -69,7 +69,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// A command from its name and arguments.
     public init(_ name: String, arguments: [RedisArgument]) {
         precondition(!name.isEmpty, "a command needs a name")
-        var all = [RedisArgument.string(name)]
+        var all: [RedisArgument] = []
+        all.reserveCapacity(arguments.count + 1)
+        all.append(.string(name))
         all.append(contentsOf: arguments)
         self.name = CommandNameTraits.upperCased(name)
         self.argumentCount = arguments.count
@@ -126,6 +128,10 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
 
     /// Whether the encoding is kept in an ordinary buffer (never for a sensitive command).
     var keepsPlainEncoding: Bool { self.encodedBytes.readableBytes > 0 }
+
+    /// The RESP bytes when they are kept in an ordinary buffer (not for a sensitive command, nor one
+    /// that cannot be sent): written as they are, without a copy.
+    var plainEncoding: ByteBuffer? { self.encodingError == nil && self.encodedSecret == nil ? self.encodedBytes : nil }
 
     /// The number of bytes ``write(to:)`` appends.
     var encodedCount: Int {
