@@ -502,7 +502,8 @@ public final class RedisConnection: Sendable {
         let now = NIODeadline.now()
         let results = try await Self.exchange(
             payload,
-            closesIfAbandoned: commands.map { $0.sessionEffect == .blocks },
+            count: commands.count,
+            closesIfAbandoned: { commands[$0].sessionEffect == .blocks },
             // Empty when none is of the subscribe family (the common case: no array per write).
             pubSubCommands: commands.contains { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) != nil }
                 ? commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) } : [],
@@ -550,7 +551,8 @@ public final class RedisConnection: Sendable {
     /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
     static func exchange(
         _ payload: ByteBuffer,
-        closesIfAbandoned: [Bool],
+        count: Int,
+        closesIfAbandoned: (Int) -> Bool,
         pubSubCommands: [PubSubStateMachine.Command?] = [],
         deadline: NIODeadline,
         silenceDeadline: NIODeadline? = nil,
@@ -558,15 +560,14 @@ public final class RedisConnection: Sendable {
         abandoned: (@Sendable () -> Void)? = nil
     ) async throws -> [Result<RESPValue, RedisError>] {
         let eventLoop = handler.eventLoop
-        let count = closesIfAbandoned.count
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
-        let entries = closesIfAbandoned.enumerated().map { offset, closes in
+        let entries = (0..<count).map { offset in
             RedisCommandHandler.Entry(
                 id: firstID + UInt64(offset),
                 promise: eventLoop.makePromise(of: RESPValue.self),
                 deadline: deadline,
                 silenceDeadline: silenceDeadline,
-                closesIfAbandoned: closes
+                closesIfAbandoned: closesIfAbandoned(offset)
             )
         }
         if eventLoop.inEventLoop {
@@ -694,7 +695,8 @@ public final class RedisConnection: Sendable {
                 defer { if encoded.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
                 let results = try await Self.exchange(
                     payload,
-                    closesIfAbandoned: encoded.map { _ in false },
+                    count: encoded.count,
+                    closesIfAbandoned: { _ in false },
                     deadline: deadline,
                     handler: handler
                 ).map { $0.mapError { $0 as any Error } }
