@@ -129,8 +129,11 @@ struct PoolStateMachine {
 
     let configuration: Configuration
     private(set) var slots: [ConnectionID: Slot] = [:]
-    /// The connection the last shared use went to (see `shareableConnection()`).
+    /// The connection the last shared use went to (see `shareableConnection(isHeldBack:)`).
     private var sharingOn: ConnectionID?
+    /// The connections a shared request last found held back by the server (owed replies, none coming):
+    /// waiters are not handed them while another answers or a new one can open.
+    private var heldBack: Set<ConnectionID> = []
     private var waiters = CircularBuffer<Waiter>()
     private(set) var targetVersion: String?
     private(set) var targetGeneration: UInt64?
@@ -236,7 +239,7 @@ struct PoolStateMachine {
         return self.rebalance(now: now)
     }
 
-    /// A shared use without waiting: a connection with room (see `shareableConnection()`), which gains one;
+    /// A shared use without waiting: a connection with room (see `shareableConnection(isHeldBack:)`), which gains one;
     /// `nil` when none has room (then the request waits: ``leaseRequested(_:deadline:shared:now:)``).
     /// Needs no decision beyond the count: no action, no clock.
     ///
@@ -634,7 +637,7 @@ struct PoolStateMachine {
                 if !waiter.shared, let id = self.idleConnection() {
                     self.slots[id]!.state = .leased
                     actions.append(.lease(id, to: waiter.id))
-                } else if waiter.shared, let id = self.shareableConnection() {
+                } else if waiter.shared, let id = self.shareableConnectionForWaiter() {
                     self.addSharedUser(id)
                     actions.append(.share(id, to: waiter.id))
                 } else {
@@ -749,18 +752,35 @@ struct PoolStateMachine {
     /// connection fills before the next takes any, so commands are pipelined (many replies per read,
     /// on both sides) instead of spread one per connection; idle connections stay free for exclusive
     /// leases. Usable: idle, shared or re-authenticating in place, not retiring, not drained.
-    private mutating func shareableConnection(isHeldBack: (ConnectionID) -> Bool = { _ in false }) -> ConnectionID? {
+    private mutating func shareableConnection(isHeldBack: (ConnectionID) -> Bool) -> ConnectionID? {
         if let id = self.sharingOn, let slot = self.slots[id], self.hasRoomForSharedUse(slot), !isHeldBack(id) { return id }
         var best: (id: ConnectionID, users: Int, heldBack: Bool)?
-        for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
-            let heldBack = isHeldBack(id)
-            if best == nil || Self.isBetter((id, slot.sharedUsers, heldBack), than: best!, fewestFirst: false) {
-                best = (id, slot.sharedUsers, heldBack)
+        var answeringElsewhere = false
+        var heldBack: Set<ConnectionID> = []
+        for (id, slot) in self.slots where self.isUsableForSharedUse(slot) {
+            let held = isHeldBack(id)
+            if held { heldBack.insert(id) } else { answeringElsewhere = true }
+            guard slot.sharedUsers < self.configuration.maximumSharedPerConnection else { continue }
+            if best == nil || Self.isBetter((id, slot.sharedUsers, held), than: best!, fewestFirst: false) {
+                best = (id, slot.sharedUsers, held)
             }
+        }
+        self.heldBack = heldBack
+        // Only held-back connections have room: wait for a place on one that answers (it frees soon) or
+        // for a new connection, when there is one to wait for; else the held-back one, as before.
+        if best?.heldBack == true, answeringElsewhere || self.regularOpenCount < self.configuration.maximumConnections {
+            return nil
         }
         self.sharingOn = best?.id
         return best?.id
     }
+
+    /// The shared choice for waiters, in `rebalance`: held back as last seen by a shared request.
+    private mutating func shareableConnectionForWaiter() -> ConnectionID? {
+        let heldBack = self.heldBack
+        return self.shareableConnection(isHeldBack: { heldBack.contains($0) })
+    }
+
 
     /// The better of two candidates for a shared use: one not held back, then the most users (or the
     /// fewest, `fewestFirst`), then the lowest ID.
@@ -787,11 +807,16 @@ struct PoolStateMachine {
     }
 
     private func hasRoomForSharedUse(_ slot: Slot) -> Bool {
+        self.isUsableForSharedUse(slot) && slot.sharedUsers < self.configuration.maximumSharedPerConnection
+    }
+
+    /// Idle, shared or re-authenticating in place, not retiring, not drained for an exclusive lease.
+    private func isUsableForSharedUse(_ slot: Slot) -> Bool {
         switch slot.state {
         case .idle, .shared, .reauthenticating: break
         case .connecting, .leased, .closing: return false
         }
-        return slot.sharedUsers < self.configuration.maximumSharedPerConnection && !slot.closeWhenFree && !slot.drained
+        return !slot.closeWhenFree && !slot.drained
     }
 
     private func idleConnection() -> ConnectionID? {
