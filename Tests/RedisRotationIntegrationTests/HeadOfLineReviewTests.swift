@@ -43,7 +43,7 @@ struct HeadOfLineReviewTests {
                                     _ = try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(1))
                                     served.withLock { $0 += 1 }
                                 } catch {
-                                    if started > blocked + .milliseconds(100) { late.withLock { $0.append("\(error)") } }
+                                    if started > blocked + .milliseconds(100), wasSentBehind(error) { late.withLock { $0.append("\(error)") } }
                                 }
                             }
                         }
@@ -90,7 +90,7 @@ struct HeadOfLineReviewTests {
                                     _ = try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(1))
                                     served.withLock { $0 += 1 }
                                 } catch {
-                                    if started > blocked + .milliseconds(100) { late.withLock { $0.append("\(error)") } }
+                                    if started > blocked + .milliseconds(100), wasSentBehind(error) { late.withLock { $0.append("\(error)") } }
                                 }
                             }
                         }
@@ -259,4 +259,13 @@ struct HeadOfLineReviewTests {
             }
         }
     }
+}
+
+/// Whether a read failed after it was written (it waited on a connection for a reply), rather than while
+/// it waited for a place or a connection (`leaseTimeout`, or a deadline before anything was sent): only
+/// the former can mean it queued behind a held-back command. On a loaded machine a 1 s wait for a place
+/// can run out; that is not what these tests are about.
+func wasSentBehind(_ error: any Error) -> Bool {
+    guard let error = error as? RedisError else { return true }
+    return error.code != .leaseTimeout && !error.commandWasNotSent
 }

@@ -86,6 +86,18 @@ struct HeadOfLineReviewUnitTests {
         #expect(atMaximum.slots[1]?.sharedUsers == 1)
     }
 
+    @Test("at the maximum with a connection still opening, a request waits for it rather than take the held-back one")
+    func connectionOpeningIsWorthWaitingFor() {
+        var pool = self.pool(connections: 1, maximum: 2, cap: 2)
+        #expect(pool.sharedUseRequested() == 0)
+        // An exclusive request opens the pool's last connection (the shared one is not idle).
+        #expect(pool.leaseRequested(9, deadline: self.t0 + .seconds(5), now: self.t0).contains(.createConnection(1)))
+        // Before: every usable connection held back and the pool full (counting the one opening), so the
+        // held-back one was handed out (found under CPU load in HeadOfLineReviewTests).
+        #expect(pool.sharedUseRequested(isHeldBack: { $0 == 0 }) == nil)
+        #expect(pool.sharedUseRequested(spread: true, isHeldBack: { $0 == 0 }) == nil)
+    }
+
     @Test("a held-back connection with room is not handed out while one that answers is only full for now: the request waits and gets the answering one's next place")
     func heldBackNotHandedToWaiters() {
         var pool = self.pool(connections: 2, maximum: 2, cap: 2)

@@ -251,7 +251,8 @@ struct PoolStateMachine {
     /// `isHeldBack`: whether a connection has owed replies and has answered nothing for a while (the
     /// server holds a command back: `CLIENT PAUSE WRITE` during a failover, a slow command). Such a
     /// connection is passed over while another has room, so that commands do not queue behind it
-    /// (head-of-line blocking); when every connection with room is held back, the choice is as usual.
+    /// (head-of-line blocking); when only held-back ones have room, the request waits if another answers,
+    /// one is opening or one can open, and takes the usual choice otherwise.
     mutating func sharedUseRequested(spread: Bool = false, isHeldBack: (ConnectionID) -> Bool = { _ in false }) -> ConnectionID? {
         guard !self.isShutDown,
             let id = spread ? self.leastSharedConnection(isHeldBack: isHeldBack) : self.shareableConnection(isHeldBack: isHeldBack)
@@ -766,13 +767,18 @@ struct PoolStateMachine {
             }
         }
         self.heldBack = heldBack
-        // Only held-back connections have room: wait for a place on one that answers (it frees soon) or
-        // for a new connection, when there is one to wait for; else the held-back one, as before.
-        if best?.heldBack == true, answeringElsewhere || self.regularOpenCount < self.configuration.maximumConnections {
-            return nil
-        }
+        if best?.heldBack == true, self.worthWaiting(answeringElsewhere: answeringElsewhere) { return nil }
         self.sharingOn = best?.id
         return best?.id
+    }
+
+    /// Only held-back connections have room: whether to wait for a place on one that answers (it frees
+    /// soon), for a connection that is opening, or for one the pool can still open, rather than queue
+    /// behind the held-back one (as before, when there is nothing to wait for).
+    private func worthWaiting(answeringElsewhere: Bool) -> Bool {
+        answeringElsewhere
+            || self.regularOpenCount < self.configuration.maximumConnections
+            || self.slots.values.contains { $0.state == .connecting }
     }
 
     /// The shared choice for waiters, in `rebalance`: held back as last seen by a shared request.
@@ -797,12 +803,16 @@ struct PoolStateMachine {
     /// The usable connection with room and the fewest shared users (ties: the lowest ID).
     private func leastSharedConnection(isHeldBack: (ConnectionID) -> Bool) -> ConnectionID? {
         var best: (id: ConnectionID, users: Int, heldBack: Bool)?
-        for (id, slot) in self.slots where self.hasRoomForSharedUse(slot) {
-            let heldBack = isHeldBack(id)
-            if best == nil || Self.isBetter((id, slot.sharedUsers, heldBack), than: best!, fewestFirst: true) {
-                best = (id, slot.sharedUsers, heldBack)
+        var answeringElsewhere = false
+        for (id, slot) in self.slots where self.isUsableForSharedUse(slot) {
+            let held = isHeldBack(id)
+            if !held { answeringElsewhere = true }
+            guard slot.sharedUsers < self.configuration.maximumSharedPerConnection else { continue }
+            if best == nil || Self.isBetter((id, slot.sharedUsers, held), than: best!, fewestFirst: true) {
+                best = (id, slot.sharedUsers, held)
             }
         }
+        if best?.heldBack == true, self.worthWaiting(answeringElsewhere: answeringElsewhere) { return nil }
         return best?.id
     }
 

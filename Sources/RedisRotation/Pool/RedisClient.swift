@@ -453,8 +453,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// How long a connection with owed replies may answer nothing before shared commands pass it over
     /// while another connection has room (head-of-line blocking: see "Pool multiplexing" in
     /// docs/DECISIONS.md). Loopback replies take tens of microseconds and a full pipeline a millisecond
-    /// or two; a connection passed over wrongly (a busy machine) only spreads commands out.
-    static let heldBackAfter = TimeAmount.milliseconds(5)
+    /// or two; 50 ms stays clear of the pauses a busy machine puts between replies (at 5 ms, every
+    /// connection looked held back under the full test suite's load, and the fallback could pick the one
+    /// really held back), while a held-back write (a failover's pause: seconds) is found quickly.
+    static let heldBackAfter = TimeAmount.milliseconds(50)
 
     /// An attempt that went on after another caller's silence closed its connection reached the instant
     /// it would have timed out on that connection.
