@@ -419,7 +419,13 @@ public final class RedisPasswordRotation: Sendable {
             )
         }
         for node in self.topology.nodes {
-            if case .failure(let error) = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)") {
+            // Ctrl-C before or during a verification that still logged in: unpublished, the password
+            // is taken back all the same (a fast login can finish before the cancellation reaches it).
+            var verification = await node.verifyLogin(user: plan.user, password: password, name: "redis-rotation-verify@\(plan.version)")
+            if Task.isCancelled, case .success = verification {
+                verification = .failure(RedisAdminError(code: .verificationFailed, message: "the rotation was interrupted before \(node.address) was verified"))
+            }
+            if case .failure(let error) = verification {
                 // Ctrl-C fails the verification too: take the password back all the same, then say
                 // it was an interruption, not a password that does not work.
                 let cancelled = Task.isCancelled

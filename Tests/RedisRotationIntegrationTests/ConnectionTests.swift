@@ -266,6 +266,25 @@ struct ConnectionTests {
         }
     }
 
+    @Test("a connect from a task already cancelled opens nothing, 20 times, even when the server answers at once")
+    func connectFromCancelledTask() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let configuration = server.connectionConfiguration(username: "alice", password: password, name: "cancelled-before")
+            for _ in 0..<20 {
+                let connect = Task {
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    return try await RedisConnection.connect(configuration: configuration)
+                }
+                await #expect(throws: CancellationError.self) { try await connect.value }
+            }
+            let admin = try await RedisConnection.connect(configuration: server.adminConnectionConfiguration())
+            let list = try await admin.send(RedisCommand("CLIENT", "LIST"), as: String.self)
+            #expect(!list.contains("cancelled-before"), "\(list)")
+            await admin.close()
+        }
+    }
+
     @Test("a refused connection fails with connectionFailed")
     func refused() async throws {
         let port = try await RedisServerProcess.withServer { server in server.port }

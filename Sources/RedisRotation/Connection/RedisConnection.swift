@@ -134,6 +134,9 @@ public final class RedisConnection: Sendable {
         logger: Logger = Logger(label: "RedisRotation", factory: { _ in SwiftLogNoOpLogHandler() })
     ) async throws -> RedisConnection {
         try configuration.validate()
+        // A cancelled task opens nothing: on loopback the handshake can otherwise finish before the
+        // cancellation handler reaches the event loop.
+        try Task.checkCancellation()
         let id = Self.nextConnectionID.add(1, ordering: .relaxed).newValue
         var logger = logger
         logger[metadataKey: LoggingKeys.connectionID] = "\(id)"
