@@ -369,8 +369,10 @@ struct PubSubClientTests {
                 }
                 var current = old
                 var killedAt: Date?
+                var rotatingToV2At: Date?
                 for version in 2...3 {
                     await stop.waitForProgress(100, "before rotating to v\(version)")
+                    if version == 2 { rotatingToV2At = Date() }
                     let new = makePassword()
                     try await server.admin("ACL", "SETUSER", "alice", .string(">\(text(of: new))"))
                     try writeAtomically("password=\(text(of: new))\nversion=v\(version)\n", to: file)
@@ -395,10 +397,13 @@ struct PubSubClientTests {
                 #expect(gaps.count == 1, "one gap, for the one kill")
                 let numbers = events.compactMap { $0.message.flatMap { Int($0.string) } }
                 #expect(zip(numbers, numbers.dropFirst()).allSatisfy { $0 < $1 }, "in order, no duplicates")
-                guard let gap = gaps.first, let killedAt else { return }
-                #expect(gap.from >= killedAt && gap.from <= gap.to)
-                // Outside the window from the kill to the resubscription, nothing acknowledged is missing.
-                let expected = acknowledged.withLock { $0 }.filter { $0.sentAt < killedAt || $0.sentAt > gap.to }.map(\.number)
+                guard let gap = gaps.first, let killedAt, let rotatingToV2At else { return }
+                // The gap starts at the killed subscriber's last sign of life (its last message, just
+                // before or while the kill ran), which came after its v2 connection was opened.
+                #expect(gap.from >= rotatingToV2At && gap.from <= gap.to && killedAt <= gap.to, "\(rotatingToV2At) \(gap) \(killedAt)")
+                // Outside the gap and the kill, nothing acknowledged is missing.
+                let windowStart = min(killedAt, gap.from)
+                let expected = acknowledged.withLock { $0 }.filter { $0.sentAt < windowStart || $0.sentAt > gap.to }.map(\.number)
                 let missing = Set(expected).subtracting(numbers)
                 #expect(missing.isEmpty, "\(missing.count) of \(expected.count) missing, first: \(missing.sorted().prefix(5))")
                 // Each replacement is an event: two make-before-break (v2, v3), one after the kill (on v2).
