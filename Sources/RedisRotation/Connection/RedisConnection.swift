@@ -508,8 +508,7 @@ public final class RedisConnection: Sendable {
             count: commands.count,
             closesIfAbandoned: { commands[$0].sessionEffect == .blocks },
             // Empty when none is of the subscribe family (the common case: no array per write).
-            pubSubCommands: commands.contains { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) != nil }
-                ? commands.map { PubSubStateMachine.Command(name: $0.name, argumentCount: $0.argumentCount) } : [],
+            pubSubCommands: commands.contains { $0.pubSubCommand != nil } ? commands.map(\.pubSubCommand) : [],
             deadline: now + TimeAmount(replyTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
@@ -532,7 +531,7 @@ public final class RedisConnection: Sendable {
             case .endsTransaction: inTransaction = false
             default: break
             }
-            switch PubSubStateMachine.Command(name: command.name, argumentCount: command.argumentCount) {
+            switch command.pubSubCommand {
             case .subscribe?, .unsubscribe?:
                 guard inTransaction else { continue }
                 var error = RedisError(code: .invalidArgument, message: "\(command.name) cannot be queued inside MULTI: subscribe outside the transaction")

@@ -291,9 +291,19 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// killed during the block is retried only when the command is marked ``RedisCommand/idempotent(_:)``.
     public func send(_ command: RedisCommand, timeout: Duration?) async throws -> RESPValue {
         // Without a tracer (the default), no span is made: no task-local context, no attributes.
-        let tracer = self.configuration.tracer ?? InstrumentationSystem.tracer
-        if tracer is NoOpTracer { return try await self.send(command, timeout: timeout, span: nil) }
+        guard let tracer = self.activeTracer else { return try await self.send(command, timeout: timeout, span: nil) }
         return try await self.traced(command.name, tracer: tracer) { span in try await self.send(command, timeout: timeout, span: span) }
+    }
+
+    /// The tracer spans go to, `nil` when there is none (the configuration names none and the process
+    /// bootstrapped none). Asked on every command: the process may bootstrap one later. Looking for a
+    /// tracer among the instruments costs a protocol-conformance check (some thousand instructions),
+    /// so the common case, no instrument at all, is told first by its concrete type.
+    var activeTracer: (any Tracer)? {
+        if let tracer = self.configuration.tracer { return tracer is NoOpTracer ? nil : tracer }
+        if InstrumentationSystem.instrument is NoOpInstrument { return nil }
+        let tracer = InstrumentationSystem.tracer
+        return tracer is NoOpTracer ? nil : tracer
     }
 
     /// Runs `body` in a client span named `operation`, with the attributes every span of the client has.

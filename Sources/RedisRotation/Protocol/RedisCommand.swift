@@ -9,22 +9,69 @@ private import CHiredis
 ///
 /// Its description names the command and counts its arguments; it never shows them.
 public struct RedisCommand: Sendable, CustomStringConvertible {
+    /// Everything but the resend mark, in one shared box: a command is copied on every hop of its way
+    /// (into arrays, closures, retries), and a copy then costs one retain instead of one per field.
+    private let storage: Storage
+
+    private final class Storage: Sendable {
+        let name: String
+        let argumentCount: Int
+        let encodedBytes: ByteBuffer
+        let encodedSecret: RedisSecret?
+        let encodingError: RedisError?
+        let isSensitive: Bool
+        let isReadOnly: Bool
+        let sessionEffect: SessionEffect
+        let routingArguments: [RedisArgument]
+        let sensitiveSlot: Result<Int?, RedisError>?
+        let blockDuration: BlockDuration?
+        let pubSubCommand: PubSubStateMachine.Command?
+
+        init(
+            name: String,
+            argumentCount: Int,
+            encodedBytes: ByteBuffer,
+            encodedSecret: RedisSecret?,
+            encodingError: RedisError?,
+            isSensitive: Bool,
+            isReadOnly: Bool,
+            sessionEffect: SessionEffect,
+            routingArguments: [RedisArgument],
+            sensitiveSlot: Result<Int?, RedisError>?,
+            blockDuration: BlockDuration?,
+            pubSubCommand: PubSubStateMachine.Command?
+        ) {
+            self.name = name
+            self.argumentCount = argumentCount
+            self.encodedBytes = encodedBytes
+            self.encodedSecret = encodedSecret
+            self.encodingError = encodingError
+            self.isSensitive = isSensitive
+            self.isReadOnly = isReadOnly
+            self.sessionEffect = sessionEffect
+            self.routingArguments = routingArguments
+            self.sensitiveSlot = sensitiveSlot
+            self.blockDuration = blockDuration
+            self.pubSubCommand = pubSubCommand
+        }
+    }
+
     /// The command's name in upper case (`GET`, `SET`, `CLIENT`).
-    public let name: String
+    public var name: String { self.storage.name }
     /// The number of arguments after the name.
-    public let argumentCount: Int
+    public var argumentCount: Int { self.storage.argumentCount }
     /// The RESP bytes that go on the wire; empty when ``encodingError`` is set, or when the command is
     /// sensitive: then they live only in `encodedSecret`, wiped when the last copy goes away.
-    private let encodedBytes: ByteBuffer
-    private let encodedSecret: RedisSecret?
+    private var encodedBytes: ByteBuffer { self.storage.encodedBytes }
+    private var encodedSecret: RedisSecret? { self.storage.encodedSecret }
     /// Why the command cannot be sent: an argument or the whole command is too large, or the command
     /// would break the one-reply-per-command protocol this client speaks (`CLIENT REPLY OFF|SKIP`,
     /// `HELLO 3`).
-    let encodingError: RedisError?
+    var encodingError: RedisError? { self.storage.encodingError }
     /// Whether the command carries a secret (a ``RedisArgument/secret(_:)`` argument, or a command such
     /// as `AUTH`, `HELLO`, `ACL`, `CONFIG` or `MIGRATE` whose arguments may be credentials). The server's
     /// message in reply to such a command is never kept, since servers echo arguments in errors.
-    public let isSensitive: Bool
+    public var isSensitive: Bool { self.storage.isSensitive }
     /// Whether sending the command twice has the same effect as once, so that the pooled client may
     /// resend it when the connection dies before its reply arrives. True for commands the server's
     /// specification flags read-only, commands that change nothing (`PING`, `INFO`, `CONFIG GET`, ...),
@@ -38,18 +85,21 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     var isScript: Bool { Self.scriptNames.contains(self.name) }
     static let scriptNames: Set<String> = ["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"]
     /// Whether the command only reads: its effect does not depend on how often it ran.
-    let isReadOnly: Bool
+    var isReadOnly: Bool { self.storage.isReadOnly }
     /// What the command does to its connection's session (transaction, database, name, blocking).
-    let sessionEffect: SessionEffect
+    var sessionEffect: SessionEffect { self.storage.sessionEffect }
     /// The arguments after the name, kept for routing by key (Redis Cluster); empty for a sensitive
     /// command, whose arguments may be credentials: its slot is found once, here, instead.
-    let routingArguments: [RedisArgument]
+    var routingArguments: [RedisArgument] { self.storage.routingArguments }
     /// The slot of a sensitive command (`MIGRATE ... AUTH`, a `SET` of a secret value), found when it
     /// was built so that its arguments need not be kept.
-    let sensitiveSlot: Result<Int?, RedisError>?
+    var sensitiveSlot: Result<Int?, RedisError>? { self.storage.sensitiveSlot }
     /// How long a blocking command may wait on the server, from its own timeout argument; `nil` for
     /// commands that do not block (or whose timeout is not a number: the server refuses those).
-    let blockDuration: BlockDuration?
+    var blockDuration: BlockDuration? { self.storage.blockDuration }
+    /// What the command is to the pub/sub reader (a subscribe or unsubscribe of some kind, `RESET`), if
+    /// anything: found once, not on every write.
+    var pubSubCommand: PubSubStateMachine.Command? { self.storage.pubSubCommand }
 
     /// The longest argument accepted: the default `proto-max-bulk-len` of the server, which refuses a
     /// longer one with a protocol error and closes the connection.
@@ -69,49 +119,61 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// A command from its name and arguments.
     public init(_ name: String, arguments: [RedisArgument]) {
         precondition(!name.isEmpty, "a command needs a name")
-        var all: [RedisArgument] = []
-        all.reserveCapacity(arguments.count + 1)
-        all.append(.string(name))
-        all.append(contentsOf: arguments)
-        self.name = CommandNameTraits.upperCased(name)
-        self.argumentCount = arguments.count
+        let givenName = name
+        let name = CommandNameTraits.upperCased(name)
         // One lookup for a name the client knows (what the name alone decides, found once per name);
         // the arguments are looked at only where they decide.
-        let traits = CommandNameTraits.table[self.name]
-        self.isSensitive = (traits?.isSensitiveName ?? Self.sensitiveNames.contains(self.name)) || arguments.contains(where: \.isSecret)
+        let traits = CommandNameTraits.table[name]
+        let isSensitive = (traits?.isSensitiveName ?? Self.sensitiveNames.contains(name)) || arguments.contains(where: \.isSecret)
+        let isReadOnly: Bool
         switch traits?.idempotence {
         case .always?, .never?:
-            self.isReadOnly = traits!.isReadOnly
+            isReadOnly = traits!.isReadOnly
             self.isIdempotent = traits!.idempotence == .always
         case .unlessOptions(let excluded)?:
-            self.isReadOnly = traits!.isReadOnly
+            isReadOnly = traits!.isReadOnly
             self.isIdempotent = RedisCommandIdempotency.hasNoneOf(excluded, in: arguments)
         case .dependsOnArguments?, nil:
-            let specificationName = RedisCommandIdempotency.specificationName(self.name, arguments: arguments)
-            self.isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
+            let specificationName = RedisCommandIdempotency.specificationName(name, arguments: arguments)
+            isReadOnly = RedisCommandIdempotency.isReadOnly(specificationName)
             self.isIdempotent = RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments)
         }
-        self.sessionEffect = traits?.sessionEffect ?? SessionEffect(name: self.name, arguments: arguments)
-        self.routingArguments = self.isSensitive ? [] : arguments
-        if self.isSensitive {
+        let sessionEffect = traits?.sessionEffect ?? SessionEffect(name: name, arguments: arguments)
+        var sensitiveSlot: Result<Int?, RedisError>?
+        if isSensitive {
             do throws(RedisError) {
-                self.sensitiveSlot = .success(try Self.clusterSlot(name: self.name, arguments: arguments))
+                sensitiveSlot = .success(try Self.clusterSlot(name: name, arguments: arguments))
             } catch {
-                self.sensitiveSlot = .failure(error)
+                sensitiveSlot = .failure(error)
             }
-        } else {
-            self.sensitiveSlot = nil
         }
-        self.blockDuration = self.sessionEffect == .blocks ? BlockDuration(name: self.name, arguments: arguments) : nil
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
-        self.encodingError = Self.sizeProblem(name: self.name, lengths: all.map(\.byteCount)) ?? Self.unsupported(name: self.name, arguments: arguments)
-        if self.encodingError != nil {
-            (self.encodedBytes, self.encodedSecret) = (ByteBuffer(), nil)
-        } else if self.isSensitive {
-            (self.encodedBytes, self.encodedSecret) = (ByteBuffer(), Self.encode(all, sensitive: true) { RedisSecret(bytes: $0) })
-        } else {
-            (self.encodedBytes, self.encodedSecret) = (Self.encode(all, sensitive: false) { ByteBuffer(bytes: $0) }, nil)
+        let encodingError = Self.sizeProblem(name: name, count: arguments.count + 1) { $0 == 0 ? givenName.utf8.count : arguments[$0 - 1].byteCount }
+            ?? Self.unsupported(name: name, arguments: arguments)
+        var encodedBytes = ByteBuffer()
+        var encodedSecret: RedisSecret?
+        if encodingError == nil {
+            // The name goes out as given (the server matches names in any case).
+            if isSensitive {
+                encodedSecret = Self.encode(name: givenName, arguments, sensitive: true) { RedisSecret(bytes: $0) }
+            } else {
+                encodedBytes = Self.encode(name: givenName, arguments, sensitive: false) { ByteBuffer(bytes: $0) }
+            }
         }
+        self.storage = Storage(
+            name: name,
+            argumentCount: arguments.count,
+            encodedBytes: encodedBytes,
+            encodedSecret: encodedSecret,
+            encodingError: encodingError,
+            isSensitive: isSensitive,
+            isReadOnly: isReadOnly,
+            sessionEffect: sessionEffect,
+            routingArguments: isSensitive ? [] : arguments,
+            sensitiveSlot: sensitiveSlot,
+            blockDuration: sessionEffect == .blocks ? BlockDuration(name: name, arguments: arguments) : nil,
+            pubSubCommand: PubSubStateMachine.Command(name: name, argumentCount: arguments.count)
+        )
     }
 
     /// Appends the RESP bytes to `buffer` (which, for a sensitive command, the caller wipes once sent).
@@ -178,26 +240,36 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     }
 
     static func sizeProblem(name: String, lengths: [Int]) -> RedisError? {
+        Self.sizeProblem(name: name, count: lengths.count) { lengths[$0] }
+    }
+
+    /// As ``sizeProblem(name:lengths:)``, with the `count` lengths given one at a time (no array).
+    static func sizeProblem(name: String, count: Int, length: (Int) -> Int) -> RedisError? {
         // A name is shown, but not one that is itself absurdly long.
         func shown(_ name: String) -> String { name.utf8.count <= 64 ? name : "a command" }
-        for (index, length) in lengths.enumerated() where length > Self.maximumArgumentLength {
-            let what = index == 0 ? "the name of a command" : "argument \(index) of \(shown(name))"
-            return RedisError(
-                code: .invalidArgument,
-                message: "\(what) is \(length) bytes; the server accepts at most \(Self.maximumArgumentLength / (1024 * 1024)) MiB"
-            )
-        }
-        // `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` for each; each length is at most 512 MiB here.
-        var total = 3 + Self.decimalDigits(lengths.count)
-        for length in lengths {
-            total += 5 + Self.decimalDigits(length) + length
-            if total > Self.maximumEncodedLength {
-                let name = shown(name)
+        // `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` for each.
+        var total = 3 + Self.decimalDigits(count)
+        var tooLong = false
+        for index in 0..<count {
+            let length = length(index)
+            if length > Self.maximumArgumentLength {
+                let what = index == 0 ? "the name of a command" : "argument \(index) of \(shown(name))"
                 return RedisError(
                     code: .invalidArgument,
-                    message: "\(name) with \(lengths.count - 1) arguments needs more than \(Self.maximumEncodedLength) bytes on the wire, the most hiredis encodes in one command"
+                    message: "\(what) is \(length) bytes; the server accepts at most \(Self.maximumArgumentLength / (1024 * 1024)) MiB"
                 )
             }
+            // Each length is at most 512 MiB once checked: the total cannot overflow before it is compared.
+            if !tooLong {
+                total += 5 + Self.decimalDigits(length) + length
+                tooLong = total > Self.maximumEncodedLength
+            }
+        }
+        if tooLong {
+            return RedisError(
+                code: .invalidArgument,
+                message: "\(shown(name)) with \(count - 1) arguments needs more than \(Self.maximumEncodedLength) bytes on the wire, the most hiredis encodes in one command"
+            )
         }
         return nil
     }
@@ -228,33 +300,36 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// so that all of their addresses stay valid for the call; both that buffer and hiredis's output are
     /// wiped afterwards when the command carries a secret.
     private static func encode<Encoded>(
+        name: String,
         _ arguments: [RedisArgument],
         sensitive: Bool,
         keep: (UnsafeRawBufferPointer) -> Encoded
     ) -> Encoded {
-        let total = arguments.reduce(0) { $0 + $1.byteCount }
+        let count = arguments.count + 1
+        let total = arguments.reduce(name.utf8.count) { $0 + $1.byteCount }
         var scratch = ByteBufferAllocator().buffer(capacity: total)
         defer {
             if sensitive { scratch.withUnsafeMutableReadableBytes { wipe($0) } }
         }
         // The lengths and the argument pointers live on the stack (no allocation for them).
-        return withUnsafeTemporaryAllocation(of: Int.self, capacity: arguments.count) { lengths -> Encoded in
-            for (index, argument) in arguments.enumerated() {
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths -> Encoded in
+            lengths[0] = scratch.writeString(name)
+            for index in 0..<arguments.count {
                 let before = scratch.writerIndex
-                argument.write(to: &scratch)
-                lengths[index] = scratch.writerIndex - before
+                arguments[index].write(to: &scratch)
+                lengths[index + 1] = scratch.writerIndex - before
             }
             return scratch.withUnsafeReadableBytes { bytes -> Encoded in
                 // An empty scratch buffer may have no address; any valid address serves for empty arguments.
                 let base = (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
-                return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: arguments.count) { argv -> Encoded in
+                return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: count) { argv -> Encoded in
                     var offset = 0
-                    for index in 0..<arguments.count {
+                    for index in 0..<count {
                         argv[index] = base + offset
                         offset += lengths[index]
                     }
                     var target: UnsafeMutablePointer<CChar>?
-                    let written = redisFormatCommandArgv(&target, Int32(arguments.count), argv.baseAddress, lengths.baseAddress)
+                    let written = redisFormatCommandArgv(&target, Int32(count), argv.baseAddress, lengths.baseAddress)
                     guard written >= 0, let target else { fatalError("hiredis could not format a command: out of memory") }
                     defer {
                         if sensitive { wipe(UnsafeMutableRawBufferPointer(start: target, count: Int(written))) }

@@ -184,7 +184,7 @@ extension RedisCommandHandler {
         self.enqueue(
             payload,
             entries: [Entry(id: id, promise: promise, deadline: deadline)],
-            pubSubCommands: [PubSubStateMachine.Command(name: command.name, argumentCount: command.argumentCount)]
+            pubSubCommands: [command.pubSubCommand]
         )
     }
 }
