@@ -11,7 +11,10 @@ struct CommandNameTraitsTests {
         var isReadOnly: Bool
         var isIdempotent: Bool
         var sessionEffect: SessionEffect
-        var description: String { "sensitive=\(isSensitive) readOnly=\(isReadOnly) idempotent=\(isIdempotent) session=\(sessionEffect)" }
+        var pubSubCommand: PubSubStateMachine.Command?
+        var description: String {
+            "sensitive=\(isSensitive) readOnly=\(isReadOnly) idempotent=\(isIdempotent) session=\(sessionEffect) pubSub=\(String(describing: pubSubCommand))"
+        }
     }
 
     /// The classification as `RedisCommand.init` made it before the table.
@@ -22,7 +25,8 @@ struct CommandNameTraitsTests {
             isSensitive: RedisCommand.sensitiveNames.contains(name) || arguments.contains(where: \.isSecret),
             isReadOnly: RedisCommandIdempotency.isReadOnly(specificationName),
             isIdempotent: RedisCommandIdempotency.isIdempotent(specificationName, arguments: arguments),
-            sessionEffect: SessionEffect(name: name, arguments: arguments)
+            sessionEffect: SessionEffect(name: name, arguments: arguments),
+            pubSubCommand: PubSubStateMachine.Command(name: name, argumentCount: arguments.count)
         )
     }
 
@@ -45,7 +49,8 @@ struct CommandNameTraitsTests {
                         isSensitive: command.isSensitive,
                         isReadOnly: command.isReadOnly,
                         isIdempotent: command.isIdempotent,
-                        sessionEffect: command.sessionEffect
+                        sessionEffect: command.sessionEffect,
+                        pubSubCommand: command.pubSubCommand
                     )
                     let full = Self.fullPath(spelling, arguments)
                     #expect(fast == full, "\(spelling) with \(arguments.count) arguments")
@@ -65,7 +70,8 @@ struct CommandNameTraitsTests {
                     isSensitive: command.isSensitive,
                     isReadOnly: command.isReadOnly,
                     isIdempotent: command.isIdempotent,
-                    sessionEffect: command.sessionEffect
+                    sessionEffect: command.sessionEffect,
+                    pubSubCommand: command.pubSubCommand
                 )
                 #expect(fast == Self.fullPath(name, arguments), "\(name)")
                 #expect(command.name == name.uppercased())

@@ -25,6 +25,8 @@ struct CommandNameTraits: Sendable {
     let idempotence: Idempotence
     /// `nil` where the arguments decide (`CLIENT`, `SCRIPT`, `XREAD`, `XREADGROUP`).
     let sessionEffect: SessionEffect?
+    /// Whether the name is one of the subscribe family or `RESET` (what the pub/sub reader tracks).
+    let isPubSub: Bool
 
     /// The traits of the upper-cased `name`, by the full derivation (with no arguments where they do
     /// not count).
@@ -45,6 +47,7 @@ struct CommandNameTraits: Sendable {
         }
         let argumentsDecideSession = Self.sessionByArguments.contains(name)
         self.sessionEffect = argumentsDecideSession ? nil : SessionEffect(name: name, arguments: [])
+        self.isPubSub = PubSubStateMachine.Command(name: name, argumentCount: 0) != nil
     }
 
     /// The commands whose effect on the session depends on their arguments (see `SessionEffect`).

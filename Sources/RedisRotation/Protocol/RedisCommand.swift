@@ -172,7 +172,7 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
             routingArguments: isSensitive ? [] : arguments,
             sensitiveSlot: sensitiveSlot,
             blockDuration: sessionEffect == .blocks ? BlockDuration(name: name, arguments: arguments) : nil,
-            pubSubCommand: PubSubStateMachine.Command(name: name, argumentCount: arguments.count)
+            pubSubCommand: traits?.isPubSub == false ? nil : PubSubStateMachine.Command(name: name, argumentCount: arguments.count)
         )
     }
 
