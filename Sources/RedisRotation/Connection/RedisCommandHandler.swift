@@ -14,9 +14,9 @@ import NIOCore
 final class RedisCommandHandler: ChannelInboundHandler {
     typealias InboundIn = RESPValue
     typealias OutboundOut = ByteBuffer
-    typealias Entry = CommandQueueStateMachine<EventLoopPromise<RESPValue>>.Entry
+    typealias Entry = CommandQueueStateMachine<ReplyWaiter>.Entry
 
-    private var queue = CommandQueueStateMachine<EventLoopPromise<RESPValue>>()
+    private var queue = CommandQueueStateMachine<ReplyWaiter>()
     /// Takes subscribe confirmations and published messages out of the reply stream.
     private var pubSub = PubSubStateMachine()
     /// Who hears the connection's pub/sub pushes (messages) and its close, on the event loop.

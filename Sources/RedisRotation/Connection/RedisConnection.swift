@@ -185,15 +185,16 @@ public final class RedisConnection: Sendable {
                     preconditionFailure("the channel initializer ran without installing the command handler")
                 }
                 let deadline = NIODeadline.now() + handshakeTimeout
-                let entries = ids.map { id in
-                    RedisCommandHandler.Entry(id: id, promise: channel.eventLoop.makePromise(of: RESPValue.self), deadline: deadline)
-                }
+                let promises = ids.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
                 if cancelled.load(ordering: .relaxed) {
-                    for entry in entries { entry.promise?.fail(CancellationError()) }
+                    for promise in promises { promise.fail(CancellationError()) }
                 } else {
+                    let entries = zip(ids, promises).map { id, promise in
+                        RedisCommandHandler.Entry(id: id, promise: .promise(promise), deadline: deadline)
+                    }
                     installed.command.value.enqueue(payload, entries: entries)
                 }
-                return EventLoopFuture.whenAllComplete(entries.map { $0.promise!.futureResult }, on: channel.eventLoop).map { results in
+                return EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).map { results in
                     (channel, installed, deadline, results, installed.tls?.value.info)
                 }
             }
@@ -563,10 +564,11 @@ public final class RedisConnection: Sendable {
     ) async throws -> [Result<RESPValue, RedisError>] {
         let eventLoop = handler.eventLoop
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
+        let boxes = (0..<count).map { _ in ReplyBox() }
         let entries = (0..<count).map { offset in
             RedisCommandHandler.Entry(
                 id: firstID + UInt64(offset),
-                promise: eventLoop.makePromise(of: RESPValue.self),
+                promise: .box(boxes[offset]),
                 deadline: deadline,
                 silenceDeadline: silenceDeadline,
                 closesIfAbandoned: closesIfAbandoned(offset)
@@ -580,9 +582,9 @@ public final class RedisConnection: Sendable {
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []
             results.reserveCapacity(count)
-            for entry in entries {
+            for box in boxes {
                 do {
-                    results.append(.success(try await entry.promise!.futureResult.get()))
+                    results.append(.success(try await box.value()))
                 } catch let error as RedisError {
                     results.append(.failure(error))
                 }

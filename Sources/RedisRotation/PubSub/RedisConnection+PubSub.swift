@@ -183,7 +183,7 @@ extension RedisCommandHandler {
         }
         self.enqueue(
             payload,
-            entries: [Entry(id: id, promise: promise, deadline: deadline)],
+            entries: [Entry(id: id, promise: promise.map(ReplyWaiter.promise), deadline: deadline)],
             pubSubCommands: [command.pubSubCommand]
         )
     }

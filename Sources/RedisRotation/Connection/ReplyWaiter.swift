@@ -1,0 +1,79 @@
+import NIOCore
+import Synchronization
+
+/// Who waits for one command's reply: a promise (the handshake, which runs its steps on the event
+/// loop, and pub/sub commands sent from there) or a ``ReplyBox`` (a caller's task, off the loop).
+///
+/// Completed once, on the event loop, by ``RedisCommandHandler`` (its queue forgets a waiter once it
+/// has failed it, so a second completion cannot happen).
+enum ReplyWaiter {
+    case promise(EventLoopPromise<RESPValue>)
+    case box(ReplyBox)
+
+    func succeed(_ value: RESPValue) {
+        switch self {
+        case .promise(let promise): promise.succeed(value)
+        case .box(let box): box.complete(.success(value))
+        }
+    }
+
+    func fail(_ error: any Error) {
+        switch self {
+        case .promise(let promise): promise.fail(error)
+        case .box(let box): box.complete(.failure(error))
+        }
+    }
+}
+
+/// One reply handed from the event loop to the task that waits for it, without a promise.
+///
+/// A promise's `get()` costs a future (whose generic metadata is looked up at run time, in NIO's
+/// module), a callback closure and a second trip to the event loop to register that callback; this box
+/// is one object and a lock. The reply may arrive before the task waits for it (kept until then) or
+/// after (resumes the waiting task).
+final class ReplyBox: Sendable {
+    private enum State {
+        case pending
+        case waiting(UnsafeContinuation<RESPValue, any Error>)
+        case done(Result<RESPValue, any Error>)
+        case taken
+    }
+
+    private let state = Mutex<State>(.pending)
+
+    /// The reply, or the failure; at most once, and only by the task the box was made for.
+    func value() async throws -> RESPValue {
+        try await withUnsafeThrowingContinuation { continuation in
+            let ready = self.state.withLock { state -> Result<RESPValue, any Error>? in
+                switch state {
+                case .pending:
+                    state = .waiting(continuation)
+                    return nil
+                case .done(let result):
+                    state = .taken
+                    return result
+                case .waiting, .taken:
+                    preconditionFailure("a reply box is waited for once")
+                }
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// Hands over the reply; the waiting task, if any, resumes (outside the lock).
+    func complete(_ result: Result<RESPValue, any Error>) {
+        let waiting = self.state.withLock { state -> UnsafeContinuation<RESPValue, any Error>? in
+            switch state {
+            case .pending:
+                state = .done(result)
+                return nil
+            case .waiting(let continuation):
+                state = .taken
+                return continuation
+            case .done, .taken:
+                preconditionFailure("a reply box is completed once")
+            }
+        }
+        waiting?.resume(with: result)
+    }
+}
