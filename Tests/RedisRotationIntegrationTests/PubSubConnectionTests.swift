@@ -306,6 +306,9 @@ struct PubSubConnectionTests {
         try await withAliceServer(password: password) { server in
             var configuration = server.connectionConfiguration(username: "alice", password: password)
             configuration.subscriptionBufferLimits = RedisSubscriptionBufferLimits(maximumMessages: 1_000, maximumBytes: 8 << 20)
+            // The client's limit is under test, not the server's: by default Redis closes a subscriber
+            // whose output buffer passes 32 MB, which a loaded machine's reader can fall behind by.
+            try await server.admin("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0")
             let subscriber = try await RedisConnection.connect(configuration: configuration)
             let publisher = try await self.connect(server, password)
             let subscription = try await subscriber.subscribe(to: ["big"])

@@ -33,7 +33,9 @@ struct HeadOfLineReviewUnitTests {
         progress.replyReceived(outstanding: 0)
         #expect(!progress.isStalled(longerThan: .zero, now: far))
         progress.commandsWritten()
-        progress.closed()
+        #expect(progress.closeReason == nil)
+        progress.closed(because: RedisError(code: .connectionClosed, message: "closed"))
+        #expect(progress.closeReason?.code == .connectionClosed)
         #expect(!progress.isStalled(longerThan: .zero, now: far))
     }
 

@@ -21,7 +21,9 @@ struct ReplyProgressTests {
         progress.replyReceived(outstanding: 0)
         #expect(!progress.isStalled(longerThan: .milliseconds(5), now: later), "all answered")
         progress.commandsWritten()
-        progress.closed()
+        #expect(progress.closeReason == nil)
+        progress.closed(because: RedisError(code: .connectionClosed, message: "closed"))
+        #expect(progress.closeReason?.code == .connectionClosed)
         #expect(!progress.isStalled(longerThan: .milliseconds(5), now: later), "closed")
     }
 }

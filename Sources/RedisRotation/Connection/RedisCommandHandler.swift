@@ -154,7 +154,7 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     private func failAll(_ error: RedisError) {
-        self.progress.closed()
+        self.progress.closed(because: error)
         self.timer?.cancel()
         self.timer = nil
         for promise in self.queue.connectionClosed(error) {

@@ -513,6 +513,7 @@ public final class RedisConnection: Sendable {
             deadline: now + TimeAmount(replyTimeout),
             silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
             handler: self.handler,
+            progress: self.progress,
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
         if results.contains(where: Self.isTimeout) {
@@ -560,9 +561,17 @@ public final class RedisConnection: Sendable {
         deadline: NIODeadline,
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress? = nil,
         abandoned: (@Sendable () -> Void)? = nil
     ) async throws -> [Result<RESPValue, RedisError>] {
         let eventLoop = handler.eventLoop
+        // Closed already: fail as the handler would, without relying on the event loop (one that has
+        // shut down drops what is scheduled on it, and the caller would wait forever).
+        if let reason = progress?.closeReason {
+            var error = reason
+            error.commandWasNotSent = true
+            return Array(repeating: .failure(error), count: count)
+        }
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
         let boxes = (0..<count).map { _ in ReplyBox() }
         let entries = (0..<count).map { offset in
@@ -594,6 +603,11 @@ public final class RedisConnection: Sendable {
             abandoned?()
             eventLoop.execute {
                 for entry in entries { handler.value.cancel(id: entry.id) }
+            }
+            // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
+            // the first completion, so the handler's, if it comes, is ignored).
+            if progress?.closeReason != nil {
+                for box in boxes { box.complete(.failure(CancellationError())) }
             }
         }
     }

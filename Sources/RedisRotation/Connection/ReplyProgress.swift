@@ -22,10 +22,18 @@ final class ReplyProgress: Sendable {
         self.waitingSince.store(outstanding == 0 ? 0 : Self.stamp(.now()), ordering: .relaxed)
     }
 
+    /// Why the connection closed, once it has: what a command written to it now fails with.
+    private let reason = Mutex<RedisError?>(nil)
+
     /// The connection closed: nothing is waited for any more.
-    func closed() {
+    func closed(because reason: RedisError) {
         self.waitingSince.store(0, ordering: .relaxed)
+        self.reason.withLock { $0 = $0 ?? reason }
     }
+
+    /// Why the connection closed, `nil` while it is open. Read off the event loop: a command need not
+    /// reach the loop to learn it (a loop that has shut down drops what is scheduled on it).
+    var closeReason: RedisError? { self.reason.withLock { $0 } }
 
     /// Whether replies are owed and none has arrived for longer than `threshold` before `now`.
     func isStalled(longerThan threshold: TimeAmount, now: NIODeadline) -> Bool {

@@ -60,7 +60,9 @@ final class ReplyBox: Sendable {
         }
     }
 
-    /// Hands over the reply; the waiting task, if any, resumes (outside the lock).
+    /// Hands over the reply; the waiting task, if any, resumes (outside the lock). The first completion
+    /// counts; a later one is ignored, as a promise ignores it (a cancelled caller on a connection that
+    /// has closed is failed by its own task too, in case the event loop is gone and never will).
     func complete(_ result: Result<RESPValue, any Error>) {
         let waiting = self.state.withLock { state -> UnsafeContinuation<RESPValue, any Error>? in
             switch state {
@@ -71,7 +73,7 @@ final class ReplyBox: Sendable {
                 state = .taken
                 return continuation
             case .done, .taken:
-                preconditionFailure("a reply box is completed once")
+                return nil
             }
         }
         waiting?.resume(with: result)
