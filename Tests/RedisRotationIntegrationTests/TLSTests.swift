@@ -29,6 +29,28 @@ struct TLSTests {
         }
     }
 
+    @Test("the server's certificate, met again by a context's connections (full and resumed handshakes), is the same value as one parsed afresh")
+    func peerCertificateMetAgain() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
+            // Parsed afresh, from the PEM the server uses: the trust anchors of a context made from it.
+            let parsed = try RedisTLSContext(
+                configuration: RedisTLSConfiguration(trustAnchors: [.pem(fixture.serverCertificate.certificatePEM, name: "server certificate")])
+            ).trustAnchors
+            let expected = try #require(parsed.first)
+            let context = try fixture.context()
+            var reused = 0
+            for _ in 0..<4 {
+                let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: context))
+                let info = try #require(connection.tlsInfo)
+                #expect(info.peerCertificate == expected, "\(String(describing: info.peerCertificate)) vs \(expected)")
+                if info.sessionReused { reused += 1 }
+                await connection.close()
+            }
+            #expect(reused > 0, "later connections resume the first one's session")
+        }
+    }
+
     @Test("mutual TLS with the identity from two files, from one combined file, and over TLS 1.2")
     func mutualTLS() async throws {
         let fixture = try TLSFixture()

@@ -33,6 +33,8 @@ public final class RedisTLSContext: Sendable {
 
     let handle: SSLContextHandle
     let sessions: TLSSessionCache
+    /// The servers' certificates met by this context's connections, as values.
+    let peerCertificates = PeerCertificateCache()
 
     private static let nextGeneration = Atomic<UInt64>(0)
 

@@ -201,7 +201,7 @@ final class TLSClientHandler: ChannelDuplexHandler {
         self.timer?.cancel()
         self.timer = nil
         self.state = .active
-        let peer = SSL_get0_peer_certificate(self.ssl).map { X509Certificate(retaining: $0).info }
+        let peer = SSL_get0_peer_certificate(self.ssl).map { self.tlsContext.peerCertificates.certificate(of: $0) }
         self.info = RedisTLSConnectionInfo(
             protocolVersion: String(cString: SSL_get_version(self.ssl)),
             cipher: SSL_get_current_cipher(self.ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "",

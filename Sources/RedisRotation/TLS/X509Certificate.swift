@@ -5,6 +5,7 @@ import Darwin
 #endif
 internal import COpenSSL
 private import COpenSSLShims
+import Synchronization
 
 /// Owns one OpenSSL `X509`.
 // Safe because the certificate is never modified after parsing, and OpenSSL's reference counting and
@@ -130,4 +131,41 @@ func countOccurrences(of needle: [UInt8], in haystack: UnsafeRawBufferPointer) -
         }
     }
     return count
+}
+
+/// The servers' certificates as values, by their DER encoding: building a ``RedisCertificate`` (names,
+/// dates, fingerprint, usages) costs some 230 K instructions, more than the rest of a connect; a
+/// context's connections meet the same few certificates again and again (every resumed session
+/// presents the original one). A pure function of the DER bytes, so a cached value is the same value.
+final class PeerCertificateCache: Sendable {
+    /// Enough for the nodes of a large cluster; emptied when full (a rotation brings new ones).
+    static let capacity = 256
+
+    private let certificates = Mutex<[DER: RedisCertificate]>([:])
+
+    /// DER bytes as a key, hashed as one block (an array of bytes hashes byte by byte).
+    private struct DER: Hashable, Sendable {
+        let bytes: [UInt8]
+        func hash(into hasher: inout Hasher) { self.bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
+    }
+
+    /// The value of `pointer` (an `X509` the caller holds a reference to).
+    func certificate(of pointer: OpaquePointer) -> RedisCertificate {
+        let length = i2d_X509(pointer, nil)
+        guard length > 0 else { return X509Certificate(retaining: pointer).info }
+        var der = [UInt8](repeating: 0, count: Int(length))
+        let written = der.withUnsafeMutableBufferPointer { buffer -> Int32 in
+            var cursor = buffer.baseAddress
+            return i2d_X509(pointer, &cursor)
+        }
+        guard written == length else { return X509Certificate(retaining: pointer).info }
+        let key = DER(bytes: der)
+        if let known = self.certificates.withLock({ $0[key] }) { return known }
+        let certificate = X509Certificate(retaining: pointer).info
+        self.certificates.withLock { certificates in
+            if certificates.count >= Self.capacity { certificates.removeAll(keepingCapacity: true) }
+            certificates[key] = certificate
+        }
+        return certificate
+    }
 }
