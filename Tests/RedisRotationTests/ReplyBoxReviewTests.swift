@@ -71,8 +71,10 @@ struct ReplyBoxReviewTests {
             return boxes
         }
 
+        /// The reply as the server sends it (the handler reads bytes): only integers are used here.
         func reply(_ value: RESPValue) throws {
-            try self.channel.writeInbound(value)
+            guard case .integer(let number) = value else { preconditionFailure("the harness sends integer replies") }
+            try self.channel.writeInbound(ByteBuffer(string: ":\(number)\r\n"))
         }
     }
 

@@ -6,13 +6,16 @@ import Darwin
 import Logging
 import NIOCore
 
-/// Writes commands as they are issued (pipelining) and matches replies to waiters in FIFO order.
+/// Writes commands as they are issued (pipelining), reads the replies with a ``RESPReader`` and matches
+/// them to waiters in FIFO order.
 ///
 /// Lives on its channel's event loop; the connection reaches it through `NIOLoopBound`. Decisions are
 /// made by a ``CommandQueueStateMachine``; this shell performs them: writes, completes promises,
-/// schedules the deadline timer and closes the channel.
+/// schedules the deadline timer and closes the channel. A malformed or oversized reply closes the
+/// channel with that `RedisError`: the stream cannot be resynchronised. (Reading here rather than in a
+/// handler of its own saves every reply a boxed `NIOAny`, a cast and a trip through the pipeline.)
 final class RedisCommandHandler: ChannelInboundHandler {
-    typealias InboundIn = RESPValue
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     typealias Entry = CommandQueueStateMachine<ReplyWaiter>.Entry
 
@@ -29,8 +32,13 @@ final class RedisCommandHandler: ChannelInboundHandler {
     /// Since when replies have been owed without one arriving (read by the pool, off the event loop).
     let progress = ReplyProgress()
 
-    init(logger: Logger) {
+    private let reader: RESPReader
+    /// The reply stream could not be read: nothing after it is.
+    private var readFailed = false
+
+    init(logger: Logger, readerLimits: RESPReaderLimits = RESPReaderLimits()) {
         self.logger = logger
+        self.reader = RESPReader(limits: readerLimits)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -98,7 +106,22 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var value = self.unwrapInboundIn(data)
+        guard !self.readFailed else { return }
+        let buffer = self.unwrapInboundIn(data)
+        do throws(RedisError) {
+            try self.reader.feed(buffer)
+            while let value = try self.reader.next() {
+                self.valueReceived(value, context: context)
+            }
+        } catch {
+            self.readFailed = true
+            self.closeWith(error, context: context)
+        }
+    }
+
+    /// One value of the reply stream: a reply to the oldest command, or a pub/sub push.
+    private func valueReceived(_ value: RESPValue, context: ChannelHandlerContext) {
+        var value = value
         switch self.pubSub.valueReceived(value) {
         case .reply(let reply):
             // Told before the command's caller hears the reply.

@@ -281,8 +281,8 @@ public final class RedisConnection: Sendable {
             try operations.addHandler(handler)
             tlsHandler = handler
         }
-        let commandHandler = RedisCommandHandler(logger: logger)
-        try operations.addHandlers([RESPDecoderHandler(limits: configuration.readerLimits), commandHandler])
+        let commandHandler = RedisCommandHandler(logger: logger, readerLimits: configuration.readerLimits)
+        try operations.addHandler(commandHandler)
         let loop = channel.eventLoop
         return Handlers(
             command: NIOLoopBound(commandHandler, eventLoop: loop),
