@@ -386,7 +386,7 @@ public final class RedisConnection: Sendable {
     @discardableResult
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
         try Task.checkCancellation()
-        let value = try await self.write([command], timeout: timeout)[0].get()
+        let value = try await self.write(CollectionOfOne(command), timeout: timeout)[0].get()
         if case .error(let buffer) = value {
             throw Self.serverError(buffer, command: command)
         }
@@ -466,11 +466,11 @@ public final class RedisConnection: Sendable {
     /// Writes `commands` in one write and waits for their replies. Their effect on the session is
     /// recorded before they go out (`tracked`; the client's own re-authentication and restoration are
     /// not user state), and a reply its caller stops waiting for is recorded as owed.
-    private func write(
-        _ commands: [RedisCommand],
+    private func write<Commands: RandomAccessCollection<RedisCommand>>(
+        _ commands: Commands,
         timeout: Duration?,
         tracked: Bool = true
-    ) async throws -> [Result<RESPValue, RedisError>] {
+    ) async throws -> [Result<RESPValue, RedisError>] where Commands.Index == Int {
         // An oversized command fails here, before anything is written or tracked.
         var payload: ByteBuffer
         if commands.count == 1, let plain = commands[0].plainEncoding {
@@ -525,7 +525,7 @@ public final class RedisConnection: Sendable {
     /// Why `commands` cannot be sent when a subscribe-family command would be queued inside `MULTI`:
     /// Redis answers it at `EXEC` with one confirmation per name, all but the first outside `EXEC`'s
     /// reply, which no reader can match to commands.
-    private static func subscriptionInTransaction(_ commands: [RedisCommand], inTransaction: Bool) -> RedisError? {
+    private static func subscriptionInTransaction(_ commands: some Sequence<RedisCommand>, inTransaction: Bool) -> RedisError? {
         var inTransaction = inTransaction
         for command in commands {
             switch command.sessionEffect {
@@ -573,11 +573,10 @@ public final class RedisConnection: Sendable {
             return Array(repeating: .failure(error), count: count)
         }
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
-        let boxes = (0..<count).map { _ in ReplyBox() }
         let entries = (0..<count).map { offset in
             RedisCommandHandler.Entry(
                 id: firstID + UInt64(offset),
-                promise: .box(boxes[offset]),
+                promise: .box(ReplyBox()),
                 deadline: deadline,
                 silenceDeadline: silenceDeadline,
                 closesIfAbandoned: closesIfAbandoned(offset)
@@ -591,7 +590,8 @@ public final class RedisConnection: Sendable {
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []
             results.reserveCapacity(count)
-            for box in boxes {
+            for entry in entries {
+                guard case .box(let box)? = entry.promise else { preconditionFailure("a caller's command waits in a reply box") }
                 do {
                     results.append(.success(try await box.value()))
                 } catch let error as RedisError {
@@ -607,7 +607,7 @@ public final class RedisConnection: Sendable {
             // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
             // the first completion, so the handler's, if it comes, is ignored).
             if progress?.closeReason != nil {
-                for box in boxes { box.complete(.failure(CancellationError())) }
+                for case .box(let box)? in entries.lazy.map(\.promise) { box.complete(.failure(CancellationError())) }
             }
         }
     }
