@@ -482,18 +482,22 @@ public final class RedisConnection: Sendable {
         // A password in the payload is wiped once the replies are in (the write is long done by then, so
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
         defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
+        // Whether a transaction is open once these are queued: read under the same lock as the tracking.
+        let inTransaction: Bool
         if tracked {
-            let refused = self.session.withLock { session -> RedisError? in
-                if let refused = Self.subscriptionInTransaction(commands, inTransaction: session.state.inTransaction) { return refused }
+            let outcome = self.session.withLock { session -> Result<Bool, RedisError> in
+                if let refused = Self.subscriptionInTransaction(commands, inTransaction: session.state.inTransaction) { return .failure(refused) }
                 for command in commands { session.state.commandEnqueued(command.sessionEffect) }
-                return nil
+                return .success(session.state.inTransaction)
             }
-            if let refused { throw refused }
+            inTransaction = try outcome.get()
+        } else {
+            inTransaction = self.isInTransaction
         }
         // A blocking command may wait on the server as long as its own timeout says, then answer; inside
         // a transaction (queued after MULTI, here or earlier) nothing blocks.
         let commandTimeout = self.configuration.commandTimeout
-        let queued = commands.contains { $0.sessionEffect == .beginsTransaction } || self.isInTransaction
+        let queued = inTransaction || commands.contains { $0.sessionEffect == .beginsTransaction }
         var replyTimeout = commandTimeout
         if let timeout {
             replyTimeout = timeout
