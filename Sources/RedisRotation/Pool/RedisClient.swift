@@ -83,6 +83,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         /// Jitter for the decisions: a cheap generator under the lock, seeded once (every command makes
         /// two decisions; a system random draw each would cost a system call inside the lock).
         var random: SplitMix64
+        /// During a graceful shutdown's drain: finished once no pooled connection is left open.
+        var drained: AsyncStream<Void>.Continuation?
     }
 
     struct Lease: Sendable {
@@ -220,6 +222,12 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
 
     /// Runs the client until the task is cancelled or a graceful shutdown is requested; then closes
     /// every connection and fails waiting commands with ``RedisError/Code/clientShutdown``.
+    ///
+    /// A graceful shutdown (`SIGTERM`/`SIGINT` through a `ServiceGroup`) first lets commands already
+    /// sent get their replies, for at most ``RedisClientConfiguration/commandTimeout`` (a blocking
+    /// command or a `withConnection` body still running then fails with `connectionClosed` or
+    /// ``RedisError/Code/outcomeUnknown``); new commands fail with `clientShutdown` meanwhile.
+    /// Cancelling the task closes every connection at once.
     public func run() async throws {
         var started = false
         self.decide { state, moment in
@@ -245,8 +253,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             group.addTask { await self.subscriberHub.run(client: self) }
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
-                await waitForShutdownSignal()
-                await self.shutdown()
+                let graceful = await waitForShutdownSignal()
+                await self.shutdown(draining: graceful)
             }
             for await item in self.work {
                 group.addTask { await self.perform(item) }
@@ -255,14 +263,35 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         }
     }
 
-    private func shutdown() async {
-        var connections: [RedisConnection] = []
+    /// Stops the client. `draining` (a graceful shutdown): commands already on a connection get their
+    /// replies first, for at most `commandTimeout`: the pool closes each connection once its users are
+    /// done (idle ones at once), while new commands fail with `clientShutdown`. Closing everything at
+    /// once failed a write in flight with `outcomeUnknown` at every Ctrl-C that caught one (found by the
+    /// MutualTLSHotReload example's test). Then, and at once on cancellation, every connection left
+    /// closes: leased and shared ones fail their commands with `connectionClosed`.
+    private func shutdown(draining: Bool) async {
+        var drained: AsyncStream<Void>?
         self.decide { state, moment in
-            connections = Array(state.connections.values)
-            return state.machine.shutdown(at: moment)
+            let actions = state.machine.shutdown(at: moment)
+            if draining && !state.connections.isEmpty {
+                let (stream, continuation) = AsyncStream<Void>.makeStream()
+                drained = stream
+                state.drained = continuation
+            }
+            return actions
         }
-        // Every connection closes now: leased ones fail their commands with connectionClosed.
-        for connection in connections { await connection.close() }
+        if let drained {
+            let bound = self.configuration.commandTimeout
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { for await _ in drained {} }
+                group.addTask { try? await Task.sleep(for: bound) }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        for connection in self.state.withLock({ state in state.drained = nil; return Array(state.connections.values) }) {
+            await connection.close()
+        }
         self.workContinuation.finish()
         self.eventContinuation.finish()
     }
@@ -1013,6 +1042,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
         self.decide { state, moment in
             // Reported twice (the close and the watch both end): the machine ignores the second report.
             state.connections[id] = nil
+            if state.connections.isEmpty, let drained = state.drained.take() { drained.finish() }
             return state.machine.connectionClosed(id, at: moment)
         }
     }
@@ -1138,9 +1168,11 @@ private struct ClientMetrics: Sendable {
 }
 
 /// Returns once the task is cancelled or a graceful shutdown begins: how a service's `run()` learns
-/// that it must stop.
-func waitForShutdownSignal() async {
+/// that it must stop. True for a graceful shutdown (while the task is not cancelled).
+@discardableResult
+func waitForShutdownSignal() async -> Bool {
     let (stream, continuation) = AsyncStream<Void>.makeStream()
+    let graceful = GracefulFlag()
     await withGracefulShutdownHandler {
         await withTaskCancellationHandler {
             for await _ in stream {}
@@ -1148,6 +1180,13 @@ func waitForShutdownSignal() async {
             continuation.finish()
         }
     } onGracefulShutdown: {
+        graceful.value.store(true, ordering: .relaxed)
         continuation.finish()
     }
+    return graceful.value.load(ordering: .relaxed) && !Task.isCancelled
+}
+
+/// Set by the graceful shutdown handler (a class: the handler is an escaping closure).
+private final class GracefulFlag: Sendable {
+    let value = Atomic(false)
 }
