@@ -24,16 +24,22 @@ final class ReplyProgress: Sendable {
 
     /// Why the connection closed, once it has: what a command written to it now fails with.
     private let reason = Mutex<RedisError?>(nil)
+    /// Set once `reason` is: every command reads this, only a closed connection's take the lock.
+    private let isClosed = Atomic<Bool>(false)
 
     /// The connection closed: nothing is waited for any more.
     func closed(because reason: RedisError) {
         self.waitingSince.store(0, ordering: .relaxed)
         self.reason.withLock { $0 = $0 ?? reason }
+        self.isClosed.store(true, ordering: .releasing)
     }
 
     /// Why the connection closed, `nil` while it is open. Read off the event loop: a command need not
     /// reach the loop to learn it (a loop that has shut down drops what is scheduled on it).
-    var closeReason: RedisError? { self.reason.withLock { $0 } }
+    var closeReason: RedisError? {
+        guard self.isClosed.load(ordering: .acquiring) else { return nil }
+        return self.reason.withLock { $0 }
+    }
 
     /// Whether replies are owed and none has arrived for longer than `threshold` before `now`.
     func isStalled(longerThan threshold: TimeAmount, now: NIODeadline) -> Bool {
