@@ -598,10 +598,7 @@ public final class RedisConnection: Sendable {
             if let reason = progress?.closeReason {
                 var error = reason
                 error.commandWasNotSent = false
-                let boxes = entries.compactMap { entry -> ReplyBox? in
-                    if case .box(let box)? = entry.promise { return box }
-                    return nil
-                }
+                let boxes = entries.compactMap { $0.promise?.box }
                 Task {
                     try? await Task.sleep(for: .seconds(1))
                     for box in boxes { box.complete(.failure(error)) }
@@ -612,7 +609,7 @@ public final class RedisConnection: Sendable {
             var results: [Result<RESPValue, RedisError>] = []
             results.reserveCapacity(count)
             for entry in entries {
-                guard case .box(let box)? = entry.promise else { preconditionFailure("a caller's command waits in a reply box") }
+                guard let box = entry.promise?.box else { preconditionFailure("a caller's command waits in a reply box") }
                 do {
                     results.append(.success(try await box.value()))
                 } catch let error as RedisError {
@@ -628,7 +625,7 @@ public final class RedisConnection: Sendable {
             // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
             // the first completion, so the handler's, if it comes, is ignored).
             if progress?.closeReason != nil {
-                for case .box(let box)? in entries.lazy.map(\.promise) { box.complete(.failure(CancellationError())) }
+                for box in entries.compactMap({ $0.promise?.box }) { box.complete(.failure(CancellationError())) }
             }
         }
     }

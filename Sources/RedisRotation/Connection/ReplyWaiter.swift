@@ -10,6 +10,12 @@ enum ReplyWaiter {
     case promise(EventLoopPromise<RESPValue>)
     case box(ReplyBox)
 
+    /// The box, when a task waits in one.
+    var box: ReplyBox? {
+        if case .box(let box) = self { return box }
+        return nil
+    }
+
     func succeed(_ value: RESPValue) {
         switch self {
         case .promise(let promise): promise.succeed(value)

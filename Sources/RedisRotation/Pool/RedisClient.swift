@@ -1171,22 +1171,21 @@ private struct ClientMetrics: Sendable {
 /// that it must stop. True for a graceful shutdown (while the task is not cancelled).
 @discardableResult
 func waitForShutdownSignal() async -> Bool {
-    let (stream, continuation) = AsyncStream<Void>.makeStream()
-    let graceful = GracefulFlag()
-    await withGracefulShutdownHandler {
+    // The graceful handler says so through the stream; cancellation just ends it.
+    let (stream, continuation) = AsyncStream<Bool>.makeStream()
+    return await withGracefulShutdownHandler {
         await withTaskCancellationHandler {
-            for await _ in stream {}
+            var graceful = false
+            for await signal in stream {
+                graceful = signal
+                break
+            }
+            return graceful && !Task.isCancelled
         } onCancel: {
             continuation.finish()
         }
     } onGracefulShutdown: {
-        graceful.value.store(true, ordering: .relaxed)
+        continuation.yield(true)
         continuation.finish()
     }
-    return graceful.value.load(ordering: .relaxed) && !Task.isCancelled
-}
-
-/// Set by the graceful shutdown handler (a class: the handler is an escaping closure).
-private final class GracefulFlag: Sendable {
-    let value = Atomic(false)
 }
