@@ -590,20 +590,6 @@ public final class RedisConnection: Sendable {
             handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
         } else {
             eventLoop.execute { handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands) }
-            // Closed meanwhile: a loop that has shut down drops what is scheduled on it (its channels
-            // close, and record why, before it stops taking tasks), so nobody might complete these.
-            // A live loop runs the enqueue, and the handler fails them at once with the right error;
-            // after a second, what is still waiting was dropped and fails here (a box takes its first
-            // completion). Said to have maybe gone out: a loop starved for a second could still write.
-            if let reason = progress?.closeReason {
-                var error = reason
-                error.commandWasNotSent = false
-                let boxes = entries.compactMap { $0.promise?.box }
-                Task {
-                    try? await Task.sleep(for: .seconds(1))
-                    for box in boxes { box.complete(.failure(error)) }
-                }
-            }
         }
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []
