@@ -242,13 +242,9 @@ struct ReplyBoxIntegrationReviewTests {
             for _ in 0..<50 { await Task.yield() }
             try await group.shutdownGracefully()
             server.kill(signal: SIGCONT)
-            // Known, intermittent (issue 14's note): a waiter whose task reaches `exchange` just as the
-            // loop stops taking tasks is scheduled after the close was recorded, its enqueue dropped,
-            // and nobody completes it. Seen once beside a CPU hog; a caller-side fallback timer made
-            // racing closes on live loops fail commands that would have been resent, so it was dropped.
-            await withKnownIssue("a command scheduled as its event loop shuts down can wait forever", isIntermittent: true) {
-                await Self.expectAllClosed(tasks, label: "loop shut down")
-            }
+            // A waiter whose task reaches `exchange` just as the loop stops taking tasks has its enqueue
+            // dropped by NIO; the dropped task's ticket fails it (it used to wait forever).
+            await Self.expectAllClosed(tasks, label: "loop shut down")
             #expect(!connection.isActive)
             // A command sent afterwards fails at once: the connection's close reason is read off the
             // loop (a shut-down loop drops what is scheduled on it, so the write would never be answered).

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import Testing
 
 @testable import RedisRotation
@@ -98,6 +99,37 @@ struct ReplyBoxReviewTests {
         let error = await #expect(throws: RedisError.self) { try await boxes[3].value() }
         #expect(error?.code == .connectionClosed)
         _ = try? harness.channel.finish()
+    }
+
+    @Test("commands handed to an event loop that has shut down, on a connection not yet marked closed: they fail as not sent, not hang")
+    func loopShutDownBeforeEnqueue() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let handler = try await loop.submit {
+            NIOLoopBound(RedisCommandHandler(logger: Logger(label: "test")), eventLoop: loop)
+        }.get()
+        try await group.shutdownGracefully()
+        // The race this stands for: a caller read "open" just before the loop shut down. NIO drops the
+        // enqueue (printing an error); the dropped task's ticket fails the waiters.
+        var payload = ByteBuffer()
+        for index in 0..<3 { try RedisCommand("ECHO", .string("e\(index)")).write(to: &payload) }
+        let results = try await RedisConnection.exchange(
+            payload,
+            count: 3,
+            closesIfAbandoned: { _ in false },
+            deadline: .now() + .seconds(30),
+            handler: handler,
+            progress: ReplyProgress()
+        )
+        #expect(results.count == 3)
+        for result in results {
+            guard case .failure(let error) = result else {
+                Issue.record("a shut-down loop answered: \(result)")
+                continue
+            }
+            #expect(error.code == .connectionClosed)
+            #expect(error.commandWasNotSent)
+        }
     }
 
     @Test("a deadline fails a waiter, then its reply arrives and then the connection closes: completed once")

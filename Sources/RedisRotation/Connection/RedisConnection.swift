@@ -589,7 +589,10 @@ public final class RedisConnection: Sendable {
         if eventLoop.inEventLoop {
             handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
         } else {
-            eventLoop.execute { handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands) }
+            let ticket = EnqueueTicket(
+                handler: handler, payload: payload, entries: entries, pubSubCommands: pubSubCommands, progress: progress
+            )
+            eventLoop.execute { ticket.deliver() }
         }
         return try await withTaskCancellationHandler {
             var results: [Result<RESPValue, RedisError>] = []

@@ -85,3 +85,47 @@ final class ReplyBox: Sendable {
         waiting?.resume(with: result)
     }
 }
+
+/// Commands on their way from a caller's task to the handler on its event loop.
+///
+/// An event loop that has shut down drops what is scheduled on it (NIO prints an error and releases
+/// the task without running it), and the commands' boxes would then wait forever: no handler knows
+/// them. The ticket is the task's only capture, so a dropped task releases it unrun, and its `deinit`
+/// fails the boxes as not sent, which they were not. A ticket that ran was released on the loop after
+/// `deliver()` (the last release synchronises with that write), so its `deinit` finds nothing to do.
+final class EnqueueTicket: @unchecked Sendable {
+    private let handler: NIOLoopBound<RedisCommandHandler>
+    private let payload: ByteBuffer
+    private var entries: [RedisCommandHandler.Entry]
+    private let pubSubCommands: [PubSubStateMachine.Command?]
+    private let progress: ReplyProgress?
+
+    init(
+        handler: NIOLoopBound<RedisCommandHandler>,
+        payload: ByteBuffer,
+        entries: [RedisCommandHandler.Entry],
+        pubSubCommands: [PubSubStateMachine.Command?],
+        progress: ReplyProgress?
+    ) {
+        self.handler = handler
+        self.payload = payload
+        self.entries = entries
+        self.pubSubCommands = pubSubCommands
+        self.progress = progress
+    }
+
+    /// On the event loop: hands the commands to the handler.
+    func deliver() {
+        let entries = self.entries
+        self.entries = []
+        self.handler.value.enqueue(self.payload, entries: entries, pubSubCommands: self.pubSubCommands)
+    }
+
+    deinit {
+        guard !self.entries.isEmpty else { return }
+        var error = self.progress?.closeReason
+            ?? RedisError(code: .connectionClosed, message: "the connection's event loop has shut down")
+        error.commandWasNotSent = true
+        for entry in self.entries { entry.promise?.box?.complete(.failure(error)) }
+    }
+}
