@@ -79,4 +79,47 @@ struct GracefulShutdownTests {
             if case .success(let value) = result { Issue.record("BLPOP 0 returned with nothing pushed: \(value)") }
         }
     }
+
+    @Test("a cluster client's graceful shutdown while a HINCRBY is in flight on a node: the HINCRBY gets its reply, run() ends")
+    func clusterGracefulShutdownLetsACommandInFlightFinish() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: testClusterNodeConfiguration(name: "graceful-cluster", leaseTimeout: .seconds(10))
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            let group = ServiceGroup(configuration: .init(services: [client], logger: Logger(label: "test")))
+            let run = Task { try await group.run() }
+            let key = uniqueKey("graceful-cluster")
+            #expect(try await client.hincrby(key, field: "ticks", increment: 1) == 1)
+            let node = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key))
+            try await node.admin("CLIENT", "PAUSE", "10000", "WRITE")
+            let finished = Locked(false)
+            let write = Task {
+                defer { finished.withLock { $0 = true } }
+                return try await client.hincrby(key, field: "ticks", increment: 1)
+            }
+            try await node.waitForBlockedClients(1)
+            await group.triggerGracefulShutdown()
+            // Before the fix the cluster client cancelled its node pools, which closed the connection
+            // under the HINCRBY at once. (Bounded: the write stays paused for 10 s unless a close fails it.)
+            for _ in 0..<50 where !finished.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+            try await node.admin("CLIENT", "UNPAUSE")
+            switch await write.result {
+            case .success(let value): #expect(value == 2)
+            case .failure(let error): Issue.record("the HINCRBY in flight failed at a graceful shutdown: \(error)")
+            }
+            try await run.value
+            let direct = try await RedisConnection.connect(configuration: node.connectionConfiguration(username: "alice", password: password))
+            #expect(try await direct.send(RedisCommand("HGET", .key(key), "ticks")).string == "2")
+            await direct.close()
+            // After the shutdown, commands fail with clientShutdown.
+            let after = await #expect(throws: RedisError.self) { try await client.hincrby(key, field: "ticks", increment: 1) }
+            #expect(after?.code == .clientShutdown)
+        }
+    }
+
 }

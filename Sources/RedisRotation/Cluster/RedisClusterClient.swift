@@ -185,22 +185,32 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             group.addTask { await self.credentials.run() }
             group.addTask { await self.refreshLoop() }
             self.refreshContinuation.yield()
-            await waitForShutdownSignal()
-            self.finishShutdown()
+            let graceful = await waitForShutdownSignal()
+            self.finishShutdown(graceful: graceful)
             group.cancelAll()
         }
+        // The pools drain (a graceful shutdown) or close; cancelling `run()` meanwhile closes them at once.
         let tasks = self.state.withLock { state in state.pools.values.compactMap(\.task) }
-        for task in tasks { await task.value }
+        await withTaskCancellationHandler {
+            for task in tasks { await task.value }
+        } onCancel: {
+            for task in tasks { task.cancel() }
+        }
     }
 
-    private func finishShutdown() {
-        let (waiters, tasks) = self.state.withLock { state -> ([CheckedContinuation<RedisClusterTopology, any Error>], [Task<Void, Never>]) in
+    /// Stops routing and the node pools. `graceful` (a `ServiceGroup`'s shutdown): each node's pool lets
+    /// the commands already sent get their replies, for at most the command timeout, as a
+    /// ``RedisClient`` does; otherwise (the task was cancelled) every connection closes at once.
+    private func finishShutdown(graceful: Bool) {
+        let (waiters, pools) = self.state.withLock { state -> ([CheckedContinuation<RedisClusterTopology, any Error>], [Pool]) in
             state.shutDown = true
             defer { state.topologyWaiters = [:] }
-            return (Array(state.topologyWaiters.values), state.pools.values.compactMap(\.task))
+            return (Array(state.topologyWaiters.values), Array(state.pools.values))
         }
         for waiter in waiters { waiter.resume(throwing: RedisError(code: .clientShutdown, message: "the cluster client shut down")) }
-        for task in tasks { task.cancel() }
+        for pool in pools {
+            if graceful { pool.client.gracefulStop.request() } else { pool.task?.cancel() }
+        }
         self.refreshContinuation.finish()
     }
 

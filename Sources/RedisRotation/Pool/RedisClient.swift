@@ -67,6 +67,8 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     private let observers = Lock<(next: Int, all: [Int: @Sendable (RedisRotationEvent) -> Void])>((0, [:]))
     /// The subscriptions and their dedicated connection (see `RedisClient+PubSub.swift`).
     let subscriberHub = SubscriberHub()
+    /// Where the cluster client asks a node's pool to shut down gracefully.
+    let gracefulStop = GracefulStopRequest()
 
     /// The decisions (``ClientStateMachine``) and what the shell holds for them: the connection objects,
     /// the waiting tasks, the TLS context and the scheduled timer. Always changed together, under one lock.
@@ -253,7 +255,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
             group.addTask { await self.subscriberHub.run(client: self) }
             group.addTask {
                 // Ends on cancellation or graceful shutdown; shutting down ends the work stream below.
-                let graceful = await waitForShutdownSignal()
+                let graceful = await waitForShutdownSignal(or: self.gracefulStop)
                 await self.shutdown(draining: graceful)
             }
             for await item in self.work {
@@ -1168,11 +1170,14 @@ private struct ClientMetrics: Sendable {
 }
 
 /// Returns once the task is cancelled or a graceful shutdown begins: how a service's `run()` learns
-/// that it must stop. True for a graceful shutdown (while the task is not cancelled).
+/// that it must stop. True for a graceful shutdown (while the task is not cancelled). `request`, when
+/// given, is a second way to ask for a graceful shutdown: the owner of a client that runs in a task of
+/// its own (the cluster client's node pools) asks through it.
 @discardableResult
-func waitForShutdownSignal() async -> Bool {
+func waitForShutdownSignal(or request: GracefulStopRequest? = nil) async -> Bool {
     // The graceful handler says so through the stream; cancellation just ends it.
     let (stream, continuation) = AsyncStream<Bool>.makeStream()
+    request?.register(continuation)
     return await withGracefulShutdownHandler {
         await withTaskCancellationHandler {
             var graceful = false
@@ -1187,5 +1192,38 @@ func waitForShutdownSignal() async -> Bool {
     } onGracefulShutdown: {
         continuation.yield(true)
         continuation.finish()
+    }
+}
+
+/// A graceful shutdown asked for by the code that runs a client, as a `ServiceGroup` asks for one
+/// through the task: commands already sent get their replies first (see ``RedisClient/run()``).
+final class GracefulStopRequest: Sendable {
+    private struct State {
+        var requested = false
+        var continuation: AsyncStream<Bool>.Continuation?
+    }
+
+    private let state = Mutex(State())
+
+    /// Asks for the graceful shutdown, now or as soon as the client waits for one.
+    func request() {
+        let waiting = self.state.withLock { state -> AsyncStream<Bool>.Continuation? in
+            state.requested = true
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        waiting?.yield(true)
+        waiting?.finish()
+    }
+
+    fileprivate func register(_ continuation: AsyncStream<Bool>.Continuation) {
+        let requested = self.state.withLock { state -> Bool in
+            if !state.requested { state.continuation = continuation }
+            return state.requested
+        }
+        if requested {
+            continuation.yield(true)
+            continuation.finish()
+        }
     }
 }
