@@ -63,7 +63,7 @@ redis-cli -p "$PORT" --user bench --pass benchmark-password --no-auth-warning PI
 counts() {
     case "$1" in
         *roundtrip) echo "100 1100" ;;
-        swift-pool|swift-pipelined) echo "640 6400" ;;
+        swift-pool|swift-pool-tls|swift-pipelined) echo "640 6400" ;;
         *reconnect-tls) echo "5 55" ;;
         *reconnect) echo "10 210" ;;
     esac

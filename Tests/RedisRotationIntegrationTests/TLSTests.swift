@@ -24,6 +24,16 @@ struct TLSTests {
                 let key = uniqueKey("tls-large")
                 try await connection.set(key, to: .bytes(large))
                 #expect(try await connection.get(key).map { Array($0.readableBytesView) } == large)
+                // Replies around the sizes of the plaintext buffers (one TLS record holds 16 KiB), many
+                // in one pipeline, so that they arrive in every split across reads and records.
+                let sizes = [0, 1, 200, 255, 257, 16_383, 16_384, 16_385, 40_000]
+                let values = sizes.map { size in (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) } }
+                for (index, value) in values.enumerated() { try await connection.set("\(key):\(index)", to: .bytes(value)) }
+                let gets = (0..<300).map { RedisCommand("GET", .key("\(key):\($0 % values.count)")) }
+                let replies = try await connection.pipeline(gets)
+                for (index, reply) in replies.enumerated() {
+                    #expect(try reply.get().bytes.map { Array($0.readableBytesView) } == values[index % values.count], "reply \(index)")
+                }
                 await connection.close()
             }
         }

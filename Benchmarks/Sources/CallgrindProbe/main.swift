@@ -9,7 +9,8 @@ import RedisRotation
 // c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
 // PING, close; plain TCP), swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
 // handshake, no resumption; <ca-file> is the CA to trust), swift-pool (<count> GETs from 64 tasks
-// through a 64-connection RedisClient pool, the pool workload), swift-pipelined (<count> GETs
+// through a 64-connection RedisClient pool, the pool workload; swift-pool-tls: the same over
+// TLS, sessions not resumed), swift-pipelined (<count> GETs
 // from 64 tasks on one RedisConnection). callgrind.sh runs two counts and takes the difference, so what
 // is done once (start-up, the warm-up) cancels out. With RATE=1 in the environment, the pool and
 // pipelined modes print their GETs per second (wall clock, outside valgrind) on standard output.
@@ -46,8 +47,8 @@ func cFloor(_ condition: Bool) {
 /// crashes (SIGSEGV inside callgrind) in the `sigsuspend` that an async top level's `dispatch_main`
 /// parks in. Detached, because a plain `Task` here inherits the main actor, whose thread is the one waiting.
 func runSwift() async throws {
-    if mode == "swift-pool" || mode == "swift-pipelined" {
-        try await runConcurrentGETs(pooled: mode == "swift-pool")
+    if mode == "swift-pool" || mode == "swift-pipelined" || mode == "swift-pool-tls" {
+        try await runConcurrentGETs(pooled: mode != "swift-pipelined", tls: mode == "swift-pool-tls")
     } else if mode == "swift-roundtrip" {
         let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
         try await connection.ping()
@@ -64,14 +65,20 @@ func runSwift() async throws {
 }
 
 /// `count` GETs from 64 tasks, through a 64-connection pool or on one connection, after one warm-up round.
-func runConcurrentGETs(pooled: Bool) async throws {
+func runConcurrentGETs(pooled: Bool, tls: Bool) async throws {
     let tasks = 64
-    let connection = try swiftConfiguration(tls: false)
+    let connection = try swiftConfiguration(tls: tls)
     let send: @Sendable () async throws -> Void
     let stop: @Sendable () async -> Void
     if pooled {
         let client = try RedisClient(
-            configuration: .init(host: "127.0.0.1", port: port, name: "probe", pool: .init(minimumConnections: tasks, maximumConnections: tasks)),
+            configuration: .init(
+                host: "127.0.0.1",
+                port: port,
+                name: "probe",
+                tls: connection.tls.map { .init(context: $0.context, serverName: "localhost") },
+                pool: .init(minimumConnections: tasks, maximumConnections: tasks)
+            ),
             credentials: .fixed(RedisCredentials(username: user, password: RedisSecret(passwordText), version: "v1"))
         )
         let running = Task { try await client.run() }
@@ -106,7 +113,7 @@ func runConcurrentGETs(pooled: Bool) async throws {
 }
 
 switch mode {
-case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-pool", "swift-pipelined":
+case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do {

@@ -177,7 +177,9 @@ final class TLSClientHandler: ChannelDuplexHandler {
             if case .handshaking = self.state { self.driveHandshake(context: context) }
             if case .active = self.state { self.readPlaintext(context: context) }
         }
-        self.flushCiphertext(context: context)
+        // What reading made OpenSSL write (an alert, a key update's answer) goes out; a reply alone
+        // makes it write nothing, and then there is nothing to flush.
+        if self.writeCiphertext(context: context, promise: nil) { context.flush() }
     }
 
     private func driveHandshake(context: ChannelHandlerContext) {
@@ -217,32 +219,48 @@ final class TLSClientHandler: ChannelDuplexHandler {
         self.readPlaintext(context: context)
     }
 
-    /// Decrypts everything OpenSSL can give now and passes it on.
+    /// Decrypts everything OpenSSL can give now and passes it on, in as few buffers as it fits in.
+    ///
+    /// Plaintext is never longer than the ciphertext it comes from, so a buffer the size of what the
+    /// read BIO and OpenSSL hold (at least 256 bytes, at most 16 KiB) takes it all: a small reply gets a
+    /// small buffer (a reply's values are slices of it and keep it alive), and no second `SSL_read`
+    /// runs only to learn that nothing is left.
     private func readPlaintext(context: ChannelHandlerContext) {
+        let readBIO = SSL_get_rbio(self.ssl)
         while case .active = self.state {
-            var buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
+            let available = Int(BIO_ctrl_pending(readBIO)) + Int(SSL_pending(self.ssl))
+            var buffer = context.channel.allocator.buffer(capacity: min(max(available, 256), 16 * 1024))
+            // 0 while decryption can go on: the buffer filled up.
             var status: Int32 = 0
             var entries: [OpenSSLErrorEntry] = []
-            let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw -> Int in
-                var read = 0
+            while buffer.writableBytes > 0 {
+                var result: Int32 = 0
                 OpenSSLErrors.clear()
-                let result = SSL_read_ex(self.ssl, raw.baseAddress, raw.count, &read)
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw -> Int in
+                    var read = 0
+                    result = SSL_read_ex(self.ssl, raw.baseAddress, raw.count, &read)
+                    return result == 1 ? read : 0
+                }
                 if result != 1 {
                     status = SSL_get_error(self.ssl, result)
                     entries = OpenSSLErrors.drain()
-                    return 0
+                    break
                 }
-                return read
+                // Nothing left to decrypt until more ciphertext comes: another SSL_read would say so.
+                if BIO_ctrl_pending(readBIO) == 0 && SSL_has_pending(self.ssl) == 0 {
+                    status = SSL_ERROR_WANT_READ
+                    break
+                }
             }
-            if count > 0 {
-                context.fireChannelRead(self.wrapInboundOut(buffer))
-                continue
-            }
+            if buffer.readableBytes > 0 { context.fireChannelRead(self.wrapInboundOut(buffer)) }
             switch status {
+            case 0:
+                continue
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
                 return
             case SSL_ERROR_ZERO_RETURN:
                 // close_notify from the server: answer with ours and close.
+                guard case .active = self.state else { return }
                 self.receivedCloseNotify = true
                 self.shutdown(context: context, promise: nil)
                 return
@@ -327,24 +345,28 @@ final class TLSClientHandler: ChannelDuplexHandler {
 
     /// Moves what OpenSSL wrote into the write BIO to the channel, without flushing, in buffers of at
     /// most ``maximumBIOChunk`` bytes; `promise` completes with the last.
-    private func writeCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    /// Returns whether there was anything to write.
+    @discardableResult
+    private func writeCiphertext(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) -> Bool {
         let writeBIO = SSL_get_wbio(self.ssl)!
         var pending = Int(BIO_ctrl_pending(writeBIO))
         guard pending > 0 else {
             promise?.succeed()
-            return
+            return false
         }
-        // Bounded: every round takes at least one byte out of the BIO, or is the last.
+        // Bounded: every round takes at least one byte out of the BIO, or is the last. Nothing else
+        // writes to the BIO meanwhile (no OpenSSL call in between, one thread), so what is left is
+        // counted down, not asked for again.
         while true {
             let size = min(pending, Self.maximumBIOChunk)
             var buffer = context.channel.allocator.buffer(capacity: size)
             let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
                 Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(size))))
             }
-            pending = Int(BIO_ctrl_pending(writeBIO))
-            let last = pending == 0 || read == 0
+            pending -= read
+            let last = pending <= 0 || read == 0
             context.write(self.wrapOutboundOut(buffer), promise: last ? promise : nil)
-            if last { return }
+            if last { return true }
         }
     }
 
