@@ -84,6 +84,26 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
         }
     }
 
+    /// Copies the argument's bytes to the start of `target` (at least ``byteCount`` bytes long) and
+    /// returns how many it copied.
+    func copyBytes(to target: UnsafeMutableRawBufferPointer) -> Int {
+        func copy(_ bytes: UnsafeRawBufferPointer) -> Int {
+            precondition(bytes.count <= target.count, "an argument's bytes outgrew their count")
+            if let source = bytes.baseAddress, bytes.count > 0 {
+                target.baseAddress!.copyMemory(from: source, byteCount: bytes.count)
+            }
+            return bytes.count
+        }
+        switch self.storage {
+        case .string(var string): return string.withUTF8 { copy(UnsafeRawBufferPointer($0)) }
+        case .bytes(let bytes): return bytes.withUnsafeReadableBytes(copy)
+        case .integer(let value):
+            var text = String(value)
+            return text.withUTF8 { copy(UnsafeRawBufferPointer($0)) }
+        case .secret(let secret): return secret.withUnsafeBytes(copy)
+        }
+    }
+
     /// Appends the argument's bytes to `buffer`.
     func write(to buffer: inout ByteBuffer) {
         switch self.storage {

@@ -296,9 +296,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         "RedisCommand(\(self.name), \(self.argumentCount) argument\(self.argumentCount == 1 ? "" : "s"))"
     }
 
-    /// Encodes with hiredis's binary-safe formatter. The arguments are gathered into one scratch buffer
-    /// so that all of their addresses stay valid for the call; both that buffer and hiredis's output are
-    /// wiped afterwards when the command carries a secret.
+    /// Encodes with hiredis's binary-safe formatter. The arguments are gathered into one scratch area
+    /// (on the stack when small: no allocation) so that all of their addresses stay valid for the call;
+    /// both that area and hiredis's output are wiped afterwards when the command carries a secret.
     private static func encode<Encoded>(
         name: String,
         _ arguments: [RedisArgument],
@@ -307,21 +307,27 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     ) -> Encoded {
         let count = arguments.count + 1
         let total = arguments.reduce(name.utf8.count) { $0 + $1.byteCount }
-        var scratch = ByteBufferAllocator().buffer(capacity: total)
-        defer {
-            if sensitive { scratch.withUnsafeMutableReadableBytes { wipe($0) } }
-        }
-        // The lengths and the argument pointers live on the stack (no allocation for them).
-        return withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths -> Encoded in
-            lengths[0] = scratch.writeString(name)
-            for index in 0..<arguments.count {
-                let before = scratch.writerIndex
-                arguments[index].write(to: &scratch)
-                lengths[index + 1] = scratch.writerIndex - before
+        // An empty area may have no address; any valid address serves for empty arguments, so it has at
+        // least one byte.
+        return withUnsafeTemporaryAllocation(byteCount: max(total, 1), alignment: 1) { scratch -> Encoded in
+            defer {
+                if sensitive { wipe(scratch) }
             }
-            return scratch.withUnsafeReadableBytes { bytes -> Encoded in
-                // An empty scratch buffer may have no address; any valid address serves for empty arguments.
-                let base = (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)
+            // The lengths and the argument pointers live on the stack too.
+            return withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths -> Encoded in
+                var name = name
+                lengths[0] = name.withUTF8 { bytes in
+                    if let source = bytes.baseAddress, bytes.count > 0 {
+                        scratch.baseAddress!.copyMemory(from: source, byteCount: bytes.count)
+                    }
+                    return bytes.count
+                }
+                var offset = lengths[0]
+                for index in 0..<arguments.count {
+                    lengths[index + 1] = arguments[index].copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: scratch[offset...]))
+                    offset += lengths[index + 1]
+                }
+                let base = UnsafeRawPointer(scratch.baseAddress!).assumingMemoryBound(to: CChar.self)
                 return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: count) { argv -> Encoded in
                     var offset = 0
                     for index in 0..<count {
