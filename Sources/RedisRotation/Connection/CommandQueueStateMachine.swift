@@ -60,7 +60,7 @@ struct CommandQueueStateMachine<Promise> {
     }
 
     /// Commands are about to be written, in this order.
-    mutating func commandsEnqueued(_ entries: [Entry]) -> EnqueueAction {
+    mutating func commandsEnqueued(_ entries: some Collection<Entry>) -> EnqueueAction {
         guard case .open = self.state else {
             guard case .closed(let error) = self.state else { fatalError("unreachable") }
             return .fail(error)

@@ -52,7 +52,7 @@ final class RedisCommandHandler: ChannelInboundHandler {
 
     /// Writes `payload` (one or more encoded commands) and registers their waiters, in order.
     /// `pubSubCommands`, when not empty, says for each command whether it is of the subscribe family.
-    func enqueue(_ payload: ByteBuffer, entries: [Entry], pubSubCommands: [PubSubStateMachine.Command?] = []) {
+    func enqueue(_ payload: ByteBuffer, entries: some Collection<Entry>, pubSubCommands: [PubSubStateMachine.Command?] = []) {
         guard let context = self.context else {
             var error = self.closeReason ?? Self.closedByServer
             error.commandWasNotSent = true

@@ -386,7 +386,7 @@ public final class RedisConnection: Sendable {
     @discardableResult
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RESPValue {
         try Task.checkCancellation()
-        let value = try await self.write(CollectionOfOne(command), timeout: timeout)[0].get()
+        let value = try await self.writeOne(command, timeout: timeout).get()
         if case .error(let buffer) = value {
             throw Self.serverError(buffer, command: command)
         }
@@ -482,6 +482,61 @@ public final class RedisConnection: Sendable {
         // A password in the payload is wiped once the replies are in (the write is long done by then, so
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
         defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
+        let (deadline, silenceDeadline) = try self.track(commands, timeout: timeout, tracked: tracked)
+        let results = try await Self.exchange(
+            payload,
+            count: commands.count,
+            closesIfAbandoned: { commands[$0].sessionEffect == .blocks },
+            // Empty when none is of the subscribe family (the common case: no array per write).
+            pubSubCommands: commands.contains { $0.pubSubCommand != nil } ? commands.map(\.pubSubCommand) : [],
+            deadline: deadline,
+            silenceDeadline: silenceDeadline,
+            handler: self.handler,
+            progress: self.progress,
+            abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
+        )
+        if results.contains(where: Self.isTimeout) {
+            self.session.withLock { $0.state.replyAbandoned() }
+        }
+        return results
+    }
+
+    /// ``write(_:timeout:tracked:)`` for one command (every `send`): no array for its waiter or its result.
+    private func writeOne(_ command: RedisCommand, timeout: Duration?) async throws -> Result<RESPValue, RedisError> {
+        var payload: ByteBuffer
+        if let plain = command.plainEncoding {
+            payload = plain  // Its own bytes, shared, not copied.
+        } else {
+            payload = ByteBufferAllocator().buffer(capacity: command.encodedCount)
+            try command.write(to: &payload)
+        }
+        defer { if command.isSensitive { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
+        let (deadline, silenceDeadline) = try self.track(CollectionOfOne(command), timeout: timeout, tracked: true)
+        let result = try await Self.exchangeOne(
+            payload,
+            closesIfAbandoned: command.sessionEffect == .blocks,
+            pubSubCommand: command.pubSubCommand,
+            deadline: deadline,
+            silenceDeadline: silenceDeadline,
+            handler: self.handler,
+            progress: self.progress,
+            abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
+        )
+        if Self.isTimeout(result) {
+            self.session.withLock { $0.state.replyAbandoned() }
+        }
+        return result
+    }
+
+    /// Records what `commands` do to the session (when `tracked`) and returns the deadline of their
+    /// replies and the deadline of the connection's silence.
+    ///
+    /// - Throws: `invalidArgument` for a subscribe-family command queued inside `MULTI`.
+    private func track<Commands: Collection<RedisCommand>>(
+        _ commands: Commands,
+        timeout: Duration?,
+        tracked: Bool
+    ) throws -> (NIODeadline, NIODeadline) {
         // Whether a transaction is open once these are queued: read under the same lock as the tracking.
         let inTransaction: Bool
         if tracked {
@@ -508,22 +563,7 @@ public final class RedisConnection: Sendable {
             }
         }
         let now = NIODeadline.now()
-        let results = try await Self.exchange(
-            payload,
-            count: commands.count,
-            closesIfAbandoned: { commands[$0].sessionEffect == .blocks },
-            // Empty when none is of the subscribe family (the common case: no array per write).
-            pubSubCommands: commands.contains { $0.pubSubCommand != nil } ? commands.map(\.pubSubCommand) : [],
-            deadline: now + TimeAmount(replyTimeout),
-            silenceDeadline: now + TimeAmount(self.configuration.commandTimeout),
-            handler: self.handler,
-            progress: self.progress,
-            abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
-        )
-        if results.contains(where: Self.isTimeout) {
-            self.session.withLock { $0.state.replyAbandoned() }
-        }
-        return results
+        return (now + TimeAmount(replyTimeout), now + TimeAmount(self.configuration.commandTimeout))
     }
 
     /// Why `commands` cannot be sent when a subscribe-family command would be queued inside `MULTI`:
@@ -566,16 +606,9 @@ public final class RedisConnection: Sendable {
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
         progress: ReplyProgress? = nil,
-        abandoned: (@Sendable () -> Void)? = nil
+        abandoned: @Sendable () -> Void = {}
     ) async throws -> [Result<RESPValue, RedisError>] {
-        let eventLoop = handler.eventLoop
-        // Closed already: fail as the handler would, without relying on the event loop (one that has
-        // shut down drops what is scheduled on it, and the caller would wait forever).
-        if let reason = progress?.closeReason {
-            var error = reason
-            error.commandWasNotSent = true
-            return Array(repeating: .failure(error), count: count)
-        }
+        if let error = Self.closedError(progress) { return Array(repeating: .failure(error), count: count) }
         let firstID = Self.nextCommandID.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count) + 1
         let entries = (0..<count).map { offset in
             RedisCommandHandler.Entry(
@@ -586,6 +619,76 @@ public final class RedisConnection: Sendable {
                 closesIfAbandoned: closesIfAbandoned(offset)
             )
         }
+        return try await Self.deliver(payload, entries: entries, pubSubCommands: pubSubCommands, handler: handler, progress: progress, abandoned: abandoned) {
+            var results: [Result<RESPValue, RedisError>] = []
+            results.reserveCapacity(count)
+            for entry in entries { results.append(try await Self.reply(of: entry)) }
+            return results
+        }
+    }
+
+    /// ``exchange(_:count:closesIfAbandoned:pubSubCommands:deadline:silenceDeadline:handler:progress:abandoned:)``
+    /// for one command: no array for its waiter or its result.
+    static func exchangeOne(
+        _ payload: ByteBuffer,
+        closesIfAbandoned: Bool,
+        pubSubCommand: PubSubStateMachine.Command?,
+        deadline: NIODeadline,
+        silenceDeadline: NIODeadline?,
+        handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress?,
+        abandoned: @Sendable () -> Void
+    ) async throws -> Result<RESPValue, RedisError> {
+        if let error = Self.closedError(progress) { return .failure(error) }
+        let entry = RedisCommandHandler.Entry(
+            id: Self.nextCommandID.add(1, ordering: .relaxed).newValue,
+            promise: .box(ReplyBox()),
+            deadline: deadline,
+            silenceDeadline: silenceDeadline,
+            closesIfAbandoned: closesIfAbandoned
+        )
+        return try await Self.deliver(
+            payload,
+            entries: CollectionOfOne(entry),
+            pubSubCommands: pubSubCommand.map { [$0] } ?? [],
+            handler: handler,
+            progress: progress,
+            abandoned: abandoned
+        ) {
+            try await Self.reply(of: entry)
+        }
+    }
+
+    /// Closed already: fail as the handler would, without relying on the event loop (one that has shut
+    /// down drops what is scheduled on it).
+    private static func closedError(_ progress: ReplyProgress?) -> RedisError? {
+        guard var error = progress?.closeReason else { return nil }
+        error.commandWasNotSent = true
+        return error
+    }
+
+    /// The reply `entry`'s box receives.
+    private static func reply(of entry: RedisCommandHandler.Entry) async throws -> Result<RESPValue, RedisError> {
+        guard let box = entry.promise?.box else { preconditionFailure("a caller's command waits in a reply box") }
+        do {
+            return .success(try await box.value())
+        } catch let error as RedisError {
+            return .failure(error)
+        }
+    }
+
+    /// Schedules `entries` on the handler's event loop (at once when already there) and runs `wait`; a
+    /// cancelled caller tells the handler to drop the replies.
+    private static func deliver<Entries: Collection<RedisCommandHandler.Entry> & Sendable, Output>(
+        _ payload: ByteBuffer,
+        entries: Entries,
+        pubSubCommands: [PubSubStateMachine.Command?],
+        handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress?,
+        abandoned: @Sendable () -> Void,
+        wait: () async throws -> Output
+    ) async throws -> Output {
+        let eventLoop = handler.eventLoop
         if eventLoop.inEventLoop {
             handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
         } else {
@@ -595,26 +698,16 @@ public final class RedisConnection: Sendable {
             eventLoop.execute { ticket.deliver() }
         }
         return try await withTaskCancellationHandler {
-            var results: [Result<RESPValue, RedisError>] = []
-            results.reserveCapacity(count)
-            for entry in entries {
-                guard let box = entry.promise?.box else { preconditionFailure("a caller's command waits in a reply box") }
-                do {
-                    results.append(.success(try await box.value()))
-                } catch let error as RedisError {
-                    results.append(.failure(error))
-                }
-            }
-            return results
+            try await wait()
         } onCancel: {
-            abandoned?()
+            abandoned()
             eventLoop.execute {
                 for entry in entries { handler.value.cancel(id: entry.id) }
             }
             // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
             // the first completion, so the handler's, if it comes, is ignored).
             if progress?.closeReason != nil {
-                for box in entries.compactMap({ $0.promise?.box }) { box.complete(.failure(CancellationError())) }
+                for entry in entries { entry.promise?.box?.complete(.failure(CancellationError())) }
             }
         }
     }

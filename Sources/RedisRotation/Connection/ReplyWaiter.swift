@@ -93,17 +93,18 @@ final class ReplyBox: Sendable {
 /// them. The ticket is the task's only capture, so a dropped task releases it unrun, and its `deinit`
 /// fails the boxes as not sent, which they were not. A ticket that ran was released on the loop after
 /// `deliver()` (the last release synchronises with that write), so its `deinit` finds nothing to do.
-final class EnqueueTicket: @unchecked Sendable {
+final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Sendable>: @unchecked Sendable {
     private let handler: NIOLoopBound<RedisCommandHandler>
     private let payload: ByteBuffer
-    private var entries: [RedisCommandHandler.Entry]
+    /// `nil` once delivered.
+    private var entries: Entries?
     private let pubSubCommands: [PubSubStateMachine.Command?]
     private let progress: ReplyProgress?
 
     init(
         handler: NIOLoopBound<RedisCommandHandler>,
         payload: ByteBuffer,
-        entries: [RedisCommandHandler.Entry],
+        entries: Entries,
         pubSubCommands: [PubSubStateMachine.Command?],
         progress: ReplyProgress?
     ) {
@@ -116,16 +117,16 @@ final class EnqueueTicket: @unchecked Sendable {
 
     /// On the event loop: hands the commands to the handler.
     func deliver() {
-        let entries = self.entries
-        self.entries = []
+        guard let entries = self.entries else { return }
+        self.entries = nil
         self.handler.value.enqueue(self.payload, entries: entries, pubSubCommands: self.pubSubCommands)
     }
 
     deinit {
-        guard !self.entries.isEmpty else { return }
+        guard let entries = self.entries else { return }
         var error = self.progress?.closeReason
             ?? RedisError(code: .connectionClosed, message: "the connection's event loop has shut down")
         error.commandWasNotSent = true
-        for entry in self.entries { entry.promise?.box?.complete(.failure(error)) }
+        for entry in entries { entry.promise?.box?.complete(.failure(error)) }
     }
 }
