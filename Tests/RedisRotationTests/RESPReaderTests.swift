@@ -138,6 +138,79 @@ struct RESPReaderTests {
         ("arrays nested deeper than hiredis allows", String(repeating: "*1\r\n", count: 9) + ":1\r\n"),
     ]
 
+    @Test("replies fed together are built as a batch: long and short strings, arrays, random splits up to 64 KiB, values intact after later batches")
+    func batches() throws {
+        // Strings on both sides of the short-string limit, empty ones, nested arrays, integers.
+        var generator = SplitMix64(seed: 0xBA7C4)
+        var wire: [UInt8] = []
+        var expected: [RESPValue] = []
+        for index in 0..<3000 {
+            switch index % 6 {
+            case 0:
+                let length = [0, 1, 4095, 4096, 4097, 20_000][index / 6 % 6]
+                let payload = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                wire += Array("$\(length)\r\n".utf8) + payload + Array("\r\n".utf8)
+                expected.append(.bulkString(ByteBuffer(bytes: payload)))
+            case 1:
+                wire += Array("+OK\(index)\r\n".utf8)
+                expected.append(.simpleString(buffer("OK\(index)")))
+            case 2:
+                wire += Array("*3\r\n$1\r\na\r\n*2\r\n:\(index)\r\n$-1\r\n-ERR e\(index)\r\n".utf8)
+                expected.append(.array([.bulkString(buffer("a")), .array([.integer(Int64(index)), .null]), .error(buffer("ERR e\(index)"))]))
+            case 3:
+                wire += Array(":\(index)\r\n".utf8)
+                expected.append(.integer(Int64(index)))
+            case 4:
+                wire += Array("*0\r\n".utf8)
+                expected.append(.array([]))
+            default:
+                wire += Array("$5\r\nv\(String(index % 10_000).padding(toLength: 4, withPad: "_", startingAt: 0))\r\n".utf8)
+                expected.append(.bulkString(buffer("v\(String(index % 10_000).padding(toLength: 4, withPad: "_", startingAt: 0))")))
+            }
+        }
+        for round in 0..<20 {
+            let reader = RESPReader()
+            var values: [RESPValue] = []
+            var position = 0
+            while position < wire.count {
+                let length = round == 0 ? wire.count : Int.random(in: 1...min(64 * 1024, wire.count - position), using: &generator)
+                try reader.feed(ByteBuffer(bytes: wire[position..<position + length]))
+                position += length
+                while let value = try reader.next() { values.append(value) }
+            }
+            // Compared at the end: values taken early are still intact after later batches were built.
+            #expect(values == expected, "round \(round)")
+        }
+    }
+
+    @Test("complete replies fed together with malformed bytes after them are returned first; then the error, for good")
+    func batchThenMalformed() throws {
+        let reader = RESPReader()
+        try reader.feed(buffer("+OK\r\n:1\r\n*2\r\n$3\r\nabc\r\n$0\r\n\r\n?bad\r\n"))
+        #expect(try reader.next() == .simpleString(buffer("OK")))
+        #expect(try reader.next() == .integer(1))
+        #expect(try reader.next() == .array([.bulkString(buffer("abc")), .bulkString(buffer(""))]))
+        let error = #expect(throws: RedisError.self) { try reader.next() }
+        #expect(error?.code == .protocolError)
+        #expect(throws: RedisError.self) { try reader.next() }
+        #expect(throws: RedisError.self) { try reader.feed(buffer("+OK\r\n")) }
+    }
+
+    @Test("a reply begun in an earlier read, completed in a batch with others: each whole and in order")
+    func incompleteReplyThenBatch() throws {
+        let reader = RESPReader()
+        try reader.feed(buffer("*3\r\n$3\r\nfoo\r\n"))
+        #expect(try reader.next() == nil)
+        try reader.feed(buffer("$3\r\nbar\r\n:7\r\n+OK\r\n$0\r\n\r\n*2\r\n$1\r\nx"))
+        #expect(try reader.next() == .array([.bulkString(buffer("foo")), .bulkString(buffer("bar")), .integer(7)]))
+        #expect(try reader.next() == .simpleString(buffer("OK")))
+        #expect(try reader.next() == .bulkString(buffer("")))
+        #expect(try reader.next() == nil)
+        try reader.feed(buffer("\r\n$1\r\ny\r\n"))
+        #expect(try reader.next() == .array([.bulkString(buffer("x")), .bulkString(buffer("y"))]))
+        #expect(try reader.next() == nil)
+    }
+
     @Test("malformed input is a protocol error", arguments: malformed)
     func malformedInput(name: String, wire: String) throws {
         let reader = RESPReader()

@@ -26,6 +26,8 @@ public final class RESPReader {
     /// so it never rescans an incomplete item for nothing.
     private var itemsParsed = 0
     private var failure: RedisError?
+    /// Replies built and not taken yet (a batch: see ``next()``).
+    private var ready = CircularBuffer<RESPValue>(initialCapacity: 16)
     /// How often hiredis was asked for a reply (`redisReaderGetReply`), for tests.
     private(set) var parseCount = 0
 
@@ -77,21 +79,42 @@ public final class RESPReader {
     }
 
     /// The next complete reply, or `nil` when the input so far holds no complete reply.
+    ///
+    /// Replies already fed in full are built together: hiredis still gets them one at a time, but
+    /// their short strings are copied into one buffer, of which each string value is a slice (one
+    /// allocation for a batch instead of one per string; see `ReplyBuilder`).
     public func next() throws(RedisError) -> RESPValue? {
+        if let value = self.ready.popFirst() { return value }
         if let failure = self.failure { throw failure }
         if !self.replyReady { try self.checkUntilReplyEnds() }
         if self.replyReady {
-            guard let value = try self.parse() else {
-                throw self.fail(with: Self.disagreement("hiredis found no reply where the checker saw one end"))
+            try self.parseReady()
+            // More complete replies already fed join the batch, within its bounds. A malformed reply
+            // after them is recorded as the failure, thrown once the batch has been taken.
+            while self.builder.record.takesMore {
+                do {
+                    try self.checkUntilReplyEnds()
+                    guard self.replyReady else { break }
+                    try self.parseReady()
+                } catch {
+                    break
+                }
             }
-            self.replyReady = false
-            return value
+            return self.builder.record.materialize(rest: &self.ready)
         }
         // Let hiredis build what is complete so far and drop those bytes from its buffer.
-        if self.framer.itemsCompleted > self.itemsParsed, try self.parse() != nil {
+        if self.framer.itemsCompleted > self.itemsParsed, try self.parse() {
             throw self.fail(with: Self.disagreement("hiredis completed a reply the checker did not"))
         }
         return nil
+    }
+
+    /// Has hiredis build the reply the checker saw end.
+    private func parseReady() throws(RedisError) {
+        guard try self.parse() else {
+            throw self.fail(with: Self.disagreement("hiredis found no reply where the checker saw one end"))
+        }
+        self.replyReady = false
     }
 
     /// Checks unchecked bytes and hands them to hiredis, up to the end of the next reply.
@@ -124,18 +147,18 @@ public final class RESPReader {
     }
 
     /// Asks hiredis for a reply: it parses what it has, which the checker has already validated.
-    private func parse() throws(RedisError) -> RESPValue? {
+    /// Returns whether a reply completed (the builder holds it until ``ReplyRecord/materialize(rest:)``).
+    private func parse() throws(RedisError) -> Bool {
         self.parseCount += 1
         self.itemsParsed = self.framer.itemsCompleted
         var reply: UnsafeMutableRawPointer?
+        let completedBefore = self.builder.record.completedReplies
         if redisReaderGetReply(self.reader, &reply) != REDIS_OK {
             throw self.fail(with: self.readerError())
         }
-        guard reply != nil else { return nil }
-        guard let value = self.builder.takeCompleted() else {
-            preconditionFailure("hiredis reported a reply that the builder did not complete")
-        }
-        return value
+        guard reply != nil else { return false }
+        precondition(self.builder.record.completedReplies == completedBefore + 1, "hiredis reported a reply that the builder did not complete")
+        return true
     }
 
     private func fail(with error: RedisError) -> RedisError {
@@ -159,46 +182,169 @@ public final class RESPReader {
     }
 }
 
-/// Assembles the values hiredis announces, depth first, into one ``RESPValue``. Limits are not its
-/// concern: hiredis only ever sees bytes that ``RESPFramer`` accepted.
+/// Records the values hiredis announces, depth first, and builds them into ``RESPValue``s a batch of
+/// complete replies at a time. Limits are not its concern: hiredis only ever sees bytes that
+/// ``RESPFramer`` accepted.
+///
+/// A string's bytes cannot be a slice of a buffer still being written (a write to a shared buffer
+/// copies it), so a batch is first recorded: its values in ``tape`` (depth first), the bytes of its
+/// short strings one after another in ``shortBytes``. ``materialize(rest:)`` then copies those bytes
+/// into one buffer of their exact size, and every short string becomes a slice of it: one buffer per
+/// batch instead of one per string (an `HGETALL`, the `HELLO` map of every connect, 64 pipelined `GET`s
+/// arriving in one read). A string longer than ``shortStringLimit`` gets a buffer of its own, so a
+/// small value kept by the application keeps at most a batch of short strings alive. A batch takes
+/// more replies only while it has fewer than ``batchNodes`` values and ``batchBytes`` bytes.
 private final class ReplyBuilder {
-    struct OpenArray {
-        var elements: [RESPValue]
-        let expected: Int
-    }
+    /// Everything in one stored property: a class's stored properties are checked for exclusive access
+    /// at run time, once per access, and each recorded value touches several of them.
+    var record = ReplyRecord()
+}
 
-    var open: [OpenArray] = []
-    var completed: RESPValue?
-
-    func takeCompleted() -> RESPValue? {
-        defer { self.completed = nil }
-        return self.completed
-    }
-
-    func add(_ value: RESPValue) {
-        var value = value
-        while let last = self.open.indices.last {
-            self.open[last].elements.append(value)
-            guard self.open[last].elements.count == self.open[last].expected else { return }
-            value = .array(self.open.removeLast().elements)
+/// The state and logic of ``ReplyBuilder``, as a value.
+private struct ReplyRecord {
+    /// One value of a reply, depth first: an array is followed by its elements.
+    struct Node {
+        enum Kind: UInt8 {
+            case bulk, simple, error, longBulk, longSimple, longError, integer, null, array
         }
-        self.completed = value
+
+        /// The integer; the offset of a short string in `shortBytes`; the index of a long one in
+        /// `longStrings`; the element count of an array.
+        var value: Int64
+        /// The length of a short string.
+        var length: UInt32
+        var kind: Kind
     }
 
-    func beginArray(count: Int) {
-        if count == 0 {
-            self.add(.array([]))
+    static let shortStringLimit = 4096
+    static let batchNodes = 4096
+    static let batchBytes = 64 * 1024
+
+    private var tape: [Node]
+    private var shortBytes: [UInt8]
+    private var longStrings: [ByteBuffer] = []
+    /// The elements still to come of each array being built, innermost last.
+    private var remaining: [Int]
+
+    init() {
+        // Room for the usual replies (the handshake's, a pipeline's) without growing.
+        self.tape = []
+        self.tape.reserveCapacity(64)
+        self.shortBytes = []
+        self.shortBytes.reserveCapacity(1024)
+        self.remaining = []
+        self.remaining.reserveCapacity(RESPReaderLimits.hiredisMaximumNestingDepth)
+    }
+    /// Replies complete on the tape, and where the tape, the short bytes and the long strings of the
+    /// incomplete one (if any) begin.
+    private(set) var completedReplies = 0
+    private var completedEnd = (tape: 0, shortBytes: 0, longStrings: 0)
+
+    /// Whether the batch takes another reply.
+    var takesMore: Bool { self.tape.count < Self.batchNodes && self.shortBytes.count < Self.batchBytes }
+
+    mutating func addString(_ bytes: UnsafeRawBufferPointer, type: Int32) {
+        if bytes.count <= Self.shortStringLimit {
+            let kind: Node.Kind = type == REDIS_REPLY_STATUS ? .simple : type == REDIS_REPLY_ERROR ? .error : .bulk
+            self.tape.append(Node(value: Int64(self.shortBytes.count), length: UInt32(bytes.count), kind: kind))
+            self.shortBytes.append(contentsOf: bytes)
         } else {
-            // Reserve only a little: the announced count is the server's claim, not bytes received.
-            var elements: [RESPValue] = []
-            elements.reserveCapacity(min(count, 1024))
-            self.open.append(OpenArray(elements: elements, expected: count))
+            let kind: Node.Kind = type == REDIS_REPLY_STATUS ? .longSimple : type == REDIS_REPLY_ERROR ? .longError : .longBulk
+            self.tape.append(Node(value: Int64(self.longStrings.count), length: 0, kind: kind))
+            self.longStrings.append(ByteBuffer(bytes: bytes))
+        }
+        self.valueAdded()
+    }
+
+    mutating func addInteger(_ value: Int64) {
+        self.tape.append(Node(value: value, length: 0, kind: .integer))
+        self.valueAdded()
+    }
+
+    mutating func addNull() {
+        self.tape.append(Node(value: 0, length: 0, kind: .null))
+        self.valueAdded()
+    }
+
+    mutating func beginArray(count: Int) {
+        self.tape.append(Node(value: Int64(count), length: 0, kind: .array))
+        if count == 0 {
+            self.valueAdded()
+        } else {
+            self.remaining.append(count)
         }
     }
 
-    func reset() {
-        self.open.removeAll()
-        self.completed = nil
+    /// A value was recorded: it may complete the arrays around it, and then the reply.
+    private mutating func valueAdded() {
+        while let last = self.remaining.indices.last {
+            self.remaining[last] -= 1
+            guard self.remaining[last] == 0 else { return }
+            self.remaining.removeLast()
+        }
+        self.completedReplies += 1
+        self.completedEnd = (self.tape.count, self.shortBytes.count, self.longStrings.count)
+    }
+
+    /// Builds the complete replies and forgets them (an incomplete reply stays): returns the first and
+    /// appends the others to `rest`, in order.
+    mutating func materialize(rest: inout CircularBuffer<RESPValue>) -> RESPValue? {
+        guard self.completedReplies > 0 else { return nil }
+        let arena = self.completedEnd.shortBytes > 0 ? ByteBuffer(bytes: self.shortBytes[..<self.completedEnd.shortBytes]) : ByteBuffer()
+        var index = 0
+        let first = self.value(at: &index, arena: arena)
+        for _ in 1..<self.completedReplies {
+            rest.append(self.value(at: &index, arena: arena))
+        }
+        assert(index == self.completedEnd.tape, "a batch's values and its tape disagree")
+        if self.completedEnd.tape == self.tape.count {
+            // Usually nothing follows the batch: keep the space.
+            self.tape.removeAll(keepingCapacity: true)
+            self.shortBytes.removeAll(keepingCapacity: true)
+            self.longStrings.removeAll(keepingCapacity: true)
+        } else {
+            self.tape.removeFirst(self.completedEnd.tape)
+            self.shortBytes.removeFirst(self.completedEnd.shortBytes)
+            self.longStrings.removeFirst(self.completedEnd.longStrings)
+        }
+        self.completedReplies = 0
+        self.completedEnd = (0, 0, 0)
+        // A huge reply does not leave its scratch space behind.
+        if self.tape.isEmpty && self.tape.capacity > 4 * Self.batchNodes { self.tape = [] }
+        if self.shortBytes.isEmpty && self.shortBytes.capacity > 4 * Self.batchBytes { self.shortBytes = [] }
+        if self.longStrings.isEmpty && self.longStrings.capacity > 64 { self.longStrings = [] }
+        return first
+    }
+
+    private func value(at index: inout Int, arena: ByteBuffer) -> RESPValue {
+        let node = self.tape[index]
+        index += 1
+        switch node.kind {
+        case .bulk: return .bulkString(arena.getSlice(at: Int(node.value), length: Int(node.length))!)
+        case .simple: return .simpleString(arena.getSlice(at: Int(node.value), length: Int(node.length))!)
+        case .error: return .error(arena.getSlice(at: Int(node.value), length: Int(node.length))!)
+        case .longBulk: return .bulkString(self.longStrings[Int(node.value)])
+        case .longSimple: return .simpleString(self.longStrings[Int(node.value)])
+        case .longError: return .error(self.longStrings[Int(node.value)])
+        case .integer: return .integer(node.value)
+        case .null: return .null
+        case .array:
+            let count = Int(node.value)
+            guard count > 0 else { return .array([]) }
+            var elements: [RESPValue] = []
+            elements.reserveCapacity(count)
+            for _ in 0..<count { elements.append(self.value(at: &index, arena: arena)) }
+            return .array(elements)
+        }
+    }
+
+    /// hiredis dropped the reply it was building (a protocol error, or the reader is freed): forget
+    /// its values; complete replies stay.
+    mutating func dropIncomplete() {
+        self.tape.removeSubrange(self.completedEnd.tape...)
+        self.shortBytes.removeSubrange(self.completedEnd.shortBytes...)
+        self.longStrings.removeSubrange(self.completedEnd.longStrings...)
+        self.remaining.removeAll()
     }
 }
 
@@ -215,37 +361,29 @@ private func replyCreateString(
     _ length: Int
 ) -> UnsafeMutableRawPointer? {
     let builder = builder(of: task)
-    var buffer = ByteBufferAllocator().buffer(capacity: length)
-    if length > 0, let bytes {
-        buffer.writeBytes(UnsafeRawBufferPointer(start: bytes, count: length))
-    }
-    switch task!.pointee.type {
-    case REDIS_REPLY_STATUS: builder.add(.simpleString(buffer))
-    case REDIS_REPLY_ERROR: builder.add(.error(buffer))
-    default: builder.add(.bulkString(buffer))
-    }
+    builder.record.addString(UnsafeRawBufferPointer(start: length > 0 ? bytes : nil, count: length > 0 && bytes != nil ? length : 0), type: task!.pointee.type)
     return task!.pointee.privdata
 }
 
 private func replyCreateArray(_ task: UnsafePointer<redisReadTask>?, _ count: Int32) -> UnsafeMutableRawPointer? {
-    builder(of: task).beginArray(count: Int(count))
+    builder(of: task).record.beginArray(count: Int(count))
     return task!.pointee.privdata
 }
 
 private func replyCreateInteger(_ task: UnsafePointer<redisReadTask>?, _ value: Int64) -> UnsafeMutableRawPointer? {
     let builder = builder(of: task)
-    builder.add(.integer(value))
+    builder.record.addInteger(value)
     return task!.pointee.privdata
 }
 
 private func replyCreateNil(_ task: UnsafePointer<redisReadTask>?) -> UnsafeMutableRawPointer? {
     let builder = builder(of: task)
-    builder.add(.null)
+    builder.record.addNull()
     return task!.pointee.privdata
 }
 
 private func replyFreeObject(_ object: UnsafeMutableRawPointer?) {
     // hiredis frees only the root object, on a protocol error or when the reader is freed.
     guard let object else { return }
-    Unmanaged<ReplyBuilder>.fromOpaque(object).takeUnretainedValue().reset()
+    Unmanaged<ReplyBuilder>.fromOpaque(object).takeUnretainedValue().record.dropIncomplete()
 }
