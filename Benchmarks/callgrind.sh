@@ -64,7 +64,7 @@ counts() {
     case "$1" in
         *roundtrip) echo "100 1100" ;;
         swift-pool|swift-pool-tls|swift-pipelined) echo "640 6400" ;;
-        *reconnect-tls) echo "5 55" ;;
+        *reconnect-tls|*resumed-tls) echo "5 55" ;;
         *reconnect) echo "10 210" ;;
     esac
 }
@@ -94,7 +94,7 @@ done
 
 echo
 printf "%-16s %14s %14s %8s\n" "operation" "Swift" "C floor" "ratio"
-for op in roundtrip reconnect reconnect-tls; do
+for op in roundtrip reconnect reconnect-tls resumed-tls; do
     s=${PER_OP[swift-$op]:-}; c=${PER_OP[c-$op]:-}
     if [ -n "$s" ] && [ -n "$c" ]; then
         printf "%-16s %14d %14d %8s\n" "$op" "$s" "$c" "$(python3 -c "print(f'{$s/$c:.2f}')")"

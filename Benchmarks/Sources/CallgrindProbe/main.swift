@@ -1,6 +1,8 @@
 import CFloor
 import Foundation
 import RedisRotation
+import NIOCore
+import NIOPosix
 
 // Usage: CallgrindProbe <mode> <count> <port> [<ca-file>]
 //
@@ -8,10 +10,13 @@ import RedisRotation
 // the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip,
 // c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
 // PING, close; plain TCP), swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
-// handshake, no resumption; <ca-file> is the CA to trust), swift-pool (<count> GETs from 64 tasks
+// handshake, no resumption; <ca-file> is the CA to trust), swift-resumed-tls, c-resumed-tls (the same,
+// resuming the previous connection's session), swift-pool (<count> GETs from 64 tasks
 // through a 64-connection RedisClient pool, the pool workload; swift-pool-tls: the same over
 // TLS, sessions not resumed), swift-pipelined (<count> GETs
-// from 64 tasks on one RedisConnection). callgrind.sh runs two counts and takes the difference, so what
+// from 64 tasks on one RedisConnection). The reconnect modes take ONLOOP=1 (the task runs on its
+// connections' event loop) and TIMING=1 (print the mean wall time per reconnect). callgrind.sh runs
+// two counts and takes the difference, so what
 // is done once (start-up, the warm-up) cancels out. With RATE=1 in the environment, the pool and
 // pipelined modes print their GETs per second (wall clock, outside valgrind) on standard output.
 
@@ -25,8 +30,8 @@ let caFile = arguments.count > 4 ? arguments[4] : ""
 let user = "bench"
 let passwordText = "benchmark-password"
 
-func swiftConfiguration(tls: Bool) throws -> RedisConnectionConfiguration {
-    let context = tls ? try RedisTLSContext(configuration: .init(trustAnchors: [.file(caFile)], sessionResumption: false)) : nil
+func swiftConfiguration(tls: Bool, resumption: Bool = false) throws -> RedisConnectionConfiguration {
+    let context = tls ? try RedisTLSContext(configuration: .init(trustAnchors: [.file(caFile)], sessionResumption: resumption)) : nil
     return RedisConnectionConfiguration(
         host: "127.0.0.1",
         port: port,
@@ -55,12 +60,40 @@ func runSwift() async throws {
         for _ in 0..<count { try await connection.ping() }
         await connection.close()
     } else {
-        let configuration = try swiftConfiguration(tls: mode.hasSuffix("tls"))
-        for _ in 0...count {
-            let connection = try await RedisConnection.connect(configuration: configuration)
-            try await connection.ping()
-            await connection.close()
+        let configuration = try swiftConfiguration(tls: mode.hasSuffix("tls"), resumption: mode == "swift-resumed-tls")
+        let environment = ProcessInfo.processInfo.environment
+        // ONLOOP=1: the task runs on the one event loop its connections use (a task executor), so no
+        // step of connect, PING or close hops between threads: what an application whose task runs on
+        // that loop gets. Otherwise connections use the shared group, as an application's usually do.
+        let onLoop = environment["ONLOOP"] == "1"
+        let group: any EventLoopGroup = onLoop ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : MultiThreadedEventLoopGroup.singleton
+        let loop = group.next()
+        func body() async throws {
+            let start = ContinuousClock.now
+            for _ in 0...count {
+                let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: onLoop ? loop : group)
+                try await connection.ping()
+                await connection.close()
+            }
+            // TIMING=1: the mean wall time of one reconnect (outside valgrind).
+            if environment["TIMING"] == "1" { print("mean", (ContinuousClock.now - start) / (count + 1)) }
         }
+        if onLoop {
+            try await withTaskExecutorPreference(LoopExecutor(loop: loop)) { try await body() }
+        } else {
+            try await body()
+        }
+    }
+}
+
+/// Runs a task's jobs on one event loop.
+final class LoopExecutor: TaskExecutor {
+    let loop: any EventLoop
+    init(loop: any EventLoop) { self.loop = loop }
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = self.asUnownedTaskExecutor()
+        self.loop.execute { job.runSynchronously(on: executor) }
     }
 }
 
@@ -113,7 +146,7 @@ func runConcurrentGETs(pooled: Bool, tls: Bool) async throws {
 }
 
 switch mode {
-case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
+case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-resumed-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do {
@@ -130,12 +163,12 @@ case "c-roundtrip":
     cFloor(connection != nil)
     for _ in 0...count { cFloor(rr_floor_ping(connection) == 0) }
     rr_floor_close(connection)
-case "c-reconnect", "c-reconnect-tls":
+case "c-reconnect", "c-reconnect-tls", "c-resumed-tls":
     let context = mode.hasSuffix("tls") ? rr_floor_tls_new(caFile, nil, nil) : nil
     cFloor(!mode.hasSuffix("tls") || context != nil)
     for _ in 0...count {
         // rr_floor_open answers its PING.
-        let connection = rr_floor_open("127.0.0.1", Int32(port), user, passwordText, context, 0)
+        let connection = rr_floor_open("127.0.0.1", Int32(port), user, passwordText, context, mode == "c-resumed-tls" ? 1 : 0)
         cFloor(connection != nil)
         rr_floor_close(connection)
     }
