@@ -106,10 +106,13 @@ struct ClusterDegradedNodesTests {
             let migration = try await Self.halfMigrate(key, in: cluster)
             #expect(!migration.sourceReplicas.isEmpty)
             // The key exists (on the importing node); nothing deleted it.
+            let before = client.replicaReadFallbacks
             for _ in 0..<4 {
                 let value = try await client.get(key, as: Int.self)
                 #expect(value == 42, "a replica read of a key moved by a migration answered \(String(describing: value))")
             }
+            // Each read the replica answered "missing" was confirmed at the primary (which redirected).
+            #expect(client.replicaReadFallbacks.confirmed > before.confirmed)
         }
     }
 
@@ -164,8 +167,12 @@ struct ClusterDegradedNodesTests {
             }
             // The primary is up and holds the key.
             #expect(try await primary.admin("ROLE").array?.first?.string == "master")
+            let before = client.replicaReadFallbacks
             let value = try await client.send(RedisCommand("GET", .key(key)), timeout: .seconds(3)).int
             #expect(value == 5)
+            // Counted as a read the replica failed and the primary served.
+            #expect(client.replicaReadFallbacks.failedOver > before.failedOver)
+            #expect(client.replicaReadFallbacks.confirmed == before.confirmed)
         }
     }
 

@@ -122,6 +122,10 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
     /// Turns replica reads take across a shard's replicas.
     private let replicaTurn = Atomic<Int>(0)
     private let askRedirections = Atomic<Int>(0)
+    /// Reads a replica answered "missing", confirmed by the primary.
+    private let replicaReadsConfirmed = Atomic<Int>(0)
+    /// Reads a replica could not serve (an error, a timeout), served by the primary.
+    private let replicaReadsFailedOver = Atomic<Int>(0)
     private let refreshRequests: AsyncStream<Void>
     private let refreshContinuation: AsyncStream<Void>.Continuation
 
@@ -235,6 +239,15 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         (self.redirections.load(ordering: .relaxed), self.askRedirections.load(ordering: .relaxed))
     }
 
+    /// With ``RedisClusterConfiguration/ReadRouting/replicas``: how many reads went to a primary after a
+    /// replica, since the client was created. `confirmed`: the replica answered that the key is missing
+    /// (it may not know of a slot's migration yet), and the primary was asked. `failedOver`: the replica
+    /// could not serve the read (an error such as `LOADING` or `MASTERDOWN`, a timeout, a connection
+    /// that failed), and the primary served it.
+    public var replicaReadFallbacks: (confirmed: Int, failedOver: Int) {
+        (self.replicaReadsConfirmed.load(ordering: .relaxed), self.replicaReadsFailedOver.load(ordering: .relaxed))
+    }
+
     /// The pool of every primary, for what must be asked of each node (`DBSIZE`, `SCAN`, `KEYS`).
     ///
     /// - Parameter timeout: How long to wait for the first topology; `nil` uses the lease timeout.
@@ -335,6 +348,7 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
                 if atReplica, case .null = reply, slot != nil {
                     // A replica does not know its primary's migrations: a key already moved to the
                     // importing node reads as missing there. The primary confirms (or redirects).
+                    self.replicaReadsConfirmed.add(1, ordering: .relaxed)
                     replicaRead = false
                     continue
                 }
@@ -344,6 +358,11 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             {
                 // The replica could not serve the read (stopped, cut off from its primary: MASTERDOWN,
                 // still loading): the primary serves it, at once. The command only reads.
+                self.logger.debug(
+                    "a replica could not serve a read: the primary serves it",
+                    metadata: [LoggingKeys.host: "\(endpoint.host)", LoggingKeys.port: "\(endpoint.port)", LoggingKeys.error: "\(error)"]
+                )
+                self.replicaReadsFailedOver.add(1, ordering: .relaxed)
                 if !error.isTransientServerState { self.nodeFailed(endpoint) }
                 replicaRead = false
             } catch let error as RedisError where error.serverErrorPrefix == "MOVED" || error.serverErrorPrefix == "ASK" {
