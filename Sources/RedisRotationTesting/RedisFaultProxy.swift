@@ -311,7 +311,8 @@ private final class Pair: Sendable {
             return
         }
         let upstream = ClientBootstrap(group: self.eventLoop)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // A TCP-level option (`.socketOption` would set SO_DEBUG, refused to unprivileged users).
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .connect(host: upstreamHost, port: upstreamPort)
         self.state.value.upstream = upstream

@@ -30,7 +30,7 @@ public final class RedisConnection: Sendable {
     /// What the TLS handshake settled on (version, resumption, the server's certificate); `nil` without TLS.
     public let tlsInfo: RedisTLSConnectionInfo?
 
-    private let channel: any Channel
+    let channel: any Channel
     let handler: NIOLoopBound<RedisCommandHandler>
     /// Since when replies have been owed without one arriving (see ``ReplyProgress``).
     let progress: ReplyProgress
@@ -160,7 +160,11 @@ public final class RedisConnection: Sendable {
         let connected: (channel: any Channel, handlers: Handlers, deadline: NIODeadline, results: [Result<RESPValue, any Error>], tlsInfo: RedisTLSConnectionInfo?)
         do {
             let bootstrap = ClientBootstrap(group: eventLoop)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                // TCP_NODELAY is a TCP-level option: `.socketOption(.tcp_nodelay)` would set
+                // SOL_SOCKET's option of the same number, SO_DEBUG, which only a privileged process
+                // may set (every connect failed with EACCES for any other user). NIO's default too;
+                // said here so that a change of default cannot slow replies down.
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
