@@ -122,4 +122,77 @@ struct GracefulShutdownTests {
         }
     }
 
+    @Test("a service the group shuts down before the cluster client still uses it while it stops: node pools its commands opened do not stop with it")
+    func clusterPoolsDoNotStopWithTheServiceThatOpenedThem() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            // Only the seed's pool is opened by the cluster client itself (no periodic refresh asks the
+            // other primaries): the service's first commands open the other nodes' pools, from its task.
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: testClusterNodeConfiguration(name: "graceful-pools", leaseTimeout: .seconds(3)),
+                    refreshInterval: .seconds(600)
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            // One key on each primary.
+            var keysByPort: [Int: RedisKey] = [:]
+            for index in 0..<2000 where keysByPort.count < 3 {
+                let key = uniqueKey("graceful-pools-\(index)")
+                let port = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key)).port
+                if keysByPort[port] == nil { keysByPort[port] = key }
+            }
+            try #require(keysByPort.count == 3)
+            let user = ClusterUserAtShutdown(client: client, keys: Array(keysByPort.values))
+            // A ServiceGroup stops its services last first: the user, then (once its run() returned) the
+            // cluster client. Before the fix a pool's task inherited the graceful shutdown of the task
+            // that opened it: the user's stop drained and closed the pools its own commands had opened,
+            // and its commands while stopping failed with clientShutdown until their deadline.
+            let group = ServiceGroup(configuration: .init(services: [client, user], logger: Logger(label: "test")))
+            let run = Task { try await group.run() }
+            try await user.warmedUp.wait()
+            await group.triggerGracefulShutdown()
+            try await run.value
+            #expect(user.failures.withLock { $0 }.isEmpty, "commands sent while the service stopped: \(user.failures.withLock { $0 })")
+            #expect(user.stopped.withLock { $0 } == 3)
+        }
+    }
+
+}
+
+/// Uses the cluster client while it runs (which opens node pools from its task) and again while it
+/// stops gracefully, as a server finishing its requests at a SIGTERM does.
+private struct ClusterUserAtShutdown: Service {
+    let client: RedisClusterClient
+    let keys: [RedisKey]
+    let warmedUp = Signal()
+    let stopped = Locked(0)
+    let failures = Locked<[String]>([])
+
+    func run() async throws {
+        for key in self.keys { _ = try await self.client.hincrby(key, field: "running", increment: 1) }
+        self.warmedUp.fire()
+        try? await gracefulShutdown()
+        for key in self.keys {
+            do {
+                _ = try await self.client.hincrby(key, field: "stopping", increment: 1)
+                self.stopped.withLock { $0 += 1 }
+            } catch {
+                self.failures.withLock { $0.append("\(key): \(error)") }
+            }
+        }
+    }
+}
+
+/// Fired once; waited for by any number of tasks (bounded: at most 30 s).
+private final class Signal: Sendable {
+    private let fired = Locked(false)
+
+    func fire() { self.fired.withLock { $0 = true } }
+
+    func wait() async throws {
+        for _ in 0..<3000 where !self.fired.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        try #require(self.fired.withLock { $0 }, "never fired")
+    }
 }

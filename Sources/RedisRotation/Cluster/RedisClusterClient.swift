@@ -584,7 +584,11 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
         self.state.withLock { state in
             guard var pool = state.pools[endpoint], pool.task == nil, !state.shutDown else { return }
             let client = pool.client
-            pool.task = Task { try? await client.run() }
+            // Detached: a task made with `Task {}` inherits the task locals of whoever asked for the node
+            // first, among them a `ServiceGroup`'s graceful shutdown of that caller's service; the pool
+            // would drain and close when that service stops, while the cluster client and the other
+            // services still use it. The pool stops with the cluster client only (`finishShutdown`).
+            pool.task = Task.detached { try? await client.run() }
             state.pools[endpoint] = pool
         }
     }
