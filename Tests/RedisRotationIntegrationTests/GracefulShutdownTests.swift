@@ -122,6 +122,49 @@ struct GracefulShutdownTests {
         }
     }
 
+    @Test("after a cluster client stopped, a command for a node it never opened a pool to fails with clientShutdown, at once")
+    func clusterCommandAfterShutdownToANodeWithoutPool() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(
+                    seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)],
+                    node: testClusterNodeConfiguration(name: "after-stop", leaseTimeout: .seconds(3)),
+                    refreshInterval: .seconds(600)
+                ),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            var keysByPort: [Int: RedisKey] = [:]
+            for index in 0..<2000 where keysByPort.count < 3 {
+                let key = uniqueKey("after-stop-\(index)")
+                let port = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key)).port
+                if keysByPort[port] == nil { keysByPort[port] = key }
+            }
+            let seedKey = try #require(keysByPort[cluster.nodes[0].port])
+            let group = ServiceGroup(configuration: .init(services: [client], logger: Logger(label: "test")))
+            let run = Task { try await group.run() }
+            #expect(try await client.hincrby(seedKey, field: "n", increment: 1) == 1)
+            await group.triggerGracefulShutdown()
+            try await run.value
+            for (port, key) in keysByPort {
+                // Before the fix only the seed's node (whose pool had stopped) answered: the others got a
+                // pool that never ran, and the command waited forever, past its deadline. (Bounded here: a
+                // watchdog cancels it after 5 s.)
+                let attempt = Task { try await client.hincrby(key, field: "n", increment: 1) }
+                let watchdog = Task {
+                    try await Task.sleep(for: .seconds(5))
+                    attempt.cancel()
+                }
+                let result = await attempt.result
+                watchdog.cancel()
+                switch result {
+                case .success(let value): Issue.record("port \(port): a stopped cluster client answered \(value)")
+                case .failure(let error): #expect((error as? RedisError)?.code == .clientShutdown, "port \(port): \(error)")
+                }
+            }
+        }
+    }
+
     @Test("a service the group shuts down before the cluster client still uses it while it stops: node pools its commands opened do not stop with it")
     func clusterPoolsDoNotStopWithTheServiceThatOpenedThem() async throws {
         let password = makePassword()

@@ -570,12 +570,15 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             eventLoopGroup: self.eventLoopGroup,
             logger: self.logger
         )
-        let (client, start) = self.state.withLock { state -> (RedisClient, Bool) in
+        let found = self.state.withLock { state -> (client: RedisClient, start: Bool)? in
             if let existing = state.pools[endpoint] { return (existing.client, false) }
-            if state.shutDown { return (created, false) }
+            // A pool made now would never run: its commands would wait forever (a redirection during a
+            // graceful shutdown's drain, a command sent after it, to a node without a pool yet).
+            if state.shutDown { return nil }
             state.pools[endpoint] = Pool(client: created, task: nil, serverName: serverName)
             return (created, state.running)
         }
+        guard let (client, start) = found else { throw RedisError(code: .clientShutdown, message: "the cluster client shut down") }
         if start { self.startPool(endpoint) }
         return client
     }
