@@ -231,4 +231,95 @@ final class TLSClientHandlerTests {
         #expect(self.collector.received == text)
         try self.channel.throwIfErrorCaught()
     }
+
+    /// The client's output since the last call, flushed (an embedded channel hands out only flushed writes).
+    func flushedOutput() throws -> ByteBuffer? {
+        var all: ByteBuffer?
+        while var out = try self.channel.readOutbound(as: ByteBuffer.self) {
+            if all == nil { all = out } else { all!.writeBuffer(&out) }
+        }
+        return all
+    }
+
+    @Test("a KeyUpdate that asks for ours, read with a reply: ours precedes the client's next record; traffic goes on both ways")
+    func keyUpdateIsAnswered() throws {
+        try self.connect()
+        try self.pump()
+        #expect(try self.flushedOutput() == nil)
+        #expect(SSL_key_update(self.server.ssl, SSL_KEY_UPDATE_REQUESTED) == 1)
+        self.server.write("+OK\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n")
+        // OpenSSL answers with the client's next write (RFC 8446 4.6.3 allows it), not from the read.
+        try self.channel.writeAndFlush(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n")).wait()
+        self.server.receive(try #require(try self.flushedOutput()))
+        #expect(self.server.read().text == "*1\r\n$4\r\nPING\r\n")
+        self.server.write("+PONG\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n+PONG\r\n")
+        // The server's next key update (not requested) is read as well.
+        #expect(SSL_key_update(self.server.ssl, SSL_KEY_UPDATE_NOT_REQUESTED) == 1)
+        self.server.write("+AGAIN\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n+PONG\r\n+AGAIN\r\n")
+        try self.channel.throwIfErrorCaught()
+        #expect(self.channel.isActive)
+    }
+
+    @Test("TLS 1.2: a server's renegotiation request is refused with a warning alert that goes out at once; the connection carries on")
+    func renegotiationRequestIsRefusedAtOnce() throws {
+        #expect(SSL_ctrl(self.server.ssl, SSL_CTRL_SET_MAX_PROTO_VERSION, Int(TLS1_2_VERSION), nil) == 1)
+        try self.connect()
+        try self.pump()
+        #expect(try self.flushedOutput() == nil)
+        #expect(SSL_renegotiate(self.server.ssl) == 1)
+        self.server.handshake()  // Sends the HelloRequest.
+        self.server.write("+OK\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n")
+        let alert = try #require(try self.flushedOutput(), "the client's no_renegotiation alert was not flushed")
+        // A TLS 1.2 alert record: content type 21.
+        #expect(alert.getInteger(at: alert.readerIndex, as: UInt8.self) == 21)
+        try self.channel.throwIfErrorCaught()
+        #expect(self.channel.isActive)
+    }
+
+    @Test("replies of 16 KiB - 1, 16 KiB and 16 KiB + 1 bytes followed by close_notify in one read, and split: every byte arrives, then the close")
+    func recordSizedRepliesThenCloseNotify() throws {
+        for (size, split) in [(16_383, Int.max), (16_384, Int.max), (16_385, Int.max), (16_384, 16_384 + 22), (16_384, 7), (1, Int.max), (0, Int.max)] {
+            let server = try MemoryTLSServer(certificate: try self.ca.issueServer())
+            let collector = PlaintextCollector()
+            let context = try RedisTLSContext(configuration: RedisTLSConfiguration(trustAnchors: [self.ca.certificate.certificateSource]))
+            let handler = TLSClientHandler(context: context, serverName: "localhost", sessionKey: "test-\(size)-\(split)", handshakeTimeout: .seconds(5))
+            let channel = EmbeddedChannel(handlers: [handler, collector])
+            defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+            for _ in 0..<20 {
+                var moved = false
+                while let out = try channel.readOutbound(as: ByteBuffer.self) {
+                    server.receive(out)
+                    moved = true
+                }
+                server.handshake()
+                let reply = server.output()
+                if reply.readableBytes > 0 {
+                    moved = true
+                    try channel.writeInbound(reply)
+                }
+                if !moved { break }
+            }
+            let text = String((0..<size).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
+            if size > 0 { server.write(text) }
+            server.shutdown()
+            var output = server.output()
+            while output.readableBytes > 0, let piece = output.readSlice(length: min(split, output.readableBytes)) {
+                try channel.writeInbound(piece)
+            }
+            #expect(collector.received == text, "size \(size), split \(split): \(collector.received.count) bytes")
+            #expect(!channel.isActive, "size \(size), split \(split)")
+            try channel.throwIfErrorCaught()
+            while let out = try channel.readOutbound(as: ByteBuffer.self) { server.receive(out) }
+            #expect(server.read().closeNotify, "size \(size), split \(split)")
+        }
+    }
 }
