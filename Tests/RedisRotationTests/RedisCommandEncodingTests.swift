@@ -105,6 +105,35 @@ struct RedisCommandEncodingTests {
         #expect(!hello.keepsPlainEncoding, "HELLO's arguments may be credentials even as plain strings")
         #expect(RedisCommand("GET", "k").keepsPlainEncoding)
     }
+
+    @Test("every kind of argument side by side, empty ones between, and a password too large for the stack: the same bytes as written one by one")
+    func mixedArgumentsThroughTheScratchArea() throws {
+        var offsetBuffer = ByteBuffer(string: "--tail")
+        offsetBuffer.moveReaderIndex(forwardBy: 2)
+        let bigSecret = String((0..<300_000).map { Character(UnicodeScalar(UInt8(33 + $0 % 90))) })
+        let small = "small-password"
+        let arguments: [RedisArgument] = [
+            "", .bytes(ByteBuffer()), .integer(Int.min), .integer(0), "grüß", .bytes(offsetBuffer), .secret(RedisSecret(small)),
+            "", .secret(RedisSecret(bigSecret)), .bytes(ByteBuffer(bytes: allByteValues)), .secret(RedisSecret("")),
+        ]
+        func expected(_ name: String) -> [UInt8] {
+            var bytes = Array("*\(arguments.count + 1)\r\n$\(name.utf8.count)\r\n\(name)\r\n".utf8)
+            for argument in arguments {
+                var buffer = ByteBuffer()
+                argument.write(to: &buffer)
+                bytes += Array("$\(buffer.readableBytes)\r\n".utf8) + Array(buffer.readableBytesView) + Array("\r\n".utf8)
+            }
+            return bytes
+        }
+        // Sensitive by its name and by its arguments; and a plain one with a name only.
+        for name in ["AUTH", "ECHO", "X"] {
+            let command = RedisCommand(name, arguments: arguments)
+            #expect(command.isSensitive)
+            #expect(Array(try command.encoded.readableBytesView) == expected(name), "\(name)")
+        }
+        #expect(String(buffer: try RedisCommand("PING").encoded) == "*1\r\n$4\r\nPING\r\n")
+        #expect(String(buffer: try RedisCommand("ECHO", "").encoded) == "*2\r\n$4\r\nECHO\r\n$0\r\n\r\n")
+    }
 }
 
 @Suite("Blocking command timeouts")
