@@ -1,0 +1,131 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+/// Review of commands handed to an event loop that shuts down under them (the enqueue ticket), over
+/// plain text and TLS: every caller returns, with its reply, `connectionClosed` or `CancellationError`,
+/// and `commandWasNotSent` is said only of commands the server never ran (each command increments a key
+/// of its own, and the server is asked afterwards).
+@Suite("Enqueue tickets against a real redis-server", .timeLimit(.minutes(3)))
+struct EnqueueTicketReviewTests {
+    enum Outcome: Sendable {
+        case replied
+        case notSent
+        case maybeSent
+        case cancelled
+        case other(String)
+    }
+
+    static func outcome(_ result: Result<Void, any Error>) -> Outcome {
+        switch result {
+        case .success: return .replied
+        case .failure(let error as RedisError) where error.code == .connectionClosed:
+            return error.commandWasNotSent ? .notSent : .maybeSent
+        case .failure(let error) where error is CancellationError: return .cancelled
+        case .failure(let error): return .other("\(error)")
+        }
+    }
+
+    @Test(
+        "commands racing their event loop's shutdown (single sends, pipelines, every seventh cancelled): all return; 'not sent' only for commands the server never ran",
+        arguments: [false, true]
+    )
+    func loopShutdownUnderTraffic(tls: Bool) async throws {
+        let fixture = try TLSFixture()
+        let serverConfiguration = tls ? fixture.serverConfiguration() : .init(users: [.init(name: "alice", passwords: [fixture.password])])
+        try await RedisServerProcess.withServer(serverConfiguration) { server in
+            let admin = try await server.adminConnection()
+            let context = tls ? try fixture.context() : nil
+            var counts: [String: Int] = [:]
+            for round in 0..<40 {
+                let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                let name = "ticket-\(round)-\(UUID().uuidString.prefix(8))"
+                var configuration = context.map { fixture.aliceConfiguration(server, context: $0) }
+                    ?? server.connectionConfiguration(username: "alice", password: fixture.password)
+                configuration.name = name
+                let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: group)
+                let prefix = "test:ticket:\(name)"
+                // Each task: the keys its commands increment (once each).
+                var tasks: [(keys: [String], task: Task<Void, any Error>)] = []
+                for index in 0..<120 {
+                    let key = "\(prefix):s\(index)"
+                    tasks.append(([key], Task { try await connection.send(RedisCommand("INCR", .key(RedisKey(key))), timeout: .seconds(30)) }))
+                }
+                for index in 0..<12 {
+                    let keys = (0..<8).map { "\(prefix):p\(index)-\($0)" }
+                    tasks.append((keys, Task {
+                        let results = try await connection.pipeline(keys.map { RedisCommand("INCR", .key(RedisKey($0))) }, timeout: .seconds(30))
+                        for result in results { _ = try result.get() }
+                    }))
+                }
+                // The shutdown lands at a different point each round: before, among and after the enqueues.
+                for _ in 0..<(round * 3) { await Task.yield() }
+                for (index, entry) in tasks.enumerated() where index % 7 == round % 7 { entry.task.cancel() }
+                // More commands while the loop shuts down: some find it closed, some reach it as it stops
+                // taking tasks (NIO drops those; their tickets fail them as not sent).
+                let shutdown = Task { try await group.shutdownGracefully() }
+                for index in 0..<150 {
+                    let key = "\(prefix):late\(index)"
+                    tasks.append(([key], Task { try await connection.send(RedisCommand("INCR", .key(RedisKey(key))), timeout: .seconds(30)) }))
+                    if index % 10 == 0 { await Task.yield() }
+                }
+                try await shutdown.value
+                // Every task returns (bounded: 20 s for all of them).
+                let finished = Locked<[Int: Result<Void, any Error>]>([:])
+                for (index, entry) in tasks.enumerated() {
+                    Task {
+                        let result = await entry.task.result
+                        finished.withLock { $0[index] = result }
+                    }
+                }
+                let clock = ContinuousClock()
+                let end = clock.now + .seconds(20)
+                while clock.now < end, finished.withLock({ $0.count }) < tasks.count { try await Task.sleep(for: .milliseconds(5)) }
+                let results = finished.withLock { $0 }
+                var outcomes: [(keys: [String], outcome: Outcome)] = []
+                for (index, entry) in tasks.enumerated() {
+                    guard let result = results[index] else {
+                        Issue.record("round \(round): task \(index) never returned")
+                        entry.task.cancel()
+                        continue
+                    }
+                    outcomes.append((entry.keys, Self.outcome(result)))
+                }
+                // Once the server has dropped the connection it has run everything it read from it.
+                var gone = false
+                for _ in 0..<200 where !gone {
+                    let list = try await admin.send(RedisCommand("CLIENT", "LIST"), as: String.self)
+                    gone = !list.contains("name=\(name) ")
+                    if !gone { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                #expect(gone, "round \(round): the server still lists the connection")
+                let allKeys = outcomes.flatMap(\.keys)
+                let fetched = try await admin.send(RedisCommand("MGET", arguments: allKeys.map { .key(RedisKey($0)) })).array ?? []
+                #expect(fetched.count == allKeys.count)
+                let stored = Dictionary(uniqueKeysWithValues: zip(allKeys, fetched.map(\.string)))
+                for (keys, outcome) in outcomes {
+                    let values = keys.map { stored[$0] ?? nil }
+                    switch outcome {
+                    case .replied:
+                        #expect(values.allSatisfy { $0 == "1" }, "round \(round): replied but the server holds \(values)")
+                        counts["replied", default: 0] += 1
+                    case .notSent:
+                        #expect(values.allSatisfy { $0 == nil }, "round \(round): 'not sent' but the server ran it: \(keys) = \(values)")
+                        counts["notSent", default: 0] += 1
+                    case .maybeSent, .cancelled:
+                        #expect(values.allSatisfy { $0 == nil || $0 == "1" }, "round \(round): \(values)")
+                        counts["\(outcome)", default: 0] += 1
+                    case .other(let error):
+                        Issue.record("round \(round): \(keys.first ?? ""): \(error)")
+                    }
+                }
+                #expect(!connection.isActive)
+            }
+            await admin.close()
+            print("enqueue tickets (tls: \(tls)): \(counts)")
+        }
+    }
+}
