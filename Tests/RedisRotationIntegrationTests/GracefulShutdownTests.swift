@@ -122,6 +122,55 @@ struct GracefulShutdownTests {
         }
     }
 
+    @Test("a cluster client cancelled while its graceful shutdown drains a command the server holds back: run() ends at once, the command fails")
+    func clusterCancelDuringDrain() async throws {
+        let password = makePassword()
+        try await RedisClusterProcess.withCluster(.init(users: [.init(name: "alice", passwords: [password])])) { cluster in
+            var node = testClusterNodeConfiguration(name: "cancel-drain", leaseTimeout: .seconds(10))
+            // The drain would wait up to a minute for the held-back reply: only the cancellation ends it.
+            node.commandTimeout = .seconds(60)
+            let client = try RedisClusterClient(
+                configuration: RedisClusterConfiguration(seeds: [.init(host: "127.0.0.1", port: cluster.nodes[0].port)], node: node),
+                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
+            )
+            let group = ServiceGroup(configuration: .init(services: [client], logger: Logger(label: "test")))
+            let run = Task { try await group.run() }
+            let key = uniqueKey("cancel-drain")
+            #expect(try await client.hincrby(key, field: "ticks", increment: 1) == 1)
+            let server = try await cluster.primary(forSlot: RedisClusterSlot.slot(for: key))
+            try await server.admin("CLIENT", "PAUSE", "30000", "WRITE")
+            let write = Task { try await client.hincrby(key, field: "ticks", increment: 1) }
+            try await server.waitForBlockedClients(1)
+            await group.triggerGracefulShutdown()
+            // A second graceful signal changes nothing.
+            await group.triggerGracefulShutdown()
+            // The drain has begun once new commands fail with clientShutdown (bounded: 5 s).
+            var stopped = false
+            for _ in 0..<500 where !stopped {
+                do {
+                    _ = try await client.send(RedisCommand("PING"), timeout: .seconds(1))
+                    try await Task.sleep(for: .milliseconds(10))
+                } catch let error as RedisError where error.code == .clientShutdown {
+                    stopped = true
+                }
+            }
+            #expect(stopped, "new commands never failed with clientShutdown")
+            run.cancel()
+            let ended = await ReplyBoxIntegrationReviewTests.outcome(within: .seconds(10)) { try await run.value }
+            let written = await ReplyBoxIntegrationReviewTests.outcome(within: .seconds(10)) { try await write.value }
+            try await server.admin("CLIENT", "UNPAUSE")
+            #expect(ended != nil, "run() still drained after its task was cancelled")
+            switch written {
+            case nil: Issue.record("the held-back HINCRBY never returned after the cancellation")
+            case .success(let value)?: Issue.record("the held-back HINCRBY was answered while the server held it back: \(value)")
+            case .failure(let error)?:
+                let code = (error as? RedisError)?.code
+                #expect(code == .connectionClosed || code == .outcomeUnknown, "\(error)")
+            }
+            _ = try? await run.value
+        }
+    }
+
     @Test("after a cluster client stopped, a command for a node it never opened a pool to fails with clientShutdown, at once")
     func clusterCommandAfterShutdownToANodeWithoutPool() async throws {
         let password = makePassword()
