@@ -129,3 +129,66 @@ struct EnqueueTicketReviewTests {
         }
     }
 }
+
+/// Review of `send` (one command, no arrays), pipelines and transactions cancelled at every point of
+/// their way over TLS: the TLS handler's reads come in right-sized buffers and skip the flush when
+/// reading wrote nothing, so a reply split across records and reads is where a lost byte would show.
+@Suite("Cancellation over TLS against a real redis-server", .timeLimit(.minutes(3)))
+struct TLSCancellationReviewTests {
+    @Test("sends, pipelines and transactions over TLS cancelled at every point, with replies of 0 B to 40 KB: each gets CancellationError or its own reply, and the connection stays in step")
+    func cancelledAtEveryPointOverTLS() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
+            let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: try fixture.context()))
+            let sizes = [0, 1, 255, 16_384 - 40, 16_384, 16_385, 40_000]
+            let key = uniqueKey("tls-cancel")
+            for (index, size) in sizes.enumerated() {
+                try await connection.set("\(key):\(index)", to: .bytes(ByteBuffer(repeating: UInt8(97 + index), count: size)))
+            }
+            func expected(_ index: Int) -> ByteBuffer { ByteBuffer(repeating: UInt8(97 + index), count: sizes[index]) }
+            let counts = Locked((cancelled: 0, answered: 0))
+            for round in 0..<300 {
+                let index = round % sizes.count
+                let get = RedisCommand("GET", .key(RedisKey("\(key):\(index)")))
+                let task = Task { () -> Bool in
+                    switch round % 3 {
+                    case 0:
+                        return try await connection.send(get).bytes == expected(index)
+                    case 1:
+                        let results = try await connection.pipeline([get, RedisCommand("ECHO", .string("r\(round)")), get])
+                        return try results[0].get().bytes == expected(index) && results[1].get().string == "r\(round)"
+                            && results[2].get().bytes == expected(index)
+                    default:
+                        var transaction = RedisTransaction()
+                        let first = transaction.queue(get)
+                        let second = transaction.queue(RedisCommand("ECHO", .string("t\(round)")))
+                        guard let results = try await connection.transaction(transaction) else { return false }
+                        return try results.results[first].get().bytes == expected(index) && results.results[second].get().string == "t\(round)"
+                    }
+                }
+                for _ in 0..<(round % 9) { await Task.yield() }
+                if round % 4 == 3 { try? await Task.sleep(for: .microseconds(30 * (round % 11))) }
+                task.cancel()
+                guard let result = await ReplyBoxIntegrationReviewTests.outcome(within: .seconds(10), { try await task.value }) else {
+                    Issue.record("round \(round): the cancelled command never returned")
+                    return
+                }
+                switch result {
+                case .success(let matched):
+                    #expect(matched, "round \(round): a reply that is not its own")
+                    counts.withLock { $0.answered += 1 }
+                case .failure(let error):
+                    #expect(error is CancellationError, "round \(round): \(error)")
+                    counts.withLock { $0.cancelled += 1 }
+                }
+            }
+            #expect(counts.withLock { $0.cancelled + $0.answered } == 300)
+            for index in 0..<sizes.count {
+                #expect(try await connection.send(RedisCommand("GET", .key(RedisKey("\(key):\(index)")))).bytes == expected(index), "after: \(index)")
+            }
+            #expect(try await connection.send(RedisCommand("ECHO", "in-step")).string == "in-step")
+            #expect(connection.isActive)
+            await connection.close()
+        }
+    }
+}
