@@ -192,3 +192,54 @@ struct TLSCancellationReviewTests {
         }
     }
 }
+
+@Suite("TLS closes against a real redis-server", .timeLimit(.minutes(2)))
+struct TLSCloseReviewTests {
+    @Test("over TLS 1.3 and 1.2: a 40 KB reply right before the server closes (QUIT after a GET, in one pipeline) arrives whole; the waiters behind a CLIENT KILL fail with connectionClosed")
+    func replyThenCloseOverTLS() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
+            for maximumVersion in [nil, RedisTLSVersion.tls12] {
+                let context = try fixture.context(maximumVersion: maximumVersion)
+                let key = uniqueKey("tls-close")
+                let value = ByteBuffer(repeating: 0x61, count: 40_000)
+                do {
+                    let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: context))
+                    try await connection.set(key, to: .bytes(value))
+                    let results = try await connection.pipeline([RedisCommand("GET", .key(key)), RedisCommand("QUIT")])
+                    #expect(try results[0].get().bytes == value, "\(String(describing: maximumVersion))")
+                    #expect(try results[1].get().string == "OK", "\(String(describing: maximumVersion))")
+                    await connection.waitUntilClosed()
+                    #expect(!connection.isActive)
+                }
+                do {
+                    var configuration = fixture.aliceConfiguration(server, context: context)
+                    let name = "tls-kill-\(UUID().uuidString.prefix(8))"
+                    configuration.name = name
+                    let connection = try await RedisConnection.connect(configuration: configuration)
+                    let blocked = Task { try await connection.send(RedisCommand("BLPOP", .key(uniqueKey("tls-kill-list")), "0")) }
+                    let behind = (0..<50).map { index in Task { try await connection.send(RedisCommand("ECHO", .string("b\(index)"))) } }
+                    try await server.waitForBlockedClients(1)
+                    let admin = try await server.adminConnection()
+                    let list = try await admin.send(RedisCommand("CLIENT", "LIST"), as: String.self)
+                    let line = try #require(list.split(separator: "\n").first { $0.contains("name=\(name) ") })
+                    let id = try #require(line.split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+                    try await admin.send(RedisCommand("CLIENT", "KILL", "ID", .string(String(id))))
+                    await admin.close()
+                    for task in [blocked] + behind {
+                        guard let result = await ReplyBoxIntegrationReviewTests.outcome(within: .seconds(10), { try await task.value }) else {
+                            Issue.record("a waiter behind CLIENT KILL never returned")
+                            task.cancel()
+                            continue
+                        }
+                        switch result {
+                        case .success(let reply): Issue.record("a killed connection answered \(reply)")
+                        case .failure(let error): #expect((error as? RedisError)?.code == .connectionClosed, "\(error)")
+                        }
+                    }
+                    #expect(!connection.isActive)
+                }
+            }
+        }
+    }
+}
