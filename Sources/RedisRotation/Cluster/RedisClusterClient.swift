@@ -570,30 +570,34 @@ public final class RedisClusterClient: Service, RedisCommandExecutor, Sendable {
             eventLoopGroup: self.eventLoopGroup,
             logger: self.logger
         )
-        let found = self.state.withLock { state -> (client: RedisClient, start: Bool)? in
-            if let existing = state.pools[endpoint] { return (existing.client, false) }
+        let found = self.state.withLock { state -> RedisClient? in
+            if let existing = state.pools[endpoint] { return existing.client }
             // A pool made now would never run: its commands would wait forever (a redirection during a
             // graceful shutdown's drain, a command sent after it, to a node without a pool yet).
             if state.shutDown { return nil }
             state.pools[endpoint] = Pool(client: created, task: nil, serverName: serverName)
-            return (created, state.running)
+            // Started under the same lock: a shutdown between adding the pool and starting it would
+            // find no task to stop, and the pool would then never start, its first command waiting forever.
+            if state.running { Self.startPool(endpoint, in: &state) }
+            return created
         }
-        guard let (client, start) = found else { throw RedisError(code: .clientShutdown, message: "the cluster client shut down") }
-        if start { self.startPool(endpoint) }
-        return client
+        guard let found else { throw RedisError(code: .clientShutdown, message: "the cluster client shut down") }
+        return found
     }
 
     private func startPool(_ endpoint: Endpoint) {
-        self.state.withLock { state in
-            guard var pool = state.pools[endpoint], pool.task == nil, !state.shutDown else { return }
-            let client = pool.client
-            // Detached: a task made with `Task {}` inherits the task locals of whoever asked for the node
-            // first, among them a `ServiceGroup`'s graceful shutdown of that caller's service; the pool
-            // would drain and close when that service stops, while the cluster client and the other
-            // services still use it. The pool stops with the cluster client only (`finishShutdown`).
-            pool.task = Task.detached { try? await client.run() }
-            state.pools[endpoint] = pool
-        }
+        self.state.withLock { state in Self.startPool(endpoint, in: &state) }
+    }
+
+    private static func startPool(_ endpoint: Endpoint, in state: inout State) {
+        guard var pool = state.pools[endpoint], pool.task == nil, !state.shutDown else { return }
+        let client = pool.client
+        // Detached: a task made with `Task {}` inherits the task locals of whoever asked for the node
+        // first, among them a `ServiceGroup`'s graceful shutdown of that caller's service; the pool
+        // would drain and close when that service stops, while the cluster client and the other
+        // services still use it. The pool stops with the cluster client only (`finishShutdown`).
+        pool.task = Task.detached { try? await client.run() }
+        state.pools[endpoint] = pool
     }
 
     // MARK: Topology
