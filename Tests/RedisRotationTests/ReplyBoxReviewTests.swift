@@ -132,6 +132,38 @@ struct ReplyBoxReviewTests {
         }
     }
 
+    @Test("a delivered ticket lets go of its payload: the caller's wipe of a password reaches the bytes it gave, not a copy, while the ticket lives on")
+    func deliveredTicketReleasesItsPayload() throws {
+        let harness = try Harness()
+        var payload = ByteBufferAllocator().buffer(capacity: 64)
+        payload.writeString("*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n")
+        let given = payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+        let box = ReplyBox()
+        let entry = RedisCommandHandler.Entry(id: 1, promise: .box(box), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)
+        let ticket = EnqueueTicket(
+            handler: NIOLoopBound(harness.handler, eventLoop: harness.channel.eventLoop),
+            payload: payload,
+            entries: CollectionOfOne(entry),
+            pubSubCommands: [],
+            progress: harness.handler.progress
+        )
+        ticket.deliver()
+        // The write has left the channel.
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) != nil)
+        // NIO releases a task's closure (and so the ticket) only after its whole batch of tasks has run: a
+        // cancelled caller, resumed by a later task of that batch, wipes meanwhile. Before the fix the
+        // ticket still shared the bytes, the wipe copied them first, and the password stayed behind in
+        // the original storage, freed unwiped.
+        let wiped = payload.withUnsafeMutableReadableBytes { bytes -> UInt in
+            wipe(bytes)
+            return UInt(bitPattern: bytes.baseAddress)
+        }
+        #expect(wiped == given, "the wipe reached a copy: the ticket still holds the password's bytes")
+        withExtendedLifetime(ticket) {}
+        box.complete(.failure(CancellationError()))
+        _ = try? harness.channel.finish()
+    }
+
     @Test("a deadline fails a waiter, then its reply arrives and then the connection closes: completed once")
     func timerThenReplyThenClose() async throws {
         let harness = try Harness()

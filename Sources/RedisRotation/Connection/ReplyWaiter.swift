@@ -95,7 +95,10 @@ final class ReplyBox: Sendable {
 /// `deliver()` (the last release synchronises with that write), so its `deinit` finds nothing to do.
 final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Sendable>: @unchecked Sendable {
     private let handler: NIOLoopBound<RedisCommandHandler>
-    private let payload: ByteBuffer
+    /// `nil` once delivered: the ticket lives on until NIO's whole batch of tasks has run, and a
+    /// cancelled caller resumed meanwhile wipes a password in the payload; a reference kept here would
+    /// make that wipe copy the bytes first and leave the password in the original storage.
+    private var payload: ByteBuffer?
     /// `nil` once delivered.
     private var entries: Entries?
     private let pubSubCommands: [PubSubStateMachine.Command?]
@@ -117,9 +120,10 @@ final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Senda
 
     /// On the event loop: hands the commands to the handler.
     func deliver() {
-        guard let entries = self.entries else { return }
+        guard let entries = self.entries, let payload = self.payload else { return }
         self.entries = nil
-        self.handler.value.enqueue(self.payload, entries: entries, pubSubCommands: self.pubSubCommands)
+        self.payload = nil
+        self.handler.value.enqueue(payload, entries: entries, pubSubCommands: self.pubSubCommands)
     }
 
     deinit {
