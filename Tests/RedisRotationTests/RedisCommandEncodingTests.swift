@@ -106,6 +106,22 @@ struct RedisCommandEncodingTests {
         #expect(RedisCommand("GET", "k").keepsPlainEncoding)
     }
 
+    @Test("a handshake step's commands go into one buffer of their exact size: a kilobyte token does not make it grow, which would leave its bytes in freed storage")
+    func handshakePayloadDoesNotGrow() throws {
+        let token = RedisSecret(String(repeating: "t", count: 1500))
+        let commands = [
+            RedisCommand("HELLO", "2", "AUTH", "alice", .secret(token), "SETNAME", "n"),
+            RedisCommand("CLIENT", "SETINFO", "LIB-NAME", "redis-rotation"),
+            RedisCommand("SELECT", "1"),
+        ]
+        let payload = try RedisConnection.encodeOnce(commands)
+        // Reserved at the commands' counted size, which is what they wrote: never reallocated while the
+        // password was in it.
+        #expect(commands.reduce(0) { $0 + $1.encodedCount } == payload.readableBytes)
+        #expect(payload.capacity >= payload.readableBytes)
+        #expect(Array(payload.readableBytesView) == (try commands.flatMap { Array(try $0.encoded.readableBytesView) }))
+    }
+
     @Test("every kind of argument side by side, empty ones between, and a password too large for the stack: the same bytes as written one by one")
     func mixedArgumentsThroughTheScratchArea() throws {
         var offsetBuffer = ByteBuffer(string: "--tail")

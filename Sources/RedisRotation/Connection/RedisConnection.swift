@@ -752,14 +752,22 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// `commands` encoded in one buffer allocated once at their exact size. A buffer that grew as they
+    /// were written (a long password, an access token of a kilobyte, fills the first 256 bytes) would
+    /// leave the bytes written so far, the password among them, in storage freed without a wipe.
+    static func encodeOnce(_ commands: [RedisCommand]) throws(RedisError) -> ByteBuffer {
+        var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
+        for command in commands { try command.write(to: &payload) }
+        return payload
+    }
+
     private static func encodeHandshakeStep(
         _ action: HandshakeStateMachine.Action,
         configuration: RedisConnectionConfiguration
     ) throws -> EncodedHandshakeStep {
         guard case .send(let commands) = action else { preconditionFailure("a handshake starts by sending") }
         let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
-        var payload = ByteBufferAllocator().buffer(capacity: 256)
-        for command in encoded { try command.write(to: &payload) }
+        let payload = try Self.encodeOnce(encoded)
         let count = UInt64(commands.count)
         let firstID = Self.nextCommandID.add(count, ordering: .relaxed).newValue - count + 1
         return EncodedHandshakeStep(
@@ -812,8 +820,7 @@ public final class RedisConnection: Sendable {
                 throw error
             case .send(let commands):
                 let encoded = commands.map { Self.command(for: $0, configuration: configuration) }
-                var payload = ByteBufferAllocator().buffer(capacity: 256)
-                for command in encoded { try command.write(to: &payload) }
+                var payload = try Self.encodeOnce(encoded)
                 defer { if encoded.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
                 let results = try await Self.exchange(
                     payload,
