@@ -506,6 +506,7 @@ public final class RedisConnection: Sendable {
     }
 
     /// ``write(_:timeout:tracked:)`` for one command (every `send`): no array for its waiter or its result.
+    @inline(__always)
     private func writeOne(_ command: RedisCommand, timeout: Duration?) async throws -> Result<RESPValue, RedisError> {
         var payload: ByteBuffer
         if let plain = command.plainEncoding {
@@ -633,6 +634,7 @@ public final class RedisConnection: Sendable {
 
     /// ``exchange(_:count:closesIfAbandoned:pubSubCommands:deadline:silenceDeadline:handler:progress:abandoned:)``
     /// for one command: no array for its waiter or its result.
+    @inline(__always)
     static func exchangeOne(
         _ payload: ByteBuffer,
         closesIfAbandoned: Bool,
@@ -672,6 +674,7 @@ public final class RedisConnection: Sendable {
     }
 
     /// The reply `entry`'s box receives.
+    @inline(__always)
     private static func reply(of entry: RedisCommandHandler.Entry) async throws -> Result<RESPValue, RedisError> {
         guard let box = entry.promise?.box else { preconditionFailure("a caller's command waits in a reply box") }
         do {
@@ -683,6 +686,7 @@ public final class RedisConnection: Sendable {
 
     /// Schedules `entries` on the handler's event loop (at once when already there) and runs `wait`; a
     /// cancelled caller tells the handler to drop the replies.
+    @inline(__always)
     private static func deliver<Entries: Collection<RedisCommandHandler.Entry> & Sendable, Output>(
         _ payload: ByteBuffer,
         entries: Entries,

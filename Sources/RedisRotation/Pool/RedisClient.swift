@@ -729,6 +729,7 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// A place on a pooled connection for one ordinary command, pipelined with other callers' commands:
     /// at once (one lock acquisition, no continuation) when a connection has room, else after waiting at
     /// most `leaseTimeout`, or `within` when that is shorter. End it with ``finish(_:)``.
+    @inline(__always)  // Its usual path never suspends: no frame of its own for it.
     func share(within: Duration? = nil, spread: Bool = false) async throws -> Lease {
         let now = NIODeadline.now()
         let immediate = self.state.withLock { state -> Lease? in
