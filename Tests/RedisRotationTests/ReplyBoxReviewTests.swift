@@ -132,6 +132,37 @@ struct ReplyBoxReviewTests {
         }
     }
 
+    @Test("commands enqueued in one turn of the event loop leave together at its end, in order; a password leaves at once")
+    func flushAtTheEndOfTheTurn() throws {
+        let harness = try Harness()
+        let boxes = harness.enqueue(ids: 1...2)
+        let third = ReplyBox()
+        harness.handler.enqueue(
+            ByteBuffer(string: "*1\r\n$4\r\nINFO\r\n"),
+            entries: CollectionOfOne(RedisCommandHandler.Entry(id: 3, promise: .box(third), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false))
+        )
+        // Written, not flushed: nothing has left yet.
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil)
+        harness.channel.embeddedEventLoop.run()
+        var sent = ByteBuffer()
+        while var piece = try harness.channel.readOutbound(as: ByteBuffer.self) { sent.writeBuffer(&piece) }
+        // (The harness writes one PING for its two waiters.)
+        #expect(String(buffer: sent) == "*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nINFO\r\n")
+        // A payload with a password is flushed at once, with what was written before it.
+        let fourth = ReplyBox()
+        _ = harness.enqueue(ids: 4...4)
+        harness.handler.enqueue(
+            ByteBuffer(string: "*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"),
+            entries: CollectionOfOne(RedisCommandHandler.Entry(id: 5, promise: .box(fourth), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)),
+            flushesAtOnce: true
+        )
+        sent.clear()
+        while var piece = try harness.channel.readOutbound(as: ByteBuffer.self) { sent.writeBuffer(&piece) }
+        #expect(String(buffer: sent) == "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n")
+        _ = boxes
+        _ = try? harness.channel.finish()
+    }
+
     @Test("a delivered ticket lets go of its payload: the caller's wipe of a password reaches the bytes it gave, not a copy, while the ticket lives on")
     func deliveredTicketReleasesItsPayload() throws {
         let harness = try Harness()
@@ -145,7 +176,8 @@ struct ReplyBoxReviewTests {
             payload: payload,
             entries: CollectionOfOne(entry),
             pubSubCommands: [],
-            progress: harness.handler.progress
+            progress: harness.handler.progress,
+            flushesAtOnce: true  // A payload with a password goes out at once.
         )
         ticket.deliver()
         // The write has left the channel.

@@ -35,6 +35,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
     private let reader: RESPReader
     /// The reply stream could not be read: nothing after it is.
     private var readFailed = false
+    /// A flush is queued on the event loop (see `scheduleFlush(context:)`).
+    private var flushScheduled = false
 
     init(logger: Logger, readerLimits: RESPReaderLimits = RESPReaderLimits()) {
         self.logger = logger
@@ -52,7 +54,15 @@ final class RedisCommandHandler: ChannelInboundHandler {
 
     /// Writes `payload` (one or more encoded commands) and registers their waiters, in order.
     /// `pubSubCommands`, when not empty, says for each command whether it is of the subscribe family.
-    func enqueue(_ payload: ByteBuffer, entries: some Collection<Entry>, pubSubCommands: [PubSubStateMachine.Command?] = []) {
+    /// `flushesAtOnce` for a payload that holds a password: its caller wipes it once the replies are in,
+    /// or at once when cancelled, and a write still waiting for the turn's flush would keep the bytes
+    /// the wipe must reach (the wipe would reach a copy).
+    func enqueue(
+        _ payload: ByteBuffer,
+        entries: some Collection<Entry>,
+        pubSubCommands: [PubSubStateMachine.Command?] = [],
+        flushesAtOnce: Bool = false
+    ) {
         guard let context = self.context else {
             var error = self.closeReason ?? Self.closedByServer
             error.commandWasNotSent = true
@@ -71,7 +81,20 @@ final class RedisCommandHandler: ChannelInboundHandler {
             }
             if let deadline { self.scheduleTimer(at: deadline, context: context) }
             self.progress.commandsWritten()
-            context.writeAndFlush(self.wrapOutboundOut(payload), promise: nil)
+            context.write(self.wrapOutboundOut(payload), promise: nil)
+            if flushesAtOnce { context.flush() } else { self.scheduleFlush(context: context) }
+        }
+    }
+
+    /// Flushes once the event loop has run what is queued on it now: the commands of every caller that
+    /// reached this turn of the loop go out in one system call (and, over TLS, one record), instead of
+    /// one per caller. A sequential caller waits no longer: nothing else is queued.
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            self.context?.flush()
         }
     }
 

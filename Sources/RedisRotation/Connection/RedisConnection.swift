@@ -196,7 +196,7 @@ public final class RedisConnection: Sendable {
                     let entries = zip(ids, promises).map { id, promise in
                         RedisCommandHandler.Entry(id: id, promise: .promise(promise), deadline: deadline)
                     }
-                    installed.command.value.enqueue(payload, entries: entries)
+                    installed.command.value.enqueue(payload, entries: entries, flushesAtOnce: true)
                 }
                 return EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).map { results in
                     (channel, installed, deadline, results, installed.tls?.value.info)
@@ -497,6 +497,7 @@ public final class RedisConnection: Sendable {
             silenceDeadline: silenceDeadline,
             handler: self.handler,
             progress: self.progress,
+            sensitive: commands.contains(where: \.isSensitive),
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
         if results.contains(where: Self.isTimeout) {
@@ -525,6 +526,7 @@ public final class RedisConnection: Sendable {
             silenceDeadline: silenceDeadline,
             handler: self.handler,
             progress: self.progress,
+            sensitive: command.isSensitive,
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
         if Self.isTimeout(result) {
@@ -611,6 +613,7 @@ public final class RedisConnection: Sendable {
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
         progress: ReplyProgress? = nil,
+        sensitive: Bool = false,
         abandoned: @Sendable () -> Void = {}
     ) async throws -> [Result<RESPValue, RedisError>] {
         if let error = Self.closedError(progress) { return Array(repeating: .failure(error), count: count) }
@@ -624,7 +627,15 @@ public final class RedisConnection: Sendable {
                 closesIfAbandoned: closesIfAbandoned(offset)
             )
         }
-        return try await Self.deliver(payload, entries: entries, pubSubCommands: pubSubCommands, handler: handler, progress: progress, abandoned: abandoned) {
+        return try await Self.deliver(
+            payload,
+            entries: entries,
+            pubSubCommands: pubSubCommands,
+            handler: handler,
+            progress: progress,
+            sensitive: sensitive,
+            abandoned: abandoned
+        ) {
             var results: [Result<RESPValue, RedisError>] = []
             results.reserveCapacity(count)
             for entry in entries { results.append(try await Self.reply(of: entry)) }
@@ -643,6 +654,7 @@ public final class RedisConnection: Sendable {
         silenceDeadline: NIODeadline?,
         handler: NIOLoopBound<RedisCommandHandler>,
         progress: ReplyProgress?,
+        sensitive: Bool,
         abandoned: @Sendable () -> Void
     ) async throws -> Result<RESPValue, RedisError> {
         if let error = Self.closedError(progress) { return .failure(error) }
@@ -659,6 +671,7 @@ public final class RedisConnection: Sendable {
             pubSubCommands: pubSubCommand.map { [$0] } ?? [],
             handler: handler,
             progress: progress,
+            sensitive: sensitive,
             abandoned: abandoned
         ) {
             try await Self.reply(of: entry)
@@ -693,15 +706,22 @@ public final class RedisConnection: Sendable {
         pubSubCommands: [PubSubStateMachine.Command?],
         handler: NIOLoopBound<RedisCommandHandler>,
         progress: ReplyProgress?,
+        sensitive: Bool,
         abandoned: @Sendable () -> Void,
         wait: () async throws -> Output
     ) async throws -> Output {
         let eventLoop = handler.eventLoop
+        // A password goes out at once, not at the end of the loop's turn (see `RedisCommandHandler.enqueue`).
         if eventLoop.inEventLoop {
-            handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands)
+            handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands, flushesAtOnce: sensitive)
         } else {
             let ticket = EnqueueTicket(
-                handler: handler, payload: payload, entries: entries, pubSubCommands: pubSubCommands, progress: progress
+                handler: handler,
+                payload: payload,
+                entries: entries,
+                pubSubCommands: pubSubCommands,
+                progress: progress,
+                flushesAtOnce: sensitive
             )
             eventLoop.execute { ticket.deliver() }
         }
@@ -831,7 +851,8 @@ public final class RedisConnection: Sendable {
                     count: encoded.count,
                     closesIfAbandoned: { _ in false },
                     deadline: deadline,
-                    handler: handler
+                    handler: handler,
+                    sensitive: encoded.contains(where: \.isSensitive)
                 ).map { $0.mapError { $0 as any Error } }
                 action = machine.repliesReceived(try Self.handshakeReplies(results, configuration: configuration))
                 if case .send = action { logger.debug("server has no HELLO: falling back to AUTH") }

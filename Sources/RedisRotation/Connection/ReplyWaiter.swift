@@ -103,19 +103,22 @@ final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Senda
     private var entries: Entries?
     private let pubSubCommands: [PubSubStateMachine.Command?]
     private let progress: ReplyProgress?
+    private let flushesAtOnce: Bool
 
     init(
         handler: NIOLoopBound<RedisCommandHandler>,
         payload: ByteBuffer,
         entries: Entries,
         pubSubCommands: [PubSubStateMachine.Command?],
-        progress: ReplyProgress?
+        progress: ReplyProgress?,
+        flushesAtOnce: Bool = false
     ) {
         self.handler = handler
         self.payload = payload
         self.entries = entries
         self.pubSubCommands = pubSubCommands
         self.progress = progress
+        self.flushesAtOnce = flushesAtOnce
     }
 
     /// On the event loop: hands the commands to the handler.
@@ -123,7 +126,7 @@ final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Senda
         guard let entries = self.entries, let payload = self.payload else { return }
         self.entries = nil
         self.payload = nil
-        self.handler.value.enqueue(payload, entries: entries, pubSubCommands: self.pubSubCommands)
+        self.handler.value.enqueue(payload, entries: entries, pubSubCommands: self.pubSubCommands, flushesAtOnce: self.flushesAtOnce)
     }
 
     deinit {

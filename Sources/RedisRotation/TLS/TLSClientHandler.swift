@@ -14,7 +14,8 @@ import NIOCore
 /// `SSL` stays on its channel's event loop. Each OpenSSL call clears the error queue before and reads
 /// it right after, on the same thread.
 ///
-/// Plain-text writes issued before the handshake completes are held and sent once it does. The
+/// Plain-text writes are held until a flush and encrypted together (issued before the handshake
+/// completes, until it does). The
 /// handshake has a deadline: a TLS client talking to a plain-text port would otherwise wait forever.
 final class TLSClientHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
@@ -38,6 +39,7 @@ final class TLSClientHandler: ChannelDuplexHandler {
     private let handshakeTimeout: TimeAmount
     private var state = State.idle
     private var timer: Scheduled<Void>?
+    /// Plaintext written and not encrypted yet: before the handshake completes, and since the last flush.
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var receivedCloseNotify = false
     /// Set once the handshake has completed.
@@ -211,9 +213,7 @@ final class TLSClientHandler: ChannelDuplexHandler {
             peerCertificate: peer,
             contextGeneration: self.tlsContext.generation
         )
-        let held = self.heldWrites
-        self.heldWrites.removeAll()
-        for (buffer, promise) in held { self.encrypt(buffer, promise: promise, context: context) }
+        self.encryptHeldWrites(context: context)
         self.flushCiphertext(context: context)
         // Application data may have arrived with the last handshake message.
         self.readPlaintext(context: context)
@@ -276,17 +276,50 @@ final class TLSClientHandler: ChannelDuplexHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let buffer = self.unwrapOutboundIn(data)
         switch self.state {
-        case .idle, .handshaking:
+        case .idle, .handshaking, .active:
+            // Encrypted at the flush, together with the writes before it (see `encryptHeldWrites`).
             self.heldWrites.append((buffer, promise))
-        case .active:
-            self.encrypt(buffer, promise: promise, context: context)
         case .closing, .closed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
     }
 
     func flush(context: ChannelHandlerContext) {
+        guard case .active = self.state else { return }
+        self.encryptHeldWrites(context: context)
         if case .active = self.state { self.flushCiphertext(context: context) }
+    }
+
+    /// Encrypts the writes held since the last flush as one piece of plaintext: commands pipelined by
+    /// several callers in one turn of the event loop become one TLS record (up to 16 KiB), not one
+    /// record, one `SSL_write` and one write BIO round each. The joined copy may hold a password (an
+    /// `AUTH`): it is wiped once encrypted (the only reference is here, so the wipe reaches its storage).
+    private func encryptHeldWrites(context: ChannelHandlerContext) {
+        guard !self.heldWrites.isEmpty else { return }
+        if self.heldWrites.count == 1 {
+            let (buffer, promise) = self.heldWrites[0]
+            self.heldWrites.removeAll(keepingCapacity: true)
+            self.encrypt(buffer, promise: promise, context: context)
+            return
+        }
+        var joined = context.channel.allocator.buffer(capacity: self.heldWrites.reduce(0) { $0 + $1.0.readableBytes })
+        var promises: [EventLoopPromise<Void>] = []
+        for (buffer, promise) in self.heldWrites {
+            joined.writeImmutableBuffer(buffer)
+            if let promise { promises.append(promise) }
+        }
+        self.heldWrites.removeAll(keepingCapacity: true)
+        var promise: EventLoopPromise<Void>?
+        if !promises.isEmpty {
+            let combined = context.eventLoop.makePromise(of: Void.self)
+            let waiting = promises
+            combined.futureResult.whenComplete { result in
+                for promise in waiting { promise.completeWith(result) }
+            }
+            promise = combined
+        }
+        self.encrypt(joined, promise: promise, context: context)
+        joined.withUnsafeMutableReadableBytes { wipe($0) }
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
