@@ -207,6 +207,23 @@ final class TLSClientHandlerTests {
         #expect(error?.code == .tlsHandshakeFailed)
     }
 
+    @Test("writes held for the next flush (after the handshake) fail when the server closes the connection without close_notify: none is left pending")
+    func heldWritesFailAtTheClose() throws {
+        try self.connect()
+        try self.pump()
+        // Written, not flushed: held as plaintext until a flush.
+        let first = self.channel.write(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n"))
+        let second = self.channel.write(ByteBuffer(string: "*1\r\n$4\r\nINFO\r\n"))
+        let outcomes = WriteOutcomes()
+        first.whenComplete { outcomes.record($0) }
+        second.whenComplete { outcomes.record($0) }
+        // The server goes away without close_notify (EOF).
+        self.channel.pipeline.fireChannelInactive()
+        #expect(outcomes.failures == 2, "a held write's promise was never completed")
+        #expect(outcomes.successes == 0)
+        #expect(throws: RedisError.self) { try self.channel.throwIfErrorCaught() }
+    }
+
     @Test("a 3 MiB write leaves in ciphertext pieces of at most one BIO chunk and arrives intact; so does a 3 MiB read")
     func largePayloads() throws {
         try self.connect()
@@ -320,6 +337,18 @@ final class TLSClientHandlerTests {
             try channel.throwIfErrorCaught()
             while let out = try channel.readOutbound(as: ByteBuffer.self) { server.receive(out) }
             #expect(server.read().closeNotify, "size \(size), split \(split)")
+        }
+    }
+}
+
+/// What became of writes' promises (the embedded channel runs everything on the test's thread).
+final class WriteOutcomes: @unchecked Sendable {
+    private(set) var successes = 0
+    private(set) var failures = 0
+    func record(_ result: Result<Void, any Error>) {
+        switch result {
+        case .success: self.successes += 1
+        case .failure: self.failures += 1
         }
     }
 }

@@ -127,6 +127,8 @@ final class TLSClientHandler: ChannelDuplexHandler {
             )
         case .active:
             self.state = .closed
+            // Writes held for the next flush (see `write`) never leave.
+            self.failHeldWrites(ChannelError.ioOnClosedChannel)
             if !self.receivedCloseNotify {
                 context.fireErrorCaught(
                     RedisError(code: .connectionClosed, message: "the server closed the TLS connection without close_notify")
