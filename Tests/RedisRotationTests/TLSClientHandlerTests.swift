@@ -207,6 +207,46 @@ final class TLSClientHandlerTests {
         #expect(error?.code == .tlsHandshakeFailed)
     }
 
+    /// The TLS records in `ciphertext`: content type and length of each.
+    static func records(in ciphertext: ByteBuffer) -> [(type: UInt8, length: Int)] {
+        var buffer = ciphertext
+        var records: [(type: UInt8, length: Int)] = []
+        while buffer.readableBytes >= 5 {
+            let type = buffer.readInteger(as: UInt8.self)!
+            buffer.moveReaderIndex(forwardBy: 2)  // The legacy version.
+            let length = Int(buffer.readInteger(as: UInt16.self)!)
+            guard buffer.readSlice(length: length) != nil else { break }
+            records.append((type, length))
+        }
+        return records
+    }
+
+    @Test("what one flush sends: small writes share a record, a large one is encrypted from its own buffer (not joined); every byte arrives in order and every promise succeeds")
+    func heldWritesAreJoinedUpToARecord() throws {
+        try self.connect()
+        try self.pump()
+        #expect(try self.flushedOutput() == nil)
+        let small = (0..<300).map { "*2\r\n$3\r\nGET\r\n$8\r\nk:\(String(format: "%06d", $0))\r\n" }
+        let large = String(repeating: "v", count: 40_000)
+        var futures: [EventLoopFuture<Void>] = []
+        for text in small { futures.append(self.channel.write(ByteBuffer(string: text))) }
+        futures.append(self.channel.write(ByteBuffer(string: large)))
+        for text in small.prefix(2) { futures.append(self.channel.write(ByteBuffer(string: text))) }
+        // Nothing leaves before the flush.
+        #expect(try self.flushedOutput() == nil)
+        self.channel.flush()
+        let ciphertext = try #require(try self.flushedOutput())
+        let records = Self.records(in: ciphertext)
+        #expect(records.reduce(0) { $0 + 5 + $1.length } == ciphertext.readableBytes)
+        #expect(records.allSatisfy { $0.type == 23 })
+        // 300 GETs (8.1 KB) in one record; 40,000 bytes in three; the two GETs after it in one.
+        #expect(records.count == 5, "records: \(records.map(\.length))")
+        self.server.receive(ciphertext)
+        #expect(self.server.read().text == small.joined() + large + small.prefix(2).joined())
+        for future in futures { try future.wait() }
+        try self.channel.throwIfErrorCaught()
+    }
+
     @Test("writes held for the next flush (after the handshake) fail when the server closes the connection without close_notify: none is left pending")
     func heldWritesFailAtTheClose() throws {
         try self.connect()

@@ -292,10 +292,16 @@ final class TLSClientHandler: ChannelDuplexHandler {
         if case .active = self.state { self.flushCiphertext(context: context) }
     }
 
-    /// Encrypts the writes held since the last flush as one piece of plaintext: commands pipelined by
-    /// several callers in one turn of the event loop become one TLS record (up to 16 KiB), not one
-    /// record, one `SSL_write` and one write BIO round each. The joined copy may hold a password (an
-    /// `AUTH`): it is wiped once encrypted (the only reference is here, so the wipe reaches its storage).
+    /// The most plaintext `encryptHeldWrites` copies together: one TLS record's worth.
+    static let maximumJoinedPlaintext = 16 * 1024
+
+    /// Encrypts the writes held since the last flush, in order. Writes that together fit in one TLS
+    /// record (16 KiB of plaintext) are encrypted as one piece: commands pipelined by several callers in
+    /// one turn of the event loop become one record, not one record, one `SSL_write` and one write BIO
+    /// round each. A larger write is encrypted from its own storage: joined, a 100 MiB value written in
+    /// the same turn as a `GET` would be copied whole (twice its memory, a copy and a wipe of it) to
+    /// save a record or two. A joined copy may hold a password (an `AUTH`): it is wiped once encrypted
+    /// (the only reference is here, so the wipe reaches its storage).
     private func encryptHeldWrites(context: ChannelHandlerContext) {
         guard !self.heldWrites.isEmpty else { return }
         if self.heldWrites.count == 1 {
@@ -304,13 +310,42 @@ final class TLSClientHandler: ChannelDuplexHandler {
             self.encrypt(buffer, promise: promise, context: context)
             return
         }
-        var joined = context.channel.allocator.buffer(capacity: self.heldWrites.reduce(0) { $0 + $1.0.readableBytes })
+        var held: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+        swap(&held, &self.heldWrites)
+        var start = 0
+        while start < held.count {
+            guard case .active = self.state else {
+                // An encryption failed and closed the connection: the rest never leave.
+                for (_, promise) in held[start...] { promise?.fail(ChannelError.ioOnClosedChannel) }
+                break
+            }
+            var end = start + 1
+            var size = held[start].0.readableBytes
+            while end < held.count, size + held[end].0.readableBytes <= Self.maximumJoinedPlaintext {
+                size += held[end].0.readableBytes
+                end += 1
+            }
+            if end - start == 1 {
+                self.encrypt(held[start].0, promise: held[start].1, context: context)
+            } else {
+                self.encryptJoined(held[start..<end], size: size, context: context)
+            }
+            start = end
+        }
+        // The callers' buffers are let go here: a caller's wipe of a password reaches its storage.
+        held.removeAll(keepingCapacity: true)
+        // Writes issued meanwhile (by a promise's callback) stay for the next flush.
+        if self.heldWrites.isEmpty { self.heldWrites = held }
+    }
+
+    /// Encrypts `writes` (`size` bytes in all) as one piece of plaintext, then wipes the joined copy.
+    private func encryptJoined(_ writes: ArraySlice<(ByteBuffer, EventLoopPromise<Void>?)>, size: Int, context: ChannelHandlerContext) {
+        var joined = context.channel.allocator.buffer(capacity: size)
         var promises: [EventLoopPromise<Void>] = []
-        for (buffer, promise) in self.heldWrites {
+        for (buffer, promise) in writes {
             joined.writeImmutableBuffer(buffer)
             if let promise { promises.append(promise) }
         }
-        self.heldWrites.removeAll(keepingCapacity: true)
         var promise: EventLoopPromise<Void>?
         if !promises.isEmpty {
             let combined = context.eventLoop.makePromise(of: Void.self)
