@@ -323,6 +323,29 @@ final class TLSClientHandlerTests {
         #expect(self.channel.isActive)
     }
 
+    @Test("a write held for the flush while a KeyUpdate that asks for ours is read: after the flush the server reads it, then the next write, in order")
+    func heldWriteAcrossKeyUpdate() throws {
+        try self.connect()
+        try self.pump()
+        #expect(try self.flushedOutput() == nil)
+        let first = self.channel.write(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n"))
+        #expect(SSL_key_update(self.server.ssl, SSL_KEY_UPDATE_REQUESTED) == 1)
+        self.server.write("+OK\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n")
+        self.channel.flush()
+        let second = self.channel.writeAndFlush(ByteBuffer(string: "*1\r\n$4\r\nINFO\r\n"))
+        self.server.receive(try #require(try self.flushedOutput()))
+        #expect(self.server.read().text == "*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nINFO\r\n")
+        try first.wait()
+        try second.wait()
+        self.server.write("+PONG\r\n")
+        try self.channel.writeInbound(self.server.output())
+        #expect(self.collector.received == "+OK\r\n+PONG\r\n")
+        try self.channel.throwIfErrorCaught()
+        #expect(self.channel.isActive)
+    }
+
     @Test("TLS 1.2: a server's renegotiation request is refused with a warning alert that goes out at once; the connection carries on")
     func renegotiationRequestIsRefusedAtOnce() throws {
         #expect(SSL_ctrl(self.server.ssl, SSL_CTRL_SET_MAX_PROTO_VERSION, Int(TLS1_2_VERSION), nil) == 1)
