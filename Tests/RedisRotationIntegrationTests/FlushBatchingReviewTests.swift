@@ -48,4 +48,36 @@ struct FlushBatchingReviewTests {
             await connection.close()
         }
     }
+
+    @Test("over TLS, the client closes the connection amid 200 callers' commands (some written and not yet flushed): each caller gets its reply or connectionClosed, none hangs, 5 times")
+    func closeAmidBatchesOverTLS() async throws {
+        let fixture = try TLSFixture()
+        try await RedisServerProcess.withServer(fixture.serverConfiguration()) { server in
+            let context = try fixture.context()
+            for round in 0..<5 {
+                let connection = try await RedisConnection.connect(configuration: fixture.aliceConfiguration(server, context: context))
+                let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for index in 0..<200 {
+                        group.addTask {
+                            if index == 50 + round * 30 {
+                                await connection.close()
+                                return true
+                            }
+                            do {
+                                let value = "v\(index)"
+                                let reply = try await connection.send(RedisCommand("ECHO", .string(value)))
+                                return reply.string == value
+                            } catch let error as RedisError {
+                                return error.code == .connectionClosed
+                            }
+                        }
+                    }
+                    return try await group.reduce(into: [Bool]()) { $0.append($1) }
+                }
+                #expect(outcomes.count == 200)
+                #expect(outcomes.allSatisfy { $0 }, "a caller got another's reply or an unexpected error in round \(round)")
+                await connection.waitUntilClosed()
+            }
+        }
+    }
 }
