@@ -480,8 +480,7 @@ public final class RedisConnection: Sendable {
         if commands.count == 1, let plain = commands[0].plainEncoding {
             payload = plain  // One ordinary command: its own bytes, shared, not copied.
         } else {
-            payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
-            for command in commands { try command.write(to: &payload) }
+            payload = try Self.encodeOnce(commands)
         }
         // A password in the payload is wiped once the replies are in (the write is long done by then, so
         // this is the buffer's only reference and the wipe reaches its storage, not a copy).
@@ -513,8 +512,7 @@ public final class RedisConnection: Sendable {
         if let plain = command.plainEncoding {
             payload = plain  // Its own bytes, shared, not copied.
         } else {
-            payload = ByteBufferAllocator().buffer(capacity: command.encodedCount)
-            try command.write(to: &payload)
+            payload = try Self.encodeOnce(CollectionOfOne(command))
         }
         defer { if command.isSensitive { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
         let (deadline, silenceDeadline) = try self.track(CollectionOfOne(command), timeout: timeout, tracked: true)
@@ -779,7 +777,7 @@ public final class RedisConnection: Sendable {
     /// `commands` encoded in one buffer allocated once at their exact size. A buffer that grew as they
     /// were written (a long password, an access token of a kilobyte, fills the first 256 bytes) would
     /// leave the bytes written so far, the password among them, in storage freed without a wipe.
-    static func encodeOnce(_ commands: [RedisCommand]) throws(RedisError) -> ByteBuffer {
+    static func encodeOnce(_ commands: some Collection<RedisCommand>) throws(RedisError) -> ByteBuffer {
         var payload = ByteBufferAllocator().buffer(capacity: commands.reduce(0) { $0 + $1.encodedCount })
         for command in commands { try command.write(to: &payload) }
         return payload

@@ -14,9 +14,9 @@ import NIOCore
 /// `SSL` stays on its channel's event loop. Each OpenSSL call clears the error queue before and reads
 /// it right after, on the same thread.
 ///
-/// Plain-text writes are held until a flush and encrypted together (issued before the handshake
-/// completes, until it does). The
-/// handshake has a deadline: a TLS client talking to a plain-text port would otherwise wait forever.
+/// Plain-text writes are held until a flush (before the handshake completes, until it does) and then
+/// encrypted together. The handshake has a deadline: a TLS client talking to a plain-text port would
+/// otherwise wait forever.
 final class TLSClientHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -304,12 +304,6 @@ final class TLSClientHandler: ChannelDuplexHandler {
     /// (the only reference is here, so the wipe reaches its storage).
     private func encryptHeldWrites(context: ChannelHandlerContext) {
         guard !self.heldWrites.isEmpty else { return }
-        if self.heldWrites.count == 1 {
-            let (buffer, promise) = self.heldWrites[0]
-            self.heldWrites.removeAll(keepingCapacity: true)
-            self.encrypt(buffer, promise: promise, context: context)
-            return
-        }
         var held: [(ByteBuffer, EventLoopPromise<Void>?)] = []
         swap(&held, &self.heldWrites)
         var start = 0
