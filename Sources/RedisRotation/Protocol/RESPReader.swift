@@ -82,7 +82,9 @@ public final class RESPReader {
     ///
     /// Replies already fed in full are built together: hiredis still gets them one at a time, but
     /// their short strings are copied into one buffer, of which each string value is a slice (one
-    /// allocation for a batch instead of one per string; see `ReplyBuilder`).
+    /// allocation for a batch instead of one per string; see `ReplyBuilder`). A string value kept by
+    /// the application keeps that buffer alive: the short strings (up to 4 KiB each; a longer one has a
+    /// buffer of its own) of its batch, which takes no further reply once it holds 64 KiB of them.
     public func next() throws(RedisError) -> RESPValue? {
         if let value = self.ready.popFirst() { return value }
         if let failure = self.failure { throw failure }
