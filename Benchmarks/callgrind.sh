@@ -7,7 +7,8 @@
 # operations; (Ir(HIGH) - Ir(LOW)) / (HIGH - LOW) is the client's instructions per operation, with start-up
 # and the warm-up cancelled out. Only the client process is measured (not redis-server).
 #
-# Usage: Benchmarks/callgrind.sh [mode ...]     (default: every mode)
+# Usage: Benchmarks/callgrind.sh [mode ...]     (default: the Swift and C floor pairs; nio-reconnect,
+#        the bare-SwiftNIO reconnect of Sources/NIOFloor, and the pool modes on request)
 #        PROBE=path measures an existing CallgrindProbe build instead of building one.
 #        KEEP=1 keeps the callgrind.out files (for callgrind_annotate) in $WORK.
 set -euo pipefail

@@ -1,5 +1,8 @@
 import Benchmark
+import CFloor
 import Foundation
+import NIOFloor
+import NIOPosix
 import RedisRotation
 
 // Issue 14's measurements: the pool next to redis-benchmark in the same run against the same server,
@@ -78,6 +81,68 @@ func floorBenchmarks() {
                 }
                 group.cancelAll()
             }
+        }
+    }
+
+    // Plain reconnect, interleaved: each sample makes 40 rounds of one Swift reconnect, one C floor
+    // reconnect and one bare-NIO reconnect (connect, HELLO 2 AUTH, PING; closing is outside the
+    // measurement), and records each side's median and their ratios. Interleaved, because the C floor's
+    // time moves between runs (50 to 120 µs on this machine) and separate benchmarks minutes apart
+    // compare different machines. The NIO floor (Sources/NIOFloor) is the least any SwiftNIO client
+    // does; Swift / NIO is what this library adds, NIO / C what SwiftNIO itself costs.
+    let swiftMicroseconds = BenchmarkMetric.custom("Swift µs", polarity: .prefersSmaller, useScalingFactor: false)
+    let cMicroseconds = BenchmarkMetric.custom("C floor µs", polarity: .prefersSmaller, useScalingFactor: false)
+    let nioMicroseconds = BenchmarkMetric.custom("NIO floor µs", polarity: .prefersSmaller, useScalingFactor: false)
+    let swiftOverC = BenchmarkMetric.custom("Swift / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
+    let swiftOverNIO = BenchmarkMetric.custom("Swift / NIO floor %", polarity: .prefersSmaller, useScalingFactor: false)
+    let nioOverC = BenchmarkMetric.custom("NIO floor / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
+    Benchmark(
+        "Pair: reconnect plain TCP, Swift / C floor / bare-NIO floor, interleaved",
+        configuration: .init(
+            metrics: [swiftMicroseconds, cMicroseconds, nioMicroseconds, swiftOverC, swiftOverNIO, nioOverC],
+            warmupIterations: 1,
+            scalingFactor: .one,
+            maxDuration: .seconds(30),
+            maxIterations: 10
+        )
+    ) { benchmark in
+        let fixture = Fixture.shared!
+        let configuration = fixture.configuration(tls: nil)
+        let port = fixture.server.plainTextPort!
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        func microseconds(_ duration: Duration) -> Double {
+            Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
+        }
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        for _ in benchmark.scaledIterations {
+            var swift: [Double] = []
+            var c: [Double] = []
+            var nio: [Double] = []
+            for _ in 0..<40 {
+                var start = ContinuousClock.now
+                let connection = try await RedisConnection.connect(configuration: configuration)
+                try await connection.ping()
+                swift.append(microseconds(ContinuousClock.now - start))
+                await connection.close()
+
+                start = ContinuousClock.now
+                let floor = rr_floor_open("127.0.0.1", Int32(port), "bench", fixture.passwordText, nil, 0)
+                c.append(microseconds(ContinuousClock.now - start))
+                precondition(floor != nil, "the C floor could not connect")
+                rr_floor_close(floor)
+
+                start = ContinuousClock.now
+                let bare = try await NIOFloorConnection.open(host: "127.0.0.1", port: port, user: "bench", password: fixture.passwordText, on: loop)
+                nio.append(microseconds(ContinuousClock.now - start))
+                await bare.close()
+            }
+            let (s, f, n) = (median(swift), median(c), median(nio))
+            benchmark.measurement(swiftMicroseconds, Int(s.rounded()))
+            benchmark.measurement(cMicroseconds, Int(f.rounded()))
+            benchmark.measurement(nioMicroseconds, Int(n.rounded()))
+            benchmark.measurement(swiftOverC, Int((s / f * 100).rounded()))
+            benchmark.measurement(swiftOverNIO, Int((s / n * 100).rounded()))
+            benchmark.measurement(nioOverC, Int((n / f * 100).rounded()))
         }
     }
 

@@ -1,4 +1,5 @@
 import CFloor
+import NIOFloor
 import Foundation
 import RedisRotation
 import NIOCore
@@ -9,7 +10,8 @@ import NIOPosix
 // Does one warm-up operation, then <count> operations of one kind against a server on 127.0.0.1 with
 // the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip,
 // c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
-// PING, close; plain TCP), swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
+// PING, close; plain TCP), nio-reconnect (the same with bare SwiftNIO: the NIOFloor target),
+// swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
 // handshake, no resumption; <ca-file> is the CA to trust), swift-resumed-tls, c-resumed-tls (the same,
 // resuming the previous connection's session), swift-pool (<count> GETs from 64 tasks
 // through a 64-connection RedisClient pool, the pool workload; swift-pool-tls: the same over
@@ -71,6 +73,10 @@ func runSwift() async throws {
         func body() async throws {
             let start = ContinuousClock.now
             for _ in 0...count {
+                if mode == "nio-reconnect" {
+                    await (try await NIOFloorConnection.open(host: "127.0.0.1", port: port, user: user, password: passwordText, on: onLoop ? loop : group.next())).close()
+                    continue
+                }
                 let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: onLoop ? loop : group)
                 try await connection.ping()
                 await connection.close()
@@ -146,7 +152,7 @@ func runConcurrentGETs(pooled: Bool, tls: Bool) async throws {
 }
 
 switch mode {
-case "swift-roundtrip", "swift-reconnect", "swift-reconnect-tls", "swift-resumed-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
+case "swift-roundtrip", "swift-reconnect", "nio-reconnect", "swift-reconnect-tls", "swift-resumed-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do {
@@ -166,12 +172,15 @@ case "c-roundtrip":
 case "c-reconnect", "c-reconnect-tls", "c-resumed-tls":
     let context = mode.hasSuffix("tls") ? rr_floor_tls_new(caFile, nil, nil) : nil
     cFloor(!mode.hasSuffix("tls") || context != nil)
+    let start = ContinuousClock.now
     for _ in 0...count {
         // rr_floor_open answers its PING.
         let connection = rr_floor_open("127.0.0.1", Int32(port), user, passwordText, context, mode == "c-resumed-tls" ? 1 : 0)
         cFloor(connection != nil)
         rr_floor_close(connection)
     }
+    // TIMING=1: the mean wall time of one reconnect (outside valgrind).
+    if ProcessInfo.processInfo.environment["TIMING"] == "1" { print("mean", (ContinuousClock.now - start) / (count + 1)) }
     rr_floor_tls_free(context)
 default:
     FileHandle.standardError.write(Data("unknown mode \(mode)\n".utf8))
