@@ -183,27 +183,30 @@ public final class RedisConnection: Sendable {
             let ids = first.ids
             let payload = first.payload
             let handshakeTimeout = TimeAmount(configuration.handshakeTimeout)
-            let ready = channelFuture.flatMap { channel in
-                // On the event loop, as the connection comes up.
+            let waiter = HandshakeStepWaiter(count: ids.count)
+            channelFuture.whenComplete { result in
+                // On the event loop, as the connection comes up (or fails to).
+                let channel: any Channel
+                switch result {
+                case .success(let connected): channel = connected
+                case .failure(let error): return waiter.fail(error)
+                }
                 guard let installed = handlers.withLock({ $0 }) else {
                     preconditionFailure("the channel initializer ran without installing the command handler")
                 }
-                let deadline = NIODeadline.now() + handshakeTimeout
-                let promises = ids.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
+                let stepDeadline = NIODeadline.now() + handshakeTimeout
+                waiter.connected(channel, deadline: stepDeadline, tls: installed.tls)
                 if cancelled.load(ordering: .relaxed) {
-                    for promise in promises { promise.fail(CancellationError()) }
+                    for index in ids.indices { waiter.complete(index, with: .failure(CancellationError())) }
                 } else {
-                    let entries = zip(ids, promises).map { id, promise in
-                        RedisCommandHandler.Entry(id: id, promise: .promise(promise), deadline: deadline)
+                    let entries = ids.enumerated().map { index, id in
+                        RedisCommandHandler.Entry(id: id, promise: .handshake(waiter, index: index), deadline: stepDeadline)
                     }
                     installed.command.value.enqueue(payload, entries: entries, flushesAtOnce: true)
                 }
-                return EventLoopFuture.whenAllComplete(promises.map(\.futureResult), on: channel.eventLoop).map { results in
-                    (channel, installed, deadline, results, installed.tls?.value.info)
-                }
             }
-            connected = try await withTaskCancellationHandler {
-                try await ready.get()
+            let outcome = try await withTaskCancellationHandler {
+                try await waiter.value()
             } onCancel: {
                 cancelled.store(true, ordering: .relaxed)
                 eventLoop.execute {
@@ -211,6 +214,11 @@ public final class RedisConnection: Sendable {
                     for id in ids { installed.command.value.cancel(id: id) }
                 }
             }
+            // Replies come only over a channel that came up, with its handlers installed.
+            guard let installed = handlers.withLock({ $0 }) else {
+                preconditionFailure("a handshake step completed without its handlers")
+            }
+            connected = (outcome.channel, installed, outcome.deadline, outcome.replies, outcome.tlsInfo)
         } catch let error as ChannelError {
             guard case .connectTimeout = error else {
                 throw RedisError(

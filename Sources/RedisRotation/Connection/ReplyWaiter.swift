@@ -9,6 +9,8 @@ import Synchronization
 enum ReplyWaiter {
     case promise(EventLoopPromise<RESPValue>)
     case box(ReplyBox)
+    /// The reply to command `index` of the first handshake step, which `connect` sends on the event loop.
+    case handshake(HandshakeStepWaiter, index: Int)
 
     /// The box, when a task waits in one.
     var box: ReplyBox? {
@@ -20,6 +22,7 @@ enum ReplyWaiter {
         switch self {
         case .promise(let promise): promise.succeed(value)
         case .box(let box): box.complete(.success(value))
+        case .handshake(let waiter, let index): waiter.complete(index, with: .success(value))
         }
     }
 
@@ -27,7 +30,102 @@ enum ReplyWaiter {
         switch self {
         case .promise(let promise): promise.fail(error)
         case .box(let box): box.complete(.failure(error))
+        case .handshake(let waiter, let index): waiter.complete(index, with: .failure(error))
         }
+    }
+}
+
+/// What `connect` waits for, in one wait: the TCP connection (and the TLS handshake) coming up and the
+/// replies to the first handshake step, which goes out on the event loop the moment the channel is up.
+///
+/// One object and one resumption of the task, however many commands the step has: no promise per
+/// command, no future combining them and no `Result` array built by NIO's generic code (whose metadata
+/// is looked up at run time on every connect).
+final class HandshakeStepWaiter: Sendable {
+    struct Outcome {
+        var channel: any Channel
+        /// When the step's replies are due.
+        var deadline: NIODeadline
+        /// Each command's reply or failure, in order.
+        var replies: [Result<RESPValue, any Error>]
+        /// What the TLS handshake settled on; `nil` without TLS.
+        var tlsInfo: RedisTLSConnectionInfo?
+    }
+
+    private struct State {
+        var replies: [Result<RESPValue, any Error>?]
+        var remaining: Int
+        var channel: (any Channel)?
+        var deadline = NIODeadline.distantFuture
+        /// Read on the event loop when the last reply is in: the TLS handshake is done by then.
+        var tls: NIOLoopBound<TLSClientHandler>?
+        var continuation: UnsafeContinuation<Outcome, any Error>?
+        var result: Result<Outcome, any Error>?
+    }
+
+    private let state: Mutex<State>
+
+    init(count: Int) {
+        precondition(count > 0, "a handshake step sends at least one command")
+        self.state = Mutex(State(replies: Array(repeating: nil, count: count), remaining: count))
+    }
+
+    /// The outcome, once every reply is in or the connection failed; waited for once.
+    func value() async throws -> Outcome {
+        try await withUnsafeThrowingContinuation { continuation in
+            let ready = self.state.withLock { state -> Result<Outcome, any Error>? in
+                precondition(state.continuation == nil, "a handshake step is waited for once")
+                if let result = state.result { return result }
+                state.continuation = continuation
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// On the event loop, before the step's commands are enqueued: the channel that came up, when the
+    /// replies are due, and the TLS handler to ask what its handshake settled on.
+    func connected(_ channel: any Channel, deadline: NIODeadline, tls: NIOLoopBound<TLSClientHandler>?) {
+        self.state.withLock { state in
+            state.channel = channel
+            state.deadline = deadline
+            state.tls = tls
+        }
+    }
+
+    /// On the event loop: command `index`'s reply or failure. The last one resumes the task.
+    func complete(_ index: Int, with result: Result<RESPValue, any Error>) {
+        let (waiting, outcome) = self.state.withLock { state -> (UnsafeContinuation<Outcome, any Error>?, Result<Outcome, any Error>?) in
+            guard state.result == nil, state.replies[index] == nil else { return (nil, nil) }
+            state.replies[index] = result
+            state.remaining -= 1
+            guard state.remaining == 0, let channel = state.channel else { return (nil, nil) }
+            let outcome = Result<Outcome, any Error>.success(
+                Outcome(channel: channel, deadline: state.deadline, replies: state.replies.map { $0! }, tlsInfo: state.tls?.value.info)
+            )
+            return Self.finish(&state, with: outcome)
+        }
+        if let waiting, let outcome { waiting.resume(with: outcome) }
+    }
+
+    /// The connection failed before the step went out.
+    func fail(_ error: any Error) {
+        let (waiting, outcome) = self.state.withLock { state in
+            state.result == nil ? Self.finish(&state, with: .failure(error)) : (nil, nil)
+        }
+        if let waiting, let outcome { waiting.resume(with: outcome) }
+    }
+
+    private static func finish(
+        _ state: inout State,
+        with result: Result<Outcome, any Error>
+    ) -> (UnsafeContinuation<Outcome, any Error>?, Result<Outcome, any Error>?) {
+        state.result = result
+        state.tls = nil
+        state.channel = nil
+        guard let continuation = state.continuation else { return (nil, nil) }
+        state.continuation = nil
+        return (continuation, result)
     }
 }
 
