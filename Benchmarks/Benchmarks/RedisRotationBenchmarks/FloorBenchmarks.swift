@@ -84,65 +84,92 @@ func floorBenchmarks() {
         }
     }
 
-    // Plain reconnect, interleaved: each sample makes 40 rounds of one Swift reconnect, one C floor
-    // reconnect and one bare-NIO reconnect (connect, HELLO 2 AUTH, PING; closing is outside the
-    // measurement), and records each side's median and their ratios. Interleaved, because the C floor's
-    // time moves between runs (50 to 120 µs on this machine) and separate benchmarks minutes apart
-    // compare different machines. The NIO floor (Sources/NIOFloor) is the least any SwiftNIO client
-    // does; Swift / NIO is what this library adds, NIO / C what SwiftNIO itself costs.
+    // Reconnects, interleaved: each sample makes 40 rounds of one Swift reconnect and one C floor
+    // reconnect (connect, TLS handshake, HELLO 2 AUTH, PING; closing is outside the measurement), and
+    // over plain TCP one bare-NIO reconnect too, and records each side's median and their ratios.
+    // Interleaved, because the C floor's time moves between runs (a plain reconnect took 50 µs in one
+    // run and 120 µs in the next on this machine), and separate benchmarks minutes apart compare
+    // different machines. The NIO floor (Sources/NIOFloor) is the least any SwiftNIO client does: Swift /
+    // NIO is what this library adds, NIO / C what SwiftNIO itself costs.
     let swiftMicroseconds = BenchmarkMetric.custom("Swift µs", polarity: .prefersSmaller, useScalingFactor: false)
     let cMicroseconds = BenchmarkMetric.custom("C floor µs", polarity: .prefersSmaller, useScalingFactor: false)
     let nioMicroseconds = BenchmarkMetric.custom("NIO floor µs", polarity: .prefersSmaller, useScalingFactor: false)
     let swiftOverC = BenchmarkMetric.custom("Swift / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
     let swiftOverNIO = BenchmarkMetric.custom("Swift / NIO floor %", polarity: .prefersSmaller, useScalingFactor: false)
     let nioOverC = BenchmarkMetric.custom("NIO floor / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
-    Benchmark(
-        "Pair: reconnect plain TCP, Swift / C floor / bare-NIO floor, interleaved",
-        configuration: .init(
-            metrics: [swiftMicroseconds, cMicroseconds, nioMicroseconds, swiftOverC, swiftOverNIO, nioOverC],
-            warmupIterations: 1,
-            scalingFactor: .one,
-            maxDuration: .seconds(30),
-            maxIterations: 10
-        )
-    ) { benchmark in
-        let fixture = Fixture.shared!
-        let configuration = fixture.configuration(tls: nil)
-        let port = fixture.server.plainTextPort!
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        func microseconds(_ duration: Duration) -> Double {
-            Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
-        }
-        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-        for _ in benchmark.scaledIterations {
-            var swift: [Double] = []
-            var c: [Double] = []
-            var nio: [Double] = []
-            for _ in 0..<40 {
-                var start = ContinuousClock.now
-                let connection = try await RedisConnection.connect(configuration: configuration)
-                try await connection.ping()
-                swift.append(microseconds(ContinuousClock.now - start))
-                await connection.close()
-
-                start = ContinuousClock.now
-                let floor = rr_floor_open("127.0.0.1", Int32(port), "bench", fixture.passwordText, nil, 0)
-                c.append(microseconds(ContinuousClock.now - start))
-                precondition(floor != nil, "the C floor could not connect")
-                rr_floor_close(floor)
-
-                start = ContinuousClock.now
-                let bare = try await NIOFloorConnection.open(host: "127.0.0.1", port: port, user: "bench", password: fixture.passwordText, on: loop)
-                nio.append(microseconds(ContinuousClock.now - start))
-                await bare.close()
+    enum Security: String { case plain = "plain TCP", tls = "TLS 1.3 full", resumed = "TLS 1.3 resumed", mutual = "mutual TLS" }
+    for security in [Security.plain, .tls, .resumed, .mutual] {
+        let nioFloor = security == .plain
+        Benchmark(
+            "Pair: reconnect \(security.rawValue), Swift / C floor\(nioFloor ? " / bare-NIO floor" : ""), interleaved",
+            configuration: .init(
+                metrics: [swiftMicroseconds, cMicroseconds, swiftOverC] + (nioFloor ? [nioMicroseconds, swiftOverNIO, nioOverC] : []),
+                warmupIterations: 1,
+                scalingFactor: .one,
+                maxDuration: .seconds(60),
+                maxIterations: 10
+            )
+        ) { benchmark in
+            let fixture = Fixture.shared!
+            let context: RedisTLSContext?
+            switch security {
+            case .plain: context = nil
+            case .tls: context = fixture.tls
+            case .mutual: context = fixture.mutualTLS
+            case .resumed: context = try RedisTLSContext(configuration: .init(trustAnchors: [.file(fixture.caFile)]))
             }
-            let (s, f, n) = (median(swift), median(c), median(nio))
-            benchmark.measurement(swiftMicroseconds, Int(s.rounded()))
-            benchmark.measurement(cMicroseconds, Int(f.rounded()))
-            benchmark.measurement(nioMicroseconds, Int(n.rounded()))
-            benchmark.measurement(swiftOverC, Int((s / f * 100).rounded()))
-            benchmark.measurement(swiftOverNIO, Int((s / n * 100).rounded()))
-            benchmark.measurement(nioOverC, Int((n / f * 100).rounded()))
+            let configuration = fixture.configuration(tls: context)
+            let port = configuration.port
+            let floorTLS = security == .plain ? nil : rr_floor_tls_new(fixture.caFile, security == .mutual ? fixture.certFile : nil, security == .mutual ? fixture.keyFile : nil)
+            defer { rr_floor_tls_free(floorTLS) }
+            let resume: Int32 = security == .resumed ? 1 : 0
+            if security == .resumed {
+                // First connections leave sessions to resume.
+                await (try await RedisConnection.connect(configuration: configuration)).close()
+                rr_floor_close(rr_floor_open("127.0.0.1", Int32(port), "bench", fixture.passwordText, floorTLS, 1))
+            }
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            func microseconds(_ duration: Duration) -> Double {
+                Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
+            }
+            func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+            for _ in benchmark.scaledIterations {
+                var swift: [Double] = []
+                var c: [Double] = []
+                var nio: [Double] = []
+                for _ in 0..<40 {
+                    var start = ContinuousClock.now
+                    let connection = try await RedisConnection.connect(configuration: configuration)
+                    try await connection.ping()
+                    swift.append(microseconds(ContinuousClock.now - start))
+                    precondition(resume == 0 || connection.tlsInfo?.sessionReused == true, "the session was not resumed")
+                    await connection.close()
+
+                    start = ContinuousClock.now
+                    let floor = rr_floor_open("127.0.0.1", Int32(port), "bench", fixture.passwordText, floorTLS, resume)
+                    c.append(microseconds(ContinuousClock.now - start))
+                    precondition(floor != nil, "the C floor could not connect")
+                    precondition(resume == 0 || rr_floor_reused(floor) == 1, "the C floor did not resume")
+                    rr_floor_close(floor)
+
+                    if nioFloor {
+                        start = ContinuousClock.now
+                        let bare = try await NIOFloorConnection.open(host: "127.0.0.1", port: port, user: "bench", password: fixture.passwordText, on: loop)
+                        nio.append(microseconds(ContinuousClock.now - start))
+                        await bare.close()
+                    }
+                }
+                let (s, f) = (median(swift), median(c))
+                benchmark.measurement(swiftMicroseconds, Int(s.rounded()))
+                benchmark.measurement(cMicroseconds, Int(f.rounded()))
+                benchmark.measurement(swiftOverC, Int((s / f * 100).rounded()))
+                if nioFloor {
+                    let n = median(nio)
+                    benchmark.measurement(nioMicroseconds, Int(n.rounded()))
+                    benchmark.measurement(swiftOverNIO, Int((s / n * 100).rounded()))
+                    benchmark.measurement(nioOverC, Int((n / f * 100).rounded()))
+                }
+            }
         }
     }
 
