@@ -183,6 +183,39 @@ struct RESPReaderTests {
         }
     }
 
+    @Test("a batch's buffer is written again only when no value of it is alive: kept values stay intact, dropped ones free it")
+    func arenaReuse() throws {
+        var generator = SplitMix64(seed: 0xA7E4A)
+        let reader = RESPReader()
+        var kept: [(RESPValue, RESPValue)] = []
+        for index in 0..<2000 {
+            // Short strings of varying size, one or several replies per read (a batch), some arrays.
+            let count = Int.random(in: 1...4, using: &generator)
+            var wire: [UInt8] = []
+            var expected: [RESPValue] = []
+            for part in 0..<count {
+                let length = Int.random(in: 0...[8, 300, 5000][index % 3], using: &generator)
+                let payload = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                if part % 2 == 0 {
+                    wire += Array("$\(length)\r\n".utf8) + payload + Array("\r\n".utf8)
+                    expected.append(.bulkString(ByteBuffer(bytes: payload)))
+                } else {
+                    wire += Array("*2\r\n+S\(index)\r\n$\(length)\r\n".utf8) + payload + Array("\r\n".utf8)
+                    expected.append(.array([.simpleString(buffer("S\(index)")), .bulkString(ByteBuffer(bytes: payload))]))
+                }
+            }
+            try reader.feed(ByteBuffer(bytes: wire))
+            for want in expected {
+                let value = try #require(try reader.next())
+                #expect(value == want, "read \(index)")
+                // Every fifth value is kept by the "application"; the others are dropped at once.
+                if Int.random(in: 0..<5, using: &generator) == 0 { kept.append((value, want)) }
+            }
+            #expect(try reader.next() == nil)
+        }
+        for (value, want) in kept { #expect(value == want) }
+    }
+
     @Test("complete replies fed together with malformed bytes after them are returned first; then the error, for good")
     func batchThenMalformed() throws {
         let reader = RESPReader()

@@ -222,8 +222,16 @@ private struct ReplyRecord {
     static let batchNodes = 4096
     static let batchBytes = 64 * 1024
 
+    /// Largest arena kept for the next batch (see `materialize`); a larger one goes with its values.
+    static let keptArenaCapacity = 16 * 1024
+
     private var tape: [Node]
     private var shortBytes: [UInt8]
+    /// The last batch's buffer of short strings, written again by the next batch when no value of
+    /// this one is alive any more (an application usually drops a reply before the next arrives):
+    /// then a batch allocates nothing. While one is alive, the next batch gets a new buffer, so no
+    /// value ever sees its bytes change.
+    private var arena = ByteBuffer()
     private var longStrings: [ByteBuffer] = []
     /// The elements still to come of each array being built, innermost last.
     private var remaining: [Int]
@@ -292,7 +300,18 @@ private struct ReplyRecord {
     /// appends the others to `rest`, in order.
     mutating func materialize(rest: inout CircularBuffer<RESPValue>) -> RESPValue? {
         guard self.completedReplies > 0 else { return nil }
-        let arena = self.completedEnd.shortBytes > 0 ? ByteBuffer(bytes: self.shortBytes[..<self.completedEnd.shortBytes]) : ByteBuffer()
+        let arena: ByteBuffer
+        let shortCount = self.completedEnd.shortBytes
+        if shortCount > 0 {
+            // `clear` reuses the storage only when nothing else references it (no slice of it is
+            // alive); otherwise it allocates a new one of this batch's size.
+            self.arena.clear(minimumCapacity: shortCount)
+            _ = self.shortBytes.withUnsafeBytes { self.arena.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<shortCount])) }
+            arena = self.arena
+            if self.arena.capacity > Self.keptArenaCapacity { self.arena = ByteBuffer() }
+        } else {
+            arena = ByteBuffer()
+        }
         var index = 0
         let first = self.value(at: &index, arena: arena)
         for _ in 1..<self.completedReplies {
