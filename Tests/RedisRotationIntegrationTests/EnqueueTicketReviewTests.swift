@@ -218,22 +218,31 @@ struct TLSCloseReviewTests {
                     configuration.name = name
                     let connection = try await RedisConnection.connect(configuration: configuration)
                     let blocked = Task { try await connection.send(RedisCommand("BLPOP", .key(uniqueKey("tls-kill-list")), "0")) }
-                    let behind = (0..<50).map { index in Task { try await connection.send(RedisCommand("ECHO", .string("b\(index)"))) } }
+                    // The BLPOP is on the server, blocked, before any command behind it is sent: a task
+                    // started together with it may run first, and its command would then be answered.
                     try await server.waitForBlockedClients(1)
+                    let behind = (0..<50).map { index in Task { try await connection.send(RedisCommand("ECHO", .string("b\(index)"))) } }
                     let admin = try await server.adminConnection()
-                    let list = try await admin.send(RedisCommand("CLIENT", "LIST"), as: String.self)
-                    let line = try #require(list.split(separator: "\n").first { $0.contains("name=\(name) ") })
+                    // Wait (bounded) until the server holds commands behind the blocked one in the
+                    // connection's query buffer, so that the kill finds them in flight.
+                    var line = ""
+                    for _ in 0..<500 {
+                        let list = try await admin.send(RedisCommand("CLIENT", "LIST"), as: String.self)
+                        line = String(try #require(list.split(separator: "\n").first { $0.contains("name=\(name) ") }))
+                        if !line.contains(" qbuf=0 ") { break }
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
                     let id = try #require(line.split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
                     try await admin.send(RedisCommand("CLIENT", "KILL", "ID", .string(String(id))))
                     await admin.close()
-                    for task in [blocked] + behind {
+                    for (position, task) in ([blocked] + behind).enumerated() {
                         guard let result = await ReplyBoxIntegrationReviewTests.outcome(within: .seconds(10), { try await task.value }) else {
                             Issue.record("a waiter behind CLIENT KILL never returned")
                             task.cancel()
                             continue
                         }
                         switch result {
-                        case .success(let reply): Issue.record("a killed connection answered \(reply)")
+                        case .success(let reply): Issue.record("a killed connection answered task \(position) with \(reply.string ?? "?")")
                         case .failure(let error): #expect((error as? RedisError)?.code == .connectionClosed, "\(error)")
                         }
                     }

@@ -212,7 +212,9 @@ struct PoolSharingReviewTests {
                                 do {
                                     let reply = try await client.send(RedisCommand("GET", .key(key)), timeout: timeout)
                                     if reply.string != value { misdelivered.withLock { $0.append("\(task): \(reply) for \(value)") } }
-                                } catch let error as RedisError where error.code == .commandTimeout && task == 0 {
+                                } catch let error as RedisError where (error.code == .commandTimeout || error.code == .leaseTimeout) && task == 0 {
+                                    // Task 0's short deadline may pass while it waits for the reply, or (on a
+                                    // loaded machine) already while it waits for the connection.
                                     timedOut.withLock { $0 += 1 }
                                 } catch {
                                     failures.withLock { $0.append("GET \(task): \(error)") }
