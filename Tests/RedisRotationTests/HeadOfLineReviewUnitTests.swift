@@ -142,6 +142,20 @@ struct HeadOfLineReviewUnitTests {
         return Array(buffer.readableBytesView)
     }
 
+    /// The bytes of a command's plain encoding, wherever they are kept.
+    static func plainBytes(_ command: RedisCommand) -> [UInt8]? {
+        switch command.plainEncoding {
+        case .inline?:
+            var buffer = ByteBuffer()
+            command.appendInlineEncoding(to: &buffer)
+            return Array(buffer.readableBytesView)
+        case .buffer(let buffer)?:
+            return Array(buffer.readableBytesView)
+        case nil:
+            return nil
+        }
+    }
+
     @Test("the temporary-allocation encoder: no, empty, many (past the stack) and binary arguments give exactly the RESP bytes; the plain encoding equals what write(to:) appends")
     func encodings() throws {
         let cases: [[[UInt8]]] = [
@@ -149,13 +163,26 @@ struct HeadOfLineReviewUnitTests {
             [Array("SET".utf8), [], []],
             [Array("SET".utf8), [0, 13, 10, 36, 42, 255], Array("x".utf8)],
             [Array("RPUSH".utf8)] + (0..<3000).map { $0 % 5 == 0 ? [] : Array("element-\($0)".utf8) },
+            // Either side of the inline limit (256 bytes: 255, 256, 257 on the wire): `*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$<n>\r\n<n bytes>\r\n`.
+            [Array("SET".utf8), Array("k".utf8), Array(repeating: 7, count: RedisCommand.inlineEncodingLimit - 29)],
+            [Array("SET".utf8), Array("k".utf8), Array(repeating: 7, count: RedisCommand.inlineEncodingLimit - 28)],
+            [Array("SET".utf8), Array("k".utf8), Array(repeating: 7, count: RedisCommand.inlineEncodingLimit - 27)],
         ]
         for parts in cases {
             let command = RedisCommand(String(decoding: parts[0], as: UTF8.self), arguments: parts.dropFirst().map { .bytes($0) })
             let expected = Self.resp(parts)
             #expect(try Self.written(command) == expected)
-            #expect(command.plainEncoding.map { Array($0.readableBytesView) } == expected)
+            #expect(Self.plainBytes(command) == expected)
+            if parts.count == 3, parts[2].count >= RedisCommand.inlineEncodingLimit - 29 {
+                #expect(expected.count - RedisCommand.inlineEncodingLimit == parts[2].count - (RedisCommand.inlineEncodingLimit - 28))
+            }
             #expect(command.encodedCount == expected.count)
+            // Short encodings live with the command's fields; long ones in a buffer of their own.
+            switch command.plainEncoding {
+            case .inline?: #expect(expected.count <= RedisCommand.inlineEncodingLimit)
+            case .buffer?: #expect(expected.count > RedisCommand.inlineEncodingLimit)
+            case nil: Issue.record("an ordinary command has a plain encoding")
+            }
         }
     }
 

@@ -114,7 +114,7 @@ struct ReplyBoxReviewTests {
         var payload = ByteBuffer()
         for index in 0..<3 { try RedisCommand("ECHO", .string("e\(index)")).write(to: &payload) }
         let results = try await RedisConnection.exchange(
-            payload,
+            .bytes(payload),
             count: 3,
             closesIfAbandoned: { _ in false },
             deadline: .now() + .seconds(30),
@@ -173,7 +173,7 @@ struct ReplyBoxReviewTests {
         let entry = RedisCommandHandler.Entry(id: 1, promise: .box(box), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)
         let ticket = EnqueueTicket(
             handler: NIOLoopBound(harness.handler, eventLoop: harness.channel.eventLoop),
-            payload: payload,
+            payload: .bytes(payload),
             entries: CollectionOfOne(entry),
             pubSubCommands: [],
             progress: harness.handler.progress,

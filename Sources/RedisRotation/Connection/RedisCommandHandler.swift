@@ -37,6 +37,18 @@ final class RedisCommandHandler: ChannelInboundHandler {
     private var readFailed = false
     /// A flush is queued on the event loop (see `scheduleFlush(context:)`).
     private var flushScheduled = false
+    /// Short commands of this turn of the loop (see ``Payload/inline``). One stored property: a class's
+    /// stored properties are checked for exclusive access at run time, once per access.
+    private var outbound = OutboundBuffer()
+
+    /// What ``enqueue(_:entries:pubSubCommands:flushesAtOnce:)`` writes.
+    enum Payload: Sendable {
+        /// Encoded commands in a buffer of their own, written as it is.
+        case bytes(ByteBuffer)
+        /// One command whose short encoding (``RedisCommand/PlainEncoding/inline``) is copied into the
+        /// handler's outbound buffer: no buffer of its own per command.
+        case inline(RedisCommand)
+    }
 
     init(logger: Logger, readerLimits: RESPReaderLimits = RESPReaderLimits()) {
         self.logger = logger
@@ -63,6 +75,16 @@ final class RedisCommandHandler: ChannelInboundHandler {
         pubSubCommands: [PubSubStateMachine.Command?] = [],
         flushesAtOnce: Bool = false
     ) {
+        self.enqueue(.bytes(payload), entries: entries, pubSubCommands: pubSubCommands, flushesAtOnce: flushesAtOnce)
+    }
+
+    /// ``enqueue(_:entries:pubSubCommands:flushesAtOnce:)`` for either kind of payload.
+    func enqueue(
+        _ payload: Payload,
+        entries: some Collection<Entry>,
+        pubSubCommands: [PubSubStateMachine.Command?] = [],
+        flushesAtOnce: Bool = false
+    ) {
         guard let context = self.context else {
             var error = self.closeReason ?? Self.closedByServer
             error.commandWasNotSent = true
@@ -81,9 +103,27 @@ final class RedisCommandHandler: ChannelInboundHandler {
             }
             if let deadline { self.scheduleTimer(at: deadline, context: context) }
             self.progress.commandsWritten()
-            context.write(self.wrapOutboundOut(payload), promise: nil)
-            if flushesAtOnce { context.flush() } else { self.scheduleFlush(context: context) }
+            switch payload {
+            case .inline(let command):
+                self.outbound.append(command)
+            case .bytes(let bytes):
+                // After what is waiting in the outbound buffer: commands leave in the order they came.
+                self.writeOutbound(context: context)
+                context.write(self.wrapOutboundOut(bytes), promise: nil)
+            }
+            if flushesAtOnce {
+                self.writeOutbound(context: context)
+                context.flush()
+            } else {
+                self.scheduleFlush(context: context)
+            }
         }
+    }
+
+    /// Hands the commands gathered in `outbound` to the channel, as one write.
+    private func writeOutbound(context: ChannelHandlerContext) {
+        guard let bytes = self.outbound.take() else { return }
+        context.write(self.wrapOutboundOut(bytes), promise: nil)
     }
 
     /// Flushes once the event loop has run what is queued on it now: the commands of every caller that
@@ -94,7 +134,9 @@ final class RedisCommandHandler: ChannelInboundHandler {
         self.flushScheduled = true
         context.eventLoop.assumeIsolated().execute {
             self.flushScheduled = false
-            self.context?.flush()
+            guard let context = self.context else { return }
+            self.writeOutbound(context: context)
+            context.flush()
         }
     }
 
@@ -236,4 +278,38 @@ final class RedisCommandHandler: ChannelInboundHandler {
     }
 
     private static let closedByServer = RedisError(code: .connectionClosed, message: "the server closed the connection")
+}
+
+/// The short commands gathered in one turn of the event loop, copied from their storage into one buffer
+/// that is handed to the channel as one write, before anything else is written and at the flush. The
+/// buffer is written again in a later turn: its storage is reused when the channel has let go of it
+/// (written by then, as it usually is), and otherwise the next command gets a new one.
+struct OutboundBuffer {
+    /// Largest buffer kept for the next turn; a larger one goes with its write.
+    static let keptCapacity = 64 * 1024
+
+    private var bytes = ByteBuffer()
+    /// `bytes` was handed to the channel: the next command starts over.
+    private var handedOff = false
+
+    /// Appends an ordinary command's short encoding.
+    mutating func append(_ command: RedisCommand) {
+        if self.handedOff {
+            self.handedOff = false
+            self.bytes.clear()
+        }
+        command.appendInlineEncoding(to: &self.bytes)
+    }
+
+    /// What was gathered since the last call, if anything, to be written.
+    mutating func take() -> ByteBuffer? {
+        guard !self.handedOff, self.bytes.readableBytes > 0 else { return nil }
+        let taken = self.bytes
+        if self.bytes.capacity > Self.keptCapacity {
+            self.bytes = ByteBuffer()
+        } else {
+            self.handedOff = true
+        }
+        return taken
+    }
 }

@@ -484,18 +484,25 @@ public final class RedisConnection: Sendable {
         tracked: Bool = true
     ) async throws -> [Result<RESPValue, RedisError>] where Commands.Index == Int {
         // An oversized command fails here, before anything is written or tracked.
-        var payload: ByteBuffer
-        if commands.count == 1, let plain = commands[0].plainEncoding {
-            payload = plain  // One ordinary command: its own bytes, shared, not copied.
-        } else {
-            payload = try Self.encodeOnce(commands)
+        // An encoded payload (`bytes`) has no other owner here: `plain` is nil then, and the payload is
+        // made in the call's argument. A password in it is wiped once the replies are in (the write is
+        // long done by then, so this is the buffer's only reference and the wipe reaches its storage,
+        // not a copy).
+        var bytes: ByteBuffer?
+        let plain: RedisCommandHandler.Payload?
+        switch commands.count == 1 ? commands[0].plainEncoding : nil {
+        case .inline?:
+            plain = .inline(commands[0])  // Copied into the handler's outbound buffer.
+        case .buffer(let encoded)?:
+            plain = .bytes(encoded)  // One long ordinary command: its own bytes, shared, not copied.
+        case nil:
+            plain = nil
+            bytes = try Self.encodeOnce(commands)
         }
-        // A password in the payload is wiped once the replies are in (the write is long done by then, so
-        // this is the buffer's only reference and the wipe reaches its storage, not a copy).
-        defer { if commands.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
+        defer { if commands.contains(where: \.isSensitive) { bytes?.withUnsafeMutableReadableBytes { wipe($0) } } }
         let (deadline, silenceDeadline) = try self.track(commands, timeout: timeout, tracked: tracked)
         let results = try await Self.exchange(
-            payload,
+            plain ?? .bytes(bytes!),
             count: commands.count,
             closesIfAbandoned: { commands[$0].sessionEffect == .blocks },
             // Empty when none is of the subscribe family (the common case: no array per write).
@@ -516,16 +523,22 @@ public final class RedisConnection: Sendable {
     /// ``write(_:timeout:tracked:)`` for one command (every `send`): no array for its waiter or its result.
     @inline(__always)
     private func writeOne(_ command: RedisCommand, timeout: Duration?) async throws -> Result<RESPValue, RedisError> {
-        var payload: ByteBuffer
-        if let plain = command.plainEncoding {
-            payload = plain  // Its own bytes, shared, not copied.
-        } else {
-            payload = try Self.encodeOnce(CollectionOfOne(command))
+        // As in `write`: an encoded payload's only owner is `bytes`, wiped when it holds a password.
+        var bytes: ByteBuffer?
+        let plain: RedisCommandHandler.Payload?
+        switch command.plainEncoding {
+        case .inline?:
+            plain = .inline(command)  // Copied into the handler's outbound buffer.
+        case .buffer(let encoded)?:
+            plain = .bytes(encoded)  // Its own bytes, shared, not copied.
+        case nil:
+            plain = nil
+            bytes = try Self.encodeOnce(CollectionOfOne(command))
         }
-        defer { if command.isSensitive { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
+        defer { if command.isSensitive { bytes?.withUnsafeMutableReadableBytes { wipe($0) } } }
         let (deadline, silenceDeadline) = try self.track(CollectionOfOne(command), timeout: timeout, tracked: true)
         let result = try await Self.exchangeOne(
-            payload,
+            plain ?? .bytes(bytes!),
             closesIfAbandoned: command.sessionEffect == .blocks,
             pubSubCommand: command.pubSubCommand,
             deadline: deadline,
@@ -611,7 +624,7 @@ public final class RedisConnection: Sendable {
     /// Hands `payload` (`count` encoded commands) to the handler on its event loop and waits for the
     /// replies. A cancelled caller stops waiting at once; the replies are dropped when they arrive.
     static func exchange(
-        _ payload: ByteBuffer,
+        _ payload: RedisCommandHandler.Payload,
         count: Int,
         closesIfAbandoned: (Int) -> Bool,
         pubSubCommands: [PubSubStateMachine.Command?] = [],
@@ -653,7 +666,7 @@ public final class RedisConnection: Sendable {
     /// for one command: no array for its waiter or its result.
     @inline(__always)
     static func exchangeOne(
-        _ payload: ByteBuffer,
+        _ payload: RedisCommandHandler.Payload,
         closesIfAbandoned: Bool,
         pubSubCommand: PubSubStateMachine.Command?,
         deadline: NIODeadline,
@@ -707,7 +720,7 @@ public final class RedisConnection: Sendable {
     /// cancelled caller tells the handler to drop the replies.
     @inline(__always)
     private static func deliver<Entries: Collection<RedisCommandHandler.Entry> & Sendable, Output>(
-        _ payload: ByteBuffer,
+        _ payload: RedisCommandHandler.Payload,
         entries: Entries,
         pubSubCommands: [PubSubStateMachine.Command?],
         handler: NIOLoopBound<RedisCommandHandler>,
@@ -853,7 +866,7 @@ public final class RedisConnection: Sendable {
                 var payload = try Self.encodeOnce(encoded)
                 defer { if encoded.contains(where: \.isSensitive) { payload.withUnsafeMutableReadableBytes { wipe($0) } } }
                 let results = try await Self.exchange(
-                    payload,
+                    .bytes(payload),
                     count: encoded.count,
                     closesIfAbandoned: { _ in false },
                     deadline: deadline,

@@ -196,7 +196,7 @@ final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Senda
     /// `nil` once delivered: the ticket lives on until NIO's whole batch of tasks has run, and a
     /// cancelled caller resumed meanwhile wipes a password in the payload; a reference kept here would
     /// make that wipe copy the bytes first and leave the password in the original storage.
-    private var payload: ByteBuffer?
+    private var payload: RedisCommandHandler.Payload?
     /// `nil` once delivered.
     private var entries: Entries?
     private let pubSubCommands: [PubSubStateMachine.Command?]
@@ -205,7 +205,7 @@ final class EnqueueTicket<Entries: Collection<RedisCommandHandler.Entry> & Senda
 
     init(
         handler: NIOLoopBound<RedisCommandHandler>,
-        payload: ByteBuffer,
+        payload: RedisCommandHandler.Payload,
         entries: Entries,
         pubSubCommands: [PubSubStateMachine.Command?],
         progress: ReplyProgress?,

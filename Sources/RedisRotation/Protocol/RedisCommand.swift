@@ -10,13 +10,20 @@ private import CHiredis
 /// Its description names the command and counts its arguments; it never shows them.
 public struct RedisCommand: Sendable, CustomStringConvertible {
     /// Everything but the resend mark, in one shared box: a command is copied on every hop of its way
-    /// (into arrays, closures, retries), and a copy then costs one retain instead of one per field.
+    /// (into arrays, closures, retries), and a copy then costs one retain instead of one per field. A
+    /// short encoding (at most ``inlineEncodingLimit`` bytes: `GET`, a `SET` of a small value) is kept
+    /// in the box itself and copied on the event loop into the connection's outbound buffer, so such a
+    /// command costs one allocation instead of three (the box, a buffer and its bytes).
     private let storage: Storage
 
     private final class Storage: Sendable {
         let name: String
         let argumentCount: Int
-        let encodedBytes: ByteBuffer
+        /// A short encoding: its bytes, the first `inlineCount` of `inlineBytes`.
+        let inlineBytes: InlineEncoding
+        let inlineCount: Int
+        /// A longer encoding, in a buffer of its own, written as it is (no copy); `nil` for a short one.
+        let encodedBytes: ByteBuffer?
         let encodedSecret: RedisSecret?
         let encodingError: RedisError?
         let isSensitive: Bool
@@ -30,7 +37,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         init(
             name: String,
             argumentCount: Int,
-            encodedBytes: ByteBuffer,
+            inlineBytes: InlineEncoding,
+            inlineCount: Int,
+            encodedBytes: ByteBuffer?,
             encodedSecret: RedisSecret?,
             encodingError: RedisError?,
             isSensitive: Bool,
@@ -43,6 +52,8 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         ) {
             self.name = name
             self.argumentCount = argumentCount
+            self.inlineBytes = inlineBytes
+            self.inlineCount = inlineCount
             self.encodedBytes = encodedBytes
             self.encodedSecret = encodedSecret
             self.encodingError = encodingError
@@ -60,9 +71,10 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     public var name: String { self.storage.name }
     /// The number of arguments after the name.
     public var argumentCount: Int { self.storage.argumentCount }
-    /// The RESP bytes that go on the wire; empty when ``encodingError`` is set, or when the command is
-    /// sensitive: then they live only in `encodedSecret`, wiped when the last copy goes away.
-    private var encodedBytes: ByteBuffer { self.storage.encodedBytes }
+    /// A long encoding's own buffer; `nil` for a short one (kept inline), when ``encodingError`` is set,
+    /// or when the command is sensitive: then the bytes live only in `encodedSecret`, wiped when the
+    /// last copy goes away.
+    private var encodedBytes: ByteBuffer? { self.storage.encodedBytes }
     private var encodedSecret: RedisSecret? { self.storage.encodedSecret }
     /// Why the command cannot be sent: an argument or the whole command is too large, or the command
     /// would break the one-reply-per-command protocol this client speaks (`CLIENT REPLY OFF|SKIP`,
@@ -100,6 +112,28 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// What the command is to the pub/sub reader (a subscribe or unsubscribe of some kind, `RESET`), if
     /// anything: found once, not on every write.
     var pubSubCommand: PubSubStateMachine.Command? { self.storage.pubSubCommand }
+
+    /// Room for a short encoding in a command's storage (256 bytes, 8-byte aligned).
+    struct InlineEncoding: Sendable {
+        static let capacity = 256
+        // swift-format-ignore
+        var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+        init() {}
+
+        init(_ bytes: UnsafeRawBufferPointer) {
+            precondition(bytes.count <= Self.capacity, "an inline encoding holds at most \(Self.capacity) bytes")
+            withUnsafeMutableBytes(of: &self.words) { $0.copyMemory(from: bytes) }
+        }
+    }
+
+    /// The longest encoding kept in a command's storage and copied into the connection's outbound
+    /// buffer; a longer one keeps a buffer of its own and is written without a copy.
+    static let inlineEncodingLimit = InlineEncoding.capacity
 
     /// The longest argument accepted: the default `proto-max-bulk-len` of the server, which refuses a
     /// longer one with a protocol error and closes the connection.
@@ -150,19 +184,25 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         // Sizes are checked before anything is copied, so an oversized argument costs nothing here.
         let encodingError = Self.sizeProblem(name: name, count: arguments.count + 1) { $0 == 0 ? givenName.utf8.count : arguments[$0 - 1].byteCount }
             ?? Self.unsupported(name: name, arguments: arguments)
-        var encodedBytes = ByteBuffer()
+        var inlineBytes = InlineEncoding()
+        var inlineCount = 0
+        var encodedBytes: ByteBuffer?
         var encodedSecret: RedisSecret?
         if encodingError == nil {
             // The name goes out as given (the server matches names in any case).
             if isSensitive {
                 encodedSecret = Self.encode(name: givenName, arguments, sensitive: true) { RedisSecret(bytes: $0) }
             } else {
-                encodedBytes = Self.encode(name: givenName, arguments, sensitive: false) { ByteBuffer(bytes: $0) }
+                (inlineBytes, inlineCount, encodedBytes) = Self.encode(name: givenName, arguments, sensitive: false) { bytes in
+                    bytes.count <= Self.inlineEncodingLimit ? (InlineEncoding(bytes), bytes.count, nil) : (InlineEncoding(), 0, ByteBuffer(bytes: bytes))
+                }
             }
         }
         self.storage = Storage(
             name: name,
             argumentCount: arguments.count,
+            inlineBytes: inlineBytes,
+            inlineCount: inlineCount,
             encodedBytes: encodedBytes,
             encodedSecret: encodedSecret,
             encodingError: encodingError,
@@ -183,21 +223,42 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         if let error = self.encodingError { throw error }
         if let secret = self.encodedSecret {
             secret.withUnsafeBytes { _ = buffer.writeBytes($0) }
+        } else if let encoded = self.encodedBytes {
+            buffer.writeImmutableBuffer(encoded)
         } else {
-            buffer.writeImmutableBuffer(self.encodedBytes)
+            self.appendInlineEncoding(to: &buffer)
         }
     }
 
-    /// Whether the encoding is kept in an ordinary buffer (never for a sensitive command).
-    var keepsPlainEncoding: Bool { self.encodedBytes.readableBytes > 0 }
+    /// Whether the encoding is kept in ordinary memory (never for a sensitive command).
+    var keepsPlainEncoding: Bool { self.plainEncoding != nil }
 
-    /// The RESP bytes when they are kept in an ordinary buffer (not for a sensitive command, nor one
-    /// that cannot be sent): written as they are, without a copy.
-    var plainEncoding: ByteBuffer? { self.encodingError == nil && self.encodedSecret == nil ? self.encodedBytes : nil }
+    /// How the RESP bytes of a command that is neither sensitive nor unsendable are kept.
+    enum PlainEncoding {
+        /// Short: in the command's storage, copied into the connection's outbound buffer on the loop.
+        case inline
+        /// Long: in a buffer of its own, written as it is, without a copy.
+        case buffer(ByteBuffer)
+    }
+
+    /// The RESP bytes when they are kept in ordinary memory (not for a sensitive command, nor one that
+    /// cannot be sent).
+    var plainEncoding: PlainEncoding? {
+        guard self.encodingError == nil, self.encodedSecret == nil else { return nil }
+        if let encoded = self.encodedBytes { return .buffer(encoded) }
+        return .inline
+    }
+
+    /// Appends the short encoding kept in the command's storage (nothing when it is elsewhere).
+    func appendInlineEncoding(to buffer: inout ByteBuffer) {
+        let count = self.storage.inlineCount
+        withUnsafeBytes(of: self.storage.inlineBytes.words) { _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+    }
 
     /// The number of bytes ``write(to:)`` appends.
     var encodedCount: Int {
-        self.encodedSecret.map { $0.withUnsafeBytes(\.count) } ?? self.encodedBytes.readableBytes
+        if let secret = self.encodedSecret { return secret.withUnsafeBytes(\.count) }
+        return self.encodedBytes?.readableBytes ?? self.storage.inlineCount
     }
 
     /// A copy of the RESP bytes, for tests (the connection uses ``write(to:)``, which makes no copy
