@@ -217,6 +217,65 @@ struct ConnectWaiterReviewTests {
         }
     }
 
+    /// How many TCP connections of this machine to `port` on 127.0.0.1 are established (client ends
+    /// included), from `/proc/net/tcp`.
+    static func establishedConnections(toPort port: Int) throws -> Int {
+        // Read to the end: a /proc file has no size, and a one-shot read can stop at the first page.
+        let file = try #require(FileHandle(forReadingAtPath: "/proc/net/tcp"))
+        defer { try? file.close() }
+        let table = String(decoding: try file.readToEnd() ?? Data(), as: UTF8.self)
+        let remote = String(format: "0100007F:%04X", port)
+        return table.split(separator: "\n").dropFirst().filter { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 3 && fields[2] == remote && fields[3] == "01"
+        }.count
+    }
+
+    // (A connect on a group that is already shut down is not tested: NIO drops the registration it
+    // schedules on the dead loop, and its debug build then traps on the leaked promise, in NIO.)
+    @Test("an event loop group shut down while connects wait for a stopped server's handshake: each throws, none hangs, none is left open")
+    func groupShutDownWhileWaitingForHandshake() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let admin = try await server.adminConnection()
+            let baseline = try await Self.connectedClients(admin)
+            var configuration = server.connectionConfiguration(username: "alice", password: password, name: "cw-shutdown")
+            configuration.handshakeTimeout = .seconds(600)
+            for round in 0..<3 {
+                let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                let before = try Self.establishedConnections(toPort: server.port)
+                server.kill(signal: SIGSTOP)
+                var tasks: [Task<RedisConnection, any Error>] = []
+                for _ in 0..<10 {
+                    tasks.append(Task { try await RedisConnection.connect(configuration: configuration, eventLoopGroup: group) })
+                }
+                // Every connect's TCP connection is up (the stopped server's backlog completes it), so the
+                // shutdown lands while they wait for the handshake's replies.
+                let clock = ContinuousClock()
+                let end = clock.now + .seconds(10)
+                while try Self.establishedConnections(toPort: server.port) < before + 10, clock.now < end {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                #expect(try Self.establishedConnections(toPort: server.port) >= before + 10)
+                for _ in 0..<(round * 5) { await Task.yield() }
+                try await group.shutdownGracefully()
+                for (index, task) in tasks.enumerated() {
+                    let result = await Self.outcome(within: .seconds(20)) { try await task.value }
+                    switch result {
+                    case nil: Issue.record("round \(round) task \(index): a connect hangs after its event loop group shut down")
+                    case .success(let connection)?:
+                        Issue.record("round \(round) task \(index): a stopped server completed a handshake")
+                        await connection.close()
+                    case .failure(let error)?: #expect((error as? RedisError)?.code == .connectionClosed, "\(error)")
+                    }
+                }
+                server.kill(signal: SIGCONT)
+                try await Self.expectClients(admin, back: baseline, label: "round \(round)")
+            }
+            await admin.close()
+        }
+    }
+
     @Test("over TLS: connects cancelled at every point leave nothing open; every connection that returns carries TLS info; a connect after one that answered resumes")
     func tlsCancelledAndResumed() async throws {
         let fixture = try TLSFixture()

@@ -367,8 +367,7 @@ public final class RedisConnection: Sendable {
                 logger: logger
             )
         } catch {
-            channel.eventLoop.execute { handler.value.close() }
-            try? await channel.closeFuture.get()
+            await Self.close(channel, handler: handler)
             logger.debug("handshake failed", metadata: [LoggingKeys.error: "\(error)"])
             // Both deadlines start together; when the TLS handshake never completed, that is what timed out.
             if let timeout = error as? RedisError, timeout.code == .handshakeTimeout, let tlsHandler,
@@ -381,6 +380,20 @@ public final class RedisConnection: Sendable {
                 )
             }
             throw error
+        }
+    }
+
+    /// Closes `channel` and waits until it has closed, also when its event loop has shut down meanwhile.
+    /// `closeFuture.get()` would then never return: it registers its callback through a task on the
+    /// loop, which a shut-down loop drops. Here the callback is registered by the task that closes, on
+    /// the loop; a dropped task releases its `ResumeOnce` unrun, which resumes the wait (a loop closes
+    /// all its channels before it shuts down).
+    private static func close(_ channel: any Channel, handler: NIOLoopBound<RedisCommandHandler>) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            channel.eventLoop.execute { [closed = ResumeOnce(continuation)] in
+                handler.value.close()
+                channel.closeFuture.whenComplete { _ in closed.resume() }
+            }
         }
     }
 
@@ -902,5 +915,23 @@ public final class RedisConnection: Sendable {
         case .readOnly:
             return RedisCommand("READONLY")
         }
+    }
+}
+
+/// Resumes its continuation once: when told to, or when released without having been told (a task a
+/// shut-down event loop dropped).
+private final class ResumeOnce: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Void, Never>?>
+
+    init(_ continuation: CheckedContinuation<Void, Never>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    func resume() {
+        self.continuation.withLock { $0.take() }?.resume()
+    }
+
+    deinit {
+        self.resume()
     }
 }
