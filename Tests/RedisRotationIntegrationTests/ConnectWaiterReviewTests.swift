@@ -276,6 +276,26 @@ struct ConnectWaiterReviewTests {
         }
     }
 
+    @Test("after the connection's event loop group shut down, close() and waitUntilClosed() return")
+    func closeAfterGroupShutDown() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let admin = try await server.adminConnection()
+            let baseline = try await Self.connectedClients(admin)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let configuration = server.connectionConfiguration(username: "alice", password: password)
+            let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: group)
+            try await group.shutdownGracefully()
+            let closed = await Self.outcome(within: .seconds(10)) { await connection.close() }
+            #expect(closed != nil, "close() hangs after the event loop group shut down")
+            let waited = await Self.outcome(within: .seconds(10)) { await connection.waitUntilClosed() }
+            #expect(waited != nil, "waitUntilClosed() hangs after the event loop group shut down")
+            #expect(!connection.isActive)
+            try await Self.expectClients(admin, back: baseline, label: "after the shutdown")
+            await admin.close()
+        }
+    }
+
     @Test("over TLS: connects cancelled at every point leave nothing open; every connection that returns carries TLS info; a connect after one that answered resumes")
     func tlsCancelledAndResumed() async throws {
         let fixture = try TLSFixture()

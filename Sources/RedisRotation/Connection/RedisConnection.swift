@@ -367,7 +367,7 @@ public final class RedisConnection: Sendable {
                 logger: logger
             )
         } catch {
-            await Self.close(channel, handler: handler)
+            await Self.waitUntilClosed(channel, closing: handler)
             logger.debug("handshake failed", metadata: [LoggingKeys.error: "\(error)"])
             // Both deadlines start together; when the TLS handshake never completed, that is what timed out.
             if let timeout = error as? RedisError, timeout.code == .handshakeTimeout, let tlsHandler,
@@ -383,15 +383,15 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    /// Closes `channel` and waits until it has closed, also when its event loop has shut down meanwhile.
-    /// `closeFuture.get()` would then never return: it registers its callback through a task on the
-    /// loop, which a shut-down loop drops. Here the callback is registered by the task that closes, on
-    /// the loop; a dropped task releases its `ResumeOnce` unrun, which resumes the wait (a loop closes
-    /// all its channels before it shuts down).
-    private static func close(_ channel: any Channel, handler: NIOLoopBound<RedisCommandHandler>) async {
+    /// Closes `channel` with `handler` (when given) and waits until it has closed, also when its event
+    /// loop has shut down meanwhile. `closeFuture.get()` would then never return: it registers its
+    /// callback through a task on the loop, which a shut-down loop drops. Here the callback is
+    /// registered by a task of our own, on the loop; a dropped task releases its `ResumeOnce` unrun,
+    /// which resumes the wait (a loop closes all its channels before it shuts down).
+    private static func waitUntilClosed(_ channel: any Channel, closing handler: NIOLoopBound<RedisCommandHandler>?) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             channel.eventLoop.execute { [closed = ResumeOnce(continuation)] in
-                handler.value.close()
+                handler?.value.close()
                 channel.closeFuture.whenComplete { _ in closed.resume() }
             }
         }
@@ -475,15 +475,13 @@ public final class RedisConnection: Sendable {
 
     /// Closes the connection. Outstanding commands fail with ``RedisError/Code/connectionClosed``.
     public func close() async {
-        let handler = self.handler
-        self.channel.eventLoop.execute { handler.value.close() }
-        try? await self.channel.closeFuture.get()
+        await Self.waitUntilClosed(self.channel, closing: self.handler)
         self.logger.debug("connection closed")
     }
 
     /// Completes when the connection has closed, for whatever reason.
     public func waitUntilClosed() async {
-        try? await self.channel.closeFuture.get()
+        await Self.waitUntilClosed(self.channel, closing: nil)
     }
 
     // MARK: - Internals
