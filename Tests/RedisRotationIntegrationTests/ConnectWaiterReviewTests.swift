@@ -296,6 +296,49 @@ struct ConnectWaiterReviewTests {
         }
     }
 
+    @Test("a connect cancelled while its TCP connect is still pending (a stopped server with a full backlog) returns at once, not at the connect timeout")
+    func cancelledDuringTCPConnect() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password, extraConfiguration: ["tcp-backlog 1"]) { server in
+            let admin = try await server.adminConnection()
+            let baseline = try await Self.connectedClients(admin)
+            var configuration = server.connectionConfiguration(username: "alice", password: password)
+            configuration.connectTimeout = .seconds(600)
+            configuration.handshakeTimeout = .seconds(600)
+            let before = try Self.establishedConnections(toPort: server.port)
+            server.kill(signal: SIGSTOP)
+            // The first connects fill the backlog; the later ones wait for the server's SYN-ACK.
+            var tasks: [Task<RedisConnection, any Error>] = []
+            for _ in 0..<6 {
+                tasks.append(Task { try await RedisConnection.connect(configuration: configuration) })
+            }
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(10)
+            while try Self.establishedConnections(toPort: server.port) < before + 1, clock.now < end {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            let pending = try 6 - (Self.establishedConnections(toPort: server.port) - before)
+            for task in tasks { task.cancel() }
+            var hung = 0
+            for task in tasks {
+                switch await Self.outcome(within: .seconds(10), { try await task.value }) {
+                case nil: hung += 1
+                case .success(let connection)?:
+                    Issue.record("a stopped server completed a handshake")
+                    await connection.close()
+                case .failure(let error)?:
+                    #expect(error is CancellationError, "\(error)")
+                }
+            }
+            server.kill(signal: SIGCONT)
+            #expect(pending > 0, "no connect was left waiting for the server's SYN-ACK")
+            #expect(hung == 0, "\(hung) cancelled connects (\(pending) with their TCP connect pending) did not return within 10 s")
+            try await Self.expectClients(admin, back: baseline, label: "after the server resumed")
+            await admin.close()
+        }
+    }
+
     @Test("over TLS: connects cancelled at every point leave nothing open; every connection that returns carries TLS info; a connect after one that answered resumes")
     func tlsCancelledAndResumed() async throws {
         let fixture = try TLSFixture()

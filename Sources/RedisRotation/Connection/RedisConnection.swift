@@ -127,7 +127,8 @@ public final class RedisConnection: Sendable {
     ///
     /// - Throws: ``RedisError`` with `connectTimeout`, `connectionFailed`, `handshakeTimeout`,
     ///   `authenticationFailed` (`WRONGPASS` / `NOAUTH` in ``RedisError/serverErrorPrefix``), `serverError`
-    ///   or `connectionClosed`.
+    ///   or `connectionClosed`; `CancellationError` when the task is cancelled before the handshake
+    ///   completes (at once, also while the TCP connect is pending; nothing is left open).
     public static func connect(
         configuration: RedisConnectionConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -149,6 +150,9 @@ public final class RedisConnection: Sendable {
         // handshake refused at once), the handlers are already gone from the pipeline, but their
         // recorded failure is what `connect` must report.
         let handlers = Lock<Handlers?>(nil)
+        // The channel, from its registration on: a cancellation closes it while its TCP connect is
+        // still pending (which would otherwise end only at the connect timeout).
+        let registered = Lock<(any Channel)?>(nil)
         // The handshake's first write is encoded here and goes out on the event loop the moment the TCP
         // connection is up, in the same callback; the task resumes once, when its replies are in (or
         // the connection failed). Later handshake steps (a server without HELLO) run as before.
@@ -170,6 +174,7 @@ public final class RedisConnection: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         let installed = try Self.installHandlers(on: channel, configuration: configuration, logger: logger)
                         handlers.withLock { $0 = installed }
+                        registered.withLock { $0 = channel }
                     }
                 }
             // An IP address needs no resolver: NIO's name resolution (getaddrinfo on another thread, then
@@ -210,8 +215,11 @@ public final class RedisConnection: Sendable {
             } onCancel: {
                 cancelled.store(true, ordering: .relaxed)
                 eventLoop.execute {
-                    guard let installed = handlers.withLock({ $0 }) else { return }
-                    for id in ids { installed.command.value.cancel(id: id) }
+                    if let installed = handlers.withLock({ $0 }) {
+                        for id in ids { installed.command.value.cancel(id: id) }
+                    }
+                    // Not connected yet: closing fails the pending connect now.
+                    if let channel = registered.withLock({ $0 }), !channel.isActive { channel.close(promise: nil) }
                 }
             }
             // Replies come only over a channel that came up, with its handlers installed.
@@ -219,6 +227,9 @@ public final class RedisConnection: Sendable {
                 preconditionFailure("a handshake step completed without its handlers")
             }
             connected = (outcome.channel, installed, outcome.deadline, outcome.replies, outcome.tlsInfo)
+        } catch where cancelled.load(ordering: .relaxed) {
+            // The connect failed because the cancellation closed it (or as it was cancelled).
+            throw CancellationError()
         } catch let error as ChannelError {
             guard case .connectTimeout = error else {
                 throw RedisError(
