@@ -1,0 +1,155 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import RedisRotation
+
+/// Hostile review of the handler's outbound buffer (short commands copied into one buffer per turn of
+/// the event loop): what a write the channel still holds costs, where the inline limit falls, the
+/// buffer past 64 KiB, and passwords, which must never reach the reused buffer.
+@Suite("Outbound buffer review", .timeLimit(.minutes(1)))
+struct OutboundBufferReviewTests {
+    struct Harness {
+        let channel: EmbeddedChannel
+        let handler: RedisCommandHandler
+        var nextID: UInt64 = 1
+
+        init() throws {
+            self.handler = RedisCommandHandler(logger: Logger(label: "outbound-review"))
+            self.channel = EmbeddedChannel(handler: self.handler)
+            try self.channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).wait()
+        }
+
+        mutating func entries(_ count: Int) -> [RedisCommandHandler.Entry] {
+            defer { self.nextID += UInt64(count) }
+            return (0..<count).map { RedisCommandHandler.Entry(id: self.nextID + UInt64($0), promise: .box(ReplyBox()), deadline: .now() + .seconds(600)) }
+        }
+
+        /// Enqueues `command` as the connection does: inline when short, its own buffer when long, an
+        /// exact-size encoded buffer when sensitive (flushed at once).
+        mutating func send(_ command: RedisCommand) throws {
+            switch command.plainEncoding {
+            case .inline?: self.handler.enqueue(.inline(command), entries: self.entries(1))
+            case .buffer(let bytes)?: self.handler.enqueue(.bytes(bytes), entries: self.entries(1))
+            case nil:
+                self.handler.enqueue(
+                    .bytes(try RedisConnection.encodeOnce(CollectionOfOne(command))),
+                    entries: self.entries(1),
+                    flushesAtOnce: command.isSensitive
+                )
+            }
+        }
+
+        /// Runs the turn's flush; every write that left, in order.
+        func writes() throws -> [ByteBuffer] {
+            self.channel.embeddedEventLoop.run()
+            var writes: [ByteBuffer] = []
+            while let buffer = try self.channel.readOutbound(as: ByteBuffer.self) { writes.append(buffer) }
+            return writes
+        }
+    }
+
+    static func encoded(_ commands: [RedisCommand]) throws -> [UInt8] {
+        try commands.flatMap { Array(try $0.encoded.readableBytesView) }
+    }
+
+    /// Whether `needle` occurs anywhere in `buffer`'s whole storage (written or not, read or not).
+    static func storage(of buffer: ByteBuffer, contains needle: [UInt8]) -> Bool {
+        buffer.withVeryUnsafeBytes { storage in
+            guard storage.count >= needle.count, !needle.isEmpty else { return false }
+            for start in 0...(storage.count - needle.count) where storage[start] == needle[0] {
+                if storage[start..<(start + needle.count)].elementsEqual(needle) { return true }
+            }
+            return false
+        }
+    }
+
+    @Test("the encoding is kept inline up to exactly 256 bytes on the wire, in a buffer of its own from 257; empty and binary arguments byte for byte")
+    func inlineLimit() throws {
+        // `*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$<n>\r\n<n bytes>\r\n`: 28 bytes around a value of 100..999 bytes.
+        for (valueSize, wire, inline) in [(227, 255, true), (228, 256, true), (229, 257, false)] {
+            let value = (0..<valueSize).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let command = RedisCommand("SET", .string("k"), .bytes(value))
+            let expected = Array("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$\(valueSize)\r\n".utf8) + value + Array("\r\n".utf8)
+            #expect(expected.count == wire)
+            #expect(command.encodedCount == wire)
+            switch command.plainEncoding {
+            case .inline?: #expect(inline, "\(wire) bytes kept inline")
+            case .buffer(let bytes)?:
+                #expect(!inline, "\(wire) bytes in a buffer of their own")
+                #expect(Array(bytes.readableBytesView) == expected)
+            case nil: Issue.record("\(wire) bytes: no plain encoding")
+            }
+            var harness = try Harness()
+            try harness.send(command)
+            #expect(try harness.writes().flatMap { Array($0.readableBytesView) } == expected)
+        }
+        // Empty arguments and every byte value, inline.
+        let binary = (0...255).map { UInt8($0) }
+        let commands = [
+            RedisCommand("SET", .bytes([]), .bytes([])),
+            RedisCommand("ECHO", .bytes(Array(binary[0..<200]))),
+            RedisCommand("ECHO", .bytes(Array(binary[200...]) + [13, 10, 36, 42, 0])),
+            RedisCommand("ECHO", .bytes(binary)),
+        ]
+        var harness = try Harness()
+        for command in commands { try harness.send(command) }
+        #expect(try harness.writes().flatMap { Array($0.readableBytesView) } == (try Self.encoded(commands)))
+    }
+
+    @Test("10,000 short commands in one turn: one write of all of them in order; the buffer past 64 KiB goes with it and the next turn starts small")
+    func burstPastTheKeptCapacity() throws {
+        var harness = try Harness()
+        let commands = (0..<10_000).map { RedisCommand("GET", .string("key-\($0)")) }
+        for command in commands { try harness.send(command) }
+        let writes = try harness.writes()
+        #expect(writes.count == 1)
+        #expect(writes.first.map { $0.readableBytes > OutboundBuffer.keptCapacity } == true)
+        #expect(writes.flatMap { Array($0.readableBytesView) } == (try Self.encoded(commands)))
+        let bigAddress = writes.first.map { $0.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) } }
+        // Even while the channel still holds the big write, the next turn's command is written correctly,
+        // into other, small storage.
+        let next = RedisCommand("GET", .string("next"))
+        try harness.send(next)
+        let nextWrites = try harness.writes()
+        #expect(nextWrites.count == 1)
+        #expect(nextWrites.flatMap { Array($0.readableBytesView) } == (try Self.encoded([next])))
+        #expect(nextWrites.first.map { $0.capacity <= 4096 } == true)
+        #expect(nextWrites.first.map { $0.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) } } != bigAddress)
+        #expect(Array(writes[0].readableBytesView) == (try Self.encoded(commands)), "the big write changed")
+    }
+
+    @Test("a password (AUTH, HELLO AUTH, CONFIG SET requirepass, a secret argument) never takes the inline path and never reaches the reused outbound buffer")
+    func passwordsNeverInline() throws {
+        let password = "pw-\(UInt64.random(in: 1...UInt64.max))-secret"
+        let secret = RedisSecret(password)
+        let sensitive = [
+            RedisCommand("AUTH", .string(password)),
+            RedisCommand("auth", "alice", .string(password)),
+            RedisCommand("HELLO", "2", "AUTH", "alice", .string(password)),
+            RedisCommand("CONFIG", "SET", "requirepass", .string(password)),
+            RedisCommand("ACL", "SETUSER", "bob", .string(">" + password)),
+            RedisCommand("SET", "k", .secret(secret)),
+        ]
+        for command in sensitive {
+            #expect(command.isSensitive)
+            #expect(!command.keepsPlainEncoding, "\(command) has a plain encoding")
+        }
+        var harness = try Harness()
+        var outbound: [ByteBuffer] = []
+        for round in 0..<20 {
+            // Short commands before and after a re-authentication, in one turn.
+            try harness.send(RedisCommand("GET", .string("before-\(round)")))
+            try harness.send(sensitive[round % sensitive.count])
+            try harness.send(RedisCommand("GET", .string("after-\(round)")))
+            let writes = try harness.writes()
+            #expect(writes.count == 3)
+            guard writes.count == 3 else { continue }
+            #expect(String(buffer: writes[1]).contains(password))
+            outbound += [writes[0], writes[2]]
+        }
+        let needle = Array(password.utf8)
+        for write in outbound { #expect(!Self.storage(of: write, contains: needle), "the password reached the outbound buffer") }
+    }
+}
