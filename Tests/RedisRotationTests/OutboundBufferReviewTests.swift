@@ -65,6 +65,66 @@ struct OutboundBufferReviewTests {
         }
     }
 
+    @Test("a burst grows the buffer to 64 KiB; then, while the channel holds every write (a slow reader), a turn's lone GET does not get a buffer of the burst's size")
+    func heldWritesDoNotInheritTheBurstCapacity() throws {
+        var harness = try Harness()
+        // One turn of 2,000 GETs: ~60 KB, a 64 KiB buffer, kept (not over the limit).
+        for index in 0..<2000 { try harness.send(RedisCommand("GET", .string("burst-\(index)"))) }
+        do {
+            let burst = try harness.writes()
+            #expect(burst.count == 1)
+            #expect(burst.first.map { $0.capacity > 32 * 1024 && $0.capacity <= OutboundBuffer.keptCapacity } == true)
+        }
+        // The channel let go of the burst's write; now it holds every write (a stalled socket).
+        var held: [(ByteBuffer, [UInt8])] = []
+        for round in 0..<100 {
+            let command = RedisCommand("GET", .string("held-\(round)"))
+            try harness.send(command)
+            let writes = try harness.writes()
+            #expect(writes.count == 1)
+            if let write = writes.first { held.append((write, try Self.encoded([command]))) }
+        }
+        // Every held write kept its own bytes...
+        for (write, expected) in held { #expect(Array(write.readableBytesView) == expected) }
+        // ...in storage about its size, not 64 KiB each (100 held GETs would pin 6.4 MiB; a stalled
+        // server with 10,000 of them, 640 MiB).
+        let pinned = held.reduce(0) { $0 + $1.0.capacity }
+        #expect(pinned <= 100 * 1024, "100 held writes of one GET each pin \(pinned) bytes")
+        // Let go again: the buffer is reused from then on.
+        held.removeAll()
+        var addresses: Set<UInt> = []
+        for round in 0..<10 {
+            try harness.send(RedisCommand("GET", .string("after-\(round)")))
+            let writes = try harness.writes()
+            #expect(writes.count == 1)
+            if let write = writes.first { addresses.insert(write.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }) }
+        }
+        #expect(addresses.count == 1)
+    }
+
+    @Test("within one turn, a short command after a long one's write (the short one before it held by the channel) gets a buffer of its own size, not a copy of the held one's capacity")
+    func shortAfterLongInOneTurn() throws {
+        var harness = try Harness()
+        for index in 0..<2000 { try harness.send(RedisCommand("GET", .string("burst-\(index)"))) }
+        _ = try harness.writes()
+        var sent: [RedisCommand] = []
+        for index in 0..<50 {
+            // short, long (its own buffer: the short one before it is handed to the channel), short...
+            let short = RedisCommand("GET", .string("s-\(index)"))
+            let long = RedisCommand("SET", .string("l-\(index)"), .bytes(Array(repeating: UInt8(index), count: 400)))
+            try harness.send(short)
+            try harness.send(long)
+            sent += [short, long]
+        }
+        let writes = try harness.writes()
+        #expect(writes.count == 100)
+        #expect(writes.flatMap { Array($0.readableBytesView) } == (try Self.encoded(sent)))
+        // The first short one is in the buffer kept from the burst (64 KiB, the channel had let go of
+        // it); the 49 after it, each after a long one's write the channel still holds, are not.
+        let pinned = writes.enumerated().filter { $0.offset % 2 == 0 && $0.offset > 0 }.reduce(0) { $0 + $1.element.capacity }
+        #expect(pinned <= 49 * 1024, "49 short writes held in one turn pin \(pinned) bytes")
+    }
+
     @Test("the encoding is kept inline up to exactly 256 bytes on the wire, in a buffer of its own from 257; empty and binary arguments byte for byte")
     func inlineLimit() throws {
         // `*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$<n>\r\n<n bytes>\r\n`: 28 bytes around a value of 100..999 bytes.

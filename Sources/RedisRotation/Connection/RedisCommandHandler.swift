@@ -296,7 +296,10 @@ struct OutboundBuffer {
     mutating func append(_ command: RedisCommand) {
         if self.handedOff {
             self.handedOff = false
-            self.bytes.clear()
+            // Reused when the channel has let go of it; otherwise new storage sized for this command,
+            // not the held buffer's capacity (`clear()` copies that: while a slow reader holds every
+            // write, each turn's lone GET would pin up to 64 KiB).
+            self.bytes.clear(minimumCapacity: command.encodedCount)
         }
         command.appendInlineEncoding(to: &self.bytes)
     }
