@@ -1,6 +1,8 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
+import RedisRotationTesting
 import Testing
 
 @testable import RedisRotation
@@ -211,5 +213,54 @@ struct OutboundBufferReviewTests {
         }
         let needle = Array(password.utf8)
         for write in outbound { #expect(!Self.storage(of: write, contains: needle), "the password reached the outbound buffer") }
+    }
+
+    /// The whole storage of `handler`'s outbound buffer (read through reflection: it is private), on its
+    /// event loop.
+    static func outboundStorage(of handler: RedisCommandHandler) -> [UInt8]? {
+        guard let outbound = Mirror(reflecting: handler).children.first(where: { $0.label == "outbound" })?.value as? OutboundBuffer,
+            let bytes = Mirror(reflecting: outbound).children.first(where: { $0.label == "bytes" })?.value as? ByteBuffer
+        else { return nil }
+        return bytes.withVeryUnsafeBytes { Array($0) }
+    }
+
+    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard haystack.count >= needle.count, !needle.isEmpty else { return false }
+        return (0...(haystack.count - needle.count)).contains { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
+    }
+
+    @Test("re-authentications (HELLO with the password, flushed at once) amid 19 callers' short commands on a real connection, 30 rounds: the password never enters the handler's outbound buffer, whose storage holds the short commands")
+    func passwordNeverInTheConnectionsOutboundBuffer() async throws {
+        let password = RedisSecret("pw-\(UUID().uuidString)")
+        let passwordBytes = password.withUnsafeBytes { Array($0) }
+        try await RedisServerProcess.withServer(.init(users: [.init(name: "alice", passwords: [password])])) { server in
+            let connection = try await RedisConnection.connect(configuration: server.connectionConfiguration(username: "alice", password: password))
+            let credentials = RedisCredentials(username: "alice", password: password, version: "v1")
+            let handler = connection.handler
+            var markersSeen = 0
+            for round in 0..<30 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<20 {
+                        group.addTask {
+                            if index == 10 {
+                                try await connection.authenticate(as: credentials, name: "round-\(round)")
+                            } else {
+                                let marker = "marker-\(round)-\(index)"
+                                let reply = try await connection.send(RedisCommand("ECHO", .string(marker)))
+                                #expect(reply.string == marker)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let storage = try await connection.eventLoop.submit { Self.outboundStorage(of: handler.value) }.get()
+                let bytes = try #require(storage, "the handler's outbound buffer was not found by reflection")
+                #expect(!Self.contains(bytes, passwordBytes), "round \(round): the password is in the outbound buffer")
+                if Self.contains(bytes, Array("marker-\(round)-".utf8)) { markersSeen += 1 }
+            }
+            // The search looks at the buffer the short commands went through.
+            #expect(markersSeen > 0)
+            await connection.close()
+        }
     }
 }
