@@ -187,7 +187,7 @@ struct OutboundBufferIntegrationReviewTests {
         }
     }
 
-    @Test("transactions through a one-connection pool amid short and long commands of other callers: each EXEC holds its own results")
+    @Test("transactions through a pool of at most two connections amid short and long commands of other callers: each EXEC holds its own results")
     func transactionsAmidShortCommands() async throws {
         try await withOneConnectionClient(maximumConnections: 2) { (_, client) async throws in
             let prefix = "test:outbound-multi:\(UUID().uuidString)"
