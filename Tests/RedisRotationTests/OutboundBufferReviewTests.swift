@@ -160,6 +160,25 @@ struct OutboundBufferReviewTests {
         #expect(try harness.writes().flatMap { Array($0.readableBytesView) } == (try Self.encoded(commands)))
     }
 
+    @Test("a long command (a 4 MiB SET) is written from its own encoding's storage, after the turn's short ones: never copied into the outbound buffer")
+    func longCommandNotCopied() throws {
+        var harness = try Harness()
+        let short = RedisCommand("GET", .string("before"))
+        let long = RedisCommand("SET", .string("big"), .bytes([UInt8](repeating: 9, count: 4 << 20)))
+        guard case .buffer(let encoding)? = long.plainEncoding else {
+            Issue.record("a 4 MiB SET is kept inline")
+            return
+        }
+        try harness.send(short)
+        try harness.send(long)
+        let writes = try harness.writes()
+        #expect(writes.count == 2)
+        #expect(writes.first.map { Array($0.readableBytesView) } == (try Self.encoded([short])))
+        let address = { (buffer: ByteBuffer) in buffer.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) } }
+        #expect(writes.last.map(address) == address(encoding), "the long command's bytes were copied")
+        #expect(writes.first.map { $0.capacity < 4096 } == true)
+    }
+
     @Test("10,000 short commands in one turn: one write of all of them in order; the buffer past 64 KiB goes with it and the next turn starts small")
     func burstPastTheKeptCapacity() throws {
         var harness = try Harness()
