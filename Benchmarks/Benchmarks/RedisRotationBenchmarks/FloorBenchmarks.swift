@@ -210,6 +210,19 @@ func floorBenchmarks() {
         }
         await connection.close()
     }
+    // The same reconnect the bare-SwiftNIO way (Sources/NIOFloor): what NIO itself allocates.
+    Benchmark("Allocations: one plain reconnect, connect + HELLO + PING (bare-NIO floor)", configuration: perOperation) { benchmark in
+        let fixture = Fixture.shared!
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        for _ in benchmark.scaledIterations {
+            benchmark.startMeasurement()
+            let connection = try await NIOFloorConnection.open(
+                host: "127.0.0.1", port: fixture.server.plainTextPort!, user: "bench", password: fixture.passwordText, on: loop
+            )
+            benchmark.stopMeasurement()
+            await connection.close()
+        }
+    }
     Benchmark("Allocations: one plain reconnect, connect + HELLO + PING (Swift; goal ≤ 100)", configuration: perOperation) { benchmark in
         let configuration = Fixture.shared.configuration(tls: nil)
         for _ in benchmark.scaledIterations {
