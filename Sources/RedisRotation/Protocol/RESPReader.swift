@@ -14,7 +14,22 @@ public import NIOCore
 /// Not thread-safe: one reader belongs to one connection's event loop.
 public final class RESPReader {
     private let reader: UnsafeMutablePointer<redisReader>
-    private let functions: UnsafeMutablePointer<redisReplyObjectFunctions>
+    /// The callbacks hiredis builds replies with: the same for every reader, so made once, not
+    /// allocated per connection. `nonisolated(unsafe)`: written once, by the initializer, then only
+    /// read (hiredis never writes through it).
+    nonisolated(unsafe) private static let functions: UnsafeMutablePointer<redisReplyObjectFunctions> = {
+        let functions = UnsafeMutablePointer<redisReplyObjectFunctions>.allocate(capacity: 1)
+        functions.initialize(
+            to: redisReplyObjectFunctions(
+                createString: replyCreateString,
+                createArray: replyCreateArray,
+                createInteger: replyCreateInteger,
+                createNil: replyCreateNil,
+                freeObject: replyFreeObject
+            )
+        )
+        return functions
+    }()
     private let builder: ReplyBuilder
     private var framer: RESPFramer
     /// Fed bytes not checked yet: they follow a complete reply that ``next()`` has not taken. hiredis
@@ -43,17 +58,7 @@ public final class RESPReader {
     public init(limits: RESPReaderLimits = RESPReaderLimits()) {
         self.builder = ReplyBuilder()
         self.framer = RESPFramer(limits: limits)
-        self.functions = .allocate(capacity: 1)
-        self.functions.initialize(
-            to: redisReplyObjectFunctions(
-                createString: replyCreateString,
-                createArray: replyCreateArray,
-                createInteger: replyCreateInteger,
-                createNil: replyCreateNil,
-                freeObject: replyFreeObject
-            )
-        )
-        guard let reader = redisReaderCreateWithFunctions(self.functions) else {
+        guard let reader = redisReaderCreateWithFunctions(Self.functions) else {
             fatalError("hiredis could not allocate a reader: out of memory")
         }
         self.reader = reader
@@ -63,8 +68,6 @@ public final class RESPReader {
 
     deinit {
         redisReaderFree(self.reader)
-        self.functions.deinitialize(count: 1)
-        self.functions.deallocate()
     }
 
     /// Appends the readable bytes of `buffer` to the reader's input and checks them.
