@@ -48,6 +48,17 @@ final class RedisCommandHandler: ChannelInboundHandler {
         /// One command whose short encoding (``RedisCommand/PlainEncoding/inline``) is copied into the
         /// handler's outbound buffer: no buffer of its own per command.
         case inline(RedisCommand)
+
+        /// How `command` is written when its bytes are kept in ordinary memory: copied into the
+        /// outbound buffer when short, from its own buffer (no copy) when long; `nil` for a sensitive
+        /// command (or one that cannot be sent), which its caller encodes into a buffer it wipes.
+        init?(plain command: RedisCommand) {
+            switch command.plainEncoding {
+            case .inline?: self = .inline(command)
+            case .buffer(let encoded)?: self = .bytes(encoded)
+            case nil: return nil
+            }
+        }
     }
 
     init(logger: Logger, readerLimits: RESPReaderLimits = RESPReaderLimits()) {

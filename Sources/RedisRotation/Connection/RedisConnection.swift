@@ -149,10 +149,9 @@ public final class RedisConnection: Sendable {
         // The initializer hands its handlers out through this box: when the channel fails early (a TLS
         // handshake refused at once), the handlers are already gone from the pipeline, but their
         // recorded failure is what `connect` must report.
+        // From its registration on, they also give a cancellation the channel to close while its TCP
+        // connect is still pending (which would otherwise end only at the connect timeout).
         let handlers = Lock<Handlers?>(nil)
-        // The channel, from its registration on: a cancellation closes it while its TCP connect is
-        // still pending (which would otherwise end only at the connect timeout).
-        let registered = Lock<(any Channel)?>(nil)
         // The handshake's first write is encoded here and goes out on the event loop the moment the TCP
         // connection is up, in the same callback; the task resumes once, when its replies are in (or
         // the connection failed). Later handshake steps (a server without HELLO) run as before.
@@ -174,7 +173,6 @@ public final class RedisConnection: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         let installed = try Self.installHandlers(on: channel, configuration: configuration, logger: logger)
                         handlers.withLock { $0 = installed }
-                        registered.withLock { $0 = channel }
                     }
                 }
             // An IP address needs no resolver: NIO's name resolution (getaddrinfo on another thread, then
@@ -215,11 +213,10 @@ public final class RedisConnection: Sendable {
             } onCancel: {
                 cancelled.store(true, ordering: .relaxed)
                 eventLoop.execute {
-                    if let installed = handlers.withLock({ $0 }) {
-                        for id in ids { installed.command.value.cancel(id: id) }
-                    }
+                    guard let installed = handlers.withLock({ $0 }) else { return }
+                    for id in ids { installed.command.value.cancel(id: id) }
                     // Not connected yet: closing fails the pending connect now.
-                    if let channel = registered.withLock({ $0 }), !channel.isActive { channel.close(promise: nil) }
+                    if !installed.channel.isActive { installed.channel.close(promise: nil) }
                 }
             }
             // Replies come only over a channel that came up, with its handlers installed.
@@ -279,6 +276,8 @@ public final class RedisConnection: Sendable {
 
     /// The handlers a connection runs on, bound to its channel's event loop.
     private struct Handlers: Sendable {
+        /// The channel they were installed on.
+        var channel: any Channel
         var command: NIOLoopBound<RedisCommandHandler>
         var tls: NIOLoopBound<TLSClientHandler>?
         /// The command handler's, readable off the event loop.
@@ -308,6 +307,7 @@ public final class RedisConnection: Sendable {
         try operations.addHandler(commandHandler)
         let loop = channel.eventLoop
         return Handlers(
+            channel: channel,
             command: NIOLoopBound(commandHandler, eventLoop: loop),
             tls: tlsHandler.map { NIOLoopBound($0, eventLoop: loop) },
             progress: commandHandler.progress
@@ -510,18 +510,10 @@ public final class RedisConnection: Sendable {
         // made in the call's argument. A password in it is wiped once the replies are in (the write is
         // long done by then, so this is the buffer's only reference and the wipe reaches its storage,
         // not a copy).
-        var bytes: ByteBuffer?
-        let plain: RedisCommandHandler.Payload?
-        switch commands.count == 1 ? commands[0].plainEncoding : nil {
-        case .inline?:
-            plain = .inline(commands[0])  // Copied into the handler's outbound buffer.
-        case .buffer(let encoded)?:
-            plain = .bytes(encoded)  // One long ordinary command: its own bytes, shared, not copied.
-        case nil:
-            plain = nil
-            bytes = try Self.encodeOnce(commands)
-        }
-        defer { if commands.contains(where: \.isSensitive) { bytes?.withUnsafeMutableReadableBytes { wipe($0) } } }
+        let sensitive = commands.contains(where: \.isSensitive)
+        let plain = commands.count == 1 ? RedisCommandHandler.Payload(plain: commands[0]) : nil
+        var bytes = plain == nil ? try Self.encodeOnce(commands) : nil
+        defer { if sensitive { bytes?.withUnsafeMutableReadableBytes { wipe($0) } } }
         let (deadline, silenceDeadline) = try self.track(commands, timeout: timeout, tracked: tracked)
         let results = try await Self.exchange(
             plain ?? .bytes(bytes!),
@@ -533,7 +525,7 @@ public final class RedisConnection: Sendable {
             silenceDeadline: silenceDeadline,
             handler: self.handler,
             progress: self.progress,
-            sensitive: commands.contains(where: \.isSensitive),
+            sensitive: sensitive,
             abandoned: { self.session.withLock { $0.state.replyAbandoned() } }
         )
         if results.contains(where: Self.isTimeout) {
@@ -546,17 +538,8 @@ public final class RedisConnection: Sendable {
     @inline(__always)
     private func writeOne(_ command: RedisCommand, timeout: Duration?) async throws -> Result<RESPValue, RedisError> {
         // As in `write`: an encoded payload's only owner is `bytes`, wiped when it holds a password.
-        var bytes: ByteBuffer?
-        let plain: RedisCommandHandler.Payload?
-        switch command.plainEncoding {
-        case .inline?:
-            plain = .inline(command)  // Copied into the handler's outbound buffer.
-        case .buffer(let encoded)?:
-            plain = .bytes(encoded)  // Its own bytes, shared, not copied.
-        case nil:
-            plain = nil
-            bytes = try Self.encodeOnce(CollectionOfOne(command))
-        }
+        let plain = RedisCommandHandler.Payload(plain: command)
+        var bytes = plain == nil ? try Self.encodeOnce(CollectionOfOne(command)) : nil
         defer { if command.isSensitive { bytes?.withUnsafeMutableReadableBytes { wipe($0) } } }
         let (deadline, silenceDeadline) = try self.track(CollectionOfOne(command), timeout: timeout, tracked: true)
         let result = try await Self.exchangeOne(
