@@ -12,46 +12,6 @@ import Testing
 /// buffer past 64 KiB, and passwords, which must never reach the reused buffer.
 @Suite("Outbound buffer review", .timeLimit(.minutes(1)))
 struct OutboundBufferReviewTests {
-    struct Harness {
-        let channel: EmbeddedChannel
-        let handler: RedisCommandHandler
-        var nextID: UInt64 = 1
-
-        init() throws {
-            self.handler = RedisCommandHandler(logger: Logger(label: "outbound-review"))
-            self.channel = EmbeddedChannel(handler: self.handler)
-            try self.channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).wait()
-        }
-
-        mutating func entries(_ count: Int) -> [RedisCommandHandler.Entry] {
-            defer { self.nextID += UInt64(count) }
-            return (0..<count).map { RedisCommandHandler.Entry(id: self.nextID + UInt64($0), promise: .box(ReplyBox()), deadline: .now() + .seconds(600)) }
-        }
-
-        /// Enqueues `command` as the connection does: inline when short, its own buffer when long, an
-        /// exact-size encoded buffer when sensitive (flushed at once).
-        mutating func send(_ command: RedisCommand) throws {
-            switch command.plainEncoding {
-            case .inline?: self.handler.enqueue(.inline(command), entries: self.entries(1))
-            case .buffer(let bytes)?: self.handler.enqueue(.bytes(bytes), entries: self.entries(1))
-            case nil:
-                self.handler.enqueue(
-                    .bytes(try RedisConnection.encodeOnce(CollectionOfOne(command))),
-                    entries: self.entries(1),
-                    flushesAtOnce: command.isSensitive
-                )
-            }
-        }
-
-        /// Runs the turn's flush; every write that left, in order.
-        func writes() throws -> [ByteBuffer] {
-            self.channel.embeddedEventLoop.run()
-            var writes: [ByteBuffer] = []
-            while let buffer = try self.channel.readOutbound(as: ByteBuffer.self) { writes.append(buffer) }
-            return writes
-        }
-    }
-
     static func encoded(_ commands: [RedisCommand]) throws -> [UInt8] {
         try commands.flatMap { Array(try $0.encoded.readableBytesView) }
     }
@@ -69,7 +29,7 @@ struct OutboundBufferReviewTests {
 
     @Test("a burst grows the buffer to 64 KiB; then, while the channel holds every write (a slow reader), a turn's lone GET does not get a buffer of the burst's size")
     func heldWritesDoNotInheritTheBurstCapacity() throws {
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         // One turn of 2,000 GETs: ~60 KB, a 64 KiB buffer, kept (not over the limit).
         for index in 0..<2000 { try harness.send(RedisCommand("GET", .string("burst-\(index)"))) }
         do {
@@ -106,7 +66,7 @@ struct OutboundBufferReviewTests {
 
     @Test("within one turn, a short command after a long one's write (the short one before it held by the channel) gets a buffer of its own size, not a copy of the held one's capacity")
     func shortAfterLongInOneTurn() throws {
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         for index in 0..<2000 { try harness.send(RedisCommand("GET", .string("burst-\(index)"))) }
         _ = try harness.writes()
         var sent: [RedisCommand] = []
@@ -143,7 +103,7 @@ struct OutboundBufferReviewTests {
                 #expect(Array(bytes.readableBytesView) == expected)
             case nil: Issue.record("\(wire) bytes: no plain encoding")
             }
-            var harness = try Harness()
+            var harness = try OutboundHarness()
             try harness.send(command)
             #expect(try harness.writes().flatMap { Array($0.readableBytesView) } == expected)
         }
@@ -155,14 +115,14 @@ struct OutboundBufferReviewTests {
             RedisCommand("ECHO", .bytes(Array(binary[200...]) + [13, 10, 36, 42, 0])),
             RedisCommand("ECHO", .bytes(binary)),
         ]
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         for command in commands { try harness.send(command) }
         #expect(try harness.writes().flatMap { Array($0.readableBytesView) } == (try Self.encoded(commands)))
     }
 
     @Test("a long command (a 4 MiB SET) is written from its own encoding's storage, after the turn's short ones: never copied into the outbound buffer")
     func longCommandNotCopied() throws {
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         let short = RedisCommand("GET", .string("before"))
         let long = RedisCommand("SET", .string("big"), .bytes([UInt8](repeating: 9, count: 4 << 20)))
         guard case .buffer(let encoding)? = long.plainEncoding else {
@@ -181,7 +141,7 @@ struct OutboundBufferReviewTests {
 
     @Test("10,000 short commands in one turn: one write of all of them in order; the buffer past 64 KiB goes with it and the next turn starts small")
     func burstPastTheKeptCapacity() throws {
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         let commands = (0..<10_000).map { RedisCommand("GET", .string("key-\($0)")) }
         for command in commands { try harness.send(command) }
         let writes = try harness.writes()
@@ -217,7 +177,7 @@ struct OutboundBufferReviewTests {
             #expect(command.isSensitive)
             #expect(!command.keepsPlainEncoding, "\(command) has a plain encoding")
         }
-        var harness = try Harness()
+        var harness = try OutboundHarness()
         var outbound: [ByteBuffer] = []
         for round in 0..<20 {
             // Short commands before and after a re-authentication, in one turn.
