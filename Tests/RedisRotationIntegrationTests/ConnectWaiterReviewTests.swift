@@ -16,17 +16,7 @@ struct ConnectWaiterReviewTests {
         within limit: Duration,
         _ operation: @escaping @Sendable () async throws -> T
     ) async -> Result<T, any Error>? {
-        let done = Locked<Result<T, any Error>?>(nil)
-        let task = Task { try await operation() }
-        Task { let result = await task.result; done.withLock { $0 = result } }
-        let clock = ContinuousClock()
-        let end = clock.now + limit
-        while clock.now < end {
-            if let result = done.withLock({ $0 }) { return result }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        task.cancel()
-        return done.withLock { $0 }
+        await ReplyBoxIntegrationReviewTests.outcome(within: limit, cancelling: true, operation)
     }
 
     static func connectedClients(_ admin: RedisConnection) async throws -> Int {

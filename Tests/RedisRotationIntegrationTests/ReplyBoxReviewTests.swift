@@ -11,9 +11,10 @@ import Testing
 @Suite("Reply boxes against a real redis-server", .timeLimit(.minutes(3)))
 struct ReplyBoxIntegrationReviewTests {
     /// The outcome of `operation`, or `nil` when it has not finished within `limit` (it is then left
-    /// running: a hang is what the caller reports).
+    /// running, a hang being what the caller reports, or cancelled when `cancelling`).
     static func outcome<T: Sendable>(
         within limit: Duration,
+        cancelling: Bool = false,
         _ operation: @escaping @Sendable () async throws -> T
     ) async -> Result<T, any Error>? {
         let done = Locked<Result<T, any Error>?>(nil)
@@ -25,6 +26,7 @@ struct ReplyBoxIntegrationReviewTests {
             if let result = done.withLock({ $0 }) { return result }
             try? await Task.sleep(for: .milliseconds(5))
         }
+        if cancelling { task.cancel() }
         return done.withLock { $0 }
     }
 
