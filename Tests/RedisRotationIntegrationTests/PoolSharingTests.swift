@@ -197,13 +197,16 @@ struct PoolSharingTests {
                 await eventually("the pool's connection is up") { client.connectionsByCredentialVersion == ["v1": 1] }
                 let key = uniqueKey("own-deadline")
                 await proxy.setMode(.paused)
-                // The GET goes out first and times out first (its silence closes the only connection).
+                // The GET goes out first and times out first (its silence closes the only connection);
+                // the SET is written after it on the same connection, with a deadline of its own far
+                // later (a reconnect on a loaded machine has all the time it needs).
                 let first = Task { try await client.send(RedisCommand("GET", .key(key))) }
-                try await Task.sleep(for: .seconds(1))
-                let second = Task { try await client.send(RedisCommand("SET", .key(key), "landed").idempotent()) }
+                #expect(await eventually("the GET is held by the proxy") { await proxy.chunksInTransit(towardServer: true) >= 1 })
+                let second = Task { try await client.send(RedisCommand("SET", .key(key), "landed").idempotent(), timeout: .seconds(20)) }
+                #expect(await eventually("the SET is held behind it") { await proxy.chunksInTransit(towardServer: true) >= 2 })
                 let error = await #expect(throws: RedisError.self) { try await first.value }
                 #expect(error?.code == .commandTimeout, "\(String(describing: error))")
-                // The server answers again a second before the SET's own deadline.
+                // The server answers again long before the SET's own deadline.
                 await proxy.setMode(.forward)
                 _ = try await second.value
                 let admin = try await server.adminConnection()
