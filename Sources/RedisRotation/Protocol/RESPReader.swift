@@ -31,20 +31,51 @@ public final class RESPReader {
         return functions
     }()
     private let builder: ReplyBuilder
+    // Checked for exclusive access in debug builds only, as `RedisCommandHandler`'s state is (see
+    // "Exclusivity checks" in docs/DECISIONS.md): one reader belongs to one event loop, and no access
+    // spans a call into hiredis, whose callbacks write the builder.
+    #if DEBUG
     private var framer: RESPFramer
+    #else
+    @exclusivity(unchecked) private var framer: RESPFramer
+    #endif
     /// Fed bytes not checked yet: they follow a complete reply that ``next()`` has not taken. hiredis
     /// is given at most one reply at a time, so its buffer never holds the bytes of later replies.
+    #if DEBUG
     private var unchecked = CircularBuffer<ByteBuffer>()
+    #else
+    @exclusivity(unchecked) private var unchecked = CircularBuffer<ByteBuffer>()
+    #endif
     /// Whether hiredis holds a complete reply.
+    #if DEBUG
     private var replyReady = false
+    #else
+    @exclusivity(unchecked) private var replyReady = false
+    #endif
     /// The checker's `itemsCompleted` when hiredis last parsed: hiredis runs only when it can progress,
     /// so it never rescans an incomplete item for nothing.
+    #if DEBUG
     private var itemsParsed = 0
+    #else
+    @exclusivity(unchecked) private var itemsParsed = 0
+    #endif
+    #if DEBUG
     private var failure: RedisError?
+    #else
+    @exclusivity(unchecked) private var failure: RedisError?
+    #endif
     /// Replies built and not taken yet (a batch: see ``next()``).
+    #if DEBUG
     private var ready = CircularBuffer<RESPValue>(initialCapacity: 16)
+    #else
+    @exclusivity(unchecked) private var ready = CircularBuffer<RESPValue>(initialCapacity: 16)
+    #endif
     /// How often hiredis was asked for a reply (`redisReaderGetReply`), for tests.
+    #if DEBUG
     private(set) var parseCount = 0
+    #else
+    @exclusivity(unchecked) private(set) var parseCount = 0
+    #endif
 
     /// The limits this reader enforces.
     public var limits: RESPReaderLimits { self.framer.limits }
@@ -201,8 +232,13 @@ public final class RESPReader {
 /// more replies only while it has fewer than ``batchNodes`` values and ``batchBytes`` bytes.
 private final class ReplyBuilder {
     /// Everything in one stored property: a class's stored properties are checked for exclusive access
-    /// at run time, once per access, and each recorded value touches several of them.
+    /// at run time, once per access, and each recorded value touches several of them. (In debug
+    /// builds only: see ``RESPReader``'s state.)
+    #if DEBUG
     var record = ReplyRecord()
+    #else
+    @exclusivity(unchecked) var record = ReplyRecord()
+    #endif
 }
 
 /// The state and logic of ``ReplyBuilder``, as a value.
