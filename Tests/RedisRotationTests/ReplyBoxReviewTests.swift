@@ -101,7 +101,7 @@ struct ReplyBoxReviewTests {
         _ = try? harness.channel.finish()
     }
 
-    @Test("commands handed to an event loop that has shut down, on a connection not yet marked closed: they fail as not sent, not hang")
+    @Test("commands handed to a handler that never joined a pipeline (its event loop shut down first): they fail as not sent, not hang")
     func loopShutDownBeforeEnqueue() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
@@ -109,8 +109,8 @@ struct ReplyBoxReviewTests {
             NIOLoopBound(RedisCommandHandler(logger: Logger(label: "test")), eventLoop: loop)
         }.get()
         try await group.shutdownGracefully()
-        // The race this stands for: a caller read "open" just before the loop shut down. NIO drops the
-        // enqueue (printing an error); the dropped task's ticket fails the waiters.
+        // A handler that never joined a pipeline (its loop shut down first) is not attached to the
+        // progress's mailbox: commands handed to it are refused at once, as not sent.
         var payload = ByteBuffer()
         for index in 0..<3 { try RedisCommand("ECHO", .string("e\(index)")).write(to: &payload) }
         let results = try await RedisConnection.exchange(
@@ -163,36 +163,61 @@ struct ReplyBoxReviewTests {
         _ = try? harness.channel.finish()
     }
 
-    @Test("a delivered ticket lets go of its payload: the caller's wipe of a password reaches the bytes it gave, not a copy, while the ticket lives on")
-    func deliveredTicketReleasesItsPayload() throws {
+    @Test("a drained delivery lets go of its payload: the caller's wipe of a password reaches the bytes it gave, not a copy")
+    func drainedDeliveryReleasesItsPayload() throws {
         let harness = try Harness()
         var payload = ByteBufferAllocator().buffer(capacity: 64)
         payload.writeString("*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n")
         let given = payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
         let box = ReplyBox()
         let entry = RedisCommandHandler.Entry(id: 1, promise: .box(box), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)
-        let ticket = EnqueueTicket(
-            handler: NIOLoopBound(harness.handler, eventLoop: harness.channel.eventLoop),
-            payload: .bytes(payload),
-            entries: CollectionOfOne(entry),
-            pubSubCommands: [],
-            progress: harness.handler.progress,
-            flushesAtOnce: true  // A payload with a password goes out at once.
-        )
-        ticket.deliver()
+        let progress = harness.handler.progress
+        // A payload with a password goes out at once.
+        #expect(progress.post(.bytes(payload), entries: CollectionOfOne(entry), pubSubCommands: [], flushesAtOnce: true) == nil)
+        progress.drain()
         // The write has left the channel.
         #expect(try harness.channel.readOutbound(as: ByteBuffer.self) != nil)
-        // NIO releases a task's closure (and so the ticket) only after its whole batch of tasks has run: a
-        // cancelled caller, resumed by a later task of that batch, wipes meanwhile. Before the fix the
-        // ticket still shared the bytes, the wipe copied them first, and the password stayed behind in
-        // the original storage, freed unwiped.
+        // The mailbox keeps its drained array for the next drain: the delivery in it must be gone, or
+        // the wipe below would copy the bytes first and leave the password in the original storage.
         let wiped = payload.withUnsafeMutableReadableBytes { bytes -> UInt in
             wipe(bytes)
             return UInt(bitPattern: bytes.baseAddress)
         }
-        #expect(wiped == given, "the wipe reached a copy: the ticket still holds the password's bytes")
-        withExtendedLifetime(ticket) {}
+        #expect(wiped == given, "the wipe reached a copy: the mailbox still holds the password's bytes")
         box.complete(.failure(CancellationError()))
+        _ = try? harness.channel.finish()
+    }
+
+    @Test("deliveries posted and not drained when the connection closes fail as not sent; later ones are refused; a late drain finds nothing")
+    func closeFailsUndrainedDeliveries() async throws {
+        let harness = try Harness()
+        let progress = harness.handler.progress
+        func entry(_ id: UInt64, _ box: ReplyBox) -> RedisCommandHandler.Entry {
+            RedisCommandHandler.Entry(id: id, promise: .box(box), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)
+        }
+        let single = ReplyBox()
+        let pipelined = [ReplyBox(), ReplyBox()]
+        #expect(progress.post(.bytes(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n")), entries: CollectionOfOne(entry(1, single)), pubSubCommands: [], flushesAtOnce: false) == nil)
+        #expect(
+            progress.post(
+                .bytes(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n")),
+                entries: [entry(2, pipelined[0]), entry(3, pipelined[1])],
+                pubSubCommands: [],
+                flushesAtOnce: false
+            ) == nil
+        )
+        // The drain is queued on the (embedded) loop, which has not run it: the connection closes first.
+        harness.handler.close()
+        for box in [single] + pipelined {
+            let error = await #expect(throws: RedisError.self) { try await box.value() }
+            #expect(error?.code == .connectionClosed)
+            #expect(error?.commandWasNotSent == true, "never written, so never sent")
+        }
+        let refused = progress.post(.bytes(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n")), entries: CollectionOfOne(entry(4, ReplyBox())), pubSubCommands: [], flushesAtOnce: false)
+        #expect(refused?.code == .connectionClosed)
+        // The queued drain runs now and writes nothing.
+        harness.channel.embeddedEventLoop.run()
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil)
         _ = try? harness.channel.finish()
     }
 

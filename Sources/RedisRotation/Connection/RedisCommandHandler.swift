@@ -101,6 +101,8 @@ final class RedisCommandHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // Callers on other threads hand their commands over through the progress's mailbox.
+        self.progress.attach(NIOLoopBound(self, eventLoop: context.eventLoop))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

@@ -342,6 +342,7 @@ public final class RedisConnection: Sendable {
                     deadline: deadline,
                     configuration: configuration,
                     handler: handler,
+                    progress: handlers.progress,
                     logger: logger
                 )
                 tlsInfo = startedTLSInfo
@@ -354,6 +355,7 @@ public final class RedisConnection: Sendable {
                     deadline: NIODeadline.now() + TimeAmount(configuration.handshakeTimeout),
                     configuration: configuration,
                     handler: handler,
+                    progress: handlers.progress,
                     logger: logger
                 )
                 if let tlsHandler {
@@ -636,7 +638,7 @@ public final class RedisConnection: Sendable {
         deadline: NIODeadline,
         silenceDeadline: NIODeadline? = nil,
         handler: NIOLoopBound<RedisCommandHandler>,
-        progress: ReplyProgress? = nil,
+        progress: ReplyProgress,
         sensitive: Bool = false,
         abandoned: @Sendable () -> Void = {}
     ) async throws -> [Result<RESPValue, RedisError>] {
@@ -677,7 +679,7 @@ public final class RedisConnection: Sendable {
         deadline: NIODeadline,
         silenceDeadline: NIODeadline?,
         handler: NIOLoopBound<RedisCommandHandler>,
-        progress: ReplyProgress?,
+        progress: ReplyProgress,
         sensitive: Bool,
         abandoned: @Sendable () -> Void
     ) async throws -> Result<RESPValue, RedisError> {
@@ -704,8 +706,8 @@ public final class RedisConnection: Sendable {
 
     /// Closed already: fail as the handler would, without relying on the event loop (one that has shut
     /// down drops what is scheduled on it).
-    private static func closedError(_ progress: ReplyProgress?) -> RedisError? {
-        guard var error = progress?.closeReason else { return nil }
+    private static func closedError(_ progress: ReplyProgress) -> RedisError? {
+        guard var error = progress.closeReason else { return nil }
         error.commandWasNotSent = true
         return error
     }
@@ -729,7 +731,7 @@ public final class RedisConnection: Sendable {
         entries: Entries,
         pubSubCommands: [PubSubStateMachine.Command?],
         handler: NIOLoopBound<RedisCommandHandler>,
-        progress: ReplyProgress?,
+        progress: ReplyProgress,
         sensitive: Bool,
         abandoned: @Sendable () -> Void,
         wait: () async throws -> Output
@@ -737,17 +739,12 @@ public final class RedisConnection: Sendable {
         let eventLoop = handler.eventLoop
         // A password goes out at once, not at the end of the loop's turn (see `RedisCommandHandler.enqueue`).
         if eventLoop.inEventLoop {
+            // What callers elsewhere handed over before goes first.
+            progress.drainIfPending()
             handler.value.enqueue(payload, entries: entries, pubSubCommands: pubSubCommands, flushesAtOnce: sensitive)
-        } else {
-            let ticket = EnqueueTicket(
-                handler: handler,
-                payload: payload,
-                entries: entries,
-                pubSubCommands: pubSubCommands,
-                progress: progress,
-                flushesAtOnce: sensitive
-            )
-            eventLoop.execute { ticket.deliver() }
+        } else if var refused = progress.post(payload, entries: entries, pubSubCommands: pubSubCommands, flushesAtOnce: sensitive) {
+            refused.commandWasNotSent = true
+            for entry in entries { entry.promise?.fail(refused) }
         }
         return try await withTaskCancellationHandler {
             try await wait()
@@ -758,7 +755,7 @@ public final class RedisConnection: Sendable {
             }
             // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
             // the first completion, so the handler's, if it comes, is ignored).
-            if progress?.closeReason != nil {
+            if progress.closeReason != nil {
                 for entry in entries { entry.promise?.box?.complete(.failure(CancellationError())) }
             }
         }
@@ -857,6 +854,7 @@ public final class RedisConnection: Sendable {
         deadline: NIODeadline,
         configuration: RedisConnectionConfiguration,
         handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress,
         logger: Logger
     ) async throws -> HandshakeStateMachine.ServerInfo {
         var action = action
@@ -876,6 +874,7 @@ public final class RedisConnection: Sendable {
                     closesIfAbandoned: { _ in false },
                     deadline: deadline,
                     handler: handler,
+                    progress: progress,
                     sensitive: encoded.contains(where: \.isSensitive)
                 ).map { $0.mapError { $0 as any Error } }
                 action = machine.repliesReceived(try Self.handshakeReplies(results, configuration: configuration))

@@ -1,10 +1,15 @@
 import NIOCore
 import Synchronization
 
-/// Since when a connection has been waiting for a reply without getting one: written by its command
-/// handler on the event loop, read by the pool when it picks a connection for a shared command. A
-/// connection whose server holds a command back (`CLIENT PAUSE WRITE` during a failover, a slow
-/// command) would otherwise go on taking commands that all queue behind it (head-of-line blocking).
+/// What a connection's command handler shares with the threads off its event loop:
+///
+/// - since when the connection has been waiting for a reply without getting one: written by the handler
+///   on the event loop, read by the pool when it picks a connection for a shared command. A connection
+///   whose server holds a command back (`CLIENT PAUSE WRITE` during a failover, a slow command) would
+///   otherwise go on taking commands that all queue behind it (head-of-line blocking);
+/// - why it closed, once it has;
+/// - the commands callers on other threads hand to the event loop (its mailbox; see
+///   ``post(_:entries:pubSubCommands:flushesAtOnce:)``).
 final class ReplyProgress: Sendable {
     /// Uptime nanoseconds of the last reply (or of the write that found nothing outstanding); 0 when
     /// nothing is outstanding.
@@ -22,23 +27,157 @@ final class ReplyProgress: Sendable {
         self.waitingSince.store(outstanding == 0 ? 0 : Self.stamp(.now()), ordering: .relaxed)
     }
 
-    /// Why the connection closed, once it has: what a command written to it now fails with.
-    private let reason = Mutex<RedisError?>(nil)
-    /// Set once `reason` is: every command reads this, only a closed connection's take the lock.
+    /// Commands handed to the event loop from other threads, and why the connection closed.
+    private let mailbox = Mutex(Mailbox())
+    /// Set once the close reason is: every command reads this, only a closed connection's take the lock.
     private let isClosed = Atomic<Bool>(false)
 
-    /// The connection closed: nothing is waited for any more.
+    /// A command (or a pipeline) handed to the event loop: what ``RedisCommandHandler/enqueue(_:entries:pubSubCommands:flushesAtOnce:)`` takes.
+    struct Delivery: Sendable {
+        enum Entries: Sendable {
+            case one(RedisCommandHandler.Entry)
+            case many([RedisCommandHandler.Entry])
+        }
+
+        var payload: RedisCommandHandler.Payload
+        var entries: Entries
+        var pubSubCommands: [PubSubStateMachine.Command?]
+        var flushesAtOnce: Bool
+
+        func fail(_ error: RedisError) {
+            switch self.entries {
+            case .one(let entry): entry.promise?.fail(error)
+            case .many(let entries): for entry in entries { entry.promise?.fail(error) }
+            }
+        }
+    }
+
+    private struct Mailbox {
+        /// Where deliveries go; set on the event loop when the handler joins its pipeline, `nil` again
+        /// once the connection has closed (which ends the cycle handler -> progress -> handler).
+        var handler: NIOLoopBound<RedisCommandHandler>?
+        /// In the order callers handed them over. An element is `nil`ed as it is delivered, so that a
+        /// delivered payload's only owners are its caller and the channel (see `drain()`).
+        var pending: [Delivery?] = []
+        /// The last drained array, empty, kept for its capacity: no allocation per drain.
+        var spare: [Delivery?] = []
+        /// A drain is queued on the event loop.
+        var drainScheduled = false
+        /// Why the connection closed, once it has: what a command written to it now fails with.
+        var closeReason: RedisError?
+    }
+
+    /// Longest array of deliveries kept for the next drain (a burst of commands leaves no large array).
+    private static let keptDeliveries = 256
+
+    /// On the event loop, as the handler joins its pipeline: where deliveries go from now on.
+    func attach(_ handler: NIOLoopBound<RedisCommandHandler>) {
+        self.mailbox.withLock { mailbox in
+            if mailbox.closeReason == nil { mailbox.handler = handler }
+        }
+    }
+
+    /// Off the event loop: hands a payload and its waiters to the handler, in the order of these calls.
+    /// One task drains whatever callers have handed over by the time it runs, so a burst of callers
+    /// costs one task on the loop, and no caller allocates anything to be carried there. Returns why
+    /// nothing can be delivered when the connection has closed (or no handler is attached); the caller
+    /// fails its waiters with that, as not sent.
+    ///
+    /// An event loop that has shut down drops the tasks scheduled on it (NIO prints an error and releases
+    /// them unrun). It closes its channels before it stops taking tasks, and the handler's close fails
+    /// every delivery still here (``closed(because:)``), so a dropped drain strands nobody.
+    func post(
+        _ payload: RedisCommandHandler.Payload,
+        entries: some Collection<RedisCommandHandler.Entry>,
+        pubSubCommands: [PubSubStateMachine.Command?],
+        flushesAtOnce: Bool
+    ) -> RedisError? {
+        let delivery = Delivery(
+            payload: payload,
+            entries: entries.count == 1 ? .one(entries.first!) : .many(Array(entries)),
+            pubSubCommands: pubSubCommands,
+            flushesAtOnce: flushesAtOnce
+        )
+        let outcome = self.mailbox.withLock { mailbox -> (schedule: (any EventLoop)?, refused: RedisError?) in
+            if let reason = mailbox.closeReason { return (nil, reason) }
+            guard let handler = mailbox.handler else {
+                return (nil, RedisError(code: .connectionClosed, message: "the connection has no command handler"))
+            }
+            mailbox.pending.append(delivery)
+            guard !mailbox.drainScheduled else { return (nil, nil) }
+            mailbox.drainScheduled = true
+            return (handler.eventLoop, nil)
+        }
+        // The closure's only capture is `self`: no allocation for it.
+        outcome.schedule?.execute { self.drain() }
+        return outcome.refused
+    }
+
+    /// On the event loop: hands what callers have posted to the handler, in order.
+    func drain() {
+        var batch: [Delivery?] = []
+        let handler = self.mailbox.withLock { mailbox -> NIOLoopBound<RedisCommandHandler>? in
+            mailbox.drainScheduled = false
+            swap(&batch, &mailbox.pending)
+            swap(&mailbox.pending, &mailbox.spare)
+            return mailbox.handler
+        }
+        guard !batch.isEmpty else { return }
+        guard let handler else {
+            // Closed meanwhile: `closed(because:)` took the deliveries; nothing is left here.
+            preconditionFailure("deliveries outlived their connection's close")
+        }
+        for index in batch.indices {
+            // Taken out before it is delivered: a cancelled caller, resumed while this batch is still
+            // being delivered, wipes its payload (a password) in place, not a copy of it.
+            guard let delivery = batch[index].take() else { continue }
+            switch delivery.entries {
+            case .one(let entry):
+                handler.value.enqueue(
+                    delivery.payload,
+                    entries: CollectionOfOne(entry),
+                    pubSubCommands: delivery.pubSubCommands,
+                    flushesAtOnce: delivery.flushesAtOnce
+                )
+            case .many(let entries):
+                handler.value.enqueue(delivery.payload, entries: entries, pubSubCommands: delivery.pubSubCommands, flushesAtOnce: delivery.flushesAtOnce)
+            }
+        }
+        guard batch.capacity <= Self.keptDeliveries else { return }
+        batch.removeAll(keepingCapacity: true)
+        self.mailbox.withLock { mailbox in
+            if mailbox.closeReason == nil && mailbox.spare.capacity < batch.capacity { swap(&mailbox.spare, &batch) }
+        }
+    }
+
+    /// On the event loop, before a caller there enqueues directly: what others handed over earlier goes
+    /// first.
+    func drainIfPending() {
+        if self.mailbox.withLock({ !$0.pending.isEmpty }) { self.drain() }
+    }
+
+    /// The connection closed: nothing is waited for any more; deliveries not yet drained fail as not
+    /// sent (they were not), and later ones are refused.
     func closed(because reason: RedisError) {
         self.waitingSince.store(0, ordering: .relaxed)
-        self.reason.withLock { $0 = $0 ?? reason }
+        let stranded = self.mailbox.withLock { mailbox -> [Delivery?] in
+            mailbox.closeReason = mailbox.closeReason ?? reason
+            mailbox.handler = nil
+            mailbox.spare = []
+            defer { mailbox.pending = [] }
+            return mailbox.pending
+        }
         self.isClosed.store(true, ordering: .releasing)
+        guard !stranded.isEmpty, var error = self.closeReason else { return }
+        error.commandWasNotSent = true
+        for delivery in stranded { delivery?.fail(error) }
     }
 
     /// Why the connection closed, `nil` while it is open. Read off the event loop: a command need not
     /// reach the loop to learn it (a loop that has shut down drops what is scheduled on it).
     var closeReason: RedisError? {
         guard self.isClosed.load(ordering: .acquiring) else { return nil }
-        return self.reason.withLock { $0 }
+        return self.mailbox.withLock { $0.closeReason }
     }
 
     /// Whether replies are owed and none has arrived for longer than `threshold` before `now`.
