@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Instructions per operation, Swift next to the C floor, under valgrind --tool=callgrind.
+# Instructions and allocations per operation, Swift next to the C floor, under valgrind --tool=callgrind.
 #
 # Wall-clock figures on a shared 2-core machine are noisy; callgrind's instruction counts are repeatable.
 # Starts its own redis-server (plain port and TLS port, a throwaway CA made with openssl), builds the
 # CallgrindProbe executable (release), and runs each mode twice under callgrind, with LOW and HIGH
 # operations; (Ir(HIGH) - Ir(LOW)) / (HIGH - LOW) is the client's instructions per operation, with start-up
-# and the warm-up cancelled out. Only the client process is measured (not redis-server).
+# and the warm-up cancelled out; allocations per operation (calls to malloc, calloc, realloc and the
+# aligned allocators, from every thread) the same way. Only the client process is measured (not redis-server).
 #
 # Usage: Benchmarks/callgrind.sh [mode ...]     (default: the Swift and C floor pairs; nio-reconnect,
 #        the bare-SwiftNIO reconnect of Sources/NIOFloor, and the pool modes on request)
@@ -70,27 +71,49 @@ counts() {
     esac
 }
 
-instructions() { # mode count -> total Ir of the client
+instructions() { # mode count -> total Ir of the client, and its calls to the C allocator
     local mode=$1 count=$2 port=$PORT
     case "$mode" in *tls) port=$TLS_PORT ;; esac
     local out="$WORK/callgrind.out.$mode.$count"
     timeout 600 valgrind --tool=callgrind --callgrind-out-file="$out" "$PROBE" "$mode" "$count" "$port" "$WORK/ca.pem" \
         > "$WORK/$mode.$count.log" 2>&1 || { cat "$WORK/$mode.$count.log" >&2; return 1; }
-    grep -E "^(summary|totals):" "$out" | head -1 | awk '{print $2}'
+    printf "%s %s\n" "$(grep -E "^(summary|totals):" "$out" | head -1 | awk '{print $2}')" "$(allocations "$out")"
+}
+
+# Calls to malloc, calloc, realloc and the aligned allocators, from every thread of the client: exact,
+# unlike an allocator's own statistics, which count another thread's allocations only when its cache
+# flushes. (Callers' call counts into each allocator entry point, from callgrind_annotate's call tree.)
+allocations() {
+    callgrind_annotate --tree=caller --threshold=100 "$1" 2>/dev/null | python3 -c '
+import re, sys
+total, block = 0, []
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if not line.strip():
+        block = []
+        continue
+    block.append(line)
+    if "  *  " in line and re.search(r"malloc\.c:(malloc|calloc|realloc|_mid_memalign[.\w]*|posix_memalign|aligned_alloc) ", line):
+        for caller in block[:-1]:
+            count = re.search(r"\(([\d,]+)x\)", caller)
+            if count and "malloc.c:" not in caller:
+                total += int(count.group(1).replace(",", ""))
+print(total)'
 }
 
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(swift-roundtrip c-roundtrip swift-reconnect c-reconnect swift-reconnect-tls c-reconnect-tls)
 
 declare -A PER_OP
-printf "%-22s %8s %8s %16s\n" "mode" "low" "high" "instructions/op"
+printf "%-22s %8s %8s %16s %16s\n" "mode" "low" "high" "instructions/op" "allocations/op"
 for mode in "${MODES[@]}"; do
     read -r low high < <(counts "$mode")
-    a=$(instructions "$mode" "$low")
-    b=$(instructions "$mode" "$high")
+    read -r a alloc_a < <(instructions "$mode" "$low")
+    read -r b alloc_b < <(instructions "$mode" "$high")
     per=$(( (b - a) / (high - low) ))
     PER_OP[$mode]=$per
-    printf "%-22s %8d %8d %16d\n" "$mode" "$low" "$high" "$per"
+    printf "%-22s %8d %8d %16d %16s\n" "$mode" "$low" "$high" "$per" \
+        "$(python3 -c "print(f'{($alloc_b - $alloc_a) / ($high - $low):.2f}')")"
 done
 
 echo

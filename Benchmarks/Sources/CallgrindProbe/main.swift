@@ -8,7 +8,7 @@ import NIOPosix
 // Usage: CallgrindProbe <mode> <count> <port> [<ca-file>]
 //
 // Does one warm-up operation, then <count> operations of one kind against a server on 127.0.0.1 with
-// the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip,
+// the user `bench` / `benchmark-password` (callgrind.sh starts it). Modes: swift-roundtrip, swift-get-roundtrip (a GET of a short value),
 // c-roundtrip (PING on one open connection), swift-reconnect, c-reconnect (connect, HELLO 2 AUTH,
 // PING, close; plain TCP), nio-reconnect (the same with bare SwiftNIO: the NIOFloor target),
 // swift-reconnect-tls, c-reconnect-tls (the same over TLS 1.3, full
@@ -60,6 +60,12 @@ func runSwift() async throws {
         let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
         try await connection.ping()
         for _ in 0..<count { try await connection.ping() }
+        await connection.close()
+    } else if mode == "swift-get-roundtrip" {
+        // The allocation benchmark's round trip: a GET of a short value, read as a String.
+        let connection = try await RedisConnection.connect(configuration: try swiftConfiguration(tls: false))
+        try await connection.set("bench:key", to: "value")
+        for _ in 0..<count { _ = try await connection.get("bench:key") }
         await connection.close()
     } else {
         let configuration = try swiftConfiguration(tls: mode.hasSuffix("tls"), resumption: mode == "swift-resumed-tls")
@@ -152,7 +158,7 @@ func runConcurrentGETs(pooled: Bool, tls: Bool) async throws {
 }
 
 switch mode {
-case "swift-roundtrip", "swift-reconnect", "nio-reconnect", "swift-reconnect-tls", "swift-resumed-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
+case "swift-roundtrip", "swift-get-roundtrip", "swift-reconnect", "nio-reconnect", "swift-reconnect-tls", "swift-resumed-tls", "swift-pool", "swift-pool-tls", "swift-pipelined":
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do {
