@@ -146,19 +146,19 @@ public final class RedisConnection: Sendable {
             metadata: [LoggingKeys.host: "\(configuration.host)", LoggingKeys.port: "\(configuration.port)"]
         )
 
-        // The initializer hands its handlers out through this box: when the channel fails early (a TLS
-        // handshake refused at once), the handlers are already gone from the pipeline, but their
-        // recorded failure is what `connect` must report.
-        // From its registration on, they also give a cancellation the channel to close while its TCP
-        // connect is still pending (which would otherwise end only at the connect timeout).
-        let handlers = Lock<Handlers?>(nil)
         // The handshake's first write is encoded here and goes out on the event loop the moment the TCP
         // connection is up, in the same callback; the task resumes once, when its replies are in (or
         // the connection failed). Later handshake steps (a server without HELLO) run as before.
         var machine = Self.handshakeMachine(configuration: configuration)
         var first = try Self.encodeHandshakeStep(machine.start(), configuration: configuration)
         defer { first.wipeSecrets() }
-        let cancelled = Atomic<Bool>(false)
+        // One object for the whole connect: the step's replies, whether the caller was cancelled, and
+        // the handlers, which the initializer hands out through it: when the channel fails early (a TLS
+        // handshake refused at once), they are already gone from the pipeline, but their recorded
+        // failure is what `connect` must report; from its registration on, they also give a
+        // cancellation the channel to close while its TCP connect is still pending (which would
+        // otherwise end only at the connect timeout).
+        let waiter = HandshakeStepWaiter(count: first.ids.count)
         let eventLoop = eventLoopGroup.next()
         let connected: (channel: any Channel, handlers: Handlers, deadline: NIODeadline, results: [Result<RESPValue, any Error>], tlsInfo: RedisTLSConnectionInfo?)
         do {
@@ -171,8 +171,7 @@ public final class RedisConnection: Sendable {
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let installed = try Self.installHandlers(on: channel, configuration: configuration, logger: logger)
-                        handlers.withLock { $0 = installed }
+                        waiter.install(try Self.installHandlers(on: channel, configuration: configuration, logger: logger))
                     }
                 }
             // An IP address needs no resolver: NIO's name resolution (getaddrinfo on another thread, then
@@ -186,7 +185,6 @@ public final class RedisConnection: Sendable {
             let ids = first.ids
             let payload = first.payload
             let handshakeTimeout = TimeAmount(configuration.handshakeTimeout)
-            let waiter = HandshakeStepWaiter(count: ids.count)
             channelFuture.whenComplete { result in
                 // On the event loop, as the connection comes up (or fails to).
                 let channel: any Channel
@@ -194,16 +192,16 @@ public final class RedisConnection: Sendable {
                 case .success(let connected): channel = connected
                 case .failure(let error): return waiter.fail(error)
                 }
-                guard let installed = handlers.withLock({ $0 }) else {
+                guard let installed = waiter.handlers else {
                     preconditionFailure("the channel initializer ran without installing the command handler")
                 }
                 let stepDeadline = NIODeadline.now() + handshakeTimeout
-                waiter.connected(channel, deadline: stepDeadline, tls: installed.tls)
-                if cancelled.load(ordering: .relaxed) {
-                    for index in ids.indices { waiter.complete(index, with: .failure(CancellationError())) }
+                if waiter.connected(channel, deadline: stepDeadline, tls: installed.tls) {
+                    for index in 0..<ids.count { waiter.complete(index, with: .failure(CancellationError())) }
                 } else {
-                    let entries = ids.enumerated().map { index, id in
-                        RedisCommandHandler.Entry(id: id, promise: .handshake(waiter, index: index), deadline: stepDeadline)
+                    // A lazy collection: no array of waiters.
+                    let entries = ids.lazy.map { id in
+                        RedisCommandHandler.Entry(id: id, promise: .handshake(waiter, index: Int(id - ids.lowerBound)), deadline: stepDeadline)
                     }
                     installed.command.value.enqueue(payload, entries: entries, flushesAtOnce: true)
                 }
@@ -211,20 +209,20 @@ public final class RedisConnection: Sendable {
             let outcome = try await withTaskCancellationHandler {
                 try await waiter.value()
             } onCancel: {
-                cancelled.store(true, ordering: .relaxed)
+                waiter.cancel()
                 eventLoop.execute {
-                    guard let installed = handlers.withLock({ $0 }) else { return }
+                    guard let installed = waiter.handlers else { return }
                     for id in ids { installed.command.value.cancel(id: id) }
                     // Not connected yet: closing fails the pending connect now.
                     if !installed.channel.isActive { installed.channel.close(promise: nil) }
                 }
             }
             // Replies come only over a channel that came up, with its handlers installed.
-            guard let installed = handlers.withLock({ $0 }) else {
+            guard let installed = waiter.handlers else {
                 preconditionFailure("a handshake step completed without its handlers")
             }
             connected = (outcome.channel, installed, outcome.deadline, outcome.replies, outcome.tlsInfo)
-        } catch where cancelled.load(ordering: .relaxed) {
+        } catch where waiter.isCancelled {
             // The connect failed because the cancellation closed it (or as it was cancelled).
             throw CancellationError()
         } catch let error as ChannelError {
@@ -275,7 +273,7 @@ public final class RedisConnection: Sendable {
     }
 
     /// The handlers a connection runs on, bound to its channel's event loop.
-    private struct Handlers: Sendable {
+    struct Handlers: Sendable {
         /// The channel they were installed on.
         var channel: any Channel
         var command: NIOLoopBound<RedisCommandHandler>
@@ -789,7 +787,8 @@ public final class RedisConnection: Sendable {
     /// once the replies are in), with the ids their waiters get.
     private struct EncodedHandshakeStep {
         var payload: ByteBuffer
-        var ids: [UInt64]
+        /// Consecutive: one atomic add reserves them.
+        var ids: Range<UInt64>
         var isSensitive: Bool
 
         mutating func wipeSecrets() {
@@ -817,7 +816,7 @@ public final class RedisConnection: Sendable {
         let firstID = Self.nextCommandID.add(count, ordering: .relaxed).newValue - count + 1
         return EncodedHandshakeStep(
             payload: payload,
-            ids: (0..<count).map { firstID + $0 },
+            ids: firstID..<(firstID + count),
             isSensitive: encoded.contains(where: \.isSensitive)
         )
     }

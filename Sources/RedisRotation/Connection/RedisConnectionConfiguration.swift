@@ -90,11 +90,14 @@ public struct RedisConnectionConfiguration: Sendable {
         if let database = self.database, database < 0 {
             throw RedisError(code: .invalidArgument, message: "database \(database) is negative")
         }
-        for (label, timeout) in [
-            ("connectTimeout", self.connectTimeout), ("handshakeTimeout", self.handshakeTimeout),
-            ("commandTimeout", self.commandTimeout),
-        ] where timeout <= .zero {
-            throw RedisError(code: .invalidArgument, message: "\(label) must be positive")
-        }
+        // One by one, not a loop over an array of them: every connect validates, and the array was an
+        // allocation per connect.
+        if self.connectTimeout <= .zero { throw Self.notPositive("connectTimeout") }
+        if self.handshakeTimeout <= .zero { throw Self.notPositive("handshakeTimeout") }
+        if self.commandTimeout <= .zero { throw Self.notPositive("commandTimeout") }
+    }
+
+    private static func notPositive(_ label: String) -> RedisError {
+        RedisError(code: .invalidArgument, message: "\(label) must be positive")
     }
 }

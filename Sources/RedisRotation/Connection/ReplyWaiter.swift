@@ -53,8 +53,14 @@ final class HandshakeStepWaiter: Sendable {
     }
 
     private struct State {
-        var replies: [Result<RESPValue, any Error>?]
+        /// Command `index`'s reply once bit `index` of `received` is set (a placeholder until then).
+        var replies: [Result<RESPValue, any Error>]
+        var received: UInt64 = 0
         var remaining: Int
+        /// The connection's handlers, from the channel initializer on (see `RedisConnection.connect`).
+        var handlers: RedisConnection.Handlers?
+        /// The caller's task was cancelled: the step is not sent, or its replies are not waited for.
+        var cancelled = false
         var channel: (any Channel)?
         var deadline = NIODeadline.distantFuture
         /// Read on the event loop when the last reply is in: the TLS handshake is done by then.
@@ -66,8 +72,31 @@ final class HandshakeStepWaiter: Sendable {
     private let state: Mutex<State>
 
     init(count: Int) {
-        precondition(count > 0, "a handshake step sends at least one command")
-        self.state = Mutex(State(replies: Array(repeating: nil, count: count), remaining: count))
+        precondition(count > 0 && count <= 64, "a handshake step sends between 1 and 64 commands")
+        self.state = Mutex(State(replies: Array(repeating: .failure(Self.placeholder), count: count), remaining: count))
+    }
+
+    /// What a reply slot holds until its reply is in (never handed out): boxed once, not per connect.
+    private static let placeholder: any Error = CancellationError()
+
+    /// On the event loop, in the channel initializer: the handlers installed on the channel.
+    func install(_ handlers: RedisConnection.Handlers) {
+        self.state.withLock { $0.handlers = handlers }
+    }
+
+    /// The handlers, once installed.
+    var handlers: RedisConnection.Handlers? {
+        self.state.withLock { $0.handlers }
+    }
+
+    /// The caller's task was cancelled.
+    func cancel() {
+        self.state.withLock { $0.cancelled = true }
+    }
+
+    /// Whether the caller's task was cancelled.
+    var isCancelled: Bool {
+        self.state.withLock { $0.cancelled }
     }
 
     /// The outcome, once every reply is in or the connection failed; waited for once.
@@ -84,24 +113,29 @@ final class HandshakeStepWaiter: Sendable {
     }
 
     /// On the event loop, before the step's commands are enqueued: the channel that came up, when the
-    /// replies are due, and the TLS handler to ask what its handshake settled on.
-    func connected(_ channel: any Channel, deadline: NIODeadline, tls: NIOLoopBound<TLSClientHandler>?) {
+    /// replies are due, and the TLS handler to ask what its handshake settled on. Returns whether the
+    /// caller's task was cancelled meanwhile (then the step is not sent).
+    @discardableResult
+    func connected(_ channel: any Channel, deadline: NIODeadline, tls: NIOLoopBound<TLSClientHandler>?) -> Bool {
         self.state.withLock { state in
             state.channel = channel
             state.deadline = deadline
             state.tls = tls
+            return state.cancelled
         }
     }
 
     /// On the event loop: command `index`'s reply or failure. The last one resumes the task.
     func complete(_ index: Int, with result: Result<RESPValue, any Error>) {
         let (waiting, outcome) = self.state.withLock { state -> (UnsafeContinuation<Outcome, any Error>?, Result<Outcome, any Error>?) in
-            guard state.result == nil, state.replies[index] == nil else { return (nil, nil) }
+            let bit = UInt64(1) << UInt64(index)
+            guard state.result == nil, state.received & bit == 0 else { return (nil, nil) }
+            state.received |= bit
             state.replies[index] = result
             state.remaining -= 1
             guard state.remaining == 0, let channel = state.channel else { return (nil, nil) }
             let outcome = Result<Outcome, any Error>.success(
-                Outcome(channel: channel, deadline: state.deadline, replies: state.replies.map { $0! }, tlsInfo: state.tls?.value.info)
+                Outcome(channel: channel, deadline: state.deadline, replies: state.replies, tlsInfo: state.tls?.value.info)
             )
             return Self.finish(&state, with: outcome)
         }
