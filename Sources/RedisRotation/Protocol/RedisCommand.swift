@@ -191,7 +191,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         if encodingError == nil {
             // The name goes out as given (the server matches names in any case).
             if isSensitive {
-                encodedSecret = Self.encode(name: givenName, arguments, sensitive: true) { RedisSecret(bytes: $0) }
+                // As typed bytes: a raw buffer offers no contiguous storage of `UInt8`, and the secret
+                // then copied it byte by byte (6 K instructions for a `HELLO ... AUTH`, every connect).
+                encodedSecret = Self.encode(name: givenName, arguments, sensitive: true) { RedisSecret(bytes: $0.assumingMemoryBound(to: UInt8.self)) }
             } else {
                 (inlineBytes, inlineCount, encodedBytes) = Self.encode(name: givenName, arguments, sensitive: false) { bytes in
                     bytes.count <= Self.inlineEncodingLimit ? (InlineEncoding(bytes), bytes.count, nil) : (InlineEncoding(), 0, ByteBuffer(bytes: bytes))
