@@ -35,7 +35,10 @@ public final class RedisFaultProxy: Sendable {
         /// when the mode changes to one that passes bytes.
         public static let paused = Mode(base: .paused)
         /// Connections are accepted and never answered; bytes of existing ones are dropped (both ways),
-        /// as with a peer that vanished without closing. Bytes held or delayed are dropped too.
+        /// as with a peer that vanished without closing. Bytes held or delayed are dropped too. A
+        /// connection open while the proxy blackholes stays that way after a later mode change: TCP
+        /// never delivers a stream's later bytes once earlier ones are lost, and a stream resumed
+        /// after a gap would pair replies with the wrong commands (no client could tell).
         public static let blackhole = Mode(base: .blackhole)
         /// Connections opened from now on are accepted and never answered; existing ones pass.
         public static let blackholeNewConnections = Mode(base: .blackholeNewConnections)
@@ -373,6 +376,8 @@ private final class Pair: Sendable {
         let release = self.state.withValue { state -> Bool in
             guard generation > state.generation else { return false }
             state.generation = generation
+            // A blackholed connection's peer has vanished for good (see `Mode.blackhole`).
+            if case .blackhole = state.treatment { return false }
             state.treatment = treatment
             switch treatment {
             case .paused:
