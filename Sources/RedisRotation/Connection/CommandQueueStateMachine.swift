@@ -52,6 +52,12 @@ struct CommandQueueStateMachine<Promise> {
         return false
     }
 
+    /// Why the queue closed, once it has: what commands enqueued now fail with.
+    var closedError: RedisError? {
+        if case .closed(let error) = self.state { return error }
+        return nil
+    }
+
     enum EnqueueAction {
         /// Write the commands; if `scheduleTimer` is set, (re)schedule the timer for it.
         case write(scheduleTimer: NIODeadline?)

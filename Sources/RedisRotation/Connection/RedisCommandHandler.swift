@@ -166,6 +166,30 @@ final class RedisCommandHandler: ChannelInboundHandler {
         }
     }
 
+    /// Why a command handed over now would not be written (the connection closed), as not sent;
+    /// `nil` while commands are written. What ``enqueue(_:entries:pubSubCommands:flushesAtOnce:)``
+    /// would fail them with.
+    var refusal: RedisError? {
+        var error: RedisError
+        if self.context == nil {
+            error = self.closeReason ?? Self.closedByServer
+        } else if let closed = self.queue.closedError {
+            error = closed
+        } else {
+            return nil
+        }
+        error.commandWasNotSent = true
+        return error
+    }
+
+    /// Writes what is gathered and flushes now: what `flushesAtOnce` does, for a caller that must
+    /// first let go of the payload it enqueued (a failed flush fails its waiters at once).
+    func flushNow() {
+        guard let context = self.context else { return }
+        self.writeOutbound(context: context)
+        context.flush()
+    }
+
     /// Hands the commands gathered in `outbound` to the channel, as one write.
     private func writeOutbound(context: ChannelHandlerContext) {
         guard let bytes = self.outbound.take() else { return }

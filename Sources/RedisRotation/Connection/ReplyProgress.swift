@@ -37,19 +37,21 @@ final class ReplyProgress: Sendable {
         enum Entries: Sendable {
             case one(RedisCommandHandler.Entry)
             case many([RedisCommandHandler.Entry])
+
+            /// Fails the waiters. Never while their payload is still held here: a failed caller
+            /// resumes (on another thread) and wipes its payload at once, which would then reach a copy.
+            func fail(_ error: RedisError) {
+                switch self {
+                case .one(let entry): entry.promise?.fail(error)
+                case .many(let entries): for entry in entries { entry.promise?.fail(error) }
+                }
+            }
         }
 
         var payload: RedisCommandHandler.Payload
         var entries: Entries
         var pubSubCommands: [PubSubStateMachine.Command?]
         var flushesAtOnce: Bool
-
-        func fail(_ error: RedisError) {
-            switch self.entries {
-            case .one(let entry): entry.promise?.fail(error)
-            case .many(let entries): for entry in entries { entry.promise?.fail(error) }
-            }
-        }
     }
 
     private struct Mailbox {
@@ -128,20 +130,29 @@ final class ReplyProgress: Sendable {
             preconditionFailure("deliveries outlived their connection's close")
         }
         for index in batch.indices {
-            // Taken out before it is delivered: a cancelled caller, resumed while this batch is still
-            // being delivered, wipes its payload (a password) in place, not a copy of it.
-            guard let delivery = batch[index].take() else { continue }
-            switch delivery.entries {
-            case .one(let entry):
-                handler.value.enqueue(
-                    delivery.payload,
-                    entries: CollectionOfOne(entry),
-                    pubSubCommands: delivery.pubSubCommands,
-                    flushesAtOnce: delivery.flushesAtOnce
-                )
-            case .many(let entries):
-                handler.value.enqueue(delivery.payload, entries: entries, pubSubCommands: delivery.pubSubCommands, flushesAtOnce: delivery.flushesAtOnce)
+            if let refusal = handler.value.refusal {
+                // The connection closed during this batch (a write failed): the rest fail as not sent,
+                // each after its payload is let go (its caller resumes and wipes it at once).
+                let entries = batch[index].take()?.entries
+                entries?.fail(refusal)
+                continue
             }
+            let flushes: Bool
+            do {
+                // Taken out before it is delivered: a cancelled caller, resumed while this batch is still
+                // being delivered, wipes its payload (a password) in place, not a copy of it.
+                guard let delivery = batch[index].take() else { continue }
+                flushes = delivery.flushesAtOnce
+                switch delivery.entries {
+                case .one(let entry):
+                    handler.value.enqueue(delivery.payload, entries: CollectionOfOne(entry), pubSubCommands: delivery.pubSubCommands)
+                case .many(let entries):
+                    handler.value.enqueue(delivery.payload, entries: entries, pubSubCommands: delivery.pubSubCommands)
+                }
+            }
+            // Flushed only once the delivery has let go of the payload: a flush that fails closes the
+            // connection and fails the caller, who may wipe the password before this drain goes on.
+            if flushes { handler.value.flushNow() }
         }
         guard batch.capacity <= Self.keptDeliveries else { return }
         batch.removeAll(keepingCapacity: true)
@@ -160,7 +171,7 @@ final class ReplyProgress: Sendable {
     /// sent (they were not), and later ones are refused.
     func closed(because reason: RedisError) {
         self.waitingSince.store(0, ordering: .relaxed)
-        let stranded = self.mailbox.withLock { mailbox -> [Delivery?] in
+        var stranded = self.mailbox.withLock { mailbox -> [Delivery?] in
             mailbox.closeReason = mailbox.closeReason ?? reason
             mailbox.handler = nil
             mailbox.spare = []
@@ -170,7 +181,11 @@ final class ReplyProgress: Sendable {
         self.isClosed.store(true, ordering: .releasing)
         guard !stranded.isEmpty, var error = self.closeReason else { return }
         error.commandWasNotSent = true
-        for delivery in stranded { delivery?.fail(error) }
+        for index in stranded.indices {
+            // The payload goes before its caller is failed (and resumes, and wipes it).
+            let entries = stranded[index].take()?.entries
+            entries?.fail(error)
+        }
     }
 
     /// Why the connection closed, `nil` while it is open. Read off the event loop: a command need not

@@ -1,0 +1,115 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import RedisRotation
+
+/// Review of the per-connection mailbox (`ReplyProgress.post` / `drain` / `closed(because:)`): a
+/// password handed over through it is never held by the mailbox while its caller can resume and wipe
+/// it (the wipe would reach a copy and leave the password in the original storage, freed unwiped).
+///
+/// A caller's task resumes on another thread, racing with whatever the event loop still holds; here the
+/// caller's wipe runs synchronously in its waiter's failure callback (an `EventLoopPromise` on the
+/// embedded loop), which is the worst case of that race.
+@Suite("Mailbox review", .timeLimit(.minutes(1)))
+struct MailboxReviewTests {
+    /// A caller's encoded `AUTH`, wiped in place the moment its waiter fails.
+    final class Secret: @unchecked Sendable {
+        var payload: ByteBuffer
+        let given: UInt
+        /// Whether the wipe reached the bytes that were handed over (`nil`: not wiped yet).
+        var wipedInPlace: Bool?
+        /// What the waiter failed with.
+        var error: (any Error)?
+
+        init() {
+            var payload = ByteBufferAllocator().buffer(capacity: 64)
+            payload.writeString("*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n")
+            self.given = payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
+            self.payload = payload
+        }
+
+        func wipeNow() {
+            let at = self.payload.withUnsafeMutableReadableBytes { bytes -> UInt in
+                wipe(bytes)
+                return UInt(bitPattern: bytes.baseAddress)
+            }
+            self.wipedInPlace = at == self.given
+        }
+
+        /// A waiter on `loop` whose failure resumes the caller, which wipes at once.
+        func waiter(on loop: any EventLoop) -> ReplyWaiter {
+            let promise = loop.makePromise(of: RESPValue.self)
+            promise.futureResult.whenFailure { error in
+                self.error = error
+                self.wipeNow()
+            }
+            return .promise(promise)
+        }
+    }
+
+    static func entry(_ id: UInt64, _ waiter: ReplyWaiter) -> RedisCommandHandler.Entry {
+        RedisCommandHandler.Entry(id: id, promise: waiter, deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: false)
+    }
+
+    /// Drops every write (as a socket whose write failed does: NIO fails and releases the pending
+    /// writes) and closes the channel at the flush.
+    final class FailingSocket: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+        func flush(context: ChannelHandlerContext) {
+            context.close(promise: nil)
+        }
+    }
+
+    @Test("a password posted and not drained when the connection closes: failed as not sent, and its caller's wipe reaches the bytes it gave")
+    func closeLetsGoOfStrandedPayloadBeforeFailing() async throws {
+        let handler = RedisCommandHandler(logger: Logger(label: "review"))
+        let channel = EmbeddedChannel(handler: handler)
+        try await channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).get()
+        let secret = Secret()
+        #expect(handler.progress.post(.bytes(secret.payload), entries: CollectionOfOne(Self.entry(1, secret.waiter(on: channel.eventLoop))), pubSubCommands: [], flushesAtOnce: true) == nil)
+        // The drain is queued on the loop, which has not run it: the connection closes first.
+        handler.close()
+        #expect(secret.wipedInPlace == true, "the wipe reached a copy: the closing mailbox still held the password's bytes")
+        #expect((secret.error as? RedisError)?.commandWasNotSent == true, "never written, so never sent")
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        _ = try? channel.finish()
+    }
+
+    @Test("the connection closes while a drain delivers its batch: a password later in the batch fails as not sent, and its caller's wipe reaches the bytes it gave")
+    func closeDuringDrainLetsGoOfLaterPayloads() async throws {
+        let handler = RedisCommandHandler(logger: Logger(label: "review"))
+        let channel = EmbeddedChannel(handlers: [FailingSocket(), handler])
+        try await channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).get()
+        let first = ReplyBox()
+        let secret = Secret()
+        let progress = handler.progress
+        // One batch: a command that flushes at once (its flush fails and closes the channel), then a password.
+        #expect(progress.post(.bytes(ByteBuffer(string: "*1\r\n$4\r\nPING\r\n")), entries: CollectionOfOne(Self.entry(1, .box(first))), pubSubCommands: [], flushesAtOnce: true) == nil)
+        #expect(progress.post(.bytes(secret.payload), entries: CollectionOfOne(Self.entry(2, secret.waiter(on: channel.eventLoop))), pubSubCommands: [], flushesAtOnce: true) == nil)
+        channel.embeddedEventLoop.run()
+        #expect(secret.wipedInPlace == true, "the wipe reached a copy: the drain still held the password's bytes")
+        #expect((secret.error as? RedisError)?.commandWasNotSent == true, "never written, so never sent")
+        let error = await #expect(throws: RedisError.self) { try await first.value() }
+        #expect(error?.code == .connectionClosed)
+        #expect(error?.commandWasNotSent == false, "written before the flush failed: maybe sent")
+        _ = try? channel.finish()
+    }
+
+    @Test("a password whose own flush fails and closes the connection: its caller's wipe reaches the bytes it gave")
+    func failedFlushLetsGoOfPayload() async throws {
+        let handler = RedisCommandHandler(logger: Logger(label: "review"))
+        let channel = EmbeddedChannel(handlers: [FailingSocket(), handler])
+        try await channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).get()
+        let secret = Secret()
+        #expect(handler.progress.post(.bytes(secret.payload), entries: CollectionOfOne(Self.entry(1, secret.waiter(on: channel.eventLoop))), pubSubCommands: [], flushesAtOnce: true) == nil)
+        channel.embeddedEventLoop.run()
+        #expect(secret.wipedInPlace == true, "the wipe reached a copy: the drain still held the password's bytes")
+        _ = try? channel.finish()
+    }
+}
