@@ -1,4 +1,6 @@
+import Foundation
 import Logging
+import Synchronization
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -110,6 +112,71 @@ struct MailboxReviewTests {
         #expect(handler.progress.post(.bytes(secret.payload), entries: CollectionOfOne(Self.entry(1, secret.waiter(on: channel.eventLoop))), pubSubCommands: [], flushesAtOnce: true) == nil)
         channel.embeddedEventLoop.run()
         #expect(secret.wipedInPlace == true, "the wipe reached a copy: the drain still held the password's bytes")
+        _ = try? channel.finish()
+    }
+
+    /// The embedded loop, with a hook that runs inside the next `execute` before its task is queued: a
+    /// thread preempted between the mailbox's unlock and its call to `execute`.
+    final class PausingLoop: EventLoop, @unchecked Sendable {
+        let base: EmbeddedEventLoop
+        var beforeNextExecute: (() -> Void)?
+
+        init(_ base: EmbeddedEventLoop) { self.base = base }
+
+        var inEventLoop: Bool { self.base.inEventLoop }
+        func execute(_ task: @escaping @Sendable () -> Void) {
+            if let hook = self.beforeNextExecute {
+                self.beforeNextExecute = nil
+                hook()
+            }
+            self.base.execute(task)
+        }
+        func scheduleTask<T>(deadline: NIODeadline, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
+            self.base.scheduleTask(deadline: deadline, task)
+        }
+        func scheduleTask<T>(in delay: TimeAmount, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
+            self.base.scheduleTask(in: delay, task)
+        }
+        func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable ((any Error)?) -> Void) {
+            self.base.shutdownGracefully(queue: queue, callback)
+        }
+    }
+
+    @Test("a BLPOP posted behind a drain that is scheduled but not yet queued, and cancelled at once: never written (or the connection closes), and its caller is told")
+    func cancelBeforeTheScheduledDrainIsQueued() throws {
+        let handler = RedisCommandHandler(logger: Logger(label: "review"))
+        let channel = EmbeddedChannel(handler: handler)
+        try channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).wait()
+        let progress = handler.progress
+        let loop = PausingLoop(channel.embeddedEventLoop)
+        // Deliveries are scheduled through the pausing loop; everything else uses the channel's.
+        progress.attach(NIOLoopBound(handler, eventLoop: loop))
+        let connectionHandler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        let blpopOutcome = Mutex<Result<RESPValue, any Error>?>(nil)
+        let blpopPromise = channel.eventLoop.makePromise(of: RESPValue.self)
+        blpopPromise.futureResult.whenComplete { result in blpopOutcome.withLock { $0 = result } }
+        let blpop = RedisCommandHandler.Entry(id: 2, promise: .promise(blpopPromise), deadline: .now() + .seconds(600), silenceDeadline: nil, closesIfAbandoned: true)
+        loop.beforeNextExecute = {
+            // Caller A has scheduled the drain and not queued it yet. Caller B posts a BLPOP (a drain is
+            // scheduled: B queues none) and is cancelled at once.
+            #expect(progress.post(.bytes(ByteBuffer(string: "*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n")), entries: CollectionOfOne(blpop), pubSubCommands: [], flushesAtOnce: false) == nil)
+            RedisConnection.stopWaiting(for: CollectionOfOne(blpop), handler: connectionHandler, progress: progress)
+        }
+        let get = ReplyBox()
+        #expect(progress.post(.bytes(ByteBuffer(string: "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")), entries: CollectionOfOne(Self.entry(1, .box(get))), pubSubCommands: [], flushesAtOnce: false) == nil)
+        channel.embeddedEventLoop.run()
+        var written = ByteBuffer()
+        while var piece = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&piece) }
+        let blpopWritten = String(buffer: written).contains("BLPOP")
+        // The BLPOP must not stay blocked on the server for a caller that is gone (it would pop an
+        // element for nobody, or block the connection for ever with a timeout of 0).
+        #expect(!blpopWritten || !channel.isActive, "the cancelled BLPOP was written and the connection stays open")
+        switch blpopOutcome.withLock({ $0 }) {
+        case .failure(let error)?:
+            #expect(error is CancellationError || (error as? RedisError)?.code == .connectionClosed)
+        case .success?, nil:
+            Issue.record("the cancelled caller was never told: it waits for the BLPOP's reply")
+        }
         _ = try? channel.finish()
     }
 }

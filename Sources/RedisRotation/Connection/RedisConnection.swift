@@ -748,14 +748,25 @@ public final class RedisConnection: Sendable {
             try await wait()
         } onCancel: {
             abandoned()
-            eventLoop.execute {
-                for entry in entries { handler.value.cancel(id: entry.id) }
-            }
-            // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
-            // the first completion, so the handler's, if it comes, is ignored).
-            if progress.closeReason != nil {
-                for entry in entries { entry.promise?.box?.complete(.failure(CancellationError())) }
-            }
+            Self.stopWaiting(for: entries, handler: handler, progress: progress)
+        }
+    }
+
+    /// A caller's task was cancelled while it waited for `entries`' replies: commands still in the
+    /// mailbox are taken back (never written); otherwise the handler drops the replies.
+    static func stopWaiting(
+        for entries: some Collection<RedisCommandHandler.Entry> & Sendable,
+        handler: NIOLoopBound<RedisCommandHandler>,
+        progress: ReplyProgress
+    ) {
+        if let id = entries.first?.id, progress.withdraw(id: id) { return }
+        handler.eventLoop.execute {
+            for entry in entries { handler.value.cancel(id: entry.id) }
+        }
+        // On a closed connection the loop may be gone: the task fails its own waiters (a box takes
+        // the first completion, so the handler's, if it comes, is ignored).
+        if progress.closeReason != nil {
+            for entry in entries { entry.promise?.box?.complete(.failure(CancellationError())) }
         }
     }
 

@@ -40,7 +40,7 @@ final class ReplyProgress: Sendable {
 
             /// Fails the waiters. Never while their payload is still held here: a failed caller
             /// resumes (on another thread) and wipes its payload at once, which would then reach a copy.
-            func fail(_ error: RedisError) {
+            func fail(_ error: any Error) {
                 switch self {
                 case .one(let entry): entry.promise?.fail(error)
                 case .many(let entries): for entry in entries { entry.promise?.fail(error) }
@@ -50,6 +50,13 @@ final class ReplyProgress: Sendable {
 
         var payload: RedisCommandHandler.Payload
         var entries: Entries
+        /// The first waiter's id, which names the delivery (ids are unique).
+        var id: UInt64? {
+            switch self.entries {
+            case .one(let entry): entry.id
+            case .many(let entries): entries.first?.id
+            }
+        }
         var pubSubCommands: [PubSubStateMachine.Command?]
         var flushesAtOnce: Bool
     }
@@ -159,6 +166,25 @@ final class ReplyProgress: Sendable {
         self.mailbox.withLock { mailbox in
             if mailbox.closeReason == nil && mailbox.spare.capacity < batch.capacity { swap(&mailbox.spare, &batch) }
         }
+    }
+
+    /// Off the event loop, as the caller of the delivery whose first waiter is `id` stops waiting: when
+    /// no drain has taken it yet, takes it back (it is never written) and fails its waiters with
+    /// `CancellationError`; returns whether it did. Otherwise a drain has taken it (one running on the
+    /// loop, or done), so a cancellation the caller then hands to the loop reaches the handler after
+    /// the delivery. (A cancellation handed to the loop while the delivery still waits here could
+    /// reach the loop first: the poster that schedules the drain queues it after its unlock, and one
+    /// that finds a drain scheduled queues none. The handler would not know the command, and a `BLPOP`
+    /// would then be written for a caller that is gone, who would wait for its reply.)
+    func withdraw(id: UInt64) -> Bool {
+        let withdrawn = self.mailbox.withLock { mailbox -> Delivery.Entries? in
+            guard let index = mailbox.pending.lastIndex(where: { $0?.id == id }) else { return nil }
+            // Its payload goes here, before its caller is failed (and wipes it).
+            return mailbox.pending[index].take()?.entries
+        }
+        guard let withdrawn else { return false }
+        withdrawn.fail(CancellationError())
+        return true
     }
 
     /// On the event loop, before a caller there enqueues directly: what others handed over earlier goes
