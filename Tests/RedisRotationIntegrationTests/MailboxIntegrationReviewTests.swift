@@ -1,0 +1,72 @@
+import Foundation
+import RedisRotation
+import RedisRotationTesting
+import Testing
+
+/// Review of the per-connection mailbox against a real server: a blocking command cancelled at every
+/// point of its way (posted and not drained, drained, blocked on the server) among other callers'
+/// commands never stays blocked on the server for a caller that is gone, and its caller returns.
+@Suite("Mailbox review against a real redis-server", .timeLimit(.minutes(3)))
+struct MailboxIntegrationReviewTests {
+    @Test("BLPOP 0 cancelled at every point of its way amid 6 callers' GETs, 120 rounds: it returns CancellationError or connectionClosed; no BLPOP stays blocked; an element pushed afterwards is still there")
+    func cancelledBlockingPops() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let configuration = RedisConnectionConfiguration(host: server.host, port: server.port, username: "alice", password: password)
+            let list = uniqueKey("mailbox")
+            var connection = try await RedisConnection.connect(configuration: configuration)
+            var outcomes: [String: Int] = [:]
+            for round in 0..<120 {
+                if !connection.isActive {
+                    await connection.close()
+                    connection = try await RedisConnection.connect(configuration: configuration)
+                    outcomes["reconnects", default: 0] += 1
+                }
+                let current = connection
+                let gets = (0..<6).map { index in
+                    Task { try await current.send(RedisCommand("GET", .key(RedisKey("test:mailbox:\(round):\(index)")))) }
+                }
+                let pop = Task { try await current.send(RedisCommand("BLPOP", .key(list), "0")) }
+                switch round % 3 {
+                case 0: break  // at once: posted, not drained yet
+                case 1: for _ in 0..<(round % 40) { await Task.yield() }  // somewhere on its way
+                default: try await server.waitForBlockedClients(1)  // blocked on the server
+                }
+                pop.cancel()
+                // The cancelled caller returns (bounded: 10 s).
+                let finished = Locked<Result<RESPValue, any Error>?>(nil)
+                Task {
+                    let result = await pop.result
+                    finished.withLock { $0 = result }
+                }
+                let clock = ContinuousClock()
+                let end = clock.now + .seconds(10)
+                while clock.now < end, finished.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(2)) }
+                switch finished.withLock({ $0 }) {
+                case nil:
+                    Issue.record("round \(round): the cancelled BLPOP's caller never returned")
+                    await current.close()
+                case .success(let value)?:
+                    Issue.record("round \(round): BLPOP on an empty list answered \(value)")
+                case .failure(let error)?:
+                    if error is CancellationError {
+                        outcomes["cancelled", default: 0] += 1
+                    } else if let error = error as? RedisError, error.code == .connectionClosed {
+                        outcomes["closed", default: 0] += 1
+                    } else {
+                        Issue.record("round \(round): \(error)")
+                    }
+                }
+                for get in gets { _ = await get.result }
+            }
+            await connection.close()
+            // No BLPOP left blocked on the server: an element pushed now stays in the list.
+            try await server.waitForBlockedClients(0)
+            _ = try await server.admin("RPUSH", .key(list), "element")
+            #expect(try await server.admin("LLEN", .key(list)) == .integer(1))
+            // A BLPOP cancelled while blocked closes its connection (every third round at least).
+            #expect(outcomes["reconnects", default: 0] >= 39)
+            print("mailbox cancelled pops: \(outcomes)")
+        }
+    }
+}
