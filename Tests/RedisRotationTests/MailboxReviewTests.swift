@@ -179,4 +179,21 @@ struct MailboxReviewTests {
         }
         _ = try? channel.finish()
     }
+
+    @Test("a password taken back from the mailbox by its cancelled caller: never written, failed with CancellationError, and the caller's wipe reaches the bytes it gave")
+    func withdrawnPasswordIsNeverWrittenNorKept() throws {
+        let handler = RedisCommandHandler(logger: Logger(label: "review"))
+        let channel = EmbeddedChannel(handler: handler)
+        try channel.connect(to: .init(ipAddress: "127.0.0.1", port: 6379)).wait()
+        let secret = Secret()
+        let entry = Self.entry(7, secret.waiter(on: channel.eventLoop))
+        #expect(handler.progress.post(.bytes(secret.payload), entries: CollectionOfOne(entry), pubSubCommands: [], flushesAtOnce: true) == nil)
+        RedisConnection.stopWaiting(for: CollectionOfOne(entry), handler: NIOLoopBound(handler, eventLoop: channel.eventLoop), progress: handler.progress)
+        #expect(secret.error is CancellationError)
+        #expect(secret.wipedInPlace == true, "the wipe reached a copy: the mailbox still held the password's bytes")
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "a command its caller took back was written")
+        #expect(channel.isActive)
+        _ = try? channel.finish()
+    }
 }
