@@ -132,12 +132,12 @@ final class ReplyProgress: Sendable {
             return mailbox.handler
         }
         guard !batch.isEmpty else { return }
-        guard let handler else {
+        guard let handler = handler?.value else {
             // Closed meanwhile: `closed(because:)` took the deliveries; nothing is left here.
             preconditionFailure("deliveries outlived their connection's close")
         }
         for index in batch.indices {
-            if let refusal = handler.value.refusal {
+            if let refusal = handler.refusal {
                 // The connection closed during this batch (a write failed): the rest fail as not sent,
                 // each after its payload is let go (its caller resumes and wipes it at once).
                 let entries = batch[index].take()?.entries
@@ -152,14 +152,14 @@ final class ReplyProgress: Sendable {
                 flushes = delivery.flushesAtOnce
                 switch delivery.entries {
                 case .one(let entry):
-                    handler.value.enqueue(delivery.payload, entries: CollectionOfOne(entry), pubSubCommands: delivery.pubSubCommands)
+                    handler.enqueue(delivery.payload, entries: CollectionOfOne(entry), pubSubCommands: delivery.pubSubCommands)
                 case .many(let entries):
-                    handler.value.enqueue(delivery.payload, entries: entries, pubSubCommands: delivery.pubSubCommands)
+                    handler.enqueue(delivery.payload, entries: entries, pubSubCommands: delivery.pubSubCommands)
                 }
             }
             // Flushed only once the delivery has let go of the payload: a flush that fails closes the
             // connection and fails the caller, who may wipe the password before this drain goes on.
-            if flushes { handler.value.flushNow() }
+            if flushes { handler.flushNow() }
         }
         guard batch.capacity <= Self.keptDeliveries else { return }
         batch.removeAll(keepingCapacity: true)
