@@ -1,7 +1,8 @@
 import Foundation
-import RedisRotation
 import RedisRotationTesting
 import Testing
+
+@testable import RedisRotation
 
 /// Review of the per-connection mailbox against a real server: a blocking command cancelled at every
 /// point of its way (posted and not drained, drained, blocked on the server) among other callers'
@@ -67,6 +68,43 @@ struct MailboxIntegrationReviewTests {
             // A BLPOP cancelled while blocked closes its connection (every third round at least).
             #expect(outcomes["reconnects", default: 0] >= 39)
             print("mailbox cancelled pops: \(outcomes)")
+        }
+    }
+
+    final class WeakHandler: @unchecked Sendable {
+        weak var value: RedisCommandHandler?
+    }
+
+    /// Connects, sends commands through the mailbox, has the connection closed by `closer`, and lets go of
+    /// it; returns a weak reference to its command handler.
+    func handlerAfterUse(_ configuration: RedisConnectionConfiguration, server: RedisServerProcess, closer: String) async throws -> WeakHandler {
+        let connection = try await RedisConnection.connect(configuration: configuration)
+        for index in 0..<20 { _ = try await connection.send(RedisCommand("ECHO", .string("m\(index)"))) }
+        let weak = WeakHandler()
+        let handler = connection.handler
+        try await connection.eventLoop.submit { weak.value = handler.value }.get()
+        switch closer {
+        case "client":
+            await connection.close()
+        default:
+            let id = try #require(connection.clientID)
+            _ = try await server.admin("CLIENT", "KILL", "ID", .string("\(id)"))
+            await connection.waitUntilClosed()
+        }
+        return weak
+    }
+
+    @Test("a connection closed by the client or by the server after commands went through its mailbox, then let go: its command handler is freed (the mailbox's cycle handler -> progress -> handler is broken)", arguments: ["client", "server"])
+    func handlerFreedAfterClose(closer: String) async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let configuration = RedisConnectionConfiguration(host: server.host, port: server.port, username: "alice", password: password)
+            let weak = try await self.handlerAfterUse(configuration, server: server, closer: closer)
+            // NIO lets go of the channel's pipeline once its close has run its course (bounded: 10 s).
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(10)
+            while clock.now < end, weak.value != nil { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(weak.value == nil, "the command handler outlived its closed connection")
         }
     }
 }
