@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import RedisRotationTesting
 import Testing
 
@@ -106,5 +107,57 @@ struct MailboxIntegrationReviewTests {
             while clock.now < end, weak.value != nil { try await Task.sleep(for: .milliseconds(5)) }
             #expect(weak.value == nil, "the command handler outlived its closed connection")
         }
+    }
+
+    @Test("subscribe, a subscription command and a PING on a connection whose event loop group has shut down: each fails with connectionClosed, not sent, instead of waiting for ever")
+    func pubSubAfterLoopShutdown() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let configuration = RedisConnectionConfiguration(host: server.host, port: server.port, username: "alice", password: password)
+            let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: group)
+            try await group.shutdownGracefully()
+            let finished = Locked<[String: String]>([:])
+            let tasks = [
+                Task {
+                    do {
+                        _ = try await connection.subscribe(to: ["news"])
+                        finished.withLock { $0["subscribe"] = "subscribed" }
+                    } catch {
+                        finished.withLock { $0["subscribe"] = Self.describe(error) }
+                    }
+                },
+                Task {
+                    do {
+                        try await connection.sendSubscriptionCommand("UNSUBSCRIBE", [PubSubName("news")], timeout: .seconds(5))
+                        finished.withLock { $0["unsubscribe"] = "sent" }
+                    } catch {
+                        finished.withLock { $0["unsubscribe"] = Self.describe(error) }
+                    }
+                },
+                Task {
+                    do {
+                        try await connection.ping(timeout: .seconds(5)) {}
+                        finished.withLock { $0["ping"] = "answered" }
+                    } catch {
+                        finished.withLock { $0["ping"] = Self.describe(error) }
+                    }
+                },
+            ]
+            // Bounded: 5 s for all three.
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(5)
+            while clock.now < end, finished.withLock({ $0.count }) < tasks.count { try await Task.sleep(for: .milliseconds(5)) }
+            let outcomes = finished.withLock { $0 }
+            for name in ["subscribe", "unsubscribe", "ping"] {
+                #expect(outcomes[name] == "connectionClosed, not sent", "\(name): \(outcomes[name] ?? "never returned")")
+            }
+            for task in tasks { task.cancel() }
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? RedisError else { return "\(error)" }
+        return error.code == .connectionClosed && error.commandWasNotSent ? "connectionClosed, not sent" : "\(error)"
     }
 }

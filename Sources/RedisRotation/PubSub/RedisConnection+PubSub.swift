@@ -49,6 +49,7 @@ extension RedisConnection {
         precondition(!names.isEmpty, "a subscription needs at least one channel or pattern")
         let names = names.map { PubSubName($0) }
         try Task.checkCancellation()
+        try self.checkOpen()
         let (stream, continuation) = AsyncThrowingStream<RedisPubSubMessage, any Error>.makeStream()
         let backlog = SubscriptionBacklog(limits: self.configuration.subscriptionBufferLimits)
         let id = subscriptionIDs.add(1, ordering: .relaxed).newValue
@@ -114,6 +115,16 @@ extension RedisConnection {
         return RedisSubscription(stream: stream, backlog: backlog)
     }
 
+    /// Throws why the connection closed, once it has, as not sent. The paths above hand their command to
+    /// the event loop with `execute` and wait on a promise of that loop: on a loop that has shut down
+    /// (it closed the connection first) both are dropped, and the caller would wait for ever, even once
+    /// cancelled.
+    private func checkOpen() throws(RedisError) {
+        guard var error = self.progress.closeReason else { return }
+        error.commandWasNotSent = true
+        throw error
+    }
+
     /// Installs `receiver` as the one hearer of this connection's pushes (the client's subscriber,
     /// which needs one ordered stream of everything the connection receives).
     func installPushReceiver(_ receiver: some PubSubPushReceiver & Sendable) async {
@@ -128,6 +139,7 @@ extension RedisConnection {
     ///
     /// - Throws: `serverError`, `commandTimeout`, `connectionClosed`.
     func ping(timeout: Duration, atReply: @escaping @Sendable () -> Void) async throws {
+        try self.checkOpen()
         let handler = self.handler
         let promise = self.eventLoop.makePromise(of: RESPValue.self)
         let deadline = NIODeadline.now() + TimeAmount(timeout)
@@ -148,6 +160,7 @@ extension RedisConnection {
     ///
     /// - Throws: `serverError` for an error reply, `commandTimeout`, `connectionClosed`.
     func sendSubscriptionCommand(_ name: String, _ names: [PubSubName], timeout: Duration) async throws {
+        try self.checkOpen()
         let handler = self.handler
         let promise = self.eventLoop.makePromise(of: RESPValue.self)
         let deadline = NIODeadline.now() + TimeAmount(timeout)
