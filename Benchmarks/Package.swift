@@ -38,6 +38,7 @@ let package = Package(
                 "NIOFloor",
                 .product(name: "RedisRotation", package: parentPackage),
                 .product(name: "RedisRotationTesting", package: parentPackage),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Benchmark", package: "package-benchmark"),
             ],
