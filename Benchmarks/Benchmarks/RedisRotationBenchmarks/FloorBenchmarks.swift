@@ -175,7 +175,8 @@ func floorBenchmarks() {
     }
 
     // Sequential round trips, interleaved: each sample makes 2,000 rounds of one PING from a Swift task
-    // on the shared pool's threads, one on the C floor's connection, and one from a Swift task that
+    // on the shared pool's threads, one on the C floor's connection, one the bare-SwiftNIO way from the
+    // same kind of task (Sources/NIOFloor: the least a NIO client does), and one from a Swift task that
     // runs on its connection's event loop (a task executor), each timed alone, and records each
     // side's median and the ratios. All three connections stay open for the whole benchmark.
     // Interleaved one by one because a round trip's time here is mostly wake-ups of sleeping threads,
@@ -188,10 +189,13 @@ func floorBenchmarks() {
     let cRoundTrip = BenchmarkMetric.custom("C floor µs", polarity: .prefersSmaller, useScalingFactor: false)
     let roundTripRatio = BenchmarkMetric.custom("Swift / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
     let onLoopRatio = BenchmarkMetric.custom("Swift on the loop / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
+    let nioRoundTrip = BenchmarkMetric.custom("NIO floor µs", polarity: .prefersSmaller, useScalingFactor: false)
+    let nioRoundTripRatio = BenchmarkMetric.custom("NIO floor / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
+    let swiftOverNIORoundTrip = BenchmarkMetric.custom("Swift / NIO floor %", polarity: .prefersSmaller, useScalingFactor: false)
     Benchmark(
         "Pair: sequential round trips (PING) on one connection, Swift / C floor, interleaved",
         configuration: .init(
-            metrics: [swiftRoundTrip, cRoundTrip, roundTripRatio, onLoopRoundTrip, onLoopRatio],
+            metrics: [swiftRoundTrip, cRoundTrip, roundTripRatio, nioRoundTrip, nioRoundTripRatio, swiftOverNIORoundTrip, onLoopRoundTrip, onLoopRatio],
             warmupIterations: 1,
             scalingFactor: .one,
             maxDuration: .seconds(60),
@@ -204,6 +208,9 @@ func floorBenchmarks() {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let onLoop = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: loop)
         let executor = LoopExecutor(loop: loop)
+        let bare = try await NIOFloorConnection.open(
+            host: "127.0.0.1", port: configuration.port, user: "bench", password: fixture.passwordText, on: MultiThreadedEventLoopGroup.singleton.next()
+        )
         let floor = rr_floor_open("127.0.0.1", Int32(fixture.server.plainTextPort!), "bench", fixture.passwordText, nil, 0)
         precondition(floor != nil, "the C floor could not connect")
         defer { rr_floor_close(floor) }
@@ -215,6 +222,7 @@ func floorBenchmarks() {
             var swift: [Double] = []
             var c: [Double] = []
             var looped: [Double] = []
+            var nio: [Double] = []
             for _ in 0..<2000 {
                 var start = ContinuousClock.now
                 try await connection.ping()
@@ -222,6 +230,9 @@ func floorBenchmarks() {
                 start = ContinuousClock.now
                 precondition(rr_floor_ping(floor) == 0)
                 c.append(microseconds(ContinuousClock.now - start))
+                start = ContinuousClock.now
+                try await bare.ping()
+                nio.append(microseconds(ContinuousClock.now - start))
                 looped.append(
                     try await withTaskExecutorPreference(executor) {
                         let start = ContinuousClock.now
@@ -230,7 +241,10 @@ func floorBenchmarks() {
                     }
                 )
             }
-            let (s, f, l) = (median(swift), median(c), median(looped))
+            let (s, f, l, n) = (median(swift), median(c), median(looped), median(nio))
+            benchmark.measurement(nioRoundTrip, Int(n.rounded()))
+            benchmark.measurement(nioRoundTripRatio, Int((n / f * 100).rounded()))
+            benchmark.measurement(swiftOverNIORoundTrip, Int((s / n * 100).rounded()))
             benchmark.measurement(swiftRoundTrip, Int(s.rounded()))
             benchmark.measurement(cRoundTrip, Int(f.rounded()))
             benchmark.measurement(roundTripRatio, Int((s / f * 100).rounded()))
@@ -239,6 +253,7 @@ func floorBenchmarks() {
         }
         await connection.close()
         await onLoop.close()
+        await bare.close()
     }
 
     // Allocations per operation (mallocCountTotal, one operation per iteration). Goals from issue 14:

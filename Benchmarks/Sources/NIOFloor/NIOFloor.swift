@@ -74,7 +74,8 @@ private func resp(_ words: [String]) -> ByteBuffer {
 }
 
 /// A connection opened the bare-NIO way: `open` connects, sends `HELLO 2 AUTH`, waits for its reply,
-/// then sends `PING` and waits for its reply, as a reconnect of this library does; `close` closes.
+/// then sends `PING` and waits for its reply, as a reconnect of this library does; `ping` makes one
+/// more round trip; `close` closes.
 public struct NIOFloorConnection: Sendable {
     let channel: any Channel
 
@@ -106,7 +107,26 @@ public struct NIOFloorConnection: Sendable {
         return NIOFloorConnection(channel: channel)
     }
 
+    /// One `PING` and its reply, the bare-NIO way for a caller off the event loop: a task hands the write
+    /// to the loop and waits on a promise the handler completes when the reply is whole.
+    public func ping() async throws {
+        let loop = self.channel.eventLoop
+        let pong = loop.makePromise(of: Void.self)
+        let channel = self.channel
+        loop.execute {
+            do {
+                let handler = try channel.pipeline.syncOperations.handler(type: NIOFloorHandler.self)
+                handler.send(pingCommand, promise: pong, context: try channel.pipeline.syncOperations.context(handler: handler))
+            } catch {
+                pong.fail(error)
+            }
+        }
+        try await pong.futureResult.get()
+    }
+
     public func close() async {
         try? await self.channel.close()
     }
 }
+
+private let pingCommand = resp(["PING"])
