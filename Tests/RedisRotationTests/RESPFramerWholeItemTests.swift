@@ -120,6 +120,77 @@ struct RESPFramerWholeItemTests {
         #expect(whole > 5_000 && failed > 2_000, "whole=\(whole) failed=\(failed)")
     }
 
+    /// Limits as large as ``RESPReaderLimits`` allows, "no limit" in practice: the framer's arithmetic
+    /// on them must not overflow (a trap is a crash a server can cause).
+    static let hugeLimits = RESPReaderLimits(
+        maximumBulkLength: .max,
+        maximumArrayElements: Int(Int32.max),
+        maximumNestingDepth: RESPReaderLimits.hiredisMaximumNestingDepth,
+        maximumLineLength: .max,
+        maximumReplyBytes: .max,
+        maximumReplyElements: .max
+    )
+
+    /// Headers at the edges: numbers of 18, 19 and 20 digits around 64 bits, zero, empty strings and
+    /// arrays, arrays that end together, bytes just below "0" and just above "9" next to the digits.
+    static let corners: [String] = [
+        "$0\r\n\r\n", "$0\r\n\rX", "*0\r\n", "*1\r\n*1\r\n*0\r\n", "*2\r\n*1\r\n:1\r\n*1\r\n$0\r\n\r\n",
+        ":0\r\n", ":-0\r\n", ":00\r\n", ":01\r\n", ":-1\r\n", ":/\r\n", ":1/\r\n", ":1:\r\n", ":\r\n",
+        ":999999999999999999\r\n", ":1000000000000000000\r\n", ":9223372036854775807\r\n",
+        ":9223372036854775808\r\n", ":-9223372036854775808\r\n", ":-9223372036854775809\r\n",
+        ":12345678901234567890\r\n", ":99999999999999999999\r\n",
+        "$999999999999999999\r\n", "$1000000000000000000\r\n", "$9223372036854775806\r\n",
+        "$9223372036854775807\r\n", "$9223372036854775808\r\n", "$-1\r\n", "$-2\r\n", "$\r\n", "$1\r\r\n",
+        "*-1\r\n", "*2147483647\r\n", "*2147483648\r\n", "*999999999999999999\r\n", "*9223372036854775807\r\n",
+        "$3\r\nabc\r\n", "$3\r\nabcXY", "$3\r\nab", "$3\r\nabc\r", "+OK\r\n", "-ERR x\r\n",
+        "*3\r\n$1\r\na\r\n:7\r\n*1\r\n+OK\r\n",
+    ]
+
+    @Test("corner headers under small, default and huge limits, alone, before a line and inside an array, split at every byte: both ways report the same")
+    func cornerStreams() {
+        let limitSets = [
+            RESPReaderLimits(),
+            Self.hugeLimits,
+            RESPReaderLimits(maximumBulkLength: 3, maximumArrayElements: 2, maximumNestingDepth: 2, maximumLineLength: 16, maximumReplyBytes: 24, maximumReplyElements: 3),
+        ]
+        var compared = 0
+        for limits in limitSets {
+            for corner in Self.corners {
+                for stream in [corner, corner + "+OK\r\n", "*2\r\n" + corner + ":1\r\n"].map({ Array($0.utf8) }) {
+                    var splits: [[Int]] = [[stream.count], Array(repeating: 1, count: stream.count)]
+                    for cut in 1..<stream.count { splits.append([cut, stream.count - cut]) }
+                    for chunks in splits {
+                        let fast = Self.trace(stream, chunks: chunks, limits: limits, byteByByte: false)
+                        let slow = Self.trace(stream, chunks: chunks, limits: limits, byteByByte: true)
+                        #expect(fast == slow, "\(String(decoding: stream, as: UTF8.self).debugDescription) in \(chunks) under \(limits)")
+                        if fast != slow { return }
+                        compared += 1
+                    }
+                }
+            }
+        }
+        #expect(compared > 3_000)
+    }
+
+    @Test("huge limits: a bulk string length near Int64.max is refused as over the reply limit (no overflow trap), an 18-digit one is awaited, and a status line is read, both ways")
+    func hugeLimitsDoNotOverflow() throws {
+        for byteByByte in [false, true] {
+            for header in ["$9223372036854775807\r\n", "$9223372036854775806\r\n"] {
+                var framer = RESPFramer(limits: Self.hugeLimits, byteByByte: byteByByte)
+                let error = #expect(throws: RedisError.self) {
+                    try Array(header.utf8).withUnsafeBytes { try framer.scan($0) }
+                }
+                #expect(error?.code == .protocolError && error?.message.contains("reply of more than") == true, "\(String(describing: error))")
+            }
+            var framer = RESPFramer(limits: Self.hugeLimits, byteByByte: byteByByte)
+            let awaited = try Array("$999999999999999999\r\n".utf8).withUnsafeBytes { try framer.scan($0) }
+            #expect(awaited.consumed == 21 && !awaited.replyEnded)
+            var lines = RESPFramer(limits: Self.hugeLimits, byteByByte: byteByByte)
+            let line = try Array("+OK\r\n".utf8).withUnsafeBytes { try lines.scan($0) }
+            #expect(line.consumed == 5 && line.replyEnded)
+        }
+    }
+
     @Test("a HELLO reply (thirty short strings) is taken whole in one scan, both ways, with its fifteen items")
     func helloReply() throws {
         var wire = Array("*14\r\n".utf8)

@@ -160,7 +160,9 @@ struct RESPFramer {
 
     /// Looks for the CR of a `+` or `-` line with `memchr`, never past the line limit.
     private mutating func scanLine(_ bytes: UnsafeRawBufferPointer, from index: Int, length: Int) throws(RedisError) -> Int {
-        let window = min(bytes.count - index, self.limits.maximumLineLength - length + 1)
+        // One byte past the limit, to see the CR or the excess (`maximumLineLength - length + 1` would
+        // overflow for a maximumLineLength of Int.max).
+        let window = min(bytes.count - index - 1, self.limits.maximumLineLength - length) + 1
         let start = bytes.baseAddress! + index
         let consumed: Int
         if let carriageReturn = memchr(start, 0x0D, window) {
@@ -263,8 +265,9 @@ struct RESPFramer {
         case .bulkString:
             guard value >= 0 else { return self.itemCompleted() }
             let length = Int(value)
-            // The whole payload is announced now: refuse it before any of it is buffered.
-            guard length + 2 <= self.limits.maximumReplyBytes - self.replyBytes else {
+            // The whole payload is announced now: refuse it before any of it is buffered. (`length + 2`
+            // would overflow for a length near Int64.max, which a maximumBulkLength of Int.max lets through.)
+            guard length <= self.limits.maximumReplyBytes - self.replyBytes - 2 else {
                 throw Self.overLimit(
                     "reply of more than \(self.limits.maximumReplyBytes) bytes",
                     limit: "\(self.limits.maximumReplyBytes) bytes"
