@@ -128,7 +128,8 @@ public final class RedisConnection: Sendable {
     /// - Throws: ``RedisError`` with `connectTimeout`, `connectionFailed`, `handshakeTimeout`,
     ///   `authenticationFailed` (`WRONGPASS` / `NOAUTH` in ``RedisError/serverErrorPrefix``), `serverError`
     ///   or `connectionClosed`; `CancellationError` when the task is cancelled before the handshake
-    ///   completes (at once, also while the TCP connect is pending; nothing is left open).
+    ///   completes (at once, also while the TCP connect is pending or the host name is being
+    ///   resolved; nothing is left open).
     public static func connect(
         configuration: RedisConnectionConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -171,6 +172,9 @@ public final class RedisConnection: Sendable {
                 .connectTimeout(TimeAmount(configuration.connectTimeout))
                 .channelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // Cancelled while a host name was being resolved (no channel to close then):
+                        // this channel never connects.
+                        if waiter.isCancelled { throw CancellationError() }
                         waiter.install(try Self.installHandlers(on: channel, configuration: configuration, logger: logger))
                     }
                 }
@@ -211,7 +215,9 @@ public final class RedisConnection: Sendable {
             } onCancel: {
                 waiter.cancel()
                 eventLoop.execute {
-                    guard let installed = waiter.handlers else { return }
+                    // No channel yet (a host name is being resolved): return now; the initializer
+                    // refuses the channel when there is one.
+                    guard let installed = waiter.handlers else { return waiter.fail(CancellationError()) }
                     for id in ids { installed.command.value.cancel(id: id) }
                     // Not connected yet: closing fails the pending connect now.
                     if !installed.channel.isActive { installed.channel.close(promise: nil) }
