@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -96,5 +97,39 @@ struct HandshakeStepWaiterTests {
             }
             await completer.value
         }
+    }
+}
+
+@Suite("Handshake step waiter: the channel a connect settles on")
+struct HandshakeStepWaiterSettleTests {
+    static func handlers() -> RedisConnection.Handlers {
+        let handler = RedisCommandHandler(logger: Logger(label: "settle"))
+        let channel = EmbeddedChannel(handler: handler)
+        return RedisConnection.Handlers(channel: channel, command: NIOLoopBound(handler, eventLoop: channel.eventLoop), tls: nil, progress: handler.progress)
+    }
+
+    @Test("a host name with two addresses makes two channels: the step goes to the handlers of the one that connected, not the last made")
+    func settlesOnTheWinner() throws {
+        let waiter = HandshakeStepWaiter(count: 1)
+        let first = Self.handlers()
+        let second = Self.handlers()
+        waiter.install(first)
+        waiter.install(second)
+        // Before: the last installed were the handlers, whichever channel connected.
+        #expect(waiter.settle(on: first.channel)?.channel === first.channel)
+        #expect(waiter.handlers?.channel === first.channel)
+        // Settled: the other channel's handlers are gone.
+        #expect(waiter.settle(on: second.channel) == nil)
+        for candidate in [first, second] { _ = try? (candidate.channel as? EmbeddedChannel)?.finish() }
+    }
+
+    @Test("one channel (an IP address): it is settled on")
+    func oneChannel() throws {
+        let waiter = HandshakeStepWaiter(count: 1)
+        let only = Self.handlers()
+        waiter.install(only)
+        #expect(waiter.settle(on: only.channel)?.channel === only.channel)
+        #expect(waiter.handlers?.channel === only.channel)
+        _ = try? (only.channel as? EmbeddedChannel)?.finish()
     }
 }

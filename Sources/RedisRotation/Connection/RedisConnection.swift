@@ -196,7 +196,7 @@ public final class RedisConnection: Sendable {
                 case .success(let connected): channel = connected
                 case .failure(let error): return waiter.fail(error)
                 }
-                guard let installed = waiter.handlers else {
+                guard let installed = waiter.settle(on: channel) else {
                     preconditionFailure("the channel initializer ran without installing the command handler")
                 }
                 let stepDeadline = NIODeadline.now() + handshakeTimeout

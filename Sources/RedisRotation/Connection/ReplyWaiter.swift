@@ -57,8 +57,14 @@ final class HandshakeStepWaiter: Sendable {
         var replies: [Result<RESPValue, any Error>]
         var received: UInt64 = 0
         var remaining: Int
-        /// The connection's handlers, from the channel initializer on (see `RedisConnection.connect`).
+        /// The connection's handlers, from the channel initializer on (see `RedisConnection.connect`):
+        /// the last channel's until the connect settles on one.
         var handlers: RedisConnection.Handlers?
+        /// Handlers of channels the initializer ran on before the last: a host name with several
+        /// addresses (Happy Eyeballs tries the next while the first is still connecting) makes one
+        /// channel per attempt, and the one that connects need not be the last. Empty otherwise (no
+        /// allocation).
+        var earlier: [RedisConnection.Handlers] = []
         /// The caller's task was cancelled: the step is not sent, or its replies are not waited for.
         var cancelled = false
         var channel: (any Channel)?
@@ -81,7 +87,25 @@ final class HandshakeStepWaiter: Sendable {
 
     /// On the event loop, in the channel initializer: the handlers installed on the channel.
     func install(_ handlers: RedisConnection.Handlers) {
-        self.state.withLock { $0.handlers = handlers }
+        self.state.withLock { state in
+            if let earlier = state.handlers { state.earlier.append(earlier) }
+            state.handlers = handlers
+        }
+    }
+
+    /// On the event loop, when the connect settled on `channel`: its handlers, from now on the only ones
+    /// (`nil` if the initializer never ran on it).
+    func settle(on channel: any Channel) -> RedisConnection.Handlers? {
+        self.state.withLock { state in
+            if let last = state.handlers, last.channel === channel {
+                state.earlier = []
+                return last
+            }
+            guard let index = state.earlier.firstIndex(where: { $0.channel === channel }) else { return nil }
+            state.handlers = state.earlier[index]
+            state.earlier = []
+            return state.handlers
+        }
     }
 
     /// The handlers, once installed.
