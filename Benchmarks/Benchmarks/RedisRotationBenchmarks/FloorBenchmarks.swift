@@ -130,10 +130,6 @@ func floorBenchmarks() {
                 rr_floor_close(rr_floor_open("127.0.0.1", Int32(port), "bench", fixture.passwordText, floorTLS, 1))
             }
             let loop = MultiThreadedEventLoopGroup.singleton.next()
-            func microseconds(_ duration: Duration) -> Double {
-                Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
-            }
-            func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
             for _ in benchmark.scaledIterations {
                 var swift: [Double] = []
                 var c: [Double] = []
@@ -178,10 +174,10 @@ func floorBenchmarks() {
     // on the shared pool's threads, one on the C floor's connection, one the bare-SwiftNIO way from the
     // same kind of task (Sources/NIOFloor: the least a NIO client does), and one from a Swift task that
     // runs on its connection's event loop (a task executor), each timed alone, and records each
-    // side's median and the ratios. All three connections stay open for the whole benchmark.
+    // side's median and the ratios. All four connections stay open for the whole benchmark.
     // Interleaved one by one because a round trip's time here is mostly wake-ups of sleeping threads,
     // and how long those take depends on what ran just before: the C floor alone measured 55 µs per
-    // round trip, 9-15 µs between Swift's. A caller on the pool's threads crosses to the event loop
+    // round trip, 9-40 µs between Swift's. A caller on the pool's threads crosses to the event loop
     // and back on every round trip (two more wake-ups than the C floor's two); a caller on the loop
     // does not.
     let swiftRoundTrip = BenchmarkMetric.custom("Swift µs", polarity: .prefersSmaller, useScalingFactor: false)
@@ -214,10 +210,6 @@ func floorBenchmarks() {
         let floor = rr_floor_open("127.0.0.1", Int32(fixture.server.plainTextPort!), "bench", fixture.passwordText, nil, 0)
         precondition(floor != nil, "the C floor could not connect")
         defer { rr_floor_close(floor) }
-        func microseconds(_ duration: Duration) -> Double {
-            Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
-        }
-        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         for _ in benchmark.scaledIterations {
             var swift: [Double] = []
             var c: [Double] = []
@@ -318,14 +310,11 @@ func floorBenchmarks() {
     }
 }
 
-/// Runs a task's jobs on one event loop: what an application whose handlers run on their connection's
-/// loop gets (no crossing between threads on a round trip).
-private final class LoopExecutor: TaskExecutor {
-    let loop: any EventLoop
-    init(loop: any EventLoop) { self.loop = loop }
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        let executor = self.asUnownedTaskExecutor()
-        self.loop.execute { job.runSynchronously(on: executor) }
-    }
+
+/// A duration in microseconds, for the pairs' medians.
+private func microseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
 }
+
+/// The median of a sample's rounds.
+private func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }

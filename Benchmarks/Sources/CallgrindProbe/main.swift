@@ -98,16 +98,6 @@ func runSwift() async throws {
     }
 }
 
-/// Runs a task's jobs on one event loop.
-final class LoopExecutor: TaskExecutor {
-    let loop: any EventLoop
-    init(loop: any EventLoop) { self.loop = loop }
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        let executor = self.asUnownedTaskExecutor()
-        self.loop.execute { job.runSynchronously(on: executor) }
-    }
-}
 
 /// `count` GETs from 64 tasks, through a 64-connection pool or on one connection, after one warm-up round.
 func runConcurrentGETs(pooled: Bool, tls: Bool) async throws {

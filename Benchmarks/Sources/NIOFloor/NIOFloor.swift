@@ -130,3 +130,18 @@ public struct NIOFloorConnection: Sendable {
 }
 
 private let pingCommand = resp(["PING"])
+
+/// Runs a task's jobs on one event loop (`withTaskExecutorPreference`): what an application whose
+/// handlers run on their connection's loop gets, no crossing between threads on a round trip. (NIO
+/// 2.101 has no task executor for its loops.)
+public final class LoopExecutor: TaskExecutor {
+    public let loop: any EventLoop
+
+    public init(loop: any EventLoop) { self.loop = loop }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = self.asUnownedTaskExecutor()
+        self.loop.execute { job.runSynchronously(on: executor) }
+    }
+}
