@@ -9,20 +9,8 @@ import Testing
 /// splits of the stream, from a fixed seed so that a failure can be replayed.
 @Suite("RESP framer: whole items agree with byte by byte")
 struct RESPFramerWholeItemTests {
-    /// SplitMix64: a small generator with a fixed seed.
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// One reply, as Redis writes it, nested at most `depth` deep.
-    static func reply(depth: Int, using random: inout Generator) -> [UInt8] {
+    static func reply(depth: Int, using random: inout SplitMix64) -> [UInt8] {
         switch Int.random(in: 0..<(depth > 0 ? 7 : 6), using: &random) {
         case 0: return Array("+OK\r\n".utf8)
         case 1: return Array("-ERR something went wrong\r\n".utf8)
@@ -46,7 +34,7 @@ struct RESPFramerWholeItemTests {
     /// Bytes that break headers in the ways the grammar cares about.
     static let mutations: [UInt8] = Array("0123456789-+$*:\r\nx ".utf8) + [0, 0xFF]
 
-    static func limits(using random: inout Generator) -> RESPReaderLimits {
+    static func limits(using random: inout SplitMix64) -> RESPReaderLimits {
         guard Bool.random(using: &random) else { return RESPReaderLimits() }
         return RESPReaderLimits(
             maximumBulkLength: Int.random(in: 0...120, using: &random),
@@ -86,7 +74,7 @@ struct RESPFramerWholeItemTests {
 
     @Test("20,000 random streams (a third of them mutated or cut, half with small limits), split at random: both ways report the same")
     func randomStreams() {
-        var random = Generator(state: 0x5EED_F00D)
+        var random = SplitMix64(seed: 0x5EED_F00D)
         var whole = 0
         var failed = 0
         for round in 0..<20_000 {
