@@ -19,6 +19,11 @@ struct MailboxIntegrationReviewTests {
             var connection = try await RedisConnection.connect(configuration: configuration)
             var outcomes: [String: Int] = [:]
             for round in 0..<120 {
+                // The last round's cancelled BLPOP failed its caller and then closed the connection, in
+                // one task on the loop: a task queued now runs after that close, so `isActive` below is
+                // settled (read at once, it could still say open, and this round's BLPOP would then
+                // never block on the server).
+                try await connection.eventLoop.submit {}.get()
                 if !connection.isActive {
                     await connection.close()
                     connection = try await RedisConnection.connect(configuration: configuration)
