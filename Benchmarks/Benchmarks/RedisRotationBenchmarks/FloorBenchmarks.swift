@@ -173,7 +173,7 @@ func floorBenchmarks() {
     // Sequential round trips, interleaved: each sample makes 2,000 rounds of one PING from a Swift task
     // on the shared pool's threads, one on the C floor's connection, one the bare-SwiftNIO way from the
     // same kind of task (Sources/NIOFloor: the least a NIO client does), and one from a Swift task that
-    // runs on its connection's event loop (a task executor), each timed alone, and records each
+    // runs on its connection's event loop (`connection.taskExecutor`), each timed alone, and records each
     // side's median and the ratios. All four connections stay open for the whole benchmark.
     // Interleaved one by one because a round trip's time here is mostly wake-ups of sleeping threads,
     // and how long those take depends on what ran just before: the C floor alone measured 55 µs per
@@ -203,7 +203,8 @@ func floorBenchmarks() {
         let connection = try await RedisConnection.connect(configuration: configuration)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let onLoop = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: loop)
-        let executor = LoopExecutor(loop: loop)
+        // The public way (RedisConnection.taskExecutor, RedisLoopExecutor): one executor for the run.
+        let executor = onLoop.taskExecutor
         let bare = try await NIOFloorConnection.open(
             host: "127.0.0.1", port: configuration.port, user: "bench", password: fixture.passwordText, on: MultiThreadedEventLoopGroup.singleton.next()
         )
