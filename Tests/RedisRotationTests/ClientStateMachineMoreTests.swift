@@ -48,15 +48,13 @@ struct ClientStateMachineMoreTests {
     }
 
     /// `RedisClient.lease()` does not require `run()` to have started (nor does `send`): a lease made
-    /// before `run()` schedules the one timer for its deadline. If that timer fires before `run()`
-    /// starts, `timerFired` ignores it (not running) but keeps `scheduledTimer` pointing at it, so
-    /// `withTimer` in `start` and in every later event dedupes against a timer that no longer exists:
-    /// the expiry check, the pool's lease deadlines, connect retries, health checks and the credentials'
-    /// probe retries are not scheduled again until the pool's earliest deadline changes. With the server
-    /// down at start-up the pool's earliest deadline stays the expired lease's, so it never changes: the
-    /// lease never times out and nothing is retried until another lease arrives.
-    @Test("a timer that fired before run() started is asked for again; the lease times out, the connection is retried")
-    func timerFiredBeforeStartIsLost() {
+    /// before `run()` schedules the one timer for its deadline. That timer firing before `run()` used to
+    /// be ignored while `scheduledTimer` still pointed at it, so `withTimer` in `start` deduped against a
+    /// timer that no longer existed and nothing was retried. And a client whose `run()` never starts
+    /// kept its commands waiting for ever. Now the lease fails at its deadline, saying the client is not
+    /// running, and `start` schedules its own deadlines afresh.
+    @Test("a lease deadline before run(): the lease fails at it with leaseTimeout naming run(); run() started later asks for its timers again, and the connection is retried")
+    func timerFiredBeforeStart() {
         var machine = Machine(configuration: self.configuration(), tls: nil)
         let lease = machine.registerLease()
         var timer: NIODeadline?
@@ -65,9 +63,17 @@ struct ClientStateMachineMoreTests {
         #expect(waiting == [.scheduleTimer(self.t0 + .seconds(5))])
         timer = Self.timer(after: waiting, previous: timer)
 
-        // The shell's timer fires at its deadline; run() has not begun yet: ignored, and it is gone.
-        #expect(machine.timerFired(at: self.at(.seconds(5))) == [])
-        timer = nil
+        // The shell's timer fires at its deadline; run() has not begun: the lease fails, naming run().
+        let fired = machine.timerFired(at: self.at(.seconds(5)))
+        let failure = fired.compactMap { action -> RedisError? in
+            if case .failLease(lease, .error(let error)) = action { return error }
+            return nil
+        }
+        #expect(failure.count == 1, "\(fired)")
+        #expect(failure.first?.code == .leaseTimeout)
+        #expect(failure.first?.message.contains("RedisClient.run()") == true, "\(failure)")
+        #expect(machine.leaseRequestCount == 0)
+        timer = Self.timer(after: fired, previous: nil)
 
         // run() begins 1 s later; the source delivers v1; the connection attempt fails (server down).
         var actions = machine.start(at: self.at(.seconds(6)))
@@ -75,16 +81,36 @@ struct ClientStateMachineMoreTests {
         actions += machine.connectionFailed(0, error: RedisError(code: .connectionFailed, message: "refused"), at: self.at(.seconds(6)))
         timer = Self.timer(after: actions, previous: timer)
 
-        // Something must wake the client up: the lease's deadline passed, a connect retry is due after
-        // the backoff, the expiry check is due within the hour.
+        // Something must wake the client up: a connect retry is due after the backoff, the expiry check
+        // within the hour.
         #expect(timer != nil, "no timer is pending after run() started; actions: \(actions)")
-        #expect(machine.leaseRequestCount == 1)
-        // Nothing ever changes again without a timer: an hour later the lease still waits and nothing retried.
-        if timer == nil {
-            let late = machine.registerLease()
-            let more = machine.leaseWaiting(late, deadline: self.t0 + .seconds(3600), at: self.at(.seconds(600)))
-            #expect(Self.timer(after: more, previous: nil) != nil, "a new lease does not bring a timer back either: \(more)")
+        // A lease now times out the usual way, naming the failed connect, not run().
+        let late = machine.registerLease()
+        let more = machine.leaseWaiting(late, deadline: self.t0 + .seconds(7), at: self.at(.seconds(6)))
+        #expect(Self.timer(after: more, previous: timer) != nil)
+        let timedOut = machine.timerFired(at: self.at(.seconds(7))).compactMap { action -> RedisError? in
+            if case .failLease(late, .error(let error)) = action { return error }
+            return nil
         }
+        #expect(timedOut.first?.code == .leaseTimeout)
+        #expect(timedOut.first?.message.contains("run()") == false, "\(timedOut)")
+    }
+
+    @Test("before run(), only lease deadlines are timed: several leases fail each at its own deadline, and nothing else fires")
+    func leaseDeadlinesBeforeStart() {
+        var machine = Machine(configuration: self.configuration(), tls: nil)
+        let first = machine.registerLease()
+        let second = machine.registerLease()
+        var actions = machine.leaseWaiting(first, deadline: self.t0 + .seconds(2), at: self.at())
+        actions += machine.leaseWaiting(second, deadline: self.t0 + .seconds(4), at: self.at())
+        #expect(Self.timer(after: actions, previous: nil) == self.t0 + .seconds(2))
+        let atTwo = machine.timerFired(at: self.at(.seconds(2)))
+        #expect(atTwo.contains { if case .failLease(first, .error) = $0 { return true } else { return false } }, "\(atTwo)")
+        #expect(!atTwo.contains { if case .failLease(second, _) = $0 { return true } else { return false } }, "\(atTwo)")
+        #expect(Self.timer(after: atTwo, previous: nil) == self.t0 + .seconds(4), "\(atTwo)")
+        let atFour = machine.timerFired(at: self.at(.seconds(4)))
+        #expect(atFour.contains { if case .failLease(second, .error) = $0 { return true } else { return false } }, "\(atFour)")
+        #expect(machine.leaseRequestCount == 0)
     }
 }
 

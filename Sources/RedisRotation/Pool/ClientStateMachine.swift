@@ -461,9 +461,14 @@ struct ClientStateMachine {
     /// The timer fired: whatever is due at `moment` runs (nothing, when the timer was late or replaced).
     mutating func timerFired(at moment: Moment) -> [Action] {
         guard self.runState == .running else {
-            // Before `run()`: forget the timer, so that `start` asks for the deadlines again.
-            if self.runState == .notStarted { self.scheduledTimer = nil }
-            return []
+            guard self.runState == .notStarted else { return [] }
+            // Before `run()`: forget the timer, so that `start` asks for the deadlines again. Only the
+            // pool's deadlines count meanwhile (a lease's, see `withTimer`): a command sent to a client
+            // nobody runs fails at its lease deadline, saying so, instead of waiting for ever.
+            self.scheduledTimer = nil
+            guard let deadline = self.timers[.pool], deadline <= moment.now else { return self.withTimer([]) }
+            self.timers[.pool] = nil
+            return self.withTimer(self.handle(self.pool.timerFired(now: moment.now), at: moment))
         }
         self.scheduledTimer = nil
         var actions: [Action] = []
@@ -527,7 +532,9 @@ struct ClientStateMachine {
                 }
             case .failLease(let leaseID, var error):
                 guard case .waiting = self.leaseRequests.removeValue(forKey: leaseID) else { continue }
-                if error.code == .leaseTimeout, let cause = self.lastConnectError {
+                if error.code == .leaseTimeout, self.runState == .notStarted {
+                    error.message += "; the client is not running: call RedisClient.run() (in a task or a ServiceGroup) to send commands"
+                } else if error.code == .leaseTimeout, let cause = self.lastConnectError {
                     error.message += "; the last connection attempt failed: \(cause.message)"
                     error.underlying = cause
                 }
@@ -603,7 +610,8 @@ struct ClientStateMachine {
     /// Appends the timer change, when the earliest deadline differs from the one scheduled.
     private mutating func withTimer(_ actions: [Action]) -> [Action] {
         guard self.runState != .stopped else { return actions }
-        let earliest = self.timers.values.min()
+        // Before `run()` only the pool's deadlines are kept (see `timerFired`); `start` asks for the rest.
+        let earliest = self.runState == .notStarted ? self.timers[.pool] : self.timers.values.min()
         guard earliest != self.scheduledTimer else { return actions }
         self.scheduledTimer = earliest
         return actions + [earliest.map { .scheduleTimer($0) } ?? .cancelTimer]

@@ -230,6 +230,10 @@ public final class RedisClient: Service, RedisCommandExecutor, Sendable {
     /// command or a `withConnection` body still running then fails with `connectionClosed` or
     /// ``RedisError/Code/outcomeUnknown``); new commands fail with `clientShutdown` meanwhile.
     /// Cancelling the task closes every connection at once.
+    ///
+    /// Commands sent before `run()` starts wait for it, each up to its lease deadline
+    /// (``RedisClientConfiguration/Pool/leaseTimeout``); then they fail with
+    /// ``RedisError/Code/leaseTimeout``, saying that the client is not running.
     public func run() async throws {
         var started = false
         self.decide { state, moment in
