@@ -105,18 +105,22 @@ struct LoopExecutorTests {
         }
     }
 
-    @Test("the connection's event loop group shut down while a task prefers its executor and sleeps: the task wakes and finishes (on the global executor) instead of staying suspended for ever")
+    @Test("the connection's event loop group shut down while a task prefers its executor and waits: the task wakes and finishes (on the global executor) instead of staying suspended for ever")
     func eventLoopShutDownUnderTheTask() async throws {
         let password = makePassword()
         try await withAliceServer(password: password) { server in
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let connection = try await RedisConnection.connect(configuration: self.configuration(server, password), eventLoopGroup: group)
             let started = AsyncStream<Void>.makeStream()
+            // Woken only once the group has shut down: no margin of time for the shutdown to fit in.
+            let shutDown = AsyncStream<Void>.makeStream()
             let task = Task(executorPreference: connection.taskExecutor) { () async throws -> Bool in
                 _ = try await connection.send(RedisCommand("PING"))
                 #expect(connection.eventLoop.inEventLoop)
                 started.continuation.yield()
-                try await Task.sleep(for: .milliseconds(300))
+                var wake = shutDown.stream.makeAsyncIterator()
+                await wake.next()
+                #expect(!connection.eventLoop.inEventLoop)
                 let afterShutdown: Bool
                 do {
                     _ = try await connection.send(RedisCommand("PING"))
@@ -129,6 +133,7 @@ struct LoopExecutorTests {
             var iterator = started.stream.makeAsyncIterator()
             await iterator.next()
             try await group.shutdownGracefully()
+            shutDown.continuation.yield()
             #expect(try await task.value, "a PING after the loop shut down did not fail with connectionClosed")
         }
     }
