@@ -161,6 +161,34 @@ struct MailboxIntegrationReviewTests {
         }
     }
 
+    final class NoReceiver: PubSubPushReceiver, Sendable {
+        func received(_ push: PubSubStateMachine.Push) {}
+        func unsubscribedByCommand(_ kind: PubSubStateMachine.Kind, name: PubSubName) {}
+        func connectionClosed(_ error: RedisError) {}
+    }
+
+    @Test("the client's push receiver installed on a connection whose event loop group has shut down: the install returns instead of waiting for ever (it waited on a task the loop dropped)")
+    func pushReceiverAfterLoopShutdown() async throws {
+        let password = makePassword()
+        try await withAliceServer(password: password) { server in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let configuration = RedisConnectionConfiguration(host: server.host, port: server.port, username: "alice", password: password)
+            let connection = try await RedisConnection.connect(configuration: configuration, eventLoopGroup: group)
+            try await group.shutdownGracefully()
+            let returned = Locked(false)
+            let install = Task {
+                await connection.installPushReceiver(NoReceiver())
+                returned.withLock { $0 = true }
+            }
+            // Bounded: 5 s.
+            let clock = ContinuousClock()
+            let end = clock.now + .seconds(5)
+            while clock.now < end, !returned.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(returned.withLock { $0 }, "installPushReceiver never returned")
+            install.cancel()
+        }
+    }
+
     static func describe(_ error: any Error) -> String {
         guard let error = error as? RedisError else { return "\(error)" }
         return error.code == .connectionClosed && error.commandWasNotSent ? "connectionClosed, not sent" : "\(error)"

@@ -403,15 +403,17 @@ public final class RedisConnection: Sendable {
     /// Closes `channel` with `handler` (when given) and waits until it has closed, also when its event
     /// loop has shut down meanwhile. `closeFuture.get()` would then never return: it registers its
     /// callback through a task on the loop, which a shut-down loop drops. Here the callback is
-    /// registered by a task of our own, on the loop; a dropped task releases its `ResumeOnce` unrun,
-    /// which resumes the wait (a loop closes all its channels before it shuts down).
+    /// registered by a task of our own, on the loop; a dropped task releases its ticket unrun, which
+    /// resumes the wait (a loop closes all its channels before it shuts down; see ``LoopReply``).
     private static func waitUntilClosed(_ channel: any Channel, closing handler: NIOLoopBound<RedisCommandHandler>?) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            channel.eventLoop.execute { [closed = ResumeOnce(continuation)] in
-                handler?.value.close()
-                channel.closeFuture.whenComplete { _ in closed.resume() }
-            }
+        let closed = LoopReply<Void>()
+        // The ticket's one owner is the task: released unrun, it answers the wait.
+        channel.eventLoop.execute { [ticket = closed.ticket(ifDropped: { .success(()) })] in
+            ticket.ran()
+            handler?.value.close()
+            channel.closeFuture.whenComplete { _ in closed.resume(with: .success(())) }
         }
+        try? await closed.wait()
     }
 
     /// Sends `command` and returns its reply.
@@ -922,23 +924,5 @@ public final class RedisConnection: Sendable {
         case .readOnly:
             return RedisCommand("READONLY")
         }
-    }
-}
-
-/// Resumes its continuation once: when told to, or when released without having been told (a task a
-/// shut-down event loop dropped).
-private final class ResumeOnce: Sendable {
-    private let continuation: Mutex<CheckedContinuation<Void, Never>?>
-
-    init(_ continuation: CheckedContinuation<Void, Never>) {
-        self.continuation = Mutex(continuation)
-    }
-
-    func resume() {
-        self.continuation.withLock { $0.take() }?.resume()
-    }
-
-    deinit {
-        self.resume()
     }
 }

@@ -44,8 +44,7 @@ public final class RedisLoopExecutor: TaskExecutor {
         }
         // The closure's one capture is the carrier: one allocation for both. A loop that has shut down
         // since the check above drops the closure unrun, and the carrier hands the job on (see its deinit).
-        let carrier = ScheduledJob(job: job, executor: self.asUnownedTaskExecutor())
-        self.eventLoop.execute { carrier.run() }
+        self.eventLoop.execute { [carrier = ScheduledJob(job: job, executor: self)] in carrier.run() }
     }
 
     /// A job on its way to the event loop. An event loop that has shut down releases the tasks scheduled
@@ -55,17 +54,18 @@ public final class RedisLoopExecutor: TaskExecutor {
         // Read and written only by whoever holds the last reference: the scheduling thread until the loop
         // takes the closure (NIO's lock orders the hand-over), the loop after.
         private let job: UnownedJob
-        private let executor: UnownedTaskExecutor
+        // Held strongly: the job runs on this executor, which its task's scope may let go of meanwhile.
+        private let executor: RedisLoopExecutor
         private var ran = false
 
-        init(job: UnownedJob, executor: UnownedTaskExecutor) {
+        init(job: UnownedJob, executor: RedisLoopExecutor) {
             self.job = job
             self.executor = executor
         }
 
         func run() {
             self.ran = true
-            self.job.runSynchronously(on: self.executor)
+            self.job.runSynchronously(on: self.executor.asUnownedTaskExecutor())
         }
 
         deinit {

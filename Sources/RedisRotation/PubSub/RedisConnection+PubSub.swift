@@ -65,43 +65,23 @@ extension RedisConnection {
                 }
             }
         }
-        let promise = eventLoop.makePromise(of: RESPValue.self)
         let deadline = NIODeadline.now() + TimeAmount(self.configuration.commandTimeout)
-        eventLoop.execute {
-            let router: SubscriptionRouter
-            if let existing = handler.value.pushReceiver as? SubscriptionRouter {
-                router = existing
-            } else {
-                router = SubscriptionRouter()
-                handler.value.installPushReceiver(router)
-            }
-            let (new, awaited) = router.add(id, kind: kind, names: names, continuation: continuation, backlog: backlog)
-            var replies = awaited
-            if !new.isEmpty {
-                let own = eventLoop.makePromise(of: RESPValue.self)
-                router.subscribing(kind, new, reply: own.futureResult)
-                handler.value.sendSubscriptionCommand(kind.subscribeCommand, new, promise: own, deadline: deadline)
-                replies.append(own.futureResult)
-            }
-            // Confirmed once every name is: ours, and those another subscription's command is waiting for.
-            EventLoopFuture.whenAllComplete(replies, on: eventLoop).whenSuccess { results in
-                for result in results {
-                    switch result {
-                    case .failure(let error): return promise.fail(error)
-                    case .success(let value): if case .error = value { return promise.succeed(value) }
-                    }
-                }
-                promise.succeed(.array([]))
-            }
+        let confirmed = LoopReply<RESPValue>()
+        // The ticket's one owner is the task: released unrun, it answers the wait.
+        eventLoop.execute { [ticket = confirmed.ticket(ifDropped: self.droppedByShutDownLoop)] in
+            ticket.ran()
+            let promise = eventLoop.makePromise(of: RESPValue.self)
+            Self.subscribe(id, kind, names, handler: handler, continuation: continuation, backlog: backlog, deadline: deadline, promise: promise)
+            promise.futureResult.whenComplete { confirmed.resume(with: $0) }
         }
         let reply: RESPValue
         do {
             reply = try await withTaskCancellationHandler {
-                try await promise.futureResult.get()
+                try await confirmed.wait()
             } onCancel: {
                 // The command itself goes on: others may wait for its confirmation, and ending this
                 // registration unsubscribes, after it, what only this one used.
-                promise.fail(CancellationError())
+                confirmed.resume(with: .failure(CancellationError()))
             }
         } catch {
             // Ends the registration (and unsubscribes what only it used).
@@ -115,22 +95,84 @@ extension RedisConnection {
         return RedisSubscription(stream: stream, backlog: backlog)
     }
 
-    /// Throws why the connection closed, once it has, as not sent. The paths above hand their command to
-    /// the event loop with `execute` and wait on a promise of that loop: on a loop that has shut down
-    /// (it closed the connection first) both are dropped, and the caller would wait for ever, even once
-    /// cancelled.
+    /// On the event loop: registers subscription `id` for `names`, sends the subscribe command for those
+    /// no other subscription has, and completes `promise` once every name is confirmed.
+    private static func subscribe(
+        _ id: UInt64,
+        _ kind: PubSubStateMachine.Kind,
+        _ names: [PubSubName],
+        handler: NIOLoopBound<RedisCommandHandler>,
+        continuation: AsyncThrowingStream<RedisPubSubMessage, any Error>.Continuation,
+        backlog: SubscriptionBacklog,
+        deadline: NIODeadline,
+        promise: EventLoopPromise<RESPValue>
+    ) {
+        let eventLoop = handler.eventLoop
+        let router: SubscriptionRouter
+        if let existing = handler.value.pushReceiver as? SubscriptionRouter {
+            router = existing
+        } else {
+            router = SubscriptionRouter()
+            handler.value.installPushReceiver(router)
+        }
+        let (new, awaited) = router.add(id, kind: kind, names: names, continuation: continuation, backlog: backlog)
+        var replies = awaited
+        if !new.isEmpty {
+            let own = eventLoop.makePromise(of: RESPValue.self)
+            router.subscribing(kind, new, reply: own.futureResult)
+            handler.value.sendSubscriptionCommand(kind.subscribeCommand, new, promise: own, deadline: deadline)
+            replies.append(own.futureResult)
+        }
+        // Confirmed once every name is: ours, and those another subscription's command is waiting for.
+        EventLoopFuture.whenAllComplete(replies, on: eventLoop).whenSuccess { results in
+            for result in results {
+                switch result {
+                case .failure(let error): return promise.fail(error)
+                case .success(let value): if case .error = value { return promise.succeed(value) }
+                }
+            }
+            promise.succeed(.array([]))
+        }
+    }
+
+    /// Throws why the connection closed, once it has, as not sent: such a command is not handed to the
+    /// event loop at all.
     private func checkOpen() throws(RedisError) {
-        guard var error = self.progress.closeReason else { return }
-        error.commandWasNotSent = true
+        guard let error = self.notSentBecauseClosed else { return }
         throw error
     }
 
+    private var notSentBecauseClosed: RedisError? {
+        guard var error = self.progress.closeReason else { return nil }
+        error.commandWasNotSent = true
+        return error
+    }
+
+    /// What a wait gets when the task it scheduled on the event loop was dropped unrun: the loop shut
+    /// down between the caller's check and the task (it closed the connection first).
+    private var droppedByShutDownLoop: @Sendable () -> Result<RESPValue, any Error> {
+        let progress = self.progress
+        return {
+            var error = progress.closeReason ?? RedisError(code: .connectionClosed, message: "the connection's event loop has shut down")
+            error.commandWasNotSent = true
+            return .failure(error)
+        }
+    }
+
     /// Installs `receiver` as the one hearer of this connection's pushes (the client's subscriber,
-    /// which needs one ordered stream of everything the connection receives).
+    /// which needs one ordered stream of everything the connection receives). Returns once it is
+    /// installed, or at once when the event loop has shut down (nothing is heard then).
     func installPushReceiver(_ receiver: some PubSubPushReceiver & Sendable) async {
         let handler = self.handler
         self.session.withLock { $0.state.commandEnqueued(.irreversible("SUBSCRIBE")) }
-        try? await self.eventLoop.submit { handler.value.installPushReceiver(receiver) }.get()
+        let installed = LoopReply<Void>()
+        // The ticket's one owner is the task: released unrun, it answers the wait.
+        self.eventLoop.execute { [ticket = installed.ticket(ifDropped: { .success(()) })] in
+            ticket.ran()
+            handler.value.installPushReceiver(receiver)
+            installed.resume(with: .success(()))
+        }
+        try? await installed.wait()
     }
 
     /// Sends `PING` and calls `atReply` on the event loop when the reply arrives, before anything the
@@ -139,19 +181,14 @@ extension RedisConnection {
     ///
     /// - Throws: `serverError`, `commandTimeout`, `connectionClosed`.
     func ping(timeout: Duration, atReply: @escaping @Sendable () -> Void) async throws {
-        try self.checkOpen()
-        let handler = self.handler
-        let promise = self.eventLoop.makePromise(of: RESPValue.self)
-        let deadline = NIODeadline.now() + TimeAmount(timeout)
-        self.eventLoop.execute {
+        let reply = try await self.sendSubscriptionCommand("PING", [], timeout: timeout) { promise in
             // Registered before the command goes out, so it runs inside the read of the reply.
             promise.futureResult.whenSuccess { value in
                 if case .error = value { return }
                 atReply()
             }
-            handler.value.sendSubscriptionCommand("PING", [], promise: promise, deadline: deadline)
         }
-        if case .error(let buffer) = try await promise.futureResult.get() {
+        if case .error(let buffer) = reply {
             throw Self.serverError(buffer, command: RedisCommand("PING"))
         }
     }
@@ -160,14 +197,33 @@ extension RedisConnection {
     ///
     /// - Throws: `serverError` for an error reply, `commandTimeout`, `connectionClosed`.
     func sendSubscriptionCommand(_ name: String, _ names: [PubSubName], timeout: Duration) async throws {
-        try self.checkOpen()
-        let handler = self.handler
-        let promise = self.eventLoop.makePromise(of: RESPValue.self)
-        let deadline = NIODeadline.now() + TimeAmount(timeout)
-        self.eventLoop.execute { handler.value.sendSubscriptionCommand(name, names, promise: promise, deadline: deadline) }
-        if case .error(let buffer) = try await promise.futureResult.get() {
+        if case .error(let buffer) = try await self.sendSubscriptionCommand(name, names, timeout: timeout, before: { _ in }) {
             throw Self.serverError(buffer, command: RedisCommand(name))
         }
+    }
+
+    /// Sends `name names...` from the event loop, after `before` has seen its promise there, and returns
+    /// the reply; a connection that has closed (or a loop that has shut down) fails it as not sent.
+    private func sendSubscriptionCommand(
+        _ name: String,
+        _ names: [PubSubName],
+        timeout: Duration,
+        before: @escaping @Sendable (EventLoopPromise<RESPValue>) -> Void
+    ) async throws -> RESPValue {
+        try self.checkOpen()
+        let handler = self.handler
+        let eventLoop = self.eventLoop
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
+        let reply = LoopReply<RESPValue>()
+        // The ticket's one owner is the task: released unrun, it answers the wait.
+        eventLoop.execute { [ticket = reply.ticket(ifDropped: self.droppedByShutDownLoop)] in
+            ticket.ran()
+            let promise = eventLoop.makePromise(of: RESPValue.self)
+            before(promise)
+            promise.futureResult.whenComplete { reply.resume(with: $0) }
+            handler.value.sendSubscriptionCommand(name, names, promise: promise, deadline: deadline)
+        }
+        return try await reply.wait()
     }
 }
 
