@@ -75,8 +75,16 @@ func readmeExample() async throws {
     let names = pipeline.hkeys("user:42")
     let results = try await connection.pipeline(pipeline)
     let (count, fields) = (try results[visits], try results[names])  // Int, [ByteBuffer]
+
+    // Sequential work without a thread hop per round trip: the task runs on the connection's event
+    // loop (it shares that thread with the loop's I/O, so keep it to code that mostly waits for Redis).
+    let recent = try await withTaskExecutorPreference(connection.taskExecutor) {
+        var values: [String?] = []
+        for key in ["a", "b", "c"] { values.append(try await connection.get(RedisKey(key), as: String.self)) }
+        return values
+    }
     await connection.close()
-    _ = (greeting, count, fields)
+    _ = (greeting, count, fields, recent)
 }
 
 /// The README's TLS example, verbatim.
