@@ -200,6 +200,7 @@ struct ClientStateMachine {
         let first = self.credentials.current == nil
         var actions = self.handle(self.credentials.sourceReported(credentials, now: moment.now), at: moment)
         if first {
+            for id in self.connectsAwaitingCredentials { self.pool.connectStarted(id, now: moment.now) }
             actions += self.connectsAwaitingCredentials.map { .connect($0) }
             self.connectsAwaitingCredentials.removeAll()
             actions += self.handle(self.pool.targetVersionChanged(credentials.version, now: moment.now), at: moment)
@@ -492,6 +493,7 @@ struct ClientStateMachine {
             switch action {
             case .createConnection(let id):
                 if self.credentials.current == nil {
+                    self.pool.connectDeferred(id)
                     self.connectsAwaitingCredentials.append(id)
                 } else {
                     result.append(.connect(id))

@@ -702,6 +702,21 @@ struct PoolStateMachine {
         return actions
     }
 
+    /// Connection `id` cannot begin its handshake yet (no credentials are known: before `run()`, or a
+    /// provider still fetching): it is no handshake that could stall, so it is not hedged until
+    /// ``connectStarted(_:now:)``. Hedging it opened one slot more at each hedge deadline, all of
+    /// which connected at once when the credentials came (found by a hostile review).
+    mutating func connectDeferred(_ id: ConnectionID) {
+        guard self.slots[id]?.state == .connecting else { return }
+        self.slots[id]!.connectingSince = nil
+    }
+
+    /// The deferred handshake of connection `id` begins now.
+    mutating func connectStarted(_ id: ConnectionID, now: NIODeadline) {
+        guard self.slots[id]?.state == .connecting else { return }
+        self.slots[id]!.connectingSince = now
+    }
+
     private mutating func openSlot(replacing old: ConnectionID?, now: NIODeadline) -> ConnectionID {
         let id = self.nextConnectionID
         self.nextConnectionID += 1
