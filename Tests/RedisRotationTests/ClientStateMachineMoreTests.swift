@@ -146,7 +146,18 @@ extension ClientStateMachineMoreTests {
         }
     }
 
-    func rich(seed: UInt64) -> [String] {
+    @Test("random interleavings with events before run() starts", arguments: 0..<2)
+    func richInterleavingsBeforeStart(batch: Int) {
+        for seed in UInt64(5000 + batch * 100)..<UInt64(5000 + batch * 100 + 100) {
+            let problems = self.rich(seed: seed, preStart: 1 + Int(seed % 40))
+            #expect(problems.isEmpty, "seed \(seed): \(problems.prefix(5))")
+            if !problems.isEmpty { return }
+        }
+    }
+
+    /// `preStart`: that many random events (leases, cancellations, due and stale timers, time passing)
+    /// happen before `run()` starts.
+    func rich(seed: UInt64, preStart: Int = 0) -> [String] {
         var random = SplitMix64(seed: seed)
         var configuration = Machine.Configuration()
         configuration.pool.minimumConnections = 1
@@ -169,6 +180,43 @@ extension ClientStateMachineMoreTests {
         var stopped = false
         var generations: [Int: UInt64] = [:]
         func moment() -> Machine.Moment { self.at(elapsed, random: Double.random(in: 0..<1, using: &random)) }
+        for step in 0..<preStart {
+            var actions: [Action] = []
+            switch Int.random(in: 0..<6, using: &random) {
+            case 0, 1:
+                let lease = machine.registerLease()
+                shell.registered.insert(lease)
+                if Int.random(in: 0..<4, using: &random) == 0 {
+                    actions = machine.leaseCancelled(lease, at: moment())
+                    shell.waiting[lease] = moment().now + .seconds(2)
+                    actions += machine.leaseWaiting(lease, deadline: moment().now + .seconds(2), at: moment())
+                } else {
+                    shell.waiting[lease] = moment().now + .milliseconds(Int64.random(in: 100...3000, using: &random))
+                    actions = machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
+                }
+            case 2:
+                if let lease = shell.waiting.keys.sorted().randomElement(using: &random) {
+                    actions = machine.leaseCancelled(lease, at: moment())
+                }
+            case 3:
+                actions = machine.timerFired(at: moment())
+            default:
+                elapsed = elapsed + .milliseconds(Int64.random(in: 1...400, using: &random))
+                if let timer = shell.timer, timer <= moment().now {
+                    actions = machine.timerFired(at: moment())
+                }
+            }
+            for action in actions {
+                switch action {
+                case .grantLease, .reauthenticate, .healthCheck, .restore, .probe, .closeConnection:
+                    shell.problems.append("pre-start step \(step): \(action) before run()")
+                default: break
+                }
+            }
+            shell.apply(actions, step: step - preStart)
+            if let problem = shell.checkTimer(step: step - preStart) { shell.problems.append("before run(): \(problem)") }
+            if !shell.problems.isEmpty { return shell.problems }
+        }
         shell.apply(machine.start(at: moment()), step: -1)
         shell.apply(machine.sourceReported(self.v1, at: moment()), step: -1)
 
