@@ -1,4 +1,3 @@
-import Foundation
 import NIOCore
 import Testing
 
@@ -6,17 +5,30 @@ import Testing
 
 /// Hostile review of "a client whose run() never starts fails its commands at their lease deadline":
 /// before `run()`, the pool's timer now fires, and with it everything the pool does at a timer.
-@Suite("Client state machine: timers before run() (review)")
-struct ClientNotRunningReviewTests {
-    typealias Machine = ClientStateMachine
-    typealias Action = ClientStateMachine.Action
+extension ClientStateMachineMoreTests {
+    /// One connection at most, hedged after a second, with room for four handshakes at once.
+    func hedgingConfiguration() -> Machine.Configuration {
+        var configuration = Machine.Configuration()
+        configuration.pool.minimumConnections = 0
+        configuration.pool.maximumConnections = 1
+        configuration.pool.maximumConcurrentHandshakes = 4
+        configuration.pool.handshakeHedgeDelay = .seconds(1)
+        return configuration
+    }
 
-    let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
-    let d0 = Date(timeIntervalSince1970: 1_800_000_000)
-    let v1 = RedisCredentials(username: "u", password: "one", version: "v1")
-
-    func at(_ offset: TimeAmount = .zero) -> Machine.Moment {
-        .init(now: self.t0 + offset, date: self.d0.addingTimeInterval(Double(offset.nanoseconds) / 1e9), random: 0)
+    /// Fires every timer that falls due from `timer` up to `end` (at most 50), as a shell would; returns
+    /// the actions of all of them.
+    func fireTimers(of machine: inout Machine, from timer: NIODeadline?, until end: NIODeadline) -> [Action] {
+        var timer = timer
+        var all: [Action] = []
+        var fired = 0
+        while let due = timer, due <= end, fired < 50 {
+            fired += 1
+            let actions = machine.timerFired(at: .init(now: due, date: self.d0, random: 0))
+            all += actions
+            timer = Self.timer(after: actions, previous: nil)
+        }
+        return all
     }
 
     /// Before `run()` no credentials are known, so the slot the pool opens for a waiting lease does not
@@ -26,22 +38,12 @@ struct ClientNotRunningReviewTests {
     /// few seconds before `run()` opens a burst of connections, well over `maximumConnections`.
     @Test("a lease waiting before run(): the pre-run timers open no further connections; run() opens one for it, as without a timer")
     func noHedgingBeforeRun() {
-        var configuration = Machine.Configuration()
-        configuration.pool.minimumConnections = 0
-        configuration.pool.maximumConnections = 1
-        configuration.pool.maximumConcurrentHandshakes = 4
-        configuration.pool.handshakeHedgeDelay = .seconds(1)
-        var machine = Machine(configuration: configuration, tls: nil)
+        var machine = Machine(configuration: self.hedgingConfiguration(), tls: nil)
         let lease = machine.registerLease()
-        var timer = ClientStateMachineMoreTests.timer(after: machine.leaseWaiting(lease, deadline: self.t0 + .seconds(20), at: self.at()), previous: nil)
+        let timer = Self.timer(after: machine.leaseWaiting(lease, deadline: self.t0 + .seconds(20), at: self.at()), previous: nil)
         // The shell fires every timer that falls due before run() starts, 5 s later.
-        var fired = 0
-        while let due = timer, due <= self.t0 + .seconds(5), fired < 50 {
-            fired += 1
-            let actions = machine.timerFired(at: .init(now: due, date: self.d0, random: 0))
-            #expect(!actions.contains { if case .connect = $0 { return true } else { return false } }, "\(actions)")
-            timer = ClientStateMachineMoreTests.timer(after: actions, previous: nil)
-        }
+        let fired = self.fireTimers(of: &machine, from: timer, until: self.t0 + .seconds(5))
+        #expect(!fired.contains { if case .connect = $0 { return true } else { return false } }, "\(fired)")
         #expect(machine.pool.slots.count <= 1, "slots opened before run(): \(machine.pool.slots.keys.sorted())")
         var actions = machine.start(at: self.at(.seconds(5)))
         actions += machine.sourceReported(self.v1, at: self.at(.seconds(5)))
@@ -55,20 +57,11 @@ struct ClientNotRunningReviewTests {
     /// credentials, not for a handshake, and is not hedged either.
     @Test("a lease waiting while the credential provider fetches: no hedged slots; the first credentials open one connection for it")
     func noHedgingWhileCredentialsFetch() {
-        var configuration = Machine.Configuration()
-        configuration.pool.minimumConnections = 0
-        configuration.pool.maximumConnections = 1
-        configuration.pool.maximumConcurrentHandshakes = 4
-        configuration.pool.handshakeHedgeDelay = .seconds(1)
-        var machine = Machine(configuration: configuration, tls: nil)
-        var timer = ClientStateMachineMoreTests.timer(after: machine.start(at: self.at()), previous: nil)
+        var machine = Machine(configuration: self.hedgingConfiguration(), tls: nil)
+        var timer = Self.timer(after: machine.start(at: self.at()), previous: nil)
         let lease = machine.registerLease()
-        timer = ClientStateMachineMoreTests.timer(after: machine.leaseWaiting(lease, deadline: self.t0 + .seconds(20), at: self.at()), previous: timer)
-        var fired = 0
-        while let due = timer, due <= self.t0 + .seconds(5), fired < 50 {
-            fired += 1
-            timer = ClientStateMachineMoreTests.timer(after: machine.timerFired(at: .init(now: due, date: self.d0, random: 0)), previous: nil)
-        }
+        timer = Self.timer(after: machine.leaseWaiting(lease, deadline: self.t0 + .seconds(20), at: self.at()), previous: timer)
+        _ = self.fireTimers(of: &machine, from: timer, until: self.t0 + .seconds(5))
         let actions = machine.sourceReported(self.v1, at: self.at(.seconds(5)))
         let connects = actions.filter { if case .connect = $0 { return true } else { return false } }
         #expect(connects.count == 1, "the first credentials open \(connects.count) connections at once for one command (maximum 1): \(connects)")

@@ -180,24 +180,30 @@ extension ClientStateMachineMoreTests {
         var stopped = false
         var generations: [Int: UInt64] = [:]
         func moment() -> Machine.Moment { self.at(elapsed, random: Double.random(in: 0..<1, using: &random)) }
+        // A lease request, a quarter of them cancelled before they wait (before and after run()).
+        func requestLease() -> [Action] {
+            let lease = machine.registerLease()
+            shell.registered.insert(lease)
+            if Int.random(in: 0..<4, using: &random) == 0 {
+                var actions = machine.leaseCancelled(lease, at: moment())
+                shell.waiting[lease] = moment().now + .seconds(2)
+                actions += machine.leaseWaiting(lease, deadline: moment().now + .seconds(2), at: moment())
+                return actions
+            }
+            shell.waiting[lease] = moment().now + .milliseconds(Int64.random(in: 100...3000, using: &random))
+            return machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
+        }
+        func cancelALease() -> [Action] {
+            guard let lease = shell.waiting.keys.sorted().randomElement(using: &random) else { return [] }
+            return machine.leaseCancelled(lease, at: moment())
+        }
         for step in 0..<preStart {
             var actions: [Action] = []
             switch Int.random(in: 0..<6, using: &random) {
             case 0, 1:
-                let lease = machine.registerLease()
-                shell.registered.insert(lease)
-                if Int.random(in: 0..<4, using: &random) == 0 {
-                    actions = machine.leaseCancelled(lease, at: moment())
-                    shell.waiting[lease] = moment().now + .seconds(2)
-                    actions += machine.leaseWaiting(lease, deadline: moment().now + .seconds(2), at: moment())
-                } else {
-                    shell.waiting[lease] = moment().now + .milliseconds(Int64.random(in: 100...3000, using: &random))
-                    actions = machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
-                }
+                actions = requestLease()
             case 2:
-                if let lease = shell.waiting.keys.sorted().randomElement(using: &random) {
-                    actions = machine.leaseCancelled(lease, at: moment())
-                }
+                actions = cancelALease()
             case 3:
                 actions = machine.timerFired(at: moment())
             default:
@@ -224,20 +230,9 @@ extension ClientStateMachineMoreTests {
             var actions: [Action] = []
             switch Int.random(in: 0..<18, using: &random) {
             case 0, 1:
-                let lease = machine.registerLease()
-                shell.registered.insert(lease)
-                if Int.random(in: 0..<4, using: &random) == 0 {
-                    actions = machine.leaseCancelled(lease, at: moment())
-                    shell.waiting[lease] = moment().now + .seconds(2)
-                    actions += machine.leaseWaiting(lease, deadline: moment().now + .seconds(2), at: moment())
-                } else {
-                    shell.waiting[lease] = moment().now + .milliseconds(Int64.random(in: 100...3000, using: &random))
-                    actions = machine.leaseWaiting(lease, deadline: shell.waiting[lease]!, at: moment())
-                }
+                actions = requestLease()
             case 2:
-                if let lease = shell.waiting.keys.sorted().randomElement(using: &random) {
-                    actions = machine.leaseCancelled(lease, at: moment())
-                }
+                actions = cancelALease()
             case 3, 4:
                 if let id = shell.connecting.sorted().randomElement(using: &random) {
                     shell.connecting.remove(id)
