@@ -103,12 +103,8 @@ func floorBenchmarks() {
         let nioFloor = security == .plain
         Benchmark(
             "Pair: reconnect \(security.rawValue), Swift / C floor\(nioFloor ? " / bare-NIO floor" : ""), interleaved",
-            configuration: .init(
-                metrics: [swiftMicroseconds, cMicroseconds, swiftOverC] + (nioFloor ? [nioMicroseconds, swiftOverNIO, nioOverC] : []),
-                warmupIterations: 1,
-                scalingFactor: .one,
-                maxDuration: .seconds(60),
-                maxIterations: 10
+            configuration: pairConfiguration(
+                [swiftMicroseconds, cMicroseconds, swiftOverC] + (nioFloor ? [nioMicroseconds, swiftOverNIO, nioOverC] : [])
             )
         ) { benchmark in
             let fixture = Fixture.shared!
@@ -180,22 +176,13 @@ func floorBenchmarks() {
     // round trip, 9-40 µs between Swift's. A caller on the pool's threads crosses to the event loop
     // and back on every round trip (two more wake-ups than the C floor's two); a caller on the loop
     // does not.
-    let swiftRoundTrip = BenchmarkMetric.custom("Swift µs", polarity: .prefersSmaller, useScalingFactor: false)
+    // The reconnect pairs' metrics (same names), and the on-the-loop side's own.
     let onLoopRoundTrip = BenchmarkMetric.custom("Swift on the loop µs", polarity: .prefersSmaller, useScalingFactor: false)
-    let cRoundTrip = BenchmarkMetric.custom("C floor µs", polarity: .prefersSmaller, useScalingFactor: false)
-    let roundTripRatio = BenchmarkMetric.custom("Swift / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
     let onLoopRatio = BenchmarkMetric.custom("Swift on the loop / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
-    let nioRoundTrip = BenchmarkMetric.custom("NIO floor µs", polarity: .prefersSmaller, useScalingFactor: false)
-    let nioRoundTripRatio = BenchmarkMetric.custom("NIO floor / C floor %", polarity: .prefersSmaller, useScalingFactor: false)
-    let swiftOverNIORoundTrip = BenchmarkMetric.custom("Swift / NIO floor %", polarity: .prefersSmaller, useScalingFactor: false)
     Benchmark(
         "Pair: sequential round trips (PING) on one connection, Swift / C floor, interleaved",
-        configuration: .init(
-            metrics: [swiftRoundTrip, cRoundTrip, roundTripRatio, nioRoundTrip, nioRoundTripRatio, swiftOverNIORoundTrip, onLoopRoundTrip, onLoopRatio],
-            warmupIterations: 1,
-            scalingFactor: .one,
-            maxDuration: .seconds(60),
-            maxIterations: 10
+        configuration: pairConfiguration(
+            [swiftMicroseconds, cMicroseconds, swiftOverC, nioMicroseconds, nioOverC, swiftOverNIO, onLoopRoundTrip, onLoopRatio]
         )
     ) { benchmark in
         let fixture = Fixture.shared!
@@ -235,12 +222,12 @@ func floorBenchmarks() {
                 )
             }
             let (s, f, l, n) = (median(swift), median(c), median(looped), median(nio))
-            benchmark.measurement(nioRoundTrip, Int(n.rounded()))
-            benchmark.measurement(nioRoundTripRatio, Int((n / f * 100).rounded()))
-            benchmark.measurement(swiftOverNIORoundTrip, Int((s / n * 100).rounded()))
-            benchmark.measurement(swiftRoundTrip, Int(s.rounded()))
-            benchmark.measurement(cRoundTrip, Int(f.rounded()))
-            benchmark.measurement(roundTripRatio, Int((s / f * 100).rounded()))
+            benchmark.measurement(nioMicroseconds, Int(n.rounded()))
+            benchmark.measurement(nioOverC, Int((n / f * 100).rounded()))
+            benchmark.measurement(swiftOverNIO, Int((s / n * 100).rounded()))
+            benchmark.measurement(swiftMicroseconds, Int(s.rounded()))
+            benchmark.measurement(cMicroseconds, Int(f.rounded()))
+            benchmark.measurement(swiftOverC, Int((s / f * 100).rounded()))
             benchmark.measurement(onLoopRoundTrip, Int(l.rounded()))
             benchmark.measurement(onLoopRatio, Int((l / f * 100).rounded()))
         }
@@ -313,6 +300,12 @@ func floorBenchmarks() {
 
 
 /// A duration in microseconds, for the pairs' medians.
+/// An interleaved pair's configuration: one warm-up sample, then up to 10 (each sample is many rounds
+/// of every side, and records their medians).
+func pairConfiguration(_ metrics: [BenchmarkMetric]) -> Benchmark.Configuration {
+    .init(metrics: metrics, warmupIterations: 1, scalingFactor: .one, maxDuration: .seconds(60), maxIterations: 10)
+}
+
 private func microseconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
 }
