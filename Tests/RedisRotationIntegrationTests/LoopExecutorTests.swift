@@ -140,35 +140,49 @@ struct LoopExecutorTests {
 
     @Test("a pooled connection used from a task on its event loop (withConnection, a transaction inside): the awaits stay on the loop, and the connection goes back to the pool clean")
     func pooledConnectionOnItsLoop() async throws {
-        let password = makePassword()
-        try await withAliceServer(password: password) { server in
-            let client = try RedisClient(
-                configuration: RedisClientConfiguration(
-                    host: server.host,
-                    port: server.port,
-                    name: "onloop",
-                    pool: .init(minimumConnections: 1, maximumConnections: 1, leaseTimeout: .seconds(10))
-                ),
-                credentials: .fixed(RedisCredentials(username: "alice", password: password, version: "v1"))
-            )
-            try await withRunningClient(client) { client in
-                let key = uniqueKey("onloop-pool")
-                let (exec, onLoop) = try await client.withConnection { connection in
+        try await withOneConnectionClient(name: "onloop") { _, client in
+            let key = uniqueKey("onloop-pool")
+            let (exec, onLoop) = try await client.withConnection { connection in
+                try await withTaskExecutorPreference(connection.taskExecutor) {
+                    _ = try await connection.send(RedisCommand("MULTI"))
+                    _ = try await connection.send(RedisCommand("INCR", .key(key)))
+                    let exec = try await connection.send(RedisCommand("EXEC"))
+                    return (exec, connection.eventLoop.inEventLoop)
+                }
+            }
+            #expect(exec.array?.first?.int == 1)
+            #expect(onLoop)
+            // The one pooled connection came back clean and serves the pool.
+            #expect(try await client.incr(key) == 2)
+            let id = try await client.withConnection { connection in connection.id }
+            #expect(try await client.withConnection { $0.isInTransaction } == false)
+            #expect(try await client.withConnection { $0.id } == id)
+        }
+    }
+
+    @Test("a task on a pooled connection's event loop cancelled inside withConnection with a MULTI open: the queued INCR never runs, and the connection comes back out of the transaction")
+    func cancelledTransactionOnItsLoop() async throws {
+        try await withOneConnectionClient(name: "onloop-cancel") { (_, client) async throws in
+            let key = uniqueKey("onloop-cancelled")
+            let queued = AsyncStream<Int>.makeStream()
+            let task = Task {
+                try await client.withConnection { connection in
                     try await withTaskExecutorPreference(connection.taskExecutor) {
                         _ = try await connection.send(RedisCommand("MULTI"))
                         _ = try await connection.send(RedisCommand("INCR", .key(key)))
-                        let exec = try await connection.send(RedisCommand("EXEC"))
-                        return (exec, connection.eventLoop.inEventLoop)
+                        queued.continuation.yield(connection.id)
+                        // Cancelled here, on the loop, with the transaction open.
+                        try await Task.sleep(for: .seconds(60))
                     }
                 }
-                #expect(exec.array?.first?.int == 1)
-                #expect(onLoop)
-                // The one pooled connection came back clean and serves the pool.
-                #expect(try await client.incr(key) == 2)
-                let id = try await client.withConnection { connection in connection.id }
-                #expect(try await client.withConnection { $0.isInTransaction } == false)
-                #expect(try await client.withConnection { $0.id } == id)
             }
+            var iterator = queued.stream.makeAsyncIterator()
+            let id = await iterator.next()
+            task.cancel()
+            await #expect(throws: CancellationError.self) { try await task.value }
+            #expect(try await client.withConnection { $0.isInTransaction } == false)
+            #expect(try await client.withConnection { $0.id } == id)
+            #expect(try await client.get(key) == nil, "the INCR queued in the abandoned MULTI ran")
         }
     }
 }
