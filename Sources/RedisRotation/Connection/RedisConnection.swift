@@ -404,16 +404,16 @@ public final class RedisConnection: Sendable {
     /// loop has shut down meanwhile. `closeFuture.get()` would then never return: it registers its
     /// callback through a task on the loop, which a shut-down loop drops. Here the callback is
     /// registered by a task of our own, on the loop; a dropped task releases its ticket unrun, which
-    /// resumes the wait (a loop closes all its channels before it shuts down; see ``LoopReply``).
+    /// resumes the wait (a loop closes all its channels before it shuts down; see ``DroppedTaskTicket``).
     private static func waitUntilClosed(_ channel: any Channel, closing handler: NIOLoopBound<RedisCommandHandler>?) async {
-        let closed = LoopReply<Void>()
-        // The ticket's one owner is the task: released unrun, it answers the wait.
-        channel.eventLoop.execute { [ticket = closed.ticket(ifDropped: { .success(()) })] in
-            ticket.ran()
-            handler?.value.close()
-            channel.closeFuture.whenComplete { _ in closed.resume(with: .success(())) }
+        await withCheckedContinuation { (closed: CheckedContinuation<Void, Never>) in
+            // The ticket's one owner is the task: released unrun, it resumes the wait.
+            channel.eventLoop.execute { [ticket = DroppedTaskTicket(onDrop: { closed.resume() })] in
+                ticket.ran()
+                handler?.value.close()
+                channel.closeFuture.whenComplete { _ in closed.resume() }
+            }
         }
-        try? await closed.wait()
     }
 
     /// Sends `command` and returns its reply.

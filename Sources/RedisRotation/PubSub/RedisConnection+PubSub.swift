@@ -66,22 +66,22 @@ extension RedisConnection {
             }
         }
         let deadline = NIODeadline.now() + TimeAmount(self.configuration.commandTimeout)
-        let confirmed = LoopReply<RESPValue>()
+        let confirmed = ReplyBox()
         // The ticket's one owner is the task: released unrun, it answers the wait.
-        eventLoop.execute { [ticket = confirmed.ticket(ifDropped: self.droppedByShutDownLoop)] in
+        eventLoop.execute { [ticket = self.ticketFailing(confirmed)] in
             ticket.ran()
             let promise = eventLoop.makePromise(of: RESPValue.self)
             Self.subscribe(id, kind, names, handler: handler, continuation: continuation, backlog: backlog, deadline: deadline, promise: promise)
-            promise.futureResult.whenComplete { confirmed.resume(with: $0) }
+            promise.futureResult.whenComplete { confirmed.complete($0) }
         }
         let reply: RESPValue
         do {
             reply = try await withTaskCancellationHandler {
-                try await confirmed.wait()
+                try await confirmed.value()
             } onCancel: {
                 // The command itself goes on: others may wait for its confirmation, and ending this
                 // registration unsubscribes, after it, what only this one used.
-                confirmed.resume(with: .failure(CancellationError()))
+                confirmed.complete(.failure(CancellationError()))
             }
         } catch {
             // Ends the registration (and unsubscribes what only it used).
@@ -148,14 +148,14 @@ extension RedisConnection {
         return error
     }
 
-    /// What a wait gets when the task it scheduled on the event loop was dropped unrun: the loop shut
-    /// down between the caller's check and the task (it closed the connection first).
-    private var droppedByShutDownLoop: @Sendable () -> Result<RESPValue, any Error> {
+    /// For a task that answers `box` on the event loop: dropped unrun (the loop shut down between the
+    /// caller's check and the task; it closed the connection first), it fails `box` as not sent.
+    private func ticketFailing(_ box: ReplyBox) -> DroppedTaskTicket {
         let progress = self.progress
-        return {
+        return DroppedTaskTicket {
             var error = progress.closeReason ?? RedisError(code: .connectionClosed, message: "the connection's event loop has shut down")
             error.commandWasNotSent = true
-            return .failure(error)
+            box.complete(.failure(error))
         }
     }
 
@@ -165,14 +165,14 @@ extension RedisConnection {
     func installPushReceiver(_ receiver: some PubSubPushReceiver & Sendable) async {
         let handler = self.handler
         self.session.withLock { $0.state.commandEnqueued(.irreversible("SUBSCRIBE")) }
-        let installed = LoopReply<Void>()
-        // The ticket's one owner is the task: released unrun, it answers the wait.
-        self.eventLoop.execute { [ticket = installed.ticket(ifDropped: { .success(()) })] in
-            ticket.ran()
-            handler.value.installPushReceiver(receiver)
-            installed.resume(with: .success(()))
+        await withCheckedContinuation { (installed: CheckedContinuation<Void, Never>) in
+            // The ticket's one owner is the task: released unrun, it resumes the wait.
+            self.eventLoop.execute { [ticket = DroppedTaskTicket(onDrop: { installed.resume() })] in
+                ticket.ran()
+                handler.value.installPushReceiver(receiver)
+                installed.resume()
+            }
         }
-        try? await installed.wait()
     }
 
     /// Sends `PING` and calls `atReply` on the event loop when the reply arrives, before anything the
@@ -214,16 +214,16 @@ extension RedisConnection {
         let handler = self.handler
         let eventLoop = self.eventLoop
         let deadline = NIODeadline.now() + TimeAmount(timeout)
-        let reply = LoopReply<RESPValue>()
+        let reply = ReplyBox()
         // The ticket's one owner is the task: released unrun, it answers the wait.
-        eventLoop.execute { [ticket = reply.ticket(ifDropped: self.droppedByShutDownLoop)] in
+        eventLoop.execute { [ticket = self.ticketFailing(reply)] in
             ticket.ran()
             let promise = eventLoop.makePromise(of: RESPValue.self)
             before(promise)
-            promise.futureResult.whenComplete { reply.resume(with: $0) }
+            promise.futureResult.whenComplete { reply.complete($0) }
             handler.value.sendSubscriptionCommand(name, names, promise: promise, deadline: deadline)
         }
-        return try await reply.wait()
+        return try await reply.value()
     }
 }
 

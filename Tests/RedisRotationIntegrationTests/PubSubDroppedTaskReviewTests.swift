@@ -6,10 +6,11 @@ import Testing
 
 @testable import RedisRotation
 
-/// Hostile review of the pub/sub waits on `LoopReply`: cancellations at every point of a subscribe
-/// among other subscriptions on one connection, and an event loop group shut down under them.
-@Suite("Pub/sub waits on LoopReply (review)", .timeLimit(.minutes(3)))
-struct PubSubLoopReplyReviewTests {
+/// Hostile review of the pub/sub waits that a dropped task answers (`DroppedTaskTicket`): cancellations
+/// at every point of a subscribe among other subscriptions on one connection, and an event loop group
+/// shut down under them.
+@Suite("Pub/sub waits a dropped task answers (review)", .timeLimit(.minutes(3)))
+struct PubSubDroppedTaskReviewTests {
     func numsub(_ channels: [String], on server: RedisServerProcess) async throws -> [Int] {
         let admin = try await server.adminConnection()
         defer { Task { await admin.close() } }
